@@ -1,0 +1,193 @@
+//! `vpcnetd` command line. Every flag can also be set as `VPCNET_<FLAG>` in the environment
+//! (the DaemonSet sets them that way).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+
+use crate::api::DEFAULT_SOCKET;
+use crate::pool::PoolConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "vpcnetd", version, about = "vpcnet node agent: VPC-style warm pool of pod addresses")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Print the pool of a running agent.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatastoreKind {
+    /// Embedded single-node store in the state directory.
+    Local,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Unix socket the plugin talks to.
+    #[arg(long, env = "VPCNET_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    /// Directory for the crash-safe pool state.
+    #[arg(long, env = "VPCNET_STATE_DIR", default_value = "/var/lib/vpcnet")]
+    pub state_dir: PathBuf,
+    /// The VPC: CIDRs prefixes are claimed from (repeatable; comma-separated in the env).
+    #[arg(long = "vpc-cidr", env = "VPCNET_VPC_CIDR", value_delimiter = ',')]
+    pub vpc_cidrs: Vec<Ipv4Network>,
+    /// Length of the prefixes a node claims (28 = 16 addresses).
+    #[arg(long, env = "VPCNET_PREFIX_LEN", default_value_t = 28)]
+    pub prefix_len: u8,
+    /// Keep at least this many free addresses (0 = off).
+    #[arg(long, env = "VPCNET_WARM_IP_TARGET", default_value_t = 0)]
+    pub warm_ip_target: u32,
+    /// Hold at least this many addresses in total (0 = off).
+    #[arg(long, env = "VPCNET_MINIMUM_IP_TARGET", default_value_t = 0)]
+    pub minimum_ip_target: u32,
+    /// Keep at least this many wholly free prefixes.
+    #[arg(long, env = "VPCNET_WARM_PREFIX_TARGET", default_value_t = 1)]
+    pub warm_prefix_target: u32,
+    /// Most pods on this node; ADD beyond it fails with CNI code 11.
+    #[arg(long, env = "VPCNET_MAX_PODS", default_value_t = 110)]
+    pub max_pods: u32,
+    /// How long a released address rests before reuse (e.g. 30s, 2m, 500ms).
+    #[arg(long, env = "VPCNET_IP_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub ip_cooldown: Duration,
+    /// A wholly free prefix is released only after being held this long.
+    #[arg(long, env = "VPCNET_MIN_PREFIX_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub min_prefix_age: Duration,
+    /// How often the warm pool is re-planned even when nothing happens.
+    #[arg(long, env = "VPCNET_POOL_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub pool_check_interval: Duration,
+    /// How often the agent reconciles its allocations with the host's veths and routes.
+    #[arg(long, env = "VPCNET_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// An allocation younger than this is never released by reconcile (its ADD may be in flight).
+    #[arg(long, env = "VPCNET_RECONCILE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_grace: Duration,
+    /// Cluster datastore for prefix claims.
+    #[arg(long, env = "VPCNET_DATASTORE", value_enum, default_value_t = DatastoreKind::Local)]
+    pub datastore: DatastoreKind,
+    /// This node's name in the datastore (default: the hostname).
+    #[arg(long, env = "VPCNET_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's address, which peers route its prefixes via.
+    #[arg(long, env = "VPCNET_NODE_IP")]
+    pub node_ip: Option<Ipv4Addr>,
+}
+
+/// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 2m, 500ms"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RunArgs {
+    /// Checks what clap cannot: returns a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vpc_cidrs.is_empty() {
+            return Err("--vpc-cidr is required (the CIDR pods get addresses from)".into());
+        }
+        if !(16..=32).contains(&self.prefix_len) {
+            return Err(format!("--prefix-len {} must be within 16..=32", self.prefix_len));
+        }
+        for c in &self.vpc_cidrs {
+            if c.prefix() > self.prefix_len {
+                return Err(format!(
+                    "--vpc-cidr {c} is smaller than one /{} prefix (--prefix-len)",
+                    self.prefix_len
+                ));
+            }
+        }
+        for (i, a) in self.vpc_cidrs.iter().enumerate() {
+            for b in &self.vpc_cidrs[i + 1..] {
+                if a.overlaps(*b) {
+                    return Err(format!("--vpc-cidr {a} overlaps --vpc-cidr {b}"));
+                }
+            }
+        }
+        if self.max_pods == 0 {
+            return Err("--max-pods must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            vpc_cidrs: self.vpc_cidrs.clone(),
+            prefix_len: self.prefix_len,
+            warm_ip_target: self.warm_ip_target,
+            minimum_ip_target: self.minimum_ip_target,
+            warm_prefix_target: self.warm_prefix_target,
+            max_pods: self.max_pods,
+            cooldown_ms: millis(self.ip_cooldown),
+            min_prefix_age_ms: millis(self.min_prefix_age),
+        }
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn validation_names_flags() {
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/16", "--vpc-cidr", "10.0.128.0/17"]);
+        assert!(cli.run.validate().unwrap_err().contains("overlaps"));
+        let cli = Cli::parse_from(["vpcnetd"]);
+        assert!(cli.run.validate().unwrap_err().contains("--vpc-cidr"));
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/30"]);
+        assert!(cli.run.validate().unwrap_err().contains("--prefix-len"));
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/24", "status", "--json"]);
+        assert!(matches!(cli.command, Some(Command::Status { json: true })));
+    }
+}

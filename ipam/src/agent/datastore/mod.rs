@@ -1,0 +1,48 @@
+//! The cluster-wide side: who holds which prefix. Nodes only ever meet here, through
+//! prefix claims; per-pod allocation stays local to the node.
+//!
+//! Contract (every backend): `claim` is an atomic create-if-absent — of several concurrent
+//! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
+//! still the caller's; `list` shows every node's claims.
+
+pub mod local;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::pool::Millis;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixClaim {
+    pub prefix: Ipv4Network,
+    pub node: String,
+    pub node_ip: Option<Ipv4Addr>,
+    pub claimed_at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("datastore {backend} unavailable: {msg}")]
+    Unavailable { backend: &'static str, msg: String },
+    #[error("datastore {backend}: {msg}")]
+    Invalid { backend: &'static str, msg: String },
+}
+
+pub trait Datastore: Send + Sync + 'static {
+    /// Short name for status output (`local`, `etcd`, …).
+    fn name(&self) -> &'static str;
+    /// Atomic create-if-absent. `Ok(false)`: someone holds it already.
+    fn claim(&self, claim: &PrefixClaim) -> impl Future<Output = Result<bool, DatastoreError>> + Send;
+    /// Deletes the claim if `node` still holds it. Releasing what is not held is not an error.
+    fn release(
+        &self,
+        prefix: Ipv4Network,
+        node: &str,
+    ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
+    /// Every node's claims.
+    fn list(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send;
+}

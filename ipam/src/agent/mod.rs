@@ -1,0 +1,157 @@
+//! `vpcnetd`: the node agent. A thin async shell around the pure [`crate::pool`]: it loads
+//! the pool from disk, reconciles it with the host, then serves the plugin while the warm
+//! loop, the periodic reconcile and the veth reaper run beside it.
+
+pub mod config;
+pub mod datastore;
+pub mod node;
+pub mod reconcile;
+pub mod server;
+pub mod status;
+pub mod store;
+pub mod warm;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use vpcnet_netlink::{link, route, sysctl};
+
+use crate::agent::config::{DatastoreKind, RunArgs};
+use crate::agent::datastore::local::LocalDatastore;
+use crate::agent::datastore::Datastore;
+use crate::agent::node::{Health, Node, State};
+use crate::agent::store::Store;
+
+pub fn run(args: RunArgs) -> Result<(), String> {
+    args.validate()?;
+    // One thread: the agent's work is a few syscalls per request; a small footprint matters
+    // more on a node than parallelism (RSS target < 15 MiB).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
+    rt.block_on(async move {
+        match args.datastore {
+            DatastoreKind::Local => {
+                let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
+                serve(args, ds).await
+            }
+        }
+    })
+}
+
+/// MTU of the interface the default route leaves through, if there is one.
+async fn uplink_mtu(net: &rtnetlink::Handle) -> Option<u32> {
+    let routes = route::list_v4(net, None).await.ok()?;
+    let oif = routes.iter().find(|r| r.dst_len == 0)?.oif?;
+    link::list(net)
+        .await
+        .ok()?
+        .into_iter()
+        .find(|l| l.index == oif)?
+        .mtu
+}
+
+async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
+    let (store, pool) =
+        Store::open(&args.state_dir, args.pool_config()).map_err(|e| e.to_string())?;
+    let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+    // Pods route through this namespace.
+    sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| format!("enabling ip_forward: {e}"))?;
+    let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();
+    let node = Arc::new(Node {
+        name: args.node_name(),
+        ip: args.node_ip,
+        state: Mutex::new(State { pool, store }),
+        health: Mutex::new(Health {
+            mtu: uplink_mtu(&net).await,
+            ..Health::default()
+        }),
+        datastore: ds,
+        net: net.clone(),
+        reaper: reaper_tx,
+        wake: Notify::new(),
+        claim_lock: tokio::sync::Mutex::new(()),
+    });
+    tokio::spawn(reap(net, reaper_rx));
+    if let Err(e) = node.sync_claims().await {
+        eprintln!("vpcnetd: syncing claims with the datastore: {e} (serving from the pool)");
+        node.set_degraded("datastore", Some(e));
+    }
+    let grace = u64::try_from(args.reconcile_grace.as_millis()).unwrap_or(u64::MAX);
+    let report = reconcile::run(&node, grace)
+        .await
+        .map_err(|e| format!("start-up reconcile: {e}"))?;
+    eprintln!("vpcnetd: start-up reconcile: {report:?}");
+    let listener = server::bind(&args.socket)
+        .map_err(|e| format!("binding socket {}: {e}", args.socket.display()))?;
+    node.health().ready = true;
+    {
+        let st = node.state();
+        let s = st.pool.stats(node::now_ms());
+        eprintln!(
+            "vpcnetd: node {} serving on {} ({} datastore): {} addresses in {} prefixes, {} assigned",
+            node.name,
+            args.socket.display(),
+            node.datastore.name(),
+            s.total,
+            s.prefixes,
+            s.assigned
+        );
+    }
+    let warm = {
+        let node = node.clone();
+        let interval = args.pool_check_interval;
+        tokio::spawn(async move { warm::run(&node, interval).await })
+    };
+    let periodic = {
+        let node = node.clone();
+        let every = args.reconcile_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match reconcile::run(&node, grace).await {
+                    Ok(r) if r != reconcile::Report::default() => {
+                        eprintln!("vpcnetd: reconcile: {r:?}")
+                    }
+                    Ok(_) => {}
+                    Err(e) => eprintln!("vpcnetd: reconcile: {e}"),
+                }
+            }
+        })
+    };
+    let server = tokio::spawn(server::serve(listener, node.clone()));
+    shutdown_signal().await;
+    server.abort();
+    warm.abort();
+    periodic.abort();
+    let _ = std::fs::remove_file(&args.socket);
+    eprintln!("vpcnetd: stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Deletes host veths one at a time: each costs the kernel ~20 ms, which DEL does not wait for.
+async fn reap(net: rtnetlink::Handle, mut rx: mpsc::UnboundedReceiver<u32>) {
+    while let Some(index) = rx.recv().await {
+        if let Err(e) = link::delete_by_index(&net, index).await {
+            eprintln!("vpcnetd: deleting veth #{index}: {e}");
+        }
+    }
+}
+
+/// For the CLI: how long to wait for a status reply.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,0 +1,405 @@
+//! The agent's state and every operation on it. The pool decides; this module makes each
+//! decision durable (journal) before anyone is told, and does the host-side follow-up
+//! (route removal, veth deletion).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, Notify};
+
+use crate::agent::datastore::{Datastore, PrefixClaim};
+use crate::agent::store::Store;
+use crate::api::{codes, AgentStatus, Attachment, Reply};
+use crate::naming;
+use crate::pool::{AllocKey, Millis, PodMeta, Pool, PoolError, PoolEvent};
+use vpcnet_netlink::{link, route, RTPROT_VPCNET};
+
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Pool and its journal, always changed together under one lock.
+#[derive(Debug)]
+pub struct State {
+    pub pool: Pool,
+    pub store: Store,
+}
+
+impl State {
+    /// Makes `evs` durable. A journal that cannot be written leaves memory ahead of disk; the
+    /// only safe answer is to stop and reload from disk (fsync errors cannot be retried).
+    pub fn persist(&mut self, evs: &[PoolEvent]) {
+        if let Err(e) = self.store.append_all(evs) {
+            eprintln!("vpcnetd: FATAL: cannot persist pool change: {e}; exiting to reload state");
+            std::process::exit(70);
+        }
+        if self.store.needs_compaction() {
+            if let Err(e) = self.store.compact(&self.pool) {
+                eprintln!("vpcnetd: FATAL: compacting state: {e}; exiting to reload state");
+                std::process::exit(70);
+            }
+        }
+    }
+}
+
+/// What the agent reports as degraded, by area.
+#[derive(Debug, Default)]
+pub struct Health {
+    pub ready: bool,
+    pub degraded: BTreeMap<&'static str, String>,
+    pub mtu: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct Node<D> {
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub state: Mutex<State>,
+    pub health: Mutex<Health>,
+    pub datastore: D,
+    pub net: rtnetlink::Handle,
+    /// Host veths to delete in the background (by ifindex, so a re-created veth of the same
+    /// name is never hit).
+    pub reaper: mpsc::UnboundedSender<u32>,
+    /// Wakes the warm-pool loop after a change.
+    pub wake: Notify,
+    /// One prefix claim at a time.
+    pub claim_lock: tokio::sync::Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock would have aborted the process (panic = abort in
+    // release); in debug builds take the data as it is.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<D: Datastore> Node<D> {
+    pub fn state(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    pub fn health(&self) -> MutexGuard<'_, Health> {
+        lock(&self.health)
+    }
+
+    pub fn set_degraded(&self, area: &'static str, msg: Option<String>) {
+        let mut h = self.health();
+        match msg {
+            Some(m) => {
+                h.degraded.insert(area, m);
+            }
+            None => {
+                h.degraded.remove(area);
+            }
+        }
+    }
+
+    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> Result<(Ipv4Addr, bool), PoolError> {
+        let mut st = self.state();
+        let (ip, ev) = st.pool.assign(key.clone(), meta.clone(), now_ms())?;
+        let existing = ev.is_none();
+        if let Some(ev) = ev {
+            st.persist(&[ev]);
+        }
+        Ok((ip, existing))
+    }
+
+    /// ADD. Served from the warm pool; only when it is empty does the caller wait for a claim.
+    pub async fn assign(&self, key: AllocKey, meta: PodMeta) -> Reply {
+        let mut grew = false;
+        loop {
+            match self.try_assign(&key, &meta) {
+                Ok((ip, existing)) => {
+                    self.wake.notify_one();
+                    let mtu = self.health().mtu;
+                    return Reply::Assigned { ip, existing, mtu };
+                }
+                Err(PoolError::Exhausted { .. }) if !grew => {
+                    grew = true;
+                    if let Err(msg) = self.grow(1).await {
+                        return Reply::error(codes::TRY_AGAIN_LATER, format!("no free address: {msg}"));
+                    }
+                }
+                Err(e) => return Reply::error(codes::TRY_AGAIN_LATER, e.to_string()),
+            }
+        }
+    }
+
+    /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
+    pub async fn release(&self, key: &AllocKey) -> Reply {
+        let ip = {
+            let mut st = self.state();
+            let ev = st.pool.release(key, now_ms());
+            let ip = match &ev {
+                Some(PoolEvent::Released { ip, .. }) => Some(*ip),
+                _ => None,
+            };
+            if let Some(ev) = ev {
+                st.persist(&[ev]);
+            }
+            ip
+        };
+        self.wake.notify_one();
+        self.teardown(ip, &naming::host_veth_name(&key.container_id, &key.ifname))
+            .await;
+        Reply::Released { ip }
+    }
+
+    /// Removes our host route for `ip` and queues `host_veth` for deletion.
+    pub async fn teardown(&self, ip: Option<Ipv4Addr>, host_veth: &str) {
+        let index = match link::index_by_name(&self.net, host_veth).await {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("vpcnetd: looking up {host_veth}: {e}");
+                None
+            }
+        };
+        if let Some(ip) = ip {
+            let r = route::RouteV4 {
+                dst: ip,
+                dst_len: 32,
+                gateway: None,
+                oif: index,
+                protocol: RTPROT_VPCNET,
+                scope: route::RT_SCOPE_LINK,
+                kind: route::RTN_UNICAST,
+                table: route::RT_TABLE_MAIN,
+            };
+            if let Err(e) = route::delete(&self.net, &r).await {
+                eprintln!("vpcnetd: deleting route {ip}/32: {e}");
+            }
+        }
+        if let Some(index) = index {
+            let _ = self.reaper.send(index);
+        }
+    }
+
+    pub fn get(&self, key: &AllocKey) -> Reply {
+        Reply::Allocation {
+            allocation: self.state().pool.get(key).cloned(),
+        }
+    }
+
+    /// GC: releases every allocation of `network` the runtime no longer lists.
+    pub async fn gc(&self, network: &str, valid: &[Attachment]) -> Reply {
+        let valid: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
+        let released: Vec<(Ipv4Addr, AllocKey)> = {
+            let mut st = self.state();
+            let stale: Vec<AllocKey> = st
+                .pool
+                .allocations()
+                .filter(|a| {
+                    a.key.network == network
+                        && !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str()))
+                })
+                .map(|a| a.key.clone())
+                .collect();
+            let now = now_ms();
+            let mut evs = Vec::new();
+            let mut out = Vec::new();
+            for key in stale {
+                if let Some(ev) = st.pool.release(&key, now) {
+                    if let PoolEvent::Released { ip, .. } = &ev {
+                        out.push((*ip, key));
+                    }
+                    evs.push(ev);
+                }
+            }
+            st.persist(&evs);
+            out
+        };
+        for (ip, key) in &released {
+            self.teardown(Some(*ip), &naming::host_veth_name(&key.container_id, &key.ifname))
+                .await;
+        }
+        self.wake.notify_one();
+        Reply::Collected {
+            released: released.into_iter().map(|(ip, _)| ip).collect(),
+        }
+    }
+
+    pub fn status(&self, with_allocations: bool) -> AgentStatus {
+        let now = now_ms();
+        let st = self.state();
+        let stats = st.pool.stats(now);
+        let max_pods = st.pool.config().max_pods;
+        let h = self.health();
+        let can_grow = !h.degraded.contains_key("pool") && stats.assigned < max_pods;
+        AgentStatus {
+            node: self.name.clone(),
+            datastore: self.datastore.name().to_string(),
+            ready: h.ready,
+            can_assign: stats.assigned < max_pods && (stats.available > 0 || can_grow),
+            degraded: h.degraded.iter().map(|(k, v)| format!("{k}: {v}")).collect(),
+            stats,
+            max_pods,
+            prefixes: st.pool.prefixes(now),
+            allocations: with_allocations.then(|| {
+                let mut v: Vec<_> = st.pool.allocations().cloned().collect();
+                v.sort_by_key(|a| a.ip);
+                v
+            }),
+        }
+    }
+
+    /// Claims up to `want` prefixes from the datastore into the pool. Returns how many it
+    /// got; an error (with a message for the user) when it got none.
+    pub async fn grow(&self, want: u32) -> Result<u32, String> {
+        let _g = self.claim_lock.lock().await;
+        let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
+            Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
+            Err(e) => {
+                let msg = e.to_string();
+                self.set_degraded("datastore", Some(msg.clone()));
+                return Err(msg);
+            }
+        };
+        let (candidates, vpc) = {
+            let st = self.state();
+            // Someone else may have grown the pool while we waited for the claim lock.
+            if st.pool.stats(now_ms()).available > 0 && want == 1 {
+                return Ok(0);
+            }
+            let c: Vec<_> = st
+                .pool
+                .unheld_prefixes()
+                .filter(|p| !taken.contains(p))
+                .take(usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8))
+                .collect();
+            let vpc: Vec<String> = st.pool.config().vpc_cidrs.iter().map(|c| c.to_string()).collect();
+            (c, vpc)
+        };
+        let mut got = 0;
+        for prefix in candidates {
+            if got >= want {
+                break;
+            }
+            let claim = PrefixClaim {
+                prefix,
+                node: self.name.clone(),
+                node_ip: self.ip,
+                claimed_at: now_ms(),
+            };
+            match self.datastore.claim(&claim).await {
+                Ok(true) => {
+                    let mut st = self.state();
+                    match st.pool.add_prefix(prefix, now_ms()) {
+                        Ok(ev) => {
+                            st.persist(&[ev]);
+                            got += 1;
+                        }
+                        Err(e) => eprintln!("vpcnetd: claimed {prefix} but pool refused it: {e}"),
+                    }
+                }
+                Ok(false) => continue,
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.set_degraded("datastore", Some(msg.clone()));
+                    return if got > 0 { Ok(got) } else { Err(msg) };
+                }
+            }
+        }
+        self.set_degraded("datastore", None);
+        if got == 0 {
+            let prefix_len = self.state().pool.config().prefix_len;
+            let msg = format!(
+                "VPC exhausted: every /{prefix_len} prefix of {} is claimed (--vpc-cidr)",
+                vpc.join(", ")
+            );
+            self.set_degraded("pool", Some(msg.clone()));
+            return Err(msg);
+        }
+        self.set_degraded("pool", None);
+        Ok(got)
+    }
+
+    /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.
+    pub async fn shrink(&self, prefix: ipnetwork::Ipv4Network) -> Result<(), String> {
+        let _g = self.claim_lock.lock().await;
+        {
+            let mut st = self.state();
+            let ev = st
+                .pool
+                .remove_prefix(prefix, now_ms())
+                .map_err(|e| e.to_string())?;
+            st.persist(&[ev]);
+        }
+        self.datastore
+            .release(prefix, &self.name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Start-up: make the pool and the datastore agree on which prefixes are ours. Claims of
+    /// ours the pool lacks (crash between claim and journal) are adopted; prefixes the pool
+    /// holds but the datastore does not are claimed again.
+    pub async fn sync_claims(&self) -> Result<(), String> {
+        let claims = self.datastore.list().await.map_err(|e| e.to_string())?;
+        let ours: HashSet<_> = claims
+            .iter()
+            .filter(|c| c.node == self.name)
+            .map(|c| c.prefix)
+            .collect();
+        let others: BTreeMap<_, _> = claims
+            .iter()
+            .filter(|c| c.node != self.name)
+            .map(|c| (c.prefix, c.node.clone()))
+            .collect();
+        let held: Vec<_> = self.state().pool.held_prefixes().collect();
+        for p in &held {
+            if ours.contains(p) {
+                continue;
+            }
+            if let Some(owner) = others.get(p) {
+                let dropped = {
+                    let mut st = self.state();
+                    st.pool
+                        .remove_prefix(*p, now_ms())
+                        .map(|ev| st.persist(&[ev]))
+                        .is_ok()
+                };
+                if !dropped {
+                    self.set_degraded(
+                        "claims",
+                        Some(format!("prefix {p} is in use here but claimed by node {owner}")),
+                    );
+                }
+                continue;
+            }
+            let claim = PrefixClaim {
+                prefix: *p,
+                node: self.name.clone(),
+                node_ip: self.ip,
+                claimed_at: now_ms(),
+            };
+            self.datastore.claim(&claim).await.map_err(|e| e.to_string())?;
+        }
+        for p in ours {
+            if !held.contains(&p) {
+                let adopted = {
+                    let mut st = self.state();
+                    match st.pool.add_prefix(p, now_ms()) {
+                        Ok(ev) => {
+                            st.persist(&[ev]);
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                };
+                if !adopted {
+                    // Outside today's --vpc-cidr: give it back.
+                    let _ = self.datastore.release(p, &self.name).await;
+                }
+            }
+        }
+        Ok(())
+    }
+}

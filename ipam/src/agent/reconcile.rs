@@ -1,0 +1,92 @@
+//! Reconcile the pool with the host: an allocation whose host veth is gone is released; a
+//! host veth or /32 route of ours with no allocation is removed.
+//!
+//! Ordering makes this safe against ADDs in flight: the kernel is listed *before* the pool is
+//! read, and an ADD takes its address before it creates its veth — so every veth seen already
+//! has its allocation in the pool. An allocation younger than `grace` may belong to an ADD
+//! that has not created its veth yet, and is left alone.
+
+use std::collections::HashSet;
+
+use crate::agent::datastore::Datastore;
+use crate::agent::node::{now_ms, Node};
+use crate::naming;
+use crate::pool::PoolEvent;
+use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub released: usize,
+    pub veths_deleted: usize,
+    pub routes_deleted: usize,
+}
+
+pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, NetlinkError> {
+    let links = link::list(&node.net).await?;
+    let routes = route::list_v4(&node.net, Some(RTPROT_VPCNET)).await?;
+    let listed_at = now_ms();
+    let veths: HashSet<&str> = links
+        .iter()
+        .map(|l| l.name.as_str())
+        .filter(|n| naming::is_host_veth_name(n))
+        .collect();
+
+    let mut report = Report::default();
+    let (released, wanted_veths, owned_ips) = {
+        let mut st = node.state();
+        let stale: Vec<_> = st
+            .pool
+            .allocations()
+            .filter(|a| {
+                !veths.contains(naming::host_veth_name(&a.key.container_id, &a.key.ifname).as_str())
+                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
+            })
+            .map(|a| a.key.clone())
+            .collect();
+        let mut evs = Vec::new();
+        let mut released = Vec::new();
+        for key in stale {
+            if let Some(ev) = st.pool.release(&key, listed_at) {
+                if let PoolEvent::Released { ip, .. } = &ev {
+                    released.push((*ip, key));
+                }
+                evs.push(ev);
+            }
+        }
+        st.persist(&evs);
+        let wanted: HashSet<String> = st
+            .pool
+            .allocations()
+            .map(|a| naming::host_veth_name(&a.key.container_id, &a.key.ifname))
+            .collect();
+        let owned: HashSet<_> = st.pool.allocations().map(|a| a.ip).collect();
+        (released, wanted, owned)
+    };
+    report.released = released.len();
+    for (ip, key) in &released {
+        eprintln!(
+            "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
+            key.container_id, key.ifname
+        );
+    }
+    for l in &links {
+        if naming::is_host_veth_name(&l.name) && !wanted_veths.contains(&l.name) {
+            eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
+            let _ = node.reaper.send(l.index);
+            report.veths_deleted += 1;
+        }
+    }
+    for r in &routes {
+        let pod_route = r.dst_len == 32 && r.kind == route::RTN_UNICAST && r.gateway.is_none();
+        if pod_route && !owned_ips.contains(&r.dst) {
+            if route::delete(&node.net, r).await? {
+                eprintln!("vpcnetd: reconcile: deleted route {}/32 (no allocation)", r.dst);
+                report.routes_deleted += 1;
+            }
+        }
+    }
+    if report.released > 0 {
+        node.wake.notify_one();
+    }
+    Ok(report)
+}

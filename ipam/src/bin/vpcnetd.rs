@@ -1,0 +1,53 @@
+//! `vpcnetd` entry point: `run` (default) or `status`.
+
+use clap::Parser;
+
+use vpcnet_ipam::agent::config::{Cli, Command};
+use vpcnet_ipam::agent::{self, status, STATUS_TIMEOUT};
+use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_ipam::client;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None | Some(Command::Run) => match agent::run(cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::Status { json }) => {
+            match client::call(&cli.run.socket, Request::Status, STATUS_TIMEOUT) {
+                Ok(Reply::Status(s)) => {
+                    if json {
+                        match serde_json::to_string_pretty(&s) {
+                            Ok(j) => println!("{j}"),
+                            Err(e) => eprintln!("vpcnetd status: {e}"),
+                        }
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    if s.ready && s.can_assign {
+                        0
+                    } else {
+                        2
+                    }
+                }
+                Ok(Reply::Error { code, msg }) => {
+                    eprintln!("vpcnetd status: error {code}: {msg}");
+                    1
+                }
+                Ok(other) => {
+                    eprintln!("vpcnetd status: unexpected reply {other:?}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("vpcnetd status: {e}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

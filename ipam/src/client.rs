@@ -1,0 +1,65 @@
+//! Blocking client for the agent protocol, used by the short-lived plugin process: a std
+//! unix stream, no runtime, one request per connection.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::api::{Envelope, Reply, Request, PROTOCOL_VERSION};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nobody listens on the socket (agent down or wrong path).
+    #[error("cannot reach vpcnetd at socket {path}: {source}")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to vpcnetd at socket {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vpcnetd at socket {path} sent an undecodable reply: {source}")]
+    Decode {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("vpcnetd at socket {path} closed the connection without a reply")]
+    NoReply { path: String },
+}
+
+/// Sends one request and waits at most `timeout` for each of connect, write and read.
+pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+    let path = socket.display().to_string();
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: path.clone(),
+        source,
+    })?;
+    let io = |source| ClientError::Io {
+        path: path.clone(),
+        source,
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    let mut line = serde_json::to_vec(&Envelope {
+        v: PROTOCOL_VERSION,
+        request,
+    })
+    .map_err(|source| ClientError::Decode {
+        path: path.clone(),
+        source,
+    })?;
+    line.push(b'\n');
+    (&stream).write_all(&line).map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    if reply.is_empty() {
+        return Err(ClientError::NoReply { path });
+    }
+    serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path, source })
+}

@@ -1,0 +1,13 @@
+//! vpcnet's node IPAM.
+//!
+//! * [`pool`] — the pure allocator and warm-pool policy: a function of (state, config, now),
+//!   no I/O, no clock. Property-tested without root.
+//! * [`api`] — the versioned JSON protocol between the `vpcnet` plugin and `vpcnetd`.
+//! * [`client`] — the plugin's blocking client for that protocol.
+//! * the rest is the `vpcnetd` agent: a thin async shell around the pool.
+
+pub mod api;
+pub mod client;
+pub mod naming;
+pub mod pool;
+pub mod agent;

@@ -1,0 +1,108 @@
+//! The warm-pool policy: when to claim or release prefixes. Pure function of (state, now).
+
+use ipnetwork::Ipv4Network;
+
+use super::{GrowReason, Millis, Pool, PoolPlan, PoolStats};
+
+/// `ceil(a / b)` for `b > 0`.
+fn div_ceil(a: u64, b: u64) -> u64 {
+    a.div_ceil(b.max(1))
+}
+
+fn clamp_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl Pool {
+    /// Addresses in one prefix of the configured length.
+    fn prefix_size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.cfg.prefix_len.min(32)))
+    }
+
+    /// Prefixes needed to satisfy every target at once given `s`, capped by what max-pods
+    /// needs (not by the VPC's room). `None` when no target is violated or max-pods is met.
+    fn grow_need(&self, s: &PoolStats) -> Option<(u64, GrowReason)> {
+        let cfg = &self.cfg;
+        let size = self.prefix_size();
+        let (avail, total) = (u64::from(s.available), u64::from(s.total));
+        let wants = [
+            (
+                GrowReason::WarmIpTarget,
+                div_ceil(u64::from(cfg.warm_ip_target).saturating_sub(avail), size),
+            ),
+            (
+                GrowReason::MinimumIpTarget,
+                div_ceil(u64::from(cfg.minimum_ip_target).saturating_sub(total), size),
+            ),
+            (
+                GrowReason::WarmPrefixTarget,
+                u64::from(cfg.warm_prefix_target.saturating_sub(s.free_prefixes)),
+            ),
+            (GrowReason::Empty, u64::from(avail == 0)),
+        ];
+        let mut best = (0, GrowReason::Empty);
+        for (reason, n) in wants {
+            if n > best.0 {
+                best = (n, reason);
+            }
+        }
+        // Addresses that are or will soon be usable for pods; max-pods needs no more.
+        let capacity = total.saturating_sub(u64::from(s.cooling));
+        let headroom = u64::from(cfg.max_pods).saturating_sub(capacity);
+        let n = best.0.min(div_ceil(headroom, size));
+        (n > 0).then_some((n, best.1))
+    }
+
+    /// Grow when `available < warm_ip_target`, `total < minimum_ip_target`, wholly-free
+    /// prefixes `< warm_prefix_target`, or `available == 0` — never beyond what `max_pods`
+    /// needs (none once `total - cooling >= max_pods`) nor beyond the VPC's unheld prefixes.
+    /// `prefixes` satisfies all targets at once (assuming whole new prefixes are usable).
+    ///
+    /// Otherwise shrink: wholly-free prefixes held at least `min_prefix_age_ms`, youngest
+    /// (then highest) first, each only if releasing it (with those before it) would not make
+    /// the pool want to grow again. Otherwise steady.
+    pub fn plan(&self, now: Millis) -> PoolPlan {
+        let s = self.stats(now);
+        if let Some((n, reason)) = self.grow_need(&s) {
+            let room = self.unheld_prefixes().take(clamp_u32(n) as usize).count();
+            let prefixes = clamp_u32(n).min(u32::try_from(room).unwrap_or(u32::MAX));
+            if prefixes > 0 {
+                return PoolPlan::Grow { prefixes, reason };
+            }
+            // Capped by the VPC: releasing anything would only make it worse.
+            return PoolPlan::Steady;
+        }
+
+        let mut candidates: Vec<(Millis, Ipv4Network, u32)> = self
+            .prefixes
+            .values()
+            .filter(|p| now.saturating_sub(p.claimed_at) >= self.cfg.min_prefix_age_ms)
+            .filter_map(|p| {
+                let c = self.counts(p, now);
+                c.wholly_free().then_some((p.claimed_at, p.net, c.usable()))
+            })
+            .collect();
+        candidates.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+
+        let mut after = s;
+        let mut release = Vec::new();
+        for (_, net, usable) in candidates {
+            let next = PoolStats {
+                total: after.total - usable,
+                available: after.available - usable,
+                prefixes: after.prefixes - 1,
+                free_prefixes: after.free_prefixes - 1,
+                ..after
+            };
+            if self.grow_need(&next).is_none() {
+                after = next;
+                release.push(net);
+            }
+        }
+        if release.is_empty() {
+            PoolPlan::Steady
+        } else {
+            PoolPlan::Shrink { prefixes: release }
+        }
+    }
+}

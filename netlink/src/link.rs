@@ -1,0 +1,165 @@
+//! Network interfaces (RTM_*LINK): look up, list, bring up, delete.
+
+use netlink_packet_route::link::{self, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::Handle;
+
+use crate::{nl, NetlinkError};
+
+/// Maximum interface name length in bytes (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// What this crate reports about one interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// ifindex.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// Hardware address when it is a 6-byte Ethernet address.
+    pub mac: Option<[u8; 6]>,
+    /// IFF_UP is set (administratively up).
+    pub up: bool,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// IFLA_INFO_KIND, e.g. `"veth"`; `None` for devices without link info (e.g. `lo`).
+    pub kind: Option<String>,
+}
+
+impl LinkInfo {
+    /// Extracts the fields from a kernel RTM_NEWLINK message.
+    pub fn from_message(msg: &LinkMessage) -> Self {
+        let mut info = LinkInfo {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mtu: None,
+            kind: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => info.name.clone_from(n),
+                LinkAttribute::Address(a) => info.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
+                LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let link::LinkInfo::Kind(k) = i {
+                            info.kind = Some(k.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        info
+    }
+}
+
+/// Rejects names the kernel would reject anyway, before a round trip.
+pub(crate) fn check_name(name: &str) -> Result<(), NetlinkError> {
+    if name.is_empty()
+        || name.len() > IFNAME_MAX
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace())
+    {
+        return Err(NetlinkError::InvalidArgument(format!(
+            "interface name {name:?} (1..={IFNAME_MAX} bytes, no '/', NUL or whitespace)"
+        )));
+    }
+    Ok(())
+}
+
+fn by_name_message(name: &str) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    msg
+}
+
+fn not_found_to_none<T>(r: Result<T, NetlinkError>) -> Result<Option<T>, NetlinkError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `ip link show NAME`: one RTM_GETLINK by name. `Ok(None)` when there is no such link.
+pub async fn get_by_name(handle: &Handle, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+    check_name(name)?;
+    let replies = not_found_to_none(
+        nl::get(
+            handle,
+            "RTM_GETLINK",
+            RouteNetlinkMessage::GetLink(by_name_message(name)),
+        )
+        .await,
+    )?;
+    Ok(replies.and_then(|replies| {
+        replies.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::from_message(l)),
+            _ => None,
+        })
+    }))
+}
+
+/// The ifindex of `name`, `Ok(None)` when there is no such link.
+pub async fn index_by_name(handle: &Handle, name: &str) -> Result<Option<u32>, NetlinkError> {
+    Ok(get_by_name(handle, name).await?.map(|l| l.index))
+}
+
+/// `ip link show`: every link of the handle's namespace.
+pub async fn list(handle: &Handle) -> Result<Vec<LinkInfo>, NetlinkError> {
+    let replies = nl::dump(
+        handle,
+        "RTM_GETLINK",
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )
+    .await?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(LinkInfo::from_message(l)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// `ip link del NAME`. `Ok(false)` when it was already absent. Deleting one end of a veth
+/// pair deletes both.
+pub async fn delete_by_name(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    check_name(name)?;
+    let r = nl::request(
+        handle,
+        "RTM_DELLINK",
+        RouteNetlinkMessage::DelLink(by_name_message(name)),
+        0,
+    )
+    .await;
+    Ok(not_found_to_none(r)?.is_some())
+}
+
+/// `ip link del dev <ifindex>`. `Ok(false)` when it was already absent.
+pub async fn delete_by_index(handle: &Handle, index: u32) -> Result<bool, NetlinkError> {
+    if index == 0 {
+        return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned()));
+    }
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    let r = nl::request(handle, "RTM_DELLINK", RouteNetlinkMessage::DelLink(msg), 0).await;
+    Ok(not_found_to_none(r)?.is_some())
+}
+
+/// `ip link set dev <ifindex> up`.
+pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    if index == 0 {
+        return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned()));
+    }
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+    nl::request(handle, "RTM_SETLINK", RouteNetlinkMessage::SetLink(msg), 0).await?;
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! Network namespaces: open and verify a namespace file, run code inside a namespace.
+
+use std::future::Future;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+
+use crate::NetlinkError;
+
+/// `statfs.f_type` of nsfs (the filesystem behind /proc/PID/ns/* and bind mounts of them).
+pub const NSFS_MAGIC: i64 = 0x6e73_6673;
+
+/// `NS_GET_NSTYPE` ioctl, `_IO(0xb7, 0x3)`.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Opens a network namespace file (e.g. /var/run/netns/foo or /proc/PID/ns/net) and
+/// verifies it is one: its filesystem must be nsfs and `NS_GET_NSTYPE` must say
+/// `CLONE_NEWNET`. A non-namespace file gives [`NetlinkError::NotNetns`]; a missing path
+/// gives [`NetlinkError::Io`] with ENOENT.
+pub fn open(path: &Path) -> Result<OwnedFd, NetlinkError> {
+    let fd = OwnedFd::from(std::fs::File::open(path).map_err(NetlinkError::Io)?);
+    let st = nix::sys::statfs::fstatfs(&fd).map_err(|e| NetlinkError::Io(e.into()))?;
+    #[allow(clippy::useless_conversion)] // f_type's width differs between libcs/arches
+    let f_type = i64::from(st.filesystem_type().0);
+    if f_type != NSFS_MAGIC {
+        return Err(NetlinkError::NotNetns(path.to_path_buf()));
+    }
+    // SAFETY: NS_GET_NSTYPE takes no argument and only reads the namespace behind the fd,
+    // which is open and owned by `fd` for the duration of the call.
+    let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if nstype < 0 {
+        return Err(NetlinkError::Io(std::io::Error::last_os_error()));
+    }
+    if nstype != libc::CLONE_NEWNET {
+        return Err(NetlinkError::NotNetns(path.to_path_buf()));
+    }
+    Ok(fd)
+}
+
+/// Runs `f` on a dedicated OS thread that has entered the namespace `ns` (setns
+/// CLONE_NEWNET), with a fresh current-thread tokio runtime and a netlink handle created
+/// inside that namespace; /proc/sys/net opened from `f` is that namespace's too. Joins the
+/// thread and returns `f`'s output. The calling thread's namespace is never changed, and the
+/// worker thread is discarded afterwards.
+pub fn run_in<F, Fut, T>(ns: BorrowedFd<'_>, f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send,
+    Fut: Future<Output = T>,
+    T: Send,
+{
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("vpcnet-netns".to_owned())
+            .spawn_scoped(scope, move || -> Result<T, NetlinkError> {
+                nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetlinkError::Io(e.into()))?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+                    .map_err(NetlinkError::Io)?;
+                rt.block_on(async move {
+                    let handle = crate::connect()?;
+                    Ok(f(handle).await)
+                })
+            })
+            .map_err(NetlinkError::Io)?;
+        worker.join().map_err(|_| NetlinkError::ThreadPanicked)?
+    })
+}

@@ -1,0 +1,235 @@
+//! IPv4 routes of the main table (RTM_*ROUTE).
+
+use std::net::Ipv4Addr;
+
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+
+use crate::{nl, NetlinkError};
+
+/// Route type: gateway or direct route.
+pub const RTN_UNICAST: u8 = 1;
+/// Route type: silently drop.
+pub const RTN_BLACKHOLE: u8 = 6;
+/// Route type: destination unreachable (ICMP).
+pub const RTN_UNREACHABLE: u8 = 7;
+/// Route scope: global.
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+/// Route scope: on-link.
+pub const RT_SCOPE_LINK: u8 = 253;
+/// Route scope: "any" (used in deletes).
+pub const RT_SCOPE_NOWHERE: u8 = 255;
+/// The main routing table.
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// One IPv4 route as this crate reports and deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteV4 {
+    /// Destination network (0.0.0.0 with `dst_len` 0 for the default route).
+    pub dst: Ipv4Addr,
+    /// Destination prefix length.
+    pub dst_len: u8,
+    /// Next hop (RTA_GATEWAY).
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface (RTA_OIF).
+    pub oif: Option<u32>,
+    /// Route protocol (`proto`), e.g. [`crate::RTPROT_VPCNET`].
+    pub protocol: u8,
+    /// Route scope, e.g. [`RT_SCOPE_LINK`].
+    pub scope: u8,
+    /// Route type: [`RTN_UNICAST`], [`RTN_BLACKHOLE`], [`RTN_UNREACHABLE`], ...
+    pub kind: u8,
+    /// Routing table id.
+    pub table: u32,
+}
+
+fn check_prefix(dst: Ipv4Addr, dst_len: u8) -> Result<(), NetlinkError> {
+    if dst_len > 32 {
+        return Err(NetlinkError::InvalidArgument(format!(
+            "IPv4 prefix length {dst_len}"
+        )));
+    }
+    let mask = u32::MAX.checked_shl(32 - u32::from(dst_len)).unwrap_or(0);
+    if u32::from(dst) & !mask != 0 {
+        // The kernel rejects this too (EINVAL, "Invalid prefix for given prefix length").
+        return Err(NetlinkError::InvalidArgument(format!(
+            "{dst}/{dst_len} has host bits set"
+        )));
+    }
+    Ok(())
+}
+
+fn base_message(route: &RouteV4) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet;
+    msg.header.destination_prefix_length = route.dst_len;
+    msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(route.protocol);
+    msg.header.scope = RouteScope::from(route.scope);
+    msg.header.kind = RouteType::from(route.kind);
+    if route.dst_len > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst)));
+    }
+    if route.table > 255 {
+        msg.attributes.push(RouteAttribute::Table(route.table));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+    }
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    msg
+}
+
+async fn add(handle: &Handle, route: &RouteV4, replace: bool) -> Result<(), NetlinkError> {
+    check_prefix(route.dst, route.dst_len)?;
+    let flags = if replace {
+        nl::CREATE_REPLACE
+    } else {
+        nl::CREATE_EXCL
+    };
+    nl::request(
+        handle,
+        "RTM_NEWROUTE",
+        RouteNetlinkMessage::NewRoute(base_message(route)),
+        flags,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `ip route add DST/LEN dev OIF scope link proto PROTO` (main table); `replace` turns it
+/// into `ip route replace`, else an existing route fails with EEXIST.
+pub async fn add_link_scope(
+    handle: &Handle,
+    dst: Ipv4Addr,
+    dst_len: u8,
+    oif: u32,
+    protocol: u8,
+    replace: bool,
+) -> Result<(), NetlinkError> {
+    let route = RouteV4 {
+        dst,
+        dst_len,
+        gateway: None,
+        oif: Some(oif),
+        protocol,
+        scope: RT_SCOPE_LINK,
+        kind: RTN_UNICAST,
+        table: RT_TABLE_MAIN,
+    };
+    add(handle, &route, replace).await
+}
+
+/// `ip route add DST/LEN via GW [dev OIF] proto PROTO` (scope universe, main table).
+/// `dst_len` 0 is the default route.
+pub async fn add_via(
+    handle: &Handle,
+    dst: Ipv4Addr,
+    dst_len: u8,
+    gateway: Ipv4Addr,
+    oif: Option<u32>,
+    protocol: u8,
+    replace: bool,
+) -> Result<(), NetlinkError> {
+    let route = RouteV4 {
+        dst,
+        dst_len,
+        gateway: Some(gateway),
+        oif,
+        protocol,
+        scope: RT_SCOPE_UNIVERSE,
+        kind: RTN_UNICAST,
+        table: RT_TABLE_MAIN,
+    };
+    add(handle, &route, replace).await
+}
+
+/// `ip route add unreachable DST/LEN proto PROTO` (type RTN_UNREACHABLE, main table).
+pub async fn add_unreachable(
+    handle: &Handle,
+    dst: Ipv4Addr,
+    dst_len: u8,
+    protocol: u8,
+    replace: bool,
+) -> Result<(), NetlinkError> {
+    let route = RouteV4 {
+        dst,
+        dst_len,
+        gateway: None,
+        oif: None,
+        protocol,
+        scope: RT_SCOPE_UNIVERSE,
+        kind: RTN_UNREACHABLE,
+        table: RT_TABLE_MAIN,
+    };
+    add(handle, &route, replace).await
+}
+
+fn from_message(msg: &RouteMessage) -> Option<RouteV4> {
+    if msg.header.address_family != AddressFamily::Inet {
+        return None;
+    }
+    let mut route = RouteV4 {
+        dst: Ipv4Addr::UNSPECIFIED,
+        dst_len: msg.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+        protocol: msg.header.protocol.into(),
+        scope: msg.header.scope.into(),
+        kind: msg.header.kind.into(),
+        table: u32::from(msg.header.table),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => route.dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
+            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
+            RouteAttribute::Table(t) => route.table = *t,
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+/// `ip -4 route show table main [proto PROTO]`: the main table's IPv4 routes, only those
+/// with `protocol` when it is `Some`.
+pub async fn list_v4(handle: &Handle, protocol: Option<u8>) -> Result<Vec<RouteV4>, NetlinkError> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet;
+    let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => from_message(r),
+            _ => None,
+        })
+        .filter(|r| r.table == RT_TABLE_MAIN && protocol.is_none_or(|p| p == r.protocol))
+        .collect())
+}
+
+/// `ip route del` of exactly this route (dst/len, protocol, oif, gateway, type, table;
+/// any scope). `Ok(false)` when it was already gone (ESRCH).
+pub async fn delete(handle: &Handle, route: &RouteV4) -> Result<bool, NetlinkError> {
+    check_prefix(route.dst, route.dst_len)?;
+    let mut msg = base_message(route);
+    msg.header.scope = RouteScope::NoWhere;
+    match nl::request(
+        handle,
+        "RTM_DELROUTE",
+        RouteNetlinkMessage::DelRoute(msg),
+        0,
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}

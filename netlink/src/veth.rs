@@ -1,0 +1,104 @@
+//! veth pairs, created in one request with the peer born inside the pod namespace.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::Handle;
+
+use crate::{link, nl, NetlinkError};
+
+/// Everything about a veth pair that is set in its creating request.
+#[derive(Debug)]
+pub struct VethSpec<'a> {
+    /// Name of the end that stays in the handle's namespace (<= 15 bytes).
+    pub host_name: &'a str,
+    /// MAC of the host end.
+    pub host_mac: [u8; 6],
+    /// Name of the end created in `peer_netns` (e.g. `"eth0"`).
+    pub peer_name: &'a str,
+    /// MAC of the peer end.
+    pub peer_mac: [u8; 6],
+    /// Network namespace the peer is created in (fd of /var/run/netns/X or /proc/PID/ns/net).
+    pub peer_netns: BorrowedFd<'a>,
+    /// MTU of both ends; kernel default (1500) when `None`.
+    pub mtu: Option<u32>,
+}
+
+fn new_message(name: &str, mac: [u8; 6], mtu: Option<u32>) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    if let Some(mtu) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    msg
+}
+
+/// The RTM_NEWLINK message [`create`] sends first (exposed for tests and debugging).
+///
+/// The pod end is the *main* device of the request (IFLA_NET_NS_FD at top level, IFF_UP in
+/// its ifinfomsg) and the host end is the VETH_INFO_PEER, which the kernel creates in the
+/// socket's namespace. This orientation matters: veth_newlink() configures the peer (applies
+/// its ifinfomsg flags) before it links the two ends, so IFF_UP in the *peer* header always
+/// fails with ENOTCONN from veth_open() (`ip link add a up type veth peer name b up` fails
+/// the same way). The main device is configured after the pair is linked, so it can be
+/// created UP. The host end, in the handle's namespace, is then set UP by name.
+pub fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
+    let host = new_message(spec.host_name, spec.host_mac, spec.mtu);
+    let mut pod = new_message(spec.peer_name, spec.peer_mac, spec.mtu);
+    pod.header.flags = LinkFlags::Up;
+    pod.header.change_mask = LinkFlags::Up;
+    pod.attributes
+        .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
+    pod.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(InfoKind::Veth),
+        LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(host))),
+    ]));
+    pod
+}
+
+/// Creates the veth pair with one RTM_NEWLINK (`NLM_F_CREATE|NLM_F_EXCL`): the pod end is
+/// born directly in `peer_netns` (IFLA_NET_NS_FD), UP; the host end in the handle's
+/// namespace; MACs and MTU of both set in the same request. Then, pipelined in one round
+/// trip, the host end is set UP by name and its ifindex is read back. See [`create_message`]
+/// for why both ends cannot be created UP in one request.
+///
+/// An existing host name, or an existing peer name in the pod namespace, fails with EEXIST
+/// ([`NetlinkError::is_exists`]). If the second step fails the pair exists but the host end
+/// may be down; callers clean up with [`link::delete_by_name`] as for any failed ADD.
+pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, NetlinkError> {
+    link::check_name(spec.host_name)?;
+    link::check_name(spec.peer_name)?;
+    nl::request(
+        handle,
+        "RTM_NEWLINK veth",
+        RouteNetlinkMessage::NewLink(create_message(spec)),
+        nl::CREATE_EXCL,
+    )
+    .await?;
+    let mut up = LinkMessage::default();
+    up.header.flags = LinkFlags::Up;
+    up.header.change_mask = LinkFlags::Up;
+    up.attributes
+        .push(LinkAttribute::IfName(spec.host_name.to_owned()));
+    // Pipelined: both requests are queued on the socket before either reply is awaited, and
+    // the kernel handles them in order (set UP, then get), so this costs one round trip.
+    // (do_setlink() does not honour NLM_F_ECHO, so the ifindex needs the get.)
+    let (up, index) = futures::join!(
+        nl::request(
+            handle,
+            "RTM_NEWLINK veth host up",
+            RouteNetlinkMessage::NewLink(up),
+            0,
+        ),
+        link::index_by_name(handle, spec.host_name),
+    );
+    up?;
+    index?.ok_or(NetlinkError::kernel(
+        "RTM_GETLINK after veth create",
+        libc::ENODEV,
+    ))
+}

@@ -1,0 +1,43 @@
+//! The plugin's view of vpcnetd: one call per request, errors mapped to CNI codes.
+
+use std::path::Path;
+use std::time::Duration;
+
+use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_ipam::client::{self, ClientError};
+
+use crate::error::CniError;
+
+/// Long enough for the agent to claim a prefix when its pool is empty; short enough that the
+/// runtime's own timeout (kubelet: minutes) is never the one that fires.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Nobody listens on the socket (agent down, or `socket` names the wrong path).
+    Unreachable(ClientError),
+}
+
+pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
+    match client::call(socket, request, TIMEOUT) {
+        Ok(Reply::Error { code, msg }) => Err(CniError::Agent { code, msg }),
+        Ok(reply) => Ok(Outcome::Reply(reply)),
+        Err(e @ ClientError::Connect { .. }) => Ok(Outcome::Unreachable(e)),
+        Err(e) => Err(CniError::TryAgainLater(e.to_string())),
+    }
+}
+
+/// Like [`call`], but an unreachable agent is an error: code 11, naming the `socket` field.
+pub fn call_required(socket: &Path, request: Request) -> Result<Reply, CniError> {
+    match call(socket, request)? {
+        Outcome::Reply(r) => Ok(r),
+        Outcome::Unreachable(e) => Err(CniError::TryAgainLater(format!(
+            "{e} (is vpcnetd running? check the netconf field socket)"
+        ))),
+    }
+}
+
+pub fn unexpected(reply: &Reply) -> CniError {
+    CniError::Io(format!("vpcnetd sent an unexpected reply: {reply:?}"))
+}

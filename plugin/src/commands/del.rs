@@ -1,0 +1,46 @@
+//! DEL: the agent releases the address, removes the host route and deletes the veth in the
+//! background. Idempotent; works with an empty CNI_NETNS.
+//!
+//! When the agent is unreachable DEL must not block pod deletion: the plugin deletes the host
+//! veth itself (which takes the host route with it) and succeeds. The address stays recorded
+//! until the agent runs again, whose start-up reconcile releases every allocation whose host
+//! veth is gone.
+
+use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_ipam::naming;
+
+use crate::agent::{self, Outcome};
+use crate::dataplane;
+use crate::env::ContainerEnv;
+use crate::error::CniError;
+use crate::log::Log;
+use crate::netconf::{LogLevel, NetConf};
+
+pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<(), CniError> {
+    match agent::call(
+        &conf.socket,
+        Request::Release {
+            key: super::key(conf, env),
+        },
+    )? {
+        Outcome::Reply(Reply::Released { .. }) => Ok(()),
+        Outcome::Reply(other) => Err(agent::unexpected(&other)),
+        Outcome::Unreachable(e) => {
+            let host_veth = naming::host_veth_name(&env.container_id, &env.ifname);
+            log.write(
+                LogLevel::Error,
+                format_args!(
+                    "DEL {}: {e}; deleting {host_veth} locally, vpcnetd releases the address when it runs again",
+                    env.container_id
+                ),
+            );
+            let rt = super::runtime()?;
+            rt.block_on(async {
+                let host = super::host_netlink()?;
+                dataplane::teardown_host(&host, &host_veth)
+                    .await
+                    .map_err(|e| CniError::dataplane(&format!("deleting {host_veth}"), e))
+            })
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The data plane recipe (DESIGN.md §3), built with rtnetlink, every step undoable.
+//!
+//! Pod namespace: `$IFNAME` with `IP/32`, up; `lo` up; `169.254.1.1 dev $IFNAME scope link`;
+//! `default via 169.254.1.1`; permanent neighbour `169.254.1.1 → host veth MAC`.
+//! Host namespace: host veth up, no address; `IP/32 dev <host veth> scope link proto 171`.
+//!
+//! The veth is created in one request with the peer born in the pod namespace (no link moves,
+//! no rtnl_lock contention from moving). The pod side is configured on a dedicated thread that
+//! entered the pod namespace (setns is per thread) while the host route goes in from this one.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rtnetlink::Handle;
+use vpcnet_ipam::naming;
+use vpcnet_netlink::{address, link, neighbour, netns, route, veth, NetlinkError, RTPROT_VPCNET};
+
+use crate::error::CniError;
+use crate::result::{Wired, GATEWAY};
+
+/// What a new attachment needs.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    pub netns_path: &'a str,
+    pub netns: &'a OwnedFd,
+    pub ip: Ipv4Addr,
+    pub mtu: Option<u32>,
+}
+
+const LOOPBACK_INDEX: u32 = 1;
+
+/// Opens the pod namespace, refusing anything that is not one (code 4, naming CNI_NETNS).
+pub fn open_netns(path: &std::path::Path) -> Result<OwnedFd, CniError> {
+    netns::open(path).map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
+}
+
+/// Builds the whole attachment. On failure everything created is removed again.
+pub async fn setup(host: &Handle, plan: &Plan<'_>) -> Result<Wired, CniError> {
+    let host_veth = naming::host_veth_name(plan.container_id, plan.ifname);
+    let host_mac = naming::host_veth_mac(plan.container_id, plan.ifname);
+    let pod_mac = naming::pod_mac(plan.container_id, plan.ifname);
+    let spec = veth::VethSpec {
+        host_name: &host_veth,
+        host_mac,
+        peer_name: plan.ifname,
+        peer_mac: pod_mac,
+        peer_netns: plan.netns.as_fd(),
+        mtu: plan.mtu,
+    };
+    let host_index = match veth::create(host, &spec).await {
+        Ok(i) => i,
+        // A veth of ours with this name is left from an earlier attempt for the same
+        // attachment (e.g. DEL's background delete has not run yet): replace it. If the name
+        // clash is in the pod namespace instead, the retry fails and says so.
+        Err(e) if e.is_exists() => {
+            link::delete_by_name(host, &host_veth)
+                .await
+                .map_err(|e| CniError::dataplane("deleting stale host veth", e))?;
+            veth::create(host, &spec).await.map_err(|e| {
+                CniError::dataplane(
+                    &format!(
+                        "creating veth {host_veth} with peer {} in {}",
+                        plan.ifname, plan.netns_path
+                    ),
+                    e,
+                )
+            })?
+        }
+        Err(e) => {
+            return Err(CniError::dataplane(
+                &format!("creating veth {host_veth} with peer {}", plan.ifname),
+                e,
+            ))
+        }
+    };
+    let result = wire(host, plan, host_index, host_mac).await;
+    if let Err(e) = result {
+        // Undo: deleting the host end deletes the peer, and with it every pod-side address,
+        // route and neighbour; the host route goes with its device.
+        let _ = link::delete_by_index(host, host_index).await;
+        return Err(e);
+    }
+    Ok(Wired {
+        host_veth,
+        host_mac,
+        ifname: plan.ifname.to_string(),
+        pod_mac,
+        netns: plan.netns_path.to_string(),
+        ip: plan.ip,
+        mtu: plan.mtu,
+    })
+}
+
+async fn wire(
+    host: &Handle,
+    plan: &Plan<'_>,
+    host_index: u32,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
+    let ifname = plan.ifname.to_string();
+    let ip = plan.ip;
+    let pod_ns = plan
+        .netns
+        .try_clone()
+        .map_err(|e| CniError::Io(format!("duplicating pod netns fd: {e}")))?;
+    // The pod side runs on its own thread (in the pod namespace) while this thread adds the
+    // host route: both are independent once the veth exists.
+    let pod = std::thread::spawn(move || {
+        netns::run_in(pod_ns.as_fd(), |h| async move {
+            configure_pod(&h, &ifname, ip, host_mac).await
+        })
+    });
+    let host_route = route::add_link_scope(host, ip, 32, host_index, RTPROT_VPCNET, true).await;
+    let pod = pod
+        .join()
+        .map_err(|_| CniError::Dataplane("pod namespace thread panicked".into()))?;
+    pod.map_err(|e| CniError::dataplane("entering pod namespace", e))??;
+    host_route.map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))
+}
+
+async fn configure_pod(
+    h: &Handle,
+    ifname: &str,
+    ip: Ipv4Addr,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
+    let index = link::index_by_name(h, ifname)
+        .await
+        .map_err(|e| CniError::dataplane(&format!("finding {ifname} in pod"), e))?
+        .ok_or_else(|| CniError::Dataplane(format!("{ifname} missing in pod after creation")))?;
+    let (addr, lo, neigh) = futures::join!(
+        address::add(h, index, ip, 32),
+        link::set_up(h, LOOPBACK_INDEX),
+        neighbour::add_permanent(h, index, GATEWAY, host_mac),
+    );
+    addr.map_err(|e| CniError::dataplane(&format!("adding {ip}/32 to {ifname}"), e))?;
+    lo.map_err(|e| CniError::dataplane("setting lo up", e))?;
+    neigh.map_err(|e| CniError::dataplane("adding gateway neighbour", e))?;
+    route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true)
+        .await
+        .map_err(|e| CniError::dataplane("adding gateway route", e))?;
+    route::add_via(h, Ipv4Addr::UNSPECIFIED, 0, GATEWAY, Some(index), RTPROT_VPCNET, true)
+        .await
+        .map_err(|e| CniError::dataplane("adding default route", e))?;
+    Ok(())
+}
+
+/// Removes our host route for `ip` (if it is still ours) and the host veth. Used by DEL when
+/// the agent is unreachable; idempotent.
+pub async fn teardown_host(host: &Handle, host_veth: &str) -> Result<(), NetlinkError> {
+    // Deleting the device removes every route through it, ours included.
+    link::delete_by_name(host, host_veth).await.map(|_| ())
+}
+
+/// CHECK: compares the kernel with what ADD set up; names the first missing piece.
+pub async fn check(
+    host: &Handle,
+    netns_fd: &OwnedFd,
+    container_id: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+) -> Result<(), CniError> {
+    let host_veth = naming::host_veth_name(container_id, ifname);
+    let fail = |what: String| CniError::CheckFailed(what);
+    let nl = |e: NetlinkError| CniError::dataplane("reading host state", e);
+    let Some(hl) = link::get_by_name(host, &host_veth).await.map_err(nl)? else {
+        return Err(fail(format!("host veth {host_veth} is missing")));
+    };
+    if !hl.up {
+        return Err(fail(format!("host veth {host_veth} is down")));
+    }
+    let routes = route::list_v4(host, Some(RTPROT_VPCNET)).await.map_err(nl)?;
+    if !routes
+        .iter()
+        .any(|r| r.dst == ip && r.dst_len == 32 && r.oif == Some(hl.index))
+    {
+        return Err(fail(format!(
+            "host route {ip}/32 dev {host_veth} is missing"
+        )));
+    }
+    let host_mac = naming::host_veth_mac(container_id, ifname);
+    let ifname_owned = ifname.to_string();
+    netns::run_in(netns_fd.as_fd(), |h| async move {
+        check_pod(&h, &ifname_owned, ip, host_mac).await
+    })
+    .map_err(|e| CniError::dataplane("entering pod namespace", e))?
+}
+
+async fn check_pod(h: &Handle, ifname: &str, ip: Ipv4Addr, host_mac: [u8; 6]) -> Result<(), CniError> {
+    let fail = |what: String| CniError::CheckFailed(what);
+    let nl = |e: NetlinkError| CniError::dataplane("reading pod state", e);
+    let Some(l) = link::get_by_name(h, ifname).await.map_err(nl)? else {
+        return Err(fail(format!("pod interface {ifname} is missing")));
+    };
+    if !l.up {
+        return Err(fail(format!("pod interface {ifname} is down")));
+    }
+    let addrs = address::list_v4(h, l.index).await.map_err(nl)?;
+    if !addrs.contains(&(ip, 32)) {
+        return Err(fail(format!("pod address {ip}/32 on {ifname} is missing")));
+    }
+    let routes = route::list_v4(h, None).await.map_err(nl)?;
+    if !routes
+        .iter()
+        .any(|r| r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none())
+    {
+        return Err(fail(format!(
+            "pod route {GATEWAY} dev {ifname} scope link is missing"
+        )));
+    }
+    if !routes
+        .iter()
+        .any(|r| r.dst_len == 0 && r.gateway == Some(GATEWAY))
+    {
+        return Err(fail(format!("pod default route via {GATEWAY} is missing")));
+    }
+    match neighbour::get_v4(h, l.index, GATEWAY).await.map_err(nl)? {
+        Some((mac, _)) if mac == host_mac => Ok(()),
+        _ => Err(fail(format!(
+            "pod neighbour {GATEWAY} lladdr {} is missing",
+            naming::format_mac(&host_mac)
+        ))),
+    }
+}

@@ -1,0 +1,81 @@
+//! One error type for the whole plugin; every variant knows its CNI error code.
+
+use std::fmt;
+
+/// A failure the plugin reports to the runtime as a CNI error result.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// Requested cniVersion not supported (CNI code 1).
+    #[error("incompatible CNI version {requested:?}: cniVersion must be one of {supported}")]
+    IncompatibleVersion { requested: String, supported: String },
+    /// A netconf field we do not support (CNI code 2).
+    #[error("unsupported field {field}: {reason}")]
+    UnsupportedField { field: &'static str, reason: String },
+    /// The agent has no allocation for this container (CNI code 3).
+    #[error("unknown container: {0}")]
+    UnknownContainer(String),
+    /// Missing or malformed CNI_* environment variable (CNI code 4). The message names it.
+    #[error("invalid environment variable {var}: {reason}")]
+    InvalidEnv { var: &'static str, reason: String },
+    /// I/O failure (CNI code 5).
+    #[error("I/O error: {0}")]
+    Io(String),
+    /// stdin is not decodable JSON of the expected shape (CNI code 6).
+    #[error("failed to decode network configuration on stdin: {0}")]
+    Decode(String),
+    /// Config decodes but a field is invalid (CNI code 7). The message names the field.
+    #[error("invalid network configuration field {field}: {reason}")]
+    InvalidConfig { field: &'static str, reason: String },
+    /// Transient: the agent is unreachable, the pool is empty and cannot grow, max-pods… (CNI code 11).
+    #[error("try again later: {0}")]
+    TryAgainLater(String),
+    /// STATUS: the plugin cannot set up new pods now (CNI code 50).
+    #[error("plugin not available: {0}")]
+    NotAvailable(String),
+    /// Setting up or tearing down the data plane failed (vpcnet code 100).
+    #[error("data plane: {0}")]
+    Dataplane(String),
+    /// CHECK found the attachment not as the result says (vpcnet code 110). Names the missing piece.
+    #[error("check failed: {0}")]
+    CheckFailed(String),
+    /// An error the agent returned, with its own code.
+    #[error("vpcnetd: {msg}")]
+    Agent { code: u32, msg: String },
+}
+
+impl CniError {
+    pub fn code(&self) -> u32 {
+        match self {
+            CniError::IncompatibleVersion { .. } => 1,
+            CniError::UnsupportedField { .. } => 2,
+            CniError::UnknownContainer(_) => 3,
+            CniError::InvalidEnv { .. } => 4,
+            CniError::Io(_) => 5,
+            CniError::Decode(_) => 6,
+            CniError::InvalidConfig { .. } => 7,
+            CniError::TryAgainLater(_) => 11,
+            CniError::NotAvailable(_) => 50,
+            CniError::Dataplane(_) => 100,
+            CniError::CheckFailed(_) => 110,
+            CniError::Agent { code, .. } => *code,
+        }
+    }
+
+    pub fn env(var: &'static str, reason: impl fmt::Display) -> Self {
+        CniError::InvalidEnv {
+            var,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn config(field: &'static str, reason: impl fmt::Display) -> Self {
+        CniError::InvalidConfig {
+            field,
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn dataplane(what: &str, err: impl fmt::Display) -> Self {
+        CniError::Dataplane(format!("{what}: {err}"))
+    }
+}

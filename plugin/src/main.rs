@@ -1,0 +1,121 @@
+//! `vpcnet`: the CNI plugin binary. Reads CNI_* from the environment and the netconf from
+//! stdin, does the verb, prints the result (or the error result) on stdout.
+
+mod agent;
+mod commands;
+mod dataplane;
+mod env;
+mod error;
+mod log;
+mod netconf;
+mod result;
+mod version;
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::env::Command;
+use crate::error::CniError;
+use crate::log::Log;
+use crate::netconf::LogLevel;
+
+fn main() {
+    let code = run();
+    std::process::exit(code);
+}
+
+fn print(v: &Value) -> bool {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v).is_ok() && out.write_all(b"\n").is_ok() && out.flush().is_ok()
+}
+
+fn fail(cni_version: &str, err: &CniError) -> i32 {
+    print(&result::error_result(cni_version, err));
+    1
+}
+
+fn run() -> i32 {
+    let get = |k: &str| std::env::var(k).ok();
+    let command = match env::command(&get) {
+        Ok(c) => c,
+        Err(e) => return fail(version::CURRENT, &e),
+    };
+    if command == Command::Version {
+        return if print(&version::version_output()) { 0 } else { 1 };
+    }
+    let mut stdin = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
+        return fail(version::CURRENT, &CniError::Io(format!("reading stdin: {e}")));
+    }
+    let conf = match netconf::parse(&stdin) {
+        Ok(c) => c,
+        Err(e) => {
+            let v = netconf::peek_version(&stdin)
+                .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+                .unwrap_or_else(|| version::CURRENT.to_string());
+            return fail(&v, &e);
+        }
+    };
+    let log = Log {
+        file: &conf.log_file,
+        level: conf.log_level,
+    };
+    let started = Instant::now();
+    let outcome = dispatch(command, &conf, &get, &log);
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    let id = get("CNI_CONTAINERID").unwrap_or_default();
+    match outcome {
+        Ok(out) => {
+            log.write(
+                LogLevel::Info,
+                format_args!("{command:?} container={id} ok in {ms:.2} ms"),
+            );
+            match out {
+                Some(v) => {
+                    if print(&v) {
+                        0
+                    } else {
+                        1
+                    }
+                }
+                None => 0,
+            }
+        }
+        Err(e) => {
+            log.write(
+                LogLevel::Error,
+                format_args!("{command:?} container={id} failed in {ms:.2} ms: code {} {e}", e.code()),
+            );
+            fail(&conf.cni_version, &e)
+        }
+    }
+}
+
+fn dispatch(
+    command: Command,
+    conf: &netconf::NetConf,
+    get: &dyn Fn(&str) -> Option<String>,
+    log: &Log<'_>,
+) -> Result<Option<Value>, CniError> {
+    match command {
+        Command::Add => {
+            let env = env::container(get, true)?;
+            commands::add::run(conf, &env).map(Some)
+        }
+        Command::Del => {
+            let env = env::container(get, false)?;
+            commands::del::run(conf, &env, log)?;
+            // Chained: pass the previous result through.
+            Ok(None)
+        }
+        Command::Check => {
+            let env = env::container(get, true)?;
+            commands::check::run(conf, &env).map(|()| None)
+        }
+        Command::Gc => commands::gc::run(conf).map(|_| None),
+        Command::Status => commands::status::run(conf).map(|()| None),
+        Command::Version => Ok(Some(version::version_output())),
+    }
+}

@@ -1,0 +1,217 @@
+//! The network configuration on stdin, decoded and validated up front.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use vpcnet_ipam::api::{Attachment, DEFAULT_SOCKET};
+
+use crate::error::CniError;
+use crate::version::{self, Spec};
+
+pub const DEFAULT_LOG_FILE: &str = "/var/log/vpcnet/plugin.log";
+/// IPv4's minimum MTU, and veth's maximum.
+pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    plugin_type: Option<String>,
+    socket: Option<Value>,
+    mtu: Option<Value>,
+    log_file: Option<String>,
+    log_level: Option<String>,
+    prev_result: Option<Value>,
+    ipam: Option<Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<Vec<RawAttachment>>,
+    #[serde(rename = "cni.dev/attachments")]
+    attachments: Option<Vec<RawAttachment>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawAttachment {
+    #[serde(rename = "containerID")]
+    container_id: String,
+    ifname: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Info,
+    Debug,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub spec: Spec,
+    pub name: String,
+    pub socket: PathBuf,
+    pub mtu: Option<u32>,
+    pub log_file: PathBuf,
+    pub log_level: LogLevel,
+    pub prev_result: Option<Value>,
+    /// GC: attachments the runtime still uses (None when the runtime sent no list).
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// Only the version, for error results when the rest does not decode.
+pub fn peek_version(stdin: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct V {
+        #[serde(rename = "cniVersion")]
+        v: Option<String>,
+    }
+    serde_json::from_slice::<V>(stdin).ok()?.v
+}
+
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let raw: Raw = serde_json::from_slice(stdin).map_err(|e| CniError::Decode(e.to_string()))?;
+    let cni_version = raw
+        .cni_version
+        .ok_or_else(|| CniError::config("cniVersion", "missing"))?;
+    let spec = version::parse(&cni_version)?;
+    let name = raw
+        .name
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| CniError::config("name", "missing or empty"))?;
+    if let Some(t) = raw.plugin_type.as_deref() {
+        if t.is_empty() {
+            return Err(CniError::config("type", "empty"));
+        }
+    }
+    if raw.ipam.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(CniError::UnsupportedField {
+            field: "ipam",
+            reason: "vpcnet takes addresses from vpcnetd, not from an IPAM plugin; remove it"
+                .into(),
+        });
+    }
+    let socket = match raw.socket {
+        None | Some(Value::Null) => PathBuf::from(DEFAULT_SOCKET),
+        Some(Value::String(s)) if s.starts_with('/') => PathBuf::from(s),
+        Some(other) => {
+            return Err(CniError::config(
+                "socket",
+                format!("{other} is not an absolute path"),
+            ))
+        }
+    };
+    let mtu = match raw.mtu {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let m = v.as_u64().and_then(|m| u32::try_from(m).ok());
+            match m {
+                Some(m) if MTU_RANGE.contains(&m) => Some(m),
+                _ => {
+                    return Err(CniError::config(
+                        "mtu",
+                        format!(
+                            "{v} is out of range {}..={}",
+                            MTU_RANGE.start(),
+                            MTU_RANGE.end()
+                        ),
+                    ))
+                }
+            }
+        }
+    };
+    let log_level = match raw.log_level.as_deref() {
+        None | Some("") | Some("info") => LogLevel::Info,
+        Some("error") | Some("warn") | Some("warning") => LogLevel::Error,
+        Some("debug") | Some("trace") => LogLevel::Debug,
+        Some(other) => {
+            return Err(CniError::config(
+                "logLevel",
+                format!("{other:?} is not one of error, info, debug"),
+            ))
+        }
+    };
+    let valid_attachments = raw
+        .valid_attachments
+        .or(raw.attachments)
+        .map(|list| {
+            list.into_iter()
+                .map(|a| Attachment {
+                    container_id: a.container_id,
+                    ifname: a.ifname,
+                })
+                .collect()
+        });
+    Ok(NetConf {
+        cni_version,
+        spec,
+        name,
+        socket,
+        mtu,
+        log_file: raw
+            .log_file
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_FILE)),
+        log_level,
+        prev_result: raw.prev_result.filter(|v| !v.is_null()),
+        valid_attachments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> String {
+        format!(r#"{{"cniVersion":"1.1.0","name":"net","type":"vpcnet"{extra}}}"#)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(conf("").as_bytes()).expect("valid");
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.mtu, None);
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert!(c.valid_attachments.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, u32, &str)] = &[
+            ("{not json", 6, "decode"),
+            (r#"{"name":"n"}"#, 7, "cniVersion"),
+            (r#"{"cniVersion":"7.0.0","name":"n"}"#, 1, "7.0.0"),
+            (r#"{"cniVersion":"1.0.0"}"#, 7, "name"),
+        ];
+        for (input, code, word) in cases {
+            let e = parse(input.as_bytes()).expect_err(input);
+            assert_eq!(e.code(), *code, "{input}: {e}");
+            assert!(e.to_string().contains(word), "{input}: {e}");
+        }
+        for bad in [r#","mtu":0"#, r#","mtu":70000"#, r#","mtu":"big""#, r#","mtu":-1"#] {
+            let e = parse(conf(bad).as_bytes()).expect_err(bad);
+            assert_eq!(e.code(), 7);
+            assert!(e.to_string().contains("mtu"), "{e}");
+        }
+        let e = parse(conf(r#","ipam":{"type":"host-local"}"#).as_bytes()).expect_err("ipam");
+        assert_eq!(e.code(), 2);
+        assert!(e.to_string().contains("ipam"));
+        let e = parse(conf(r#","socket":"relative.sock""#).as_bytes()).expect_err("relative");
+        assert!(e.to_string().contains("socket"));
+        assert!(parse(conf(r#","mtu":1500"#).as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn gc_attachments_either_key() {
+        for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+            let c = parse(conf(&format!(r#","{key}":[{{"containerID":"c1","ifname":"eth0"}}]"#)).as_bytes())
+                .expect("valid");
+            let list = c.valid_attachments.expect("list");
+            assert_eq!(list.len(), 1);
+            assert_eq!(list[0].container_id, "c1");
+        }
+    }
+}
