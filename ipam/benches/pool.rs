@@ -51,7 +51,10 @@ fn bench(c: &mut Criterion) {
                 let k = &keys[i % keys.len()];
                 i += 1;
                 black_box(p.release(k, now));
-                black_box(p.assign(k.clone(), PodMeta::default(), now).expect("assign"));
+                black_box(
+                    p.assign(k.clone(), PodMeta::default(), now)
+                        .expect("assign"),
+                );
             })
         });
         let p = pool(prefixes);

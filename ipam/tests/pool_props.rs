@@ -140,7 +140,14 @@ impl Model {
                 let ev = self.pool.release(&k, self.now);
                 match (self.held.remove(&k), &ev) {
                     (None, None) => {}
-                    (Some(ip), Some(PoolEvent::Released { ip: rip, cool_until, .. })) => {
+                    (
+                        Some(ip),
+                        Some(PoolEvent::Released {
+                            ip: rip,
+                            cool_until,
+                            ..
+                        }),
+                    ) => {
                         prop_assert_eq!(ip, *rip);
                         prop_assert_eq!(*cool_until, self.now + self.cfg.cooldown_ms);
                         self.cool_until.insert(ip, *cool_until);
@@ -163,7 +170,11 @@ impl Model {
             Ok((ip, Some(ev))) => {
                 prop_assert!(!self.held.contains_key(&k));
                 prop_assert!(!self.cooling(ip), "{} reused while cooling", ip);
-                prop_assert!(self.held.values().all(|&h| h != ip), "{} double-assigned", ip);
+                prop_assert!(
+                    self.held.values().all(|&h| h != ip),
+                    "{} double-assigned",
+                    ip
+                );
                 self.held.insert(k, ip);
                 self.journal.push(ev);
             }
@@ -197,7 +208,10 @@ impl Model {
                 PoolPlan::Grow { prefixes, .. } => {
                     prop_assert!(!after_shrink, "grow right after shrink (flapping)");
                     let s = self.pool.stats(self.now);
-                    prop_assert!(s.total - s.cooling < self.cfg.max_pods, "grow past max-pods");
+                    prop_assert!(
+                        s.total - s.cooling < self.cfg.max_pods,
+                        "grow past max-pods"
+                    );
                     let new: Vec<_> = self
                         .pool
                         .unheld_prefixes()
@@ -234,7 +248,11 @@ impl Model {
             let c = &self.cfg;
             prop_assert!(s.available >= c.warm_ip_target, "warm-ip {:?}", s);
             prop_assert!(s.total >= c.minimum_ip_target, "minimum-ip {:?}", s);
-            prop_assert!(s.free_prefixes >= c.warm_prefix_target, "warm-prefix {:?}", s);
+            prop_assert!(
+                s.free_prefixes >= c.warm_prefix_target,
+                "warm-prefix {:?}",
+                s
+            );
             prop_assert!(s.available > 0, "empty {:?}", s);
         }
         Ok(())
@@ -267,7 +285,11 @@ impl Model {
         for a in pool.allocations() {
             prop_assert!(seen.insert(a.ip, &a.key).is_none(), "{} held twice", a.ip);
             prop_assert_eq!(self.held.get(&a.key), Some(&a.ip));
-            prop_assert!(held.iter().any(|p| p.contains(a.ip)), "{} outside prefixes", a.ip);
+            prop_assert!(
+                held.iter().any(|p| p.contains(a.ip)),
+                "{} outside prefixes",
+                a.ip
+            );
             prop_assert!(self.cfg.vpc_cidrs.iter().any(|c| c.contains(a.ip)));
             prop_assert!(!self.reserved(a.ip), "{} is a VPC network/broadcast", a.ip);
             prop_assert_eq!(pool.get(&a.key), Some(a));

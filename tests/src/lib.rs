@@ -1,1 +1,404 @@
-//! Shared fixtures for the integration tests (network namespaces, the agent, the plugin).
+//! Fixtures for the integration tests: a private "host" network namespace per test, pod
+//! namespaces, the real `vpcnetd` running in the host namespace, and the real `vpcnet` binary
+//! invoked the way a runtime does (CNI_* env + netconf on stdin).
+//!
+//! Nothing here touches the machine's root namespace. Every namespace and file a [`Lab`]
+//! makes carries its unique prefix and is removed when the lab is dropped — also when the
+//! test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Where the workspace's binaries are (built by `cargo build --workspace` first).
+pub fn bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("VPCNET_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let p = target.join("debug").join(name);
+    assert!(
+        p.exists(),
+        "{} not found: run `cargo build --workspace` before the tests (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command, returns stdout; panics with its stderr on failure.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, returns whether it succeeded (for pings and negative checks).
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Output of one plugin invocation.
+#[derive(Debug, Clone)]
+pub struct CniOutput {
+    pub exit: i32,
+    pub stdout: String,
+    pub json: Value,
+}
+
+impl CniOutput {
+    pub fn ok(&self) -> bool {
+        self.exit == 0
+    }
+    /// The CNI error code, when the call failed.
+    pub fn code(&self) -> Option<u64> {
+        self.json.get("code").and_then(Value::as_u64)
+    }
+    pub fn msg(&self) -> String {
+        self.json
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+    /// The pod address from an ADD result.
+    pub fn ip(&self) -> Option<std::net::Ipv4Addr> {
+        let a = self.json.get("ips")?.get(0)?.get("address")?.as_str()?;
+        a.split('/').next()?.parse().ok()
+    }
+    #[track_caller]
+    pub fn expect_ok(&self, what: &str) -> &Self {
+        assert!(self.ok(), "{what} failed: {}", self.stdout);
+        self
+    }
+}
+
+/// One test's world: a host namespace, pod namespaces, a scratch dir, maybe an agent.
+#[derive(Debug)]
+pub struct Lab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pods: Vec<String>,
+    pub agent: Option<Agent>,
+    pub vpc: String,
+}
+
+impl Lab {
+    /// A fresh lab whose VPC is `vpc` (e.g. "10.240.0.0/16"). Names start with `vt`.
+    pub fn new(vpc: &str) -> Lab {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("vt{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join("vpcnet-tests").join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let lab = Lab {
+            prefix,
+            dir,
+            pods: Vec::new(),
+            agent: None,
+            vpc: vpc.to_string(),
+        };
+        sh(&format!("ip netns add {}", lab.host()));
+        sh(&format!("ip -n {} link set lo up", lab.host()));
+        lab
+    }
+
+    pub fn host(&self) -> String {
+        format!("{}h", self.prefix)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("vpcnetd.sock")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Creates pod namespace `i` (idempotent) and returns its name.
+    pub fn pod(&mut self, i: usize) -> String {
+        let name = format!("{}p{i}", self.prefix);
+        if !self.pods.contains(&name) {
+            sh(&format!("ip netns add {name}"));
+            self.pods.push(name.clone());
+        }
+        name
+    }
+
+    /// Deletes pod namespace `name` (as the runtime does after DEL).
+    pub fn remove_pod(&mut self, name: &str) {
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        self.pods.retain(|p| p != name);
+    }
+
+    pub fn netns_path(ns: &str) -> String {
+        format!("/var/run/netns/{ns}")
+    }
+
+    /// The netconf tests use, pointing at this lab's agent and log.
+    pub fn conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "vpctest",
+            "type": "vpcnet",
+            "socket": self.socket(),
+            "logFile": self.dir.join("plugin.log"),
+            "logLevel": "debug",
+        })
+    }
+
+    /// Starts vpcnetd in the host namespace with the lab's socket/state/VPC plus `extra` flags,
+    /// and waits until it serves.
+    pub fn start_agent(&mut self, extra: &[&str]) -> &mut Agent {
+        let agent = Agent::start(self, extra);
+        self.agent = Some(agent);
+        self.agent.as_mut().expect("just set")
+    }
+
+    /// Invokes the real plugin in the host namespace.
+    pub fn cni(&self, command: &str, container_id: &str, ifname: &str, netns: &str, conf: &Value) -> CniOutput {
+        self.cni_env(
+            conf,
+            &[
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", container_id),
+                ("CNI_IFNAME", ifname),
+                ("CNI_NETNS", netns),
+                ("CNI_PATH", "/usr/lib/cni"),
+            ],
+        )
+    }
+
+    /// ADD for pod namespace `ns` with container ID `cid`, ifname eth0.
+    pub fn add(&self, cid: &str, ns: &str) -> CniOutput {
+        self.cni("ADD", cid, "eth0", &Self::netns_path(ns), &self.conf())
+    }
+
+    /// DEL for `cid`/eth0 (netns given).
+    pub fn del(&self, cid: &str, ns: &str) -> CniOutput {
+        self.cni("DEL", cid, "eth0", &Self::netns_path(ns), &self.conf())
+    }
+
+    /// Invokes the plugin with exactly these env vars (plus PATH) and `stdin` as netconf.
+    pub fn cni_env(&self, conf: &Value, env: &[(&str, &str)]) -> CniOutput {
+        self.cni_raw(conf.to_string().as_bytes(), env)
+    }
+
+    pub fn cni_raw(&self, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
+        use std::io::Write;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.host()))
+            .arg(bin("vpcnet"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn vpcnet");
+        if let Some(mut stdin_pipe) = child.stdin.take() {
+            let _ = stdin_pipe.write_all(stdin);
+        }
+        let out = child.wait_with_output().expect("wait vpcnet");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        CniOutput {
+            exit: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+            stdout,
+        }
+    }
+
+    /// `ip -n <ns> <args>` output.
+    pub fn ip(&self, ns: &str, args: &str) -> String {
+        sh(&format!("ip -n {ns} {args}"))
+    }
+
+    /// Host-side links named like ours (`vpc` + 11 hex digits).
+    pub fn host_veths(&self) -> Vec<String> {
+        self.ip(&self.host(), "-o link show")
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with("vpc") && n.len() == 14)
+            .collect()
+    }
+
+    /// Host routes with our protocol (171), as `ip route` lines.
+    pub fn host_routes(&self) -> Vec<String> {
+        self.ip(&self.host(), "-4 route show proto 171")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn ping(&self, from_ns: &str, to: &str) -> bool {
+        sh_ok(&format!("ip netns exec {from_ns} ping -c1 -W2 -q {to}"))
+    }
+
+    /// `vpcnetd status --json` from the running agent.
+    pub fn status(&self) -> Value {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.host()))
+            .arg(bin("vpcnetd"))
+            .arg("status")
+            .arg("--json")
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("vpcnetd status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "status not JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// Polls `f` every 50 ms until it returns true or `timeout` passes.
+    pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if f() {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+        for p in std::mem::take(&mut self.pods) {
+            let _ = Command::new("ip").args(["netns", "del", &p]).status();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.host()]).status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("lab {} failed; agent log kept in {}", self.prefix, self.dir.display());
+        }
+    }
+}
+
+/// A running `vpcnetd` in the lab's host namespace.
+#[derive(Debug)]
+pub struct Agent {
+    child: Option<Child>,
+    args: Vec<String>,
+    host: String,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(lab: &Lab, extra: &[&str]) -> Agent {
+        let mut args = vec![
+            "--socket".to_string(),
+            lab.socket().display().to_string(),
+            "--state-dir".to_string(),
+            lab.state_dir().display().to_string(),
+            "--vpc-cidr".to_string(),
+            lab.vpc.clone(),
+            "--node-name".to_string(),
+            format!("{}-node", lab.prefix),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut a = Agent {
+            child: None,
+            args,
+            host: lab.host(),
+            socket: lab.socket(),
+            log: lab.dir.join("vpcnetd.log"),
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("agent log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.host))
+            .arg(bin("vpcnetd"))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn vpcnetd");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(15);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("vpcnetd exited ({st}): {}", self.log_text());
+            }
+            assert!(Instant::now() < end, "vpcnetd did not serve within 15 s: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL: a crash, nothing gets to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same flags (after [`Agent::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -117,7 +117,11 @@ pub enum PoolError {
         "no free address: {assigned} of {total} addresses assigned and {cooling} cooling down; \
          the node needs more prefixes"
     )]
-    Exhausted { assigned: u32, cooling: u32, total: u32 },
+    Exhausted {
+        assigned: u32,
+        cooling: u32,
+        total: u32,
+    },
     /// The max-pods limit is reached.
     #[error("max-pods limit reached: {max_pods} addresses already assigned on this node")]
     MaxPods { max_pods: u32 },
@@ -162,9 +166,14 @@ pub struct PoolStats {
 pub enum PoolPlan {
     Steady,
     /// Claim this many more prefixes.
-    Grow { prefixes: u32, reason: GrowReason },
+    Grow {
+        prefixes: u32,
+        reason: GrowReason,
+    },
     /// Release these prefixes (youngest/highest first).
-    Shrink { prefixes: Vec<Ipv4Network> },
+    Shrink {
+        prefixes: Vec<Ipv4Network>,
+    },
 }
 
 /// The target that asked for the most prefixes (ties: in declaration order).
@@ -494,7 +503,8 @@ impl Pool {
             Some(p) if p.net == net => p,
             _ => return Err(PoolError::PrefixNotHeld(net)),
         };
-        let cooling = |s: &Slot| matches!((s, now), (Slot::Cooling(until), Some(now)) if *until > now);
+        let cooling =
+            |s: &Slot| matches!((s, now), (Slot::Cooling(until), Some(now)) if *until > now);
         if p.assigned > 0 || p.slots.iter().any(cooling) {
             return Err(PoolError::PrefixInUse(net));
         }
@@ -541,9 +551,7 @@ impl Pool {
 
     /// Mark a free address as cooling (snapshot restore).
     fn set_cooling(&mut self, ip: Ipv4Addr, until: Millis) -> Result<(), PoolError> {
-        let (p, idx) = self
-            .slot_mut(ip)
-            .ok_or(PoolError::AddressTaken { ip })?;
+        let (p, idx) = self.slot_mut(ip).ok_or(PoolError::AddressTaken { ip })?;
         if p.slots[idx] != Slot::Free {
             return Err(PoolError::AddressTaken { ip });
         }

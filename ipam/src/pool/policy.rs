@@ -82,7 +82,7 @@ impl Pool {
                 c.wholly_free().then_some((p.claimed_at, p.net, c.usable()))
             })
             .collect();
-        candidates.sort_unstable_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        candidates.sort_unstable_by_key(|&(at, net, _)| std::cmp::Reverse((at, net)));
 
         let mut after = s;
         let mut release = Vec::new();

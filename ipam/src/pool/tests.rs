@@ -35,7 +35,9 @@ fn pool_with(cfg: PoolConfig, prefixes: &[&str]) -> Pool {
 }
 
 fn assign(pool: &mut Pool, i: u32, now: Millis) -> Ipv4Addr {
-    pool.assign(key(i), PodMeta::default(), now).expect("assign").0
+    pool.assign(key(i), PodMeta::default(), now)
+        .expect("assign")
+        .0
 }
 
 #[test]
@@ -108,7 +110,9 @@ fn max_pods_error_names_the_limit() {
     let mut pool = pool_with(c, &["10.0.0.16/28"]);
     assign(&mut pool, 1, 0);
     assign(&mut pool, 2, 0);
-    let err = pool.assign(key(3), PodMeta::default(), 0).expect_err("limit");
+    let err = pool
+        .assign(key(3), PodMeta::default(), 0)
+        .expect_err("limit");
     assert_eq!(err, PoolError::MaxPods { max_pods: 2 });
     let msg = err.to_string();
     assert!(msg.contains("max-pods") && msg.contains('2'), "{msg}");
@@ -119,7 +123,9 @@ fn max_pods_error_names_the_limit() {
 #[test]
 fn exhausted_message_counts_and_asks_for_prefixes() {
     let mut pool = Pool::new(cfg());
-    let err = pool.assign(key(1), PodMeta::default(), 0).expect_err("empty");
+    let err = pool
+        .assign(key(1), PodMeta::default(), 0)
+        .expect_err("empty");
     assert_eq!(
         err,
         PoolError::Exhausted {
@@ -228,12 +234,18 @@ fn remove_prefix_refuses_in_use() {
     assign(&mut pool, 1, 0);
     assert_eq!(pool.remove_prefix(p, 0), Err(PoolError::PrefixInUse(p)));
     pool.release(&key(1), 0);
-    assert_eq!(pool.remove_prefix(p, 29_999), Err(PoolError::PrefixInUse(p)));
+    assert_eq!(
+        pool.remove_prefix(p, 29_999),
+        Err(PoolError::PrefixInUse(p))
+    );
     assert_eq!(
         pool.remove_prefix(p, 30_000),
         Ok(PoolEvent::PrefixRemoved { prefix: p })
     );
-    assert_eq!(pool.remove_prefix(p, 30_000), Err(PoolError::PrefixNotHeld(p)));
+    assert_eq!(
+        pool.remove_prefix(p, 30_000),
+        Err(PoolError::PrefixNotHeld(p))
+    );
     assert_eq!(pool.stats(30_000), PoolStats::default());
 }
 
@@ -254,7 +266,11 @@ fn replay_and_snapshot_reproduce_the_pool() {
     for i in (0..20).step_by(3) {
         journal.extend(pool.release(&key(i), 20));
     }
-    journal.extend(pool.assign(key(100), PodMeta::default(), 40_000).expect("a").1);
+    journal.extend(
+        pool.assign(key(100), PodMeta::default(), 40_000)
+            .expect("a")
+            .1,
+    );
 
     let mut replayed = Pool::new(cfg());
     for ev in &journal {
@@ -276,7 +292,10 @@ fn event_json_shape() {
         at: 7,
     };
     let json = serde_json::to_string(&ev).expect("json");
-    assert_eq!(json, r#"{"ev":"prefixAdded","prefix":"10.0.0.16/28","at":7}"#);
+    assert_eq!(
+        json,
+        r#"{"ev":"prefixAdded","prefix":"10.0.0.16/28","at":7}"#
+    );
 }
 
 #[test]
@@ -291,7 +310,10 @@ fn replay_conflicts_are_rejected() {
             assigned_at: at,
         },
     };
-    assert_eq!(pool.apply(&dup(2, a, 0)), Err(PoolError::AddressTaken { ip: a }));
+    assert_eq!(
+        pool.apply(&dup(2, a, 0)),
+        Err(PoolError::AddressTaken { ip: a })
+    );
     assert_eq!(
         pool.apply(&dup(1, ip("10.0.0.20"), 0)),
         Err(PoolError::KeyAlreadyAssigned { ip: a })
@@ -303,7 +325,10 @@ fn replay_conflicts_are_rejected() {
     );
     pool.release(&key(1), 0);
     // Re-assigning a cooling address before its deadline is a conflict; after it is not.
-    assert_eq!(pool.apply(&dup(4, a, 29_999)), Err(PoolError::AddressTaken { ip: a }));
+    assert_eq!(
+        pool.apply(&dup(4, a, 29_999)),
+        Err(PoolError::AddressTaken { ip: a })
+    );
     assert_eq!(pool.apply(&dup(4, a, 30_000)), Ok(()));
     let rel = PoolEvent::Released {
         key: key(5),
@@ -541,5 +566,8 @@ fn set_config_keeps_state() {
         pool.assign(key(2), PodMeta::default(), 0),
         Err(PoolError::MaxPods { max_pods: 1 })
     );
-    assert_eq!(pool.held_prefixes().collect::<Vec<_>>(), vec![net("10.0.0.16/28")]);
+    assert_eq!(
+        pool.held_prefixes().collect::<Vec<_>>(),
+        vec![net("10.0.0.16/28")]
+    );
 }
