@@ -163,3 +163,33 @@ pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
     nl::request(handle, "RTM_SETLINK", RouteNetlinkMessage::SetLink(msg), 0).await?;
     Ok(())
 }
+
+/// `ip link set dev <ifindex> group GROUP`.
+pub async fn set_group(handle: &Handle, index: u32, group: u32) -> Result<(), NetlinkError> {
+    if index == 0 {
+        return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned()));
+    }
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::Group(group));
+    nl::request(handle, "RTM_SETLINK", RouteNetlinkMessage::SetLink(msg), 0).await?;
+    Ok(())
+}
+
+/// `ip link del group GROUP`: every link of the group in one request. The kernel unregisters
+/// them as one batch (one RCU grace period for all instead of one each), which is what makes
+/// deleting many veths cheap. Group 0 (the default group) is refused.
+pub async fn delete_group(handle: &Handle, group: u32) -> Result<(), NetlinkError> {
+    if group == 0 {
+        return Err(NetlinkError::InvalidArgument(
+            "refusing to delete the default link group".to_owned(),
+        ));
+    }
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::Group(group));
+    match nl::request(handle, "RTM_DELLINK", RouteNetlinkMessage::DelLink(msg), 0).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -402,3 +402,181 @@ impl Drop for Agent {
         self.kill();
     }
 }
+
+// ---- helpers for the agent tests (warm_pool, crash, agent_down, gc_status) ----
+
+/// The host veth name vpcnet gives (container ID, ifname): `vpc` + 11 hex digits of FNV-1a 64.
+/// A copy of `vpcnet_ipam::naming::host_veth_name`, kept independent on purpose: if the two
+/// ever disagree, the tests that look veths up by name fail.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in [container_id, ifname].iter().enumerate() {
+        if i > 0 {
+            h ^= 0xff;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        for b in part.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("vpc{:011x}", h >> 20)
+}
+
+/// One allocation from `vpcnetd status --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusAlloc {
+    pub ip: std::net::Ipv4Addr,
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The allocations in a status reply (panics if the reply has none: status is run as root).
+pub fn status_allocs(status: &Value) -> Vec<StatusAlloc> {
+    let s = |v: &Value, k: &str, k2: &str| -> String {
+        v.get(k)
+            .or_else(|| v.get(k2))
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("allocation without {k}: {v}"))
+            .to_string()
+    };
+    status
+        .get("allocations")
+        .and_then(Value::as_array)
+        .unwrap_or_else(|| panic!("status without allocations: {status}"))
+        .iter()
+        .map(|a| {
+            let key = &a["key"];
+            StatusAlloc {
+                ip: s(a, "ip", "ip").parse().expect("allocation ip"),
+                network: s(key, "network", "network"),
+                container_id: s(key, "containerId", "container_id"),
+                ifname: s(key, "ifname", "ifname"),
+            }
+        })
+        .collect()
+}
+
+/// `status.stats.<key>` as a number (accepts camelCase or snake_case spelling).
+pub fn stat(status: &Value, key: &str) -> u64 {
+    let stats = &status["stats"];
+    let camel: String = {
+        let mut out = String::new();
+        let mut up = false;
+        for c in key.chars() {
+            if c == '_' {
+                up = true;
+            } else if up {
+                out.extend(c.to_uppercase());
+                up = false;
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    stats
+        .get(key)
+        .or_else(|| stats.get(&camel))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("status.stats has no {key}: {status}"))
+}
+
+impl Lab {
+    /// Creates pod namespaces for all `ids` with one `ip -batch` (much faster than one `ip`
+    /// per namespace), registered for cleanup like [`Lab::pod`]. Returns their names.
+    pub fn pods(&mut self, ids: impl IntoIterator<Item = usize>) -> Vec<String> {
+        use std::io::Write;
+        let names: Vec<String> = ids
+            .into_iter()
+            .map(|i| format!("{}p{i}", self.prefix))
+            .filter(|n| !self.pods.contains(n))
+            .collect();
+        if names.is_empty() {
+            return names;
+        }
+        let mut child = Command::new("ip")
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn ip -batch");
+        {
+            let mut stdin = child.stdin.take().expect("stdin");
+            for n in &names {
+                writeln!(stdin, "netns add {n}").expect("write ip batch");
+            }
+        }
+        let st = child.wait().expect("ip -batch");
+        self.pods.extend(names.iter().cloned());
+        assert!(st.success(), "ip -batch netns add failed");
+        names
+    }
+
+    /// `vpcnetd status --json`, retried until the agent answers (e.g. right after a restart).
+    pub fn status_when_up(&self) -> Value {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", self.host()))
+                .arg(bin("vpcnetd"))
+                .args(["status", "--json", "--socket"])
+                .arg(self.socket())
+                .output()
+                .expect("vpcnetd status");
+            if let Ok(v) = serde_json::from_slice::<Value>(&out.stdout) {
+                return v;
+            }
+            assert!(Instant::now() < end, "agent status unavailable for 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Interface names inside namespace `ns` (e.g. `["lo", "eth0"]`).
+    pub fn links_in(&self, ns: &str) -> Vec<String> {
+        self.ip(ns, "-o link show")
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    /// The IPv4 addresses (without length) on `ifname` inside namespace `ns`.
+    pub fn addrs_in(&self, ns: &str, ifname: &str) -> Vec<String> {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-4", "-o", "addr", "show", "dev", ifname])
+            .output()
+            .expect("ip addr");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "inet").nth(1))
+            .map(|a| a.split('/').next().unwrap_or(a).to_string())
+            .collect()
+    }
+
+    /// Pid of the running agent (for `kill -9` from another thread while the lab is shared).
+    pub fn agent_pid(&self) -> u32 {
+        self.agent
+            .as_ref()
+            .and_then(Agent::pid)
+            .expect("agent running")
+    }
+}
+
+/// Runs `f` on every item, `threads` at a time (scoped threads), results in input order.
+pub fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = AtomicU32::new(0);
+    let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
+    let results = std::sync::Mutex::new(&mut out);
+    std::thread::scope(|s| {
+        for _ in 0..threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst) as usize;
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
+            });
+        }
+    });
+    out.into_iter().map(|r| r.expect("every item ran")).collect()
+}

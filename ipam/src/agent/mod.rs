@@ -84,6 +84,10 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         .await
         .map_err(|e| format!("start-up reconcile: {e}"))?;
     eprintln!("vpcnetd: start-up reconcile: {report:?}");
+    // Veths a previous run marked for deletion but did not get to.
+    if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
+        eprintln!("vpcnetd: deleting veths marked by a previous run: {e}");
+    }
     let listener = server::bind(&args.socket)
         .map_err(|e| format!("binding socket {}: {e}", args.socket.display()))?;
     node.health().ready = true;
@@ -144,11 +148,40 @@ async fn shutdown_signal() {
     }
 }
 
-/// Deletes host veths one at a time: each costs the kernel ~20 ms, which DEL does not wait for.
+/// Link group that marks host veths waiting to be deleted ("vpcd").
+pub const REAP_GROUP: u32 = 0x7670_6364;
+/// How long deletions are gathered into one batch. Under a real runtime the pod's namespace
+/// is deleted right after DEL, which takes the veth with it, so most batches find little to do.
+const REAP_BATCH_WINDOW: Duration = Duration::from_millis(750);
+
+/// Deletes host veths in batches. Each veth deleted on its own costs the kernel ~20 ms under
+/// rtnl_lock (stalling every ADD meanwhile); marking them with [`REAP_GROUP`] and deleting the
+/// group unregisters them all in one batch (20 veths: ~20 ms instead of ~800 ms).
 async fn reap(net: rtnetlink::Handle, mut rx: mpsc::UnboundedReceiver<u32>) {
-    while let Some(index) = rx.recv().await {
-        if let Err(e) = link::delete_by_index(&net, index).await {
-            eprintln!("vpcnetd: deleting veth #{index}: {e}");
+    let mark = |index: u32| {
+        let net = net.clone();
+        async move {
+            if let Err(e) = link::set_group(&net, index, REAP_GROUP).await {
+                if !e.is_not_found() {
+                    eprintln!("vpcnetd: marking veth #{index} for deletion: {e}");
+                }
+            }
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        mark(first).await;
+        let deadline = tokio::time::Instant::now() + REAP_BATCH_WINDOW;
+        loop {
+            tokio::select! {
+                next = rx.recv() => match next {
+                    Some(i) => mark(i).await,
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
+            eprintln!("vpcnetd: deleting marked veths: {e}");
         }
     }
 }

@@ -121,7 +121,7 @@ impl<D: Datastore> Node<D> {
                 }
                 Err(PoolError::Exhausted { .. }) if !grew => {
                     grew = true;
-                    if let Err(msg) = self.grow(1).await {
+                    if let Err(msg) = self.claim_prefixes(1, true).await {
                         return Reply::error(codes::TRY_AGAIN_LATER, format!("no free address: {msg}"));
                     }
                 }
@@ -253,6 +253,14 @@ impl<D: Datastore> Node<D> {
     /// Claims up to `want` prefixes from the datastore into the pool. Returns how many it
     /// got; an error (with a message for the user) when it got none.
     pub async fn grow(&self, want: u32) -> Result<u32, String> {
+        self.claim_prefixes(want, false).await
+    }
+
+    /// [`Node::grow`]; with `only_if_empty` (the ADD path) it claims nothing when an address
+    /// has come free meanwhile (another ADD or the warm loop grew the pool while this one
+    /// waited for the claim lock). The warm loop must not take that shortcut: it grows while
+    /// addresses are still available (warm targets).
+    async fn claim_prefixes(&self, want: u32, only_if_empty: bool) -> Result<u32, String> {
         let _g = self.claim_lock.lock().await;
         let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
             Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
@@ -265,7 +273,7 @@ impl<D: Datastore> Node<D> {
         let (candidates, vpc) = {
             let st = self.state();
             // Someone else may have grown the pool while we waited for the claim lock.
-            if st.pool.stats(now_ms()).available > 0 && want == 1 {
+            if only_if_empty && st.pool.stats(now_ms()).available > 0 {
                 return Ok(0);
             }
             let c: Vec<_> = st

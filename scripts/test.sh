@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite: unit + property tests (no root needed) and the integration tests
+# that run the real binaries in private network namespaces (root). Installs what is missing.
+#   sudo ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (network namespaces)" >&2; exit 1; }
+. scripts/deps.sh
+
+# Leftovers of a killed earlier run (namespaces named vt<pid>x…, links vnlt…).
+for ns in $(ip netns list | awk '{print $1}' | grep -E '^(vt[0-9]+x|vnlt)' || true); do
+  ip netns del "$ns" 2>/dev/null || true
+done
+
+cargo build --workspace --bins
+cargo test --workspace --features vpcnet-netlink/test_as_root -- --test-threads "${TEST_THREADS:-2}"
