@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -161,11 +161,12 @@ fn kill_9_during_parallel_add_del_churn() {
         let base = cycle * THREADS * PER_THREAD;
         let names = lab.pods(base..base + THREADS * PER_THREAD);
         let stop = AtomicBool::new(false);
+        let adds_ok = AtomicUsize::new(0);
         let results = Mutex::new(Vec::new());
         let pid = lab.agent_pid();
         let killed_at = std::thread::scope(|sc| {
             for t in 0..THREADS {
-                let (lab, stop, results, names) = (&lab, &stop, &results, &names);
+                let (lab, stop, results, names, adds_ok) = (&lab, &stop, &results, &names, &adds_ok);
                 sc.spawn(move || {
                     let mut out = Churn::default();
                     for k in 0..PER_THREAD {
@@ -182,6 +183,7 @@ fn kill_9_during_parallel_add_del_churn() {
                             continue;
                         }
                         out.adds_ok += 1;
+                        adds_ok.fetch_add(1, Ordering::SeqCst);
                         let ip = add.ip().expect("ADD result has an ip");
                         if (t + k) % 3 == 0 {
                             out.kept.push((cid, ns.clone(), ip));
@@ -192,8 +194,11 @@ fn kill_9_during_parallel_add_del_churn() {
                     results.lock().expect("results").push(out);
                 });
             }
+            // ~300 ms into the churn, and not before some ADDs got through (a loaded machine).
             std::thread::sleep(Duration::from_millis(300));
+            let busy = lab.wait_for(Duration::from_secs(20), || adds_ok.load(Ordering::SeqCst) >= 10);
             sh(&format!("kill -9 {pid}"));
+            assert!(busy, "cycle {cycle}: fewer than 10 ADDs in 20 s");
             let killed_at = Instant::now();
             // Let the threads run into the dead agent for a while.
             std::thread::sleep(Duration::from_millis(300));

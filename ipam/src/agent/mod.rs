@@ -74,7 +74,7 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         wake: Notify::new(),
         claim_lock: tokio::sync::Mutex::new(()),
     });
-    tokio::spawn(reap(net, reaper_rx));
+    tokio::spawn(reap(net.clone(), reaper_rx));
     if let Err(e) = node.sync_claims().await {
         eprintln!("vpcnetd: syncing claims with the datastore: {e} (serving from the pool)");
         node.set_degraded("datastore", Some(e));
