@@ -56,7 +56,10 @@ pub enum Request {
     /// CHECK: which address does `key` hold?
     Get { key: AllocKey },
     /// GC: release every allocation of `network` not in `valid`.
-    Gc { network: String, valid: Vec<Attachment> },
+    Gc {
+        network: String,
+        valid: Vec<Attachment>,
+    },
     /// STATUS / `vpcnetd status`.
     Status,
 }
@@ -71,11 +74,20 @@ pub enum Reply {
         existing: bool,
         mtu: Option<u32>,
     },
-    Released { ip: Option<Ipv4Addr> },
-    Allocation { allocation: Option<Allocation> },
-    Collected { released: Vec<Ipv4Addr> },
+    Released {
+        ip: Option<Ipv4Addr>,
+    },
+    Allocation {
+        allocation: Option<Allocation>,
+    },
+    Collected {
+        released: Vec<Ipv4Addr>,
+    },
     Status(Box<AgentStatus>),
-    Error { code: u32, msg: String },
+    Error {
+        code: u32,
+        msg: String,
+    },
 }
 
 /// What `vpcnetd status` shows and STATUS judges readiness by.
@@ -99,6 +111,9 @@ pub struct AgentStatus {
 
 impl Reply {
     pub fn error(code: u32, msg: impl Into<String>) -> Reply {
-        Reply::Error { code, msg: msg.into() }
+        Reply::Error {
+            code,
+            msg: msg.into(),
+        }
     }
 }

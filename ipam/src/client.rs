@@ -35,6 +35,19 @@ pub enum ClientError {
 
 /// Sends one request and waits at most `timeout` for each of connect, write and read.
 pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+    send(socket, request, timeout)?.wait()
+}
+
+/// A request sent, its reply not read yet: lets the caller do other work (the plugin builds
+/// the veth) while the agent answers.
+#[derive(Debug)]
+pub struct Pending {
+    stream: UnixStream,
+    path: String,
+}
+
+/// Connects and sends `request` without waiting for the reply.
+pub fn send(socket: &Path, request: Request, timeout: Duration) -> Result<Pending, ClientError> {
     let path = socket.display().to_string();
     let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: path.clone(),
@@ -56,10 +69,23 @@ pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Reply,
     })?;
     line.push(b'\n');
     (&stream).write_all(&line).map_err(io)?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    if reply.is_empty() {
-        return Err(ClientError::NoReply { path });
+    Ok(Pending { stream, path })
+}
+
+impl Pending {
+    /// Reads the reply.
+    pub fn wait(self) -> Result<Reply, ClientError> {
+        let Pending { stream, path } = self;
+        let mut reply = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut reply)
+            .map_err(|source| ClientError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        if reply.is_empty() {
+            return Err(ClientError::NoReply { path });
+        }
+        serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path, source })
     }
-    serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path, source })
 }

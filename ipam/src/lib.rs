@@ -6,8 +6,8 @@
 //! * [`client`] — the plugin's blocking client for that protocol.
 //! * the rest is the `vpcnetd` agent: a thin async shell around the pool.
 
+pub mod agent;
 pub mod api;
 pub mod client;
 pub mod naming;
 pub mod pool;
-pub mod agent;

@@ -20,7 +20,33 @@ pub enum Outcome {
 }
 
 pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
-    match client::call(socket, request, TIMEOUT) {
+    map(client::call(socket, request, TIMEOUT))
+}
+
+/// Sends without waiting; an unreachable agent is an error naming the `socket` field.
+pub fn send(socket: &Path, request: Request) -> Result<client::Pending, CniError> {
+    client::send(socket, request, TIMEOUT).map_err(|e| match e {
+        ClientError::Connect { .. } => unreachable_error(&e),
+        other => CniError::TryAgainLater(other.to_string()),
+    })
+}
+
+/// Waits for a reply sent with [`send`].
+pub fn wait(pending: client::Pending) -> Result<Reply, CniError> {
+    match map(pending.wait())? {
+        Outcome::Reply(r) => Ok(r),
+        Outcome::Unreachable(e) => Err(unreachable_error(&e)),
+    }
+}
+
+fn unreachable_error(e: &ClientError) -> CniError {
+    CniError::TryAgainLater(format!(
+        "{e} (is vpcnetd running? check the netconf field socket)"
+    ))
+}
+
+fn map(r: Result<Reply, ClientError>) -> Result<Outcome, CniError> {
+    match r {
         Ok(Reply::Error { code, msg }) => Err(CniError::Agent { code, msg }),
         Ok(reply) => Ok(Outcome::Reply(reply)),
         Err(e @ ClientError::Connect { .. }) => Ok(Outcome::Unreachable(e)),
@@ -32,9 +58,7 @@ pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
 pub fn call_required(socket: &Path, request: Request) -> Result<Reply, CniError> {
     match call(socket, request)? {
         Outcome::Reply(r) => Ok(r),
-        Outcome::Unreachable(e) => Err(CniError::TryAgainLater(format!(
-            "{e} (is vpcnetd running? check the netconf field socket)"
-        ))),
+        Outcome::Unreachable(e) => Err(unreachable_error(&e)),
     }
 }
 

@@ -36,88 +36,113 @@ pub fn open_netns(path: &std::path::Path) -> Result<OwnedFd, CniError> {
     netns::open(path).map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
 }
 
-/// Builds the whole attachment. On failure everything created is removed again.
-pub async fn setup(host: &Handle, plan: &Plan<'_>) -> Result<Wired, CniError> {
-    let host_veth = naming::host_veth_name(plan.container_id, plan.ifname);
-    let host_mac = naming::host_veth_mac(plan.container_id, plan.ifname);
-    let pod_mac = naming::pod_mac(plan.container_id, plan.ifname);
+/// The host end of a freshly created veth pair.
+#[derive(Debug, Clone)]
+pub struct HostVeth {
+    pub name: String,
+    pub index: u32,
+    pub mac: [u8; 6],
+}
+
+/// Creates the veth pair: host end here, peer born as `ifname` in the pod namespace, both up.
+/// A stale veth of ours with the same name (an earlier attempt for the same attachment whose
+/// background delete has not run yet) is replaced; a name clash inside the pod namespace fails.
+pub async fn create_veth(
+    host: &Handle,
+    container_id: &str,
+    ifname: &str,
+    netns_path: &str,
+    netns: &OwnedFd,
+    mtu: Option<u32>,
+) -> Result<HostVeth, CniError> {
+    let name = naming::host_veth_name(container_id, ifname);
+    let mac = naming::host_veth_mac(container_id, ifname);
     let spec = veth::VethSpec {
-        host_name: &host_veth,
-        host_mac,
-        peer_name: plan.ifname,
-        peer_mac: pod_mac,
-        peer_netns: plan.netns.as_fd(),
-        mtu: plan.mtu,
+        host_name: &name,
+        host_mac: mac,
+        peer_name: ifname,
+        peer_mac: naming::pod_mac(container_id, ifname),
+        peer_netns: netns.as_fd(),
+        mtu,
     };
-    let host_index = match veth::create(host, &spec).await {
+    let what = || format!("creating veth {name} with peer {ifname} in {netns_path}");
+    let index = match veth::create(host, &spec).await {
         Ok(i) => i,
-        // A veth of ours with this name is left from an earlier attempt for the same
-        // attachment (e.g. DEL's background delete has not run yet): replace it. If the name
-        // clash is in the pod namespace instead, the retry fails and says so.
         Err(e) if e.is_exists() => {
-            link::delete_by_name(host, &host_veth)
+            let stale = link::delete_by_name(host, &name)
                 .await
                 .map_err(|e| CniError::dataplane("deleting stale host veth", e))?;
-            veth::create(host, &spec).await.map_err(|e| {
-                CniError::dataplane(
-                    &format!(
-                        "creating veth {host_veth} with peer {} in {}",
-                        plan.ifname, plan.netns_path
-                    ),
-                    e,
-                )
-            })?
+            if !stale {
+                return Err(CniError::dataplane(&what(), e));
+            }
+            veth::create(host, &spec)
+                .await
+                .map_err(|e| CniError::dataplane(&what(), e))?
         }
         Err(e) => {
-            return Err(CniError::dataplane(
-                &format!("creating veth {host_veth} with peer {}", plan.ifname),
-                e,
-            ))
+            // The pair may exist half-configured (the second step failed): remove it.
+            let _ = link::delete_by_name(host, &name).await;
+            return Err(CniError::dataplane(&what(), e));
         }
     };
-    let result = wire(host, plan, host_index, host_mac).await;
-    if let Err(e) = result {
-        // Undo: deleting the host end deletes the peer, and with it every pod-side address,
-        // route and neighbour; the host route goes with its device.
-        let _ = link::delete_by_index(host, host_index).await;
+    Ok(HostVeth { name, index, mac })
+}
+
+/// Deleting the host end deletes the peer and with it every pod-side address, route and
+/// neighbour; the host route goes with its device.
+pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
+    let _ = link::delete_by_index(host, veth.index).await;
+}
+
+/// Addresses and routes on both sides of a created veth. On failure the caller removes the veth.
+pub async fn wire(
+    host: &Handle,
+    veth: &HostVeth,
+    ifname: &str,
+    netns: &OwnedFd,
+    ip: Ipv4Addr,
+) -> Result<(), CniError> {
+    route::add_link_scope(host, ip, 32, veth.index, RTPROT_VPCNET, true)
+        .await
+        .map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))?;
+    // The pod side runs on a dedicated thread that enters the pod namespace (setns is per
+    // thread); this thread's namespace never changes.
+    let host_mac = veth.mac;
+    netns::run_in(netns.as_fd(), |h| async move {
+        configure_pod(&h, ifname, ip, host_mac).await
+    })
+    .map_err(|e| CniError::dataplane("entering pod namespace", e))?
+}
+
+/// Builds the whole attachment; on failure everything created is removed again.
+pub async fn setup(host: &Handle, plan: &Plan<'_>) -> Result<Wired, CniError> {
+    let veth = create_veth(
+        host,
+        plan.container_id,
+        plan.ifname,
+        plan.netns_path,
+        plan.netns,
+        plan.mtu,
+    )
+    .await?;
+    finish(host, plan, veth).await
+}
+
+/// Wires an already created veth; removes it on failure.
+pub async fn finish(host: &Handle, plan: &Plan<'_>, veth: HostVeth) -> Result<Wired, CniError> {
+    if let Err(e) = wire(host, &veth, plan.ifname, plan.netns, plan.ip).await {
+        remove_veth(host, &veth).await;
         return Err(e);
     }
     Ok(Wired {
-        host_veth,
-        host_mac,
+        host_veth: veth.name,
+        host_mac: veth.mac,
         ifname: plan.ifname.to_string(),
-        pod_mac,
+        pod_mac: naming::pod_mac(plan.container_id, plan.ifname),
         netns: plan.netns_path.to_string(),
         ip: plan.ip,
         mtu: plan.mtu,
     })
-}
-
-async fn wire(
-    host: &Handle,
-    plan: &Plan<'_>,
-    host_index: u32,
-    host_mac: [u8; 6],
-) -> Result<(), CniError> {
-    let ifname = plan.ifname.to_string();
-    let ip = plan.ip;
-    let pod_ns = plan
-        .netns
-        .try_clone()
-        .map_err(|e| CniError::Io(format!("duplicating pod netns fd: {e}")))?;
-    // The pod side runs on its own thread (in the pod namespace) while this thread adds the
-    // host route: both are independent once the veth exists.
-    let pod = std::thread::spawn(move || {
-        netns::run_in(pod_ns.as_fd(), |h| async move {
-            configure_pod(&h, &ifname, ip, host_mac).await
-        })
-    });
-    let host_route = route::add_link_scope(host, ip, 32, host_index, RTPROT_VPCNET, true).await;
-    let pod = pod
-        .join()
-        .map_err(|_| CniError::Dataplane("pod namespace thread panicked".into()))?;
-    pod.map_err(|e| CniError::dataplane("entering pod namespace", e))??;
-    host_route.map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))
 }
 
 async fn configure_pod(
@@ -141,9 +166,17 @@ async fn configure_pod(
     route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true)
         .await
         .map_err(|e| CniError::dataplane("adding gateway route", e))?;
-    route::add_via(h, Ipv4Addr::UNSPECIFIED, 0, GATEWAY, Some(index), RTPROT_VPCNET, true)
-        .await
-        .map_err(|e| CniError::dataplane("adding default route", e))?;
+    route::add_via(
+        h,
+        Ipv4Addr::UNSPECIFIED,
+        0,
+        GATEWAY,
+        Some(index),
+        RTPROT_VPCNET,
+        true,
+    )
+    .await
+    .map_err(|e| CniError::dataplane("adding default route", e))?;
     Ok(())
 }
 
@@ -171,7 +204,9 @@ pub async fn check(
     if !hl.up {
         return Err(fail(format!("host veth {host_veth} is down")));
     }
-    let routes = route::list_v4(host, Some(RTPROT_VPCNET)).await.map_err(nl)?;
+    let routes = route::list_v4(host, Some(RTPROT_VPCNET))
+        .await
+        .map_err(nl)?;
     if !routes
         .iter()
         .any(|r| r.dst == ip && r.dst_len == 32 && r.oif == Some(hl.index))
@@ -188,7 +223,12 @@ pub async fn check(
     .map_err(|e| CniError::dataplane("entering pod namespace", e))?
 }
 
-async fn check_pod(h: &Handle, ifname: &str, ip: Ipv4Addr, host_mac: [u8; 6]) -> Result<(), CniError> {
+async fn check_pod(
+    h: &Handle,
+    ifname: &str,
+    ip: Ipv4Addr,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
     let fail = |what: String| CniError::CheckFailed(what);
     let nl = |e: NetlinkError| CniError::dataplane("reading pod state", e);
     let Some(l) = link::get_by_name(h, ifname).await.map_err(nl)? else {
@@ -202,10 +242,9 @@ async fn check_pod(h: &Handle, ifname: &str, ip: Ipv4Addr, host_mac: [u8; 6]) ->
         return Err(fail(format!("pod address {ip}/32 on {ifname} is missing")));
     }
     let routes = route::list_v4(h, None).await.map_err(nl)?;
-    if !routes
-        .iter()
-        .any(|r| r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none())
-    {
+    if !routes.iter().any(|r| {
+        r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none()
+    }) {
         return Err(fail(format!(
             "pod route {GATEWAY} dev {ifname} scope link is missing"
         )));

@@ -57,9 +57,7 @@ pub fn command(get: &dyn Fn(&str) -> Option<String>) -> Result<Command, CniError
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     let mut bytes = id.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
-    if !first_ok
-        || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
         return Err(CniError::env(
             "CNI_CONTAINERID",
             format!("{id:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*"),
@@ -187,12 +185,22 @@ mod tests {
         assert_eq!(c.args.namespace.as_deref(), Some("default"));
         assert_eq!(c.args.name.as_deref(), Some("web"));
         assert_eq!(c.args.uid.as_deref(), Some("u-1"));
-        let del = env(&[("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0"), ("CNI_NETNS", "")]);
-        assert!(container(&del, false).expect("DEL without netns").netns.is_none());
+        let del = env(&[
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", ""),
+        ]);
+        assert!(container(&del, false)
+            .expect("DEL without netns")
+            .netns
+            .is_none());
         let e = container(&del, true).expect_err("ADD needs netns");
         assert!(e.to_string().contains("CNI_NETNS"));
         assert!(parse_args("novalue").is_err());
-        assert_eq!(command(&env(&[("CNI_COMMAND", "GC")])).ok(), Some(Command::Gc));
+        assert_eq!(
+            command(&env(&[("CNI_COMMAND", "GC")])).ok(),
+            Some(Command::Gc)
+        );
         assert!(command(&env(&[])).is_err());
     }
 }

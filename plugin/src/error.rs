@@ -7,7 +7,10 @@ use std::fmt;
 pub enum CniError {
     /// Requested cniVersion not supported (CNI code 1).
     #[error("incompatible CNI version {requested:?}: cniVersion must be one of {supported}")]
-    IncompatibleVersion { requested: String, supported: String },
+    IncompatibleVersion {
+        requested: String,
+        supported: String,
+    },
     /// A netconf field we do not support (CNI code 2).
     #[error("unsupported field {field}: {reason}")]
     UnsupportedField { field: &'static str, reason: String },

@@ -28,7 +28,9 @@ fn main() {
 
 fn print(v: &Value) -> bool {
     let mut out = std::io::stdout().lock();
-    serde_json::to_writer(&mut out, v).is_ok() && out.write_all(b"\n").is_ok() && out.flush().is_ok()
+    serde_json::to_writer(&mut out, v).is_ok()
+        && out.write_all(b"\n").is_ok()
+        && out.flush().is_ok()
 }
 
 fn fail(cni_version: &str, err: &CniError) -> i32 {
@@ -43,11 +45,18 @@ fn run() -> i32 {
         Err(e) => return fail(version::CURRENT, &e),
     };
     if command == Command::Version {
-        return if print(&version::version_output()) { 0 } else { 1 };
+        return if print(&version::version_output()) {
+            0
+        } else {
+            1
+        };
     }
     let mut stdin = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return fail(version::CURRENT, &CniError::Io(format!("reading stdin: {e}")));
+        return fail(
+            version::CURRENT,
+            &CniError::Io(format!("reading stdin: {e}")),
+        );
     }
     let conf = match netconf::parse(&stdin) {
         Ok(c) => c,
@@ -86,7 +95,10 @@ fn run() -> i32 {
         Err(e) => {
             log.write(
                 LogLevel::Error,
-                format_args!("{command:?} container={id} failed in {ms:.2} ms: code {} {e}", e.code()),
+                format_args!(
+                    "{command:?} container={id} failed in {ms:.2} ms: code {} {e}",
+                    e.code()
+                ),
             );
             fail(&conf.cni_version, &e)
         }

@@ -133,17 +133,14 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             ))
         }
     };
-    let valid_attachments = raw
-        .valid_attachments
-        .or(raw.attachments)
-        .map(|list| {
-            list.into_iter()
-                .map(|a| Attachment {
-                    container_id: a.container_id,
-                    ifname: a.ifname,
-                })
-                .collect()
-        });
+    let valid_attachments = raw.valid_attachments.or(raw.attachments).map(|list| {
+        list.into_iter()
+            .map(|a| Attachment {
+                container_id: a.container_id,
+                ifname: a.ifname,
+            })
+            .collect()
+    });
     Ok(NetConf {
         cni_version,
         spec,
@@ -191,7 +188,12 @@ mod tests {
             assert_eq!(e.code(), *code, "{input}: {e}");
             assert!(e.to_string().contains(word), "{input}: {e}");
         }
-        for bad in [r#","mtu":0"#, r#","mtu":70000"#, r#","mtu":"big""#, r#","mtu":-1"#] {
+        for bad in [
+            r#","mtu":0"#,
+            r#","mtu":70000"#,
+            r#","mtu":"big""#,
+            r#","mtu":-1"#,
+        ] {
             let e = parse(conf(bad).as_bytes()).expect_err(bad);
             assert_eq!(e.code(), 7);
             assert!(e.to_string().contains("mtu"), "{e}");
@@ -207,8 +209,13 @@ mod tests {
     #[test]
     fn gc_attachments_either_key() {
         for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-            let c = parse(conf(&format!(r#","{key}":[{{"containerID":"c1","ifname":"eth0"}}]"#)).as_bytes())
-                .expect("valid");
+            let c = parse(
+                conf(&format!(
+                    r#","{key}":[{{"containerID":"c1","ifname":"eth0"}}]"#
+                ))
+                .as_bytes(),
+            )
+            .expect("valid");
             let list = c.valid_attachments.expect("list");
             assert_eq!(list.len(), 1);
             assert_eq!(list[0].container_id, "c1");

@@ -177,7 +177,14 @@ impl Lab {
     }
 
     /// Invokes the real plugin in the host namespace.
-    pub fn cni(&self, command: &str, container_id: &str, ifname: &str, netns: &str, conf: &Value) -> CniOutput {
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        ifname: &str,
+        netns: &str,
+        conf: &Value,
+    ) -> CniOutput {
         self.cni_env(
             conf,
             &[
@@ -301,11 +308,17 @@ impl Drop for Lab {
         for p in std::mem::take(&mut self.pods) {
             let _ = Command::new("ip").args(["netns", "del", &p]).status();
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.host()]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.host()])
+            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
-            eprintln!("lab {} failed; agent log kept in {}", self.prefix, self.dir.display());
+            eprintln!(
+                "lab {} failed; agent log kept in {}",
+                self.prefix,
+                self.dir.display()
+            );
         }
     }
 }
@@ -365,7 +378,11 @@ impl Agent {
             if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("vpcnetd exited ({st}): {}", self.log_text());
             }
-            assert!(Instant::now() < end, "vpcnetd did not serve within 15 s: {}", self.log_text());
+            assert!(
+                Instant::now() < end,
+                "vpcnetd did not serve within 15 s: {}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -564,7 +581,11 @@ impl Lab {
 }
 
 /// Runs `f` on every item, `threads` at a time (scoped threads), results in input order.
-pub fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let next = AtomicU32::new(0);
     let mut out: Vec<Option<R>> = (0..items.len()).map(|_| None).collect();
     let results = std::sync::Mutex::new(&mut out);
@@ -574,9 +595,13 @@ pub fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> 
                 let i = next.fetch_add(1, Ordering::SeqCst) as usize;
                 let Some(item) = items.get(i) else { break };
                 let r = f(item);
-                results.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
+                results
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)[i] = Some(r);
             });
         }
     });
-    out.into_iter().map(|r| r.expect("every item ran")).collect()
+    out.into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
 }

@@ -33,14 +33,22 @@ fn fifty_parallel_adds_get_distinct_reachable_addresses() {
     for (o, (cid, _)) in adds.iter().zip(&pods) {
         o.expect_ok(cid);
         let ip = o.ip().expect("ip");
-        assert!(ips.insert(ip, cid.clone()).is_none(), "{ip} handed out twice");
+        assert!(
+            ips.insert(ip, cid.clone()).is_none(),
+            "{ip} handed out twice"
+        );
     }
     assert_eq!(ips.len(), 50);
     let s = lab.status();
     let allocs = status_allocs(&s);
     assert_eq!(allocs.len(), 50, "{s:#}");
     for a in &allocs {
-        assert_eq!(ips.get(&a.ip), Some(&a.container_id), "agent and plugin disagree on {}", a.ip);
+        assert_eq!(
+            ips.get(&a.ip),
+            Some(&a.container_id),
+            "agent and plugin disagree on {}",
+            a.ip
+        );
     }
     assert_eq!(lab.host_veths().len(), 50);
     assert_eq!(lab.host_routes().len(), 50);
@@ -89,7 +97,11 @@ fn check_node(lab: &Lab, kept: &[(String, String, Ipv4Addr)], cycle: usize) {
     let allocs = status_allocs(&s);
     let mut seen = HashSet::new();
     for a in &allocs {
-        assert!(seen.insert(a.ip), "cycle {cycle}: {} held by two allocations: {s:#}", a.ip);
+        assert!(
+            seen.insert(a.ip),
+            "cycle {cycle}: {} held by two allocations: {s:#}",
+            a.ip
+        );
     }
     // Start-up reconcile ran before serving: every allocation has its host veth.
     let veths: BTreeSet<String> = lab.host_veths().into_iter().collect();
@@ -103,23 +115,35 @@ fn check_node(lab: &Lab, kept: &[(String, String, Ipv4Addr)], cycle: usize) {
         );
     }
     // Every pod the runtime still has kept its address and its allocation.
-    let by_cid: BTreeMap<&str, Ipv4Addr> =
-        allocs.iter().map(|a| (a.container_id.as_str(), a.ip)).collect();
+    let by_cid: BTreeMap<&str, Ipv4Addr> = allocs
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ip))
+        .collect();
     for (cid, ns, ip) in kept {
         assert_eq!(
             by_cid.get(cid.as_str()),
             Some(ip),
             "cycle {cycle}: pod {cid} lost its allocation {ip}"
         );
-        assert_eq!(lab.addrs_in(ns, "eth0"), vec![ip.to_string()], "cycle {cycle}: {cid}");
+        assert_eq!(
+            lab.addrs_in(ns, "eth0"),
+            vec![ip.to_string()],
+            "cycle {cycle}: {cid}"
+        );
     }
     // Nothing leaked: exactly the kept pods are allocated (failed ADDs were DELeted, and
     // the start-up reconcile released what a DEL without the agent left recorded).
     let want: BTreeSet<&str> = kept.iter().map(|(c, _, _)| c.as_str()).collect();
     let have: BTreeSet<&str> = by_cid.keys().copied().collect();
-    assert_eq!(have, want, "cycle {cycle}: allocations vs pods the runtime has");
+    assert_eq!(
+        have, want,
+        "cycle {cycle}: allocations vs pods the runtime has"
+    );
     // No orphan veth or route (orphan veths are deleted in the background).
-    let want_veths: BTreeSet<String> = kept.iter().map(|(c, _, _)| host_veth_name(c, "eth0")).collect();
+    let want_veths: BTreeSet<String> = kept
+        .iter()
+        .map(|(c, _, _)| host_veth_name(c, "eth0"))
+        .collect();
     let want_routes: BTreeSet<Ipv4Addr> = kept.iter().map(|(_, _, ip)| *ip).collect();
     let routes = || -> BTreeSet<Ipv4Addr> {
         lab.host_routes()
@@ -129,7 +153,8 @@ fn check_node(lab: &Lab, kept: &[(String, String, Ipv4Addr)], cycle: usize) {
             .collect()
     };
     let clean = lab.wait_for(Duration::from_secs(10), || {
-        lab.host_veths().into_iter().collect::<BTreeSet<_>>() == want_veths && routes() == want_routes
+        lab.host_veths().into_iter().collect::<BTreeSet<_>>() == want_veths
+            && routes() == want_routes
     });
     assert!(
         clean,
@@ -166,7 +191,8 @@ fn kill_9_during_parallel_add_del_churn() {
         let pid = lab.agent_pid();
         let killed_at = std::thread::scope(|sc| {
             for t in 0..THREADS {
-                let (lab, stop, results, names, adds_ok) = (&lab, &stop, &results, &names, &adds_ok);
+                let (lab, stop, results, names, adds_ok) =
+                    (&lab, &stop, &results, &names, &adds_ok);
                 sc.spawn(move || {
                     let mut out = Churn::default();
                     for k in 0..PER_THREAD {
@@ -196,7 +222,9 @@ fn kill_9_during_parallel_add_del_churn() {
             }
             // ~300 ms into the churn, and not before some ADDs got through (a loaded machine).
             std::thread::sleep(Duration::from_millis(300));
-            let busy = lab.wait_for(Duration::from_secs(20), || adds_ok.load(Ordering::SeqCst) >= 10);
+            let busy = lab.wait_for(Duration::from_secs(20), || {
+                adds_ok.load(Ordering::SeqCst) >= 10
+            });
             sh(&format!("kill -9 {pid}"));
             assert!(busy, "cycle {cycle}: fewer than 10 ADDs in 20 s");
             let killed_at = Instant::now();
@@ -207,14 +235,21 @@ fn kill_9_during_parallel_add_del_churn() {
         });
         let results = results.into_inner().expect("results");
         let (ok, failed, del_failed) = results.iter().fold((0, 0, 0), |acc, c| {
-            (acc.0 + c.adds_ok, acc.1 + c.adds_failed, acc.2 + c.dels_failed_first_try)
+            (
+                acc.0 + c.adds_ok,
+                acc.1 + c.adds_failed,
+                acc.2 + c.dels_failed_first_try,
+            )
         });
         eprintln!(
             "cycle {cycle}: {ok} ADDs ok, {failed} failed, {del_failed} DELs retried; joined {:?} after the kill",
             killed_at.elapsed()
         );
         assert!(ok > 0, "cycle {cycle}: no ADD succeeded before the kill");
-        assert!(failed > 0, "cycle {cycle}: the kill hit no ADD (threads finished too early)");
+        assert!(
+            failed > 0,
+            "cycle {cycle}: the kill hit no ADD (threads finished too early)"
+        );
         kept.extend(results.into_iter().flat_map(|c| c.kept));
         let agent = lab.agent.as_mut().expect("agent");
         assert!(!agent.is_running(), "kill -9 did not stop the agent");
@@ -246,12 +281,16 @@ fn journal_survives_kill_9() {
     let s = lab.status();
     let after = status_allocs(&s);
     assert_eq!(after, before, "allocations changed across kill -9");
-    let got: BTreeMap<Ipv4Addr, String> = after.into_iter().map(|a| (a.ip, a.container_id)).collect();
+    let got: BTreeMap<Ipv4Addr, String> =
+        after.into_iter().map(|a| (a.ip, a.container_id)).collect();
     assert_eq!(got, want);
     // Re-ADD of a pod returns its address (idempotent after a restart too).
     let o = lab.add("j3", &pods[3]);
     o.expect_ok("re-ADD j3");
-    assert_eq!(want.get(&o.ip().expect("ip")).map(String::as_str), Some("j3"));
+    assert_eq!(
+        want.get(&o.ip().expect("ip")).map(String::as_str),
+        Some("j3")
+    );
     assert_eq!(stat(&lab.status(), "assigned"), 10);
 }
 
@@ -273,7 +312,11 @@ fn cooldown_survives_kill_9() {
     agent.kill();
     agent.restart();
     let s = lab.status();
-    assert_eq!(stat(&s, "cooling"), 1, "cooldown lost across restart: {s:#}");
+    assert_eq!(
+        stat(&s, "cooling"),
+        1,
+        "cooldown lost across restart: {s:#}"
+    );
     assert_eq!(stat(&s, "assigned"), 9, "{s:#}");
     // Fill the pool: 14 - 9 assigned - 1 cooling = 4 more, then exhausted.
     let mut new_ips = Vec::new();

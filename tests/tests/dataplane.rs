@@ -40,7 +40,10 @@ fn allocations(lab: &Lab) -> Vec<(String, String)> {
         .iter()
         .map(|a| {
             (
-                a["key"]["container_id"].as_str().unwrap_or_default().to_string(),
+                a["key"]["container_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
                 a["ip"].as_str().unwrap_or_default().to_string(),
             )
         })
@@ -80,7 +83,10 @@ fn ping_matrix(jobs: &[(String, Vec<String>)]) -> Vec<String> {
                 .iter()
                 .map(|(src, targets)| s.spawn(move || (src.clone(), run(src, targets))))
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("ping thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("ping thread"))
+                .collect()
         });
         for (src, failed) in results {
             // Many failures are no fluke: report them without slow one-by-one retries.
@@ -107,11 +113,20 @@ fn ping_matrix(jobs: &[(String, Vec<String>)]) -> Vec<String> {
 /// The pod side of one attachment, as DESIGN.md §3 describes it.
 fn assert_pod_wired(lab: &Lab, ns: &str, ip: Ipv4Addr, host_mac: &str) {
     let addr = lab.ip(ns, "-4 -o addr show dev eth0");
-    assert!(addr.contains(&format!("inet {ip}/32 ")), "{ns}: eth0 lacks {ip}/32: {addr}");
+    assert!(
+        addr.contains(&format!("inet {ip}/32 ")),
+        "{ns}: eth0 lacks {ip}/32: {addr}"
+    );
     let eth0 = lab.ip(ns, "-o link show eth0");
-    assert!(eth0.contains(",UP") || eth0.contains("<UP"), "{ns}: eth0 not up: {eth0}");
+    assert!(
+        eth0.contains(",UP") || eth0.contains("<UP"),
+        "{ns}: eth0 not up: {eth0}"
+    );
     let lo = lab.ip(ns, "-o link show lo");
-    assert!(lo.contains(",UP") || lo.contains("<UP"), "{ns}: lo not up: {lo}");
+    assert!(
+        lo.contains(",UP") || lo.contains("<UP"),
+        "{ns}: lo not up: {lo}"
+    );
     let routes = lab.ip(ns, "-4 route show");
     assert!(
         routes.contains(&format!("default via {GATEWAY} dev eth0 proto 171")),
@@ -137,23 +152,31 @@ fn assert_host_wired(lab: &Lab, ip: Ipv4Addr, host_veth: &str) {
         "host lacks `{want}`: {routes:?}"
     );
     let link = lab.ip(&lab.host(), &format!("-o link show {host_veth}"));
-    assert!(link.contains(",UP") || link.contains("<UP"), "{host_veth} not up: {link}");
     assert!(
-        !lab.ip(&lab.host(), &format!("-4 -o addr show dev {host_veth}")).contains("inet "),
+        link.contains(",UP") || link.contains("<UP"),
+        "{host_veth} not up: {link}"
+    );
+    assert!(
+        !lab.ip(&lab.host(), &format!("-4 -o addr show dev {host_veth}"))
+            .contains("inet "),
         "{host_veth} must carry no address"
     );
 }
 
 fn host_route_for(lab: &Lab, ip: Ipv4Addr) -> Option<String> {
     let prefix = format!("{ip} ");
-    lab.host_routes().into_iter().find(|r| r.starts_with(&prefix))
+    lab.host_routes()
+        .into_iter()
+        .find(|r| r.starts_with(&prefix))
 }
 
 #[test]
 fn fifty_pods_all_pairs_check_and_delete() {
     const PODS: usize = 50;
     let mut lab = Lab::new("10.240.0.0/16");
-    lab.start_agent(&[]);
+    // Pod 4's host veth is deleted by hand below; a periodic reconcile must not release it
+    // behind the test's back (the counts are asserted).
+    lab.start_agent(&["--reconcile-interval", "600s"]);
 
     let mut pods = Vec::new();
     let started = Instant::now();
@@ -162,7 +185,9 @@ fn fifty_pods_all_pairs_check_and_delete() {
         let cid = format!("c{i}");
         let out = lab.add(&cid, &ns);
         out.expect_ok(&format!("ADD {cid}"));
-        let ip = out.ip().unwrap_or_else(|| panic!("ADD {cid}: no ip: {}", out.stdout));
+        let ip = out
+            .ip()
+            .unwrap_or_else(|| panic!("ADD {cid}: no ip: {}", out.stdout));
         pods.push((cid, ns, ip, out.json.clone()));
     }
     eprintln!("{PODS} ADDs in {:?}", started.elapsed());
@@ -181,7 +206,9 @@ fn fifty_pods_all_pairs_check_and_delete() {
 
     // Every attachment as the recipe says, on both sides.
     for (cid, ns, ip, res) in &pods {
-        let host_veth = res["interfaces"][0]["name"].as_str().expect("host veth name");
+        let host_veth = res["interfaces"][0]["name"]
+            .as_str()
+            .expect("host veth name");
         let host_mac = res["interfaces"][0]["mac"].as_str().expect("host veth mac");
         assert!(
             host_veth.len() == 14
@@ -190,7 +217,11 @@ fn fifty_pods_all_pairs_check_and_delete() {
             "{cid}: host veth name {host_veth}"
         );
         assert_eq!(res["interfaces"][1]["name"], "eth0", "{cid}");
-        assert_eq!(res["interfaces"][1]["sandbox"], Lab::netns_path(ns), "{cid}");
+        assert_eq!(
+            res["interfaces"][1]["sandbox"],
+            Lab::netns_path(ns),
+            "{cid}"
+        );
         assert_pod_wired(&lab, ns, *ip, host_mac);
         assert_host_wired(&lab, *ip, host_veth);
     }
@@ -200,7 +231,10 @@ fn fifty_pods_all_pairs_check_and_delete() {
     // A node has an address of its own (its node IP) that pods answer. The lab's host
     // namespace has none, and without one the host's pings carry no usable source address:
     // give it one on its `lo` (this kernel has no dummy devices). Private namespace only.
-    vpcnet_tests::sh(&format!("ip -n {} addr add 192.168.255.1/32 dev lo", lab.host()));
+    vpcnet_tests::sh(&format!(
+        "ip -n {} addr add 192.168.255.1/32 dev lo",
+        lab.host()
+    ));
     let mut jobs: Vec<(String, Vec<String>)> = pods
         .iter()
         .map(|(_, ns, me, _)| {
@@ -214,7 +248,11 @@ fn fifty_pods_all_pairs_check_and_delete() {
         .collect();
     jobs.push((lab.host(), pods.iter().map(|p| p.2.to_string()).collect()));
     let failures = ping_matrix(&jobs);
-    assert!(failures.is_empty(), "{} pings failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} pings failed: {failures:?}",
+        failures.len()
+    );
     eprintln!("{} pings in {:?}", PODS * (PODS - 1) + PODS, t.elapsed());
     // The matrix can fail: an address nobody has does not answer.
     assert!(
@@ -231,10 +269,26 @@ fn fifty_pods_all_pairs_check_and_delete() {
     // Break one piece per pod; CHECK names it.
     let (ip1, ip4) = (pods[1].2, pods[4].2);
     let breakages: [(usize, String, &str); 5] = [
-        (0, format!("ip -n {} route del default", pods[0].1), "default route"),
-        (1, format!("ip -n {} route del {ip1}/32", lab.host()), "host route"),
-        (2, format!("ip -n {} route del {GATEWAY} dev eth0", pods[2].1), "pod route 169.254.1.1"),
-        (3, format!("ip -n {} addr flush dev eth0", pods[3].1), "pod address"),
+        (
+            0,
+            format!("ip -n {} route del default", pods[0].1),
+            "default route",
+        ),
+        (
+            1,
+            format!("ip -n {} route del {ip1}/32", lab.host()),
+            "host route",
+        ),
+        (
+            2,
+            format!("ip -n {} route del {GATEWAY} dev eth0", pods[2].1),
+            "pod route 169.254.1.1",
+        ),
+        (
+            3,
+            format!("ip -n {} addr flush dev eth0", pods[3].1),
+            "pod address",
+        ),
         (
             4,
             format!(
@@ -250,10 +304,22 @@ fn fifty_pods_all_pairs_check_and_delete() {
         vpcnet_tests::sh(cmd);
         let c = check(&lab, cid, ns, res);
         assert!(!c.ok(), "CHECK {cid} passed after `{cmd}`");
-        assert_eq!(c.code(), Some(110), "CHECK {cid} after `{cmd}`: {}", c.stdout);
-        assert!(c.msg().contains(what), "CHECK {cid} after `{cmd}`: msg should name {what:?}: {}", c.msg());
+        assert_eq!(
+            c.code(),
+            Some(110),
+            "CHECK {cid} after `{cmd}`: {}",
+            c.stdout
+        );
+        assert!(
+            c.msg().contains(what),
+            "CHECK {cid} after `{cmd}`: msg should name {what:?}: {}",
+            c.msg()
+        );
     }
-    assert!(host_route_for(&lab, ip4).is_none(), "route went with its veth");
+    assert!(
+        host_route_for(&lab, ip4).is_none(),
+        "route went with its veth"
+    );
     // The untouched pods still pass.
     for (cid, ns, _, res) in &pods[5..8] {
         let c = check(&lab, cid, ns, res);
@@ -270,9 +336,17 @@ fn fifty_pods_all_pairs_check_and_delete() {
             lab.del(cid, ns)
         };
         out.expect_ok(&format!("DEL {cid}"));
-        assert!(out.stdout.trim().is_empty(), "DEL {cid} printed {}", out.stdout);
+        assert!(
+            out.stdout.trim().is_empty(),
+            "DEL {cid} printed {}",
+            out.stdout
+        );
         // The host route goes synchronously with DEL.
-        assert_eq!(host_route_for(&lab, *ip), None, "route of {cid} left after DEL");
+        assert_eq!(
+            host_route_for(&lab, *ip),
+            None,
+            "route of {cid} left after DEL"
+        );
         if i % 10 == 0 {
             let allocs = allocations(&lab);
             assert!(
@@ -290,14 +364,21 @@ fn fifty_pods_all_pairs_check_and_delete() {
     assert!(allocations(&lab).is_empty());
     // The host veths are deleted in the background, promptly.
     let gone = lab.wait_for(Duration::from_secs(5), || lab.host_veths().is_empty());
-    assert!(gone, "host veths left 5 s after DEL: {:?}", lab.host_veths());
+    assert!(
+        gone,
+        "host veths left 5 s after DEL: {:?}",
+        lab.host_veths()
+    );
     // … and with them the pod ends.
     for (cid, ns, _, _) in &pods {
         let links = lab.ip(ns, "-o link show");
         assert!(!links.contains("eth0"), "{cid}: eth0 left in pod: {links}");
     }
     // Deleted pods are unreachable.
-    assert!(!lab.ping(&lab.host(), &pods[20].2.to_string()), "deleted pod still answers");
+    assert!(
+        !lab.ping(&lab.host(), &pods[20].2.to_string()),
+        "deleted pod still answers"
+    );
 
     // DEL is idempotent, with and without a netns.
     for (cid, ns, _, _) in &pods[..3] {
@@ -308,7 +389,11 @@ fn fifty_pods_all_pairs_check_and_delete() {
     // Never-added containers, too.
     lab.cni("DEL", "never-added", "eth0", "", &lab.conf())
         .expect_ok("DEL of an unknown container");
-    assert_eq!(stat(&lab, "cooling"), PODS as u64, "a repeated DEL changed the pool");
+    assert_eq!(
+        stat(&lab, "cooling"),
+        PODS as u64,
+        "a repeated DEL changed the pool"
+    );
 }
 
 #[test]
@@ -333,8 +418,14 @@ fn readd_after_del_and_repeated_add() {
     assert_eq!(routes.len(), 2, "{routes:?}");
     let addr = lab.ip(&p1, "-4 -o addr show dev eth0");
     assert_eq!(addr.matches("inet ").count(), 1, "{addr}");
-    assert!(lab.ping(&p1, &ip2.to_string()), "c1 → c2 after repeated ADD");
-    assert!(check(&lab, "c1", &p1, &again.json).ok(), "CHECK after repeated ADD");
+    assert!(
+        lab.ping(&p1, &ip2.to_string()),
+        "c1 → c2 after repeated ADD"
+    );
+    assert!(
+        check(&lab, "c1", &p1, &again.json).ok(),
+        "CHECK after repeated ADD"
+    );
 
     // DEL then immediate re-ADD of the same container, several times: the plugin must
     // replace the veth whose background deletion is still pending, and the background
@@ -343,16 +434,23 @@ fn readd_after_del_and_repeated_add() {
     let mut seen = HashSet::from([ip1, ip2]);
     let mut last = again;
     for round in 0..5 {
-        lab.del("c1", &p1).expect_ok(&format!("DEL c1 round {round}"));
+        lab.del("c1", &p1)
+            .expect_ok(&format!("DEL c1 round {round}"));
         let r = lab.add("c1", &p1);
         r.expect_ok(&format!("re-ADD c1 round {round}"));
         let ip = r.ip().expect("re-ADD ip");
         // The old address is cooling down (30 s default): a fresh one.
-        assert_ne!(ip, prev_ip, "round {round}: re-ADD reused a cooling address");
+        assert_ne!(
+            ip, prev_ip,
+            "round {round}: re-ADD reused a cooling address"
+        );
         assert!(seen.insert(ip), "round {round}: {ip} handed out twice");
         prev_ip = ip;
         assert!(lab.ping(&p1, &ip2.to_string()), "round {round}: c1 → c2");
-        assert!(lab.ping(&p2, &ip.to_string()), "round {round}: c2 → c1 ({ip})");
+        assert!(
+            lab.ping(&p2, &ip.to_string()),
+            "round {round}: c2 → c1 ({ip})"
+        );
         last = r;
     }
     // Give the background deleter time to act on everything queued, then look again.
@@ -360,7 +458,10 @@ fn readd_after_del_and_repeated_add() {
     assert_eq!(lab.host_veths().len(), 2, "{:?}", lab.host_veths());
     let c = check(&lab, "c1", &p1, &last.json);
     assert!(c.ok(), "CHECK after re-ADDs: {}", c.stdout);
-    assert!(lab.ping(&p2, &prev_ip.to_string()), "c2 → c1 after the deleter ran");
+    assert!(
+        lab.ping(&p2, &prev_ip.to_string()),
+        "c2 → c1 after the deleter ran"
+    );
     let st = stats(&lab);
     assert_eq!(st["assigned"], 2, "{st}");
     assert_eq!(st["cooling"], 5, "{st}");
@@ -375,7 +476,7 @@ fn released_address_cools_down_before_reuse() {
     let p0 = lab.pod(0);
     let first = lab.add("c0", &p0);
     first.expect_ok("ADD c0");
-    let total = stat(&lab, "total") as usize;
+    let total = usize::try_from(stat(&lab, "total")).expect("total");
     assert!((4..=16).contains(&total), "pool of a /28: {}", lab.status());
 
     // Fill up to all but one address, then release one in the middle.
@@ -390,7 +491,8 @@ fn released_address_cools_down_before_reuse() {
     }
     let (rcid, rns, released) = held.remove(1);
     let t0 = Instant::now();
-    lab.del(&rcid, &rns).expect_ok("DEL of the released container");
+    lab.del(&rcid, &rns)
+        .expect_ok("DEL of the released container");
     let t1 = Instant::now();
     lab.remove_pod(&rns);
     assert_eq!(stat(&lab, "cooling"), 1);
@@ -400,7 +502,12 @@ fn released_address_cools_down_before_reuse() {
     let ns = lab.pod(100);
     let out = lab.add("n0", &ns);
     out.expect_ok("ADD n0 (last free address)");
-    assert_ne!(out.ip(), Some(released), "cooling address reused at {:?}", t0.elapsed());
+    assert_ne!(
+        out.ip(),
+        Some(released),
+        "cooling address reused at {:?}",
+        t0.elapsed()
+    );
     let ns = lab.pod(101);
     let veths_before = lab.host_veths().len();
     let deny = lab.add("n1", &ns);
@@ -418,7 +525,7 @@ fn released_address_cools_down_before_reuse() {
     // … and left nothing behind.
     assert_eq!(lab.host_veths().len(), veths_before);
     assert!(!lab.ip(&ns, "-o link show").contains("eth0"));
-    assert_eq!(stat(&lab, "assigned") as usize, total - 1);
+    assert_eq!(stat(&lab, "assigned"), (total - 1) as u64);
 
     // After the cooldown the address is reusable, and being the only one, it is what n1 gets.
     let deadline = t1 + Duration::from_secs(15);
@@ -428,7 +535,11 @@ fn released_address_cools_down_before_reuse() {
             break r;
         }
         assert_eq!(r.code(), Some(11), "{}", r.stdout);
-        assert!(Instant::now() < deadline, "address still cooling 15 s after release: {}", r.stdout);
+        assert!(
+            Instant::now() < deadline,
+            "address still cooling 15 s after release: {}",
+            r.stdout
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     let reused_after = t0.elapsed();
@@ -437,7 +548,10 @@ fn released_address_cools_down_before_reuse() {
         reused_after >= cooldown,
         "released address reused after {reused_after:?}, before the {cooldown:?} cooldown"
     );
-    assert!(lab.ping(&ns, &held[0].2.to_string()), "reused address works");
+    assert!(
+        lab.ping(&ns, &held[0].2.to_string()),
+        "reused address works"
+    );
     let st = stats(&lab);
     assert_eq!(st["cooling"], 0, "{st}");
     assert_eq!(st["assigned"].as_u64(), Some(total as u64), "{st}");

@@ -18,7 +18,10 @@ fn wait_status(lab: &Lab, what: &str, f: impl Fn(&Value) -> bool) -> Value {
         last = lab.status();
         f(&last)
     });
-    assert!(ok, "{what}: not reached within {SETTLE:?}; last status: {last:#}");
+    assert!(
+        ok,
+        "{what}: not reached within {SETTLE:?}; last status: {last:#}"
+    );
     last
 }
 
@@ -42,7 +45,11 @@ fn warm_ip_target_is_held_and_refilled() {
     // One /28 satisfies a target of 5; give the loop a few check intervals to over-claim.
     std::thread::sleep(Duration::from_millis(800));
     let s = lab.status();
-    assert_eq!(prefixes(&s), 1, "one /28 is enough for 5 warm addresses: {s:#}");
+    assert_eq!(
+        prefixes(&s),
+        1,
+        "one /28 is enough for 5 warm addresses: {s:#}"
+    );
     // The first /28 of the VPC holds the VPC's network address, which is never handed out.
     assert_eq!(stat(&s, "total"), 15, "{s:#}");
     assert_eq!(stat(&s, "available"), 15, "{s:#}");
@@ -55,7 +62,11 @@ fn warm_ip_target_is_held_and_refilled() {
     }
     std::thread::sleep(Duration::from_millis(800));
     let s = lab.status();
-    assert_eq!(prefixes(&s), 1, "15 - 10 = 5 available meets the target: {s:#}");
+    assert_eq!(
+        prefixes(&s),
+        1,
+        "15 - 10 = 5 available meets the target: {s:#}"
+    );
     // The 11th leaves 4 < 5: the agent claims a second prefix in the background.
     lab.add("c10", &pods[10]).expect_ok("ADD c10");
     let s = wait_status(&lab, "grown to 2 prefixes", |s| prefixes(s) == 2);
@@ -112,7 +123,11 @@ fn burst_grows_pool_and_dels_shrink_it_back() {
     let mut ips = HashSet::new();
     for (o, (cid, _)) in adds.iter().zip(&pods) {
         o.expect_ok(cid);
-        assert!(ips.insert(o.ip().expect("ip")), "duplicate address {:?}", o.ip());
+        assert!(
+            ips.insert(o.ip().expect("ip")),
+            "duplicate address {:?}",
+            o.ip()
+        );
     }
     // 40 assigned + 4 warm need 3 /28s (15 + 16 + 16); an over-claim during the burst is
     // given back once it is old enough.
@@ -149,13 +164,17 @@ fn max_pods_caps_adds_and_growth() {
     lab.start_agent(&["--max-pods", "5", "--pool-check-interval", "200ms"]);
     let pods = lab.pods(0..6);
     for (i, ns) in pods.iter().take(5).enumerate() {
-        lab.add(&format!("m{i}"), ns).expect_ok("ADD within max-pods");
+        lab.add(&format!("m{i}"), ns)
+            .expect_ok("ADD within max-pods");
     }
     let sixth = lab.add("m5", &pods[5]);
     assert_eq!(sixth.exit, 1, "6th ADD must fail: {}", sixth.stdout);
     assert_eq!(sixth.code(), Some(11), "{}", sixth.stdout);
     let msg = sixth.msg();
-    assert!(msg.contains("max-pods") && msg.contains('5'), "message: {msg}");
+    assert!(
+        msg.contains("max-pods") && msg.contains('5'),
+        "message: {msg}"
+    );
     assert_eq!(lab.host_veths().len(), 5, "{:?}", lab.host_veths());
     assert_eq!(lab.host_routes().len(), 5, "{:?}", lab.host_routes());
     assert_eq!(lab.links_in(&pods[5]), vec!["lo".to_string()]);
@@ -186,7 +205,10 @@ fn vpc_exhausted_fails_fast_with_code_11() {
         let ip = o.ip().expect("ip");
         assert!(ips.insert(ip), "duplicate {ip}");
         let last = ip.octets()[3];
-        assert!((1..=14).contains(&last), "VPC network/broadcast handed out: {ip}");
+        assert!(
+            (1..=14).contains(&last),
+            "VPC network/broadcast handed out: {ip}"
+        );
     }
     let started = Instant::now();
     let o = lab.add("x14", &pods[14]);
@@ -194,7 +216,11 @@ fn vpc_exhausted_fails_fast_with_code_11() {
     assert_eq!(o.exit, 1, "{}", o.stdout);
     assert_eq!(o.code(), Some(11), "{}", o.stdout);
     let msg = o.msg().to_lowercase();
-    assert!(msg.contains("vpc") && msg.contains("exhausted"), "message: {}", o.msg());
+    assert!(
+        msg.contains("vpc") && msg.contains("exhausted"),
+        "message: {}",
+        o.msg()
+    );
     assert!(took < Duration::from_secs(5), "exhausted ADD took {took:?}");
     assert_eq!(lab.links_in(&pods[14]), vec!["lo".to_string()]);
     assert_eq!(lab.host_veths().len(), 14);

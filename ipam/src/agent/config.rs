@@ -12,7 +12,11 @@ use crate::api::DEFAULT_SOCKET;
 use crate::pool::PoolConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "vpcnetd", version, about = "vpcnet node agent: VPC-style warm pool of pod addresses")]
+#[command(
+    name = "vpcnetd",
+    version,
+    about = "vpcnet node agent: VPC-style warm pool of pod addresses"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -119,7 +123,10 @@ impl RunArgs {
             return Err("--vpc-cidr is required (the CIDR pods get addresses from)".into());
         }
         if !(16..=32).contains(&self.prefix_len) {
-            return Err(format!("--prefix-len {} must be within 16..=32", self.prefix_len));
+            return Err(format!(
+                "--prefix-len {} must be within 16..=32",
+                self.prefix_len
+            ));
         }
         for c in &self.vpc_cidrs {
             if c.prefix() > self.prefix_len {
@@ -166,6 +173,7 @@ impl RunArgs {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -181,7 +189,13 @@ mod tests {
 
     #[test]
     fn validation_names_flags() {
-        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/16", "--vpc-cidr", "10.0.128.0/17"]);
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--vpc-cidr",
+            "10.0.128.0/17",
+        ]);
         assert!(cli.run.validate().unwrap_err().contains("overlaps"));
         let cli = Cli::parse_from(["vpcnetd"]);
         assert!(cli.run.validate().unwrap_err().contains("--vpc-cidr"));

@@ -122,7 +122,10 @@ impl<D: Datastore> Node<D> {
                 Err(PoolError::Exhausted { .. }) if !grew => {
                     grew = true;
                     if let Err(msg) = self.claim_prefixes(1, true).await {
-                        return Reply::error(codes::TRY_AGAIN_LATER, format!("no free address: {msg}"));
+                        return Reply::error(
+                            codes::TRY_AGAIN_LATER,
+                            format!("no free address: {msg}"),
+                        );
                     }
                 }
                 Err(e) => return Reply::error(codes::TRY_AGAIN_LATER, e.to_string()),
@@ -217,8 +220,11 @@ impl<D: Datastore> Node<D> {
             out
         };
         for (ip, key) in &released {
-            self.teardown(Some(*ip), &naming::host_veth_name(&key.container_id, &key.ifname))
-                .await;
+            self.teardown(
+                Some(*ip),
+                &naming::host_veth_name(&key.container_id, &key.ifname),
+            )
+            .await;
         }
         self.wake.notify_one();
         Reply::Collected {
@@ -232,13 +238,23 @@ impl<D: Datastore> Node<D> {
         let stats = st.pool.stats(now);
         let max_pods = st.pool.config().max_pods;
         let h = self.health();
-        let can_grow = !h.degraded.contains_key("pool") && stats.assigned < max_pods;
+        // Growing needs a prefix of the VPC this node does not hold yet (other nodes' claims
+        // are only learnt on a claim attempt: that is what the "pool" degradation records).
+        let can_grow =
+            !h.degraded.contains_key("pool") && st.pool.unheld_prefixes().next().is_some();
         AgentStatus {
             node: self.name.clone(),
             datastore: self.datastore.name().to_string(),
             ready: h.ready,
-            can_assign: stats.assigned < max_pods && (stats.available > 0 || can_grow),
-            degraded: h.degraded.iter().map(|(k, v)| format!("{k}: {v}")).collect(),
+            // A node at max-pods is full, not broken: STATUS must not mark its network
+            // NotReady for that (the scheduler already stops at max-pods), so max-pods is
+            // not part of this.
+            can_assign: stats.available > 0 || can_grow,
+            degraded: h
+                .degraded
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect(),
             stats,
             max_pods,
             prefixes: st.pool.prefixes(now),
@@ -282,7 +298,13 @@ impl<D: Datastore> Node<D> {
                 .filter(|p| !taken.contains(p))
                 .take(usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8))
                 .collect();
-            let vpc: Vec<String> = st.pool.config().vpc_cidrs.iter().map(|c| c.to_string()).collect();
+            let vpc: Vec<String> = st
+                .pool
+                .config()
+                .vpc_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
             (c, vpc)
         };
         let mut got = 0;
@@ -377,7 +399,9 @@ impl<D: Datastore> Node<D> {
                 if !dropped {
                     self.set_degraded(
                         "claims",
-                        Some(format!("prefix {p} is in use here but claimed by node {owner}")),
+                        Some(format!(
+                            "prefix {p} is in use here but claimed by node {owner}"
+                        )),
                     );
                 }
                 continue;
@@ -388,7 +412,10 @@ impl<D: Datastore> Node<D> {
                 node_ip: self.ip,
                 claimed_at: now_ms(),
             };
-            self.datastore.claim(&claim).await.map_err(|e| e.to_string())?;
+            self.datastore
+                .claim(&claim)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         for p in ours {
             if !held.contains(&p) {

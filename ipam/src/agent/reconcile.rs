@@ -78,11 +78,12 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     }
     for r in &routes {
         let pod_route = r.dst_len == 32 && r.kind == route::RTN_UNICAST && r.gateway.is_none();
-        if pod_route && !owned_ips.contains(&r.dst) {
-            if route::delete(&node.net, r).await? {
-                eprintln!("vpcnetd: reconcile: deleted route {}/32 (no allocation)", r.dst);
-                report.routes_deleted += 1;
-            }
+        if pod_route && !owned_ips.contains(&r.dst) && route::delete(&node.net, r).await? {
+            eprintln!(
+                "vpcnetd: reconcile: deleted route {}/32 (no allocation)",
+                r.dst
+            );
+            report.routes_deleted += 1;
         }
     }
     if report.released > 0 {

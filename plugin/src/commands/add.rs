@@ -1,9 +1,14 @@
 //! ADD: address from the agent's warm pool, then the veth and routes.
+//!
+//! When the MTU is known from the netconf, the request to the agent and the veth creation
+//! overlap: the agent's journal sync and the kernel's veth setup are the two slowest steps,
+//! and neither needs the other. Without an MTU in the netconf the plugin waits for the agent,
+//! whose reply carries the node's uplink MTU.
 
 use serde_json::Value;
 use vpcnet_ipam::api::{Reply, Request};
 
-use crate::dataplane::{self, Plan};
+use crate::dataplane::{self, HostVeth, Plan};
 use crate::env::ContainerEnv;
 use crate::error::CniError;
 use crate::netconf::NetConf;
@@ -16,31 +21,52 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<Value, CniError> {
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
     // Validate the namespace before taking an address: bad input changes nothing.
     let netns = dataplane::open_netns(netns_path)?;
+    let netns_str = netns_path.display().to_string();
     let key = super::key(conf, env);
-    let reply = agent::call_required(
+    let rt = super::runtime()?;
+    let host = rt.block_on(async { super::host_netlink() })?;
+    let pending = agent::send(
         &conf.socket,
         Request::Assign {
             key: key.clone(),
             meta: super::meta(env),
         },
     )?;
-    let Reply::Assigned { ip, mtu, .. } = reply else {
-        return Err(agent::unexpected(&reply));
+    let early_veth: Option<Result<HostVeth, CniError>> = conf.mtu.map(|mtu| {
+        rt.block_on(dataplane::create_veth(
+            &host,
+            &env.container_id,
+            &env.ifname,
+            &netns_str,
+            &netns,
+            Some(mtu),
+        ))
+    });
+    let reply = agent::wait(pending);
+    let (ip, mtu) = match reply {
+        Ok(Reply::Assigned { ip, mtu, .. }) => (ip, conf.mtu.or(mtu)),
+        Ok(other) => {
+            undo_veth(&rt, &host, early_veth);
+            return Err(agent::unexpected(&other));
+        }
+        Err(e) => {
+            undo_veth(&rt, &host, early_veth);
+            return Err(e);
+        }
     };
-    let netns_str = netns_path.display().to_string();
     let plan = Plan {
         container_id: &env.container_id,
         ifname: &env.ifname,
         netns_path: &netns_str,
         netns: &netns,
         ip,
-        mtu: conf.mtu.or(mtu),
+        mtu,
     };
-    let wired = super::runtime().and_then(|rt| {
-        rt.block_on(async {
-            let host = super::host_netlink()?;
-            dataplane::setup(&host, &plan).await
-        })
+    let wired = rt.block_on(async {
+        match early_veth {
+            Some(veth) => dataplane::finish(&host, &plan, veth?).await,
+            None => dataplane::setup(&host, &plan).await,
+        }
     });
     match wired {
         Ok(w) => Ok(result::add_result(
@@ -54,5 +80,15 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<Value, CniError> {
             let _ = agent::call(&conf.socket, Request::Release { key });
             Err(e)
         }
+    }
+}
+
+fn undo_veth(
+    rt: &tokio::runtime::Runtime,
+    host: &rtnetlink::Handle,
+    veth: Option<Result<HostVeth, CniError>>,
+) {
+    if let Some(Ok(v)) = veth {
+        rt.block_on(dataplane::remove_veth(host, &v));
     }
 }

@@ -73,12 +73,10 @@ impl Datastore for LocalDatastore {
     }
 
     async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
-        self.with_claims(|claims| {
-            let key = claim.prefix.to_string();
-            if claims.contains_key(&key) {
-                (false, false)
-            } else {
-                claims.insert(key, claim.clone());
+        self.with_claims(|claims| match claims.entry(claim.prefix.to_string()) {
+            std::collections::btree_map::Entry::Occupied(_) => (false, false),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(claim.clone());
                 (true, true)
             }
         })

@@ -36,7 +36,10 @@ pub trait Datastore: Send + Sync + 'static {
     /// Short name for status output (`local`, `etcd`, …).
     fn name(&self) -> &'static str;
     /// Atomic create-if-absent. `Ok(false)`: someone holds it already.
-    fn claim(&self, claim: &PrefixClaim) -> impl Future<Output = Result<bool, DatastoreError>> + Send;
+    fn claim(
+        &self,
+        claim: &PrefixClaim,
+    ) -> impl Future<Output = Result<bool, DatastoreError>> + Send;
     /// Deletes the claim if `node` still holds it. Releasing what is not held is not an error.
     fn release(
         &self,
