@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test.sh: run as root (network namespaces)" >&2; exit 1; }
 . scripts/deps.sh
 
-# Leftovers of a killed earlier run (namespaces named vt<pid>x…, links vnlt…).
-for ns in $(ip netns list | awk '{print $1}' | grep -E '^(vt[0-9]+x|vnlt)' || true); do
-  ip netns del "$ns" 2>/dev/null || true
+# Leftovers of a killed earlier run: test namespaces are named vt<pid>x… / vnlt<pid>…; only
+# those whose test process is gone are removed (another run may be in progress).
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(vt[0-9]+x|vnlt[0-9]+)' || true); do
+  pid=$(sed -E 's/^(vt|vnlt)([0-9]+).*/\2/' <<<"$ns")
+  kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
 done
 
 cargo build --workspace --bins

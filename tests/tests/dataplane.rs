@@ -12,7 +12,7 @@ use vpcnet_tests::{CniOutput, Lab};
 
 const GATEWAY: &str = "169.254.1.1";
 
-/// `n` in `10.240.0.0/16`-style CIDR `cidr`?
+/// Is `ip` inside `cidr` (e.g. "10.240.0.0/16")?
 fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
     let (net, len) = cidr.split_once('/').expect("cidr");
     let net: Ipv4Addr = net.parse().expect("cidr address");
