@@ -40,6 +40,8 @@ pub enum Command {
 pub enum DatastoreKind {
     /// Embedded single-node store in the state directory.
     Local,
+    /// etcd v3 (`--etcd-endpoints`): many nodes share one VPC.
+    Etcd,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +94,33 @@ pub struct RunArgs {
     /// This node's address, which peers route its prefixes via.
     #[arg(long, env = "VPCNET_NODE_IP")]
     pub node_ip: Option<Ipv4Addr>,
+    /// etcd endpoints (comma-separated), e.g. http://10.0.0.2:2379.
+    #[arg(long, env = "VPCNET_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of vpcnet's data in etcd.
+    #[arg(long, env = "VPCNET_ETCD_PREFIX", default_value = "/vpcnet")]
+    pub etcd_prefix: String,
+    /// TTL of the lease this node's claims hang off: a node dead this long loses its prefixes.
+    #[arg(long, env = "VPCNET_ETCD_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub etcd_lease_ttl: Duration,
+    /// CA bundle to verify etcd's certificate (enables TLS).
+    #[arg(long, env = "VPCNET_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "VPCNET_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert).
+    #[arg(long, env = "VPCNET_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// Masquerade pod traffic to destinations outside the VPC with the node's address.
+    #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub snat: bool,
+    /// Destinations (besides the VPC) pod traffic to which keeps the pod address (repeatable).
+    #[arg(long = "snat-exclude", env = "VPCNET_SNAT_EXCLUDE", value_delimiter = ',')]
+    pub snat_exclude: Vec<Ipv4Network>,
+    /// How often peer routes are re-synced even without a watch event.
+    #[arg(long, env = "VPCNET_PEER_SYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub peer_sync_interval: Duration,
 }
 
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
@@ -142,6 +171,12 @@ impl RunArgs {
                     return Err(format!("--vpc-cidr {a} overlaps --vpc-cidr {b}"));
                 }
             }
+        }
+        if self.datastore == DatastoreKind::Etcd && self.etcd_endpoints.is_empty() {
+            return Err("--datastore etcd needs --etcd-endpoints".into());
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
         }
         if self.max_pods == 0 {
             return Err("--max-pods must be at least 1".into());

@@ -5,8 +5,10 @@
 pub mod config;
 pub mod datastore;
 pub mod node;
+pub mod peers;
 pub mod reconcile;
 pub mod server;
+pub mod snat;
 pub mod status;
 pub mod store;
 pub mod warm;
@@ -18,6 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use vpcnet_netlink::{link, route, sysctl};
 
 use crate::agent::config::{DatastoreKind, RunArgs};
+use crate::agent::datastore::etcd::{EtcdConfig, EtcdDatastore};
 use crate::agent::datastore::local::LocalDatastore;
 use crate::agent::datastore::Datastore;
 use crate::agent::node::{Health, Node, State};
@@ -35,6 +38,21 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
+                serve(args, ds).await
+            }
+            DatastoreKind::Etcd => {
+                let ds = EtcdDatastore::connect(EtcdConfig {
+                    endpoints: args.etcd_endpoints.clone(),
+                    prefix: args.etcd_prefix.clone(),
+                    lease_ttl: args.etcd_lease_ttl,
+                    state_dir: args.state_dir.clone(),
+                    node: args.node_name(),
+                    ca: args.etcd_ca.clone(),
+                    cert: args.etcd_cert.clone(),
+                    key: args.etcd_key.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 serve(args, ds).await
             }
         }
@@ -78,6 +96,15 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
     if let Err(e) = node.sync_claims().await {
         eprintln!("vpcnetd: syncing claims with the datastore: {e} (serving from the pool)");
         node.set_degraded("datastore", Some(e));
+    }
+    if args.snat {
+        snat::apply(&snat::SnatConfig {
+            vpc_cidrs: args.vpc_cidrs.clone(),
+            exclude: args.snat_exclude.clone(),
+        })
+        .map_err(|e| format!("installing SNAT rules: {e}"))?;
+    } else {
+        snat::remove().map_err(|e| format!("removing SNAT rules: {e}"))?;
     }
     let grace = u64::try_from(args.reconcile_grace.as_millis()).unwrap_or(u64::MAX);
     let report = reconcile::run(&node, grace)
@@ -125,11 +152,17 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
             }
         })
     };
+    let peers = {
+        let node = node.clone();
+        let every = args.peer_sync_interval;
+        tokio::spawn(async move { peers::run(&node, every).await })
+    };
     let server = tokio::spawn(server::serve(listener, node.clone()));
     shutdown_signal().await;
     server.abort();
     warm.abort();
     periodic.abort();
+    peers.abort();
     let _ = std::fs::remove_file(&args.socket);
     eprintln!("vpcnetd: stopped");
     Ok(())

@@ -97,4 +97,9 @@ impl Datastore for LocalDatastore {
     async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
         self.with_claims(|claims| (false, claims.values().cloned().collect()))
     }
+
+    /// One node, no peers: nothing to watch.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
 }

@@ -5,6 +5,7 @@
 //! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
 //! still the caller's; `list` shows every node's claims.
 
+pub mod etcd;
 pub mod local;
 
 use std::future::Future;
@@ -48,4 +49,8 @@ pub trait Datastore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
     /// Every node's claims.
     fn list(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send;
+    /// Resolves when the claims may have changed (etcd: a watch event). Level-triggered: the
+    /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
+    /// timer, so a missed event only delays convergence.
+    fn changed(&self) -> impl Future<Output = ()> + Send;
 }
