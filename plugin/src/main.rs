@@ -114,7 +114,7 @@ fn dispatch(
     match command {
         Command::Add => {
             let env = env::container(get, true)?;
-            commands::add::run(conf, &env).map(Some)
+            commands::add::run(conf, &env, log).map(Some)
         }
         Command::Del => {
             let env = env::container(get, false)?;

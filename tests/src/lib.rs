@@ -6,6 +6,8 @@
 //! makes carries its unique prefix and is removed when the lab is dropped — also when the
 //! test panics.
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -116,7 +116,11 @@ pub struct RunArgs {
     #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
     pub snat: bool,
     /// Destinations (besides the VPC) pod traffic to which keeps the pod address (repeatable).
-    #[arg(long = "snat-exclude", env = "VPCNET_SNAT_EXCLUDE", value_delimiter = ',')]
+    #[arg(
+        long = "snat-exclude",
+        env = "VPCNET_SNAT_EXCLUDE",
+        value_delimiter = ','
+    )]
     pub snat_exclude: Vec<Ipv4Network>,
     /// How often peer routes are re-synced even without a watch event.
     #[arg(long, env = "VPCNET_PEER_SYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]

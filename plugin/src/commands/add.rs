@@ -11,10 +11,13 @@ use vpcnet_ipam::api::{Reply, Request};
 use crate::dataplane::{self, HostVeth, Plan};
 use crate::env::ContainerEnv;
 use crate::error::CniError;
-use crate::netconf::NetConf;
+use crate::log::Log;
+use crate::netconf::{LogLevel, NetConf};
 use crate::{agent, result};
 
-pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<Value, CniError> {
+pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, CniError> {
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let netns_path = env
         .netns
         .as_ref()
@@ -42,7 +45,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<Value, CniError> {
             Some(mtu),
         ))
     });
+    let t_veth = ms(t0);
     let reply = agent::wait(pending);
+    let t_agent = ms(t0);
     let (ip, mtu) = match reply {
         Ok(Reply::Assigned { ip, mtu, .. }) => (ip, conf.mtu.or(mtu)),
         Ok(other) => {
@@ -68,6 +73,14 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<Value, CniError> {
             None => dataplane::setup(&host, &plan).await,
         }
     });
+    log.write(
+        LogLevel::Debug,
+        format_args!(
+            "ADD {} phases: veth+sent {t_veth:.2} ms, agent reply {t_agent:.2} ms, wired {:.2} ms",
+            env.container_id,
+            ms(t0)
+        ),
+    );
     match wired {
         Ok(w) => Ok(result::add_result(
             &conf.cni_version,

@@ -1,10 +1,51 @@
-//! etcd backend (placeholder until the etcd client lands).
+//! etcd v3 backend: many nodes share one VPC through prefix claims in etcd.
+//!
+//! Layout: `<prefix>/claims/<a.b.c.d>-<len>` → JSON [`PrefixClaim`]. Every claim of a node hangs
+//! off that node's lease (TTL `lease_ttl`), which a background task keeps alive; a node that
+//! stops renewing (crashed, partitioned for longer than the TTL) loses its prefixes.
+//!
+//! - claim: one txn `create_revision == 0 → put(lease) / else get`. An existing claim of
+//!   *this* node (e.g. the agent restarted and holds a new lease) is re-attached to the current
+//!   lease with a txn guarded by its `mod_revision`, and counts as won.
+//! - release: read, then delete guarded by the `mod_revision` read, only if still the caller's.
+//! - changed: a background watch on `<prefix>/claims/` (re-created with back-off) notifies.
+//! - The lease ID is remembered in `<state_dir>/etcd-lease` and reused after a restart while
+//!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
+//!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
+//!   and re-puts (create-if-absent) those it remembers claiming that etcd lost with the lease.
+//! - Degraded mode: nothing here waits on etcd at start. Each operation gives up after
+//!   [`OP_TIMEOUT`] with [`DatastoreError::Unavailable`] naming the endpoints; the background
+//!   tasks retry with exponential back-off ([`BACKOFF_MIN`] … [`BACKOFF_MAX`]) and converge
+//!   when etcd comes back.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
 use ipnetwork::Ipv4Network;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
 use super::{Datastore, DatastoreError, PrefixClaim};
+
+const BACKEND: &str = "etcd";
+/// Longest any one datastore operation waits for etcd.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Back-off of the background tasks (lease, watch) while etcd is unreachable.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// File in the state directory that remembers the lease ID across restarts.
+pub const LEASE_FILE: &str = "etcd-lease";
+/// How many times a txn that lost a race on the same key is retried.
+const TXN_ATTEMPTS: usize = 4;
 
 /// How to reach etcd and how claims live there.
 #[derive(Debug, Clone)]
@@ -22,21 +63,704 @@ pub struct EtcdConfig {
     pub key: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug)]
+/// The etcd datastore. Dropping it stops its background tasks without revoking the lease
+/// (like a crash: the claims live on until the lease expires, or a restart re-adopts them).
 pub struct EtcdDatastore {
-    _cfg: EtcdConfig,
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
-fn unavailable() -> DatastoreError {
-    DatastoreError::Unavailable {
-        backend: "etcd",
-        msg: "etcd backend not built yet".into(),
+impl fmt::Debug for EtcdDatastore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdDatastore")
+            .field("endpoints", &self.inner.endpoints)
+            .field("claims_prefix", &self.inner.claims_prefix)
+            .field("node", &self.inner.node)
+            .field("lease", &self.lease_id())
+            .finish_non_exhaustive()
     }
 }
 
+impl Drop for EtcdDatastore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Inner {
+    client: Client,
+    node: String,
+    /// For error messages: "http://a:2379, http://b:2379".
+    endpoints: String,
+    /// `<prefix>/claims/`.
+    claims_prefix: String,
+    ttl_secs: i64,
+    keepalive_every: Duration,
+    state_dir: PathBuf,
+    /// The lease this node's claims hang off; 0 while none is known to be alive.
+    lease: AtomicI64,
+    /// Serialises establishing a lease (grant or reuse).
+    lease_lock: tokio::sync::Mutex<()>,
+    /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
+    lease_kick: Notify,
+    /// Serialises this node's writes (claim, release, re-attach) so a re-attach never
+    /// resurrects a prefix released meanwhile.
+    write_lock: tokio::sync::Mutex<()>,
+    /// What this node holds, as far as it knows: re-put if etcd lost it with the lease.
+    mine: Mutex<BTreeMap<Ipv4Network, PrefixClaim>>,
+    /// Signalled on every watch event (and after the watch is re-created).
+    changed: Notify,
+}
+
+/// Exponential back-off for the background tasks.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(BACKOFF_MIN)
+    }
+    fn reset(&mut self) {
+        self.0 = BACKOFF_MIN;
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        d
+    }
+}
+
+fn claim_key(claims_prefix: &str, prefix: Ipv4Network) -> String {
+    format!("{claims_prefix}{}-{}", prefix.network(), prefix.prefix())
+}
+
+fn invalid(msg: impl Into<String>) -> DatastoreError {
+    DatastoreError::Invalid {
+        backend: BACKEND,
+        msg: msg.into(),
+    }
+}
+
+/// Outcome of keeping one lease alive.
+enum KeepAlive {
+    /// etcd says the lease is gone (expired or revoked): a new one is needed.
+    Lost(i64),
+    /// Connection trouble: retry the same lease after a back-off.
+    Failed(String),
+    /// Another code path replaced the lease.
+    Replaced,
+}
+
 impl EtcdDatastore {
+    /// Builds the client and starts the lease and watch tasks. Never waits for etcd: while it
+    /// is unreachable operations fail fast with `Unavailable` and the tasks keep retrying.
+    /// Fails only on configuration errors (no endpoints, bad URLs, unreadable TLS files).
     pub async fn connect(cfg: EtcdConfig) -> Result<EtcdDatastore, DatastoreError> {
-        Ok(EtcdDatastore { _cfg: cfg })
+        if cfg.endpoints.is_empty() {
+            return Err(invalid("no endpoints given (--etcd-endpoints)"));
+        }
+        let endpoints = cfg.endpoints.join(", ");
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(OP_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_keep_alive_while_idle(true);
+        if let Some(tls) = tls_options(&cfg)? {
+            if let Some(e) = cfg.endpoints.iter().find(|e| e.starts_with("http://")) {
+                return Err(invalid(format!(
+                    "TLS files given (--etcd-ca/--etcd-cert) but endpoint {e} is plain http: use https://"
+                )));
+            }
+            opts = opts.with_tls(tls);
+        }
+        // The client's channel connects lazily: this does no network I/O (no auth configured),
+        // but bound it anyway so a future client version cannot hang the agent's start.
+        let client = match tokio::time::timeout(
+            OP_TIMEOUT,
+            Client::connect(cfg.endpoints.clone(), Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(invalid(format!("connecting to {endpoints}: {e}"))),
+            Err(_) => {
+                return Err(DatastoreError::Unavailable {
+                    backend: BACKEND,
+                    msg: format!("connecting to {endpoints}: no answer within {OP_TIMEOUT:?}"),
+                })
+            }
+        };
+        let ttl_secs = i64::try_from(cfg.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let keepalive_every = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
+        let inner = Arc::new(Inner {
+            client,
+            node: cfg.node.clone(),
+            endpoints,
+            claims_prefix: format!("{}/claims/", cfg.prefix.trim_end_matches('/')),
+            ttl_secs,
+            keepalive_every,
+            state_dir: cfg.state_dir.clone(),
+            lease: AtomicI64::new(0),
+            lease_lock: tokio::sync::Mutex::new(()),
+            lease_kick: Notify::new(),
+            write_lock: tokio::sync::Mutex::new(()),
+            mine: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+        });
+        let tasks = vec![
+            tokio::spawn(keep_lease(inner.clone())),
+            tokio::spawn(watch_claims(inner.clone())),
+        ];
+        Ok(EtcdDatastore { inner, tasks })
+    }
+
+    /// The lease this node's claims hang off, once one is established.
+    pub fn lease_id(&self) -> Option<i64> {
+        match self.inner.lease.load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// The key a claim of `prefix` lives under.
+    pub fn key_of(&self, prefix: Ipv4Network) -> String {
+        claim_key(&self.inner.claims_prefix, prefix)
+    }
+}
+
+fn tls_options(cfg: &EtcdConfig) -> Result<Option<etcd_client::TlsOptions>, DatastoreError> {
+    if cfg.ca.is_none() && cfg.cert.is_none() && cfg.key.is_none() {
+        return Ok(None);
+    }
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|e| invalid(format!("reading {}: {e}", p.display())))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &cfg.ca {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+    }
+    match (&cfg.cert, &cfg.key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        (None, None) => {}
+        _ => return Err(invalid("--etcd-cert and --etcd-key go together")),
+    }
+    Ok(Some(tls))
+}
+
+impl Inner {
+    fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+        DatastoreError::Unavailable {
+            backend: BACKEND,
+            msg: format!("{what} at {}: {e}", self.endpoints),
+        }
+    }
+
+    /// Runs `fut` for at most [`OP_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, DatastoreError>>,
+    ) -> Result<T, DatastoreError> {
+        match tokio::time::timeout(OP_TIMEOUT, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(self.unavailable(what, format_args!("no answer within {OP_TIMEOUT:?}"))),
+        }
+    }
+
+    fn mine(&self) -> MutexGuard<'_, BTreeMap<Ipv4Network, PrefixClaim>> {
+        self.mine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn key(&self, prefix: Ipv4Network) -> String {
+        claim_key(&self.claims_prefix, prefix)
+    }
+
+    fn decode(&self, kv: &KeyValue) -> Option<PrefixClaim> {
+        match serde_json::from_slice::<PrefixClaim>(kv.value()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!(
+                    "vpcnetd: etcd: skipping undecodable claim {}: {e}",
+                    String::from_utf8_lossy(kv.key())
+                );
+                None
+            }
+        }
+    }
+
+    fn encode(&self, claim: &PrefixClaim) -> Result<Vec<u8>, DatastoreError> {
+        serde_json::to_vec(claim).map_err(|e| invalid(format!("encoding claim: {e}")))
+    }
+
+    fn lease_file(&self) -> PathBuf {
+        self.state_dir.join(LEASE_FILE)
+    }
+
+    fn stored_lease(&self) -> Option<i64> {
+        let text = std::fs::read_to_string(self.lease_file()).ok()?;
+        match text.trim().parse::<i64>() {
+            Ok(id) if id != 0 => Some(id),
+            _ => {
+                eprintln!(
+                    "vpcnetd: etcd: ignoring malformed {}",
+                    self.lease_file().display()
+                );
+                None
+            }
+        }
+    }
+
+    fn store_lease(&self, id: i64) {
+        let r = std::fs::create_dir_all(&self.state_dir).and_then(|()| {
+            crate::agent::store::write_atomic(
+                &self.state_dir,
+                LEASE_FILE,
+                format!("{id}\n").as_bytes(),
+            )
+        });
+        if let Err(e) = r {
+            // Not fatal: a restart then grants a new lease and re-attaches the claims.
+            eprintln!(
+                "vpcnetd: etcd: remembering lease in {}: {e}",
+                self.lease_file().display()
+            );
+        }
+    }
+
+    /// The live lease: the current one, else the remembered one if etcd still knows it, else
+    /// a new grant.
+    async fn ensure_lease(&self) -> Result<i64, DatastoreError> {
+        let id = self.lease.load(Ordering::SeqCst);
+        if id != 0 {
+            return Ok(id);
+        }
+        let _g = self.lease_lock.lock().await;
+        let id = self.lease.load(Ordering::SeqCst);
+        if id != 0 {
+            return Ok(id);
+        }
+        let mut c = self.client.clone();
+        if let Some(old) = self.stored_lease() {
+            let r = c
+                .lease_time_to_live(old, None)
+                .await
+                .map_err(|e| self.unavailable("looking up lease", e))?;
+            if r.ttl() > 0 && r.granted_ttl() == self.ttl_secs {
+                eprintln!("vpcnetd: etcd: reusing lease {old:x} ({} s left)", r.ttl());
+                self.lease.store(old, Ordering::SeqCst);
+                self.lease_kick.notify_one();
+                return Ok(old);
+            }
+        }
+        let r = c
+            .lease_grant(self.ttl_secs, None)
+            .await
+            .map_err(|e| self.unavailable("granting lease", e))?;
+        let id = r.id();
+        if id == 0 {
+            return Err(self.unavailable("granting lease", "etcd returned lease 0"));
+        }
+        eprintln!("vpcnetd: etcd: granted lease {id:x} (TTL {} s)", r.ttl());
+        self.store_lease(id);
+        self.lease.store(id, Ordering::SeqCst);
+        self.lease_kick.notify_one();
+        Ok(id)
+    }
+
+    /// Forgets `id` (if still current) so the next user establishes a new lease.
+    fn forget_lease(&self, id: i64) {
+        let _ = self
+            .lease
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.lease_kick.notify_one();
+    }
+
+    async fn get_claim_kv(&self, key: &str) -> Result<Option<KeyValue>, DatastoreError> {
+        let mut r = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|e| self.unavailable("reading claim", e))?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    async fn list_kvs(&self) -> Result<Vec<KeyValue>, DatastoreError> {
+        let mut r = self
+            .client
+            .clone()
+            .get(
+                self.claims_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.unavailable("listing claims", e))?;
+        Ok(r.take_kvs())
+    }
+
+    /// Moves our claim in `kv` onto `lease` (with `claim` as its new value) unless it changed
+    /// since it was read. `Ok(false)`: it changed.
+    async fn reattach(
+        &self,
+        key: &str,
+        kv: &KeyValue,
+        claim: &PrefixClaim,
+        lease: i64,
+    ) -> Result<bool, DatastoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(
+                key,
+                self.encode(claim)?,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        let r = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable("re-attaching claim", e))?;
+        Ok(r.succeeded())
+    }
+
+    /// Create-if-absent of `claim` on `lease`; an existing claim of this node counts as won
+    /// (re-attached to `lease` if it hangs off another one).
+    async fn claim_on(&self, claim: &PrefixClaim, lease: i64) -> Result<bool, DatastoreError> {
+        let key = self.key(claim.prefix);
+        let value = self.encode(claim)?;
+        for _ in 0..TXN_ATTEMPTS {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            let r = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.unavailable(&format!("claiming {}", claim.prefix), e))?;
+            if r.succeeded() {
+                return Ok(true);
+            }
+            let existing = r.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            let Some(kv) = existing else {
+                continue; // deleted between compare and get: try again
+            };
+            let Some(held) = self.decode(&kv) else {
+                return Ok(false); // someone's, unreadable: not ours to take
+            };
+            if held.node != self.node {
+                return Ok(false);
+            }
+            if kv.lease() == lease {
+                return Ok(true);
+            }
+            // Ours, on another (older) lease: keep it, on the live lease.
+            let moved = PrefixClaim {
+                claimed_at: held.claimed_at,
+                ..claim.clone()
+            };
+            if self.reattach(&key, &kv, &moved, lease).await? {
+                return Ok(true);
+            }
+        }
+        Err(self.unavailable(
+            &format!("claiming {}", claim.prefix),
+            "the key kept changing under us",
+        ))
+    }
+
+    async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+        if claim.node != self.node {
+            return Err(invalid(format!(
+                "node {} cannot claim {} for node {}",
+                self.node, claim.prefix, claim.node
+            )));
+        }
+        let _w = self.write_lock.lock().await;
+        let lease = self.ensure_lease().await?;
+        let won = match self.claim_on(claim, lease).await {
+            Err(e) if e.to_string().contains("lease not found") => {
+                // Expired under us (the keep-alive task will notice too): take a new one.
+                self.forget_lease(lease);
+                let lease = self.ensure_lease().await?;
+                self.claim_on(claim, lease).await?
+            }
+            r => r?,
+        };
+        if won {
+            self.mine().insert(claim.prefix, claim.clone());
+        }
+        Ok(won)
+    }
+
+    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+        let _w = self.write_lock.lock().await;
+        let key = self.key(prefix);
+        for _ in 0..TXN_ATTEMPTS {
+            let Some(kv) = self.get_claim_kv(&key).await? else {
+                if node == self.node {
+                    self.mine().remove(&prefix);
+                }
+                return Ok(());
+            };
+            if self.decode(&kv).is_none_or(|c| c.node != node) {
+                return Ok(());
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            let r = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.unavailable(&format!("releasing {prefix}"), e))?;
+            if r.succeeded() {
+                if node == self.node {
+                    self.mine().remove(&prefix);
+                }
+                return Ok(());
+            }
+        }
+        Err(self.unavailable(
+            &format!("releasing {prefix}"),
+            "the key kept changing under us",
+        ))
+    }
+
+    async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        Ok(self
+            .list_kvs()
+            .await?
+            .iter()
+            .filter_map(|kv| self.decode(kv))
+            .collect())
+    }
+
+    /// After this node starts using `lease`: every claim in etcd named after this node moves
+    /// onto it, and claims this node made that etcd no longer has (deleted with an expired
+    /// lease) are created again where still free.
+    async fn adopt_claims(&self, lease: i64) -> Result<(), DatastoreError> {
+        let _w = self.write_lock.lock().await;
+        let mut seen = BTreeSet::new();
+        let (mut moved, mut lost) = (0, Vec::new());
+        for kv in self.list_kvs().await? {
+            let Some(c) = self.decode(&kv) else { continue };
+            if c.node != self.node {
+                continue;
+            }
+            seen.insert(c.prefix);
+            if kv.lease() != lease {
+                let key = self.key(c.prefix);
+                if self.reattach(&key, &kv, &c, lease).await? {
+                    moved += 1;
+                } else {
+                    eprintln!(
+                        "vpcnetd: etcd: claim {} changed while being re-attached",
+                        c.prefix
+                    );
+                }
+            }
+            self.mine().insert(c.prefix, c);
+        }
+        let missing: Vec<PrefixClaim> = self
+            .mine()
+            .values()
+            .filter(|c| !seen.contains(&c.prefix))
+            .cloned()
+            .collect();
+        for c in missing {
+            if self.claim_on(&c, lease).await? {
+                moved += 1;
+            } else {
+                lost.push(c.prefix);
+                self.mine().remove(&c.prefix);
+            }
+        }
+        if moved > 0 {
+            eprintln!(
+                "vpcnetd: etcd: {moved} claim(s) of {} now on lease {lease:x}",
+                self.node
+            );
+        }
+        for p in lost {
+            eprintln!(
+                "vpcnetd: etcd: CONFLICT: prefix {p} was claimed by another node while lease of {} was lost",
+                self.node
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps `lease` alive until it is lost, replaced or the connection fails.
+    async fn keep_alive(&self, lease: i64, adopted: &mut i64, backoff: &mut Backoff) -> KeepAlive {
+        let mut client = self.client.clone();
+        let (mut keeper, mut stream) =
+            match tokio::time::timeout(OP_TIMEOUT, client.lease_keep_alive(lease)).await {
+                Ok(Ok(ks)) => ks,
+                Ok(Err(e)) => {
+                    // Gone, or could not ask? TimeToLive tells.
+                    return match tokio::time::timeout(
+                        OP_TIMEOUT,
+                        client.lease_time_to_live(lease, None),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) if r.ttl() <= 0 => KeepAlive::Lost(lease),
+                        _ => KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}")),
+                    };
+                }
+                Err(_) => {
+                    return KeepAlive::Failed(format!(
+                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                    ))
+                }
+            };
+        backoff.reset();
+        loop {
+            if self.lease.load(Ordering::SeqCst) != lease {
+                return KeepAlive::Replaced;
+            }
+            if *adopted != lease {
+                match tokio::time::timeout(OP_TIMEOUT * 2, self.adopt_claims(lease)).await {
+                    Ok(Ok(())) => *adopted = lease,
+                    Ok(Err(e)) => eprintln!("vpcnetd: etcd: re-attaching claims: {e}"),
+                    Err(_) => eprintln!(
+                        "vpcnetd: etcd: re-attaching claims at {}: no answer within {:?}",
+                        self.endpoints,
+                        OP_TIMEOUT * 2
+                    ),
+                }
+            }
+            tokio::time::sleep(self.keepalive_every).await;
+            if let Err(e) = keeper.keep_alive().await {
+                return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
+            }
+            match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return KeepAlive::Lost(lease),
+                Ok(Ok(None)) => {
+                    return KeepAlive::Failed(format!("lease {lease:x}: keep-alive stream closed"))
+                }
+                Ok(Err(e)) => {
+                    return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"))
+                }
+                Err(_) => {
+                    return KeepAlive::Failed(format!(
+                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
+async fn keep_lease(inner: Arc<Inner>) {
+    let mut backoff = Backoff::new();
+    let mut adopted = 0i64;
+    let mut down: Option<String> = None;
+    loop {
+        let outcome = match inner
+            .bounded("establishing lease", inner.ensure_lease())
+            .await
+        {
+            Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
+            Err(e) => KeepAlive::Failed(e.to_string()),
+        };
+        match outcome {
+            KeepAlive::Replaced => continue,
+            KeepAlive::Lost(lease) => {
+                eprintln!(
+                    "vpcnetd: etcd: lease {lease:x} of node {} expired; taking a new one",
+                    inner.node
+                );
+                inner.forget_lease(lease);
+                continue;
+            }
+            KeepAlive::Failed(msg) => {
+                if down.as_deref() != Some(msg.as_str()) {
+                    eprintln!("vpcnetd: etcd: {msg} (retrying with back-off)");
+                    down = Some(msg);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = inner.lease_kick.notified() => {}
+        }
+    }
+}
+
+/// Background: a watch on the claims, re-created with back-off; every event (and every
+/// re-creation, which may have missed some) signals `changed`.
+async fn watch_claims(inner: Arc<Inner>) {
+    let mut backoff = Backoff::new();
+    let mut established_before = false;
+    let mut last_err: Option<String> = None;
+    loop {
+        let err = match tokio::time::timeout(
+            OP_TIMEOUT,
+            inner.client.clone().watch(
+                inner.claims_prefix.as_str(),
+                Some(WatchOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        {
+            Err(_) => format!("no answer within {OP_TIMEOUT:?}"),
+            Ok(Err(e)) => e.to_string(),
+            Ok(Ok(mut stream)) => loop {
+                match stream.message().await {
+                    Ok(Some(r)) => {
+                        if r.created() {
+                            backoff.reset();
+                            if last_err.take().is_some() {
+                                eprintln!("vpcnetd: etcd: watching claims again");
+                            }
+                            if established_before {
+                                inner.changed.notify_one();
+                            }
+                            established_before = true;
+                        }
+                        if !r.events().is_empty() {
+                            inner.changed.notify_one();
+                        }
+                        if r.canceled() {
+                            break format!("watch canceled: {}", r.cancel_reason());
+                        }
+                    }
+                    Ok(None) => break "watch stream closed".to_string(),
+                    Err(e) => break e.to_string(),
+                }
+            },
+        };
+        let msg = format!("watching claims at {}: {err}", inner.endpoints);
+        if last_err.as_deref() != Some(msg.as_str()) {
+            eprintln!("vpcnetd: etcd: {msg} (retrying with back-off)");
+            last_err = Some(msg);
+        }
+        tokio::time::sleep(backoff.next()).await;
     }
 }
 
@@ -44,16 +768,26 @@ impl Datastore for EtcdDatastore {
     fn name(&self) -> &'static str {
         "etcd"
     }
-    async fn claim(&self, _claim: &PrefixClaim) -> Result<bool, DatastoreError> {
-        Err(unavailable())
+
+    async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+        let what = format!("claiming {}", claim.prefix);
+        self.inner.bounded(&what, self.inner.claim(claim)).await
     }
-    async fn release(&self, _prefix: Ipv4Network, _node: &str) -> Result<(), DatastoreError> {
-        Err(unavailable())
+
+    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+        let what = format!("releasing {prefix}");
+        self.inner
+            .bounded(&what, self.inner.release(prefix, node))
+            .await
     }
+
     async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
-        Err(unavailable())
+        self.inner
+            .bounded("listing claims", self.inner.list())
+            .await
     }
+
     async fn changed(&self) {
-        std::future::pending::<()>().await
+        self.inner.changed.notified().await
     }
 }

@@ -1,0 +1,1098 @@
+//! The multi-node lab: a "VPC switch" namespace with a Linux bridge, N node namespaces wired
+//! to it, one real etcd on the switch, one real `vpcnetd` per node on the etcd datastore, and
+//! pods per node wired through the real `vpcnet` binary.
+//!
+//! ```text
+//!            <prefix>sw  (br0 10.199.0.1/24, etcd on http://10.199.0.1:2379)
+//!        ┌────────┬──────────┴──┬───────────────┐
+//!   <prefix>n1  <prefix>n2  <prefix>n3 …   <prefix>out (10.199.0.100, optional)
+//!   10.199.0.11 10.199.0.12 10.199.0.13
+//!   vpcnetd     vpcnetd     vpcnetd
+//!   pods <prefix>n1p1 … (VPC addresses, e.g. 10.240.0.0/16)
+//! ```
+//!
+//! The underlay (10.199.0.0/24) lies outside the VPC, so pod traffic to it is what SNAT
+//! masquerades. Every node has a default route via the switch's address. Nothing touches the
+//! machine's root namespace; every namespace, process and file is removed when the
+//! [`Cluster`] is dropped, also when the test panics (then the logs are kept and their tails
+//! printed).
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
+
+/// The switch's address on the underlay: nodes' default gateway and etcd's client address.
+pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
+/// The "outside" namespace's address (see [`Cluster::add_outside`]).
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 100);
+/// etcd's client URL, reachable from every node.
+pub const ETCD_URL: &str = "http://10.199.0.1:2379";
+/// Longest any single plugin invocation may take before the test calls it a hang.
+pub const CNI_TIMEOUT_S: u32 = 30;
+
+/// Node `k`'s underlay address: 10.199.0.1k (k = 1..=9), then 10.199.0.(10+k).
+pub fn node_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 199, 0, u8::try_from(10 + k).expect("node number below 245"))
+}
+
+/// One node: its namespace, its agent (if started) and its files.
+#[derive(Debug)]
+pub struct ClusterNode {
+    /// 1-based.
+    pub k: usize,
+    /// Name in the datastore: `node<k>`.
+    pub name: String,
+    /// Network namespace name: `<prefix>n<k>`.
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub dir: PathBuf,
+    pub agent: Option<Agent>,
+    /// Bumped by [`Cluster::reset_node_state`]: a fresh state directory.
+    generation: u32,
+}
+
+impl ClusterNode {
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("vpcnetd.sock")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(format!("state{}", self.generation))
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("vpcnetd.log")
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+    /// The netconf pointing at this node's agent.
+    pub fn conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.1.0",
+            "name": "vpcnet",
+            "type": "vpcnet",
+            "socket": self.socket(),
+            "logFile": self.dir.join("plugin.log"),
+            "logLevel": "debug",
+        })
+    }
+}
+
+/// A pod that went through ADD.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Node number (1-based).
+    pub node: usize,
+    pub ns: String,
+    pub cid: String,
+    pub ip: Ipv4Addr,
+}
+
+/// One prefix claim as stored in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdClaim {
+    pub key: String,
+    pub prefix: String,
+    pub node: String,
+    pub node_ip: Option<Ipv4Addr>,
+    /// Lease ID (0 = none).
+    pub lease: i64,
+}
+
+/// One route of ours (`ip route show proto 171`), parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurRoute {
+    /// `10.240.0.16/28`, or `10.240.0.3` for a pod's /32.
+    pub dst: String,
+    /// `unreachable` / `blackhole` / `prohibit` (local prefix), else `unicast`.
+    pub kind: String,
+    pub via: Option<Ipv4Addr>,
+    pub dev: Option<String>,
+}
+
+impl OurRoute {
+    pub fn is_local_prefix(&self) -> bool {
+        matches!(self.kind.as_str(), "unreachable" | "blackhole" | "prohibit")
+    }
+}
+
+#[derive(Debug)]
+struct Etcd {
+    child: Option<Child>,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+/// The multi-node world. See the module docs.
+#[derive(Debug)]
+pub struct Cluster {
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub vpc: String,
+    pub nodes: Vec<ClusterNode>,
+    /// Flags every agent gets on top of the cluster's own (datastore, node, VPC).
+    pub agent_flags: Vec<String>,
+    etcd: Etcd,
+    switch: String,
+    /// Namespaces to delete on drop besides nodes and switch (pods, outside).
+    extra_ns: Vec<String>,
+    pods_seq: BTreeMap<usize, usize>,
+}
+
+impl Cluster {
+    /// Switch + `nodes` nodes + etcd (running and healthy); no agents yet.
+    pub fn new(nodes: usize, vpc: &str) -> Cluster {
+        assert!((1..=200).contains(&nodes), "1..=200 nodes");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let prefix = format!("vt{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join("vpcnet-tests").join(&prefix);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let mut c = Cluster {
+            switch: format!("{prefix}sw"),
+            etcd: Etcd {
+                child: None,
+                data_dir: dir.join("etcd"),
+                log: dir.join("etcd.log"),
+            },
+            prefix,
+            dir,
+            vpc: vpc.to_string(),
+            nodes: Vec::new(),
+            agent_flags: Vec::new(),
+            extra_ns: Vec::new(),
+            pods_seq: BTreeMap::new(),
+        };
+        // From here on, a panic drops `c`, which removes whatever was made so far.
+        let sw = c.switch.clone();
+        sh(&format!(
+            "ip netns add {sw} && ip -n {sw} link set lo up && \
+             ip -n {sw} link add br0 type bridge && \
+             ip -n {sw} addr add {SWITCH_IP}/24 dev br0 && ip -n {sw} link set br0 up"
+        ));
+        for k in 1..=nodes {
+            let node = ClusterNode {
+                k,
+                name: format!("node{k}"),
+                ns: format!("{}n{k}", c.prefix),
+                ip: node_ip(k),
+                dir: c.dir.join(format!("n{k}")),
+                agent: None,
+                generation: 0,
+            };
+            std::fs::create_dir_all(&node.dir).expect("node dir");
+            let ns = node.ns.clone();
+            let ip = node.ip;
+            c.nodes.push(node);
+            c.attach(&ns, &format!("n{k}"), ip, true);
+        }
+        c.start_etcd();
+        c
+    }
+
+    /// Creates namespace `ns` and plugs it into the switch: `eth0` (address `ip`/24) in `ns`,
+    /// `port` enslaved to the bridge in the switch namespace.
+    fn attach(&mut self, ns: &str, port: &str, ip: Ipv4Addr, default_route: bool) {
+        let sw = &self.switch;
+        sh(&format!("ip netns add {ns}"));
+        let route = if default_route {
+            format!(" && ip -n {ns} route add default via {SWITCH_IP}")
+        } else {
+            String::new()
+        };
+        sh(&format!(
+            "ip -n {ns} link set lo up && \
+             ip -n {sw} link add {port} type veth peer name eth0 netns {ns} && \
+             ip -n {sw} link set {port} master br0 up && \
+             ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up{route}"
+        ));
+    }
+
+    /// Adds namespace `<prefix>out` on the switch with [`OUTSIDE_IP`] (no route to the VPC:
+    /// only SNAT'd traffic can be answered). Returns its name.
+    pub fn add_outside(&mut self) -> String {
+        let ns = format!("{}out", self.prefix);
+        self.extra_ns.push(ns.clone());
+        self.attach(&ns, "out", OUTSIDE_IP, false);
+        ns
+    }
+
+    pub fn switch_ns(&self) -> &str {
+        &self.switch
+    }
+
+    pub fn node(&self, k: usize) -> &ClusterNode {
+        &self.nodes[k - 1]
+    }
+
+    fn node_mut(&mut self, k: usize) -> &mut ClusterNode {
+        &mut self.nodes[k - 1]
+    }
+
+    // ---- etcd ----
+
+    /// Starts etcd in the switch namespace (same data directory every time) and waits until
+    /// it reports healthy.
+    pub fn start_etcd(&mut self) {
+        assert!(self.etcd.child.is_none(), "etcd already running");
+        std::fs::create_dir_all(&self.etcd.data_dir).expect("etcd dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.etcd.log)
+            .expect("etcd log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.switch))
+            .arg("etcd")
+            .args(["--name", "sw", "--data-dir"])
+            .arg(&self.etcd.data_dir)
+            .args(["--listen-client-urls", ETCD_URL])
+            .args(["--advertise-client-urls", ETCD_URL])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "sw=http://127.0.0.1:2380"])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "300"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd (is /usr/bin/etcd installed?)");
+        self.etcd.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.etcd_healthy() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.etcd.child.as_mut().map(Child::try_wait) {
+                panic!("etcd exited ({st}): {}", tail(&self.etcd.log, 30));
+            }
+            assert!(
+                Instant::now() < end,
+                "etcd not healthy within 20 s: {}",
+                tail(&self.etcd.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills etcd (SIGKILL; the data directory stays for [`Cluster::start_etcd`]).
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut c) = self.etcd.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn etcd_pid(&self) -> Option<u32> {
+        self.etcd.child.as_ref().map(Child::id)
+    }
+
+    pub fn etcd_healthy(&self) -> bool {
+        self.curl("/health", None)
+            .map(|v| v.get("health").and_then(Value::as_str) == Some("true"))
+            .unwrap_or(false)
+    }
+
+    /// POSTs `body` (or GETs) to etcd's HTTP gateway from inside the switch namespace.
+    pub fn curl(&self, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.switch))
+            .args(["curl", "-sS", "-m", "3"])
+            .arg(format!("{ETCD_URL}{path}"));
+        if let Some(b) = body {
+            cmd.arg("-d").arg(b.to_string());
+        }
+        let out = cmd.output().map_err(|e| format!("curl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "curl {path}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "curl {path}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Every key under `prefix` in etcd: (key, value, lease).
+    pub fn etcd_range(&self, prefix: &str) -> Result<Vec<(String, String, i64)>, String> {
+        let mut end = prefix.as_bytes().to_vec();
+        // range_end = prefix with its last byte + 1 (every key starting with prefix).
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let v = self.curl(
+            "/v3/kv/range",
+            Some(&json!({"key": b64_encode(prefix.as_bytes()), "range_end": b64_encode(&end)})),
+        )?;
+        if let Some(e) = v.get("error").or_else(|| v.get("message")) {
+            return Err(format!("etcd range {prefix}: {e}"));
+        }
+        let kvs = v.get("kvs").and_then(Value::as_array).cloned();
+        Ok(kvs
+            .unwrap_or_default()
+            .iter()
+            .map(|kv| {
+                let s = |k: &str| {
+                    kv.get(k)
+                        .and_then(Value::as_str)
+                        .map(|x| String::from_utf8_lossy(&b64_decode(x)).into_owned())
+                        .unwrap_or_default()
+                };
+                let lease = kv
+                    .get("lease")
+                    .and_then(|l| l.as_str().and_then(|s| s.parse().ok()).or(l.as_i64()))
+                    .unwrap_or(0);
+                (s("key"), s("value"), lease)
+            })
+            .collect())
+    }
+
+    /// The prefix claims in etcd under the default key prefix `/vpcnet/claims/`.
+    pub fn claims(&self) -> Result<Vec<EtcdClaim>, String> {
+        self.claims_under("/vpcnet/claims/")
+    }
+
+    /// The prefix claims under `key_prefix` (e.g. `/race3/claims/` for `--etcd-prefix /race3`).
+    /// The prefix comes from the value's `prefix`, else from the key (`10.240.0.16/28` or
+    /// `10.240.0.16-28`).
+    pub fn claims_under(&self, key_prefix: &str) -> Result<Vec<EtcdClaim>, String> {
+        let kvs = self.etcd_range(key_prefix)?;
+        kvs.into_iter()
+            .map(|(key, value, lease)| {
+                let v: Value = serde_json::from_str(&value)
+                    .map_err(|e| format!("claim {key}: value not JSON ({e}): {value}"))?;
+                let prefix = v
+                    .get("prefix")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| {
+                        key.trim_start_matches(key_prefix)
+                            .replace(['-', '_'], "/")
+                            .to_string()
+                    });
+                let node = v
+                    .get("node")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!("claim {key} without node: {value}"))?
+                    .to_string();
+                let node_ip = v
+                    .get("nodeIp")
+                    .or_else(|| v.get("node_ip"))
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok());
+                Ok(EtcdClaim {
+                    key,
+                    prefix,
+                    node,
+                    node_ip,
+                    lease,
+                })
+            })
+            .collect()
+    }
+
+    /// Prefixes node `name` holds in etcd, sorted.
+    pub fn claims_of(claims: &[EtcdClaim], name: &str) -> Vec<String> {
+        let mut v: Vec<String> = claims
+            .iter()
+            .filter(|c| c.node == name)
+            .map(|c| c.prefix.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    // ---- agents ----
+
+    fn agent_args(&self, k: usize, extra: &[&str]) -> Vec<String> {
+        let n = self.node(k);
+        let mut args: Vec<String> = [
+            "--socket",
+            &n.socket().display().to_string(),
+            "--state-dir",
+            &n.state_dir().display().to_string(),
+            "--vpc-cidr",
+            &self.vpc,
+            "--datastore",
+            "etcd",
+            "--etcd-endpoints",
+            ETCD_URL,
+            "--node-name",
+            &n.name,
+            "--node-ip",
+            &n.ip.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(self.agent_flags.iter().cloned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    fn new_agent(&self, k: usize, extra: &[&str]) -> Agent {
+        let n = self.node(k);
+        Agent {
+            child: None,
+            args: self.agent_args(k, extra),
+            host: n.ns.clone(),
+            socket: n.socket(),
+            log: n.log(),
+        }
+    }
+
+    /// Starts node `k`'s agent with the cluster's flags plus `extra`; waits until it serves.
+    pub fn start_agent(&mut self, k: usize, extra: &[&str]) {
+        assert!(self.node(k).agent.is_none(), "node{k}'s agent is running");
+        let mut a = self.new_agent(k, extra);
+        a.spawn();
+        self.node_mut(k).agent = Some(a);
+    }
+
+    /// Starts every node's agent at the same moment (one thread each, released together);
+    /// waits until all serve.
+    pub fn start_agents(&mut self, extra: &[&str]) {
+        let ks: Vec<usize> = (1..=self.nodes.len())
+            .filter(|&k| self.node(k).agent.is_none())
+            .collect();
+        let agents: Vec<Agent> = ks.iter().map(|&k| self.new_agent(k, extra)).collect();
+        let barrier = std::sync::Barrier::new(agents.len());
+        let started: Vec<Agent> = std::thread::scope(|s| {
+            let hs: Vec<_> = agents
+                .into_iter()
+                .map(|mut a| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        a.spawn();
+                        a
+                    })
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().expect("agent start panicked"))
+                .collect()
+        });
+        for (k, a) in ks.into_iter().zip(started) {
+            self.node_mut(k).agent = Some(a);
+        }
+    }
+
+    /// kill -9 of node `k`'s agent (its socket file and state stay, as after a crash).
+    pub fn kill_agent(&mut self, k: usize) {
+        if let Some(mut a) = self.node_mut(k).agent.take() {
+            a.kill();
+        }
+    }
+
+    /// kill -9, then start again with the same flags and state; waits until it serves.
+    pub fn restart_agent(&mut self, k: usize) {
+        let n = self.node_mut(k);
+        let a = n.agent.as_mut().expect("agent was started");
+        a.restart();
+    }
+
+    /// Kills node `k`'s agent and gives it a fresh, empty state directory (a new node).
+    pub fn reset_node_state(&mut self, k: usize) {
+        self.kill_agent(k);
+        self.node_mut(k).generation += 1;
+    }
+
+    /// `vpcnetd status --json` of node `k` (Err when it does not answer).
+    pub fn try_status(&self, k: usize) -> Result<Value, String> {
+        let n = self.node(k);
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", n.ns))
+            .arg(bin("vpcnetd"))
+            .args(["status", "--json", "--socket"])
+            .arg(n.socket())
+            .output()
+            .map_err(|e| format!("vpcnetd status: {e}"))?;
+        serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "node{k} status not JSON ({e}): {} {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    #[track_caller]
+    pub fn status(&self, k: usize) -> Value {
+        self.try_status(k).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The prefixes node `k`'s pool holds (from its status), sorted.
+    pub fn pool_prefixes(&self, k: usize) -> Result<Vec<String>, String> {
+        let st = self.try_status(k)?;
+        let mut v: Vec<String> = st
+            .get("prefixes")
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("node{k} status without prefixes: {st}"))?
+            .iter()
+            .filter_map(|p| p.get("prefix").and_then(Value::as_str).map(str::to_string))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Node `k`'s `degraded` list from its status.
+    pub fn degraded(&self, k: usize) -> Result<Vec<String>, String> {
+        let st = self.try_status(k)?;
+        Ok(st
+            .get("degraded")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    // ---- pods ----
+
+    /// Invokes the real plugin inside node `k`'s namespace; killed after [`CNI_TIMEOUT_S`].
+    pub fn cni(&self, k: usize, command: &str, cid: &str, netns: &str) -> CniOutput {
+        let n = self.node(k);
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", &CNI_TIMEOUT_S.to_string(), "nsenter"])
+            .arg(format!("--net=/var/run/netns/{}", n.ns))
+            .arg(bin("vpcnet"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_NETNS", netns)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={cid}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn vpcnet");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(n.conf().to_string().as_bytes());
+        }
+        let out = child.wait_with_output().expect("wait vpcnet");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        CniOutput {
+            exit: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+            stdout,
+        }
+    }
+
+    /// Creates `count` new pod namespaces on node `k` (`<prefix>n<k>p<i>`, one `ip -batch`).
+    /// Returns (namespace, container ID) pairs; nothing is ADDed yet.
+    pub fn new_pod_namespaces(&mut self, k: usize, count: usize) -> Vec<(String, String)> {
+        let first = *self.pods_seq.get(&k).unwrap_or(&0) + 1;
+        self.pods_seq.insert(k, first + count - 1);
+        let v: Vec<(String, String)> = (first..first + count)
+            .map(|i| (format!("{}n{k}p{i}", self.prefix), format!("n{k}-c{i}")))
+            .collect();
+        if v.is_empty() {
+            return v;
+        }
+        let mut child = Command::new("ip")
+            .args(["-batch", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn ip -batch");
+        {
+            let mut stdin = child.stdin.take().expect("stdin");
+            for (ns, _) in &v {
+                writeln!(stdin, "netns add {ns}").expect("write ip batch");
+            }
+        }
+        self.extra_ns.extend(v.iter().map(|(ns, _)| ns.clone()));
+        assert!(
+            child.wait().expect("ip -batch").success(),
+            "ip -batch netns add failed"
+        );
+        v
+    }
+
+    /// `count` new pods on node `k`, ADDed `threads` at a time; panics on any failed ADD.
+    pub fn add_pods(&mut self, k: usize, count: usize, threads: usize) -> Vec<Pod> {
+        let nss = self.new_pod_namespaces(k, count);
+        let outs = par_map(&nss, threads, |(ns, cid)| {
+            self.cni(k, "ADD", cid, &format!("/var/run/netns/{ns}"))
+        });
+        nss.into_iter()
+            .zip(outs)
+            .map(|((ns, cid), out)| {
+                out.expect_ok(&format!("ADD {cid} on node{k}"));
+                Pod {
+                    node: k,
+                    ns,
+                    cid,
+                    ip: out.ip().expect("ADD result has an address"),
+                }
+            })
+            .collect()
+    }
+
+    /// ADD one pod on node `k` in a new namespace; returns the namespace, ID and raw output.
+    pub fn try_add_pod(&mut self, k: usize) -> (String, String, CniOutput) {
+        let (ns, cid) = self
+            .new_pod_namespaces(k, 1)
+            .pop()
+            .expect("one namespace");
+        let out = self.cni(k, "ADD", &cid, &format!("/var/run/netns/{ns}"));
+        (ns, cid, out)
+    }
+
+    // ---- kernel state ----
+
+    /// Node `k`'s routes with protocol 171, parsed.
+    pub fn routes(&self, k: usize) -> Vec<OurRoute> {
+        sh(&format!(
+            "ip -n {} -4 route show proto 171",
+            self.node(k).ns
+        ))
+        .lines()
+        .filter_map(parse_route)
+        .collect()
+    }
+
+    /// Checks that etcd, every running agent's pool and every node's kernel routes agree:
+    /// each node's pool = its claims = its `unreachable` prefixes; every other claim is routed
+    /// `via` its owner's node IP; no prefix is local on two nodes; claims carry the right
+    /// node IP. `dead` nodes (agent not running) are skipped as route holders, and their
+    /// claims must be absent. Err names the first disagreement.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let claims = self.claims()?;
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for c in &claims {
+            if let Some(prev) = owners.insert(&c.prefix, &c.node) {
+                return Err(format!("{} claimed twice ({prev}, {})", c.prefix, c.node));
+            }
+            if let Some(n) = self.nodes.iter().find(|n| n.name == c.node) {
+                if c.node_ip != Some(n.ip) {
+                    return Err(format!("claim {c:?}: node IP is not {}", n.ip));
+                }
+            }
+        }
+        let mut local_on: BTreeMap<String, usize> = BTreeMap::new();
+        for n in &self.nodes {
+            let running = n.agent.is_some();
+            let mine = Self::claims_of(&claims, &n.name);
+            if !running {
+                if !mine.is_empty() {
+                    return Err(format!("{} is down but still claims {mine:?}", n.name));
+                }
+                continue;
+            }
+            let pool = self.pool_prefixes(n.k)?;
+            if pool != mine {
+                return Err(format!(
+                    "{}: pool holds {pool:?}, etcd says {mine:?}",
+                    n.name
+                ));
+            }
+            let routes = self.routes(n.k);
+            let mut unreachable: Vec<String> = routes
+                .iter()
+                .filter(|r| r.is_local_prefix())
+                .map(|r| r.dst.clone())
+                .collect();
+            unreachable.sort();
+            if unreachable != mine {
+                return Err(format!(
+                    "{}: unreachable routes {unreachable:?}, claims {mine:?}",
+                    n.name
+                ));
+            }
+            for p in &unreachable {
+                if let Some(other) = local_on.insert(p.clone(), n.k) {
+                    return Err(format!("{p} unreachable-local on node{other} and {}", n.name));
+                }
+            }
+            for c in claims.iter().filter(|c| c.node != n.name) {
+                let Some(r) = routes.iter().find(|r| r.dst == c.prefix) else {
+                    return Err(format!(
+                        "{}: no route to {} (claimed by {})",
+                        n.name, c.prefix, c.node
+                    ));
+                };
+                if r.via != c.node_ip || r.via.is_none() {
+                    return Err(format!(
+                        "{}: {} routed {r:?}, owner {} at {:?}",
+                        n.name, c.prefix, c.node, c.node_ip
+                    ));
+                }
+            }
+            // Prefix routes (not /32 pod routes) must all be backed by a claim.
+            for r in routes.iter().filter(|r| r.dst.contains('/')) {
+                if !owners.contains_key(r.dst.as_str()) {
+                    return Err(format!("{}: stale route {r:?} (no claim)", n.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls [`Cluster::check_consistency`] until it holds or `timeout` passes; returns the
+    /// time it took, or the last disagreement.
+    pub fn wait_consistent(&self, timeout: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        loop {
+            match self.check_consistency() {
+                Ok(()) => return Ok(t0.elapsed()),
+                Err(e) if t0.elapsed() >= timeout => {
+                    return Err(format!("not consistent after {timeout:?}: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    // ---- traffic ----
+
+    /// One ping (two tries, 2 s each) from namespace `from` to `to`.
+    pub fn ping(from: &str, to: Ipv4Addr) -> bool {
+        let cmd = format!("nsenter --net=/var/run/netns/{from} ping -c1 -W2 -q {to}");
+        sh_ok(&cmd) || sh_ok(&cmd)
+    }
+
+    /// Pings every (namespace, address) pair, `threads` at a time; returns the failures.
+    pub fn ping_all(pairs: &[(String, Ipv4Addr)], threads: usize) -> Vec<(String, Ipv4Addr)> {
+        let ok = par_map(pairs, threads, |(ns, ip)| Self::ping(ns, *ip));
+        pairs
+            .iter()
+            .zip(ok)
+            .filter(|(_, ok)| !ok)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Full-mesh (or sampled) reachability: pairs (from pod, to pod) over `pods`.
+    pub fn ping_pods(pairs: &[(&Pod, &Pod)], threads: usize) -> Vec<String> {
+        let v: Vec<(String, Ipv4Addr)> = pairs.iter().map(|(a, b)| (a.ns.clone(), b.ip)).collect();
+        let failed = Self::ping_all(&v, threads);
+        failed
+            .iter()
+            .map(|(ns, ip)| {
+                let from = pairs
+                    .iter()
+                    .find(|(a, _)| &a.ns == ns)
+                    .map(|(a, _)| format!("{}@node{} {}", a.cid, a.node, a.ip))
+                    .unwrap_or_default();
+                format!("{from} -> {ip}")
+            })
+            .collect()
+    }
+
+    /// Prints every log's tail (used on failure).
+    pub fn dump_logs(&self, lines: usize) {
+        eprintln!("---- etcd ({}) ----\n{}", self.etcd.log.display(), tail(&self.etcd.log, lines));
+        for n in &self.nodes {
+            eprintln!(
+                "---- {} vpcnetd ({}) ----\n{}",
+                n.name,
+                n.log().display(),
+                tail(&n.log(), lines)
+            );
+            if let Ok(r) = Command::new("ip")
+                .args(["-n", &n.ns, "-4", "route", "show", "proto", "171"])
+                .output()
+            {
+                let r = String::from_utf8_lossy(&r.stdout);
+                let prefixes: Vec<&str> = r.lines().filter(|l| l.contains('/')).collect();
+                eprintln!("{} prefix routes: {prefixes:#?}", n.name);
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let failed = std::thread::panicking();
+        if failed {
+            self.dump_logs(25);
+        }
+        for n in &mut self.nodes {
+            if let Some(mut a) = n.agent.take() {
+                a.kill();
+            }
+        }
+        self.stop_etcd();
+        for ns in self
+            .extra_ns
+            .iter()
+            .chain(self.nodes.iter().map(|n| &n.ns))
+            .chain(std::iter::once(&self.switch))
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if failed {
+            eprintln!(
+                "cluster {} failed; logs kept in {}",
+                self.prefix,
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn tail(path: &std::path::Path, lines: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `unreachable 10.240.0.0/28 proto 171 metric 1024`, `10.240.0.16/28 via 10.199.0.12 dev eth0
+/// proto 171`, `10.240.0.3 dev vpc0123456789a scope link proto 171`.
+pub fn parse_route(line: &str) -> Option<OurRoute> {
+    let mut w = line.split_whitespace().peekable();
+    let first = w.next()?;
+    let (kind, dst) = if matches!(
+        first,
+        "unreachable" | "blackhole" | "prohibit" | "throw" | "local" | "broadcast"
+    ) {
+        (first.to_string(), w.next()?.to_string())
+    } else {
+        ("unicast".to_string(), first.to_string())
+    };
+    let words: Vec<&str> = w.collect();
+    let after = |k: &str| {
+        words
+            .iter()
+            .position(|x| *x == k)
+            .and_then(|i| words.get(i + 1))
+            .map(|s| s.to_string())
+    };
+    Some(OurRoute {
+        dst: dst.trim_end_matches("/32").to_string(),
+        kind,
+        via: after("via").and_then(|s| s.parse().ok()),
+        dev: after("dev"),
+    })
+}
+
+// ---- running code inside a namespace (std threads, setns) ----
+
+mod sys {
+    extern "C" {
+        /// glibc's setns(2).
+        pub fn setns(fd: i32, nstype: i32) -> i32;
+    }
+}
+const CLONE_NEWNET: i32 = 0x4000_0000;
+
+/// Moves the calling thread into network namespace `ns` (only this thread).
+pub fn enter_netns(ns: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
+    // SAFETY: setns takes a valid open fd (kept open by `f` for the call) and a flag; it
+    // changes only the calling thread's network namespace and touches no memory of ours.
+    let rc = unsafe { sys::setns(f.as_raw_fd(), CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Runs `f` on a new thread inside network namespace `ns` and returns its result.
+pub fn in_netns<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<T> {
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        enter_netns(&ns)?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("thread in netns panicked"))?
+}
+
+/// A TCP listener in a namespace that accepts one connection and reports its peer address.
+#[derive(Debug)]
+pub struct OneShotListener {
+    pub addr: SocketAddr,
+    handle: std::thread::JoinHandle<std::io::Result<SocketAddr>>,
+}
+
+impl OneShotListener {
+    /// Binds `ip:port` (port 0 = any) inside `ns`; the accept waits at most `timeout`.
+    pub fn start(ns: &str, ip: Ipv4Addr, timeout: Duration) -> std::io::Result<OneShotListener> {
+        let ns = ns.to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
+            let bound = (|| {
+                enter_netns(&ns)?;
+                let l = TcpListener::bind((ip, 0))?;
+                l.set_nonblocking(true)?;
+                Ok::<_, std::io::Error>(l)
+            })();
+            let l = match bound {
+                Ok(l) => {
+                    let _ = tx.send(l.local_addr());
+                    l
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
+            };
+            let end = Instant::now() + timeout;
+            loop {
+                match l.accept() {
+                    Ok((mut s, peer)) => {
+                        let _ = s.write_all(b"hi\n");
+                        return Ok(peer);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= end {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "no connection",
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        });
+        let addr = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("listener thread died"))??;
+        Ok(OneShotListener { addr, handle })
+    }
+
+    /// The peer address of the one connection (or why there was none).
+    pub fn peer(self) -> std::io::Result<SocketAddr> {
+        self.handle
+            .join()
+            .map_err(|_| std::io::Error::other("listener thread panicked"))?
+    }
+}
+
+/// Connects from inside `ns` to `to` (TCP), reads the greeting; returns the local address.
+pub fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> std::io::Result<SocketAddr> {
+    in_netns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&to, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 3];
+        s.read_exact(&mut buf)?;
+        s.local_addr()
+    })?
+}
+
+// ---- base64 (etcd's JSON gateway encodes keys and values) ----
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+pub fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+pub fn b64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let Some(v) = B64.iter().position(|&x| x == c) else {
+            continue; // '=' and whitespace
+        };
+        acc = (acc << 6) | u32::try_from(v).unwrap_or(0);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push(u8::try_from((acc >> bits) & 0xff).unwrap_or(0));
+        }
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*) for sampling ping pairs; print the seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    pub fn from_time() -> (Rng, u64) {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20)
+            .unwrap_or(1);
+        (Rng::new(seed), seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform-ish in 0..n.
+    pub fn below(&mut self, n: usize) -> usize {
+        usize::try_from(self.next_u64() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trip() {
+        for s in ["", "a", "ab", "abc", "/vpcnet/claims/", "/vpcnet/claims0"] {
+            assert_eq!(b64_decode(&b64_encode(s.as_bytes())), s.as_bytes());
+        }
+        assert_eq!(b64_encode(b"/vpcnet/"), "L3ZwY25ldC8=");
+    }
+
+    #[test]
+    fn routes_parse() {
+        let r = parse_route("unreachable 10.240.0.0/28 proto 171 metric 1024").expect("route");
+        assert!(r.is_local_prefix());
+        assert_eq!(r.dst, "10.240.0.0/28");
+        let r = parse_route("10.240.0.16/28 via 10.199.0.12 dev eth0 proto 171").expect("route");
+        assert_eq!(r.via, Some(Ipv4Addr::new(10, 199, 0, 12)));
+        assert!(!r.is_local_prefix());
+        let r = parse_route("10.240.0.3 dev vpc0123456789a proto 171 scope link").expect("r");
+        assert_eq!(r.dev.as_deref(), Some("vpc0123456789a"));
+        assert_eq!(r.dst, "10.240.0.3");
+    }
+}
