@@ -32,7 +32,7 @@ pub fn add_result(cni_version: &str, spec: Spec, wired: &Wired, prev: Option<&Va
         Some(Value::Object(m)) => m.clone(),
         _ => Map::new(),
     };
-    let interfaces = array(&mut out, "interfaces");
+    let mut interfaces = take_array(&mut out, "interfaces");
     let mut host = json!({ "name": wired.host_veth, "mac": format_mac(&wired.host_mac) });
     let mut pod = json!({
         "name": wired.ifname,
@@ -48,13 +48,17 @@ pub fn add_result(cni_version: &str, spec: Spec, wired: &Wired, prev: Option<&Va
     interfaces.push(host);
     interfaces.push(pod);
     let pod_index = interfaces.len() - 1;
-    let ips = array(&mut out, "ips");
+    let mut ips = take_array(&mut out, "ips");
     ips.push(json!({
         "address": format!("{}/32", wired.ip),
         "gateway": GATEWAY.to_string(),
         "interface": pod_index,
     }));
-    array(&mut out, "routes").push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
+    let mut routes = take_array(&mut out, "routes");
+    routes.push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
+    out.insert("interfaces".into(), Value::Array(interfaces));
+    out.insert("ips".into(), Value::Array(ips));
+    out.insert("routes".into(), Value::Array(routes));
     out.entry("dns").or_insert_with(|| json!({}));
     convert(Value::Object(out), cni_version, spec)
 }
@@ -80,15 +84,11 @@ pub fn convert(mut result: Value, cni_version: &str, spec: Spec) -> Value {
     result
 }
 
-fn array<'a>(m: &'a mut Map<String, Value>, key: &str) -> &'a mut Vec<Value> {
-    let slot = m.entry(key.to_string()).or_insert_with(|| json!([]));
-    if !slot.is_array() {
-        *slot = json!([]);
-    }
-    match slot {
-        Value::Array(a) => a,
-        // just made it an array
-        _ => unreachable!("slot was set to an array"),
+/// Takes `key` out of `m` as an array (a missing or malformed one becomes empty).
+fn take_array(m: &mut Map<String, Value>, key: &str) -> Vec<Value> {
+    match m.remove(key) {
+        Some(Value::Array(a)) => a,
+        _ => Vec::new(),
     }
 }
 

@@ -607,3 +607,194 @@ pub fn par_map<T: Sync, R: Send>(
         .map(|r| r.expect("every item ran"))
         .collect()
 }
+
+// ---- a real etcd for the datastore tests (datastore_contract) ----
+
+/// Runs `f` on a thread that has entered network namespace `ns` (`None`: this namespace).
+/// Sockets made there live in `ns`, so a test can talk to a server inside a lab.
+pub fn in_netns<R: Send>(ns: Option<&str>, f: impl FnOnce() -> R + Send) -> R {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            if let Some(ns) = ns {
+                let path = Lab::netns_path(ns);
+                let fd =
+                    std::fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .unwrap_or_else(|e| panic!("entering {path}: {e}"));
+            }
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bind to port 0, read it back, let it go).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A single-member etcd (`/usr/bin/etcd`) on 127.0.0.1 with free ports and a private data
+/// dir, in this namespace or in a lab's. Killed and its dir removed on drop, also when the
+/// test panics (its log is printed then).
+#[derive(Debug)]
+pub struct Etcd {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub client_port: u16,
+    pub peer_port: u16,
+    netns: Option<String>,
+}
+
+impl Etcd {
+    /// Starts etcd in this network namespace and waits until it is healthy.
+    pub fn start() -> Etcd {
+        let mut e = Etcd::stopped(None);
+        e.spawn();
+        e
+    }
+
+    /// Starts etcd inside network namespace `ns` (e.g. a [`Lab::host`]).
+    pub fn start_in(ns: &str) -> Etcd {
+        let mut e = Etcd::stopped(Some(ns));
+        e.spawn();
+        e
+    }
+
+    /// Ports and data dir chosen, not running yet ([`Etcd::restart`] starts it).
+    pub fn stopped(ns: Option<&str>) -> Etcd {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir()
+            .join("vpcnet-tests")
+            .join(format!("etcd{}x{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("etcd dir");
+        let client_port = free_port();
+        let mut peer_port = free_port();
+        while peer_port == client_port {
+            peer_port = free_port();
+        }
+        Etcd {
+            child: None,
+            dir,
+            client_port,
+            peer_port,
+            netns: ns.map(str::to_string),
+        }
+    }
+
+    /// `http://127.0.0.1:<client port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("etcd.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .expect("etcd log");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", Lab::netns_path(ns)))
+                    .arg("/usr/bin/etcd");
+                c
+            }
+            None => Command::new("/usr/bin/etcd"),
+        };
+        cmd.arg("--name")
+            .arg("vt")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--listen-client-urls")
+            .arg(self.endpoint())
+            .arg("--advertise-client-urls")
+            .arg(self.endpoint())
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("vt={peer}"))
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn /usr/bin/etcd"));
+        let end = Instant::now() + Duration::from_secs(15);
+        let port = self.client_port;
+        while !in_netns(self.netns.as_deref(), || etcd_healthy(port)) {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("etcd exited ({st}): {}", self.log_text());
+            }
+            assert!(
+                Instant::now() < end,
+                "etcd not healthy within 15 s: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (an outage; the data dir stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// (Re)starts it with the same ports and data and waits until it is healthy.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+}
+
+/// `GET /health` on etcd's client port says `"health":"true"`.
+fn etcd_healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("etcd log (last 30 lines, newest first):");
+            for l in tail {
+                eprintln!("  {l}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
