@@ -5,9 +5,12 @@ set -euo pipefail
 
 need_apt=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
+# protobuf-compiler: etcd-client's build script runs protoc. etcd-server: the etcd the datastore
+# tests start (/usr/bin/etcd). nftables: `nft`, which the agent's SNAT rules are applied with.
 for p in iproute2 iputils-ping jq ca-certificates build-essential \
          containernetworking-plugins iptables \
-         golang-go golang-github-appc-cni-dev dpkg-dev; do
+         golang-go golang-github-appc-cni-dev dpkg-dev \
+         protobuf-compiler etcd-server nftables python3-venv; do
   have "$p" || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,3 +32,28 @@ if [ ! -x "$CNITOOL" ]; then
   bash "$(dirname "${BASH_SOURCE[0]}")/build-cnitool.sh" "$(dirname "$CNITOOL")" >/dev/null
 fi
 export CNITOOL
+
+# Offline validation of manifests/ against the Kubernetes schemas (tests/tests/manifests.rs):
+# PyPI kubernetes-validate ships the schemas in its wheel. python3-venv: Debian's venv module.
+K8S_VALIDATE_VERSION=1.37.0
+if [ "$(/tmp/vpcnet-venv/bin/kubernetes-validate --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]; then
+  echo "deps: kubernetes-validate $K8S_VALIDATE_VERSION into /tmp/vpcnet-venv"
+  python3 -m venv /tmp/vpcnet-venv
+  /tmp/vpcnet-venv/bin/pip install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
+fi
+
+# containerd CRI test and benchmark (tests/tests/containerd.rs, bench/cri-bench.sh, tests/cri/):
+# Debian's containerd 1.6 + runc, a static busybox for the local sandbox image, and grpcio +
+# grpcio-tools (CRI client stubs) in the same venv.
+need_cri=()
+for p in containerd runc busybox-static; do have "$p" || need_cri+=("$p"); done
+if [ ${#need_cri[@]} -gt 0 ]; then
+  echo "deps: apt-get install ${need_cri[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_cri[@]}" >/dev/null
+fi
+if ! /tmp/vpcnet-venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "deps: grpcio-tools into /tmp/vpcnet-venv"
+  python3 -m venv /tmp/vpcnet-venv
+  /tmp/vpcnet-venv/bin/pip install -q --disable-pip-version-check "grpcio-tools==1.85.1"
+fi

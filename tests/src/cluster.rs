@@ -40,7 +40,12 @@ pub const CNI_TIMEOUT_S: u32 = 30;
 
 /// Node `k`'s underlay address: 10.199.0.1k (k = 1..=9), then 10.199.0.(10+k).
 pub fn node_ip(k: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 199, 0, u8::try_from(10 + k).expect("node number below 245"))
+    Ipv4Addr::new(
+        10,
+        199,
+        0,
+        u8::try_from(10 + k).expect("node number below 245"),
+    )
 }
 
 /// One node: its namespace, its agent (if started) and its files.
@@ -104,6 +109,8 @@ pub struct EtcdClaim {
     pub node_ip: Option<Ipv4Addr>,
     /// Lease ID (0 = none).
     pub lease: i64,
+    /// etcd's create_revision of the key: unchanged = the claim was never deleted/re-made.
+    pub create_revision: i64,
 }
 
 /// One route of ours (`ip route show proto 171`), parsed.
@@ -139,6 +146,8 @@ pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
     /// Flags every agent gets on top of the cluster's own (datastore, node, VPC).
     pub agent_flags: Vec<String>,
+    /// Where [`Cluster::check_consistency`] reads claims: `<--etcd-prefix>/claims/`.
+    pub claims_key: String,
     etcd: Etcd,
     switch: String,
     /// Namespaces to delete on drop besides nodes and switch (pods, outside).
@@ -167,6 +176,7 @@ impl Cluster {
             vpc: vpc.to_string(),
             nodes: Vec::new(),
             agent_flags: Vec::new(),
+            claims_key: "/vpcnet/claims/".to_string(),
             extra_ns: Vec::new(),
             pods_seq: BTreeMap::new(),
         };
@@ -324,8 +334,8 @@ impl Cluster {
         })
     }
 
-    /// Every key under `prefix` in etcd: (key, value, lease).
-    pub fn etcd_range(&self, prefix: &str) -> Result<Vec<(String, String, i64)>, String> {
+    /// Every key under `prefix` in etcd: (key, value, lease, create_revision).
+    pub fn etcd_range(&self, prefix: &str) -> Result<Vec<(String, String, i64, i64)>, String> {
         let mut end = prefix.as_bytes().to_vec();
         // range_end = prefix with its last byte + 1 (every key starting with prefix).
         if let Some(last) = end.last_mut() {
@@ -349,18 +359,20 @@ impl Cluster {
                         .map(|x| String::from_utf8_lossy(&b64_decode(x)).into_owned())
                         .unwrap_or_default()
                 };
-                let lease = kv
-                    .get("lease")
-                    .and_then(|l| l.as_str().and_then(|s| s.parse().ok()).or(l.as_i64()))
-                    .unwrap_or(0);
-                (s("key"), s("value"), lease)
+                // The gateway prints int64 fields as strings, and omits zeros.
+                let num = |k: &str| {
+                    kv.get(k)
+                        .and_then(|l| l.as_str().and_then(|s| s.parse().ok()).or(l.as_i64()))
+                        .unwrap_or(0)
+                };
+                (s("key"), s("value"), num("lease"), num("create_revision"))
             })
             .collect())
     }
 
-    /// The prefix claims in etcd under the default key prefix `/vpcnet/claims/`.
+    /// The prefix claims in etcd under [`Cluster::claims_key`] (default `/vpcnet/claims/`).
     pub fn claims(&self) -> Result<Vec<EtcdClaim>, String> {
-        self.claims_under("/vpcnet/claims/")
+        self.claims_under(&self.claims_key)
     }
 
     /// The prefix claims under `key_prefix` (e.g. `/race3/claims/` for `--etcd-prefix /race3`).
@@ -369,7 +381,7 @@ impl Cluster {
     pub fn claims_under(&self, key_prefix: &str) -> Result<Vec<EtcdClaim>, String> {
         let kvs = self.etcd_range(key_prefix)?;
         kvs.into_iter()
-            .map(|(key, value, lease)| {
+            .map(|(key, value, lease, create_revision)| {
                 let v: Value = serde_json::from_str(&value)
                     .map_err(|e| format!("claim {key}: value not JSON ({e}): {value}"))?;
                 let prefix = v
@@ -397,6 +409,7 @@ impl Cluster {
                     node,
                     node_ip,
                     lease,
+                    create_revision,
                 })
             })
             .collect()
@@ -650,10 +663,7 @@ impl Cluster {
 
     /// ADD one pod on node `k` in a new namespace; returns the namespace, ID and raw output.
     pub fn try_add_pod(&mut self, k: usize) -> (String, String, CniOutput) {
-        let (ns, cid) = self
-            .new_pod_namespaces(k, 1)
-            .pop()
-            .expect("one namespace");
+        let (ns, cid) = self.new_pod_namespaces(k, 1).pop().expect("one namespace");
         let out = self.cni(k, "ADD", &cid, &format!("/var/run/netns/{ns}"));
         (ns, cid, out)
     }
@@ -721,7 +731,10 @@ impl Cluster {
             }
             for p in &unreachable {
                 if let Some(other) = local_on.insert(p.clone(), n.k) {
-                    return Err(format!("{p} unreachable-local on node{other} and {}", n.name));
+                    return Err(format!(
+                        "{p} unreachable-local on node{other} and {}",
+                        n.name
+                    ));
                 }
             }
             for c in claims.iter().filter(|c| c.node != n.name) {
@@ -801,7 +814,11 @@ impl Cluster {
 
     /// Prints every log's tail (used on failure).
     pub fn dump_logs(&self, lines: usize) {
-        eprintln!("---- etcd ({}) ----\n{}", self.etcd.log.display(), tail(&self.etcd.log, lines));
+        eprintln!(
+            "---- etcd ({}) ----\n{}",
+            self.etcd.log.display(),
+            tail(&self.etcd.log, lines)
+        );
         for n in &self.nodes {
             eprintln!(
                 "---- {} vpcnetd ({}) ----\n{}",

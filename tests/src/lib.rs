@@ -255,10 +255,30 @@ impl Lab {
             .collect()
     }
 
-    /// Host routes with our protocol (171), as `ip route` lines.
+    /// The pods' host routes (`IP dev vpc… scope link`, protocol 171), as `ip route` lines.
+    /// The agent's prefix routes (unreachable own prefixes, peers' `via` routes) also carry
+    /// protocol 171 and are left out: see [`Lab::prefix_routes`].
     pub fn host_routes(&self) -> Vec<String> {
         self.ip(&self.host(), "-4 route show proto 171")
             .lines()
+            .filter(|l| !l.starts_with("unreachable") && !l.contains(" via "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Every protocol-171 route of the host namespace (pods' and prefixes').
+    pub fn proto_routes(&self) -> Vec<String> {
+        self.ip(&self.host(), "-4 route show proto 171")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The agent's prefix routes with protocol 171 (unreachable own prefixes, peers' routes).
+    pub fn prefix_routes(&self) -> Vec<String> {
+        self.ip(&self.host(), "-4 route show proto 171")
+            .lines()
+            .filter(|l| l.starts_with("unreachable") || l.contains(" via "))
             .map(str::to_string)
             .collect()
     }

@@ -157,7 +157,10 @@ fn claim_race_never_overlaps() {
             for (i, pool) in pools.iter().enumerate() {
                 for p in pool {
                     if let Some(other) = seen.insert(p.clone(), i + 1) {
-                        panic!("round {round}: {p} in the pools of node{other} and node{}", i + 1);
+                        panic!(
+                            "round {round}: {p} in the pools of node{other} and node{}",
+                            i + 1
+                        );
                     }
                 }
             }
@@ -173,6 +176,10 @@ fn claim_race_never_overlaps() {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = last;
+        // And the kernel agrees: each node's unreachable prefix is its claim, peers route it.
+        c.claims_key = key_prefix;
+        c.wait_consistent(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
     }
     let t_rounds = elapsed(t0);
     // Too small for everyone: two /28s, three nodes.
@@ -185,14 +192,22 @@ fn claim_race_never_overlaps() {
     }
     let claims = c2.claims().expect("claims");
     let owners: BTreeSet<String> = claims.iter().map(|cl| cl.node.clone()).collect();
-    assert_eq!(owners.len(), 2, "two different nodes hold the two prefixes: {claims:?}");
+    assert_eq!(
+        owners.len(),
+        2,
+        "two different nodes hold the two prefixes: {claims:?}"
+    );
     let unlucky = (1..=3)
         .find(|k| !owners.contains(&format!("node{k}")))
         .expect("one node without a prefix");
     let ta = Instant::now();
     let (_, cid, out) = c2.try_add_pod(unlucky);
     let took = ta.elapsed();
-    assert!(!out.ok(), "ADD {cid} on node{unlucky} succeeded: {}", out.stdout);
+    assert!(
+        !out.ok(),
+        "ADD {cid} on node{unlucky} succeeded: {}",
+        out.stdout
+    );
     assert_eq!(out.code(), Some(11), "{}", out.stdout);
     let msg = out.msg().to_lowercase();
     assert!(
@@ -241,12 +256,32 @@ fn dead_node_loses_prefixes_restart_keeps_them() {
         .unwrap_or_else(|e| panic!("{e}"));
     let before = Cluster::claims_of(&c.claims().expect("claims"), "node3");
     assert!(!before.is_empty(), "node3 holds no prefix");
+    let revisions = |c: &Cluster| -> Vec<(String, i64)> {
+        let mut v: Vec<_> = c
+            .claims()
+            .expect("claims")
+            .into_iter()
+            .filter(|cl| cl.node == "node3")
+            .map(|cl| (cl.prefix, cl.create_revision))
+            .collect();
+        v.sort();
+        v
+    };
+    let revs_before = revisions(&c);
 
     // Crash and restart within the TTL: same claims, pods still reachable.
     c.restart_agent(3);
     std::thread::sleep(Duration::from_secs(ttl + 2));
     let after = Cluster::claims_of(&c.claims().expect("claims"), "node3");
-    assert_eq!(before, after, "node3's claims changed across a restart within the TTL");
+    assert_eq!(
+        before, after,
+        "node3's claims changed across a restart within the TTL"
+    );
+    assert_eq!(
+        revs_before,
+        revisions(&c),
+        "node3's claim keys were deleted and re-created across the restart (churn)"
+    );
     assert_eq!(c.pool_prefixes(3).expect("status"), before);
     c.wait_consistent(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("after restart: {e}"));
@@ -261,7 +296,10 @@ fn dead_node_loses_prefixes_restart_keeps_them() {
     let gone = c
         .wait_consistent(bound)
         .unwrap_or_else(|e| panic!("dead node3: {e}"));
-    eprintln!("dead node3: claims gone and routes withdrawn after {:?}", tk.elapsed());
+    eprintln!(
+        "dead node3: claims gone and routes withdrawn after {:?}",
+        tk.elapsed()
+    );
     let _ = gone;
     for k in 1..=2 {
         let routes = c.routes(k);
@@ -337,6 +375,20 @@ fn etcd_outage_serves_from_pool_and_recovers() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // Peer routes stay during the outage (a few peer-sync rounds): pods made meanwhile reach
+    // each other across nodes.
+    std::thread::sleep(Duration::from_secs(2));
+    let pairs: Vec<(&Pod, &Pod)> = (1..=3)
+        .flat_map(|k| {
+            let src = pods.iter().find(|p| p.node == k).expect("pod");
+            pods.iter()
+                .filter(move |p| p.node != k)
+                .take(6)
+                .map(move |b| (src, b))
+        })
+        .collect();
+    let failed = Cluster::ping_pods(&pairs, 8);
+    assert!(failed.is_empty(), "during the outage: {failed:?}");
     let outage = t_stop.elapsed();
     c.start_etcd();
     let t_back = Instant::now();

@@ -35,12 +35,7 @@ fn enter(ns: &str) {
     // SAFETY: setns only reads the fd, which `f` keeps open for the call; it changes the
     // namespace of this thread alone.
     let rc = unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) };
-    assert_eq!(
-        rc,
-        0,
-        "setns {ns}: {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
 }
 
 /// An extra namespace of the test (named with the lab's unique prefix), deleted on drop.
@@ -100,9 +95,12 @@ fn seen_source(listen_ns: &str, listen_ip: Ipv4Addr, from_ns: &str) -> Result<Ip
             }
         }
     });
-    let port = port_rx
-        .recv_timeout(Duration::from_secs(5))
-        .map_err(|_| format!("listener did not start: {:?}", listener_err(listener)))?;
+    let Ok(port) = port_rx.recv_timeout(Duration::from_secs(5)) else {
+        return Err(format!(
+            "listener did not start: {}",
+            listener_err(listener)
+        ));
+    };
     let from_ns = from_ns.to_string();
     let connector = std::thread::spawn(move || -> Result<(), String> {
         enter(&from_ns);
@@ -160,8 +158,16 @@ fn snat_masquerades_traffic_leaving_the_vpc_only() {
     );
     let ns1 = lab.pod(1);
     let ns2 = lab.pod(2);
-    let ip1 = lab.add("snat1", &ns1).expect_ok("ADD 1").ip().expect("ip 1");
-    let ip2 = lab.add("snat2", &ns2).expect_ok("ADD 2").ip().expect("ip 2");
+    let ip1 = lab
+        .add("snat1", &ns1)
+        .expect_ok("ADD 1")
+        .ip()
+        .expect("ip 1");
+    let ip2 = lab
+        .add("snat2", &ns2)
+        .expect_ok("ADD 2")
+        .ip()
+        .expect("ip 2");
 
     let seen = seen_source(&outside.0, outside_ip, &ns1).expect("pod -> outside");
     assert_eq!(seen, node_ip, "leaving the VPC: the node's uplink address");
@@ -175,7 +181,7 @@ fn snat_masquerades_traffic_leaving_the_vpc_only() {
         "ip netns exec {} nft list table ip vpcnet",
         lab.host()
     ));
-    assert_eq!(table.matches("masquerade").count(), 1, "{table}");
+    assert_eq!(table.matches("ip saddr").count(), 1, "{table}");
     assert!(table.contains("10.250.99.0/24"), "{table}");
     let seen = seen_source(&outside.0, outside_ip, &ns1).expect("pod -> excluded");
     assert_eq!(seen, ip1, "--snat-exclude: the pod's own address");
@@ -221,8 +227,11 @@ fn edit_claims(lab: &Lab, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
     };
     f(&mut claims);
     let tmp = dir.join("claims.json.test-tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&Value::Object(claims)).expect("json"))
-        .expect("write claims");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&Value::Object(claims)).expect("json"),
+    )
+    .expect("write claims");
     std::fs::rename(&tmp, &path).expect("rename claims");
     drop(lock);
 }
@@ -237,7 +246,7 @@ fn fake_claim(prefix: &str, node: &str, node_ip: &str) -> Value {
 }
 
 fn has_route(lab: &Lab, needle: &str) -> bool {
-    lab.host_routes().iter().any(|r| r.starts_with(needle))
+    lab.proto_routes().iter().any(|r| r.starts_with(needle))
 }
 
 #[track_caller]
@@ -246,8 +255,12 @@ fn wait_route(lab: &Lab, needle: &str, present: bool) {
     assert!(
         ok,
         "route `{needle}` {} within 5 s: {:#?}\nagent log:\n{}",
-        if present { "not installed" } else { "not withdrawn" },
-        lab.host_routes(),
+        if present {
+            "not installed"
+        } else {
+            "not withdrawn"
+        },
+        lab.proto_routes(),
         lab.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
     );
 }
@@ -289,12 +302,17 @@ fn peer_prefixes_are_routed_and_withdrawn() {
         "200ms",
     ]);
     // The peer's prefix via its node IP, ours (the first free /28 of the VPC) unreachable.
-    wait_route(&lab, "10.240.0.16/28 via 10.250.98.2 dev up0 proto 171", true);
-    wait_route(&lab, "unreachable 10.240.0.0/28 proto 171", true);
-    assert!(!has_route(&lab, "10.240.0.32/28"), "{:#?}", lab.host_routes());
+    wait_route(&lab, "10.240.0.16/28 via 10.250.98.2 dev up0", true);
+    wait_route(&lab, "unreachable 10.240.0.0/28", true);
+    assert!(
+        !has_route(&lab, "10.240.0.32/28"),
+        "{:#?}",
+        lab.proto_routes()
+    );
     let d = degraded(&lab);
     assert!(
-        d.iter().any(|m| m.starts_with("peers:") && m.contains("10.240.0.32/28")),
+        d.iter()
+            .any(|m| m.starts_with("peers:") && m.contains("10.240.0.32/28")),
         "unreachable next hop reported: {d:?}"
     );
 
@@ -305,7 +323,7 @@ fn peer_prefixes_are_routed_and_withdrawn() {
     assert!(
         has_route(&lab, &format!("{ip} dev vpc")),
         "pod route kept: {:#?}",
-        lab.host_routes()
+        lab.proto_routes()
     );
     // The pod's /32 beats our unreachable /28.
     assert!(lab.ping(&lab.host(), &ip.to_string()), "host -> pod {ip}");
@@ -313,7 +331,7 @@ fn peer_prefixes_are_routed_and_withdrawn() {
     let ok = lab.wait_for(Duration::from_secs(5), || {
         let prefixes = lab.status()["prefixes"].as_array().map_or(0, Vec::len);
         let unreachable = lab
-            .host_routes()
+            .proto_routes()
             .iter()
             .filter(|r| r.starts_with("unreachable "))
             .count();
@@ -322,7 +340,7 @@ fn peer_prefixes_are_routed_and_withdrawn() {
     assert!(
         ok,
         "an unreachable route per held prefix: {:#?} {:#}",
-        lab.host_routes(),
+        lab.proto_routes(),
         lab.status()["prefixes"]
     );
     let own: Vec<Value> = {
@@ -348,7 +366,7 @@ fn peer_prefixes_are_routed_and_withdrawn() {
     assert!(
         has_route(&lab, "10.240.0.16/28 via 10.250.98.2"),
         "peer route kept while the datastore is down: {:#?}",
-        lab.host_routes()
+        lab.proto_routes()
     );
     assert!(has_route(&lab, "unreachable 10.240.0.0/28"));
 
@@ -384,13 +402,13 @@ fn peer_prefixes_are_routed_and_withdrawn() {
     });
     wait_route(&lab, "10.240.200.0/28 via 10.250.98.4", true);
     assert_eq!(
-        lab.host_routes()
+        lab.proto_routes()
             .iter()
             .filter(|r| r.starts_with("10.240.200.0/28"))
             .count(),
         1,
         "{:#?}",
-        lab.host_routes()
+        lab.proto_routes()
     );
 
     // A stopping agent withdraws nothing: pods keep their connectivity.

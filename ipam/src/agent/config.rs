@@ -34,6 +34,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy the `vpcnet` plugin into the CNI bin directory (an init container runs this).
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallCniArgs {
+    /// The plugin binary to install (default: `vpcnet` next to this vpcnetd executable).
+    #[arg(long, env = "VPCNET_PLUGIN_SRC")]
+    pub plugin_src: Option<PathBuf>,
+    /// Directory the container runtime runs CNI plugins from.
+    #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +54,9 @@ pub enum DatastoreKind {
     Local,
     /// etcd v3 (`--etcd-endpoints`): many nodes share one VPC.
     Etcd,
+    /// Kubernetes API (PrefixClaim objects owned by their Node): in-cluster service account,
+    /// or `--kubeconfig`.
+    Kubernetes,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -112,6 +127,9 @@ pub struct RunArgs {
     /// Client key for etcd (with --etcd-cert).
     #[arg(long, env = "VPCNET_ETCD_KEY")]
     pub etcd_key: Option<PathBuf>,
+    /// kubeconfig file for `--datastore kubernetes` (default: the in-cluster service account).
+    #[arg(long, env = "VPCNET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Masquerade pod traffic to destinations outside the VPC with the node's address.
     #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
     pub snat: bool,
@@ -125,6 +143,20 @@ pub struct RunArgs {
     /// How often peer routes are re-synced even without a watch event.
     #[arg(long, env = "VPCNET_PEER_SYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub peer_sync_interval: Duration,
+    /// Address of /metrics, /healthz, /readyz and /pool (`off` or "" disables).
+    #[arg(long, env = "VPCNET_METRICS_ADDR", default_value = "127.0.0.1:9961")]
+    pub metrics_addr: String,
+    /// Directory the agent writes its conflist to once pods can get addresses ("" = don't;
+    /// the DaemonSet sets /etc/cni/net.d).
+    #[arg(long, env = "VPCNET_CNI_CONF_DIR", default_value = "")]
+    pub cni_conf_dir: String,
+    /// File name of that conflist.
+    #[arg(
+        long,
+        env = "VPCNET_CNI_CONF_NAME",
+        default_value = "10-vpcnet.conflist"
+    )]
+    pub cni_conf_name: String,
 }
 
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
@@ -185,6 +217,15 @@ impl RunArgs {
         if self.max_pods == 0 {
             return Err("--max-pods must be at least 1".into());
         }
+        crate::agent::http::parse_addr(&self.metrics_addr)?;
+        if !self.cni_conf_dir.is_empty()
+            && (!self.cni_conf_name.ends_with(".conflist") || self.cni_conf_name.contains('/'))
+        {
+            return Err(format!(
+                "--cni-conf-name {:?} must be a file name ending in .conflist",
+                self.cni_conf_name
+            ));
+        }
         Ok(())
     }
 
@@ -242,5 +283,29 @@ mod tests {
         assert!(cli.run.validate().unwrap_err().contains("--prefix-len"));
         let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/24", "status", "--json"]);
         assert!(matches!(cli.command, Some(Command::Status { json: true })));
+        let cli = Cli::parse_from(["vpcnetd", "install-cni", "--cni-bin-dir", "/x"]);
+        match cli.command {
+            Some(Command::InstallCni(a)) => {
+                assert_eq!(a.cni_bin_dir, PathBuf::from("/x"));
+                assert_eq!(a.plugin_src, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--metrics-addr",
+            "x",
+        ]);
+        assert!(cli.run.validate().unwrap_err().contains("--metrics-addr"));
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--metrics-addr",
+            "off",
+        ]);
+        assert!(cli.run.validate().is_ok());
     }
 }

@@ -2,8 +2,12 @@
 //! the pool from disk, reconciles it with the host, then serves the plugin while the warm
 //! loop, the periodic reconcile and the veth reaper run beside it.
 
+pub mod cni_conf;
 pub mod config;
 pub mod datastore;
+pub mod http;
+pub mod install;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod reconcile;
@@ -21,6 +25,7 @@ use vpcnet_netlink::{link, route, sysctl};
 
 use crate::agent::config::{DatastoreKind, RunArgs};
 use crate::agent::datastore::etcd::{EtcdConfig, EtcdDatastore};
+use crate::agent::datastore::kubernetes::{KubernetesConfig, KubernetesDatastore};
 use crate::agent::datastore::local::LocalDatastore;
 use crate::agent::datastore::Datastore;
 use crate::agent::node::{Health, Node, State};
@@ -50,6 +55,15 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                     ca: args.etcd_ca.clone(),
                     cert: args.etcd_cert.clone(),
                     key: args.etcd_key.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                serve(args, ds).await
+            }
+            DatastoreKind::Kubernetes => {
+                let ds = KubernetesDatastore::connect(KubernetesConfig {
+                    kubeconfig: args.kubeconfig.clone(),
+                    node: args.node_name(),
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -93,8 +107,25 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         claim_lock: tokio::sync::Mutex::new(()),
     });
     tokio::spawn(reap(net.clone(), reaper_rx));
-    if let Err(e) = node.sync_claims().await {
-        eprintln!("vpcnetd: syncing claims with the datastore: {e} (serving from the pool)");
+    // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.
+    // A port that cannot be bound costs the metrics, not the pods: log it and go on.
+    let metrics_server = match http::parse_addr(&args.metrics_addr)? {
+        Some(addr) => match http::bind(addr).await {
+            Ok(l) => {
+                eprintln!("vpcnetd: metrics, /healthz, /readyz, /pool on http://{addr}");
+                Some(tokio::spawn(http::serve(l, node.clone())))
+            }
+            Err(e) => {
+                eprintln!("vpcnetd: cannot serve --metrics-addr {addr}: {e} (going on without)");
+                None
+            }
+        },
+        None => None,
+    };
+    // Until this succeeds once (the datastore may be down at start), the peer loop keeps
+    // reconciling claims with adoption off: adopting is only right before serving.
+    if let Err(e) = node.reconcile_claims(true).await {
+        eprintln!("vpcnetd: reconciling claims with the datastore: {e} (serving from the pool)");
         node.set_degraded("datastore", Some(e));
     }
     if args.snat {
@@ -110,6 +141,7 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
     let report = reconcile::run(&node, grace)
         .await
         .map_err(|e| format!("start-up reconcile: {e}"))?;
+    metrics::get().reconciled(Some(&report));
     eprintln!("vpcnetd: start-up reconcile: {report:?}");
     // Veths a previous run marked for deletion but did not get to.
     if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
@@ -142,7 +174,9 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                match reconcile::run(&node, grace).await {
+                let r = reconcile::run(&node, grace).await;
+                metrics::get().reconciled(r.as_ref().ok());
+                match r {
                     Ok(r) if r != reconcile::Report::default() => {
                         eprintln!("vpcnetd: reconcile: {r:?}")
                     }
@@ -158,11 +192,23 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         tokio::spawn(async move { peers::run(&node, every).await })
     };
     let server = tokio::spawn(server::serve(listener, node.clone()));
+    let conflist = (!args.cni_conf_dir.is_empty()).then(|| {
+        let target = cni_conf::ConfTarget {
+            dir: args.cni_conf_dir.clone().into(),
+            name: args.cni_conf_name.clone(),
+            socket: std::path::absolute(&args.socket).unwrap_or_else(|_| args.socket.clone()),
+        };
+        tokio::spawn(cni_conf::run(node.clone(), target))
+    });
     shutdown_signal().await;
     server.abort();
     warm.abort();
     periodic.abort();
     peers.abort();
+    // The conflist stays (see cni_conf): a restarting agent must not flip the node NotReady.
+    for t in [metrics_server, conflist].into_iter().flatten() {
+        t.abort();
+    }
     let _ = std::fs::remove_file(&args.socket);
     eprintln!("vpcnetd: stopped");
     Ok(())

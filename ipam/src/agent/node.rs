@@ -88,6 +88,9 @@ impl<D: Datastore> Node<D> {
     }
 
     pub fn set_degraded(&self, area: &'static str, msg: Option<String>) {
+        if area == "datastore" && msg.is_some() {
+            crate::agent::metrics::get().datastore_error();
+        }
         let mut h = self.health();
         match msg {
             Some(m) => {
@@ -318,7 +321,10 @@ impl<D: Datastore> Node<D> {
                 node_ip: self.ip,
                 claimed_at: now_ms(),
             };
-            match self.datastore.claim(&claim).await {
+            let started = std::time::Instant::now();
+            let claimed = self.datastore.claim(&claim).await;
+            crate::agent::metrics::get().claim_observed(started.elapsed(), &claimed);
+            match claimed {
                 Ok(true) => {
                     let mut st = self.state();
                     match st.pool.add_prefix(prefix, now_ms()) {
@@ -365,13 +371,29 @@ impl<D: Datastore> Node<D> {
         self.datastore
             .release(prefix, &self.name)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                crate::agent::metrics::get().datastore_error();
+                e.to_string()
+            })
     }
 
-    /// Start-up: make the pool and the datastore agree on which prefixes are ours. Claims of
-    /// ours the pool lacks (crash between claim and journal) are adopted; prefixes the pool
-    /// holds but the datastore does not are claimed again.
-    pub async fn sync_claims(&self) -> Result<(), String> {
+    /// Makes the pool and the datastore agree on which prefixes are ours; returns the claims
+    /// it listed (every node's), for the peer routes. Runs at start and on every peer sync.
+    ///
+    /// * a prefix the pool holds and the datastore lists as ours: fine;
+    /// * held, but listed as another node's: conflict — dropped from the pool if wholly free,
+    ///   otherwise reported as degraded (`claims`) and kept (pods use it);
+    /// * held, not listed (the claim lapsed, e.g. a long datastore outage outlived the lease):
+    ///   claimed again, create-if-absent; losing that race is the conflict above next round;
+    /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
+    ///   so it is adopted; later a release after shrink failed, so it is released again.
+    ///
+    /// Holds the claim lock so it never interleaves with grow or shrink.
+    pub async fn reconcile_claims(
+        &self,
+        adopt: bool,
+    ) -> Result<Vec<PrefixClaim>, String> {
+        let _g = self.claim_lock.lock().await;
         let claims = self.datastore.list().await.map_err(|e| e.to_string())?;
         let ours: HashSet<_> = claims
             .iter()
@@ -384,11 +406,31 @@ impl<D: Datastore> Node<D> {
             .map(|c| (c.prefix, c.node.clone()))
             .collect();
         let held: Vec<_> = self.state().pool.held_prefixes().collect();
+        let mut conflicts = Vec::new();
         for p in &held {
             if ours.contains(p) {
                 continue;
             }
-            if let Some(owner) = others.get(p) {
+            let owner = match others.get(p) {
+                Some(owner) => Some(owner.clone()),
+                None => {
+                    let claim = PrefixClaim {
+                        prefix: *p,
+                        node: self.name.clone(),
+                        node_ip: self.ip,
+                        claimed_at: now_ms(),
+                    };
+                    match self.datastore.claim(&claim).await {
+                        Ok(true) => {
+                            eprintln!("vpcnetd: re-claimed {p}: its claim had lapsed");
+                            None
+                        }
+                        Ok(false) => Some("another node".to_string()),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            };
+            if let Some(owner) = owner {
                 let dropped = {
                     let mut st = self.state();
                     st.pool
@@ -396,45 +438,39 @@ impl<D: Datastore> Node<D> {
                         .map(|ev| st.persist(&[ev]))
                         .is_ok()
                 };
-                if !dropped {
-                    self.set_degraded(
-                        "claims",
-                        Some(format!(
-                            "prefix {p} is in use here but claimed by node {owner}"
-                        )),
-                    );
+                if dropped {
+                    eprintln!("vpcnetd: dropped {p} from the pool: claimed by {owner}");
+                } else {
+                    conflicts.push(format!("prefix {p} is in use here but claimed by {owner}"));
                 }
-                continue;
             }
-            let claim = PrefixClaim {
-                prefix: *p,
-                node: self.name.clone(),
-                node_ip: self.ip,
-                claimed_at: now_ms(),
-            };
-            self.datastore
-                .claim(&claim)
-                .await
-                .map_err(|e| e.to_string())?;
         }
         for p in ours {
-            if !held.contains(&p) {
-                let adopted = {
-                    let mut st = self.state();
-                    match st.pool.add_prefix(p, now_ms()) {
-                        Ok(ev) => {
-                            st.persist(&[ev]);
-                            true
-                        }
-                        Err(_) => false,
+            if held.contains(&p) {
+                continue;
+            }
+            let adopted = adopt && {
+                let mut st = self.state();
+                match st.pool.add_prefix(p, now_ms()) {
+                    Ok(ev) => {
+                        st.persist(&[ev]);
+                        true
                     }
-                };
-                if !adopted {
-                    // Outside today's --vpc-cidr: give it back.
-                    let _ = self.datastore.release(p, &self.name).await;
+                    // Outside today's --vpc-cidr or misaligned: give it back.
+                    Err(_) => false,
+                }
+            };
+            if !adopted {
+                if let Err(e) = self.datastore.release(p, &self.name).await {
+                    return Err(e.to_string());
                 }
             }
         }
-        Ok(())
+        self.set_degraded(
+            "claims",
+            (!conflicts.is_empty()).then(|| conflicts.join("; ")),
+        );
+        Ok(claims)
     }
 }
+

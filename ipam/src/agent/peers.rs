@@ -37,6 +37,9 @@ use vpcnet_netlink::{route, RTPROT_VPCNET};
 /// How often the pool's held prefixes are compared with what the last round routed, so a
 /// prefix the warm loop claims or releases gets its unreachable route promptly.
 const POOL_POLL: Duration = Duration::from_millis(500);
+/// A datastore list that takes longer counts as failed (routes kept, retried next round),
+/// so a hung backend does not also stop our own routes from following the pool.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Least time between two rounds (a level-triggered watch that keeps firing must not spin).
 const MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -213,8 +216,16 @@ fn held<D: Datastore>(node: &Node<D>) -> Vec<Ipv4Network> {
 
 /// One round. Returns the held prefixes it routed (for the loop's fingerprint).
 pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4Network> {
+    // Listing the claims also reconciles ours with the pool (re-claims lapsed ones, releases
+    // leftovers, reports conflicts): see Node::reconcile_claims.
+    let claims = match tokio::time::timeout(LIST_TIMEOUT, node.reconcile_claims(false)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "datastore {}: listing claims timed out after {LIST_TIMEOUT:?}",
+            node.datastore.name()
+        )),
+    };
     let held = held(node);
-    let claims = node.datastore.list().await;
     let current = match route::list_v4(&node.net, Some(RTPROT_VPCNET)).await {
         Ok(r) => r,
         Err(e) => {
@@ -224,15 +235,16 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
     };
     let want = match claims {
         Ok(claims) => {
+            // Reachable: whoever marked it degraded (start-up, a failed claim, us), it is not
+            // any more.
+            node.set_degraded("datastore", None);
             if st.datastore_degraded {
-                node.set_degraded("datastore", None);
                 st.datastore_degraded = false;
                 eprintln!("vpcnetd: peers: datastore reachable again");
             }
             desired(&claims, &node.name, node.ip, &held)
         }
-        Err(e) => {
-            let msg = e.to_string();
+        Err(msg) => {
             if !st.datastore_degraded {
                 eprintln!("vpcnetd: peers: listing claims: {msg} (keeping peer routes)");
             }

@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::agent::datastore::Datastore;
+use crate::agent::metrics::{self, Op};
 use crate::agent::node::Node;
 use crate::api::{codes, Envelope, Reply, Request, PROTOCOL_VERSION};
 
@@ -97,11 +98,12 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
             "only root may assign or release addresses",
         );
     }
+    let m = metrics::get();
     match req {
-        Request::Assign { key, meta } => node.assign(key, meta).await,
-        Request::Release { key } => node.release(&key).await,
+        Request::Assign { key, meta } => m.cni_reply(Op::Add, node.assign(key, meta).await),
+        Request::Release { key } => m.cni_reply(Op::Del, node.release(&key).await),
         Request::Get { key } => node.get(&key),
-        Request::Gc { network, valid } => node.gc(&network, &valid).await,
+        Request::Gc { network, valid } => m.cni_reply(Op::Gc, node.gc(&network, &valid).await),
         Request::Status => Reply::Status(Box::new(node.status(root))),
     }
 }

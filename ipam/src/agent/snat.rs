@@ -172,9 +172,9 @@ pub fn removal() -> Nftables<'static> {
 /// The `nft` to run: the first in PATH, else the usual sbin directories (a DaemonSet's PATH
 /// may lack them).
 fn nft_program() -> PathBuf {
-    let in_path = std::env::var_os("PATH")
+    let in_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("nft")).collect())
-        .unwrap_or_else(Vec::new);
+        .unwrap_or_default();
     in_path
         .into_iter()
         .chain(

@@ -1,4 +1,4 @@
-//! `vpcnetd` entry point: `run` (default) or `status`.
+//! `vpcnetd` entry point: `run` (default), `status` or `install-cni`.
 
 use clap::Parser;
 
@@ -17,6 +17,7 @@ fn main() {
                 1
             }
         },
+        Some(Command::InstallCni(a)) => agent::install::run(a.plugin_src, &a.cni_bin_dir),
         Some(Command::Status { json }) => {
             match client::call(&cli.run.socket, Request::Status, STATUS_TIMEOUT) {
                 Ok(Reply::Status(s)) => {

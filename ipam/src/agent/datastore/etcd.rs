@@ -15,8 +15,8 @@
 //!   and re-puts (create-if-absent) those it remembers claiming that etcd lost with the lease.
 //! - Degraded mode: nothing here waits on etcd at start. Each operation gives up after
 //!   [`OP_TIMEOUT`] with [`DatastoreError::Unavailable`] naming the endpoints; the background
-//!   tasks retry with exponential back-off ([`BACKOFF_MIN`] … [`BACKOFF_MAX`]) and converge
-//!   when etcd comes back.
+//!   tasks retry with exponential back-off ([`BACKOFF_MIN`] … [`BACKOFF_MAX`]; the lease task
+//!   never waits longer than its keep-alive interval, TTL/3) and converge when etcd comes back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -114,19 +114,25 @@ struct Inner {
     changed: Notify,
 }
 
-/// Exponential back-off for the background tasks.
-struct Backoff(Duration);
+/// Exponential back-off for the background tasks: from [`BACKOFF_MIN`], doubling, up to a cap.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
 
 impl Backoff {
-    fn new() -> Backoff {
-        Backoff(BACKOFF_MIN)
+    fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            max: max.max(BACKOFF_MIN),
+        }
     }
     fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
+        self.next = BACKOFF_MIN;
     }
     fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
         d
     }
 }
@@ -161,10 +167,14 @@ impl EtcdDatastore {
             return Err(invalid("no endpoints given (--etcd-endpoints)"));
         }
         let endpoints = cfg.endpoints.join(", ");
+        // HTTP/2 pings find a dead connection under the watch stream. etcd answers pings more
+        // frequent than --grpc-keepalive-min-time (5 s), or sent without an open stream, with
+        // GOAWAY "too_many_pings": stay well above it, and only while a stream is open (the
+        // watch and the lease keep-alive always are).
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(OP_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false);
         if let Some(tls) = tls_options(&cfg)? {
             if let Some(e) = cfg.endpoints.iter().find(|e| e.starts_with("http://")) {
                 return Err(invalid(format!(
@@ -511,12 +521,14 @@ impl Inner {
 
     async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
         let _w = self.write_lock.lock().await;
+        if node == self.node {
+            // Forgotten first: even if etcd cannot be told now, a later re-attach (new lease)
+            // must not put it back.
+            self.mine().remove(&prefix);
+        }
         let key = self.key(prefix);
         for _ in 0..TXN_ATTEMPTS {
             let Some(kv) = self.get_claim_kv(&key).await? else {
-                if node == self.node {
-                    self.mine().remove(&prefix);
-                }
                 return Ok(());
             };
             if self.decode(&kv).is_none_or(|c| c.node != node) {
@@ -536,9 +548,6 @@ impl Inner {
                 .await
                 .map_err(|e| self.unavailable(&format!("releasing {prefix}"), e))?;
             if r.succeeded() {
-                if node == self.node {
-                    self.mine().remove(&prefix);
-                }
                 return Ok(());
             }
         }
@@ -677,7 +686,10 @@ impl Inner {
 
 /// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
 async fn keep_lease(inner: Arc<Inner>) {
-    let mut backoff = Backoff::new();
+    // Never slower than the keep-alive itself: after a short outage (an etcd restart renews
+    // every lease for one TTL) only a keep-alive within that TTL saves the lease; a 10 s
+    // back-off would let it lapse and take the claims with it. A refused connection is cheap.
+    let mut backoff = Backoff::new(BACKOFF_MAX.min(inner.keepalive_every));
     let mut adopted = 0i64;
     let mut down: Option<String> = None;
     loop {
@@ -715,7 +727,7 @@ async fn keep_lease(inner: Arc<Inner>) {
 /// Background: a watch on the claims, re-created with back-off; every event (and every
 /// re-creation, which may have missed some) signals `changed`.
 async fn watch_claims(inner: Arc<Inner>) {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_MAX);
     let mut established_before = false;
     let mut last_err: Option<String> = None;
     loop {
@@ -789,5 +801,52 @@ impl Datastore for EtcdDatastore {
 
     async fn changed(&self) {
         self.inner.changed.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_keys_are_address_dash_length() {
+        let p: Ipv4Network = "10.1.2.16/28".parse().expect("prefix");
+        assert_eq!(
+            claim_key("/vpcnet/claims/", p),
+            "/vpcnet/claims/10.1.2.16-28"
+        );
+        // Host bits never leak into the key.
+        let q: Ipv4Network = "10.1.2.17/28".parse().expect("prefix");
+        assert_eq!(
+            claim_key("/vpcnet/claims/", q),
+            "/vpcnet/claims/10.1.2.16-28"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1));
+        let seq: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seq, [200, 400, 800, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next(), BACKOFF_MIN);
+        let mut full = Backoff::new(BACKOFF_MAX);
+        let last = (0..20).map(|_| full.next()).last();
+        assert_eq!(last, Some(BACKOFF_MAX));
+    }
+
+    #[test]
+    fn claims_are_camel_case_json() {
+        let c = PrefixClaim {
+            prefix: "10.1.2.16/28".parse().expect("prefix"),
+            node: "n1".into(),
+            node_ip: Some("192.0.2.7".parse().expect("ip")),
+            claimed_at: 5,
+        };
+        let v: serde_json::Value = serde_json::to_value(&c).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"prefix": "10.1.2.16/28", "node": "n1", "nodeIp": "192.0.2.7", "claimedAt": 5})
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! still the caller's; `list` shows every node's claims.
 
 pub mod etcd;
+pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;

@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# The vpcnet image: `vpcnetd` (the node agent, the DaemonSet's process) and `vpcnet` (the CNI
+# plugin, which the DaemonSet's install-cni init container copies onto the node).
+#   docker build -t vpcnet:0.1.0 .
+# Needs a Docker engine with BuildKit (the default since Docker 23). Manifests: manifests/.
+
+FROM rust:1-bookworm AS build
+# etcd-client's build script compiles etcd's .proto files: it needs protoc.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# vpcnet is executed on the node by the container runtime, not in this image, so it must not
+# depend on the node's C library: it is linked statically (+crt-static; it resolves no names,
+# so glibc's NSS caveat does not apply). vpcnetd runs in this image and links dynamically.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    set -eux; \
+    host="$(rustc -vV | sed -n 's/^host: //p')"; \
+    RUSTFLAGS="-C target-feature=+crt-static" \
+      cargo build --release --locked -p vpcnet --bin vpcnet --target "$host"; \
+    cargo build --release --locked -p vpcnet-ipam --bin vpcnetd; \
+    mkdir -p /out; \
+    cp "target/$host/release/vpcnet" target/release/vpcnetd /out/
+
+FROM debian:bookworm-slim
+# SNAT rules go through the nftables crate, which runs `nft -j -f -`: the agent needs `nft`.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/vpcnet /out/vpcnetd /usr/local/bin/
+LABEL org.opencontainers.image.title="vpcnet" \
+      org.opencontainers.image.description="VPC-style Kubernetes CNI: vpcnet plugin + vpcnetd agent" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# Runs as root, on purpose: the agent needs CAP_NET_ADMIN in the node's network namespace
+# (routes, veths, nftables), and capabilities of a non-root user in a container are not
+# effective without file capabilities (ambient capabilities are not settable from a pod spec);
+# it also owns root-only paths on the node (/run/vpcnet socket, mode 0660 root, checked with
+# SO_PEERCRED; /var/lib/vpcnet; /etc/cni/net.d; /opt/cni/bin). The DaemonSet drops every other
+# capability, forbids privilege escalation and mounts the root filesystem read-only.
+USER 0:0
+ENTRYPOINT ["/usr/local/bin/vpcnetd"]

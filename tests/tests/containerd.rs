@@ -1,0 +1,369 @@
+//! The closest thing to kubelet that runs here: containerd 1.6's CRI plugin (Debian's package)
+//! runs vpcnet (chained with the reference `portmap`) for real pod sandboxes.
+//!
+//! tests/cri/lab.sh starts containerd and vpcnetd inside one private network namespace (the
+//! node's "host" side) with everything under a temp dir; tests/cri/cri_client.py speaks CRI
+//! runtime.v1 the way kubelet does. RunPodSandbox ×2 → addresses from the agent, pod ↔ pod
+//! ping, then StopPodSandbox + RemovePodSandbox leave no veth, route, allocation or netns.
+//!
+//! Needs containerd, runc, busybox-static and a python venv with grpcio + grpcio-tools
+//! (scripts/deps.sh installs them). Missing ones fail the test unless VPCNET_SKIP_CONTAINERD=1.
+//! The conflist is the one vpcnetd writes (`--cni-conf-dir`); LAB_CONFLIST=lab makes lab.sh
+//! write its own (vpcnet + portmap, cniVersion 1.0.0) instead.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vpcnet_tests::{bin, host_veth_name, sh, sh_ok};
+
+const VPC: &str = "10.245.0.0/16";
+const POD_NS: &str = "vpcnet-e2e";
+
+fn cri_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cri")
+}
+
+/// One containerd + vpcnetd "node" made by lab.sh; `down` runs on drop, also on panic.
+struct CriLab {
+    dir: PathBuf,
+    env: HashMap<String, String>,
+}
+
+impl CriLab {
+    /// `None` when the prerequisites are missing and VPCNET_SKIP_CONTAINERD=1.
+    fn up() -> Option<CriLab> {
+        let lab_sh = cri_dir().join("lab.sh");
+        let check = Command::new(&lab_sh)
+            .arg("check")
+            .output()
+            .expect("run lab.sh check");
+        if !check.status.success() {
+            let why = String::from_utf8_lossy(&check.stderr).trim().to_string();
+            if std::env::var("VPCNET_SKIP_CONTAINERD").as_deref() == Ok("1") {
+                eprintln!("containerd test skipped (VPCNET_SKIP_CONTAINERD=1): {why}");
+                return None;
+            }
+            panic!(
+                "containerd test prerequisites: {why}; install them with scripts/deps.sh \
+                 (VPCNET_VENV points at another venv), or set VPCNET_SKIP_CONTAINERD=1 to skip"
+            );
+        }
+        let _ = bin("vpcnet"); // asserts the workspace was built
+        let root = std::env::temp_dir().join("vpcnet-cri");
+        // Labs of killed earlier runs (their owner process is gone).
+        let _ = Command::new(&lab_sh).arg("reap").arg(&root).status();
+        let dir = root.join(format!("t{}", std::process::id()));
+        let out = Command::new(&lab_sh)
+            .arg("up")
+            .arg(&dir)
+            .arg("vpcnet")
+            .env("VPCNET_BIN_DIR", bin("vpcnet").parent().expect("bin dir"))
+            .env("LAB_VPC_CIDR", VPC)
+            .env("LAB_NETNS", format!("vt{}xcri", std::process::id()))
+            .env("LAB_OWNER_PID", std::process::id().to_string())
+            .output()
+            .expect("run lab.sh up");
+        assert!(
+            out.status.success(),
+            "lab.sh up failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Some(CriLab { dir, env })
+    }
+
+    fn var(&self, k: &str) -> &str {
+        self.env
+            .get(k)
+            .unwrap_or_else(|| panic!("lab.env has no {k}: {:?}", self.env))
+    }
+
+    /// `cri_client.py <sock> args…` → its JSON output.
+    fn cri(&self, args: &[&str]) -> Value {
+        let out = Command::new(self.var("PY"))
+            .arg(self.var("CLIENT"))
+            .arg(self.var("CRI_SOCK"))
+            .args(args)
+            .output()
+            .expect("run cri_client.py");
+        assert!(
+            out.status.success(),
+            "cri_client {args:?} failed: {}\ncontainerd log tail:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail("containerd.log", 15)
+        );
+        serde_json::from_slice(&out.stdout).expect("cri_client prints JSON")
+    }
+
+    /// `cmd` inside the node namespace.
+    fn node(&self, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.var("NETNS")))
+    }
+
+    fn agent_status(&self) -> Value {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.var("NETNS")))
+            .arg(bin("vpcnetd"))
+            .args(["status", "--json", "--socket", self.var("AGENT_SOCK")])
+            .output()
+            .expect("vpcnetd status");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "vpcnetd status not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    fn host_links(&self) -> Vec<String> {
+        self.node("ip -o link show")
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .collect()
+    }
+
+    fn log_tail(&self, name: &str, n: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for CriLab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (log, n) in [
+                ("containerd.log", 30),
+                ("vpcnetd.log", 30),
+                ("plugin.log", 30),
+            ] {
+                eprintln!("--- {log} (tail)\n{}", self.log_tail(log, n));
+            }
+        }
+        let st = Command::new(cri_dir().join("lab.sh"))
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+        if !matches!(st, Ok(s) if s.success()) {
+            eprintln!("lab.sh down {} failed: {st:?}", self.dir.display());
+        }
+    }
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The agent's record of sandbox `id` (ifname eth0), if any.
+fn allocation<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    status["allocations"]
+        .as_array()
+        .expect("status has allocations (run as root)")
+        .iter()
+        .find(|a| {
+            let k = &a["key"];
+            let cid = k.get("container_id").or_else(|| k.get("containerId"));
+            cid.and_then(Value::as_str) == Some(id) && k["ifname"] == "eth0"
+        })
+}
+
+#[test]
+fn containerd_cri_runs_pods_on_vpcnet() {
+    let started = Instant::now();
+    let Some(lab) = CriLab::up() else { return };
+    eprintln!(
+        "containerd {} up in {:?}; conflist written by {}",
+        lab.cri(&["version"])["runtime_version"],
+        started.elapsed(),
+        lab.var("CONFLIST_BY")
+    );
+
+    // containerd 1.6 (libcni 1.1.x) and Debian's portmap 1.1.1 top out at cniVersion 1.0.0: a
+    // newer conflist makes every RunPodSandbox fail ("unsupported CNI result version") and its
+    // clean-up DEL fail in portmap, leaving the sandbox SANDBOX_UNKNOWN. (Spec 1.1.0 runtimes
+    // pick the newest of a conflist's `cniVersions` list they support.)
+    let conf_path = lab.dir.join("net.d/10-vpcnet.conflist");
+    let conf: Value = serde_json::from_slice(&std::fs::read(&conf_path).expect("conflist"))
+        .expect("conflist is JSON");
+    assert!(
+        ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].contains(&conf["cniVersion"].as_str().unwrap_or("")),
+        "the conflist ({} by {}) has cniVersion {}: containerd 1.6 / Debian's portmap accept at \
+         most 1.0.0 (write \"cniVersion\": \"1.0.0\" plus \"cniVersions\": [\"1.0.0\", \"1.1.0\"])",
+        conf_path.display(),
+        lab.var("CONFLIST_BY"),
+        conf["cniVersion"]
+    );
+
+    // RunPodSandbox ×2 (the first with a host port: portmap chains on vpcnet's result).
+    let mut pods = Vec::new();
+    for (name, port) in [("web-1", Some("18080:80")), ("web-2", None)] {
+        let mut args = vec!["run", name, POD_NS];
+        args.extend(port);
+        let r = lab.cri(&args);
+        let id = r["id"].as_str().expect("sandbox id").to_string();
+        eprintln!("RunPodSandbox {name}: {} ms", r["ms"]);
+        pods.push((name, id));
+    }
+
+    let vpc: ipnetwork::Ipv4Network = VPC.parse().expect("vpc");
+    let status = lab.agent_status();
+    let mut ips = Vec::new();
+    let mut netns_paths = Vec::new();
+    for (name, id) in &pods {
+        let st = lab.cri(&["podstatus", id]);
+        assert_eq!(st["state"], "SANDBOX_READY", "{st}");
+        let ip: std::net::Ipv4Addr = st["ip"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("sandbox {name} has no IPv4 in PodSandboxStatus: {st}"));
+        assert!(vpc.contains(ip), "{name}: {ip} is not in the VPC {VPC}");
+        let netns = st["netns"].as_str().expect("netns path").to_string();
+        assert!(
+            netns.starts_with(&lab.dir.display().to_string()) && Path::new(&netns).exists(),
+            "{name}: netns {netns} not under the lab's state dir"
+        );
+
+        // The agent's record: same address, containerd's CNI_ARGS as pod metadata.
+        let a = allocation(&status, id)
+            .unwrap_or_else(|| panic!("no allocation for {name} ({id}) in {status}"));
+        assert_eq!(a["ip"], ip.to_string(), "{a}");
+        assert_eq!(a["key"]["network"], "vpcnet", "{a}");
+        assert_eq!(a["meta"]["namespace"], POD_NS, "K8S_POD_NAMESPACE: {a}");
+        assert_eq!(a["meta"]["name"], *name, "K8S_POD_NAME: {a}");
+
+        // Data plane: eth0 IP/32 in the pod, veth + /32 proto-171 route on the host.
+        let eth0 = sh(&format!(
+            "nsenter --net={netns} ip -4 -o addr show dev eth0"
+        ));
+        assert!(eth0.contains(&format!("{ip}/32")), "{name} eth0: {eth0}");
+        let veth = host_veth_name(id, "eth0");
+        assert!(lab.host_links().contains(&veth), "no host veth {veth}");
+        let route = lab.node(&format!("ip -4 route show {ip}/32 proto 171"));
+        assert!(
+            route.contains(&format!("dev {veth}")),
+            "route for {ip}: {route:?}"
+        );
+        ips.push(ip);
+        netns_paths.push(netns);
+    }
+    assert_ne!(ips[0], ips[1], "two sandboxes, one address");
+
+    // portmap got vpcnet's result as prevResult: its DNAT points at sandbox 1's address.
+    let nat = lab.node("iptables -t nat -S");
+    assert!(
+        nat.contains(&format!("--to-destination {}:80", ips[0])),
+        "no hostPort DNAT to {}:80:\n{nat}",
+        ips[0]
+    );
+
+    // Sandbox 1 reaches sandbox 2 and back, through the node namespace.
+    for (from, to) in [(0, 1), (1, 0)] {
+        let ok = (0..3).any(|_| {
+            sh_ok(&format!(
+                "nsenter --net={} ping -c1 -W2 -q {}",
+                netns_paths[from], ips[to]
+            ))
+        });
+        assert!(
+            ok,
+            "sandbox {} cannot ping sandbox {} ({})",
+            from + 1,
+            to + 1,
+            ips[to]
+        );
+    }
+
+    // StopPodSandbox + RemovePodSandbox.
+    for (name, id) in &pods {
+        let stop = lab.cri(&["stop", id]);
+        let rm = lab.cri(&["rm", id]);
+        eprintln!(
+            "StopPodSandbox {name}: {} ms, RemovePodSandbox: {} ms",
+            stop["ms"], rm["ms"]
+        );
+    }
+    assert_eq!(lab.cri(&["list"]), Value::Array(vec![]), "sandboxes left");
+
+    // Nothing left behind: netns, veths, routes, DNAT, allocations (released into cooldown).
+    for p in &netns_paths {
+        assert!(!Path::new(p).exists(), "pod netns {p} still there");
+    }
+    let vpc_links = || -> Vec<String> {
+        lab.host_links()
+            .into_iter()
+            .filter(|l| l.starts_with("vpc"))
+            .collect()
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || vpc_links().is_empty()),
+        "host veths left 5 s after RemovePodSandbox: {:?}",
+        vpc_links()
+    );
+    for ip in &ips {
+        let r = lab.node(&format!("ip -4 route show {ip}/32 proto 171"));
+        assert!(r.trim().is_empty(), "route for {ip} left: {r}");
+    }
+    let pod_routes: Vec<String> = lab
+        .node("ip -4 route show proto 171")
+        .lines()
+        .filter(|l| l.contains(" dev vpc"))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        pod_routes.is_empty(),
+        "proto-171 pod routes left: {pod_routes:?}"
+    );
+    let nat = lab.node("iptables -t nat -S");
+    assert!(!nat.contains("CNI-DN-"), "portmap chains left:\n{nat}");
+    let status = lab.agent_status();
+    for (name, id) in &pods {
+        assert!(
+            allocation(&status, id).is_none(),
+            "allocation of {name} left: {status}"
+        );
+    }
+    assert!(
+        status["stats"]["cooling"].as_u64().unwrap_or(0) >= 2,
+        "released addresses not in cooldown: {}",
+        status["stats"]
+    );
+    for (_, id) in &pods {
+        let cached = sh(&format!(
+            "ls /var/lib/cni/results/ | grep -c -- '-{id}-' || true"
+        ));
+        assert_eq!(cached.trim(), "0", "libcni result cache of {id} left");
+    }
+
+    // containerd runs DEL at StopPodSandbox and again at RemovePodSandbox: both must succeed.
+    // (The plugin log exists when the lab wrote the conflist with a logFile.)
+    let log = std::fs::read_to_string(lab.dir.join("plugin.log")).unwrap_or_default();
+    for (_, id) in pods.iter().filter(|_| !log.is_empty()) {
+        let dels = log
+            .lines()
+            .filter(|l| l.contains(&format!("Del container={id}")) && l.contains(" ok "))
+            .count();
+        assert!(
+            dels >= 1,
+            "no successful DEL of {id} in the plugin log:\n{log}"
+        );
+    }
+    eprintln!("containerd test done in {:?}", started.elapsed());
+}

@@ -1,0 +1,789 @@
+//! The datastore contract: the SAME cases run against every backend (`local`, `etcd`; the
+//! Kubernetes backend joins by implementing [`Backend`] and adding one `contract!` line). They
+//! drive the library directly (`vpcnet_ipam::agent::datastore`), each node being its own
+//! datastore instance, as each node runs its own agent.
+//!
+//! Where a case does not apply to a backend, the backend's capability constant says so and
+//! why; the case then checks what does apply (or logs "not applicable").
+//!
+//! At the end: vpcnetd itself against etcd, end to end (ADD a pod, its prefix claim is in etcd,
+//! `kill -9` + restart: the claim survives on a live lease).
+//!
+//! etcd runs as a real `/usr/bin/etcd` on 127.0.0.1 with free ports and a private data dir,
+//! one per test, killed and removed on drop (see `vpcnet_tests::Etcd`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+use vpcnet_ipam::agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
+use vpcnet_ipam::agent::datastore::local::LocalDatastore;
+use vpcnet_ipam::agent::datastore::{Datastore, DatastoreError, PrefixClaim};
+use vpcnet_tests::{in_netns, Etcd, Lab};
+
+/// Lease TTL of the etcd nodes in these tests (etcd's minimum is 2 s with default timings).
+const TTL: Duration = Duration::from_secs(2);
+/// An operation against a datastore that is down must fail within this.
+const DOWN_BOUND: Duration = Duration::from_secs(3);
+
+/// One backend under test: makes datastore instances ("nodes") that share one cluster state.
+trait Backend: Sized {
+    type D: Datastore;
+    /// `changed()` resolves when another node claims. local: one node, nothing to watch —
+    /// its `changed()` never resolves by design, so the case is not applicable.
+    const WATCH: bool;
+    /// Claims lapse when their node stops renewing (etcd: lease TTL). local: a single node's
+    /// file has no liveness — not applicable.
+    const LIVENESS: bool;
+    /// Claiming a prefix one already holds answers `true` (etcd: the claim is re-attached to
+    /// the node's live lease; that is how a restarted agent keeps its claims). local answers
+    /// `false` (plain create-if-absent); harmless today because node.rs never re-claims what
+    /// the datastore lists as its own, but see the report.
+    const RECLAIM_OWN: bool;
+    /// There is a server that can go down (and come back with the same data).
+    const SERVER: bool;
+
+    async fn new() -> Self;
+    /// A new instance (a new agent process) for node `name`; same name = same node, same
+    /// state directory.
+    async fn node(&self, name: &str) -> Self::D;
+    /// Stops / restarts the server (same data).
+    fn stop_server(&self) {}
+    fn start_server(&self) {}
+    /// Text every `Unavailable` error must contain (the endpoints).
+    fn endpoint(&self) -> String {
+        String::new()
+    }
+    /// The node's claims hang off something alive that holds them (etcd: `d`'s lease has
+    /// TTL > 0 and every claim of `node` is attached to it).
+    async fn attached(&self, _d: &Self::D, _node: &str) -> bool {
+        true
+    }
+}
+
+// ---- local ----
+
+struct Local {
+    dir: PathBuf,
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Backend for Local {
+    type D = LocalDatastore;
+    const WATCH: bool = false;
+    const LIVENESS: bool = false;
+    const RECLAIM_OWN: bool = false;
+    const SERVER: bool = false;
+
+    async fn new() -> Local {
+        let dir = unique_dir("local");
+        Local { dir }
+    }
+
+    /// Every node opens the same directory: its flock serialises the instances, as it does
+    /// processes.
+    async fn node(&self, _name: &str) -> LocalDatastore {
+        LocalDatastore::open(&self.dir).expect("open local datastore")
+    }
+}
+
+fn unique_dir(what: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let dir = std::env::temp_dir()
+        .join("vpcnet-tests")
+        .join(format!("{what}{}x{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+// ---- etcd ----
+
+struct EtcdBackend {
+    etcd: Mutex<Etcd>,
+    endpoint: String,
+    /// Per-node state directories (the lease file lives there).
+    states: PathBuf,
+}
+
+fn etcd_config(endpoint: &str, state_dir: PathBuf, node: &str) -> EtcdConfig {
+    EtcdConfig {
+        endpoints: vec![endpoint.to_string()],
+        prefix: "/vpcnet".into(),
+        lease_ttl: TTL,
+        state_dir,
+        node: node.into(),
+        ca: None,
+        cert: None,
+        key: None,
+    }
+}
+
+impl EtcdBackend {
+    fn state_dir(&self, node: &str) -> PathBuf {
+        self.states.join(node)
+    }
+
+    async fn raw(&self) -> etcd_client::Client {
+        raw_client(&self.endpoint).await
+    }
+}
+
+async fn raw_client(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("raw etcd client")
+}
+
+impl Backend for EtcdBackend {
+    type D = EtcdDatastore;
+    const WATCH: bool = true;
+    const LIVENESS: bool = true;
+    const RECLAIM_OWN: bool = true;
+    const SERVER: bool = true;
+
+    async fn new() -> EtcdBackend {
+        let etcd = Etcd::start();
+        let states = etcd.dir.join("nodes");
+        EtcdBackend {
+            endpoint: etcd.endpoint(),
+            etcd: Mutex::new(etcd),
+            states,
+        }
+    }
+
+    async fn node(&self, name: &str) -> EtcdDatastore {
+        EtcdDatastore::connect(etcd_config(&self.endpoint, self.state_dir(name), name))
+            .await
+            .expect("connect never fails on a valid config")
+    }
+
+    fn stop_server(&self) {
+        self.etcd.lock().expect("etcd").stop();
+    }
+
+    fn start_server(&self) {
+        self.etcd.lock().expect("etcd").restart();
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+
+    async fn attached(&self, d: &EtcdDatastore, node: &str) -> bool {
+        let Some(lease) = d.lease_id() else {
+            return false;
+        };
+        let mut c = self.raw().await;
+        let Ok(ttl) = c.lease_time_to_live(lease, None).await else {
+            return false;
+        };
+        if ttl.ttl() <= 0 {
+            return false;
+        }
+        let Ok(r) = c
+            .get(
+                "/vpcnet/claims/",
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+        else {
+            return false;
+        };
+        r.kvs().iter().all(|kv| {
+            serde_json::from_slice::<serde_json::Value>(kv.value())
+                .map(|v| v["node"] != node || kv.lease() == lease)
+                .unwrap_or(true)
+        })
+    }
+}
+
+// ---- helpers ----
+
+fn net(s: &str) -> Ipv4Network {
+    s.parse().expect("prefix")
+}
+
+fn claim(prefix: Ipv4Network, node: &str) -> PrefixClaim {
+    PrefixClaim {
+        prefix,
+        node: node.to_string(),
+        node_ip: Some("192.0.2.1".parse().expect("ip")),
+        claimed_at: 1,
+    }
+}
+
+/// prefix → owner, as `d` lists it; panics on a prefix listed twice.
+async fn owners<D: Datastore>(d: &D) -> BTreeMap<Ipv4Network, String> {
+    let list = d.list().await.expect("list");
+    let mut m = BTreeMap::new();
+    for c in list {
+        let p = c.prefix;
+        if let Some(other) = m.insert(p, c.node.clone()) {
+            panic!("{p} listed twice: {other} and {}", c.node);
+        }
+    }
+    m
+}
+
+/// Polls `f` every 100 ms until true; returns how long it took, or None after `timeout`.
+async fn eventually<F: Future<Output = bool>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if f().await {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() >= timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits out spurious wake-ups of the level-triggered `changed()`.
+async fn drain_changed<D: Datastore>(d: &D) {
+    while tokio::time::timeout(Duration::from_millis(300), d.changed())
+        .await
+        .is_ok()
+    {}
+}
+
+#[track_caller]
+fn expect_unavailable<T: std::fmt::Debug>(
+    r: Result<T, DatastoreError>,
+    took: Duration,
+    endpoint: &str,
+    what: &str,
+) {
+    match r {
+        Err(DatastoreError::Unavailable { msg, .. }) => {
+            assert!(
+                msg.contains(endpoint),
+                "{what}: error does not name the endpoint {endpoint}: {msg}"
+            );
+        }
+        other => panic!("{what} with the server down: want Unavailable, got {other:?}"),
+    }
+    assert!(
+        took < DOWN_BOUND,
+        "{what} took {took:?} with the server down"
+    );
+}
+
+// ---- the cases ----
+
+/// (1) Three nodes race for the same prefix, 50 rounds: exactly one wins each round, and
+/// every node lists exactly that owner.
+async fn concurrent_claims_one_winner<B: Backend>(b: &B) {
+    let names = ["n0", "n1", "n2"];
+    let nodes = [
+        b.node(names[0]).await,
+        b.node(names[1]).await,
+        b.node(names[2]).await,
+    ];
+    let mut winners = BTreeMap::new();
+    let mut wins = [0usize; 3];
+    for round in 0..50u8 {
+        let p = net(&format!("10.9.{round}.16/28"));
+        // Rotate who is polled first, so the race is not always decided the same way.
+        let i = [
+            usize::from(round) % 3,
+            (usize::from(round) + 1) % 3,
+            (usize::from(round) + 2) % 3,
+        ];
+        let (c0, c1, c2) = (
+            claim(p, names[i[0]]),
+            claim(p, names[i[1]]),
+            claim(p, names[i[2]]),
+        );
+        let (r0, r1, r2) = tokio::join!(
+            nodes[i[0]].claim(&c0),
+            nodes[i[1]].claim(&c1),
+            nodes[i[2]].claim(&c2)
+        );
+        let results = [
+            (i[0], r0.expect("claim")),
+            (i[1], r1.expect("claim")),
+            (i[2], r2.expect("claim")),
+        ];
+        let won: Vec<usize> = results
+            .iter()
+            .filter(|(_, w)| *w)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round} ({p}): winners {won:?}");
+        wins[won[0]] += 1;
+        winners.insert(p, names[won[0]].to_string());
+    }
+    for (k, d) in nodes.iter().enumerate() {
+        assert_eq!(owners(d).await, winners, "as node n{k} lists them");
+    }
+    eprintln!("wins per node over 50 rounds: {wins:?}");
+}
+
+/// (2) Release by the owner frees the prefix; release by anyone else is a no-op; releasing
+/// what is not held is not an error.
+async fn release_only_by_owner<B: Backend>(b: &B) {
+    let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    let p = net("10.9.200.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    assert!(!n1.claim(&claim(p, "n1")).await.expect("claim"), "taken");
+    n1.release(p, "n1").await.expect("release by non-owner");
+    assert_eq!(
+        owners(&n1).await.get(&p).map(String::as_str),
+        Some("n0"),
+        "a non-owner's release must not free it"
+    );
+    n0.release(p, "n0").await.expect("release by owner");
+    assert_eq!(owners(&n0).await.get(&p), None, "released");
+    n0.release(p, "n0").await.expect("release again");
+    n1.release(net("10.9.201.0/28"), "n1")
+        .await
+        .expect("release of a never-claimed prefix");
+    assert!(
+        n1.claim(&claim(p, "n1")).await.expect("claim"),
+        "free again"
+    );
+    assert!(!n0.claim(&claim(p, "n0")).await.expect("claim"));
+    assert_eq!(owners(&n0).await.get(&p).map(String::as_str), Some("n1"));
+}
+
+/// (3) `changed()` resolves after another node claims (and releases).
+async fn changed_after_other_node_claims<B: Backend>(b: &B) {
+    if !B::WATCH {
+        eprintln!("not applicable: this backend has no watch (single node)");
+        return;
+    }
+    let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    // Warm-up: proves n1's watch is live before the measured claim.
+    assert!(n0
+        .claim(&claim(net("10.9.100.0/28"), "n0"))
+        .await
+        .expect("claim"));
+    tokio::time::timeout(Duration::from_secs(5), n1.changed())
+        .await
+        .expect("changed() after the warm-up claim");
+    drain_changed(&n1).await;
+    let p = net("10.9.101.0/28");
+    let t = Instant::now();
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    tokio::time::timeout(Duration::from_secs(2), n1.changed())
+        .await
+        .expect("changed() resolves after another node's claim");
+    eprintln!("changed() after a claim: {:?}", t.elapsed());
+    assert_eq!(owners(&n1).await.get(&p).map(String::as_str), Some("n0"));
+    drain_changed(&n1).await;
+    n0.release(p, "n0").await.expect("release");
+    tokio::time::timeout(Duration::from_secs(2), n1.changed())
+        .await
+        .expect("changed() resolves after another node's release");
+    assert_eq!(owners(&n1).await.get(&p), None);
+}
+
+/// (4) A node that stops renewing (crash: its datastore dropped, nothing revoked) loses its
+/// claims within about TTL + 2 s, and others can claim them.
+async fn dead_node_loses_claims<B: Backend>(b: &B) {
+    if !B::LIVENESS {
+        eprintln!("not applicable: this backend's claims have no liveness (single node)");
+        return;
+    }
+    let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    let ps = [
+        net("10.9.50.0/28"),
+        net("10.9.51.0/28"),
+        net("10.9.52.0/28"),
+    ];
+    for p in ps {
+        assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    }
+    drop(n0);
+    let t = Instant::now();
+    let listed = owners(&n1).await;
+    assert!(
+        ps.iter()
+            .all(|p| listed.get(p).map(String::as_str) == Some("n0")),
+        "claims must outlive the process until the lease lapses (not revoked on drop): {listed:?}"
+    );
+    let gone = eventually(TTL + Duration::from_secs(2), || async {
+        let o = owners(&n1).await;
+        ps.iter().all(|p| !o.contains_key(p))
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(
+        gone.is_some(),
+        "claims of a dead node still there after {took:?}"
+    );
+    eprintln!("dead node's claims gone after {took:?} (TTL {TTL:?})");
+    assert!(n1.claim(&claim(ps[0], "n1")).await.expect("claim"));
+}
+
+/// (5) A restarted node (new instance, same name and state dir) keeps its claims: same
+/// keys, still its own, claiming again succeeds, and they stay alive past the TTL.
+async fn restarted_node_keeps_claims<B: Backend>(b: &B) {
+    let n0 = b.node("n0").await;
+    let ps = [net("10.9.60.0/28"), net("10.9.61.0/28")];
+    for p in ps {
+        assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    }
+    drop(n0); // the agent dies…
+    let n0 = b.node("n0").await; // …and comes back
+    let o = owners(&n0).await;
+    for p in ps {
+        assert_eq!(
+            o.get(&p).map(String::as_str),
+            Some("n0"),
+            "{p} after restart"
+        );
+    }
+    if B::RECLAIM_OWN {
+        for p in ps {
+            assert!(
+                n0.claim(&claim(p, "n0")).await.expect("claim"),
+                "re-claiming one's own {p} after a restart"
+            );
+        }
+    }
+    if B::LIVENESS {
+        tokio::time::sleep(TTL + Duration::from_millis(1500)).await;
+        let o = owners(&n0).await;
+        for p in ps {
+            assert_eq!(
+                o.get(&p).map(String::as_str),
+                Some("n0"),
+                "{p} past the TTL"
+            );
+        }
+        assert!(b.attached(&n0, "n0").await, "claims on the live lease");
+    }
+}
+
+/// (6) Server down: operations fail with Unavailable (naming the endpoints) within a bounded
+/// time; after the server returns (same data) the same instance converges by itself.
+async fn server_outage_then_converges<B: Backend>(b: &B) {
+    if !B::SERVER {
+        eprintln!("not applicable: no server to lose (embedded file)");
+        return;
+    }
+    let n0 = b.node("n0").await;
+    let p = net("10.9.70.0/28");
+    let q = net("10.9.71.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    b.stop_server();
+    let t = Instant::now();
+    let r = n0.claim(&claim(q, "n0")).await;
+    expect_unavailable(r, t.elapsed(), &b.endpoint(), "claim");
+    let t = Instant::now();
+    let r = n0.list().await;
+    expect_unavailable(r, t.elapsed(), &b.endpoint(), "list");
+    let t = Instant::now();
+    let r = n0.release(q, "n0").await;
+    expect_unavailable(r, t.elapsed(), &b.endpoint(), "release");
+    b.start_server();
+    let t = Instant::now();
+    let back = eventually(Duration::from_secs(15), || async {
+        n0.list()
+            .await
+            .is_ok_and(|l| l.iter().any(|c| c.prefix == p && c.node == "n0"))
+            && b.attached(&n0, "n0").await
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "not converged 15 s after the server returned"
+    );
+    eprintln!("converged {:?} after the server returned", t.elapsed());
+    assert!(n0.claim(&claim(q, "n0")).await.expect("claim after outage"));
+}
+
+macro_rules! contract {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+
+            #[tokio::test]
+            async fn concurrent_claims_one_winner() {
+                super::concurrent_claims_one_winner(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn release_only_by_owner() {
+                super::release_only_by_owner(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn changed_after_other_node_claims() {
+                super::changed_after_other_node_claims(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn dead_node_loses_claims() {
+                super::dead_node_loses_claims(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn restarted_node_keeps_claims() {
+                super::restarted_node_keeps_claims(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn server_outage_then_converges() {
+                super::server_outage_then_converges(&<$backend>::new().await).await
+            }
+        }
+    };
+}
+
+contract!(local, Local);
+contract!(etcd, EtcdBackend);
+
+// ---- etcd specifics ----
+
+/// The agent must come up with etcd unreachable: `connect` succeeds at once, operations fail
+/// fast, and the same instance converges once etcd appears.
+#[tokio::test]
+async fn etcd_connect_while_down_then_converges() {
+    let mut etcd = Etcd::stopped(None);
+    let states = etcd.dir.join("nodes");
+    let t = Instant::now();
+    let n0 = EtcdDatastore::connect(etcd_config(&etcd.endpoint(), states.join("n0"), "n0"))
+        .await
+        .expect("connect must not fail while etcd is down");
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "connect waited for etcd"
+    );
+    let t = Instant::now();
+    let r = n0.list().await;
+    expect_unavailable(r, t.elapsed(), &etcd.endpoint(), "list");
+    let p = net("10.9.80.0/28");
+    let t = Instant::now();
+    let r = n0.claim(&claim(p, "n0")).await;
+    expect_unavailable(r, t.elapsed(), &etcd.endpoint(), "claim");
+    etcd.restart();
+    let t = Instant::now();
+    let up = eventually(Duration::from_secs(15), || async {
+        n0.claim(&claim(p, "n0")).await.unwrap_or(false)
+    })
+    .await;
+    assert!(up.is_some(), "no claim 15 s after etcd appeared");
+    eprintln!("first claim {:?} after etcd appeared", t.elapsed());
+    let lease = n0.lease_id().expect("a lease once etcd is up");
+    let stored = std::fs::read_to_string(states.join("n0").join(LEASE_FILE)).expect("lease file");
+    assert_eq!(stored.trim().parse::<i64>().ok(), Some(lease));
+}
+
+/// The lease is lost while the node runs (revoked here; in life: expired during a partition):
+/// the node takes a new lease and puts its claims back by itself.
+#[tokio::test]
+async fn etcd_lost_lease_is_replaced_and_claims_restored() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let n1 = b.node("n1").await;
+    let ps = [net("10.9.90.0/28"), net("10.9.91.0/28")];
+    for p in ps {
+        assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    }
+    let old = n0.lease_id().expect("lease");
+    b.raw().await.lease_revoke(old).await.expect("revoke");
+    assert!(
+        owners(&n1).await.is_empty(),
+        "revoking the lease deletes its keys"
+    );
+    let t = Instant::now();
+    let back = eventually(Duration::from_secs(5), || async {
+        let o = owners(&n1).await;
+        ps.iter()
+            .all(|p| o.get(p).map(String::as_str) == Some("n0"))
+            && n0.lease_id().is_some_and(|l| l != old)
+            && b.attached(&n0, "n0").await
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "claims not restored 5 s after the lease was lost"
+    );
+    eprintln!("claims restored on a new lease after {:?}", t.elapsed());
+}
+
+/// Restart without the remembered lease (state file lost): the claims named after this node
+/// are adopted onto its new lease before the old one lapses — no gap, no re-claim needed.
+#[tokio::test]
+async fn etcd_restart_without_lease_file_adopts_claims() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let ps = [net("10.9.95.0/28"), net("10.9.96.0/28")];
+    for p in ps {
+        assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    }
+    let old = n0.lease_id().expect("lease");
+    drop(n0);
+    std::fs::remove_file(b.state_dir("n0").join(LEASE_FILE)).expect("remove lease file");
+    let n0 = b.node("n0").await;
+    let observer = b.node("obs").await;
+    let t = Instant::now();
+    let deadline = t + TTL + Duration::from_millis(1500);
+    // Polled throughout: the claims must never disappear.
+    while Instant::now() < deadline {
+        let o = owners(&observer).await;
+        for p in ps {
+            assert_eq!(
+                o.get(&p).map(String::as_str),
+                Some("n0"),
+                "{p} vanished {:?} after the restart",
+                t.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(n0.lease_id(), Some(old), "a new lease was granted");
+    assert!(
+        b.attached(&n0, "n0").await,
+        "claims moved onto the new lease"
+    );
+}
+
+// ---- vpcnetd end to end ----
+
+/// vpcnetd with `--datastore etcd`: a pod's ADD makes the agent claim a prefix in etcd (seen
+/// with a plain etcd client), and after `kill -9` + restart the claim is still there, on a
+/// live lease, past the old lease's TTL. Then etcd goes down and the agent restarts: it
+/// serves from its warm pool, reports etcd as degraded, and keeps its claim. etcd runs inside the lab's namespace (the agent
+/// lives there); the test talks to it from a thread that entered that namespace.
+#[test]
+fn agent_with_etcd_keeps_claims_across_kill9() {
+    let mut lab = Lab::new("10.241.0.0/16");
+    let mut etcd = Etcd::start_in(&lab.host());
+    let endpoint = etcd.endpoint();
+    let node = format!("{}-node", lab.prefix);
+    lab.start_agent(&[
+        "--datastore",
+        "etcd",
+        "--etcd-endpoints",
+        &endpoint,
+        "--etcd-lease-ttl",
+        "2s",
+        "--warm-prefix-target",
+        "0",
+        "--warm-ip-target",
+        "1",
+        "--snat",
+        "false",
+    ]);
+    let ns = lab.pod(0);
+    let out = lab.add("e2e0", &ns);
+    out.expect_ok("ADD");
+    let ip = out.ip().expect("pod ip");
+    let host = lab.host();
+    let claims = || {
+        in_netns(Some(&host), || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let mut c = raw_client(&endpoint).await;
+                let r = c
+                    .get(
+                        "/vpcnet/claims/",
+                        Some(etcd_client::GetOptions::new().with_prefix()),
+                    )
+                    .await
+                    .expect("get claims");
+                let mut m = BTreeMap::new();
+                for kv in r.kvs() {
+                    let key = String::from_utf8_lossy(kv.key()).into_owned();
+                    let v: serde_json::Value =
+                        serde_json::from_slice(kv.value()).expect("claim JSON");
+                    let alive = c
+                        .lease_time_to_live(kv.lease(), None)
+                        .await
+                        .map(|t| t.ttl() > 0)
+                        .unwrap_or(false);
+                    m.insert(key, (v, alive));
+                }
+                m
+            })
+        })
+    };
+    let before = claims();
+    let holding = |m: &BTreeMap<String, (serde_json::Value, bool)>| -> Vec<String> {
+        m.iter()
+            .filter(|(_, (v, alive))| {
+                *alive
+                    && v["node"] == node.as_str()
+                    && v["prefix"]
+                        .as_str()
+                        .and_then(|p| p.parse::<Ipv4Network>().ok())
+                        .is_some_and(|p| p.contains(ip))
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let keys = holding(&before);
+    assert_eq!(
+        keys.len(),
+        1,
+        "one live claim of {node} covers {ip}: {before:#?}"
+    );
+    let key = &keys[0];
+    assert!(
+        key.starts_with("/vpcnet/claims/10.241.") && key.ends_with("-28"),
+        "key format <prefix>/claims/<a.b.c.d>-<len>: {key}"
+    );
+    let agent = lab.agent.as_mut().expect("agent");
+    agent.restart(); // SIGKILL, then start again with the same flags
+    std::thread::sleep(TTL + Duration::from_millis(1500));
+    let after = claims();
+    assert_eq!(
+        holding(&after),
+        keys,
+        "the claim survives kill -9 + restart past the TTL: {after:#?}\nagent log:\n{}",
+        lab.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
+    );
+    let s = lab.status_when_up();
+    assert_eq!(s["datastore"], "etcd", "{s:#}");
+    assert!(
+        s["degraded"].as_array().is_none_or(|d| d.is_empty()),
+        "agent degraded after restart: {s:#}"
+    );
+    let ns1 = lab.pod(1);
+    lab.add("e2e1", &ns1).expect_ok("ADD after restart");
+
+    // etcd down while the agent (re)starts: it comes up anyway, serves from its warm pool
+    // and says it is degraded; when etcd returns, its claim is still there on a live lease.
+    etcd.stop();
+    let t = Instant::now();
+    lab.agent.as_mut().expect("agent").restart(); // waits until it serves
+    eprintln!(
+        "agent serving {:?} after a restart with etcd down",
+        t.elapsed()
+    );
+    let ns2 = lab.pod(2);
+    lab.add("e2e2", &ns2)
+        .expect_ok("ADD from the warm pool with etcd down");
+    let s = lab.status();
+    assert!(
+        s["degraded"].as_array().is_some_and(|d| d
+            .iter()
+            .any(|m| m.as_str().is_some_and(|m| m.contains(&endpoint)))),
+        "status names the unreachable etcd: {s:#}"
+    );
+    etcd.restart();
+    std::thread::sleep(TTL + Duration::from_millis(1500));
+    let after = claims();
+    assert_eq!(
+        holding(&after),
+        keys,
+        "the claim survives an etcd outage during the agent's start: {after:#?}\nagent log:\n{}",
+        lab.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
+    );
+    drop(etcd);
+}

@@ -1,0 +1,238 @@
+//! The agent's HTTP endpoint (`--metrics-addr`): /metrics agrees with the pool, counts ADDs
+//! and DELs; /healthz and /readyz answer (503 with the reason when no address can be had);
+//! /pool shows the pool without container IDs; bad requests get 4xx.
+//!
+//! The agent runs in the lab's private network namespace, bound to 127.0.0.1 there, so the
+//! requests are sent from a thread that entered that namespace.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+use vpcnet_tests::{stat, Lab};
+
+const ADDR: &str = "127.0.0.1:9961";
+
+/// Sends `raw` to `ADDR` inside namespace `ns`; returns (status code, body).
+fn request(ns: &str, raw: &str) -> (u16, String) {
+    let path = format!("/var/run/netns/{ns}");
+    let raw_is_head = raw.starts_with("HEAD ");
+    let raw = raw.to_string();
+    let out = std::thread::spawn(move || -> std::io::Result<String> {
+        let f = std::fs::File::open(&path)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let addr: SocketAddr = ADDR.parse().map_err(std::io::Error::other)?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(raw.as_bytes())?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp)?;
+        Ok(resp)
+    })
+    .join()
+    .expect("request thread")
+    .unwrap_or_else(|e| panic!("HTTP request to {ADDR} in {ns}: {e}"));
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {out:?}"));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
+    if !raw_is_head {
+        assert_eq!(body.len(), len, "Content-Length vs body: {out:?}");
+    }
+    (code, body.to_string())
+}
+
+fn get(lab: &Lab, path: &str) -> (u16, String) {
+    request(
+        &lab.host(),
+        &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"),
+    )
+}
+
+/// Integer value of the sample `name` (including its labels, exactly as printed).
+fn sample(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let v = l.strip_prefix(name)?.strip_prefix(' ')?;
+        v.parse().ok()
+    })
+}
+
+#[track_caller]
+fn metric(text: &str, name: &str) -> u64 {
+    sample(text, name).unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
+}
+
+#[test]
+fn metrics_health_and_pool_agree_with_the_agent() {
+    let mut lab = Lab::new("10.231.0.0/16");
+    lab.start_agent(&["--metrics-addr", ADDR]);
+
+    let (code, body) = get(&lab, "/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = get(&lab, "/readyz");
+    assert_eq!(code, 200, "/readyz: {body}");
+
+    let cids: Vec<String> = (0..3).map(|i| format!("obs-container-{i}")).collect();
+    for (i, cid) in cids.iter().enumerate() {
+        let ns = lab.pod(i);
+        lab.add(cid, &ns).expect_ok("ADD");
+    }
+
+    // The warm loop may still be claiming: compare once the pool holds still.
+    let mut last = (Value::Null, String::new());
+    let agreed = lab.wait_for(Duration::from_secs(10), || {
+        let before = lab.status();
+        let (code, text) = get(&lab, "/metrics");
+        assert_eq!(code, 200, "/metrics: {text}");
+        let after = lab.status();
+        let same = before["stats"] == after["stats"];
+        let agree = same
+            && [
+                ("vpcnet_addresses", "total"),
+                ("vpcnet_addresses_assigned", "assigned"),
+                ("vpcnet_addresses_cooling", "cooling"),
+                ("vpcnet_addresses_available", "available"),
+                ("vpcnet_prefixes", "prefixes"),
+                ("vpcnet_prefixes_free", "free_prefixes"),
+            ]
+            .iter()
+            .all(|(m, s)| sample(&text, m) == Some(stat(&after, s)));
+        last = (after, text);
+        agree
+    });
+    let (status, text) = last;
+    assert!(agreed, "metrics disagree with status {status:#}:\n{text}");
+    assert_eq!(stat(&status, "assigned"), 3);
+    assert!(stat(&status, "total") >= 16, "{status:#}");
+    assert!(stat(&status, "prefixes") >= 1, "{status:#}");
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+    assert!(text.contains("# TYPE vpcnet_prefix_claim_duration_seconds histogram"));
+    assert!(metric(&text, "vpcnet_prefix_claim_duration_seconds_count") >= 1);
+    assert!(metric(&text, "vpcnet_prefix_claims_total{result=\"claimed\"}") >= 1);
+    assert_eq!(
+        metric(&text, "vpcnet_cni_requests_total{op=\"add\",result=\"ok\"}"),
+        3
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "vpcnet_cni_requests_total{op=\"add\",result=\"error\"}"
+        ),
+        0
+    );
+    assert_eq!(metric(&text, "vpcnet_ready"), 1);
+    assert_eq!(metric(&text, "vpcnet_can_assign"), 1);
+    assert_eq!(metric(&text, "vpcnet_max_pods"), 110);
+    assert_eq!(metric(&text, "vpcnet_datastore_errors_total"), 0);
+    assert!(metric(&text, "vpcnet_reconcile_runs_total{result=\"ok\"}") >= 1);
+    assert_eq!(
+        metric(&text, "vpcnet_reconcile_actions_total{action=\"released\"}"),
+        0
+    );
+
+    // DEL is counted too.
+    let ns0 = lab.pod(0);
+    lab.del(&cids[0], &ns0).expect_ok("DEL");
+    let (_, text) = get(&lab, "/metrics");
+    assert_eq!(
+        metric(&text, "vpcnet_cni_requests_total{op=\"del\",result=\"ok\"}"),
+        1
+    );
+    assert_eq!(metric(&text, "vpcnet_addresses_assigned"), 2);
+    assert_eq!(metric(&text, "vpcnet_addresses_cooling"), 1);
+
+    // /pool: the status, minus allocations: no container ID goes over HTTP.
+    let (code, body) = get(&lab, "/pool");
+    assert_eq!(code, 200, "/pool: {body}");
+    let pool: Value = serde_json::from_str(&body).expect("/pool is JSON");
+    assert_eq!(stat(&pool, "assigned"), 2, "{pool:#}");
+    assert_eq!(pool["ready"], Value::Bool(true));
+    assert!(pool.get("allocations").is_none(), "{pool:#}");
+    assert!(
+        pool["prefixes"].as_array().is_some_and(|p| !p.is_empty()),
+        "{pool:#}"
+    );
+    for cid in &cids {
+        assert!(!body.contains(cid.as_str()), "/pool leaks {cid}: {body}");
+    }
+
+    // HEAD: headers only.
+    let (code, body) = request(&lab.host(), "HEAD /healthz HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 200);
+    assert_eq!(body, "", "HEAD has no body");
+    // Bad requests.
+    assert_eq!(get(&lab, "/nope").0, 404);
+    assert_eq!(
+        request(
+            &lab.host(),
+            "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        )
+        .0,
+        405
+    );
+    assert_eq!(request(&lab.host(), "hello\r\n\r\n").0, 400);
+    assert_eq!(request(&lab.host(), "GET /metrics SPDY/3\r\n\r\n").0, 400);
+    let huge = format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
+    assert_eq!(request(&lab.host(), &huge).0, 431);
+    // Still serving after all that.
+    assert_eq!(get(&lab, "/healthz").0, 200);
+}
+
+#[test]
+fn readyz_is_503_when_no_address_can_be_had() {
+    // One /29 prefix is the whole VPC: 6 usable addresses, then nothing.
+    let mut lab = Lab::new("10.232.0.0/29");
+    lab.start_agent(&["--metrics-addr", ADDR, "--prefix-len", "29"]);
+    assert_eq!(get(&lab, "/readyz").0, 200);
+    let mut added = 0;
+    for i in 0..8 {
+        if lab.status()["canAssign"] == Value::Bool(false) {
+            break;
+        }
+        let ns = lab.pod(i);
+        lab.add(&format!("full-{i}"), &ns).expect_ok("ADD");
+        added += 1;
+    }
+    let status = lab.status();
+    assert_eq!(status["canAssign"], Value::Bool(false), "{status:#}");
+    assert_eq!(stat(&status, "available"), 0);
+    assert_eq!(stat(&status, "assigned"), added);
+
+    let (code, body) = get(&lab, "/readyz");
+    assert_eq!(code, 503, "/readyz with a full VPC: {body}");
+    assert!(body.contains("cannot assign"), "{body}");
+    assert_eq!(get(&lab, "/healthz").0, 200, "full is not dead");
+    let (_, text) = get(&lab, "/metrics");
+    assert_eq!(metric(&text, "vpcnet_can_assign"), 0);
+    assert_eq!(metric(&text, "vpcnet_addresses_available"), 0);
+
+    // The next ADD fails with code 11, and is counted as failed.
+    let ns = lab.pod(9);
+    let out = lab.add("full-9", &ns);
+    assert_eq!(out.code(), Some(11), "{}", out.stdout);
+    let (_, text) = get(&lab, "/metrics");
+    assert_eq!(
+        metric(
+            &text,
+            "vpcnet_cni_requests_total{op=\"add\",result=\"error\"}"
+        ),
+        1
+    );
+    assert_eq!(
+        metric(&text, "vpcnet_cni_requests_total{op=\"add\",result=\"ok\"}"),
+        added
+    );
+}
