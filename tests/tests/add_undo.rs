@@ -21,12 +21,27 @@ fn add_into_a_pod_whose_ifname_is_taken_fails_and_leaves_nothing() {
         let out = lab.cni("ADD", "c-taken", "eth0", &Lab::netns_path(&pod), &conf);
         assert!(!out.ok(), "ADD must fail: {}", out.stdout);
         assert_eq!(out.code(), Some(100), "{}", out.stdout);
-        assert!(out.msg().contains("eth0"), "message names the interface: {}", out.msg());
-        assert!(lab.host_veths().is_empty(), "veth left: {:?}", lab.host_veths());
-        assert!(lab.host_routes().is_empty(), "route left: {:?}", lab.host_routes());
+        assert!(
+            out.msg().contains("eth0"),
+            "message names the interface: {}",
+            out.msg()
+        );
+        assert!(
+            lab.host_veths().is_empty(),
+            "veth left: {:?}",
+            lab.host_veths()
+        );
+        assert!(
+            lab.host_routes().is_empty(),
+            "route left: {:?}",
+            lab.host_routes()
+        );
         let st = lab.status();
         assert_eq!(st["stats"]["assigned"], 0, "allocation left: {st}");
-        assert!(st["allocations"].as_array().is_some_and(|a| a.is_empty()), "{st}");
+        assert!(
+            st["allocations"].as_array().is_some_and(|a| a.is_empty()),
+            "{st}"
+        );
         // The pod's own eth0 is untouched.
         assert!(lab.ip(&pod, "link show eth0").contains("other0"));
     }
@@ -36,7 +51,13 @@ fn add_into_a_pod_whose_ifname_is_taken_fails_and_leaves_nothing() {
     assert!(st["stats"]["total"].as_u64() >= before["stats"]["total"].as_u64());
 
     // A DEL after the failed ADD (what containerd does) succeeds and changes nothing.
-    lab.cni("DEL", "c-taken", "eth0", &Lab::netns_path(&pod), &lab.conf())
-        .expect_ok("DEL after failed ADD");
+    lab.cni(
+        "DEL",
+        "c-taken",
+        "eth0",
+        &Lab::netns_path(&pod),
+        &lab.conf(),
+    )
+    .expect_ok("DEL after failed ADD");
     assert!(lab.ip(&pod, "link show eth0").contains("other0"));
 }

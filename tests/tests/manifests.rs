@@ -73,7 +73,12 @@ fn kind_of<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
 
 fn one<'a>(docs: &'a [Value], kind: &str, file: &str) -> &'a Value {
     let v = kind_of(docs, kind);
-    assert_eq!(v.len(), 1, "{file}: want exactly one {kind}, found {}", v.len());
+    assert_eq!(
+        v.len(),
+        1,
+        "{file}: want exactly one {kind}, found {}",
+        v.len()
+    );
     v[0]
 }
 
@@ -142,9 +147,11 @@ fn parse_help(text: &str) -> Help {
             }
             continue;
         }
-        let opt = t
-            .strip_prefix("--")
-            .or_else(|| t.get(4..).filter(|_| t.starts_with('-') && t.get(2..4) == Some(", "))?.strip_prefix("--"));
+        let opt = t.strip_prefix("--").or_else(|| {
+            t.get(4..)
+                .filter(|_| t.starts_with('-') && t.get(2..4) == Some(", "))?
+                .strip_prefix("--")
+        });
         if let (Some(rest), true) = (opt, indent <= 6) {
             let name: String = rest
                 .chars()
@@ -195,7 +202,11 @@ fn vpcnetd_help(sub: &[&str]) -> Help {
         .output()
         .expect("running vpcnetd --help");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "vpcnetd {sub:?} --help failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "vpcnetd {sub:?} --help failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     parse_help(&text)
 }
 
@@ -206,10 +217,16 @@ fn help_parser_reads_clap_output() {
     assert_eq!(socket.env.as_deref(), Some("VPCNET_SOCKET"));
     assert_eq!(socket.default.as_deref(), Some(SOCKET));
     assert_eq!(h.flags["state-dir"].default.as_deref(), Some(STATE_DIR));
-    assert!(h.flags["datastore"].possible.contains(&"local".to_string()), "{h:?}");
+    assert!(
+        h.flags["datastore"].possible.contains(&"local".to_string()),
+        "{h:?}"
+    );
     assert!(h.flags.contains_key("help"));
     assert!(h.subcommands.contains("status"), "{h:?}");
-    assert!(!h.flags.contains_key("json"), "status's flag is not a top-level flag");
+    assert!(
+        !h.flags.contains_key("json"),
+        "status's flag is not a top-level flag"
+    );
 }
 
 // ---- the DaemonSets against the binaries ----------------------------------------------------
@@ -227,17 +244,27 @@ struct Invocation {
 
 impl Invocation {
     fn of(file: &str, c: &Value, config: &BTreeMap<String, String>, cm_name: &str) -> Self {
-        let mut inv = Invocation { positional: vec![], args: vec![], env: BTreeMap::new() };
+        let mut inv = Invocation {
+            positional: vec![],
+            args: vec![],
+            env: BTreeMap::new(),
+        };
         for a in arr(c, "/args") {
             let a = a.as_str().expect("args are strings");
-            assert!(!a.contains("$("), "{file}: keep args literal (no $(VAR) expansion): {a}");
+            assert!(
+                !a.contains("$("),
+                "{file}: keep args literal (no $(VAR) expansion): {a}"
+            );
             match a.strip_prefix("--") {
                 Some(f) => {
                     let (k, v) = f.split_once('=').unwrap_or((f, ""));
                     inv.args.push((k.to_string(), v.to_string()));
                 }
                 None => {
-                    assert!(inv.args.is_empty(), "{file}: write flags as --flag=value; {a:?} after a flag is ambiguous");
+                    assert!(
+                        inv.args.is_empty(),
+                        "{file}: write flags as --flag=value; {a:?} after a flag is ambiguous"
+                    );
                     inv.positional.push(a.to_string());
                 }
             }
@@ -247,13 +274,22 @@ impl Invocation {
             let value = if let Some(v) = e.get("value") {
                 v.as_str().expect("env value is a string").to_string()
             } else if let Some(r) = e.pointer("/valueFrom/configMapKeyRef") {
-                assert_eq!(s(r, "/name"), cm_name, "{file}: {name} reads another ConfigMap");
+                assert_eq!(
+                    s(r, "/name"),
+                    cm_name,
+                    "{file}: {name} reads another ConfigMap"
+                );
                 let key = s(r, "/key");
                 let want = format!("VPCNET_{}", key.to_uppercase().replace('-', "_"));
-                assert_eq!(name, want, "{file}: ConfigMap key {key:?} must feed {want} (keys are flag names)");
+                assert_eq!(
+                    name, want,
+                    "{file}: ConfigMap key {key:?} must feed {want} (keys are flag names)"
+                );
                 config
                     .get(key)
-                    .unwrap_or_else(|| panic!("{file}: {name} reads key {key:?}, not in ConfigMap {cm_name}"))
+                    .unwrap_or_else(|| {
+                        panic!("{file}: {name} reads key {key:?}, not in ConfigMap {cm_name}")
+                    })
                     .clone()
             } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath") {
                 match f.as_str() {
@@ -264,7 +300,10 @@ impl Invocation {
             } else {
                 panic!("{file}: env {name}: unsupported source {e}");
             };
-            assert!(inv.env.insert(name.clone(), value).is_none(), "{file}: env {name} set twice");
+            assert!(
+                inv.env.insert(name.clone(), value).is_none(),
+                "{file}: env {name} set twice"
+            );
         }
         inv
     }
@@ -316,7 +355,10 @@ fn mounts(c: &Value) -> BTreeMap<String, (String, bool)> {
         .iter()
         .map(|m| {
             let ro = m.get("readOnly").and_then(Value::as_bool).unwrap_or(false);
-            (s(m, "/mountPath").to_string(), (s(m, "/name").to_string(), ro))
+            (
+                s(m, "/mountPath").to_string(),
+                (s(m, "/name").to_string(), ro),
+            )
         })
         .collect()
 }
@@ -325,10 +367,20 @@ fn mounts(c: &Value) -> BTreeMap<String, (String, bool)> {
 fn assert_host_dir(file: &str, pod: &Value, c: &Value, dir: &str, ro: bool) {
     let m = mounts(c);
     let (vol, read_only) = m.get(dir).unwrap_or_else(|| {
-        panic!("{file}: container {} does not mount {dir} (mounts: {:?})", c["name"], m.keys().collect::<Vec<_>>())
+        panic!(
+            "{file}: container {} does not mount {dir} (mounts: {:?})",
+            c["name"],
+            m.keys().collect::<Vec<_>>()
+        )
     });
-    assert_eq!(*read_only, ro, "{file}: {dir} mounted readOnly={read_only}, want {ro}");
-    let v = arr(pod, "/volumes").iter().find(|v| v["name"] == vol.as_str()).expect("volume");
+    assert_eq!(
+        *read_only, ro,
+        "{file}: {dir} mounted readOnly={read_only}, want {ro}"
+    );
+    let v = arr(pod, "/volumes")
+        .iter()
+        .find(|v| v["name"] == vol.as_str())
+        .expect("volume");
     assert_eq!(
         v.pointer("/hostPath/path").and_then(Value::as_str),
         Some(dir),
@@ -357,9 +409,16 @@ fn assert_vpcnetd_parses(file: &str, inv: &Invocation) {
         cmd.env(k, v);
     }
     for (k, v) in &inv.args {
-        cmd.arg(if v.is_empty() { format!("--{k}") } else { format!("--{k}={v}") });
+        cmd.arg(if v.is_empty() {
+            format!("--{k}")
+        } else {
+            format!("--{k}={v}")
+        });
     }
-    let out = cmd.args(["status", "--json"]).output().expect("running vpcnetd");
+    let out = cmd
+        .args(["status", "--json"])
+        .output()
+        .expect("running vpcnetd");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.code() != Some(2) && !err.starts_with("error:"),
@@ -375,31 +434,71 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         .as_object()
         .expect("ConfigMap data")
         .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().expect("ConfigMap values are strings").to_string()))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.as_str()
+                    .expect("ConfigMap values are strings")
+                    .to_string(),
+            )
+        })
         .collect();
     for key in config.keys() {
-        assert!(top.flags.contains_key(key), "{file}: ConfigMap key {key:?} is not a vpcnetd flag");
+        assert!(
+            top.flags.contains_key(key),
+            "{file}: ConfigMap key {key:?} is not a vpcnetd flag"
+        );
     }
     let ds = one(&docs, "DaemonSet", file);
-    assert_eq!(s(ds, "/metadata/namespace"), "kube-system", "{file}: system-node-critical pods belong in kube-system");
+    assert_eq!(
+        s(ds, "/metadata/namespace"),
+        "kube-system",
+        "{file}: system-node-critical pods belong in kube-system"
+    );
     assert_eq!(s(cm, "/metadata/namespace"), "kube-system");
-    assert_eq!(ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"), Some(&Value::from("10%")), "{file}");
+    assert_eq!(
+        ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
+        Some(&Value::from("10%")),
+        "{file}"
+    );
     let pod = ds.pointer("/spec/template/spec").expect("pod spec");
-    assert_eq!(pod["hostNetwork"], true, "{file}: the agent configures the node's network");
-    assert_eq!(pod["dnsPolicy"], "Default", "{file}: cluster DNS needs the pod network first");
+    assert_eq!(
+        pod["hostNetwork"], true,
+        "{file}: the agent configures the node's network"
+    );
+    assert_eq!(
+        pod["dnsPolicy"], "Default",
+        "{file}: cluster DNS needs the pod network first"
+    );
     assert_eq!(pod["priorityClassName"], "system-node-critical", "{file}");
     assert!(
-        arr(pod, "/tolerations").iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()),
+        arr(pod, "/tolerations")
+            .iter()
+            .any(|t| t["operator"] == "Exists"
+                && t.get("key").is_none()
+                && t.get("effect").is_none()),
         "{file}: must tolerate every taint"
     );
     let sa = one(&docs, "ServiceAccount", file);
-    assert_eq!(s(pod, "/serviceAccountName"), s(sa, "/metadata/name"), "{file}");
+    assert_eq!(
+        s(pod, "/serviceAccountName"),
+        s(sa, "/metadata/name"),
+        "{file}"
+    );
     let image = format!("vpcnet:{}", workspace_version());
 
     // The agent.
     let agent = container(pod, "containers", "vpcnetd", file);
-    assert_eq!(s(agent, "/image"), image, "{file}: image tag = workspace version");
-    assert_eq!(arr(agent, "/command"), [Value::from(VPCNETD_IN_IMAGE)], "{file}");
+    assert_eq!(
+        s(agent, "/image"),
+        image,
+        "{file}: image tag = workspace version"
+    );
+    assert_eq!(
+        arr(agent, "/command"),
+        [Value::from(VPCNETD_IN_IMAGE)],
+        "{file}"
+    );
     let inv = Invocation::of(file, agent, &config, cm_name);
     assert!(
         inv.positional.is_empty(),
@@ -407,22 +506,51 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         inv.positional
     );
     inv.check_names(file, "vpcnetd", top);
-    for (env, field) in [("VPCNET_NODE_NAME", "spec.nodeName"), ("VPCNET_NODE_IP", "status.hostIP")] {
-        let e = arr(agent, "/env").iter().find(|e| e["name"] == env).unwrap_or_else(|| panic!("{file}: {env} unset"));
-        assert_eq!(e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str), Some(field), "{file}: {env}");
+    for (env, field) in [
+        ("VPCNET_NODE_NAME", "spec.nodeName"),
+        ("VPCNET_NODE_IP", "status.hostIP"),
+    ] {
+        let e = arr(agent, "/env")
+            .iter()
+            .find(|e| e["name"] == env)
+            .unwrap_or_else(|| panic!("{file}: {env} unset"));
+        assert_eq!(
+            e.pointer("/valueFrom/fieldRef/fieldPath")
+                .and_then(Value::as_str),
+            Some(field),
+            "{file}: {env}"
+        );
     }
-    assert!(inv.env.contains_key("VPCNET_VPC_CIDR"), "{file}: VPCNET_VPC_CIDR comes from the ConfigMap");
+    assert!(
+        inv.env.contains_key("VPCNET_VPC_CIDR"),
+        "{file}: VPCNET_VPC_CIDR comes from the ConfigMap"
+    );
 
     let v = |flag: &str| inv.value(top, flag).unwrap_or_default();
     assert_eq!(v("socket"), SOCKET, "{file}: --socket");
-    assert_host_dir(file, pod, agent, Path::new(SOCKET).parent().and_then(Path::to_str).expect("dir"), false);
+    assert_host_dir(
+        file,
+        pod,
+        agent,
+        Path::new(SOCKET)
+            .parent()
+            .and_then(Path::to_str)
+            .expect("dir"),
+        false,
+    );
     assert_eq!(v("state-dir"), STATE_DIR, "{file}: --state-dir");
     assert_host_dir(file, pod, agent, STATE_DIR, false);
-    assert_eq!(v("cni-conf-dir"), CNI_CONF_DIR, "{file}: --cni-conf-dir (the agent writes the conflist only when it is set)");
+    assert_eq!(
+        v("cni-conf-dir"),
+        CNI_CONF_DIR,
+        "{file}: --cni-conf-dir (the agent writes the conflist only when it is set)"
+    );
     assert_host_dir(file, pod, agent, CNI_CONF_DIR, false);
     assert_eq!(v("cni-conf-name"), CNI_CONF_NAME, "{file}: --cni-conf-name");
     assert_eq!(
-        top.flags.get("cni-conf-name").and_then(|f| f.default.as_deref()),
+        top.flags
+            .get("cni-conf-name")
+            .and_then(|f| f.default.as_deref()),
         Some(CNI_CONF_NAME),
         "vpcnetd's default conflist name"
     );
@@ -432,24 +560,41 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
     let ds_value = v("datastore");
     assert_eq!(ds_value, datastore, "{file}: --datastore");
     let possible = &top.flags["datastore"].possible;
-    assert!(possible.contains(&ds_value), "{file}: --datastore={ds_value} is not one vpcnetd accepts ({possible:?})");
+    assert!(
+        possible.contains(&ds_value),
+        "{file}: --datastore={ds_value} is not one vpcnetd accepts ({possible:?})"
+    );
     if datastore == "etcd" {
         assert!(!v("etcd-endpoints").is_empty(), "{file}: --etcd-endpoints");
         for flag in ["etcd-ca", "etcd-cert", "etcd-key"] {
             let path = PathBuf::from(v(flag));
             let dir = path.parent().and_then(Path::to_str).expect("dir");
             let file_name = path.file_name().and_then(|f| f.to_str()).expect("file");
-            let (vol, ro) = mounts(agent).remove(dir).unwrap_or_else(|| panic!("{file}: --{flag}: {dir} is not mounted"));
+            let (vol, ro) = mounts(agent)
+                .remove(dir)
+                .unwrap_or_else(|| panic!("{file}: --{flag}: {dir} is not mounted"));
             assert!(ro, "{file}: {dir} read-only");
-            let vol = arr(pod, "/volumes").iter().find(|x| x["name"] == vol.as_str()).expect("volume");
-            let items: Vec<&str> = arr(vol, "/secret/items").iter().map(|i| s(i, "/path")).collect();
-            assert!(items.contains(&file_name), "{file}: --{flag}: secret volume has no {file_name} ({items:?})");
+            let vol = arr(pod, "/volumes")
+                .iter()
+                .find(|x| x["name"] == vol.as_str())
+                .expect("volume");
+            let items: Vec<&str> = arr(vol, "/secret/items")
+                .iter()
+                .map(|i| s(i, "/path"))
+                .collect();
+            assert!(
+                items.contains(&file_name),
+                "{file}: --{flag}: secret volume has no {file_name} ({items:?})"
+            );
         }
     }
 
     // Metrics and probes.
     let addr = v("metrics-addr");
-    assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "{file}: --metrics-addr {addr:?} is not host:port");
+    assert!(
+        addr.parse::<std::net::SocketAddr>().is_ok(),
+        "{file}: --metrics-addr {addr:?} is not host:port"
+    );
     let port: u64 = addr
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
@@ -460,12 +605,24 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
     );
     let ports = arr(agent, "/ports");
     assert!(
-        ports.iter().any(|p| p["containerPort"] == port && p["hostPort"] == port),
+        ports
+            .iter()
+            .any(|p| p["containerPort"] == port && p["hostPort"] == port),
         "{file}: port {port} (--metrics-addr) is not declared in ports: {ports:?}"
     );
-    for (probe, path) in [("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-        let p = agent.get(probe).unwrap_or_else(|| panic!("{file}: no {probe}"));
-        assert_eq!(port_number(agent, &p["httpGet"]["port"]), port, "{file}: {probe} port vs --metrics-addr");
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let p = agent
+            .get(probe)
+            .unwrap_or_else(|| panic!("{file}: no {probe}"));
+        assert_eq!(
+            port_number(agent, &p["httpGet"]["port"]),
+            port,
+            "{file}: {probe} port vs --metrics-addr"
+        );
         assert_eq!(s(p, "/httpGet/path"), path, "{file}: {probe}");
     }
 
@@ -473,33 +630,70 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
     let sc = &agent["securityContext"];
     assert_ne!(sc["privileged"], true, "{file}");
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
-    assert_eq!(arr(sc, "/capabilities/add"), [Value::from("NET_ADMIN")], "{file}: NET_ADMIN only");
-    assert_eq!(arr(sc, "/capabilities/drop"), [Value::from("ALL")], "{file}");
+    assert_eq!(
+        arr(sc, "/capabilities/add"),
+        [Value::from("NET_ADMIN")],
+        "{file}: NET_ADMIN only"
+    );
+    assert_eq!(
+        arr(sc, "/capabilities/drop"),
+        [Value::from("ALL")],
+        "{file}"
+    );
     let host_paths: BTreeSet<&str> = arr(pod, "/volumes")
         .iter()
         .filter_map(|v| v.pointer("/hostPath/path")?.as_str())
         .collect();
-    let expected: BTreeSet<&str> = ["/run/vpcnet", STATE_DIR, CNI_CONF_DIR, CNI_BIN_DIR, PLUGIN_LOG_DIR].into();
-    assert_eq!(host_paths, expected, "{file}: host paths (each is justified in manifests/README.md)");
+    let expected: BTreeSet<&str> = [
+        "/run/vpcnet",
+        STATE_DIR,
+        CNI_CONF_DIR,
+        CNI_BIN_DIR,
+        PLUGIN_LOG_DIR,
+    ]
+    .into();
+    assert_eq!(
+        host_paths, expected,
+        "{file}: host paths (each is justified in manifests/README.md)"
+    );
 
     assert_vpcnetd_parses(file, &inv);
 
     // The init container installs the plugin into the node's CNI bin dir.
     let init = container(pod, "initContainers", "install-cni", file);
     assert_eq!(s(init, "/image"), image, "{file}");
-    assert_eq!(arr(init, "/command"), [Value::from(VPCNETD_IN_IMAGE)], "{file}");
+    assert_eq!(
+        arr(init, "/command"),
+        [Value::from(VPCNETD_IN_IMAGE)],
+        "{file}"
+    );
     assert!(
         top.subcommands.contains("install-cni"),
         "vpcnetd has no install-cni subcommand (subcommands: {:?})",
         top.subcommands
     );
     let iinv = Invocation::of(file, init, &config, cm_name);
-    assert_eq!(iinv.positional, ["install-cni"], "{file}: init container args");
+    assert_eq!(
+        iinv.positional,
+        ["install-cni"],
+        "{file}: init container args"
+    );
     iinv.check_names(file, "install-cni", install);
-    assert_eq!(iinv.value(install, "cni-bin-dir").as_deref(), Some(CNI_BIN_DIR), "{file}: --cni-bin-dir");
+    assert_eq!(
+        iinv.value(install, "cni-bin-dir").as_deref(),
+        Some(CNI_BIN_DIR),
+        "{file}: --cni-bin-dir"
+    );
     assert_host_dir(file, pod, init, CNI_BIN_DIR, false);
-    assert_eq!(arr(init, "/securityContext/capabilities/drop"), [Value::from("ALL")], "{file}");
-    assert!(arr(init, "/securityContext/capabilities/add").is_empty(), "{file}: install-cni needs no capability");
+    assert_eq!(
+        arr(init, "/securityContext/capabilities/drop"),
+        [Value::from("ALL")],
+        "{file}"
+    );
+    assert!(
+        arr(init, "/securityContext/capabilities/add").is_empty(),
+        "{file}: install-cni needs no capability"
+    );
 }
 
 #[test]
@@ -522,35 +716,64 @@ fn rbac_is_least_privilege() {
         let sa = one(&docs, "ServiceAccount", file);
         let roles = kind_of(&docs, "ClusterRole");
         if *datastore != "kubernetes" {
-            assert!(roles.is_empty(), "{file}: this variant never calls the API: no role");
+            assert!(
+                roles.is_empty(),
+                "{file}: this variant never calls the API: no role"
+            );
             assert!(kind_of(&docs, "ClusterRoleBinding").is_empty(), "{file}");
-            assert_eq!(sa["automountServiceAccountToken"], false, "{file}: no API token");
+            assert_eq!(
+                sa["automountServiceAccountToken"], false,
+                "{file}: no API token"
+            );
             continue;
         }
         assert_eq!(roles.len(), 1, "{file}");
         let ds = one(&docs, "DaemonSet", file);
-        assert_ne!(sa["automountServiceAccountToken"], false, "{file}: the agent needs its token");
-        assert_ne!(ds.pointer("/spec/template/spec/automountServiceAccountToken"), Some(&Value::Bool(false)), "{file}");
+        assert_ne!(
+            sa["automountServiceAccountToken"], false,
+            "{file}: the agent needs its token"
+        );
+        assert_ne!(
+            ds.pointer("/spec/template/spec/automountServiceAccountToken"),
+            Some(&Value::Bool(false)),
+            "{file}"
+        );
         let mut got = BTreeSet::new();
         for r in arr(roles[0], "/rules") {
             for g in arr(r, "/apiGroups") {
                 for res in arr(r, "/resources") {
                     for verb in arr(r, "/verbs") {
-                        got.insert(format!("{}/{}:{}", g.as_str().expect("g"), res.as_str().expect("r"), verb.as_str().expect("v")));
+                        got.insert(format!(
+                            "{}/{}:{}",
+                            g.as_str().expect("g"),
+                            res.as_str().expect("r"),
+                            verb.as_str().expect("v")
+                        ));
                     }
                 }
             }
-            assert!(r.get("nonResourceURLs").is_none() && r.get("resourceNames").is_none(), "{file}: {r}");
+            assert!(
+                r.get("nonResourceURLs").is_none() && r.get("resourceNames").is_none(),
+                "{file}: {r}"
+            );
         }
         // Its own Node: get (the ownerReference's uid); claims: no update/patch (immutable).
         let want: BTreeSet<String> = ["get"]
             .iter()
             .map(|v| format!("/nodes:{v}"))
-            .chain(["get", "list", "watch", "create", "delete"].iter().map(|v| format!("vpcnet.io/prefixclaims:{v}")))
+            .chain(
+                ["get", "list", "watch", "create", "delete"]
+                    .iter()
+                    .map(|v| format!("vpcnet.io/prefixclaims:{v}")),
+            )
             .collect();
         assert_eq!(got, want, "{file}: ClusterRole rules");
         let b = one(&docs, "ClusterRoleBinding", file);
-        assert_eq!(b.pointer("/roleRef/name"), roles[0].pointer("/metadata/name"), "{file}");
+        assert_eq!(
+            b.pointer("/roleRef/name"),
+            roles[0].pointer("/metadata/name"),
+            "{file}"
+        );
         let subj = &arr(b, "/subjects")[0];
         assert_eq!(subj["kind"], "ServiceAccount");
         assert_eq!(subj["name"], sa["metadata"]["name"], "{file}");
@@ -565,7 +788,11 @@ fn rbac_is_least_privilege() {
             .and_then(Value::as_object)
             .expect("spec properties");
         let names: BTreeSet<&str> = props.keys().map(String::as_str).collect();
-        assert_eq!(names, ["cidr", "node", "nodeIP"].into(), "{file}: PrefixClaim spec");
+        assert_eq!(
+            names,
+            ["cidr", "node", "nodeIP"].into(),
+            "{file}: PrefixClaim spec"
+        );
     }
 }
 
@@ -576,34 +803,67 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
     let kind = &kind[0];
     assert_eq!(kind["kind"], "Cluster");
     assert_eq!(kind["apiVersion"], "kind.x-k8s.io/v1alpha4");
-    assert_eq!(kind.pointer("/networking/disableDefaultCNI"), Some(&Value::Bool(true)));
+    assert_eq!(
+        kind.pointer("/networking/disableDefaultCNI"),
+        Some(&Value::Bool(true))
+    );
     let roles: Vec<&str> = arr(kind, "/nodes").iter().map(|n| s(n, "/role")).collect();
     assert_eq!(roles, ["control-plane", "worker", "worker"]);
     let pod_subnet = s(kind, "/networking/podSubnet");
     for (file, _) in VARIANTS {
         let docs = yaml_docs(&manifests().join(file));
         let cm = one(&docs, "ConfigMap", file);
-        assert_eq!(s(cm, "/data/vpc-cidr"), pod_subnet, "{file}: vpc-cidr vs kind podSubnet");
+        assert_eq!(
+            s(cm, "/data/vpc-cidr"),
+            pod_subnet,
+            "{file}: vpc-cidr vs kind podSubnet"
+        );
     }
 
     let dockerfile = read(&repo().join("Dockerfile"));
-    for needle in ["protobuf-compiler", "nftables", "/usr/local/bin/", "--bin vpcnet ", "--bin vpcnetd"] {
+    for needle in [
+        "protobuf-compiler",
+        "nftables",
+        "/usr/local/bin/",
+        "--bin vpcnet ",
+        "--bin vpcnetd",
+    ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
     assert!(
-        dockerfile.contains(&format!("COPY --from=build /out/vpcnet /out/vpcnetd {}", "/usr/local/bin/")),
+        dockerfile.contains(&format!(
+            "COPY --from=build /out/vpcnet /out/vpcnetd {}",
+            "/usr/local/bin/"
+        )),
         "Dockerfile: both binaries in /usr/local/bin (install-cni finds vpcnet next to vpcnetd)"
     );
     let ignore = read(&repo().join(".dockerignore"));
-    assert!(ignore.lines().any(|l| l.trim() == "target/"), ".dockerignore must exclude target/");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target/"),
+        ".dockerignore must exclude target/"
+    );
 
     // kind-bench.sh points the etcd variant at kind's etcd by replacing the placeholder.
     let bench = read(&repo().join("scripts/kind-bench.sh"));
     let docs = yaml_docs(&manifests().join("vpcnet-etcd.yaml"));
-    let endpoint = s(one(&docs, "ConfigMap", "vpcnet-etcd.yaml"), "/data/etcd-endpoints");
-    assert!(bench.contains(&format!("s#{endpoint}#")), "kind-bench.sh must substitute {endpoint}");
-    for f in ["kind-config.yaml", "vpcnet-etcd.yaml", "vpcnet-kubernetes.yaml", CRD_FILE] {
-        assert!(bench.contains(&format!("manifests/{f}")), "kind-bench.sh does not use manifests/{f}");
+    let endpoint = s(
+        one(&docs, "ConfigMap", "vpcnet-etcd.yaml"),
+        "/data/etcd-endpoints",
+    );
+    assert!(
+        bench.contains(&format!("s#{endpoint}#")),
+        "kind-bench.sh must substitute {endpoint}"
+    );
+    for f in [
+        "kind-config.yaml",
+        "vpcnet-etcd.yaml",
+        "vpcnet-kubernetes.yaml",
+        CRD_FILE,
+    ] {
+        assert!(
+            bench.contains(&format!("manifests/{f}")),
+            "kind-bench.sh does not use manifests/{f}"
+        );
     }
 }
 
@@ -651,13 +911,26 @@ fn manifests_validate_against_kubernetes_schemas() {
             .args(&files)
             .output()
             .expect("running kubernetes-validate");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         // Unknown kinds only WARN (exit 0): a typo in apiVersion/kind must fail too.
         let bad: Vec<&str> = text.lines().filter(|l| !l.starts_with("INFO ")).collect();
-        assert!(out.status.success() && bad.is_empty(), "kubernetes-validate {version}:\n{text}");
-        let passed = text.lines().filter(|l| l.contains(" passed for resource ")).count();
+        assert!(
+            out.status.success() && bad.is_empty(),
+            "kubernetes-validate {version}:\n{text}"
+        );
+        let passed = text
+            .lines()
+            .filter(|l| l.contains(" passed for resource "))
+            .count();
         let objects: usize = files.iter().map(|f| yaml_docs(f).len()).sum();
-        assert_eq!(passed, objects, "every object validated against {version}:\n{text}");
+        assert_eq!(
+            passed, objects,
+            "every object validated against {version}:\n{text}"
+        );
     }
 }
 
@@ -690,7 +963,14 @@ print("ok")
             .expect("running the venv's python")
     };
     let ok = run(&[]);
-    assert!(ok.status.success(), "example PrefixClaim: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "example PrefixClaim: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = run(&["10.244.0.16"]);
-    assert!(!bad.status.success(), "a cidr without a length must be refused by the CRD schema");
+    assert!(
+        !bad.status.success(),
+        "a cidr without a length must be refused by the CRD schema"
+    );
 }

@@ -11,7 +11,14 @@ use vpcnet_tests::{bin, Lab};
 fn status_as_nobody(lab: &Lab) -> (bool, Value, String) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
-        .args(["setpriv", "--reuid", "65534", "--regid", "0", "--clear-groups"])
+        .args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "0",
+            "--clear-groups",
+        ])
         .arg(bin("vpcnetd"))
         .args(["status", "--json", "--socket"])
         .arg(lab.socket())
@@ -30,7 +37,11 @@ fn socket_is_0660_and_only_root_mutates() {
     lab.start_agent(&["--warm-ip-target", "2"]);
     // The lab dir must be traversable for the unprivileged caller.
     std::fs::set_permissions(&lab.dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mode = std::fs::metadata(lab.socket()).expect("socket").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(lab.socket())
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660, "socket mode {mode:o}");
 
     // Root gets an address and sees container IDs in status.
@@ -51,7 +62,14 @@ fn socket_is_0660_and_only_root_mutates() {
     let conf = lab.conf().to_string();
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
-        .args(["setpriv", "--reuid", "65534", "--regid", "0", "--clear-groups"])
+        .args([
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "0",
+            "--clear-groups",
+        ])
         .arg(bin("vpcnet"))
         .env_clear()
         .env("CNI_COMMAND", "ADD")
@@ -72,6 +90,13 @@ fn socket_is_0660_and_only_root_mutates() {
     assert!(!out.status.success());
     let v: Value = serde_json::from_slice(&out.stdout).expect("error JSON");
     assert_eq!(v["code"], 101, "{v}");
-    assert!(v["msg"].as_str().unwrap_or_default().contains("root"), "{v}");
-    assert_eq!(lab.status()["stats"]["assigned"], 1, "nothing assigned by nobody");
+    assert!(
+        v["msg"].as_str().unwrap_or_default().contains("root"),
+        "{v}"
+    );
+    assert_eq!(
+        lab.status()["stats"]["assigned"],
+        1,
+        "nothing assigned by nobody"
+    );
 }

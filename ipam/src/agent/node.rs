@@ -389,10 +389,7 @@ impl<D: Datastore> Node<D> {
     ///   so it is adopted; later a release after shrink failed, so it is released again.
     ///
     /// Holds the claim lock so it never interleaves with grow or shrink.
-    pub async fn reconcile_claims(
-        &self,
-        adopt: bool,
-    ) -> Result<Vec<PrefixClaim>, String> {
+    pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, String> {
         let _g = self.claim_lock.lock().await;
         let claims = self.datastore.list().await.map_err(|e| e.to_string())?;
         let ours: HashSet<_> = claims
@@ -473,4 +470,3 @@ impl<D: Datastore> Node<D> {
         Ok(claims)
     }
 }
-
