@@ -68,3 +68,28 @@ where
         worker.join().map_err(|_| NetlinkError::ThreadPanicked)?
     })
 }
+
+/// Opens a netlink route socket that lives in the namespace `ns`, from the calling thread,
+/// and spawns its connection task on the current tokio runtime. Returns a handle whose every
+/// request acts inside `ns`, while the calling thread stays in its own namespace.
+///
+/// A netlink socket belongs to the namespace it was created in, for its whole life. So the
+/// thread enters `ns` only for the `socket()` call and returns at once: no task runs, and no
+/// other file is opened, while it is away. This is the "create the socket inside the
+/// namespace" pattern; it is only safe where nothing else can run on this thread meanwhile —
+/// true for the plugin's single-threaded, current-thread runtime; never use it from a worker
+/// of a multi-threaded runtime (use [`run_in`] there).
+pub fn connect_in(ns: BorrowedFd<'_>) -> Result<rtnetlink::Handle, NetlinkError> {
+    let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(NetlinkError::Io)?;
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetlinkError::Io(e.into()))?;
+    let made = rtnetlink::new_connection().map_err(NetlinkError::Socket);
+    if let Err(e) = nix::sched::setns(&home, CloneFlags::CLONE_NEWNET) {
+        // Staying in the pod's namespace would make every later host-side step act on the
+        // pod: there is no safe way on from here.
+        eprintln!("vpcnet: FATAL: cannot return to the host network namespace: {e}");
+        std::process::abort();
+    }
+    let (conn, handle, _) = made?;
+    tokio::spawn(conn);
+    Ok(handle)
+}

@@ -95,6 +95,9 @@ pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
 }
 
 /// Addresses and routes on both sides of a created veth. On failure the caller removes the veth.
+///
+/// The pod side goes through a netlink socket created inside the pod namespace (see
+/// [`netns::connect_in`]), so both sides' requests run concurrently from this one thread.
 pub async fn wire(
     host: &Handle,
     veth: &HostVeth,
@@ -102,16 +105,14 @@ pub async fn wire(
     netns: &OwnedFd,
     ip: Ipv4Addr,
 ) -> Result<(), CniError> {
-    route::add_link_scope(host, ip, 32, veth.index, RTPROT_VPCNET, true)
-        .await
-        .map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))?;
-    // The pod side runs on a dedicated thread that enters the pod namespace (setns is per
-    // thread); this thread's namespace never changes.
-    let host_mac = veth.mac;
-    netns::run_in(netns.as_fd(), |h| async move {
-        configure_pod(&h, ifname, ip, host_mac).await
-    })
-    .map_err(|e| CniError::dataplane("entering pod namespace", e))?
+    let pod = netns::connect_in(netns.as_fd())
+        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+    let (host_route, pod_side) = futures::join!(
+        route::add_link_scope(host, ip, 32, veth.index, RTPROT_VPCNET, true),
+        configure_pod(&pod, ifname, ip, veth.mac),
+    );
+    host_route.map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))?;
+    pod_side
 }
 
 /// Builds the whole attachment; on failure everything created is removed again.
@@ -155,28 +156,28 @@ async fn configure_pod(
         .await
         .map_err(|e| CniError::dataplane(&format!("finding {ifname} in pod"), e))?
         .ok_or_else(|| CniError::Dataplane(format!("{ifname} missing in pod after creation")))?;
-    let (addr, lo, neigh) = futures::join!(
+    // Sent back to back without waiting for each answer: the kernel handles one socket's
+    // requests in order, so the gateway route exists before the default route that uses it.
+    let (addr, lo, neigh, gw, default) = futures::join!(
         address::add(h, index, ip, 32),
         link::set_up(h, LOOPBACK_INDEX),
         neighbour::add_permanent(h, index, GATEWAY, host_mac),
+        route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true),
+        route::add_via(
+            h,
+            Ipv4Addr::UNSPECIFIED,
+            0,
+            GATEWAY,
+            Some(index),
+            RTPROT_VPCNET,
+            true
+        ),
     );
     addr.map_err(|e| CniError::dataplane(&format!("adding {ip}/32 to {ifname}"), e))?;
     lo.map_err(|e| CniError::dataplane("setting lo up", e))?;
     neigh.map_err(|e| CniError::dataplane("adding gateway neighbour", e))?;
-    route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true)
-        .await
-        .map_err(|e| CniError::dataplane("adding gateway route", e))?;
-    route::add_via(
-        h,
-        Ipv4Addr::UNSPECIFIED,
-        0,
-        GATEWAY,
-        Some(index),
-        RTPROT_VPCNET,
-        true,
-    )
-    .await
-    .map_err(|e| CniError::dataplane("adding default route", e))?;
+    gw.map_err(|e| CniError::dataplane("adding gateway route", e))?;
+    default.map_err(|e| CniError::dataplane("adding default route", e))?;
     Ok(())
 }
 
@@ -216,11 +217,9 @@ pub async fn check(
         )));
     }
     let host_mac = naming::host_veth_mac(container_id, ifname);
-    let ifname_owned = ifname.to_string();
-    netns::run_in(netns_fd.as_fd(), |h| async move {
-        check_pod(&h, &ifname_owned, ip, host_mac).await
-    })
-    .map_err(|e| CniError::dataplane("entering pod namespace", e))?
+    let pod = netns::connect_in(netns_fd.as_fd())
+        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+    check_pod(&pod, ifname, ip, host_mac).await
 }
 
 async fn check_pod(
