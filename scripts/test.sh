@@ -15,4 +15,13 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(vt[0-9]+x|
 done
 
 cargo build --workspace --bins
-cargo test --workspace --features vpcnet-netlink/test_as_root -- --test-threads "${TEST_THREADS:-2}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --lib --bins --tests --features vpcnet-netlink/test_as_root \
+  -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$rc"
