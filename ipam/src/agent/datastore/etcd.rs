@@ -39,9 +39,9 @@ use super::{Datastore, DatastoreError, PrefixClaim};
 const BACKEND: &str = "etcd";
 /// Longest any one datastore operation waits for etcd.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+use super::Backoff;
 /// Back-off of the background tasks (lease, watch) while etcd is unreachable.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub use super::{BACKOFF_MAX, BACKOFF_MIN};
 /// File in the state directory that remembers the lease ID across restarts.
 pub const LEASE_FILE: &str = "etcd-lease";
 /// How many times a txn that lost a race on the same key is retried.
@@ -112,29 +112,6 @@ struct Inner {
     mine: Mutex<BTreeMap<Ipv4Network, PrefixClaim>>,
     /// Signalled on every watch event (and after the watch is re-created).
     changed: Notify,
-}
-
-/// Exponential back-off for the background tasks: from [`BACKOFF_MIN`], doubling, up to a cap.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: BACKOFF_MIN,
-            max: max.max(BACKOFF_MIN),
-        }
-    }
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
-    }
 }
 
 fn claim_key(claims_prefix: &str, prefix: Ipv4Network) -> String {
@@ -718,7 +695,7 @@ async fn keep_lease(inner: Arc<Inner>) {
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next()) => {}
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
             _ = inner.lease_kick.notified() => {}
         }
     }
@@ -772,7 +749,7 @@ async fn watch_claims(inner: Arc<Inner>) {
             eprintln!("vpcnetd: etcd: {msg} (retrying with back-off)");
             last_err = Some(msg);
         }
-        tokio::time::sleep(backoff.next()).await;
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 
@@ -826,12 +803,12 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_its_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1));
-        let seq: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        let seq: Vec<u128> = (0..5).map(|_| b.next_delay().as_millis()).collect();
         assert_eq!(seq, [200, 400, 800, 1000, 1000]);
         b.reset();
-        assert_eq!(b.next(), BACKOFF_MIN);
+        assert_eq!(b.next_delay(), BACKOFF_MIN);
         let mut full = Backoff::new(BACKOFF_MAX);
-        let last = (0..20).map(|_| full.next()).last();
+        let last = (0..20).map(|_| full.next_delay()).last();
         assert_eq!(last, Some(BACKOFF_MAX));
     }
 

@@ -11,6 +11,7 @@ pub mod local;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -54,4 +55,36 @@ pub trait Datastore: Send + Sync + 'static {
     /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
     /// timer, so a missed event only delays convergence.
     fn changed(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// First retry delay of a backend's background tasks (reconnect, watch, lease keep-alive).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest retry delay of those tasks.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Exponential back-off shared by the cluster backends: from [`BACKOFF_MIN`], doubling, up to
+/// a cap (never below the minimum).
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            max: max.max(BACKOFF_MIN),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
 }

@@ -65,9 +65,9 @@ pub const PLURAL: &str = "prefixclaims";
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP/TLS connect timeout of the client: an unreachable server fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+use super::Backoff;
 /// Back-off of the watch while the API server is unreachable.
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+pub use super::{BACKOFF_MAX, BACKOFF_MIN};
 /// Server-side timeout of one watch request (the server ends the stream; we resume).
 const WATCH_TIMEOUT_SECS: u32 = 290;
 /// How many times a claim whose object vanished between create and read-back is retried.
@@ -268,23 +268,6 @@ struct Inner {
     node_uid: OnceCell<String>,
     /// Signalled on every watch event (and after every re-list but the first).
     changed: Notify,
-}
-
-/// Exponential back-off of the watch task.
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(BACKOFF_MIN)
-    }
-    fn reset(&mut self) {
-        self.0 = BACKOFF_MIN;
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(BACKOFF_MAX);
-        d
-    }
 }
 
 fn invalid(msg: impl Into<String>) -> DatastoreError {
@@ -568,7 +551,7 @@ async fn watch_once(
 /// Background: LIST for a resourceVersion, then WATCH from it for as long as it lasts;
 /// resume after the stream ends, re-list on 410 Gone, back off while the server is away.
 async fn watch_claims(inner: Arc<Inner>) {
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(BACKOFF_MAX);
     let mut rv: Option<String> = None;
     let mut listed_before = false;
     let mut last_err: Option<String> = None;
@@ -599,13 +582,13 @@ async fn watch_claims(inner: Arc<Inner>) {
                         }
                         _ => {
                             report(&mut last_err, "LIST returned no resourceVersion".into());
-                            tokio::time::sleep(backoff.next()).await;
+                            tokio::time::sleep(backoff.next_delay()).await;
                             continue;
                         }
                     },
                     Ok(Err(e)) => {
                         report(&mut last_err, e.to_string());
-                        tokio::time::sleep(backoff.next()).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                     Err(_) => {
@@ -613,7 +596,7 @@ async fn watch_claims(inner: Arc<Inner>) {
                             &mut last_err,
                             format!("LIST: no answer within {OP_TIMEOUT:?}"),
                         );
-                        tokio::time::sleep(backoff.next()).await;
+                        tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                 }
@@ -629,7 +612,7 @@ async fn watch_claims(inner: Arc<Inner>) {
                 rv = Some(version);
                 // A server that ends every watch at once must not make this spin.
                 if !progressed && started.elapsed() < Duration::from_secs(1) {
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 } else {
                     backoff.reset();
                 }
@@ -642,7 +625,7 @@ async fn watch_claims(inner: Arc<Inner>) {
             WatchEnd::Failed(msg) => {
                 report(&mut last_err, msg);
                 rv = Some(version);
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
