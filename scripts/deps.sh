@@ -7,7 +7,7 @@ need_apt=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
 # protobuf-compiler: etcd-client's build script runs protoc. etcd-server: the etcd the datastore
 # tests start (/usr/bin/etcd). nftables: `nft`, which the agent's SNAT rules are applied with.
-for p in iproute2 iputils-ping jq ca-certificates build-essential \
+for p in iproute2 iputils-ping jq curl ca-certificates build-essential \
          containernetworking-plugins iptables \
          golang-go golang-github-appc-cni-dev dpkg-dev \
          protobuf-compiler etcd-server nftables python3-venv; do
@@ -38,7 +38,7 @@ export CNITOOL
 K8S_VALIDATE_VERSION=1.37.0
 if [ "$(/tmp/vpcnet-venv/bin/kubernetes-validate --version 2>/dev/null)" != "$K8S_VALIDATE_VERSION" ]; then
   echo "deps: kubernetes-validate $K8S_VALIDATE_VERSION into /tmp/vpcnet-venv"
-  python3 -m venv /tmp/vpcnet-venv
+  /usr/bin/python3 -m venv /tmp/vpcnet-venv
   /tmp/vpcnet-venv/bin/pip install -q --disable-pip-version-check "kubernetes-validate==$K8S_VALIDATE_VERSION"
 fi
 
@@ -54,6 +54,6 @@ if [ ${#need_cri[@]} -gt 0 ]; then
 fi
 if ! /tmp/vpcnet-venv/bin/python -c 'import grpc, grpc_tools' 2>/dev/null; then
   echo "deps: grpcio-tools into /tmp/vpcnet-venv"
-  python3 -m venv /tmp/vpcnet-venv
+  /usr/bin/python3 -m venv /tmp/vpcnet-venv
   /tmp/vpcnet-venv/bin/pip install -q --disable-pip-version-check "grpcio-tools==1.85.1"
 fi
