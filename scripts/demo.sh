@@ -233,8 +233,10 @@ nsenter --net=/run/netns/$HOST bash -c '
     t0=$EPOCHREALTIME; cni DEL $i >/dev/null || { echo "DEL pod$i failed"; exit 1; }; t1=$EPOCHREALTIME
     printf "  pod%-3s DEL %6.2f ms\n" "$i" "$(awk "BEGIN{print ($t1-$t0)*1000}")"
   done'
-sleep 0.5
 left=$(ip -n "$HOST" -o link show | grep -c ' vpc' || true)
-echo "== after DEL: $(ip -n "$HOST" route show proto 171 | grep -vc / || true) pod routes, $left host veths left"
+echo "== right after DEL: $(ip -n "$HOST" route show proto 171 | grep -vc / || true) pod routes, $left host veths (the agent deletes them in one batch)"
+sleep 1.2   # the pods' namespaces still exist here; a runtime would have deleted them already
+left=$(ip -n "$HOST" -o link show | grep -c ' vpc' || true)
+echo "== 1.2 s later: $left host veths left"
 nsenter --net=/run/netns/$HOST "$BIN/vpcnetd" status --socket "$SOCK" | sed -n '2,3p' | sed 's/^/  /'
 [ "$fails" = 0 ] && echo "demo OK: $N pods, every pod reached every other" || { echo "demo: $fails pings failed"; exit 1; }
