@@ -1,5 +1,5 @@
-//! The datastore contract: the SAME cases run against every backend (`local`, `etcd`; the
-//! Kubernetes backend joins by implementing [`Backend`] and adding one `contract!` line). They
+//! The datastore contract: the SAME cases run against every backend (`local`, `etcd`,
+//! `kubernetes` over an in-memory fake API server, see `fake_kube`). They
 //! drive the library directly (`vpcnet_ipam::agent::datastore`), each node being its own
 //! datastore instance, as each node runs its own agent.
 //!
@@ -15,14 +15,18 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use vpcnet_ipam::agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
+use vpcnet_ipam::agent::datastore::kubernetes::KubernetesDatastore;
 use vpcnet_ipam::agent::datastore::local::LocalDatastore;
 use vpcnet_ipam::agent::datastore::{Datastore, DatastoreError, PrefixClaim};
 use vpcnet_tests::{in_netns, Etcd, Lab};
+
+#[path = "datastore_contract/fake_kube.rs"]
+mod fake_kube;
 
 /// Lease TTL of the etcd nodes in these tests (etcd's minimum is 2 s with default timings).
 const TTL: Duration = Duration::from_secs(2);
@@ -204,6 +208,56 @@ impl Backend for EtcdBackend {
                 .map(|v| v["node"] != node || kv.lease() == lease)
                 .unwrap_or(true)
         })
+    }
+}
+
+// ---- kubernetes (over the in-memory fake API server) ----
+
+/// Every node is its own `KubernetesDatastore` with its own client, all over one shared
+/// [`fake_kube::FakeApiServer`].
+struct Kube {
+    server: Arc<fake_kube::FakeApiServer>,
+}
+
+impl Backend for Kube {
+    type D = KubernetesDatastore;
+    /// LIST + WATCH from the list's resourceVersion; the fake streams ADDED/DELETED events.
+    const WATCH: bool = true;
+    /// Not applicable: a claim is owned by its Node object (ownerReference), not by the
+    /// agent process, so it outlives a dead agent by design; only deleting the Node frees it
+    /// (the garbage collector), and the fake has no garbage collector. `attached` checks the
+    /// ownerReference instead.
+    const LIVENESS: bool = false;
+    /// `409 AlreadyExists` on an object naming this node counts as won.
+    const RECLAIM_OWN: bool = true;
+    /// The fake can be stopped (requests refused, watches ended) and started again.
+    const SERVER: bool = true;
+
+    async fn new() -> Kube {
+        Kube {
+            server: fake_kube::FakeApiServer::new(),
+        }
+    }
+
+    async fn node(&self, name: &str) -> KubernetesDatastore {
+        KubernetesDatastore::with_client(self.server.client(), fake_kube::URL, name)
+    }
+
+    fn stop_server(&self) {
+        self.server.stop();
+    }
+
+    fn start_server(&self) {
+        self.server.start();
+    }
+
+    fn endpoint(&self) -> String {
+        fake_kube::URL.to_string()
+    }
+
+    /// Every claim of `node` carries an ownerReference to its Node (uid included).
+    async fn attached(&self, _d: &KubernetesDatastore, node: &str) -> bool {
+        self.server.owned_by_node(node)
     }
 }
 
@@ -396,7 +450,7 @@ async fn changed_after_other_node_claims<B: Backend>(b: &B) {
 /// claims within about TTL + 2 s, and others can claim them.
 async fn dead_node_loses_claims<B: Backend>(b: &B) {
     if !B::LIVENESS {
-        eprintln!("not applicable: this backend's claims have no liveness (single node)");
+        eprintln!("not applicable: this backend's claims have no liveness (see its LIVENESS)");
         return;
     }
     let (n0, n1) = (b.node("n0").await, b.node("n1").await);
@@ -543,6 +597,7 @@ macro_rules! contract {
 
 contract!(local, Local);
 contract!(etcd, EtcdBackend);
+contract!(kubernetes, Kube);
 
 // ---- etcd specifics ----
 

@@ -1,0 +1,340 @@
+//! An in-memory fake of the few Kubernetes API server endpoints the `kubernetes` datastore
+//! uses, as a tower service a `kube::Client` runs over (no HTTP, no TLS). One
+//! [`FakeApiServer`] is shared by every datastore instance ("node") of a test, so they race
+//! on the same state, as agents do on one API server.
+//!
+//! Supported:
+//! - `PrefixClaim` objects (cluster-scoped, `/apis/vpcnet.io/v1alpha1/prefixclaims`):
+//!   `POST` (create; the name is unique: `409 AlreadyExists` if taken; the server sets
+//!   `uid`, `resourceVersion`, `creationTimestamp`), `GET` one (`404 NotFound`), `LIST`
+//!   (with the list's `resourceVersion`), `DELETE` with `preconditions {uid,
+//!   resourceVersion}` (mismatch: `409 Conflict`; missing: `404 NotFound`).
+//! - `WATCH` (`?watch=true&resourceVersion=N`): replays every change after `N` (the whole
+//!   history is kept, so there is never a `410 Gone`), then streams new `ADDED` / `DELETED`
+//!   events as newline-delimited JSON, for as long as the client holds the request.
+//! - `GET /api/v1/nodes/<name>`: every node exists, with a uid derived from its name.
+//! - An outage: [`FakeApiServer::stop`] refuses every request (a connection error, as from
+//!   a server that is down) and ends the open watches; [`FakeApiServer::start`] serves
+//!   again with the same data.
+//!
+//! Not supported: updates (`PUT`/`PATCH`, so no `MODIFIED` events), bookmarks, label/field
+//! selectors, `timeoutSeconds`, and garbage collection (deleting a Node does nothing to the
+//! claims it owns).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{Method, Request, Response};
+use http_body::Frame;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use kube::client::Body;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+/// The URL the datastores are told they talk to (it appears in their error messages).
+pub const URL: &str = "https://fake-apiserver.test:6443";
+const CLAIMS: &str = "/apis/vpcnet.io/v1alpha1/prefixclaims";
+const NODES: &str = "/api/v1/nodes/";
+
+type RespBody = UnsyncBoxBody<Bytes, Infallible>;
+
+#[derive(Clone, Debug)]
+enum Event {
+    /// One watch event line (JSON + `\n`) at this resourceVersion.
+    Line(u64, Bytes),
+    /// The server stops: open watches end.
+    Down,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The last resourceVersion handed out.
+    rv: u64,
+    next_uid: u64,
+    /// name → object.
+    claims: BTreeMap<String, Value>,
+    /// Every change, oldest first, for watches that resume from a resourceVersion.
+    history: Vec<(u64, Bytes)>,
+}
+
+#[derive(Debug)]
+pub struct FakeApiServer {
+    state: Mutex<State>,
+    events: broadcast::Sender<Event>,
+    down: AtomicBool,
+}
+
+fn json_response(status: u16, body: &Value) -> Response<RespBody> {
+    let bytes = Bytes::from(serde_json::to_vec(body).expect("JSON"));
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(bytes).boxed_unsync())
+        .expect("response")
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response<RespBody> {
+    json_response(
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }),
+    )
+}
+
+fn not_found(name: &str) -> Response<RespBody> {
+    status(
+        404,
+        "NotFound",
+        &format!("prefixclaims.vpcnet.io \"{name}\" not found"),
+    )
+}
+
+fn node_uid(name: &str) -> String {
+    format!("node-uid-{name}")
+}
+
+impl FakeApiServer {
+    pub fn new() -> Arc<FakeApiServer> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(FakeApiServer {
+            state: Mutex::new(State::default()),
+            events,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// A client of this server (one per datastore instance, as each agent has its own).
+    pub fn client(self: &Arc<Self>) -> kube::Client {
+        let server = self.clone();
+        let svc = tower::service_fn(move |req: Request<Body>| server.clone().handle(req));
+        kube::Client::new(svc, "default")
+    }
+
+    /// From now on every request is refused and open watches end.
+    pub fn stop(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        let _ = self.events.send(Event::Down);
+    }
+
+    /// Serves again, with the same data.
+    pub fn start(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
+    /// Every claim of `node` is owned by its Node (the ownerReference the garbage collector
+    /// would follow), and there is at least one.
+    pub fn owned_by_node(&self, node: &str) -> bool {
+        let st = self.state.lock().expect("state");
+        let mine: Vec<&Value> = st
+            .claims
+            .values()
+            .filter(|o| o["spec"]["node"] == node)
+            .collect();
+        !mine.is_empty()
+            && mine.iter().all(|o| {
+                let r = &o["metadata"]["ownerReferences"][0];
+                r["kind"] == "Node" && r["name"] == node && r["uid"] == node_uid(node).as_str()
+            })
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Body>) -> Result<Response<RespBody>, io::Error> {
+        let refused = || {
+            io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "connection refused (the fake API server is stopped)",
+            )
+        };
+        if self.down.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        let (parts, body) = req.into_parts();
+        let bytes = body.collect_bytes().await.map_err(io::Error::other)?;
+        if self.down.load(Ordering::SeqCst) {
+            return Err(refused());
+        }
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).map_err(io::Error::other)?
+        };
+        let query: BTreeMap<&str, &str> = parts
+            .uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+            .collect();
+        let path = parts.uri.path();
+        let method = &parts.method;
+        let resp = if let Some(name) = path.strip_prefix(NODES) {
+            match *method {
+                Method::GET => json_response(
+                    200,
+                    &json!({
+                        "kind": "Node", "apiVersion": "v1",
+                        "metadata": {"name": name, "uid": node_uid(name), "resourceVersion": "1"},
+                    }),
+                ),
+                _ => status(405, "MethodNotAllowed", "nodes: only GET"),
+            }
+        } else if path == CLAIMS {
+            match *method {
+                Method::GET if query.get("watch") == Some(&"true") => {
+                    let from = query
+                        .get("resourceVersion")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    self.watch(from)
+                }
+                Method::GET => self.list(),
+                Method::POST => self.create(body),
+                _ => status(405, "MethodNotAllowed", "prefixclaims: GET or POST"),
+            }
+        } else if let Some(name) = path.strip_prefix(CLAIMS).and_then(|p| p.strip_prefix('/')) {
+            match *method {
+                Method::GET => self.get(name),
+                Method::DELETE => self.delete(name, &body),
+                _ => status(
+                    405,
+                    "MethodNotAllowed",
+                    "prefixclaims/<name>: GET or DELETE",
+                ),
+            }
+        } else {
+            status(404, "NotFound", &format!("the fake serves no {path}"))
+        };
+        Ok(resp)
+    }
+
+    /// Records a change (under the state lock, so watchers see changes in order).
+    fn record(&self, st: &mut State, kind: &str, obj: &Value) {
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON");
+        line.push(b'\n');
+        let line = Bytes::from(line);
+        st.history.push((st.rv, line.clone()));
+        let _ = self.events.send(Event::Line(st.rv, line));
+    }
+
+    fn create(&self, mut obj: Value) -> Response<RespBody> {
+        let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+            return status(422, "Invalid", "metadata.name: Required value");
+        };
+        let mut st = self.state.lock().expect("state");
+        if st.claims.contains_key(&name) {
+            return json_response(
+                409,
+                &json!({
+                    "kind": "Status", "apiVersion": "v1", "metadata": {},
+                    "status": "Failure", "reason": "AlreadyExists", "code": 409,
+                    "message": format!("prefixclaims.vpcnet.io \"{name}\" already exists"),
+                    "details": {"name": name, "group": "vpcnet.io", "kind": "prefixclaims"},
+                }),
+            );
+        }
+        st.rv += 1;
+        st.next_uid += 1;
+        let meta = &mut obj["metadata"];
+        meta["uid"] = json!(format!("claim-uid-{}", st.next_uid));
+        meta["resourceVersion"] = json!(st.rv.to_string());
+        // Fixed: the contract does not look at claimedAt.
+        meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        st.claims.insert(name, obj.clone());
+        self.record(&mut st, "ADDED", &obj);
+        json_response(201, &obj)
+    }
+
+    fn get(&self, name: &str) -> Response<RespBody> {
+        let st = self.state.lock().expect("state");
+        match st.claims.get(name) {
+            Some(o) => json_response(200, o),
+            None => not_found(name),
+        }
+    }
+
+    fn list(&self) -> Response<RespBody> {
+        let st = self.state.lock().expect("state");
+        let items: Vec<&Value> = st.claims.values().collect();
+        json_response(
+            200,
+            &json!({
+                "apiVersion": "vpcnet.io/v1alpha1", "kind": "PrefixClaimList",
+                "metadata": {"resourceVersion": st.rv.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    fn delete(&self, name: &str, opts: &Value) -> Response<RespBody> {
+        let mut st = self.state.lock().expect("state");
+        let Some(obj) = st.claims.get(name) else {
+            return not_found(name);
+        };
+        let pre = &opts["preconditions"];
+        for (field, want) in [
+            ("uid", &pre["uid"]),
+            ("resourceVersion", &pre["resourceVersion"]),
+        ] {
+            let have = &obj["metadata"][field];
+            if let Some(want) = want.as_str() {
+                if have.as_str() != Some(want) {
+                    return status(
+                        409,
+                        "Conflict",
+                        &format!(
+                            "Precondition failed: {field} in precondition: {want}, \
+                             {field} in object meta: {have}"
+                        ),
+                    );
+                }
+            }
+        }
+        let mut obj = st.claims.remove(name).expect("present");
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        self.record(&mut st, "DELETED", &obj);
+        json_response(200, &obj)
+    }
+
+    /// Every change after `from`, then the new ones as they happen, until the server stops
+    /// or the client drops the stream.
+    fn watch(&self, from: u64) -> Response<RespBody> {
+        let (backlog, rx) = {
+            let st = self.state.lock().expect("state");
+            let backlog: Vec<Bytes> = st
+                .history
+                .iter()
+                .filter(|(rv, _)| *rv > from)
+                .map(|(_, line)| line.clone())
+                .collect();
+            // Subscribed under the lock: nothing falls between the backlog and the stream.
+            (backlog, self.events.subscribe())
+        };
+        let live = futures::stream::unfold(rx, move |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(Event::Line(rv, line)) if rv > from => return Some((line, rx)),
+                    Ok(Event::Line(..)) => continue,
+                    // Stopped, or lagged behind: end the stream (the client resumes).
+                    Ok(Event::Down) | Err(_) => return None,
+                }
+            }
+        });
+        let frames = futures::stream::iter(backlog)
+            .chain(live)
+            .map(|line| Ok::<_, Infallible>(Frame::data(line)));
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(StreamBody::new(frames).boxed_unsync())
+            .expect("response")
+    }
+}
