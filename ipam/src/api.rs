@@ -60,8 +60,12 @@ pub enum Request {
         network: String,
         valid: Vec<Attachment>,
     },
-    /// STATUS / `vpcnetd status`.
-    Status,
+    /// STATUS / `vpcnetd status`. `allocations`: include the per-pod list (root callers only);
+    /// CNI STATUS, which containerd sends every 5 s, asks without it.
+    Status {
+        #[serde(default)]
+        allocations: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

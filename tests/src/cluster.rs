@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
+use crate::{add_netns_batch, bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
 
 /// The switch's address on the underlay: nodes' default gateway and etcd's client address.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
@@ -619,25 +619,10 @@ impl Cluster {
         let v: Vec<(String, String)> = (first..first + count)
             .map(|i| (format!("{}n{k}p{i}", self.prefix), format!("n{k}-c{i}")))
             .collect();
-        if v.is_empty() {
-            return v;
+        if !v.is_empty() {
+            self.extra_ns.extend(v.iter().map(|(ns, _)| ns.clone()));
+            add_netns_batch(v.iter().map(|(ns, _)| ns.as_str()));
         }
-        let mut child = Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn ip -batch");
-        {
-            let mut stdin = child.stdin.take().expect("stdin");
-            for (ns, _) in &v {
-                writeln!(stdin, "netns add {ns}").expect("write ip batch");
-            }
-        }
-        self.extra_ns.extend(v.iter().map(|(ns, _)| ns.clone()));
-        assert!(
-            child.wait().expect("ip -batch").success(),
-            "ip -batch netns add failed"
-        );
         v
     }
 

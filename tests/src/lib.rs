@@ -59,6 +59,41 @@ pub fn sh_ok(cmd: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Creates the network namespaces `names` with one `ip -batch` (much faster than one `ip`
+/// per namespace). The caller registers them for cleanup.
+pub fn add_netns_batch<'a>(names: impl IntoIterator<Item = &'a str>) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn ip -batch");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        for n in names {
+            writeln!(stdin, "netns add {n}").expect("write ip batch");
+        }
+    }
+    assert!(
+        child.wait().expect("ip -batch").success(),
+        "ip -batch netns add failed"
+    );
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Output of one plugin invocation.
@@ -308,17 +343,8 @@ impl Lab {
     }
 
     /// Polls `f` every 50 ms until it returns true or `timeout` passes.
-    pub fn wait_for(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-        let end = Instant::now() + timeout;
-        loop {
-            if f() {
-                return true;
-            }
-            if Instant::now() >= end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn wait_for(&self, timeout: Duration, f: impl FnMut() -> bool) -> bool {
+        wait_until(timeout, f)
     }
 }
 
@@ -526,29 +552,16 @@ impl Lab {
     /// Creates pod namespaces for all `ids` with one `ip -batch` (much faster than one `ip`
     /// per namespace), registered for cleanup like [`Lab::pod`]. Returns their names.
     pub fn pods(&mut self, ids: impl IntoIterator<Item = usize>) -> Vec<String> {
-        use std::io::Write;
         let names: Vec<String> = ids
             .into_iter()
             .map(|i| format!("{}p{i}", self.prefix))
             .filter(|n| !self.pods.contains(n))
             .collect();
-        if names.is_empty() {
-            return names;
+        if !names.is_empty() {
+            // Registered first, so a failed batch still cleans up what it made.
+            self.pods.extend(names.iter().cloned());
+            add_netns_batch(names.iter().map(String::as_str));
         }
-        let mut child = Command::new("ip")
-            .args(["-batch", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn ip -batch");
-        {
-            let mut stdin = child.stdin.take().expect("stdin");
-            for n in &names {
-                writeln!(stdin, "netns add {n}").expect("write ip batch");
-            }
-        }
-        let st = child.wait().expect("ip -batch");
-        self.pods.extend(names.iter().cloned());
-        assert!(st.success(), "ip -batch netns add failed");
         names
     }
 

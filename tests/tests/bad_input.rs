@@ -17,19 +17,9 @@ struct Snapshot {
 
 fn snapshot(lab: &Lab) -> Snapshot {
     let st = lab.status();
-    let mut allocations: Vec<(String, String)> = st["allocations"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no allocations: {st}"))
-        .iter()
-        .map(|a| {
-            (
-                a["key"]["container_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                a["ip"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    let mut allocations: Vec<(String, String)> = vpcnet_tests::status_allocs(&st)
+        .into_iter()
+        .map(|a| (a.container_id, a.ip.to_string()))
         .collect();
     allocations.sort();
     let mut host_veths = lab.host_veths();

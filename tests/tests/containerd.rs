@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpcnet_tests::{bin, host_veth_name, sh, sh_ok};
+use vpcnet_tests::{bin, host_veth_name, sh, sh_ok, wait_until};
 
 const VPC: &str = "10.245.0.0/16";
 const POD_NS: &str = "vpcnet-e2e";
@@ -156,19 +156,6 @@ impl Drop for CriLab {
         if !matches!(st, Ok(s) if s.success()) {
             eprintln!("lab.sh down {} failed: {st:?}", self.dir.display());
         }
-    }
-}
-
-fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -313,7 +300,7 @@ fn containerd_cri_runs_pods_on_vpcnet() {
             .collect()
     };
     assert!(
-        wait_for(Duration::from_secs(5), || vpc_links().is_empty()),
+        wait_until(Duration::from_secs(5), || vpc_links().is_empty()),
         "host veths left 5 s after RemovePodSandbox: {:?}",
         vpc_links()
     );

@@ -33,20 +33,9 @@ fn stat(lab: &Lab, key: &str) -> u64 {
 
 /// Container IDs the agent holds an address for, with the address.
 fn allocations(lab: &Lab) -> Vec<(String, String)> {
-    let st = lab.status();
-    st["allocations"]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no allocations list: {st}"))
-        .iter()
-        .map(|a| {
-            (
-                a["key"]["container_id"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                a["ip"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    vpcnet_tests::status_allocs(&lab.status())
+        .into_iter()
+        .map(|a| (a.container_id, a.ip.to_string()))
         .collect()
 }
 

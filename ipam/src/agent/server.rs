@@ -91,7 +91,7 @@ fn version_error(v: u64) -> Reply {
 }
 
 async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Reply {
-    let mutates = !matches!(req, Request::Status | Request::Get { .. });
+    let mutates = !matches!(req, Request::Status { .. } | Request::Get { .. });
     if mutates && !root {
         return Reply::error(
             codes::PERMISSION_DENIED,
@@ -104,6 +104,8 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
         Request::Release { key } => m.cni_reply(Op::Del, node.release(&key).await),
         Request::Get { key } => node.get(&key),
         Request::Gc { network, valid } => m.cni_reply(Op::Gc, node.gc(&network, &valid).await),
-        Request::Status => Reply::Status(Box::new(node.status(root))),
+        Request::Status { allocations } => {
+            Reply::Status(Box::new(node.status(root && allocations)))
+        }
     }
 }

@@ -19,7 +19,11 @@ fn main() {
         },
         Some(Command::InstallCni(a)) => agent::install::run(a.plugin_src, &a.cni_bin_dir),
         Some(Command::Status { json }) => {
-            match client::call(&cli.run.socket, Request::Status, STATUS_TIMEOUT) {
+            match client::call(
+                &cli.run.socket,
+                Request::Status { allocations: true },
+                STATUS_TIMEOUT,
+            ) {
                 Ok(Reply::Status(s)) => {
                     if json {
                         match serde_json::to_string_pretty(&s) {

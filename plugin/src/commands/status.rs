@@ -8,7 +8,7 @@ use crate::error::CniError;
 use crate::netconf::NetConf;
 
 pub fn run(conf: &NetConf) -> Result<(), CniError> {
-    match agent::call(&conf.socket, Request::Status) {
+    match agent::call(&conf.socket, Request::Status { allocations: false }) {
         Ok(Outcome::Reply(Reply::Status(s))) => {
             if !s.ready {
                 Err(CniError::NotAvailable(
