@@ -5,9 +5,11 @@
 # Needs a Docker engine with BuildKit (the default since Docker 23). Manifests: manifests/.
 
 FROM rust:1-bookworm AS build
-# etcd-client's build script compiles etcd's .proto files: it needs protoc.
+# etcd-client's build script compiles etcd's .proto files: it needs protoc and Google's
+# well-known .proto includes (libprotobuf-dev; only a Recommends of protobuf-compiler).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends protobuf-compiler \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && test -f /usr/include/google/protobuf/descriptor.proto \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -3,12 +3,13 @@
 # private "host" network namespace, wires N pods (network namespaces) through the real vpcnet
 # binary, shows their addresses and the agent's pool, pings every pod from every other, prints
 # ADD/DEL timings, and cleans everything up. Nothing touches this machine's own network.
-#   sudo ./scripts/demo.sh [-n PODS] [-c VPC_CIDR] [-k]   (-k: keep it running until Enter)
+#   ./scripts/demo.sh [-n PODS] [-c VPC_CIDR] [-k]   (-k: keep it running until Enter)
 # Many nodes (-N > 1): a "VPC switch" namespace (bridge 10.199.0.1/24, one etcd), N node
 # namespaces (10.199.0.11, .12, …) each running vpcnetd on the etcd datastore, -n pods per
 # node; shows each node's pods, prefixes and routes and a full-mesh ping matrix.
-#   sudo ./scripts/demo.sh -N 3 [-n PODS_PER_NODE] [-c VPC_CIDR] [-k]
+#   ./scripts/demo.sh -N 3 [-n PODS_PER_NODE] [-c VPC_CIDR] [-k]
 set -euo pipefail
+. "$(dirname "$0")/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
 N=6 VPC=10.240.0.0/16 KEEP=0 NODES=1
 while getopts "n:c:N:kh" o; do
@@ -18,7 +19,6 @@ while getopts "n:c:N:kh" o; do
   esac
 done
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 200 ]] || { echo "demo.sh: -N must be 1..200" >&2; exit 1; }
-[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (network namespaces)" >&2; exit 1; }
 . scripts/deps.sh
 if [ "$NODES" -gt 1 ]; then
   missing=()

@@ -5,14 +5,18 @@ set -euo pipefail
 
 need_apt=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
-# protobuf-compiler: etcd-client's build script runs protoc. etcd-server: the etcd the datastore
-# tests start (/usr/bin/etcd). nftables: `nft`, which the agent's SNAT rules are applied with.
+# protobuf-compiler: etcd-client's build script runs protoc (includes: below). etcd-server: the
+# etcd the datastore tests start (/usr/bin/etcd). nftables: `nft`, which the agent's SNAT rules are applied with.
 for p in iproute2 iputils-ping jq curl ca-certificates build-essential \
          containernetworking-plugins iptables \
          golang-go golang-github-appc-cni-dev dpkg-dev \
          protobuf-compiler etcd-server nftables python3-venv; do
   have "$p" || need_apt+=("$p")
 done
+# etcd-client's build script compiles etcd's .proto files, which import Google's well-known
+# types (google/protobuf/descriptor.proto …). Debian ships those in libprotobuf-dev, only a
+# Recommends of protobuf-compiler, which --no-install-recommends drops: check for the file.
+[ -f /usr/include/google/protobuf/descriptor.proto ] || need_apt+=(libprotobuf-dev)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -310,6 +310,10 @@ fn neighbour_permanent() {
 fn sysctl_in_private_ns() {
     let ns = Ns::new();
     let r = ns.run(|_h| async move {
+        // A new namespace inherits ip_forward from the machine's root namespace
+        // (devconf_inherit_init_net=0): put the private one in a known state first, so the
+        // test means the same on a forwarding host (every Kubernetes node) and elsewhere.
+        sysctl::set("net/ipv4/ip_forward", "0")?;
         let before = sysctl::get("net/ipv4/ip_forward")?;
         sysctl::set("net/ipv4/ip_forward", "1")?;
         sysctl::set("net/ipv4/ip_forward", "1")?; // already equal: no write
