@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::{add_netns_batch, bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
+use crate::{add_netns, add_netns_batch, bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
 
 /// The switch's address on the underlay: nodes' default gateway and etcd's client address.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
@@ -182,8 +182,9 @@ impl Cluster {
         };
         // From here on, a panic drops `c`, which removes whatever was made so far.
         let sw = c.switch.clone();
+        add_netns(&sw);
         sh(&format!(
-            "ip netns add {sw} && ip -n {sw} link set lo up && \
+            "ip -n {sw} link set lo up && \
              ip -n {sw} link add br0 type bridge && \
              ip -n {sw} addr add {SWITCH_IP}/24 dev br0 && ip -n {sw} link set br0 up"
         ));
@@ -211,7 +212,7 @@ impl Cluster {
     /// `port` enslaved to the bridge in the switch namespace.
     fn attach(&mut self, ns: &str, port: &str, ip: Ipv4Addr, default_route: bool) {
         let sw = &self.switch;
-        sh(&format!("ip netns add {ns}"));
+        add_netns(ns);
         let route = if default_route {
             format!(" && ip -n {ns} route add default via {SWITCH_IP}")
         } else {

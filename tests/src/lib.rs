@@ -73,9 +73,60 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Creates network namespace `name` (the caller registers it for cleanup) as
+/// [`add_netns_batch`] does.
+pub fn add_netns(name: &str) {
+    add_netns_batch([name]);
+}
+
+/// What a new namespace would have inherited on another machine: a new network namespace
+/// takes its IPv4 settings from the machine's root namespace (`devconf_inherit_init_net=0`),
+/// so the suite must pass whatever those are. `VPCNET_TEST_INHERIT="ip_forward=1
+/// conf/all/rp_filter=1"` writes these `net/ipv4/…` sysctls into every namespace the fixtures
+/// create, right after creating it: the suite can be run as if on a forwarding host without
+/// touching this machine's own root namespace.
+fn apply_inherited_sysctls(names: &[String]) {
+    let Ok(spec) = std::env::var("VPCNET_TEST_INHERIT") else {
+        return;
+    };
+    for name in names {
+        for kv in spec.split_whitespace() {
+            let (key, value) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("VPCNET_TEST_INHERIT: {kv:?} is not key=value"));
+            assert!(
+                !key.contains("..")
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)),
+                "VPCNET_TEST_INHERIT: bad key {key:?}"
+            );
+            let ok = Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{name}"))
+                .args([
+                    "sh",
+                    "-c",
+                    &format!("echo {value} > /proc/sys/net/ipv4/{key}"),
+                ])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "VPCNET_TEST_INHERIT: setting net/ipv4/{key}={value} in {name}"
+            );
+        }
+    }
+}
+
 /// Creates the network namespaces `names` with one `ip -batch` (much faster than one `ip`
 /// per namespace). The caller registers them for cleanup.
 pub fn add_netns_batch<'a>(names: impl IntoIterator<Item = &'a str>) {
+    let names: Vec<String> = names.into_iter().map(str::to_string).collect();
+    add_netns_batch_raw(&names);
+    apply_inherited_sysctls(&names);
+}
+
+fn add_netns_batch_raw(names: &[String]) {
     use std::io::Write;
     let mut child = Command::new("ip")
         .args(["-batch", "-"])
@@ -156,7 +207,7 @@ impl Lab {
             agent: None,
             vpc: vpc.to_string(),
         };
-        sh(&format!("ip netns add {}", lab.host()));
+        add_netns(&lab.host());
         sh(&format!("ip -n {} link set lo up", lab.host()));
         lab
     }
@@ -177,7 +228,7 @@ impl Lab {
     pub fn pod(&mut self, i: usize) -> String {
         let name = format!("{}p{i}", self.prefix);
         if !self.pods.contains(&name) {
-            sh(&format!("ip netns add {name}"));
+            add_netns(&name);
             self.pods.push(name.clone());
         }
         name

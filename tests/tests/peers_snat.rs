@@ -44,7 +44,7 @@ struct Netns(String);
 impl Netns {
     fn new(lab: &Lab, suffix: &str) -> Netns {
         let name = format!("{}{suffix}", lab.prefix);
-        sh(&format!("ip netns add {name}"));
+        vpcnet_tests::add_netns(&name);
         sh(&format!("ip -n {name} link set lo up"));
         Netns(name)
     }
