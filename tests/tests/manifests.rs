@@ -8,8 +8,8 @@
 //!    (`vpcnet_tests::skip`: reported as skipped; scripts/test.sh fails under CI);
 //! 2. every DaemonSet agrees with the real binaries: each `--flag` and `VPCNET_*` variable is one
 //!    `vpcnetd --help` (or `vpcnetd install-cni --help`) lists, the whole command line and
-//!    environment parse with the real `vpcnetd`, the host paths it mounts are the ones its flags
-//!    (or their defaults) name, the probes hit the `--metrics-addr` port, the init container
+//!    environment pass the real `vpcnetd`'s own checks (`check-config`: parse + validate), the
+//!    host paths it mounts are the ones its flags (or their defaults) name, the probes hit the `--metrics-addr` port, the init container
 //!    runs `install-cni` into the mounted CNI bin dir, and the conflist name is the product's;
 //! 3. the kind config, the Dockerfile and `scripts/kind-bench.sh` agree with the manifests.
 
@@ -401,8 +401,10 @@ fn port_number(c: &Value, port: &Value) -> u64 {
         .unwrap_or_else(|| panic!("probe port {name:?} is not a named port of the container"))
 }
 
-/// The real vpcnetd parses this command line and environment (flags, values, enums): run it
-/// with `status` appended, which needs no root. A clap error exits 2 and names the problem.
+/// The real vpcnetd accepts this command line and environment: run with `check-config`
+/// appended, it parses them (flags, values, enums) and runs its own `validate()` exactly as
+/// `run` would, without touching the host, and must exit 0 and say so. Anything else (a clap
+/// error: 2; a validation error: 1; a panic: 101) fails.
 fn assert_vpcnetd_parses(file: &str, inv: &Invocation) {
     let mut cmd = Command::new(bin("vpcnetd"));
     cmd.env_clear();
@@ -416,14 +418,14 @@ fn assert_vpcnetd_parses(file: &str, inv: &Invocation) {
             format!("--{k}={v}")
         });
     }
-    let out = cmd
-        .args(["status", "--json"])
-        .output()
-        .expect("running vpcnetd");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let out = cmd.arg("check-config").output().expect("running vpcnetd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.code() != Some(2) && !err.starts_with("error:"),
-        "{file}: vpcnetd rejects the DaemonSet's command line / environment:\n{err}"
+        out.status.code() == Some(0) && stdout.trim() == "vpcnetd: configuration ok",
+        "{file}: `vpcnetd … check-config` with the DaemonSet's command line and environment \
+         exited {:?}:\n{stdout}{stderr}",
+        out.status.code()
     );
 }
 
