@@ -195,7 +195,7 @@ fn metrics_health_and_pool_agree_with_the_agent() {
 fn readyz_is_503_when_no_address_can_be_had() {
     // One /29 prefix is the whole VPC: 6 usable addresses (.1 to .6; the VPC's network and
     // broadcast addresses are never handed out), then nothing.
-    const USABLE: u64 = 6;
+    const USABLE: usize = 6;
     let mut lab = Lab::new("10.232.0.0/29");
     lab.start_agent(&["--metrics-addr", ADDR, "--prefix-len", "29"]);
     assert_eq!(get(&lab, "/readyz").0, 200);
@@ -207,7 +207,7 @@ fn readyz_is_503_when_no_address_can_be_had() {
             Value::Bool(true),
             "only {i} of {USABLE} addresses handed out: {status:#}"
         );
-        let ns = lab.pod(i as usize);
+        let ns = lab.pod(i);
         let out = lab.add(&format!("full-{i}"), &ns);
         out.expect_ok("ADD");
         ips.insert(out.ip().expect("ADD result has an address"));
@@ -218,10 +218,10 @@ fn readyz_is_503_when_no_address_can_be_had() {
     assert_eq!(ips, want, "the /29's six host addresses, each once");
     let status = lab.status();
     assert_eq!(status["canAssign"], Value::Bool(false), "{status:#}");
-    assert_eq!(stat(&status, "total"), USABLE, "{status:#}");
+    assert_eq!(stat(&status, "total"), 6, "{status:#}");
     assert_eq!(stat(&status, "available"), 0);
-    assert_eq!(stat(&status, "assigned"), USABLE);
-    let added = USABLE;
+    assert_eq!(stat(&status, "assigned"), 6);
+    let added = 6;
 
     let (code, body) = get(&lab, "/readyz");
     assert_eq!(code, 503, "/readyz with a full VPC: {body}");
