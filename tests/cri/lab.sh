@@ -13,7 +13,8 @@
 # chain is `vpcnet + portmap` or `ptp + host-local + portmap`; the CNI bin dir DIR/cni-bin
 # links our `vpcnet` and Debian's plugins (/usr/lib/cni). When vpcnetd has --cni-conf-dir it
 # writes the conflist itself (unless LAB_CONFLIST=lab), else this script does (cniVersion
-# 1.0.0: the newest containerd 1.6's libcni and Debian's portmap 1.1.1 accept). DIR/lab.env describes the lab
+# 1.0.0: the newest containerd 1.6's libcni and Debian's portmap 1.1.1 accept); either way the
+# plugin logs to DIR/plugin.log (vpcnetd --cni-log-file). DIR/lab.env describes the lab
 # (NETNS, CRI_SOCK, AGENT_SOCK, CONTAINERD_PID, VPCNETD_PID, PY, CLIENT, CONFLIST_BY).
 #
 # Env: VPCNET_BIN_DIR (default <repo>/target/debug), VPCNET_VENV (default /tmp/vpcnet-venv,
@@ -117,6 +118,11 @@ EOF
     local agent=(--socket "$DIR/vpcnetd.sock" --state-dir "$DIR/agent-state" --vpc-cidr "${LAB_VPC_CIDR:-10.245.0.0/16}" --node-name "$(basename "$DIR")")
     if [ "${LAB_CONFLIST:-agent}" = agent ] && "$BIN/vpcnetd" --help 2>/dev/null | grep -q -- '--cni-conf-dir'; then
       agent+=(--cni-conf-dir "$DIR/net.d"); setenv CONFLIST_BY agent
+      # The plugin logs to DIR/plugin.log whoever writes the conflist (not to the machine's
+      # /var/log/vpcnet), where the tests read it.
+      if "$BIN/vpcnetd" --help 2>/dev/null | grep -q -- '--cni-log-file'; then
+        agent+=(--cni-log-file "$DIR/plugin.log" --cni-log-level info)
+      fi
     else
       setenv CONFLIST_BY lab
       printf '{"cniVersion":"1.0.0","name":"vpcnet","plugins":[{"type":"vpcnet","socket":"%s","logFile":"%s","logLevel":"info"},{"type":"portmap","capabilities":{"portMappings":true}}]}\n' \
@@ -209,5 +215,5 @@ case ${1:-} in
   up) [ $# -ge 3 ] || die "usage: lab.sh up DIR vpcnet|ptp [VPCNETD-FLAGS...]"; shift; up "$@" ;;
   down) [ $# -eq 2 ] || die "usage: lab.sh down DIR"; down "$2" ;;
   reap) [ $# -eq 2 ] || die "usage: lab.sh reap ROOT"; reap "$2" ;;
-  *) sed -n '2,22p' "$0"; exit 2 ;;
+  *) sed -n '2,23p' "$0"; exit 2 ;;
 esac

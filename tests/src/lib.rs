@@ -548,13 +548,17 @@ pub struct StatusAlloc {
     pub ifname: String,
 }
 
+/// The fields of an allocation's `key` in `vpcnetd status --json`, spelled exactly as the
+/// agent writes them (`AllocKey`): a rename is a change of the status format and must fail here.
+pub const STATUS_KEY_FIELDS: [&str; 3] = ["container_id", "ifname", "network"];
+
 /// The allocations in a status reply (panics if the reply has none: status is run as root).
+/// Each `key` must have exactly [`STATUS_KEY_FIELDS`]; no other spelling is accepted.
 pub fn status_allocs(status: &Value) -> Vec<StatusAlloc> {
-    let s = |v: &Value, k: &str, k2: &str| -> String {
+    let s = |v: &Value, k: &str| -> String {
         v.get(k)
-            .or_else(|| v.get(k2))
             .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("allocation without {k}: {v}"))
+            .unwrap_or_else(|| panic!("allocation without string field {k:?}: {v}"))
             .to_string()
     };
     status
@@ -564,39 +568,85 @@ pub fn status_allocs(status: &Value) -> Vec<StatusAlloc> {
         .iter()
         .map(|a| {
             let key = &a["key"];
+            let mut fields: Vec<&str> = key
+                .as_object()
+                .unwrap_or_else(|| panic!("allocation without key object: {a}"))
+                .keys()
+                .map(String::as_str)
+                .collect();
+            fields.sort_unstable();
+            assert_eq!(
+                fields, STATUS_KEY_FIELDS,
+                "allocation key fields drifted from the status format: {a}"
+            );
             StatusAlloc {
-                ip: s(a, "ip", "ip").parse().expect("allocation ip"),
-                network: s(key, "network", "network"),
-                container_id: s(key, "containerId", "container_id"),
-                ifname: s(key, "ifname", "ifname"),
+                ip: s(a, "ip").parse().expect("allocation ip"),
+                network: s(key, "network"),
+                container_id: s(key, "container_id"),
+                ifname: s(key, "ifname"),
             }
         })
         .collect()
 }
 
-/// `status.stats.<key>` as a number (accepts camelCase or snake_case spelling).
+/// The fields of `status.stats` (`PoolStats`), spelled exactly as the agent writes them.
+pub const STATUS_STATS_FIELDS: [&str; 6] = [
+    "assigned",
+    "available",
+    "cooling",
+    "free_prefixes",
+    "prefixes",
+    "total",
+];
+
+/// `status.stats.<key>` as a number. `key` must be one of [`STATUS_STATS_FIELDS`], and the
+/// reply's `stats` must have exactly those fields: no other spelling is accepted, so a renamed
+/// or missing field fails the test instead of being read under another name.
+#[track_caller]
 pub fn stat(status: &Value, key: &str) -> u64 {
-    let stats = &status["stats"];
-    let camel: String = {
-        let mut out = String::new();
-        let mut up = false;
-        for c in key.chars() {
-            if c == '_' {
-                up = true;
-            } else if up {
-                out.extend(c.to_uppercase());
-                up = false;
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    };
+    assert!(
+        STATUS_STATS_FIELDS.contains(&key),
+        "stat({key:?}): not a status.stats field ({STATUS_STATS_FIELDS:?})"
+    );
+    let stats = status
+        .get("stats")
+        .and_then(Value::as_object)
+        .unwrap_or_else(|| panic!("status without stats object: {status}"));
+    let mut fields: Vec<&str> = stats.keys().map(String::as_str).collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields, STATUS_STATS_FIELDS,
+        "status.stats fields drifted from the status format: {status}"
+    );
     stats
         .get(key)
-        .or_else(|| stats.get(&camel))
         .and_then(Value::as_u64)
-        .unwrap_or_else(|| panic!("status.stats has no {key}: {status}"))
+        .unwrap_or_else(|| panic!("status.stats.{key} is not a number: {status}"))
+}
+
+/// A test that cannot run what it checks (a tool is missing and a `VPCNET_SKIP_*` variable
+/// allows it) calls this and returns: it prints `SKIPPED <test>: <reason>` and, when
+/// `VPCNET_SKIP_LOG` names a file (scripts/test.sh sets it), appends the line
+/// `<test>: <reason>` to it, so the suite counts the test as skipped, not passed (and fails
+/// under CI).
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let reason = reason.replace('\n', " ");
+    eprintln!("SKIPPED {test}: {reason}");
+    match std::env::var_os("VPCNET_SKIP_LOG") {
+        Some(path) if !path.is_empty() => {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("opening VPCNET_SKIP_LOG {path:?}: {e}"));
+            writeln!(f, "{test}: {reason}")
+                .unwrap_or_else(|e| panic!("writing VPCNET_SKIP_LOG {path:?}: {e}"));
+        }
+        _ => eprintln!(
+            "SKIPPED {test}: (VPCNET_SKIP_LOG is unset: this run's totals count it as passed)"
+        ),
+    }
 }
 
 impl Lab {

@@ -2,20 +2,23 @@
 //! reference `portmap` plugin, in the lab's host namespace.
 //!
 //! cnitool is built from Debian's source package by scripts/build-cnitool.sh (scripts/deps.sh
-//! does it and exports CNITOOL). A missing cnitool fails the test unless VPCNET_SKIP_CNITOOL=1.
+//! does it and exports CNITOOL). A missing cnitool fails the test unless VPCNET_SKIP_CNITOOL=1,
+//! which skips it (vpcnet_tests::skip: reported as skipped; scripts/test.sh fails under CI).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use vpcnet_tests::Lab;
+use vpcnet_tests::{skip, Lab};
 
 const NET: &str = "vpctest";
 const PORT_ARGS: &str =
     r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#;
 
-fn cnitool_path() -> Option<PathBuf> {
+/// cnitool, or None when it is missing and skipping was asked for (`test` is then reported as
+/// skipped).
+fn cnitool_path(test: &str) -> Option<PathBuf> {
     let p = std::env::var("CNITOOL")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("/tmp/cniharness/bin/cnitool"));
@@ -23,9 +26,9 @@ fn cnitool_path() -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var("VPCNET_SKIP_CNITOOL").as_deref() == Ok("1") {
-        eprintln!(
-            "cnitool not found at {}: skipped (VPCNET_SKIP_CNITOOL=1)",
-            p.display()
+        skip(
+            &format!("cnitool::{test}"),
+            &format!("VPCNET_SKIP_CNITOOL=1 and no cnitool at {}", p.display()),
         );
         return None;
     }
@@ -169,7 +172,9 @@ const CONF_VERSION: &str = "1.0.0";
 
 #[test]
 fn cnitool_add_check_del_with_portmap_and_gc() {
-    let Some(tool) = cnitool_path() else { return };
+    let Some(tool) = cnitool_path("cnitool_add_check_del_with_portmap_and_gc") else {
+        return;
+    };
     let mut lab = Lab::new("10.240.0.0/16");
     lab.start_agent(&[]);
     let p1 = lab.pod(1);

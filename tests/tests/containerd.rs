@@ -7,9 +7,12 @@
 //! ping, then StopPodSandbox + RemovePodSandbox leave no veth, route, allocation or netns.
 //!
 //! Needs containerd, runc, busybox-static and a python venv with grpcio + grpcio-tools
-//! (scripts/deps.sh installs them). Missing ones fail the test unless VPCNET_SKIP_CONTAINERD=1.
+//! (scripts/deps.sh installs them). Missing ones fail the test unless VPCNET_SKIP_CONTAINERD=1,
+//! which skips it (vpcnet_tests::skip: counted as skipped, and scripts/test.sh fails under CI).
 //! The conflist is the one vpcnetd writes (`--cni-conf-dir`); LAB_CONFLIST=lab makes lab.sh
-//! write its own (vpcnet + portmap, cniVersion 1.0.0) instead.
+//! write its own (vpcnet + portmap, cniVersion 1.0.0) instead. Either one sends the plugin's log
+//! to the lab's plugin.log (the agent's with `--cni-log-file`), which the test reads to check
+//! every ADD and DEL containerd ran.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,7 +20,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpcnet_tests::{bin, host_veth_name, sh, sh_ok, wait_until};
+use vpcnet_tests::{bin, host_veth_name, sh, sh_ok, skip, stat, status_allocs, wait_until};
 
 const VPC: &str = "10.245.0.0/16";
 const POD_NS: &str = "vpcnet-e2e";
@@ -43,7 +46,10 @@ impl CriLab {
         if !check.status.success() {
             let why = String::from_utf8_lossy(&check.stderr).trim().to_string();
             if std::env::var("VPCNET_SKIP_CONTAINERD").as_deref() == Ok("1") {
-                eprintln!("containerd test skipped (VPCNET_SKIP_CONTAINERD=1): {why}");
+                skip(
+                    "containerd::containerd_cri_runs_pods_on_vpcnet",
+                    &format!("VPCNET_SKIP_CONTAINERD=1 and {why}"),
+                );
                 return None;
             }
             panic!(
@@ -131,6 +137,39 @@ impl CriLab {
             .collect()
     }
 
+    /// The plugin's log (the lab points `logFile` at DIR/plugin.log in either conflist).
+    fn plugin_log(&self) -> String {
+        let p = self.dir.join("plugin.log");
+        std::fs::read_to_string(&p).unwrap_or_else(|e| {
+            panic!(
+                "no plugin log {} ({e}): the conflist (by {}) does not point logFile there",
+                p.display(),
+                self.var("CONFLIST_BY")
+            )
+        })
+    }
+
+    /// The outcome (true: ok) of every `verb` ("Add", "Del") for container `id`, in order,
+    /// from the plugin's closing line per call: `<ts> <LEVEL> pid=<n> <Verb> container=<id>
+    /// ok in <ms> ms` or `... failed in <ms> ms: code <n> <msg>` (plugin/src/main.rs).
+    fn plugin_calls(&self, verb: &str, id: &str) -> Vec<bool> {
+        let container = format!("container={id}");
+        self.plugin_log()
+            .lines()
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                if w.len() < 6 || w[3] != verb || w[4] != container {
+                    return None;
+                }
+                match (w[1], w[5]) {
+                    ("INFO", "ok") => Some(true),
+                    ("ERROR", "failed") => Some(false),
+                    _ => panic!("unexpected plugin log line: {l}"),
+                }
+            })
+            .collect()
+    }
+
     fn log_tail(&self, name: &str, n: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join(name)).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -159,17 +198,17 @@ impl Drop for CriLab {
     }
 }
 
-/// The agent's record of sandbox `id` (ifname eth0), if any.
+/// The agent's record of sandbox `id` (ifname eth0), if any. The key is read as the agent
+/// writes it (`container_id`, [`vpcnet_tests::STATUS_KEY_FIELDS`]), no other spelling.
 fn allocation<'a>(status: &'a Value, id: &str) -> Option<&'a Value> {
+    // Asserts every allocation's key has exactly the agent's fields, so a renamed field
+    // cannot turn "no allocation left" into a vacuous pass.
+    let _ = status_allocs(status);
     status["allocations"]
         .as_array()
         .expect("status has allocations (run as root)")
         .iter()
-        .find(|a| {
-            let k = &a["key"];
-            let cid = k.get("container_id").or_else(|| k.get("containerId"));
-            cid.and_then(Value::as_str) == Some(id) && k["ifname"] == "eth0"
-        })
+        .find(|a| a["key"]["container_id"].as_str() == Some(id) && a["key"]["ifname"] == "eth0")
 }
 
 #[test]
@@ -197,6 +236,14 @@ fn containerd_cri_runs_pods_on_vpcnet() {
         conf_path.display(),
         lab.var("CONFLIST_BY"),
         conf["cniVersion"]
+    );
+
+    assert_eq!(
+        conf["plugins"][0]["logFile"].as_str(),
+        lab.dir.join("plugin.log").to_str(),
+        "the conflist ({} by {}) must send the plugin's log to the lab",
+        conf_path.display(),
+        lab.var("CONFLIST_BY")
     );
 
     // RunPodSandbox ×2 (the first with a host port: portmap chains on vpcnet's result).
@@ -278,13 +325,44 @@ fn containerd_cri_runs_pods_on_vpcnet() {
         );
     }
 
-    // StopPodSandbox + RemovePodSandbox.
+    // Each sandbox's ADD: exactly one, and it succeeded.
+    for (name, id) in &pods {
+        let adds = lab.plugin_calls("Add", id);
+        assert_eq!(
+            adds,
+            [true],
+            "{name}: want one successful ADD of {id} in the plugin log:\n{}",
+            lab.plugin_log()
+        );
+    }
+
+    // StopPodSandbox + RemovePodSandbox: containerd runs DEL at StopPodSandbox and again at
+    // RemovePodSandbox (which stops the sandbox once more, now with the netns gone); each
+    // DEL must succeed, as the plugin's log says (DIR/plugin.log, whoever wrote the conflist).
     for (name, id) in &pods {
         let stop = lab.cri(&["stop", id]);
+        let at_stop = lab.plugin_calls("Del", id);
         let rm = lab.cri(&["rm", id]);
+        let at_rm = lab.plugin_calls("Del", id);
         eprintln!(
-            "StopPodSandbox {name}: {} ms, RemovePodSandbox: {} ms",
-            stop["ms"], rm["ms"]
+            "StopPodSandbox {name}: {} ms ({} DEL), RemovePodSandbox: {} ms ({} DEL)",
+            stop["ms"],
+            at_stop.len(),
+            rm["ms"],
+            at_rm.len() - at_stop.len()
+        );
+        assert!(
+            !at_stop.is_empty() && at_rm.len() > at_stop.len(),
+            "{name}: want a DEL of {id} at StopPodSandbox and another at RemovePodSandbox, \
+             got {} then {}:\n{}",
+            at_stop.len(),
+            at_rm.len() - at_stop.len(),
+            lab.plugin_log()
+        );
+        assert!(
+            at_rm.iter().all(|ok| *ok),
+            "{name}: a DEL of {id} failed (ok/failed in order: {at_rm:?}):\n{}",
+            lab.plugin_log()
         );
     }
     assert_eq!(lab.cri(&["list"]), Value::Array(vec![]), "sandboxes left");
@@ -328,7 +406,7 @@ fn containerd_cri_runs_pods_on_vpcnet() {
         );
     }
     assert!(
-        status["stats"]["cooling"].as_u64().unwrap_or(0) >= 2,
+        stat(&status, "cooling") >= 2,
         "released addresses not in cooldown: {}",
         status["stats"]
     );
@@ -339,18 +417,9 @@ fn containerd_cri_runs_pods_on_vpcnet() {
         assert_eq!(cached.trim(), "0", "libcni result cache of {id} left");
     }
 
-    // containerd runs DEL at StopPodSandbox and again at RemovePodSandbox: both must succeed.
-    // (The plugin log exists when the lab wrote the conflist with a logFile.)
-    let log = std::fs::read_to_string(lab.dir.join("plugin.log")).unwrap_or_default();
-    for (_, id) in pods.iter().filter(|_| !log.is_empty()) {
-        let dels = log
-            .lines()
-            .filter(|l| l.contains(&format!("Del container={id}")) && l.contains(" ok "))
-            .count();
-        assert!(
-            dels >= 1,
-            "no successful DEL of {id} in the plugin log:\n{log}"
-        );
-    }
+    // Nothing the plugin did failed (an unreachable agent, a failed GC, ...).
+    let log = lab.plugin_log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "errors in the plugin log: {errors:#?}");
     eprintln!("containerd test done in {:?}", started.elapsed());
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -70,24 +70,68 @@ struct Churn {
     kept: Vec<(String, String, Ipv4Addr)>,
     adds_ok: usize,
     adds_failed: usize,
-    dels_failed_first_try: usize,
+    /// DELs whose first try overlapped the kill (the agent died under them) and were retried.
+    dels_retried_across_kill: usize,
+    /// DELs that failed on the first try although the agent was up (or already dead) for the
+    /// whole try: each one is a defect (a DEL must succeed with or without the agent).
+    dels_failed_first_try: Vec<String>,
 }
 
-/// DEL until it succeeds (a runtime retries DEL; it must succeed with or without the agent).
+/// The agent's life as the churn threads see it, set by the killer: up, being killed (from
+/// just before `kill -9` until the process is gone), dead.
+const AGENT_UP: u8 = 0;
+const AGENT_DYING: u8 = 1;
+const AGENT_DEAD: u8 = 2;
+
+/// Shared by the churn threads and the killer.
+struct Agent {
+    state: AtomicU8,
+    /// DELs that ran wholly while the agent was up (and so must have succeeded).
+    dels_while_up: AtomicUsize,
+}
+
+/// DEL as a runtime does it: retried until it succeeds. A first try that failed is recorded
+/// in `out` as a defect unless the agent was killed during it ([`AGENT_DYING`] at either end,
+/// or a change between start and end).
 #[track_caller]
-fn del_until_ok(lab: &Lab, cid: &str, ns: &str, first_failed: &mut usize) {
-    for attempt in 0..5 {
-        let o = lab.del(cid, ns);
-        if o.ok() {
+fn del_until_ok(lab: &Lab, cid: &str, ns: &str, agent: &Agent, out: &mut Churn) {
+    let before = agent.state.load(Ordering::SeqCst);
+    let first = lab.del(cid, ns);
+    let after = agent.state.load(Ordering::SeqCst);
+    if before == AGENT_UP && after == AGENT_UP {
+        agent.dels_while_up.fetch_add(1, Ordering::SeqCst);
+    }
+    if first.ok() {
+        return;
+    }
+    if before == after && before != AGENT_DYING {
+        let state = if before == AGENT_UP { "up" } else { "dead" };
+        out.dels_failed_first_try.push(format!(
+            "DEL {cid} (agent {state} throughout): {}",
+            first.stdout.trim()
+        ));
+    } else {
+        out.dels_retried_across_kill += 1;
+    }
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        if lab.del(cid, ns).ok() {
             return;
         }
-        if attempt == 0 {
-            *first_failed += 1;
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
     let o = lab.del(cid, ns);
     assert!(o.ok(), "DEL {cid} keeps failing: {}", o.stdout);
+}
+
+/// Whether process `pid` is gone or a zombie (its sockets are closed either way).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
 }
 
 /// Checks the node against what the runtime believes: `kept` pods are exactly the
@@ -186,13 +230,17 @@ fn kill_9_during_parallel_add_del_churn() {
         let base = cycle * THREADS * PER_THREAD;
         let names = lab.pods(base..base + THREADS * PER_THREAD);
         let stop = AtomicBool::new(false);
+        let agent_state = Agent {
+            state: AtomicU8::new(AGENT_UP),
+            dels_while_up: AtomicUsize::new(0),
+        };
         let adds_ok = AtomicUsize::new(0);
         let results = Mutex::new(Vec::new());
         let pid = lab.agent_pid();
         let killed_at = std::thread::scope(|sc| {
             for t in 0..THREADS {
-                let (lab, stop, results, names, adds_ok) =
-                    (&lab, &stop, &results, &names, &adds_ok);
+                let (lab, stop, results, names, adds_ok, agent_state) =
+                    (&lab, &stop, &results, &names, &adds_ok, &agent_state);
                 sc.spawn(move || {
                     let mut out = Churn::default();
                     for k in 0..PER_THREAD {
@@ -205,7 +253,7 @@ fn kill_9_during_parallel_add_del_churn() {
                         if !add.ok() {
                             // What a runtime does after a failed ADD.
                             out.adds_failed += 1;
-                            del_until_ok(lab, &cid, ns, &mut out.dels_failed_first_try);
+                            del_until_ok(lab, &cid, ns, agent_state, &mut out);
                             continue;
                         }
                         out.adds_ok += 1;
@@ -214,19 +262,31 @@ fn kill_9_during_parallel_add_del_churn() {
                         if (t + k) % 3 == 0 {
                             out.kept.push((cid, ns.clone(), ip));
                         } else {
-                            del_until_ok(lab, &cid, ns, &mut out.dels_failed_first_try);
+                            del_until_ok(lab, &cid, ns, agent_state, &mut out);
                         }
                     }
                     results.lock().expect("results").push(out);
                 });
             }
-            // ~300 ms into the churn, and not before some ADDs got through (a loaded machine).
+            // ~300 ms into the churn, and not before some ADDs and DELs got through with the
+            // agent up (a loaded machine).
             std::thread::sleep(Duration::from_millis(300));
             let busy = lab.wait_for(Duration::from_secs(20), || {
                 adds_ok.load(Ordering::SeqCst) >= 10
+                    && agent_state.dels_while_up.load(Ordering::SeqCst) >= 10
             });
+            agent_state.state.store(AGENT_DYING, Ordering::SeqCst);
             sh(&format!("kill -9 {pid}"));
-            assert!(busy, "cycle {cycle}: fewer than 10 ADDs in 20 s");
+            let gone = lab.wait_for(Duration::from_secs(5), || exited(pid));
+            agent_state.state.store(AGENT_DEAD, Ordering::SeqCst);
+            assert!(
+                gone,
+                "cycle {cycle}: vpcnetd {pid} still running 5 s after kill -9"
+            );
+            assert!(
+                busy,
+                "cycle {cycle}: fewer than 10 ADDs and 10 DELs with the agent up in 20 s"
+            );
             let killed_at = Instant::now();
             // Let the threads run into the dead agent for a while.
             std::thread::sleep(Duration::from_millis(300));
@@ -234,16 +294,30 @@ fn kill_9_during_parallel_add_del_churn() {
             killed_at
         });
         let results = results.into_inner().expect("results");
-        let (ok, failed, del_failed) = results.iter().fold((0, 0, 0), |acc, c| {
+        let (ok, failed, retried) = results.iter().fold((0, 0, 0), |acc, c| {
             (
                 acc.0 + c.adds_ok,
                 acc.1 + c.adds_failed,
-                acc.2 + c.dels_failed_first_try,
+                acc.2 + c.dels_retried_across_kill,
             )
         });
+        let del_failed: Vec<&String> = results
+            .iter()
+            .flat_map(|c| &c.dels_failed_first_try)
+            .collect();
         eprintln!(
-            "cycle {cycle}: {ok} ADDs ok, {failed} failed, {del_failed} DELs retried; joined {:?} after the kill",
+            "cycle {cycle}: {ok} ADDs ok, {failed} failed; {} DELs with the agent up, {retried} \
+             retried across the kill, {} failed on the first try otherwise; joined {:?} after \
+             the kill",
+            agent_state.dels_while_up.load(Ordering::SeqCst),
+            del_failed.len(),
             killed_at.elapsed()
+        );
+        assert!(
+            del_failed.is_empty(),
+            "cycle {cycle}: {} DELs failed on the first try with the agent up (or already \
+             dead) throughout: {del_failed:#?}",
+            del_failed.len()
         );
         assert!(ok > 0, "cycle {cycle}: no ADD succeeded before the kill");
         assert!(

@@ -189,16 +189,12 @@ fn conflist_appears_only_once_the_pool_has_addresses() {
     assert_eq!(v["name"], "vpcnet");
     let plugins = v["plugins"].as_array().expect("plugins");
     assert_eq!(plugins.len(), 2, "{v:#}");
-    assert_eq!(plugins[0]["type"], "vpcnet");
+    // Just the socket: the lab's host namespace has no default route, so no uplink MTU is
+    // known, and without --cni-log-file/--cni-log-level the plugin keeps its log defaults.
     assert_eq!(
-        plugins[0]["socket"].as_str(),
-        Some(lab.socket().to_str().expect("utf-8 path")),
+        plugins[0],
+        json!({"type": "vpcnet", "socket": lab.socket()}),
         "{v:#}"
-    );
-    // The lab's host namespace has no default route, so no uplink MTU is known.
-    assert!(
-        plugins[0].get("mtu").is_none_or(Value::is_u64),
-        "mtu is a number when present: {v:#}"
     );
     assert_eq!(plugins[1]["type"], "portmap");
     assert_eq!(plugins[1]["capabilities"]["portMappings"], true);

@@ -193,23 +193,35 @@ fn metrics_health_and_pool_agree_with_the_agent() {
 
 #[test]
 fn readyz_is_503_when_no_address_can_be_had() {
-    // One /29 prefix is the whole VPC: 6 usable addresses, then nothing.
+    // One /29 prefix is the whole VPC: 6 usable addresses (.1 to .6; the VPC's network and
+    // broadcast addresses are never handed out), then nothing.
+    const USABLE: usize = 6;
     let mut lab = Lab::new("10.232.0.0/29");
     lab.start_agent(&["--metrics-addr", ADDR, "--prefix-len", "29"]);
     assert_eq!(get(&lab, "/readyz").0, 200);
-    let mut added = 0;
-    for i in 0..8 {
-        if lab.status()["canAssign"] == Value::Bool(false) {
-            break;
-        }
+    let mut ips = std::collections::BTreeSet::new();
+    for i in 0..USABLE {
+        let status = lab.status();
+        assert_eq!(
+            status["canAssign"],
+            Value::Bool(true),
+            "only {i} of {USABLE} addresses handed out: {status:#}"
+        );
         let ns = lab.pod(i);
-        lab.add(&format!("full-{i}"), &ns).expect_ok("ADD");
-        added += 1;
+        let out = lab.add(&format!("full-{i}"), &ns);
+        out.expect_ok("ADD");
+        ips.insert(out.ip().expect("ADD result has an address"));
     }
+    let want: std::collections::BTreeSet<std::net::Ipv4Addr> = (1..=6)
+        .map(|h| std::net::Ipv4Addr::new(10, 232, 0, h))
+        .collect();
+    assert_eq!(ips, want, "the /29's six host addresses, each once");
     let status = lab.status();
     assert_eq!(status["canAssign"], Value::Bool(false), "{status:#}");
+    assert_eq!(stat(&status, "total"), 6, "{status:#}");
     assert_eq!(stat(&status, "available"), 0);
-    assert_eq!(stat(&status, "assigned"), added);
+    assert_eq!(stat(&status, "assigned"), 6);
+    let added = 6;
 
     let (code, body) = get(&lab, "/readyz");
     assert_eq!(code, 503, "/readyz with a full VPC: {body}");

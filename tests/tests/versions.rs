@@ -252,10 +252,11 @@ fn chained_after_another_plugin_keeps_its_result() {
             ips[0], prev["ips"][0],
             "{v}: the earlier plugin's address changed"
         );
-        let ours = r
-            .ip()
-            .is_none_or(|first| first.to_string() == "192.168.77.5");
-        assert!(ours, "ips[0] is the earlier plugin's");
+        assert_eq!(
+            r.ip(),
+            Some(std::net::Ipv4Addr::new(192, 168, 77, 5)),
+            "{v}: ips[0] is the earlier plugin's address: {res}"
+        );
         let addr = ips[1]["address"].as_str().expect("our address");
         assert!(
             addr.starts_with("10.240.") && addr.ends_with("/32"),

@@ -44,6 +44,10 @@ pub struct ConfTarget {
     pub name: String,
     /// The agent's socket, as the plugin (in the host's mount namespace) sees it.
     pub socket: PathBuf,
+    /// The plugin's `logFile` (`--cni-log-file`; None: the plugin's default).
+    pub log_file: Option<PathBuf>,
+    /// The plugin's `logLevel` (`--cni-log-level`; None: the plugin's default).
+    pub log_level: Option<String>,
 }
 
 impl ConfTarget {
@@ -69,6 +73,10 @@ struct VpcnetPlugin<'a> {
     socket: &'a Path,
     #[serde(skip_serializing_if = "Option::is_none")]
     mtu: Option<u32>,
+    #[serde(rename = "logFile", skip_serializing_if = "Option::is_none")]
+    log_file: Option<&'a Path>,
+    #[serde(rename = "logLevel", skip_serializing_if = "Option::is_none")]
+    log_level: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -84,8 +92,8 @@ struct PortmapCaps {
     port_mappings: bool,
 }
 
-/// The conflist's bytes: vpcnet (with its agent's socket and, when known, the uplink MTU)
-/// chained with portmap.
+/// The conflist's bytes: vpcnet (with its agent's socket, the plugin log settings when
+/// given and, when known, the uplink MTU) chained with portmap.
 ///
 /// Versions: `"cniVersion": "1.0.0"` plus `"cniVersions": ["1.0.0", "1.1.0"]` (spec 1.1.0).
 /// A runtime whose libcni knows `cniVersions` (1.2+, containerd 2.x, CRI-O 1.30+) takes the
@@ -93,7 +101,7 @@ struct PortmapCaps {
 /// libcni 1.1) ignore the list and use 1.0.0 — with `"cniVersion": "1.1.0"` they fail every
 /// ADD ("unsupported CNI result version"), as does a portmap that predates spec 1.1.0
 /// (Debian 12's speaks at most 1.0.0).
-pub fn render(socket: &Path, mtu: Option<u32>) -> Vec<u8> {
+pub fn render(target: &ConfTarget, mtu: Option<u32>) -> Vec<u8> {
     let conf = Conflist {
         cni_version: "1.0.0",
         cni_versions: ["1.0.0", "1.1.0"],
@@ -101,8 +109,10 @@ pub fn render(socket: &Path, mtu: Option<u32>) -> Vec<u8> {
         plugins: (
             VpcnetPlugin {
                 kind: "vpcnet",
-                socket,
+                socket: &target.socket,
                 mtu,
+                log_file: target.log_file.as_deref(),
+                log_level: target.log_level.as_deref(),
             },
             PortmapPlugin {
                 kind: "portmap",
@@ -146,7 +156,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, target: ConfTarget) {
         let s = node.status(false);
         if should_write(s.ready, s.can_assign, s.stats.total) {
             let mtu = node.health().mtu;
-            match ensure(&target, &render(&target.socket, mtu)) {
+            match ensure(&target, &render(&target, mtu)) {
                 Ok(wrote) => {
                     if wrote {
                         eprintln!(
@@ -187,9 +197,19 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, target: ConfTarget) {
 mod tests {
     use super::*;
 
+    fn target(socket: &str) -> ConfTarget {
+        ConfTarget {
+            dir: "/etc/cni/net.d".into(),
+            name: "10-vpcnet.conflist".into(),
+            socket: socket.into(),
+            log_file: None,
+            log_level: None,
+        }
+    }
+
     #[test]
     fn renders_the_conflist() {
-        let b = render(Path::new("/run/vpcnet/vpcnetd.sock"), Some(9001));
+        let b = render(&target("/run/vpcnet/vpcnetd.sock"), Some(9001));
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(
             v,
@@ -203,9 +223,24 @@ mod tests {
                 ]
             })
         );
-        let b = render(Path::new("/s"), None);
+        let b = render(&target("/s"), None);
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert!(v["plugins"][0].get("mtu").is_none());
+        assert_eq!(
+            v["plugins"][0],
+            serde_json::json!({"type": "vpcnet", "socket": "/s"}),
+            "no mtu, logFile or logLevel unless known/given"
+        );
+        let mut t = target("/s");
+        t.log_file = Some("/var/log/x/plugin.log".into());
+        t.log_level = Some("debug".into());
+        let v: serde_json::Value = serde_json::from_slice(&render(&t, None)).unwrap();
+        assert_eq!(
+            v["plugins"][0],
+            serde_json::json!({
+                "type": "vpcnet", "socket": "/s",
+                "logFile": "/var/log/x/plugin.log", "logLevel": "debug"
+            })
+        );
     }
 
     #[test]
@@ -222,10 +257,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let t = ConfTarget {
             dir: dir.join("net.d"),
-            name: "10-vpcnet.conflist".into(),
-            socket: "/s".into(),
+            ..target("/s")
         };
-        let bytes = render(&t.socket, None);
+        let bytes = render(&t, None);
         assert!(ensure(&t, &bytes).unwrap());
         assert!(!ensure(&t, &bytes).unwrap());
         assert_eq!(std::fs::read(t.path()).unwrap(), bytes);
@@ -234,7 +268,7 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("10-vpcnet.conflist")]);
-        let other = render(&t.socket, Some(1500));
+        let other = render(&t, Some(1500));
         assert!(ensure(&t, &other).unwrap());
         assert_eq!(std::fs::read(t.path()).unwrap(), other);
         std::fs::remove_dir_all(&dir).unwrap();

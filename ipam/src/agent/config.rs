@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent (the default).
     Run,
+    /// Check the run flags and environment the way `run` does, then exit 0 (valid) or 1
+    /// without starting anything or touching the host.
+    CheckConfig,
     /// Print the pool of a running agent.
     Status {
         /// Machine-readable output.
@@ -157,6 +160,13 @@ pub struct RunArgs {
         default_value = "10-vpcnet.conflist"
     )]
     pub cni_conf_name: String,
+    /// The plugin's log file, written into that conflist as `logFile` (an absolute path;
+    /// unset: the plugin's default, /var/log/vpcnet/plugin.log).
+    #[arg(long, env = "VPCNET_CNI_LOG_FILE")]
+    pub cni_log_file: Option<PathBuf>,
+    /// The plugin's log level, written into that conflist as `logLevel` (unset: info).
+    #[arg(long, env = "VPCNET_CNI_LOG_LEVEL", value_parser = ["error", "info", "debug"])]
+    pub cni_log_level: Option<String>,
 }
 
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
@@ -225,6 +235,22 @@ impl RunArgs {
                 "--cni-conf-name {:?} must be a file name ending in .conflist",
                 self.cni_conf_name
             ));
+        }
+        if self.cni_conf_dir.is_empty()
+            && (self.cni_log_file.is_some() || self.cni_log_level.is_some())
+        {
+            return Err(
+                "--cni-log-file and --cni-log-level go into the conflist: they need --cni-conf-dir"
+                    .into(),
+            );
+        }
+        if let Some(f) = &self.cni_log_file {
+            if !f.is_absolute() {
+                return Err(format!(
+                    "--cni-log-file {} must be an absolute path (the runtime runs the plugin)",
+                    f.display()
+                ));
+            }
         }
         Ok(())
     }
@@ -307,5 +333,35 @@ mod tests {
             "off",
         ]);
         assert!(cli.run.validate().is_ok());
+    }
+
+    #[test]
+    fn plugin_log_flags_need_the_conflist_and_an_absolute_path() {
+        let base = ["vpcnetd", "--vpc-cidr", "10.0.0.0/16"];
+        let with = |extra: &[&str]| Cli::parse_from(base.iter().chain(extra));
+        let cli = with(&["--cni-log-file", "/l/plugin.log"]);
+        assert!(cli.run.validate().unwrap_err().contains("--cni-conf-dir"));
+        let cli = with(&["--cni-log-level", "debug"]);
+        assert!(cli.run.validate().unwrap_err().contains("--cni-conf-dir"));
+        let cli = with(&["--cni-conf-dir", "/n", "--cni-log-file", "plugin.log"]);
+        assert!(cli.run.validate().unwrap_err().contains("absolute"));
+        let cli = with(&[
+            "--cni-conf-dir",
+            "/n",
+            "--cni-log-file",
+            "/l/plugin.log",
+            "--cni-log-level",
+            "debug",
+        ]);
+        assert_eq!(cli.run.validate(), Ok(()));
+        assert_eq!(cli.run.cni_log_level.as_deref(), Some("debug"));
+        assert!(Cli::try_parse_from(base.iter().chain(&["--cni-log-level", "loud"])).is_err());
+    }
+
+    #[test]
+    fn check_config_is_a_subcommand_after_the_run_flags() {
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/16", "check-config"]);
+        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+        assert_eq!(cli.run.validate(), Ok(()));
     }
 }

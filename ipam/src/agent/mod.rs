@@ -197,6 +197,8 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
             dir: args.cni_conf_dir.clone().into(),
             name: args.cni_conf_name.clone(),
             socket: std::path::absolute(&args.socket).unwrap_or_else(|_| args.socket.clone()),
+            log_file: args.cni_log_file.clone(),
+            log_level: args.cni_log_level.clone(),
         };
         tokio::spawn(cni_conf::run(node.clone(), target))
     });

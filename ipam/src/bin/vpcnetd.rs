@@ -1,4 +1,4 @@
-//! `vpcnetd` entry point: `run` (default), `status` or `install-cni`.
+//! `vpcnetd` entry point: `run` (default), `check-config`, `status` or `install-cni`.
 
 use clap::Parser;
 
@@ -12,6 +12,16 @@ fn main() {
     let code = match cli.command {
         None | Some(Command::Run) => match agent::run(cli.run) {
             Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::CheckConfig) => match cli.run.validate() {
+            Ok(()) => {
+                println!("vpcnetd: configuration ok");
+                0
+            }
             Err(e) => {
                 eprintln!("vpcnetd: {e}");
                 1
