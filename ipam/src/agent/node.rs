@@ -70,6 +70,8 @@ pub struct Node<D> {
     pub wake: Notify,
     /// One prefix claim at a time.
     pub claim_lock: tokio::sync::Mutex<()>,
+    /// Where plugins hold their in-flight ADD locks ([`crate::inflight`]).
+    pub inflight_dir: std::path::PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

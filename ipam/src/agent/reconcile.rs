@@ -3,13 +3,16 @@
 //!
 //! Ordering makes this safe against ADDs in flight: the kernel is listed *before* the pool is
 //! read, and an ADD takes its address before it creates its veth — so every veth seen already
-//! has its allocation in the pool. An allocation younger than `grace` may belong to an ADD
-//! that has not created its veth yet, and is left alone.
+//! has its allocation in the pool. An allocation whose ADD is still in flight (its plugin holds
+//! the attachment's lock, [`crate::inflight`]) is left alone however old it is: the plugin may
+//! be stalled between the agent's reply and creating its veth. `grace` still covers a plugin of
+//! an older version, which holds no lock.
 
 use std::collections::HashSet;
 
 use crate::agent::datastore::Datastore;
 use crate::agent::node::{now_ms, Node};
+use crate::inflight;
 use crate::naming;
 use crate::pool::PoolEvent;
 use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
@@ -38,8 +41,10 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             .pool
             .allocations()
             .filter(|a| {
-                !veths.contains(naming::host_veth_name(&a.key.container_id, &a.key.ifname).as_str())
+                let veth = naming::host_veth_name(&a.key.container_id, &a.key.ifname);
+                !veths.contains(veth.as_str())
                     && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && !inflight::is_in_flight(&node.inflight_dir, &veth)
             })
             .map(|a| a.key.clone())
             .collect();
