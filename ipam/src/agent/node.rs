@@ -139,10 +139,15 @@ impl<D: Datastore> Node<D> {
     }
 
     /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
-    pub async fn release(&self, key: &AllocKey) -> Reply {
+    /// `unused` (a failed ADD's new address): free at once instead of cooling down.
+    pub async fn release(&self, key: &AllocKey, unused: bool) -> Reply {
         let ip = {
             let mut st = self.state();
-            let ev = st.pool.release(key, now_ms());
+            let ev = if unused {
+                st.pool.release_unused(key, now_ms())
+            } else {
+                st.pool.release(key, now_ms())
+            };
             let ip = match &ev {
                 Some(PoolEvent::Released { ip, .. }) => Some(*ip),
                 _ => None,

@@ -55,8 +55,8 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let reply = agent::wait(pending);
     let t_agent = ms(t0);
     failpoint_stall_after_assign();
-    let (ip, mtu) = match reply {
-        Ok(Reply::Assigned { ip, mtu, .. }) => (ip, conf.mtu.or(mtu)),
+    let (ip, mtu, existing) = match reply {
+        Ok(Reply::Assigned { ip, mtu, existing }) => (ip, conf.mtu.or(mtu), existing),
         Ok(other) => {
             undo_veth(&rt, &host, early_veth);
             return Err(agent::unexpected(&other));
@@ -96,8 +96,12 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             conf.prev_result.as_ref(),
         )),
         Err(e) => {
-            // Give the address back; the runtime will also call DEL, which is then a no-op.
-            let _ = agent::call(&conf.socket, Request::Release { key });
+            // A new address goes straight back to free: no pod ever used it. One the attachment
+            // already held before this ADD stays: it may belong to a pod that works, and the
+            // runtime's DEL decides its fate.
+            if !existing {
+                let _ = agent::call(&conf.socket, Request::Release { key, unused: true });
+            }
             Err(e)
         }
     }
