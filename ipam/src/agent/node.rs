@@ -14,7 +14,7 @@ use crate::agent::store::Store;
 use crate::api::{codes, AgentStatus, Attachment, Reply};
 use crate::naming;
 use crate::pool::{AllocKey, Millis, PodMeta, Pool, PoolError, PoolEvent};
-use vpcnet_netlink::{link, route, RTPROT_VPCNET};
+use vpcnet_netlink::{conntrack, link, route, RTPROT_VPCNET};
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -45,6 +45,22 @@ impl State {
             }
         }
     }
+}
+
+/// Removes every conntrack entry of released address `ip`, in the background (a dump of the
+/// node's table can take a while and DEL should not wait for it).
+///
+/// **Invariant**: once an address is released, no connection-tracking entry of its old pod
+/// survives to steer traffic of the pod that gets the address next. The flush finishes within
+/// milliseconds, far inside the cooldown (`--ip-cooldown`, 30 s) that must pass before the
+/// address is handed out again; an address released as unused (a failed ADD) never carried
+/// a packet.
+pub fn flush_conntrack(ip: Ipv4Addr) {
+    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip.into()) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("vpcnetd: flushed {n} conntrack entries of {ip}"),
+        Err(e) => eprintln!("vpcnetd: flushing conntrack entries of {ip}: {e}"),
+    });
 }
 
 /// What the agent reports as degraded, by area.
@@ -186,6 +202,7 @@ impl<D: Datastore> Node<D> {
             if let Err(e) = route::delete(&self.net, &r).await {
                 eprintln!("vpcnetd: deleting route {ip}/32: {e}");
             }
+            flush_conntrack(ip);
         }
         if let Some(index) = index {
             let _ = self.reaper.send(index);

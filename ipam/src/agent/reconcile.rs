@@ -69,6 +69,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     };
     report.released = released.len();
     for (ip, key) in &released {
+        crate::agent::node::flush_conntrack(*ip);
         eprintln!(
             "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
             key.container_id, key.ifname
