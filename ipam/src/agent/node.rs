@@ -181,8 +181,15 @@ impl<D: Datastore> Node<D> {
 
     /// Removes our host route for `ip` and queues `host_veth` for deletion.
     pub async fn teardown(&self, ip: Option<Ipv4Addr>, host_veth: &str) {
-        let index = match link::index_by_name(&self.net, host_veth).await {
-            Ok(i) => i,
+        // Only a link that proves to be ours (name-derived MAC) is deleted, and only a route
+        // through it (or, when it is gone, the route the plugin made) is removed.
+        let index = match link::get_by_name(&self.net, host_veth).await {
+            Ok(Some(l)) if naming::is_our_host_veth(&l.name, l.mac) => Some(l.index),
+            Ok(Some(_)) => {
+                eprintln!("vpcnetd: {host_veth} is not a veth vpcnet made (MAC): left alone");
+                return;
+            }
+            Ok(None) => None,
             Err(e) => {
                 eprintln!("vpcnetd: looking up {host_veth}: {e}");
                 None

@@ -28,11 +28,13 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let links = link::list(&node.net).await?;
     let routes = route::list_v4(&node.net, Some(RTPROT_VPCNET)).await?;
     let listed_at = now_ms();
-    let veths: HashSet<&str> = links
+    // Only links that carry our proof (name *and* name-derived MAC) count as ours.
+    let ours: Vec<_> = links
         .iter()
-        .map(|l| l.name.as_str())
-        .filter(|n| naming::is_host_veth_name(n))
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
         .collect();
+    let veths: HashSet<&str> = ours.iter().map(|l| l.name.as_str()).collect();
+    let our_indexes: HashSet<u32> = ours.iter().map(|l| l.index).collect();
 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips) = {
@@ -75,15 +77,19 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             key.container_id, key.ifname
         );
     }
-    for l in &links {
-        if naming::is_host_veth_name(&l.name) && !wanted_veths.contains(&l.name) {
+    for l in &ours {
+        if !wanted_veths.contains(&l.name) {
             eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
             let _ = node.reaper.send(l.index);
             report.veths_deleted += 1;
         }
     }
     for r in &routes {
-        let pod_route = r.dst_len == 32 && r.kind == route::RTN_UNICAST && r.gateway.is_none();
+        // A pod route is ours only through one of our veths, whatever its protocol says.
+        let pod_route = r.dst_len == 32
+            && r.kind == route::RTN_UNICAST
+            && r.gateway.is_none()
+            && r.oif.is_some_and(|i| our_indexes.contains(&i));
         if pod_route && !owned_ips.contains(&r.dst) && route::delete(&node.net, r).await? {
             eprintln!(
                 "vpcnetd: reconcile: deleted route {}/32 (no allocation)",
