@@ -14,7 +14,7 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(vt[0-9]+x|
   kill -0 "$pid" 2>/dev/null || ip netns del "$ns" 2>/dev/null || true
 done
 
-cargo build --workspace --bins
+cargo build --workspace --bins --features vpcnet/failpoints
 log=$(mktemp)
 # A test that cannot run what it checks (a missing tool) says so in this file, one line
 # "test: reason" (vpcnet_tests::skip), and is counted as skipped, not passed.
@@ -23,7 +23,7 @@ VPCNET_SKIP_LOG=$(mktemp)
 trap 'rm -f "$log" "$VPCNET_SKIP_LOG"' EXIT
 set +e
 # --no-fail-fast: every test binary runs even when an earlier one failed.
-cargo test --workspace --lib --bins --tests --no-fail-fast --features vpcnet-netlink/test_as_root \
+cargo test --workspace --lib --bins --tests --no-fail-fast --features vpcnet-netlink/test_as_root,vpcnet/failpoints \
   -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e

@@ -52,7 +52,15 @@ pub enum Request {
     Assign { key: AllocKey, meta: PodMeta },
     /// DEL: release `key`'s address, remove its host route, and delete its host veth (in the
     /// background). Succeeds when the key holds nothing.
-    Release { key: AllocKey },
+    ///
+    /// `unused`: sent by an ADD that failed after being given a *new* address (not one the
+    /// attachment already held), before the pod could send a packet: no connection can know
+    /// the address, so it skips the cooldown and is free at once.
+    Release {
+        key: AllocKey,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unused: bool,
+    },
     /// CHECK: which address does `key` hold?
     Get { key: AllocKey },
     /// GC: release every allocation of `network` not in `valid`.

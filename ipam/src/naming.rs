@@ -2,7 +2,8 @@
 //! veth) and the agent (which finds, reconciles and deletes it). Deterministic, so neither side
 //! has to ask the kernel or the other for them.
 
-/// Prefix of every host-side veth vpcnet creates. Reconcile treats links with this prefix as ours.
+/// Prefix of every host-side veth vpcnet creates. The name alone does not make a link ours:
+/// see [`is_our_host_veth`].
 pub const HOST_VETH_PREFIX: &str = "vpc";
 
 /// FNV-1a, 64 bit: stable across versions and platforms (std's hasher is not).
@@ -45,8 +46,26 @@ fn mac(container_id: &str, ifname: &str, side: &str) -> [u8; 6] {
 }
 
 /// MAC of the host end: the pod's permanent neighbour entry for the gateway points at it.
+/// Derived from the host veth's *name*, so that the agent, which sees only the kernel's links,
+/// can check that a link with one of our names also carries the MAC we gave it.
 pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
-    mac(container_id, ifname, "host")
+    host_mac_for_name(&host_veth_name(container_id, ifname))
+}
+
+fn host_mac_for_name(name: &str) -> [u8; 6] {
+    let h = fnv1a64(&["vpcnet host veth", name]).to_be_bytes();
+    // 0x02: locally administered, unicast; 0x76 ('v'): vpcnet's.
+    [0x02, 0x76, h[0], h[1], h[2], h[3]]
+}
+
+/// True when a link is provably a host veth vpcnet created: a name of our shape *and* the MAC
+/// derived from that name (32 bits of hash), as the plugin sets it at creation.
+///
+/// **Invariant**: reconcile, GC and the reaper delete only links this accepts, and routes only
+/// through such links. A link someone else named `vpc` + 11 hex digits, or a veth of an older
+/// vpcnet, is never touched (an older version's leftovers then stay until deleted by hand).
+pub fn is_our_host_veth(name: &str, mac: Option<[u8; 6]>) -> bool {
+    is_host_veth_name(name) && mac == Some(host_mac_for_name(name))
 }
 
 /// MAC of the pod end.
@@ -76,6 +95,21 @@ mod tests {
         assert!(is_host_veth_name(&a));
         assert!(!is_host_veth_name("vpcfoo"));
         assert!(!is_host_veth_name("eth0"));
+    }
+
+    #[test]
+    fn our_host_veth_needs_name_and_derived_mac() {
+        let name = host_veth_name("abc123", "eth0");
+        let mac = host_veth_mac("abc123", "eth0");
+        assert!(is_our_host_veth(&name, Some(mac)));
+        assert!(!is_our_host_veth(&name, None));
+        assert!(!is_our_host_veth(&name, Some([0x02, 0, 0, 0, 0, 1])));
+        let other = host_veth_name("abc123", "eth1");
+        assert!(
+            !is_our_host_veth(&other, Some(mac)),
+            "MAC of another attachment"
+        );
+        assert_ne!(mac, pod_mac("abc123", "eth0"));
     }
 
     #[test]

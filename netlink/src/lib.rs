@@ -7,6 +7,7 @@
 //! current-thread runtime and a netlink socket there.
 
 pub mod address;
+pub mod conntrack;
 pub mod error;
 pub mod link;
 pub mod neighbour;

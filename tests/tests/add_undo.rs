@@ -45,9 +45,11 @@ fn add_into_a_pod_whose_ifname_is_taken_fails_and_leaves_nothing() {
         // The pod's own eth0 is untouched.
         assert!(lab.ip(&pod, "link show eth0").contains("other0"));
     }
-    // The addresses the failed ADDs took are cooling, not leaked.
+    // The addresses the failed ADDs took were never used by a pod: free at once (issue 9.11),
+    // neither leaked nor cooling.
     let st = lab.status();
-    assert_eq!(stat(&st, "cooling"), 2, "{st}");
+    assert_eq!(stat(&st, "cooling"), 0, "{st}");
+    assert_eq!(stat(&st, "assigned"), 0, "{st}");
     assert!(
         stat(&st, "total") >= stat(&before, "total"),
         "the pool shrank: {before} -> {st}"
@@ -63,4 +65,54 @@ fn add_into_a_pod_whose_ifname_is_taken_fails_and_leaves_nothing() {
     )
     .expect_ok("DEL after failed ADD");
     assert!(lab.ip(&pod, "link show eth0").contains("other0"));
+}
+
+/// Issue 9.11: the address a failed ADD was given goes straight back to free — the next pod
+/// gets that very address, not one after a cooldown — while an address a pod really used
+/// (released by DEL) still cools down.
+#[test]
+fn failed_add_address_is_free_at_once_but_a_deleted_pods_cools() {
+    let mut lab = Lab::new("10.244.1.0/24");
+    lab.start_agent(&["--ip-cooldown", "60s"]);
+    let taken = lab.pod(1);
+    lab.ip(&taken, "link add eth0 type veth peer name other0");
+    let failed = lab.add("c-fail", &taken);
+    assert_eq!(failed.code(), Some(100), "{}", failed.stdout);
+    let st = lab.status();
+    assert_eq!(
+        stat(&st, "cooling"),
+        0,
+        "failed ADD's address cooling: {st}"
+    );
+
+    let p2 = lab.pod(2);
+    let first = lab.add("c-ok", &p2);
+    first.expect_ok("ADD after the failed one");
+    let ip = first.ip().expect("ip");
+    // The same ADD again fails, and must hand back exactly the address it was given.
+    let p3 = lab.pod(3);
+    lab.ip(&p3, "link add eth0 type veth peer name other3");
+    let failed2 = lab.add("c-fail2", &p3);
+    assert_eq!(failed2.code(), Some(100), "{}", failed2.stdout);
+    let p4 = lab.pod(4);
+    let after_fail = lab.add("c-next", &p4);
+    after_fail.expect_ok("ADD after the second failed one");
+    let reused = after_fail.ip().expect("ip");
+    lab.del("c-next", &p4).expect_ok("DEL c-next");
+    // c-next's address was used by a pod: it cools (60 s), so the next ADD gets another.
+    let p5 = lab.pod(5);
+    let later = lab.add("c-later", &p5);
+    later.expect_ok("ADD c-later");
+    assert_ne!(
+        later.ip(),
+        Some(reused),
+        "a deleted pod's address was reused at once"
+    );
+    assert_ne!(later.ip(), Some(ip));
+    let st = lab.status();
+    assert_eq!(
+        stat(&st, "cooling"),
+        1,
+        "exactly the deleted pod's address cools: {st}"
+    );
 }

@@ -105,6 +105,7 @@ async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
         reaper: reaper_tx,
         wake: Notify::new(),
         claim_lock: tokio::sync::Mutex::new(()),
+        inflight_dir: crate::inflight::dir_for(&args.socket),
     });
     tokio::spawn(reap(net.clone(), reaper_rx));
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.

@@ -14,7 +14,7 @@ use crate::agent::store::Store;
 use crate::api::{codes, AgentStatus, Attachment, Reply};
 use crate::naming;
 use crate::pool::{AllocKey, Millis, PodMeta, Pool, PoolError, PoolEvent};
-use vpcnet_netlink::{link, route, RTPROT_VPCNET};
+use vpcnet_netlink::{conntrack, link, route, RTPROT_VPCNET};
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -47,6 +47,22 @@ impl State {
     }
 }
 
+/// Removes every conntrack entry of released address `ip`, in the background (a dump of the
+/// node's table can take a while and DEL should not wait for it).
+///
+/// **Invariant**: once an address is released, no connection-tracking entry of its old pod
+/// survives to steer traffic of the pod that gets the address next. The flush finishes within
+/// milliseconds, far inside the cooldown (`--ip-cooldown`, 30 s) that must pass before the
+/// address is handed out again; an address released as unused (a failed ADD) never carried
+/// a packet.
+pub fn flush_conntrack(ip: Ipv4Addr) {
+    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip.into()) {
+        Ok(0) => {}
+        Ok(n) => eprintln!("vpcnetd: flushed {n} conntrack entries of {ip}"),
+        Err(e) => eprintln!("vpcnetd: flushing conntrack entries of {ip}: {e}"),
+    });
+}
+
 /// What the agent reports as degraded, by area.
 #[derive(Debug, Default)]
 pub struct Health {
@@ -70,6 +86,8 @@ pub struct Node<D> {
     pub wake: Notify,
     /// One prefix claim at a time.
     pub claim_lock: tokio::sync::Mutex<()>,
+    /// Where plugins hold their in-flight ADD locks ([`crate::inflight`]).
+    pub inflight_dir: std::path::PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -137,10 +155,15 @@ impl<D: Datastore> Node<D> {
     }
 
     /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
-    pub async fn release(&self, key: &AllocKey) -> Reply {
+    /// `unused` (a failed ADD's new address): free at once instead of cooling down.
+    pub async fn release(&self, key: &AllocKey, unused: bool) -> Reply {
         let ip = {
             let mut st = self.state();
-            let ev = st.pool.release(key, now_ms());
+            let ev = if unused {
+                st.pool.release_unused(key, now_ms())
+            } else {
+                st.pool.release(key, now_ms())
+            };
             let ip = match &ev {
                 Some(PoolEvent::Released { ip, .. }) => Some(*ip),
                 _ => None,
@@ -158,8 +181,15 @@ impl<D: Datastore> Node<D> {
 
     /// Removes our host route for `ip` and queues `host_veth` for deletion.
     pub async fn teardown(&self, ip: Option<Ipv4Addr>, host_veth: &str) {
-        let index = match link::index_by_name(&self.net, host_veth).await {
-            Ok(i) => i,
+        // Only a link that proves to be ours (name-derived MAC) is deleted, and only a route
+        // through it (or, when it is gone, the route the plugin made) is removed.
+        let index = match link::get_by_name(&self.net, host_veth).await {
+            Ok(Some(l)) if naming::is_our_host_veth(&l.name, l.mac) => Some(l.index),
+            Ok(Some(_)) => {
+                eprintln!("vpcnetd: {host_veth} is not a veth vpcnet made (MAC): left alone");
+                return;
+            }
+            Ok(None) => None,
             Err(e) => {
                 eprintln!("vpcnetd: looking up {host_veth}: {e}");
                 None
@@ -179,6 +209,7 @@ impl<D: Datastore> Node<D> {
             if let Err(e) = route::delete(&self.net, &r).await {
                 eprintln!("vpcnetd: deleting route {ip}/32: {e}");
             }
+            flush_conntrack(ip);
         }
         if let Some(index) = index {
             let _ = self.reaper.send(index);

@@ -3,13 +3,16 @@
 //!
 //! Ordering makes this safe against ADDs in flight: the kernel is listed *before* the pool is
 //! read, and an ADD takes its address before it creates its veth — so every veth seen already
-//! has its allocation in the pool. An allocation younger than `grace` may belong to an ADD
-//! that has not created its veth yet, and is left alone.
+//! has its allocation in the pool. An allocation whose ADD is still in flight (its plugin holds
+//! the attachment's lock, [`crate::inflight`]) is left alone however old it is: the plugin may
+//! be stalled between the agent's reply and creating its veth. `grace` still covers a plugin of
+//! an older version, which holds no lock.
 
 use std::collections::HashSet;
 
 use crate::agent::datastore::Datastore;
 use crate::agent::node::{now_ms, Node};
+use crate::inflight;
 use crate::naming;
 use crate::pool::PoolEvent;
 use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
@@ -25,11 +28,13 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let links = link::list(&node.net).await?;
     let routes = route::list_v4(&node.net, Some(RTPROT_VPCNET)).await?;
     let listed_at = now_ms();
-    let veths: HashSet<&str> = links
+    // Only links that carry our proof (name *and* name-derived MAC) count as ours.
+    let ours: Vec<_> = links
         .iter()
-        .map(|l| l.name.as_str())
-        .filter(|n| naming::is_host_veth_name(n))
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
         .collect();
+    let veths: HashSet<&str> = ours.iter().map(|l| l.name.as_str()).collect();
+    let our_indexes: HashSet<u32> = ours.iter().map(|l| l.index).collect();
 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips) = {
@@ -38,8 +43,10 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             .pool
             .allocations()
             .filter(|a| {
-                !veths.contains(naming::host_veth_name(&a.key.container_id, &a.key.ifname).as_str())
+                let veth = naming::host_veth_name(&a.key.container_id, &a.key.ifname);
+                !veths.contains(veth.as_str())
                     && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && !inflight::is_in_flight(&node.inflight_dir, &veth)
             })
             .map(|a| a.key.clone())
             .collect();
@@ -64,20 +71,25 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     };
     report.released = released.len();
     for (ip, key) in &released {
+        crate::agent::node::flush_conntrack(*ip);
         eprintln!(
             "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
             key.container_id, key.ifname
         );
     }
-    for l in &links {
-        if naming::is_host_veth_name(&l.name) && !wanted_veths.contains(&l.name) {
+    for l in &ours {
+        if !wanted_veths.contains(&l.name) {
             eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
             let _ = node.reaper.send(l.index);
             report.veths_deleted += 1;
         }
     }
     for r in &routes {
-        let pod_route = r.dst_len == 32 && r.kind == route::RTN_UNICAST && r.gateway.is_none();
+        // A pod route is ours only through one of our veths, whatever its protocol says.
+        let pod_route = r.dst_len == 32
+            && r.kind == route::RTN_UNICAST
+            && r.gateway.is_none()
+            && r.oif.is_some_and(|i| our_indexes.contains(&i));
         if pod_route && !owned_ips.contains(&r.dst) && route::delete(&node.net, r).await? {
             eprintln!(
                 "vpcnetd: reconcile: deleted route {}/32 (no allocation)",

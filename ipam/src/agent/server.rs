@@ -101,7 +101,7 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
     let m = metrics::get();
     match req {
         Request::Assign { key, meta } => m.cni_reply(Op::Add, node.assign(key, meta).await),
-        Request::Release { key } => m.cni_reply(Op::Del, node.release(&key).await),
+        Request::Release { key, unused } => m.cni_reply(Op::Del, node.release(&key, unused).await),
         Request::Get { key } => node.get(&key),
         Request::Gc { network, valid } => m.cni_reply(Op::Gc, node.gc(&network, &valid).await),
         Request::Status { allocations } => {

@@ -435,6 +435,18 @@ impl Pool {
         })
     }
 
+    /// Release of an address no pod ever used (its ADD failed before the pod could send a
+    /// packet): free at once, no cooldown. Unknown key → `None`.
+    pub fn release_unused(&mut self, key: &AllocKey, now: Millis) -> Option<PoolEvent> {
+        let ip = *self.by_key.get(key)?;
+        self.remove_alloc(key, ip, now).ok()?;
+        Some(PoolEvent::Released {
+            key: key.clone(),
+            ip,
+            cool_until: now,
+        })
+    }
+
     /// Claim `prefix`: it must be an aligned prefix of the configured length inside a VPC
     /// CIDR, not overlapping one already held.
     pub fn add_prefix(&mut self, prefix: Ipv4Network, now: Millis) -> Result<PoolEvent, PoolError> {

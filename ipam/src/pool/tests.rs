@@ -571,3 +571,63 @@ fn set_config_keeps_state() {
         vec![net("10.0.0.16/28")]
     );
 }
+
+/// Issue 9.11: an address a failed ADD was given is free at once; nothing else changes.
+#[test]
+fn release_unused_skips_the_cooldown() {
+    let mut pool = pool_with(cfg(), &["10.0.0.16/28"]);
+    let a = assign(&mut pool, 1, 0);
+    assert_eq!(
+        pool.release_unused(&key(1), 100),
+        Some(PoolEvent::Released {
+            key: key(1),
+            ip: a,
+            cool_until: 100
+        })
+    );
+    assert_eq!(pool.release_unused(&key(1), 100), None, "idempotent");
+    let s = pool.stats(100);
+    assert_eq!((s.assigned, s.cooling, s.available), (0, 0, 16));
+    assert_eq!(assign(&mut pool, 2, 100), a, "handed out again at once");
+}
+
+/// Issue 9.11 (from the Amazon VPC CNI's tracker): addresses in cooldown must not count as
+/// available when the warm pool decides whether to grow, or a burst of DELs then ADDs
+/// starves. With every address of the only prefix cooling, the pool has none to give: it
+/// must grow, for each target as for an empty pool.
+#[test]
+fn plan_counts_cooling_addresses_as_unavailable() {
+    for (warm_ip, warm_prefix, reason) in [
+        (0, 0, GrowReason::Empty),
+        (4, 0, GrowReason::WarmIpTarget),
+        (0, 1, GrowReason::WarmPrefixTarget),
+    ] {
+        let mut c = cfg();
+        c.warm_ip_target = warm_ip;
+        c.warm_prefix_target = warm_prefix;
+        c.prefix_len = 30; // 4 addresses, none reserved
+        c.vpc_cidrs = vec![net("10.0.0.0/16")];
+        let mut pool = pool_with(c, &["10.0.1.0/30"]);
+        for i in 0..4 {
+            assign(&mut pool, i, 0);
+        }
+        for i in 0..4 {
+            pool.release(&key(i), 10).expect("release");
+        }
+        let s = pool.stats(11);
+        assert_eq!((s.cooling, s.available, s.free_prefixes), (4, 0, 0));
+        match pool.plan(11) {
+            PoolPlan::Grow {
+                prefixes,
+                reason: r,
+            } => {
+                assert!(prefixes >= 1);
+                assert!(
+                    r == reason || r == GrowReason::Empty,
+                    "warm_ip {warm_ip} warm_prefix {warm_prefix}: {r:?}"
+                );
+            }
+            other => panic!("warm_ip {warm_ip} warm_prefix {warm_prefix}: {other:?}"),
+        }
+    }
+}

@@ -26,6 +26,12 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let netns = dataplane::open_netns(netns_path)?;
     let netns_str = netns_path.display().to_string();
     let key = super::key(conf, env);
+    // Held until this ADD returns (or the process dies): while it is held, the agent's
+    // reconcile never releases this attachment's address as leaked, however slow we are.
+    let inflight_dir = vpcnet_ipam::inflight::dir_for(&conf.socket);
+    let host_veth = vpcnet_ipam::naming::host_veth_name(&env.container_id, &env.ifname);
+    let _in_flight = vpcnet_ipam::inflight::AddInFlight::acquire(&inflight_dir, &host_veth)
+        .map_err(|e| CniError::Io(format!("in-flight lock in {}: {e}", inflight_dir.display())))?;
     let rt = super::runtime()?;
     let host = rt.block_on(async { super::host_netlink() })?;
     let pending = agent::send(
@@ -48,8 +54,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let t_veth = ms(t0);
     let reply = agent::wait(pending);
     let t_agent = ms(t0);
-    let (ip, mtu) = match reply {
-        Ok(Reply::Assigned { ip, mtu, .. }) => (ip, conf.mtu.or(mtu)),
+    failpoint_stall_after_assign();
+    let (ip, mtu, existing) = match reply {
+        Ok(Reply::Assigned { ip, mtu, existing }) => (ip, conf.mtu.or(mtu), existing),
         Ok(other) => {
             undo_veth(&rt, &host, early_veth);
             return Err(agent::unexpected(&other));
@@ -89,12 +96,32 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             conf.prev_result.as_ref(),
         )),
         Err(e) => {
-            // Give the address back; the runtime will also call DEL, which is then a no-op.
-            let _ = agent::call(&conf.socket, Request::Release { key });
+            // A new address goes straight back to free: no pod ever used it. One the attachment
+            // already held before this ADD stays: it may belong to a pod that works, and the
+            // runtime's DEL decides its fate.
+            if !existing {
+                let _ = agent::call(&conf.socket, Request::Release { key, unused: true });
+            }
             Err(e)
         }
     }
 }
+
+/// Test builds only (`--features failpoints`): `VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS=N`
+/// stalls this ADD for N ms between the agent's reply and the kernel work, as a paused or
+/// starved runtime would. Release builds have no such hook.
+#[cfg(feature = "failpoints")]
+fn failpoint_stall_after_assign() {
+    if let Some(ms) = std::env::var("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn failpoint_stall_after_assign() {}
 
 fn undo_veth(
     rt: &tokio::runtime::Runtime,

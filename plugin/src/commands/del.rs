@@ -21,6 +21,7 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<(), CniE
         &conf.socket,
         Request::Release {
             key: super::key(conf, env),
+            unused: false,
         },
     )? {
         Outcome::Reply(Reply::Released { .. }) => Ok(()),

@@ -1,0 +1,263 @@
+//! Connection-tracking entries (ctnetlink, `NETLINK_NETFILTER`): flush every entry of one
+//! address — what `conntrack -D -s IP` and `conntrack -D -d IP` (and the same for the reply
+//! direction) do together.
+//!
+//! Why: a released address is handed to another pod after its cooldown. A conntrack entry of
+//! the old pod can outlive that (an unreplied UDP flow lives 30 s and is refreshed by every
+//! packet, a TCP `SYN_SENT` 120 s, an established one 5 days), and while it lives it steers
+//! the new pod's packets by the old pod's NAT decisions (e.g. a DNAT of a port mapping). So
+//! the agent removes every entry of an address when it releases it, and the cooldown only
+//! has to cover peers' caches, not the kernel's connection table.
+//!
+//! Synchronous (a few messages on a private socket); callers on a runtime use
+//! `spawn_blocking`. Works in the network namespace of the calling thread.
+
+use std::net::IpAddr;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use crate::NetlinkError;
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const NLMSG_HDRLEN: usize = 16;
+const NFGEN_HDRLEN: usize = 4;
+
+fn kernel(op: &'static str, errno: i32) -> NetlinkError {
+    NetlinkError::Kernel { op, errno }
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// One netlink message: header, nfgenmsg for `family`, then `attrs` (already encoded).
+fn message(msg_type: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+    m.extend_from_slice(&msg_type.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
+    m.extend_from_slice(attrs);
+    m
+}
+
+/// Iterates the attributes in `buf`: (type without flags, payload, whole attribute bytes).
+fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let item = (kind, &rest[4..len], &rest[..len]);
+        rest = rest.get(align4(len)..).unwrap_or(&[]);
+        Some(item)
+    })
+}
+
+fn nested(buf: &[u8], kind: u16) -> Option<&[u8]> {
+    attrs(buf).find(|(k, _, _)| *k == kind).map(|(_, p, _)| p)
+}
+
+/// The addresses of a tuple attribute's payload (`CTA_TUPLE_IP` inside it).
+fn tuple_addrs(tuple: &[u8]) -> Vec<IpAddr> {
+    let Some(ip) = nested(tuple, CTA_TUPLE_IP) else {
+        return Vec::new();
+    };
+    attrs(ip)
+        .filter_map(|(k, p, _)| match k {
+            CTA_IP_V4_SRC | CTA_IP_V4_DST => <[u8; 4]>::try_from(p).ok().map(IpAddr::from),
+            CTA_IP_V6_SRC | CTA_IP_V6_DST => <[u8; 16]>::try_from(p).ok().map(IpAddr::from),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What identifies one entry for deletion: its original tuple (and zone), as the kernel
+/// sent them, and whether it involves `addr` in either direction.
+fn delete_attrs_if_involves(entry: &[u8], addr: IpAddr) -> Option<Vec<u8>> {
+    let mut orig_whole = None;
+    let mut zone_whole = None;
+    let mut involved = false;
+    for (kind, payload, whole) in attrs(entry) {
+        match kind {
+            CTA_TUPLE_ORIG => {
+                involved |= tuple_addrs(payload).contains(&addr);
+                orig_whole = Some(whole);
+            }
+            CTA_TUPLE_REPLY => involved |= tuple_addrs(payload).contains(&addr),
+            CTA_ZONE => zone_whole = Some(whole),
+            _ => {}
+        }
+    }
+    let orig = orig_whole.filter(|_| involved)?;
+    let mut out = Vec::with_capacity(orig.len() + 8);
+    for a in [Some(orig), zone_whole].into_iter().flatten() {
+        out.extend_from_slice(a);
+        out.resize(align4(out.len()), 0);
+    }
+    // The kernel wants the nested flag on tuples it parses back.
+    if let Some(t) = out.get_mut(2..4) {
+        let kind = u16::from_ne_bytes([t[0], t[1]]) | NLA_F_NESTED;
+        t.copy_from_slice(&kind.to_ne_bytes());
+    }
+    Some(out)
+}
+
+/// Walks the netlink messages in `buf`, calling `f(type, payload after nfgenmsg)`. Returns
+/// `Ok(true)` at `NLMSG_DONE`; an `NLMSG_ERROR` with a non-zero code is returned as that
+/// errno.
+fn walk(buf: &[u8], mut f: impl FnMut(u16, &[u8])) -> Result<bool, i32> {
+    let mut rest = buf;
+    while rest.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            break;
+        }
+        let body = &rest[NLMSG_HDRLEN..len];
+        match kind {
+            NLMSG_DONE => return Ok(true),
+            NLMSG_ERROR => {
+                let code = body
+                    .get(..4)
+                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                    .unwrap_or(0);
+                if code != 0 {
+                    return Err(-code);
+                }
+            }
+            _ => f(kind, body.get(NFGEN_HDRLEN..).unwrap_or(&[])),
+        }
+        rest = rest.get(align4(len)..).unwrap_or(&[]);
+    }
+    Ok(false)
+}
+
+fn open() -> Result<Socket, NetlinkError> {
+    let mut s = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
+    s.bind_auto().map_err(NetlinkError::Socket)?;
+    s.connect(&SocketAddr::new(0, 0))
+        .map_err(NetlinkError::Socket)?;
+    Ok(s)
+}
+
+/// Deletes every conntrack entry whose original or reply tuple has `addr` as source or
+/// destination, in the calling thread's network namespace. Returns how many it deleted. An
+/// entry that vanished meanwhile is not an error.
+pub fn flush_address(addr: IpAddr) -> Result<usize, NetlinkError> {
+    let family = match addr {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
+    };
+    let family = u8::try_from(family).unwrap_or(0);
+    let sock = open()?;
+    let get = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
+    sock.send(&message(get, NLM_F_REQUEST | NLM_F_DUMP, 1, family, &[]), 0)
+        .map_err(NetlinkError::Socket)?;
+    let mut doomed = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = sock
+            .recv(&mut &mut buf[..], 0)
+            .map_err(NetlinkError::Socket)?;
+        let done = walk(&buf[..n], |_, entry| {
+            if let Some(a) = delete_attrs_if_involves(entry, addr) {
+                doomed.push(a);
+            }
+        })
+        .map_err(|errno| kernel("IPCTNL_MSG_CT_GET", errno))?;
+        if done || n == 0 {
+            break;
+        }
+    }
+    let del = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
+    let mut deleted = 0;
+    for (seq, attrs) in (2u32..).zip(&doomed) {
+        sock.send(
+            &message(del, NLM_F_REQUEST | NLM_F_ACK, seq, family, attrs),
+            0,
+        )
+        .map_err(NetlinkError::Socket)?;
+        let n = sock
+            .recv(&mut &mut buf[..], 0)
+            .map_err(NetlinkError::Socket)?;
+        match walk(&buf[..n], |_, _| {}) {
+            Ok(_) => deleted += 1,
+            Err(libc::ENOENT) => {} // gone meanwhile (timed out, or another flush)
+            Err(errno) => return Err(kernel("IPCTNL_MSG_CT_DELETE", errno)),
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut a = Vec::new();
+        a.extend_from_slice(&u16::try_from(4 + payload.len()).expect("len").to_ne_bytes());
+        a.extend_from_slice(&kind.to_ne_bytes());
+        a.extend_from_slice(payload);
+        a.resize(align4(a.len()), 0);
+        a
+    }
+
+    fn tuple(kind: u16, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        let ip = [attr(CTA_IP_V4_SRC, &src), attr(CTA_IP_V4_DST, &dst)].concat();
+        attr(kind | NLA_F_NESTED, &attr(CTA_TUPLE_IP | NLA_F_NESTED, &ip))
+    }
+
+    #[test]
+    fn entry_matches_in_either_direction_and_keeps_its_orig_tuple() {
+        let pod = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5));
+        // A DNAT'ed flow: the pod appears only in the reply tuple.
+        let entry = [
+            tuple(CTA_TUPLE_ORIG, [192, 168, 1, 1], [10, 9, 9, 9]),
+            tuple(CTA_TUPLE_REPLY, [10, 0, 0, 5], [192, 168, 1, 1]),
+            attr(CTA_ZONE, &[0, 0]),
+        ]
+        .concat();
+        let del = delete_attrs_if_involves(&entry, pod).expect("involves the pod");
+        let orig = tuple(CTA_TUPLE_ORIG, [192, 168, 1, 1], [10, 9, 9, 9]);
+        assert_eq!(&del[..orig.len()], &orig[..]);
+        assert_eq!(attrs(&del).count(), 2, "orig tuple + zone");
+        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 6));
+        assert!(delete_attrs_if_involves(&entry, other).is_none());
+    }
+
+    #[test]
+    fn truncated_input_is_not_read_past_its_end() {
+        let entry = tuple(CTA_TUPLE_ORIG, [10, 0, 0, 5], [10, 0, 0, 6]);
+        for cut in 0..entry.len() {
+            let _ = delete_attrs_if_involves(&entry[..cut], IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)));
+        }
+        assert_eq!(walk(&[1, 2, 3], |_, _| {}), Ok(false));
+    }
+}

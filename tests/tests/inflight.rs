@@ -1,0 +1,151 @@
+//! Issue 9, item 4: an ADD stalled between the agent's reply and its kernel work must keep its
+//! address, however long it stalls; a plugin that dies instead must not keep it forever.
+//!
+//! The stall is real time spent in the real plugin (test builds have the `failpoints` feature:
+//! `VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS`), against the real agent with a short
+//! `--reconcile-grace` and `--reconcile-interval`, so reconcile runs many times during it.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use vpcnet_tests::{bin, host_veth_name, status_allocs, wait_until, Lab};
+
+/// Starts `vpcnet ADD` for `cid` in pod namespace `ns` with the stall failpoint, without
+/// waiting for it.
+fn spawn_stalled_add(lab: &Lab, cid: &str, ns: &str, stall_ms: u64) -> Child {
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", lab.host()))
+        .arg(bin("vpcnet"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_NETNS", Lab::netns_path(ns))
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS",
+            stall_ms.to_string(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpcnet");
+    // The netconf has no mtu: the plugin creates its veth only after the agent's reply, so
+    // during the stall the allocation exists and its veth does not.
+    let conf = lab.conf();
+    assert!(
+        conf.get("mtu").is_none(),
+        "the lab netconf must not set mtu"
+    );
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write netconf");
+    child
+}
+
+fn held_by(lab: &Lab, cid: &str) -> Option<std::net::Ipv4Addr> {
+    status_allocs(&lab.status())
+        .into_iter()
+        .find(|a| a.container_id == cid)
+        .map(|a| a.ip)
+}
+
+#[test]
+fn stalled_add_keeps_its_address_through_reconcile() {
+    let mut lab = Lab::new("10.240.0.0/16");
+    lab.start_agent(&[
+        "--reconcile-grace",
+        "300ms",
+        "--reconcile-interval",
+        "300ms",
+    ]);
+    let slow_ns = lab.pod(0);
+    let next_ns = lab.pod(1);
+
+    let started = Instant::now();
+    let child = spawn_stalled_add(&lab, "slow", &slow_ns, 4000);
+    assert!(
+        wait_until(Duration::from_secs(5), || held_by(&lab, "slow").is_some()),
+        "the stalled ADD never got an allocation"
+    );
+    let ip = held_by(&lab, "slow").expect("allocation");
+    assert!(
+        !lab.host_veths().contains(&host_veth_name("slow", "eth0")),
+        "the veth exists already: the failpoint did not stall before the kernel work"
+    );
+    // Many reconcile rounds (every 300 ms, grace 300 ms) while the plugin is stalled.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        held_by(&lab, "slow"),
+        Some(ip),
+        "reconcile released the address of an ADD still in flight; agent log:\n{}",
+        lab.agent.as_ref().expect("agent").log_text()
+    );
+    // Meanwhile another pod must not get that address.
+    let other = lab.add("next", &next_ns);
+    other.expect_ok("ADD next");
+    assert_ne!(other.ip(), Some(ip), "two pods were given {ip}");
+
+    let out = child.wait_with_output().expect("wait stalled ADD");
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stalled ADD failed: {stdout}");
+    assert!(
+        took >= Duration::from_millis(4000),
+        "ADD took {took:?}: the stall failpoint is not compiled in (build with --features vpcnet/failpoints)"
+    );
+    assert!(stdout.contains(&ip.to_string()), "result: {stdout}");
+    // After it: the pod works and keeps its address; the lock file is gone.
+    assert_eq!(held_by(&lab, "slow"), Some(ip));
+    assert!(
+        lab.ping(&next_ns, &ip.to_string()),
+        "pod next cannot reach {ip}"
+    );
+    let lock = lab
+        .socket()
+        .with_file_name("inflight")
+        .join(host_veth_name("slow", "eth0"));
+    assert!(!lock.exists(), "{} left behind", lock.display());
+}
+
+#[test]
+fn crashed_add_does_not_hold_its_address_forever() {
+    let mut lab = Lab::new("10.240.0.0/16");
+    lab.start_agent(&[
+        "--reconcile-grace",
+        "300ms",
+        "--reconcile-interval",
+        "300ms",
+    ]);
+    let ns = lab.pod(0);
+    let mut child = spawn_stalled_add(&lab, "crash", &ns, 60_000);
+    assert!(
+        wait_until(Duration::from_secs(5), || held_by(&lab, "crash").is_some()),
+        "the ADD never got an allocation"
+    );
+    // Still protected while it lives.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(held_by(&lab, "crash").is_some(), "released while in flight");
+    // kill -9: the kernel drops its lock; the next reconcile releases the address.
+    child.kill().expect("kill plugin");
+    let _ = child.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || held_by(&lab, "crash").is_none()),
+        "the address of a dead ADD was never released"
+    );
+    let lock = lab
+        .socket()
+        .with_file_name("inflight")
+        .join(host_veth_name("crash", "eth0"));
+    assert!(
+        !lock.exists(),
+        "leftover lock {} not removed",
+        lock.display()
+    );
+}

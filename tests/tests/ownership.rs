@@ -1,0 +1,68 @@
+//! Issue 9, item 11: reconcile deletes only links and routes it can prove are its own. A link
+//! someone else named like ours (`vpc` + 11 hex digits) and a proto-171 /32 route through it
+//! used to be deleted at the agent's start; a leftover veth that carries vpcnet's proof (the
+//! MAC derived from its name) still is.
+
+use std::time::Duration;
+
+use vpcnet_ipam::naming;
+use vpcnet_tests::{wait_until, Lab};
+
+#[test]
+fn reconcile_leaves_look_alike_links_and_routes_alone() {
+    let mut lab = Lab::new("10.246.0.0/24");
+    let h = lab.host();
+    // Someone else's veth with a name of our shape, a MAC of its own, and a /32 route through
+    // it with our route protocol.
+    let foreign = "vpc0123456789a";
+    assert!(naming::is_host_veth_name(foreign));
+    lab.ip(
+        &h,
+        &format!("link add {foreign} address 02:11:22:33:44:55 type veth peer name fgnpeer"),
+    );
+    lab.ip(&h, &format!("link set {foreign} up"));
+    lab.ip(
+        &h,
+        &format!("route add 10.246.0.77/32 dev {foreign} scope link proto 171"),
+    );
+    // A leftover of vpcnet itself: our name shape and the MAC derived from it, no allocation.
+    let leftover = naming::host_veth_name("gone-container", "eth0");
+    let mac = naming::format_mac(&naming::host_veth_mac("gone-container", "eth0"));
+    lab.ip(
+        &h,
+        &format!("link add {leftover} address {mac} type veth peer name lftpeer"),
+    );
+
+    lab.start_agent(&["--reconcile-grace", "0s", "--reconcile-interval", "300ms"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || !lab
+            .host_veths()
+            .contains(&leftover)),
+        "vpcnet's own leftover {leftover} was not deleted: {:?}",
+        lab.host_veths()
+    );
+    // Several reconcile rounds later the look-alike and its route are still there.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        lab.host_veths().contains(&foreign.to_string()),
+        "reconcile deleted someone else's {foreign}: {:?}\n{}",
+        lab.host_veths(),
+        lab.agent.as_ref().expect("agent").log_text()
+    );
+    let routes = lab.ip(&h, "route show proto 171");
+    assert!(
+        routes.contains("10.246.0.77 dev vpc0123456789a"),
+        "reconcile deleted the route through {foreign}: {routes}"
+    );
+    // Pods still work beside it.
+    let p = lab.pod(0);
+    let q = lab.pod(1);
+    lab.add("own-a", &p).expect_ok("ADD a");
+    let b = lab
+        .add("own-b", &q)
+        .expect_ok("ADD b")
+        .ip()
+        .expect("ip")
+        .to_string();
+    assert!(lab.ping(&p, &b));
+}
