@@ -10,8 +10,16 @@
 //! | `/pool` | the pool as JSON: `vpcnetd status --json` without `allocations` (no container IDs over HTTP) |
 //!
 //! Anything else: 404; other methods: 405; a malformed request line: 400; headers over
-//! [`MAX_REQUEST`] bytes: 431. A client gets [`READ_TIMEOUT`] to send its request, and at most
-//! [`MAX_CONNECTIONS`] are served at once (the rest wait in the kernel's backlog).
+//! [`MAX_REQUEST`] bytes: 431.
+//!
+//! Invariant (issue 9 item 7): a probe is answered whatever other clients do. The accept
+//! loop never waits for anything but the next connection; every connection is accepted at
+//! once and then bounded: [`READ_TIMEOUT`] for the whole request head (408 after), at most
+//! [`MAX_REQUEST`] bytes of it, [`CONNECTION_TIMEOUT`] for the connection as a whole
+//! (writing the answer included), and at most [`MAX_CONNECTIONS`] open at once — one over is
+//! closed straight away instead of queueing the ones behind it. Slow or idle clients
+//! (slow-loris) thus cost a task and a descriptor for a few seconds each, never a probe's
+//! answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +35,13 @@ use crate::agent::node::Node;
 
 /// Request line and headers together; a GET has no body.
 pub const MAX_REQUEST: usize = 8 * 1024;
+/// For the whole request head, from accept. Probes and scrapers send theirs at once.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-pub const MAX_CONNECTIONS: usize = 8;
+/// For a whole connection, from accept (reading, answering, writing).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once. Each costs a small task and a descriptor; far more than probes
+/// and scrapers ever open, far below the agent's descriptor limit.
+pub const MAX_CONNECTIONS: usize = 256;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -54,16 +67,20 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub async fn serve<D: Datastore>(listener: TcpListener, node: Arc<Node<D>>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
+                // Accept first, then decide: a full house closes this one connection (the
+                // client sees a reset and retries) and never stops the loop from accepting.
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    drop(stream);
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
                     let _permit = permit;
-                    // A client hanging up early is not the agent's problem: say nothing.
-                    let _ = handle(stream, &node).await;
+                    // A client hanging up early, or too slow, is not the agent's problem:
+                    // say nothing.
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, handle(stream, &node)).await;
                 });
             }
             Err(e) => {
