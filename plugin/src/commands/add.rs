@@ -8,7 +8,7 @@
 use serde_json::Value;
 use vpcnet_ipam::api::{Reply, Request};
 
-use crate::dataplane::{self, HostVeth, Plan};
+use crate::dataplane::{self, Created, Plan};
 use crate::env::ContainerEnv;
 use crate::error::CniError;
 use crate::log::Log;
@@ -24,18 +24,20 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
     // Validate the namespace before taking an address: bad input changes nothing.
     let netns = dataplane::open_netns(netns_path)?;
+    let conn = agent::connect(&conf.socket)?;
+    dataplane::refuse_host_netns(&netns, netns_path, conn.peer_pid())?;
     let netns_str = netns_path.display().to_string();
     let key = super::key(conf, env);
     let rt = super::runtime()?;
     let host = rt.block_on(async { super::host_netlink() })?;
-    let pending = agent::send(
-        &conf.socket,
+    let pending = agent::send_on(
+        conn,
         Request::Assign {
             key: key.clone(),
             meta: super::meta(env),
         },
     )?;
-    let early_veth: Option<Result<HostVeth, CniError>> = conf.mtu.map(|mtu| {
+    let early_veth: Option<Result<Created, CniError>> = conf.mtu.map(|mtu| {
         rt.block_on(dataplane::create_veth(
             &host,
             &env.container_id,
@@ -48,8 +50,8 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let t_veth = ms(t0);
     let reply = agent::wait(pending);
     let t_agent = ms(t0);
-    let (ip, mtu) = match reply {
-        Ok(Reply::Assigned { ip, mtu, .. }) => (ip, conf.mtu.or(mtu)),
+    let (ip, existing, mtu) = match reply {
+        Ok(Reply::Assigned { ip, existing, mtu }) => (ip, existing, conf.mtu.or(mtu)),
         Ok(other) => {
             undo_veth(&rt, &host, early_veth);
             return Err(agent::unexpected(&other));
@@ -68,9 +70,23 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         mtu,
     };
     let wired = rt.block_on(async {
-        match early_veth {
-            Some(veth) => dataplane::finish(&host, &plan, veth?).await,
-            None => dataplane::setup(&host, &plan).await,
+        let created = match early_veth {
+            Some(created) => created,
+            None => {
+                dataplane::create_veth(
+                    &host,
+                    plan.container_id,
+                    plan.ifname,
+                    plan.netns_path,
+                    plan.netns,
+                    plan.mtu,
+                )
+                .await
+            }
+        };
+        match created? {
+            Created::New(veth) => dataplane::finish(&host, &plan, veth).await,
+            Created::Taken => dataplane::resolve_taken(&host, &plan, existing).await,
         }
     });
     log.write(
@@ -89,19 +105,25 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             conf.prev_result.as_ref(),
         )),
         Err(e) => {
-            // Give the address back; the runtime will also call DEL, which is then a no-op.
-            let _ = agent::call(&conf.socket, Request::Release { key });
+            // Undo only what this ADD did (issue 9 item 5): give the address back when this
+            // ADD took it; an address the attachment held before this ADD (`existing`) stays
+            // with it — a failed repeat ADD must not take a working pod's address away. (The
+            // runtime also calls DEL after a failed ADD; that one releases it.)
+            if !existing {
+                let _ = agent::call(&conf.socket, Request::Release { key });
+            }
             Err(e)
         }
     }
 }
 
+/// The agent gave no address: remove the veth this ADD created early, if it created one.
 fn undo_veth(
     rt: &tokio::runtime::Runtime,
     host: &rtnetlink::Handle,
-    veth: Option<Result<HostVeth, CniError>>,
+    veth: Option<Result<Created, CniError>>,
 ) {
-    if let Some(Ok(v)) = veth {
+    if let Some(Ok(Created::New(v))) = veth {
         rt.block_on(dataplane::remove_veth(host, &v));
     }
 }
