@@ -39,36 +39,41 @@ pub fn open_netns(path: &std::path::Path) -> Result<OwnedFd, CniError> {
 
 /// Refuses a CNI_NETNS that names the host's namespace instead of a pod's (issue 9 item 2):
 /// the plugin's own (`/proc/self/ns/net`: the runtime runs the plugin in the node's
-/// namespace) or vpcnetd's (`agent_pid`, the peer of the agent socket, when this process can
-/// see it). Code 4 naming CNI_NETNS; called before anything is asked or changed.
+/// namespace). [`refuse_agent_netns`] checks vpcnetd's once the agent is connected. Code 4
+/// naming CNI_NETNS; both run before anything is asked or changed.
 ///
 /// Invariant: the plugin only ever wires a namespace that is neither its own nor the
 /// agent's, so no ADD can give the node an `eth0` with a pod address or replace the node's
 /// default route, and no DEL can take the node's routes with it. Namespaces are compared by
 /// identity (nsfs device and inode), so every path to the same namespace is caught —
 /// `/run/netns/<name>` bind mounts, `/proc/<pid>/ns/net`, `/proc/self/ns/net`.
-pub fn refuse_host_netns(
-    ns: &OwnedFd,
-    path: &std::path::Path,
-    agent_pid: Option<u32>,
-) -> Result<(), CniError> {
-    let shown = path.display();
-    let id =
-        netns::id(ns.as_fd()).map_err(|e| CniError::env("CNI_NETNS", format!("{shown}: {e}")))?;
+pub fn refuse_own_netns(ns: &OwnedFd, path: &std::path::Path) -> Result<(), CniError> {
+    let id = netns_id(ns, path)?;
     let own = netns::id_of_path(std::path::Path::new("/proc/self/ns/net"))
         .map_err(|e| CniError::Io(format!("reading /proc/self/ns/net: {e}")))?;
     if id == own {
         return Err(CniError::env(
             "CNI_NETNS",
             format!(
-                "{shown} is the host's network namespace (the plugin's own), not a pod's: \
-                 refusing to wire it"
+                "{} is the host's network namespace (the plugin's own), not a pod's: \
+                 refusing to wire it",
+                path.display()
             ),
         ));
     }
-    // When the agent's /proc entry is not visible (another pid namespace), the check above
-    // still holds in every supported deployment: vpcnetd runs with hostNetwork, like the
-    // runtime that runs the plugin.
+    Ok(())
+}
+
+/// Refuses a CNI_NETNS that is vpcnetd's namespace (the node's): `agent_pid` is the peer of
+/// the agent socket, when this process can see it. When it cannot (another pid namespace),
+/// [`refuse_own_netns`] still holds in every supported deployment: vpcnetd runs with
+/// hostNetwork, like the runtime that runs the plugin.
+pub fn refuse_agent_netns(
+    ns: &OwnedFd,
+    path: &std::path::Path,
+    agent_pid: Option<u32>,
+) -> Result<(), CniError> {
+    let id = netns_id(ns, path)?;
     let agent = agent_pid.and_then(|pid| {
         netns::id_of_path(std::path::Path::new(&format!("/proc/{pid}/ns/net"))).ok()
     });
@@ -76,12 +81,18 @@ pub fn refuse_host_netns(
         return Err(CniError::env(
             "CNI_NETNS",
             format!(
-                "{shown} is vpcnetd's network namespace (the node's), not a pod's: \
-                 refusing to wire it"
+                "{} is vpcnetd's network namespace (the node's), not a pod's: \
+                 refusing to wire it",
+                path.display()
             ),
         ));
     }
     Ok(())
+}
+
+fn netns_id(ns: &OwnedFd, path: &std::path::Path) -> Result<netns::NetnsId, CniError> {
+    netns::id(ns.as_fd())
+        .map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
 }
 
 /// The interface that owns the pod's default route (issue 9 item 6). Runtimes (containerd,

@@ -24,8 +24,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
     // Validate the namespace before taking an address: bad input changes nothing.
     let netns = dataplane::open_netns(netns_path)?;
+    dataplane::refuse_own_netns(&netns, netns_path)?;
     let conn = agent::connect(&conf.socket)?;
-    dataplane::refuse_host_netns(&netns, netns_path, conn.peer_pid())?;
+    dataplane::refuse_agent_netns(&netns, netns_path, conn.peer_pid())?;
     let netns_str = netns_path.display().to_string();
     let key = super::key(conf, env);
     let rt = super::runtime()?;
