@@ -133,6 +133,13 @@ fn item2_host_namespace_is_never_wired_as_a_pod() {
         }
     }
 
+    // Also while vpcnetd is unreachable: code 4 naming CNI_NETNS, not code 11 (retry forever).
+    let mut down = lab.conf();
+    down["socket"] = json!(lab.dir.join("nobody.sock"));
+    let out = lab.cni_env(&down, &env("ADD", "hostns", "eth0", &host_path));
+    assert_refused("ADD into the host, agent unreachable", &out, 4, "CNI_NETNS");
+    assert_eq!(snapshot(&lab), before, "the host changed");
+
     // A plugin that runs in another namespace than the agent (here: pod namespace p9) must
     // still refuse the agent's namespace: that is the node's, whatever the plugin's own is.
     let other = lab.pod(9);
@@ -234,19 +241,27 @@ fn item5_failed_repeat_add_never_harms_the_working_attachment() {
         "after repeat ADD into p3",
     );
 
-    // The repeat ADD in the pod's own namespace still succeeds, with the same address.
-    let again = lab.add("c1", &p1);
-    again.expect_ok("repeat ADD c1 in place");
-    assert_eq!(again.ip().map(|i| i.to_string()), Some(ip1.clone()));
-    assert_working(
-        &lab,
-        &p1,
-        &ip1,
-        &again.json,
-        &p2,
-        &ip2,
-        "after repeat ADD in place",
-    );
+    // The repeat ADD in the pod's own namespace still succeeds, with the same address and
+    // nothing doubled (with and without mtu: the veth is created before or after the reply).
+    for mtu in [None, Some(1500)] {
+        let mut conf = lab.conf();
+        if let Some(m) = mtu {
+            conf["mtu"] = m.into();
+        }
+        let again = lab.cni("ADD", "c1", "eth0", &Lab::netns_path(&p1), &conf);
+        again.expect_ok(&format!("repeat ADD c1 in place (mtu {mtu:?})"));
+        assert_eq!(again.ip().map(|i| i.to_string()), Some(ip1.clone()));
+        assert_eq!(lab.host_veths().len(), 2, "{:?}", lab.host_veths());
+        assert_working(
+            &lab,
+            &p1,
+            &ip1,
+            &again.json,
+            &p2,
+            &ip2,
+            "after repeat ADD in place",
+        );
+    }
 }
 
 // ---- item 6 ----
