@@ -48,6 +48,19 @@ pub struct Pending {
 
 /// Connects and sends `request` without waiting for the reply.
 pub fn send(socket: &Path, request: Request, timeout: Duration) -> Result<Pending, ClientError> {
+    connect(socket, timeout)?.send(request)
+}
+
+/// A connection to the agent, nothing sent yet: the caller may first look at who answers
+/// (the plugin compares the agent's network namespace with the pod's).
+#[derive(Debug)]
+pub struct Connection {
+    stream: UnixStream,
+    path: String,
+}
+
+/// Connects, with `timeout` for each later write and read.
+pub fn connect(socket: &Path, timeout: Duration) -> Result<Connection, ClientError> {
     let path = socket.display().to_string();
     let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         path: path.clone(),
@@ -59,17 +72,39 @@ pub fn send(socket: &Path, request: Request, timeout: Duration) -> Result<Pendin
     };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_vec(&Envelope {
-        v: PROTOCOL_VERSION,
-        request,
-    })
-    .map_err(|source| ClientError::Decode {
-        path: path.clone(),
-        source,
-    })?;
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(io)?;
-    Ok(Pending { stream, path })
+    Ok(Connection { stream, path })
+}
+
+impl Connection {
+    /// The pid of the process serving the socket (SO_PEERCRED), as seen from the caller's
+    /// pid namespace; `None` when the kernel cannot say (0: the peer is in a pid namespace
+    /// the caller cannot see).
+    pub fn peer_pid(&self) -> Option<u32> {
+        let cred =
+            nix::sys::socket::getsockopt(&self.stream, nix::sys::socket::sockopt::PeerCredentials)
+                .ok()?;
+        u32::try_from(cred.pid()).ok().filter(|p| *p != 0)
+    }
+
+    /// Sends `request` without waiting for the reply.
+    pub fn send(self, request: Request) -> Result<Pending, ClientError> {
+        let Connection { stream, path } = self;
+        let io = |source| ClientError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            request,
+        })
+        .map_err(|source| ClientError::Decode {
+            path: path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        (&stream).write_all(&line).map_err(io)?;
+        Ok(Pending { stream, path })
+    }
 }
 
 impl Pending {

@@ -38,6 +38,39 @@ pub fn open(path: &Path) -> Result<OwnedFd, NetlinkError> {
     Ok(fd)
 }
 
+/// The identity of a network namespace: the nsfs device and inode behind its file. Two
+/// paths or descriptors name the same namespace exactly when their identities are equal
+/// (e.g. /var/run/netns/foo, a bind mount of /proc/PID/ns/net, and that /proc file itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsId {
+    /// `st_dev` of the nsfs file.
+    pub dev: u64,
+    /// `st_ino`: the namespace's inode number (what `ls -L -i /proc/PID/ns/net` shows).
+    pub ino: u64,
+}
+
+/// The identity of the namespace behind an open namespace file (see [`open`]).
+pub fn id(ns: BorrowedFd<'_>) -> Result<NetnsId, NetlinkError> {
+    let st = nix::sys::stat::fstat(ns).map_err(|e| NetlinkError::Io(e.into()))?;
+    #[allow(clippy::useless_conversion)] // st_dev/st_ino widths differ between libcs/arches
+    let id = NetnsId {
+        dev: u64::from(st.st_dev),
+        ino: u64::from(st.st_ino),
+    };
+    Ok(id)
+}
+
+/// The identity of the namespace a path names (following /proc's magic links), e.g.
+/// `/proc/self/ns/net` for the caller's own.
+pub fn id_of_path(path: &Path) -> Result<NetnsId, NetlinkError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(NetlinkError::Io)?;
+    Ok(NetnsId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
 /// Runs `f` on a dedicated OS thread that has entered the namespace `ns` (setns
 /// CLONE_NEWNET), with a fresh current-thread tokio runtime and a netlink handle created
 /// inside that namespace; /proc/sys/net opened from `f` is that namespace's too. Joins the

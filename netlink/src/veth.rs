@@ -67,8 +67,9 @@ pub fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
 /// for why both ends cannot be created UP in one request.
 ///
 /// An existing host name, or an existing peer name in the pod namespace, fails with EEXIST
-/// ([`NetlinkError::is_exists`]). If the second step fails the pair exists but the host end
-/// may be down; callers clean up with [`link::delete_by_name`] as for any failed ADD.
+/// ([`NetlinkError::is_exists`]), and nothing is created or deleted. If the second step
+/// fails, the pair this call created is deleted again before the error is returned: a
+/// failed call leaves nothing behind and never touches a link it did not create.
 pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, NetlinkError> {
     link::check_name(spec.host_name)?;
     link::check_name(spec.peer_name)?;
@@ -96,9 +97,15 @@ pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, Netlink
         ),
         link::index_by_name(handle, spec.host_name),
     );
-    up?;
-    index?.ok_or(NetlinkError::kernel(
-        "RTM_GETLINK after veth create",
-        libc::ENODEV,
-    ))
+    let done = up.and_then(|_| {
+        index?.ok_or(NetlinkError::kernel(
+            "RTM_GETLINK after veth create",
+            libc::ENODEV,
+        ))
+    });
+    if done.is_err() {
+        // The pair is this call's own (the EXCL create succeeded): remove it, both ends.
+        let _ = link::delete_by_name(handle, spec.host_name).await;
+    }
+    done
 }

@@ -23,12 +23,19 @@ pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
     map(client::call(socket, request, TIMEOUT))
 }
 
-/// Sends without waiting; an unreachable agent is an error naming the `socket` field.
-pub fn send(socket: &Path, request: Request) -> Result<client::Pending, CniError> {
-    client::send(socket, request, TIMEOUT).map_err(|e| match e {
+/// Connects without sending: ADD first checks who serves the socket (its network namespace
+/// must not be the pod's). An unreachable agent is an error naming the `socket` field.
+pub fn connect(socket: &Path) -> Result<client::Connection, CniError> {
+    client::connect(socket, TIMEOUT).map_err(|e| match e {
         ClientError::Connect { .. } => unreachable_error(&e),
         other => CniError::TryAgainLater(other.to_string()),
     })
+}
+
+/// Sends on a connection made with [`connect`], without waiting.
+pub fn send_on(conn: client::Connection, request: Request) -> Result<client::Pending, CniError> {
+    conn.send(request)
+        .map_err(|e| CniError::TryAgainLater(e.to_string()))
 }
 
 /// Waits for a reply sent with [`send`].

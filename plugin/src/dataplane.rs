@@ -1,7 +1,8 @@
 //! The data plane recipe (DESIGN.md §3), built with rtnetlink, every step undoable.
 //!
-//! Pod namespace: `$IFNAME` with `IP/32`, up; `lo` up; `169.254.1.1 dev $IFNAME scope link`;
-//! `default via 169.254.1.1`; permanent neighbour `169.254.1.1 → host veth MAC`.
+//! Pod namespace: `$IFNAME` with `IP/32`, up; `lo` up; permanent neighbour
+//! `169.254.1.1 → host veth MAC`; and, for the default interface (`eth0`) only,
+//! `169.254.1.1 dev $IFNAME scope link` and `default via 169.254.1.1`.
 //! Host namespace: host veth up, no address; `IP/32 dev <host veth> scope link proto 171`.
 //!
 //! The veth is created in one request with the peer born in the pod namespace (no link moves,
@@ -36,6 +37,78 @@ pub fn open_netns(path: &std::path::Path) -> Result<OwnedFd, CniError> {
     netns::open(path).map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
 }
 
+/// Refuses a CNI_NETNS that names the host's namespace instead of a pod's (issue 9 item 2):
+/// the plugin's own (`/proc/self/ns/net`: the runtime runs the plugin in the node's
+/// namespace). [`refuse_agent_netns`] checks vpcnetd's once the agent is connected. Code 4
+/// naming CNI_NETNS; both run before anything is asked or changed.
+///
+/// Invariant: the plugin only ever wires a namespace that is neither its own nor the
+/// agent's, so no ADD can give the node an `eth0` with a pod address or replace the node's
+/// default route, and no DEL can take the node's routes with it. Namespaces are compared by
+/// identity (nsfs device and inode), so every path to the same namespace is caught —
+/// `/run/netns/<name>` bind mounts, `/proc/<pid>/ns/net`, `/proc/self/ns/net`.
+pub fn refuse_own_netns(ns: &OwnedFd, path: &std::path::Path) -> Result<(), CniError> {
+    let id = netns_id(ns, path)?;
+    let own = netns::id_of_path(std::path::Path::new("/proc/self/ns/net"))
+        .map_err(|e| CniError::Io(format!("reading /proc/self/ns/net: {e}")))?;
+    if id == own {
+        return Err(CniError::env(
+            "CNI_NETNS",
+            format!(
+                "{} is the host's network namespace (the plugin's own), not a pod's: \
+                 refusing to wire it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a CNI_NETNS that is vpcnetd's namespace (the node's): `agent_pid` is the peer of
+/// the agent socket, when this process can see it. When it cannot (another pid namespace),
+/// [`refuse_own_netns`] still holds in every supported deployment: vpcnetd runs with
+/// hostNetwork, like the runtime that runs the plugin.
+pub fn refuse_agent_netns(
+    ns: &OwnedFd,
+    path: &std::path::Path,
+    agent_pid: Option<u32>,
+) -> Result<(), CniError> {
+    let id = netns_id(ns, path)?;
+    let agent = agent_pid.and_then(|pid| {
+        netns::id_of_path(std::path::Path::new(&format!("/proc/{pid}/ns/net"))).ok()
+    });
+    if agent == Some(id) {
+        return Err(CniError::env(
+            "CNI_NETNS",
+            format!(
+                "{} is vpcnetd's network namespace (the node's), not a pod's: \
+                 refusing to wire it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn netns_id(ns: &OwnedFd, path: &std::path::Path) -> Result<netns::NetnsId, CniError> {
+    netns::id(ns.as_fd())
+        .map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
+}
+
+/// The interface that owns the pod's default route (issue 9 item 6). Runtimes (containerd,
+/// CRI-O) name a pod's primary interface `eth0`; Multus names further ones `net1`, `net2`…
+pub const DEFAULT_IFNAME: &str = "eth0";
+
+/// Whether `ifname` gets the default route (and the route to the gateway) in the pod.
+///
+/// Invariant: a pod's routes belong to exactly one interface, `eth0`. Any other interface of
+/// the same pod gets its address and the gateway's neighbour entry but no route, so adding
+/// or deleting it never replaces or removes the routes `eth0` depends on (the gateway and
+/// default routes are keyed by destination alone and would otherwise be taken over).
+pub fn owns_default_route(ifname: &str) -> bool {
+    ifname == DEFAULT_IFNAME
+}
+
 /// The host end of a freshly created veth pair.
 #[derive(Debug, Clone)]
 pub struct HostVeth {
@@ -44,9 +117,21 @@ pub struct HostVeth {
     pub mac: [u8; 6],
 }
 
+/// What creating the veth pair gave.
+#[derive(Debug)]
+pub enum Created {
+    /// This ADD created the pair: it is this ADD's to remove if a later step fails.
+    New(HostVeth),
+    /// A name was taken (EEXIST): the host veth's (an attachment of this container and
+    /// interface exists) or `ifname` in the pod namespace. Nothing was created or deleted;
+    /// [`resolve_taken`] decides what it is once the agent has said whether the address was
+    /// already held.
+    Taken,
+}
+
 /// Creates the veth pair: host end here, peer born as `ifname` in the pod namespace, both up.
-/// A stale veth of ours with the same name (an earlier attempt for the same attachment whose
-/// background delete has not run yet) is replaced; a name clash inside the pod namespace fails.
+/// Deletes nothing: a taken name is reported as [`Created::Taken`], and a pair whose second
+/// step failed is removed by [`veth::create`] itself (it is this call's own).
 pub async fn create_veth(
     host: &Handle,
     container_id: &str,
@@ -54,7 +139,7 @@ pub async fn create_veth(
     netns_path: &str,
     netns: &OwnedFd,
     mtu: Option<u32>,
-) -> Result<HostVeth, CniError> {
+) -> Result<Created, CniError> {
     let name = naming::host_veth_name(container_id, ifname);
     let mac = naming::host_veth_mac(container_id, ifname);
     let spec = veth::VethSpec {
@@ -65,27 +150,14 @@ pub async fn create_veth(
         peer_netns: netns.as_fd(),
         mtu,
     };
-    let what = || format!("creating veth {name} with peer {ifname} in {netns_path}");
-    let index = match veth::create(host, &spec).await {
-        Ok(i) => i,
-        Err(e) if e.is_exists() => {
-            let stale = link::delete_by_name(host, &name)
-                .await
-                .map_err(|e| CniError::dataplane("deleting stale host veth", e))?;
-            if !stale {
-                return Err(CniError::dataplane(&what(), e));
-            }
-            veth::create(host, &spec)
-                .await
-                .map_err(|e| CniError::dataplane(&what(), e))?
-        }
-        Err(e) => {
-            // The pair may exist half-configured (the second step failed): remove it.
-            let _ = link::delete_by_name(host, &name).await;
-            return Err(CniError::dataplane(&what(), e));
-        }
-    };
-    Ok(HostVeth { name, index, mac })
+    match veth::create(host, &spec).await {
+        Ok(index) => Ok(Created::New(HostVeth { name, index, mac })),
+        Err(e) if e.is_exists() => Ok(Created::Taken),
+        Err(e) => Err(CniError::dataplane(
+            &format!("creating veth {name} with peer {ifname} in {netns_path}"),
+            e,
+        )),
+    }
 }
 
 /// Deleting the host end deletes the peer and with it every pod-side address, route and
@@ -94,7 +166,8 @@ pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
     let _ = link::delete_by_index(host, veth.index).await;
 }
 
-/// Addresses and routes on both sides of a created veth. On failure the caller removes the veth.
+/// Addresses and routes on both sides of a veth. On failure the caller removes the veth if
+/// this ADD created it.
 ///
 /// The pod side goes through a netlink socket created inside the pod namespace (see
 /// [`netns::connect_in`]), so both sides' requests run concurrently from this one thread.
@@ -115,35 +188,98 @@ pub async fn wire(
     pod_side
 }
 
-/// Builds the whole attachment; on failure everything created is removed again.
-pub async fn setup(host: &Handle, plan: &Plan<'_>) -> Result<Wired, CniError> {
-    let veth = create_veth(
-        host,
-        plan.container_id,
-        plan.ifname,
-        plan.netns_path,
-        plan.netns,
-        plan.mtu,
-    )
-    .await?;
-    finish(host, plan, veth).await
-}
-
-/// Wires an already created veth; removes it on failure.
+/// Wires a veth this ADD created; removes it on failure.
 pub async fn finish(host: &Handle, plan: &Plan<'_>, veth: HostVeth) -> Result<Wired, CniError> {
     if let Err(e) = wire(host, &veth, plan.ifname, plan.netns, plan.ip).await {
         remove_veth(host, &veth).await;
         return Err(e);
     }
-    Ok(Wired {
-        host_veth: veth.name,
-        host_mac: veth.mac,
+    Ok(wired(plan, veth.name, veth.mac))
+}
+
+fn wired(plan: &Plan<'_>, host_veth: String, host_mac: [u8; 6]) -> Wired {
+    Wired {
+        host_veth,
+        host_mac,
         ifname: plan.ifname.to_string(),
         pod_mac: naming::pod_mac(plan.container_id, plan.ifname),
         netns: plan.netns_path.to_string(),
         ip: plan.ip,
         mtu: plan.mtu,
-    })
+        default_route: owns_default_route(plan.ifname),
+    }
+}
+
+/// The veth could not be created because a name was taken ([`Created::Taken`]); `held`: the
+/// agent said this attachment already held its address before this ADD (`existing`).
+///
+/// Invariant (issue 9 item 5): a repeated ADD never harms the attachment that works. A host
+/// veth of this name whose address is still held belongs to a live attachment: it is never
+/// deleted as stale. If its pod end is this very `ifname` in CNI_NETNS (same MAC), the ADD is
+/// a repeat in place and is re-applied without deleting anything (address, routes and
+/// neighbour are idempotent); if not, the ADD is refused (code 4) and nothing is touched.
+/// Only a host veth whose address was released (DEL ran; the agent's background delete has
+/// not yet) is stale and replaced. A name taken in the pod by something else is refused with
+/// code 4 naming CNI_IFNAME (issue 9 item 10).
+pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result<Wired, CniError> {
+    let name = naming::host_veth_name(plan.container_id, plan.ifname);
+    let nl = |e: NetlinkError| CniError::dataplane("reading links", e);
+    let host_link = link::get_by_name(host, &name).await.map_err(nl)?;
+    let pod = netns::connect_in(plan.netns.as_fd())
+        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+    let pod_link = link::get_by_name(&pod, plan.ifname).await.map_err(nl)?;
+    let ours_here =
+        pod_link.is_some_and(|l| l.mac == Some(naming::pod_mac(plan.container_id, plan.ifname)));
+    let taken_in_pod = || {
+        CniError::env(
+            "CNI_IFNAME",
+            format!(
+                "an interface named {} already exists in {}: choose another name or remove it",
+                plan.ifname, plan.netns_path
+            ),
+        )
+    };
+    match host_link {
+        None => Err(taken_in_pod()),
+        Some(h) if held && ours_here => {
+            let veth = HostVeth {
+                name,
+                index: h.index,
+                mac: naming::host_veth_mac(plan.container_id, plan.ifname),
+            };
+            // Nothing here was created by this ADD: on failure nothing is undone.
+            wire(host, &veth, plan.ifname, plan.netns, plan.ip).await?;
+            Ok(wired(plan, veth.name, veth.mac))
+        }
+        Some(_) if held => Err(CniError::env(
+            "CNI_IFNAME",
+            format!(
+                "container {} already has {} attached with {} (host veth {name}) in another \
+                 network namespace than {}: DEL it first; nothing was changed",
+                plan.container_id, plan.ifname, plan.ip, plan.netns_path
+            ),
+        )),
+        Some(stale) => {
+            // Its address was released: a DEL'd attachment whose background delete has not
+            // run yet. Replace it.
+            link::delete_by_index(host, stale.index)
+                .await
+                .map_err(|e| CniError::dataplane(&format!("deleting stale host veth {name}"), e))?;
+            match create_veth(
+                host,
+                plan.container_id,
+                plan.ifname,
+                plan.netns_path,
+                plan.netns,
+                plan.mtu,
+            )
+            .await?
+            {
+                Created::New(v) => finish(host, plan, v).await,
+                Created::Taken => Err(taken_in_pod()),
+            }
+        }
+    }
 }
 
 async fn configure_pod(
@@ -158,22 +294,46 @@ async fn configure_pod(
         .ok_or_else(|| CniError::Dataplane(format!("{ifname} missing in pod after creation")))?;
     // Sent back to back without waiting for each answer: the kernel handles one socket's
     // requests in order, so the gateway route exists before the default route that uses it.
+    // Only the default interface gets routes (see `owns_default_route`).
+    let routes = owns_default_route(ifname);
     let (addr, lo, neigh, gw, default) = futures::join!(
         address::add(h, index, ip, 32),
         link::set_up(h, LOOPBACK_INDEX),
         neighbour::add_permanent(h, index, GATEWAY, host_mac),
-        route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true),
-        route::add_via(
-            h,
-            Ipv4Addr::UNSPECIFIED,
-            0,
-            GATEWAY,
-            Some(index),
-            RTPROT_VPCNET,
-            true
-        ),
+        async {
+            if routes {
+                route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true).await
+            } else {
+                Ok(())
+            }
+        },
+        async {
+            if routes {
+                route::add_via(
+                    h,
+                    Ipv4Addr::UNSPECIFIED,
+                    0,
+                    GATEWAY,
+                    Some(index),
+                    RTPROT_VPCNET,
+                    true,
+                )
+                .await
+            } else {
+                Ok(())
+            }
+        },
     );
-    addr.map_err(|e| CniError::dataplane(&format!("adding {ip}/32 to {ifname}"), e))?;
+    match addr {
+        // A repeat ADD in place: the address is there already.
+        Err(e) if !e.is_exists() => {
+            return Err(CniError::dataplane(
+                &format!("adding {ip}/32 to {ifname}"),
+                e,
+            ))
+        }
+        _ => {}
+    }
     lo.map_err(|e| CniError::dataplane("setting lo up", e))?;
     neigh.map_err(|e| CniError::dataplane("adding gateway neighbour", e))?;
     gw.map_err(|e| CniError::dataplane("adding gateway route", e))?;
@@ -240,19 +400,23 @@ async fn check_pod(
     if !addrs.contains(&(ip, 32)) {
         return Err(fail(format!("pod address {ip}/32 on {ifname} is missing")));
     }
-    let routes = route::list_v4(h, None).await.map_err(nl)?;
-    if !routes.iter().any(|r| {
-        r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none()
-    }) {
-        return Err(fail(format!(
-            "pod route {GATEWAY} dev {ifname} scope link is missing"
-        )));
-    }
-    if !routes
-        .iter()
-        .any(|r| r.dst_len == 0 && r.gateway == Some(GATEWAY))
-    {
-        return Err(fail(format!("pod default route via {GATEWAY} is missing")));
+    if owns_default_route(ifname) {
+        let routes = route::list_v4(h, None).await.map_err(nl)?;
+        if !routes.iter().any(|r| {
+            r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none()
+        }) {
+            return Err(fail(format!(
+                "pod route {GATEWAY} dev {ifname} scope link is missing"
+            )));
+        }
+        if !routes
+            .iter()
+            .any(|r| r.dst_len == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(l.index))
+        {
+            return Err(fail(format!(
+                "pod default route via {GATEWAY} dev {ifname} is missing"
+            )));
+        }
     }
     match neighbour::get_v4(h, l.index, GATEWAY).await.map_err(nl)? {
         Some((mac, _)) if mac == host_mac => Ok(()),

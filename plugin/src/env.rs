@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::error::CniError;
+use crate::limits;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -54,7 +55,18 @@ pub fn command(get: &dyn Fn(&str) -> Option<String>) -> Result<Command, CniError
 }
 
 /// Spec: `^[A-Za-z0-9][A-Za-z0-9_.\-]*$`. The first character rule alone rejects `.`/`..`.
+/// At most [`limits::CONTAINER_ID`] bytes: the ID is part of every journal record.
 pub fn validate_container_id(id: &str) -> Result<(), CniError> {
+    if id.len() > limits::CONTAINER_ID {
+        return Err(CniError::env(
+            "CNI_CONTAINERID",
+            format!(
+                "is {} bytes, longer than the limit of {}",
+                id.len(),
+                limits::CONTAINER_ID
+            ),
+        ));
+    }
     let mut bytes = id.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
     if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
@@ -90,8 +102,19 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
     }
 }
 
-/// `K=V;K=V`. Malformed pairs are an error naming CNI_ARGS.
+/// `K=V;K=V`. Malformed pairs, a CNI_ARGS over [`limits::ARGS`] bytes and a K8S_POD_* value
+/// over [`limits::POD_ARG`] bytes are errors naming CNI_ARGS (and the key).
 pub fn parse_args(raw: &str) -> Result<PodArgs, CniError> {
+    if raw.len() > limits::ARGS {
+        return Err(CniError::env(
+            "CNI_ARGS",
+            format!(
+                "is {} bytes, longer than the limit of {}",
+                raw.len(),
+                limits::ARGS
+            ),
+        ));
+    }
     let mut args = PodArgs::default();
     for pair in raw.split(';').filter(|p| !p.is_empty()) {
         let Some((k, v)) = pair.split_once('=') else {
@@ -101,6 +124,16 @@ pub fn parse_args(raw: &str) -> Result<PodArgs, CniError> {
             ));
         };
         let v = Some(v.to_string()).filter(|v| !v.is_empty());
+        if k.starts_with("K8S_POD_") && v.as_ref().is_some_and(|v| v.len() > limits::POD_ARG) {
+            return Err(CniError::env(
+                "CNI_ARGS",
+                format!(
+                    "{k} is {} bytes, longer than the limit of {}",
+                    v.as_ref().map_or(0, String::len),
+                    limits::POD_ARG
+                ),
+            ));
+        }
         match k {
             "K8S_POD_NAMESPACE" => args.namespace = v,
             "K8S_POD_NAME" => args.name = v,
@@ -152,7 +185,9 @@ mod tests {
         for ok in ["a", "abc-1.2_3", "0123456789abcdef", "a..b"] {
             assert!(validate_container_id(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "..", ".", "-a", "a/b", "../x", "a b", "a;b"] {
+        let long = "a".repeat(limits::CONTAINER_ID + 1);
+        assert!(validate_container_id(&long[1..]).is_ok());
+        for bad in ["", "..", ".", "-a", "a/b", "../x", "a b", "a;b", &long] {
             let e = validate_container_id(bad).expect_err(bad);
             assert_eq!(e.code(), 4);
             assert!(e.to_string().contains("CNI_CONTAINERID"));
@@ -197,6 +232,16 @@ mod tests {
         let e = container(&del, true).expect_err("ADD needs netns");
         assert!(e.to_string().contains("CNI_NETNS"));
         assert!(parse_args("novalue").is_err());
+        let name = "n".repeat(limits::POD_ARG + 1);
+        for bad in [
+            format!("K8S_POD_NAME={name}"),
+            format!("X={}", "x".repeat(limits::ARGS)),
+        ] {
+            let e = parse_args(&bad).expect_err("over a bound");
+            assert_eq!(e.code(), 4);
+            assert!(e.to_string().contains("CNI_ARGS"), "{e}");
+        }
+        assert!(parse_args(&format!("K8S_POD_NAME={}", &name[1..])).is_ok());
         assert_eq!(
             command(&env(&[("CNI_COMMAND", "GC")])).ok(),
             Some(Command::Gc)

@@ -29,6 +29,10 @@ pub enum CniError {
     /// Config decodes but a field is invalid (CNI code 7). The message names the field.
     #[error("invalid network configuration field {field}: {reason}")]
     InvalidConfig { field: &'static str, reason: String },
+    /// The netconf on stdin is over [`crate::limits::STDIN`] (CNI code 7): refused after
+    /// reading just past the bound, never read whole.
+    #[error("invalid network configuration: stdin is larger than the {} limit ({limit} bytes)", crate::limits::human(*.limit))]
+    StdinTooLarge { limit: usize },
     /// Transient: the agent is unreachable, the pool is empty and cannot grow, max-pods… (CNI code 11).
     #[error("try again later: {0}")]
     TryAgainLater(String),
@@ -55,7 +59,7 @@ impl CniError {
             CniError::InvalidEnv { .. } => 4,
             CniError::Io(_) => 5,
             CniError::Decode(_) => 6,
-            CniError::InvalidConfig { .. } => 7,
+            CniError::InvalidConfig { .. } | CniError::StdinTooLarge { .. } => 7,
             CniError::TryAgainLater(_) => 11,
             CniError::NotAvailable(_) => 50,
             CniError::Dataplane(_) => 100,

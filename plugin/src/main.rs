@@ -6,6 +6,7 @@ mod commands;
 mod dataplane;
 mod env;
 mod error;
+mod limits;
 mod log;
 mod netconf;
 mod result;
@@ -51,13 +52,10 @@ fn run() -> i32 {
             1
         };
     }
-    let mut stdin = Vec::new();
-    if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return fail(
-            version::CURRENT,
-            &CniError::Io(format!("reading stdin: {e}")),
-        );
-    }
+    let stdin = match read_stdin(std::io::stdin().lock()) {
+        Ok(s) => s,
+        Err(e) => return fail(version::CURRENT, &e),
+    };
     let conf = match netconf::parse(&stdin) {
         Ok(c) => c,
         Err(e) => {
@@ -105,6 +103,25 @@ fn run() -> i32 {
     }
 }
 
+/// Reads the netconf, at most [`limits::STDIN`] bytes: one byte more is refused (code 7)
+/// without reading further, so memory stays bounded whatever the runtime sends.
+fn read_stdin(input: impl Read) -> Result<Vec<u8>, CniError> {
+    let mut stdin = Vec::new();
+    let cap = u64::try_from(limits::STDIN)
+        .unwrap_or(u64::MAX)
+        .saturating_add(1);
+    input
+        .take(cap)
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::Io(format!("reading stdin: {e}")))?;
+    if stdin.len() > limits::STDIN {
+        return Err(CniError::StdinTooLarge {
+            limit: limits::STDIN,
+        });
+    }
+    Ok(stdin)
+}
+
 fn dispatch(
     command: Command,
     conf: &netconf::NetConf,
@@ -129,5 +146,23 @@ fn dispatch(
         Command::Gc => commands::gc::run(conf).map(|_| None),
         Command::Status => commands::status::run(conf).map(|()| None),
         Command::Version => Ok(Some(version::version_output())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_is_bounded() {
+        let ok = vec![b' '; limits::STDIN];
+        assert_eq!(
+            read_stdin(&ok[..]).map(|v| v.len()).ok(),
+            Some(limits::STDIN)
+        );
+        let big = vec![b' '; limits::STDIN + 1];
+        let e = read_stdin(&big[..]).expect_err("over the limit");
+        assert_eq!(e.code(), 7);
+        assert!(e.to_string().contains("1 MiB"), "{e}");
     }
 }

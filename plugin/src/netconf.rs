@@ -8,6 +8,7 @@ use serde_json::Value;
 use vpcnet_ipam::api::{Attachment, DEFAULT_SOCKET};
 
 use crate::error::CniError;
+use crate::limits;
 use crate::version::{self, Spec};
 
 pub const DEFAULT_LOG_FILE: &str = "/var/log/vpcnet/plugin.log";
@@ -81,6 +82,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         .name
         .filter(|n| !n.is_empty())
         .ok_or_else(|| CniError::config("name", "missing or empty"))?;
+    validate_name(&name)?;
     if let Some(t) = raw.plugin_type.as_deref() {
         if t.is_empty() {
             return Err(CniError::config("type", "empty"));
@@ -95,6 +97,16 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
     }
     let socket = match raw.socket {
         None | Some(Value::Null) => PathBuf::from(DEFAULT_SOCKET),
+        Some(Value::String(s)) if s.len() > limits::SOCKET_PATH => {
+            return Err(CniError::config(
+                "socket",
+                format!(
+                    "is {} bytes, longer than the {} a unix socket path can have",
+                    s.len(),
+                    limits::SOCKET_PATH
+                ),
+            ))
+        }
         Some(Value::String(s)) if s.starts_with('/') => PathBuf::from(s),
         Some(other) => {
             return Err(CniError::config(
@@ -133,14 +145,42 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             ))
         }
     };
+    if let Some(f) = raw.log_file.as_deref() {
+        if f.len() > limits::LOG_FILE {
+            return Err(CniError::config(
+                "logFile",
+                format!(
+                    "is {} bytes, longer than the limit of {}",
+                    f.len(),
+                    limits::LOG_FILE
+                ),
+            ));
+        }
+    }
+    let attachments_field = if raw.valid_attachments.is_some() {
+        "cni.dev/valid-attachments"
+    } else {
+        "cni.dev/attachments"
+    };
     let valid_attachments = raw.valid_attachments.or(raw.attachments).map(|list| {
         list.into_iter()
             .map(|a| Attachment {
                 container_id: a.container_id,
                 ifname: a.ifname,
             })
-            .collect()
+            .collect::<Vec<_>>()
     });
+    for a in valid_attachments.iter().flatten() {
+        if a.container_id.len() > limits::CONTAINER_ID || a.ifname.len() > 15 {
+            return Err(CniError::config(
+                attachments_field,
+                format!(
+                    "an entry is over the bounds (containerID {} bytes, ifname 15)",
+                    limits::CONTAINER_ID
+                ),
+            ));
+        }
+    }
     Ok(NetConf {
         cni_version,
         spec,
@@ -156,6 +196,30 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         prev_result: raw.prev_result.filter(|v| !v.is_null()),
         valid_attachments,
     })
+}
+
+/// Spec: `^[A-Za-z0-9][A-Za-z0-9_.\-]*$` (what libcni checks too), and at most
+/// [`limits::NAME`] bytes: the name is part of every key the agent journals.
+fn validate_name(name: &str) -> Result<(), CniError> {
+    if name.len() > limits::NAME {
+        return Err(CniError::config(
+            "name",
+            format!(
+                "is {} bytes, longer than the limit of {}",
+                name.len(),
+                limits::NAME
+            ),
+        ));
+    }
+    let mut bytes = name.bytes();
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+        return Err(CniError::config(
+            "name",
+            format!("{name:?} must match [A-Za-z0-9][A-Za-z0-9_.-]*"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -204,6 +268,29 @@ mod tests {
         let e = parse(conf(r#","socket":"relative.sock""#).as_bytes()).expect_err("relative");
         assert!(e.to_string().contains("socket"));
         assert!(parse(conf(r#","mtu":1500"#).as_bytes()).is_ok());
+        let long = |n: usize| "a".repeat(n);
+        for (bad, field) in [
+            (
+                format!(r#"{{"cniVersion":"1.1.0","name":"{}"}}"#, long(254)),
+                "name",
+            ),
+            (r#"{"cniVersion":"1.1.0","name":"a b"}"#.to_string(), "name"),
+            (conf(&format!(r#","socket":"/{}""#, long(107))), "socket"),
+            (conf(&format!(r#","logFile":"/{}""#, long(4095))), "logFile"),
+            (
+                conf(&format!(
+                    r#","cni.dev/valid-attachments":[{{"containerID":"{}","ifname":"eth0"}}]"#,
+                    long(257)
+                )),
+                "cni.dev/valid-attachments",
+            ),
+        ] {
+            let e = parse(bad.as_bytes()).expect_err(field);
+            assert_eq!(e.code(), 7, "{e}");
+            assert!(e.to_string().contains(field), "{e}");
+        }
+        let ok = format!(r#"{{"cniVersion":"1.1.0","name":"{}"}}"#, long(253));
+        assert!(parse(ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub struct Wired {
     pub netns: String,
     pub ip: Ipv4Addr,
     pub mtu: Option<u32>,
+    /// This interface owns the pod's default route (it is `eth0`): the result lists the
+    /// route. Other interfaces get no routes and their results list none.
+    pub default_route: bool,
 }
 
 /// Builds the ADD result. When chained after another plugin, `prev` is its result: ours is
@@ -55,7 +58,9 @@ pub fn add_result(cni_version: &str, spec: Spec, wired: &Wired, prev: Option<&Va
         "interface": pod_index,
     }));
     let mut routes = take_array(&mut out, "routes");
-    routes.push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
+    if wired.default_route {
+        routes.push(json!({ "dst": "0.0.0.0/0", "gw": GATEWAY.to_string() }));
+    }
     out.insert("interfaces".into(), Value::Array(interfaces));
     out.insert("ips".into(), Value::Array(ips));
     out.insert("routes".into(), Value::Array(routes));
@@ -128,6 +133,7 @@ mod tests {
             netns: "/var/run/netns/p".into(),
             ip: Ipv4Addr::new(10, 0, 0, 5),
             mtu: Some(1500),
+            default_route: true,
         }
     }
 
@@ -145,6 +151,14 @@ mod tests {
         assert!(old["interfaces"][1].get("mtu").is_none());
         assert_eq!(our_ip(&r, "eth0"), Some(Ipv4Addr::new(10, 0, 0, 5)));
         assert_eq!(our_ip(&r, "eth1"), None);
+        assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0");
+        let secondary = Wired {
+            ifname: "net1".into(),
+            default_route: false,
+            ..wired()
+        };
+        let r = add_result("1.1.0", Spec::V11, &secondary, None);
+        assert_eq!(r["routes"].as_array().map(Vec::len), Some(0));
     }
 
     #[test]

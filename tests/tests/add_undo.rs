@@ -20,10 +20,12 @@ fn add_into_a_pod_whose_ifname_is_taken_fails_and_leaves_nothing() {
         }
         let out = lab.cni("ADD", "c-taken", "eth0", &Lab::netns_path(&pod), &conf);
         assert!(!out.ok(), "ADD must fail: {}", out.stdout);
-        assert_eq!(out.code(), Some(100), "{}", out.stdout);
+        // Code 4 naming CNI_IFNAME: the runtime's interface name cannot be used in this pod
+        // (issue 9 item 10; it was code 100 naming neither).
+        assert_eq!(out.code(), Some(4), "{}", out.stdout);
         assert!(
-            out.msg().contains("eth0"),
-            "message names the interface: {}",
+            out.msg().contains("CNI_IFNAME") && out.msg().contains("eth0"),
+            "message names CNI_IFNAME and the interface: {}",
             out.msg()
         );
         assert!(
@@ -77,7 +79,7 @@ fn failed_add_address_is_free_at_once_but_a_deleted_pods_cools() {
     let taken = lab.pod(1);
     lab.ip(&taken, "link add eth0 type veth peer name other0");
     let failed = lab.add("c-fail", &taken);
-    assert_eq!(failed.code(), Some(100), "{}", failed.stdout);
+    assert_eq!(failed.code(), Some(4), "{}", failed.stdout);
     let st = lab.status();
     assert_eq!(
         stat(&st, "cooling"),
@@ -93,7 +95,7 @@ fn failed_add_address_is_free_at_once_but_a_deleted_pods_cools() {
     let p3 = lab.pod(3);
     lab.ip(&p3, "link add eth0 type veth peer name other3");
     let failed2 = lab.add("c-fail2", &p3);
-    assert_eq!(failed2.code(), Some(100), "{}", failed2.stdout);
+    assert_eq!(failed2.code(), Some(4), "{}", failed2.stdout);
     let p4 = lab.pod(4);
     let after_fail = lab.add("c-next", &p4);
     after_fail.expect_ok("ADD after the second failed one");

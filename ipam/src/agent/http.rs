@@ -10,16 +10,26 @@
 //! | `/pool` | the pool as JSON: `vpcnetd status --json` without `allocations` (no container IDs over HTTP) |
 //!
 //! Anything else: 404; other methods: 405; a malformed request line: 400; headers over
-//! [`MAX_REQUEST`] bytes: 431. A client gets [`READ_TIMEOUT`] to send its request, and at most
-//! [`MAX_CONNECTIONS`] are served at once (the rest wait in the kernel's backlog).
+//! [`MAX_REQUEST`] bytes: 431.
+//!
+//! Invariant (issue 9 item 7): a probe is answered whatever other clients do. The accept
+//! loop never waits for anything but the next connection; every connection is accepted at
+//! once and then bounded: [`READ_TIMEOUT`] for the whole request head (408 after), at most
+//! [`MAX_REQUEST`] bytes of it, [`CONNECTION_TIMEOUT`] for the connection as a whole
+//! (writing the answer included), and [`MAX_CONNECTIONS`] open at once. When that many are
+//! open, the newcomer is not turned away: the connection that has waited longest for its
+//! request head is ended (503) to make room, so a client that sends its request at once — a
+//! probe, a scraper — is served however many slow or idle ones (slow-loris) hang on. Only
+//! when every open connection has sent its request is a newcomer closed at once.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use crate::agent::datastore::Datastore;
 use crate::agent::metrics;
@@ -27,8 +37,14 @@ use crate::agent::node::Node;
 
 /// Request line and headers together; a GET has no body.
 pub const MAX_REQUEST: usize = 8 * 1024;
+/// For the whole request head, from accept. Probes and scrapers send theirs at once.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
-pub const MAX_CONNECTIONS: usize = 8;
+/// For a whole connection, from accept (reading, answering, writing).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once (see the module doc for what happens at the cap). Each costs a
+/// small task and a descriptor; far more than probes and scrapers ever open, far below the
+/// agent's descriptor limit.
+pub const MAX_CONNECTIONS: usize = 256;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -52,18 +68,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn serve<D: Datastore>(listener: TcpListener, node: Arc<Node<D>>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
         match listener.accept().await {
             Ok((stream, _)) => {
+                // Accept first, then decide; the loop never waits for a slot.
+                let Some((slot, evicted)) = admit(&conns) else {
+                    drop(stream);
+                    continue;
+                };
                 let node = node.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
-                    // A client hanging up early is not the agent's problem: say nothing.
-                    let _ = handle(stream, &node).await;
+                    // A client hanging up early, too slow, or pushed out is not the agent's
+                    // problem: say nothing.
+                    let served = handle(stream, &node, &slot, &evicted);
+                    let _ = tokio::time::timeout(CONNECTION_TIMEOUT, served).await;
                 });
             }
             Err(e) => {
@@ -72,6 +91,67 @@ pub async fn serve<D: Datastore>(listener: TcpListener, node: Arc<Node<D>>) {
             }
         }
     }
+}
+
+/// The connections open now, and those still waiting for their request head, oldest first
+/// (each with the [`Notify`] that ends its wait).
+#[derive(Debug, Default)]
+struct Conns {
+    open: usize,
+    next_id: u64,
+    waiting: VecDeque<(u64, Arc<Notify>)>,
+}
+
+/// One admitted connection; gives its place back when its task ends, however it ends.
+#[derive(Debug)]
+struct Slot {
+    conns: Arc<Mutex<Conns>>,
+    id: u64,
+}
+
+impl Slot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Conns> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The request head is in: this connection can no longer be pushed out.
+    fn head_done(&self) {
+        self.lock().waiting.retain(|(id, _)| *id != self.id);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let id = self.id;
+        let mut c = self.lock();
+        c.open = c.open.saturating_sub(1);
+        c.waiting.retain(|(i, _)| *i != id);
+    }
+}
+
+/// Admits a new connection. At [`MAX_CONNECTIONS`] the one waiting longest for its request
+/// head is told to end (it gives its place back within a moment); `None` when every open
+/// connection has sent its request already.
+fn admit(conns: &Arc<Mutex<Conns>>) -> Option<(Slot, Arc<Notify>)> {
+    let mut c = conns.lock().unwrap_or_else(PoisonError::into_inner);
+    if c.open >= MAX_CONNECTIONS {
+        let (_, oldest) = c.waiting.pop_front()?;
+        // Stored if that task is not waiting yet: the eviction is never lost.
+        oldest.notify_one();
+    }
+    c.open += 1;
+    c.next_id += 1;
+    let id = c.next_id;
+    let evicted = Arc::new(Notify::new());
+    c.waiting.push_back((id, evicted.clone()));
+    drop(c);
+    Some((
+        Slot {
+            conns: conns.clone(),
+            id,
+        },
+        evicted,
+    ))
 }
 
 /// A response before it is written.
@@ -205,8 +285,18 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-async fn handle<D: Datastore>(mut stream: TcpStream, node: &Node<D>) -> std::io::Result<()> {
-    let (resp, head_only) = match read_head(&mut stream).await? {
+async fn handle<D: Datastore>(
+    mut stream: TcpStream,
+    node: &Node<D>,
+    slot: &Slot,
+    evicted: &Notify,
+) -> std::io::Result<()> {
+    let head = tokio::select! {
+        head = read_head(&mut stream) => head?,
+        () = evicted.notified() => Err(Response::text(503, "too many connections\n")),
+    };
+    slot.head_done();
+    let (resp, head_only) = match head {
         Err(resp) => (resp, false),
         Ok(head) => match parse_head(&head) {
             Head::Bad(resp) => (resp, false),
@@ -318,6 +408,29 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn full_house_pushes_out_the_oldest_waiting_connection() {
+        let conns = Arc::new(Mutex::new(Conns::default()));
+        let mut slots: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|_| admit(&conns).unwrap())
+            .collect();
+        // Full: the newcomer is admitted and the oldest waiting one (id 1) is evicted.
+        let (newcomer, _) = admit(&conns).unwrap();
+        assert_eq!(conns.lock().unwrap().waiting.front().map(|w| w.0), Some(2));
+        // The evicted task ends: its place is given back.
+        drop(slots.remove(0));
+        assert_eq!(conns.lock().unwrap().open, MAX_CONNECTIONS);
+        // Everyone has sent a request: nobody can be pushed out, the newcomer is closed.
+        for s in &slots {
+            s.0.head_done();
+        }
+        newcomer.head_done();
+        assert!(admit(&conns).is_none());
+        drop(slots);
+        assert_eq!(conns.lock().unwrap().open, 1);
+        assert!(admit(&conns).is_some());
     }
 
     #[test]

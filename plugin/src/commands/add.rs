@@ -8,7 +8,7 @@
 use serde_json::Value;
 use vpcnet_ipam::api::{Reply, Request};
 
-use crate::dataplane::{self, HostVeth, Plan};
+use crate::dataplane::{self, Created, Plan};
 use crate::env::ContainerEnv;
 use crate::error::CniError;
 use crate::log::Log;
@@ -24,6 +24,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
     // Validate the namespace before taking an address: bad input changes nothing.
     let netns = dataplane::open_netns(netns_path)?;
+    dataplane::refuse_own_netns(&netns, netns_path)?;
+    let conn = agent::connect(&conf.socket)?;
+    dataplane::refuse_agent_netns(&netns, netns_path, conn.peer_pid())?;
     let netns_str = netns_path.display().to_string();
     let key = super::key(conf, env);
     // Held until this ADD returns (or the process dies): while it is held, the agent's
@@ -34,14 +37,14 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         .map_err(|e| CniError::Io(format!("in-flight lock in {}: {e}", inflight_dir.display())))?;
     let rt = super::runtime()?;
     let host = rt.block_on(async { super::host_netlink() })?;
-    let pending = agent::send(
-        &conf.socket,
+    let pending = agent::send_on(
+        conn,
         Request::Assign {
             key: key.clone(),
             meta: super::meta(env),
         },
     )?;
-    let early_veth: Option<Result<HostVeth, CniError>> = conf.mtu.map(|mtu| {
+    let early_veth: Option<Result<Created, CniError>> = conf.mtu.map(|mtu| {
         rt.block_on(dataplane::create_veth(
             &host,
             &env.container_id,
@@ -75,9 +78,23 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         mtu,
     };
     let wired = rt.block_on(async {
-        match early_veth {
-            Some(veth) => dataplane::finish(&host, &plan, veth?).await,
-            None => dataplane::setup(&host, &plan).await,
+        let created = match early_veth {
+            Some(created) => created,
+            None => {
+                dataplane::create_veth(
+                    &host,
+                    plan.container_id,
+                    plan.ifname,
+                    plan.netns_path,
+                    plan.netns,
+                    plan.mtu,
+                )
+                .await
+            }
+        };
+        match created? {
+            Created::New(veth) => dataplane::finish(&host, &plan, veth).await,
+            Created::Taken => dataplane::resolve_taken(&host, &plan, existing).await,
         }
     });
     log.write(
@@ -96,9 +113,10 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             conf.prev_result.as_ref(),
         )),
         Err(e) => {
-            // A new address goes straight back to free: no pod ever used it. One the attachment
-            // already held before this ADD stays: it may belong to a pod that works, and the
-            // runtime's DEL decides its fate.
+            // Undo only what this ADD did (issue 9 items 5 and 11): an address this ADD took goes
+            // straight back to free — no pod ever used it; one the attachment held before this
+            // ADD (`existing`) stays with it — a failed repeat ADD must not take a working
+            // pod's address away. (The runtime also calls DEL after a failed ADD.)
             if !existing {
                 let _ = agent::call(&conf.socket, Request::Release { key, unused: true });
             }
@@ -123,12 +141,13 @@ fn failpoint_stall_after_assign() {
 #[cfg(not(feature = "failpoints"))]
 fn failpoint_stall_after_assign() {}
 
+/// The agent gave no address: remove the veth this ADD created early, if it created one.
 fn undo_veth(
     rt: &tokio::runtime::Runtime,
     host: &rtnetlink::Handle,
-    veth: Option<Result<HostVeth, CniError>>,
+    veth: Option<Result<Created, CniError>>,
 ) {
-    if let Some(Ok(v)) = veth {
+    if let Some(Ok(Created::New(v))) = veth {
         rt.block_on(dataplane::remove_veth(host, &v));
     }
 }
