@@ -228,8 +228,8 @@ fn lost_state_refuses_then_rebuild_state_adopts_the_running_pods() {
     assert_pods_untouched(&lab, &pods, "after the refused start");
 
     // The operator rebuilds the pool from the kernel.
-    let mut rebuild = vec!["rebuild-state".to_string()];
-    rebuild.extend(lab_flags(&lab));
+    let mut rebuild = lab_flags(&lab);
+    rebuild.push("rebuild-state".into());
     let (code, out) = run_vpcnetd(&lab, &rebuild, Duration::from_secs(15));
     assert_eq!(code, Some(0), "rebuild-state failed: {out}");
     for (_, _, ip) in &pods {

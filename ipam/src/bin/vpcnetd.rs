@@ -1,4 +1,4 @@
-//! `vpcnetd` entry point: `run` (default), `status` or `install-cni`.
+//! `vpcnetd` entry point: `run` (default), `status`, `install-cni` or `rebuild-state`.
 
 use clap::Parser;
 
@@ -14,6 +14,13 @@ fn main() {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::RebuildState) => match agent::rebuild_state(cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd rebuild-state: {e}");
                 1
             }
         },
