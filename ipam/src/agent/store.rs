@@ -219,7 +219,8 @@ pub fn parse_snapshot(bytes: &[u8]) -> Result<(Pool, u64), StoreError> {
     Ok((snap.pool, snap.seq))
 }
 
-fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
+/// A snapshot file holding `pool` as of journal record `seq`.
+pub fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
     let body =
         serde_json::to_vec(&(seq, pool)).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
     serde_json::to_vec(&Snapshot {
@@ -230,8 +231,8 @@ fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
     .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))
 }
 
-/// One journal line: `<crc32 8 hex> <json>\n`.
-fn journal_line(seq: u64, ev: &PoolEvent, out: &mut Vec<u8>) -> Result<(), StoreError> {
+/// One journal line: `<crc32 8 hex> <json>\n`, appended to `out`.
+pub fn journal_line(seq: u64, ev: &PoolEvent, out: &mut Vec<u8>) -> Result<(), StoreError> {
     let json = serde_json::to_vec(&Record { seq, event: ev })
         .map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
     write!(out, "{:08x} ", crc32(&json)).map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
@@ -251,7 +252,7 @@ pub struct Replayed {
     pub applied: usize,
 }
 
-/// A line's record, checksum verified. `Ok(None)`: a legacy (plain JSON) line.
+/// A line's record with its checksum, verified; `true`: a legacy (plain JSON) line.
 fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
     if line.first() == Some(&b'{') {
         let rec = serde_json::from_slice(line).map_err(|e| e.to_string())?;
@@ -261,8 +262,13 @@ fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
         (Some(h), Some(b' '), Some(j)) => (h, j),
         _ => return Err("not a journal record".into()),
     };
+    // Exactly as written: 8 lowercase hex digits (from_str_radix alone would take "A").
     let want = std::str::from_utf8(head)
         .ok()
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .and_then(|h| u32::from_str_radix(h, 16).ok())
         .ok_or("bad checksum field")?;
     if crc32(json) != want {
