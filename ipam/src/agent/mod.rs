@@ -113,10 +113,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
     rt.block_on(async move {
+        let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+        audit_host(&net, &args, &store, &pool).await?;
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool).await
+                serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -131,7 +133,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool).await
+                serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -140,7 +142,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool).await
+                serve(args, ds, store, pool, net).await
             }
         }
     })?;
@@ -200,35 +202,42 @@ async fn uplink_mtu(net: &rtnetlink::Handle) -> Option<u32> {
         .mtu
 }
 
+/// Item 3: read-only, before anything on the host (or in the datastore) changes.
+async fn audit_host(
+    net: &rtnetlink::Handle,
+    args: &RunArgs,
+    store: &Store,
+    pool: &Pool,
+) -> Result<(), String> {
+    let links = link::list(net)
+        .await
+        .map_err(|e| format!("listing links: {e}"))?;
+    let routes = route::list_v4(net, Some(vpcnet_netlink::RTPROT_VPCNET))
+        .await
+        .map_err(|e| format!("listing routes: {e}"))?;
+    let missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let n = missing.len();
+    let shown: Vec<_> = missing.into_iter().take(8).collect();
+    Err(state_refusal(
+        &args.state_dir,
+        &format!(
+            "the state does not account for {n} pod(s) running on this host: {}{}",
+            shown.join(", "),
+            if n > shown.len() { ", …" } else { "" }
+        ),
+    ))
+}
+
 async fn serve<D: Datastore>(
     args: RunArgs,
     ds: D,
     mut store: Store,
     pool: Pool,
+    net: rtnetlink::Handle,
 ) -> Result<(), String> {
-    let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
-    // Item 3: read-only, before anything on the host changes.
-    {
-        let links = link::list(&net)
-            .await
-            .map_err(|e| format!("listing links: {e}"))?;
-        let routes = route::list_v4(&net, Some(vpcnet_netlink::RTPROT_VPCNET))
-            .await
-            .map_err(|e| format!("listing routes: {e}"))?;
-        let missing = audit::unaccounted(&pool, store.fresh(), &routes, &links);
-        if !missing.is_empty() {
-            let n = missing.len();
-            let shown: Vec<_> = missing.into_iter().take(8).collect();
-            return Err(state_refusal(
-                &args.state_dir,
-                &format!(
-                    "the state does not account for {n} pod(s) running on this host: {}{}",
-                    shown.join(", "),
-                    if n > shown.len() { ", …" } else { "" }
-                ),
-            ));
-        }
-    }
     // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
     // format in the checksummed one).
     store
