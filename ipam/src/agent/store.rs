@@ -637,6 +637,69 @@ mod tests {
         assert!(load(None, &mixed, cfg()).is_err());
     }
 
+    /// A scratch directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let p = std::env::temp_dir().join(format!(
+                "vpcnet-store-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A write that fails (ENOSPC from /dev/full) and cannot be cut back off (ftruncate on a
+    /// character device fails): the store reports a full disk, turns broken, and the next
+    /// change is written as a whole snapshot; what loads afterwards is exactly what was
+    /// acknowledged. Also: the directory and files are private.
+    #[test]
+    fn failed_write_then_repair_by_snapshot() {
+        let dir = Scratch::new("full");
+        let evs = events();
+        let (mut store, mut pool) = Store::open(&dir.0, cfg()).unwrap();
+        assert!(store.fresh());
+        for ev in &evs[..2] {
+            pool.apply(ev).unwrap();
+            store.persist(std::slice::from_ref(ev), &pool).unwrap();
+        }
+        let acked = pool.clone();
+        let real = std::mem::replace(
+            &mut store.journal,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        let mut next = pool.clone();
+        next.apply(&evs[2]).unwrap();
+        let err = store.persist(&evs[2..3], &next).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(store.broken);
+        // Space returns: the next change (the same one, retried) goes out as a snapshot.
+        store.journal = real;
+        store.persist(&evs[2..3], &next).unwrap();
+        assert!(!store.broken);
+        drop(store);
+        let (store, loaded) = Store::open(&dir.0, cfg()).unwrap();
+        assert_eq!(loaded, next);
+        assert_ne!(loaded, acked);
+        assert!(!store.fresh());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.0), 0o700);
+        for f in [SNAPSHOT, JOURNAL, LOCK] {
+            assert_eq!(mode(&dir.0.join(f)), 0o600, "{f}");
+        }
+    }
+
     #[test]
     fn snapshot_checksum() {
         let (pool, _) = load(None, &journal(&events()), cfg()).unwrap();
