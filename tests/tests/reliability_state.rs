@@ -308,6 +308,33 @@ fn damaged_acknowledged_journal_record_refuses() {
     assert_pods_untouched(&lab, &pods, "after the refused start");
     // The damaged file is left as it was, for the operator.
     assert_eq!(std::fs::read(&journal).expect("journal"), bytes);
+
+    // The way out: rebuild from the kernel (the damaged journal is kept aside), start again.
+    let mut rebuild = lab_flags(&lab);
+    rebuild.push("rebuild-state".into());
+    let (code, out) = run_vpcnetd(&lab, &rebuild, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "rebuild-state failed: {out}");
+    let kept_aside = std::fs::read_dir(lab.state_dir())
+        .expect("state dir")
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("pool.journal.bad-")
+        });
+    assert!(kept_aside, "damaged journal not kept: {out}");
+    lab.agent.as_mut().expect("agent").restart();
+    let live: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.2).collect();
+    let held: BTreeSet<Ipv4Addr> = status_allocs(&lab.status()).iter().map(|a| a.ip).collect();
+    assert_eq!(held, live);
+    let p = lab.pod(9);
+    let ip = lab
+        .add("dmg-new", &p)
+        .expect_ok("ADD new")
+        .ip()
+        .expect("ip");
+    assert!(!live.contains(&ip), "{ip} handed out twice");
+    assert_pods_untouched(&lab, &pods, "after rebuild and restart");
 }
 
 // ---- item 8 ----

@@ -60,16 +60,21 @@ pub fn unaccounted(
 pub struct Rebuilt {
     /// (address, host veth) adopted as allocations.
     pub adopted: Vec<(std::net::Ipv4Addr, String)>,
+    /// Of those, how many kept the key and metadata the old state had for them.
+    pub known: usize,
     /// Routes and links not adopted, with the reason.
     pub skipped: Vec<String>,
 }
 
 /// Builds a pool (configured by `pool`) from the kernel: every pod route through one of our
-/// host veths becomes an allocation keyed [`naming::rebuilt_key`] of that veth, in the prefix
-/// of the configured length that contains it. Addresses released before are not known (they
-/// become free, not cooling).
+/// host veths becomes an allocation, in the prefix of the configured length that contains
+/// it. When `old` (whatever of the previous state could be read) has an allocation of that
+/// address whose host veth is that veth, it is kept as it was (real key, pod metadata);
+/// otherwise the allocation is keyed [`naming::rebuilt_key`] of the veth. Addresses released
+/// before are not known (they become free, not cooling).
 pub fn rebuild(
     pool: &mut Pool,
+    old: Option<&Pool>,
     routes: &[RouteV4],
     links: &[LinkInfo],
     now: crate::pool::Millis,
@@ -104,16 +109,22 @@ pub fn rebuild(
                 continue;
             }
         }
-        let alloc = Allocation {
+        let known = old
+            .and_then(|p| p.owner_of(r.dst))
+            .filter(|a| naming::key_host_veth(&a.key) == veth)
+            .cloned();
+        let is_known = known.is_some();
+        let alloc = known.unwrap_or_else(|| Allocation {
             ip: r.dst,
             key: naming::rebuilt_key(veth),
             meta: PodMeta::default(),
             assigned_at: now,
-        };
+        });
         match pool.apply(&PoolEvent::Assigned { alloc }) {
             Ok(()) => {
                 with_route.insert(veth);
                 out.adopted.push((r.dst, veth.to_string()));
+                out.known += usize::from(is_known);
             }
             Err(e) => out
                 .skipped
@@ -174,10 +185,37 @@ mod tests {
         let routes = [pod_route([10, 1, 0, 1], 7), pod_route([10, 1, 0, 18], 8)];
         let mut pool = Pool::new(cfg.clone());
         assert_eq!(unaccounted(&pool, true, &routes, &links).len(), 4);
-        let r = rebuild(&mut pool, &routes, &links, 5);
+        let r = rebuild(&mut pool, None, &routes, &links, 5);
         assert_eq!(r.adopted.len(), 2, "{r:?}");
+        assert_eq!(r.known, 0);
         assert!(unaccounted(&pool, false, &routes, &links).is_empty());
         assert_eq!(pool.held_prefixes().count(), 2);
+        assert!(pool.get(&naming::rebuilt_key(&v1)).is_some());
+        // What an old state knows about a pod is kept (its real key); the rest is adopted.
+        let mut old = Pool::new(cfg.clone());
+        old.add_prefix("10.1.0.0/28".parse().unwrap(), 1).unwrap();
+        let key_a = crate::pool::AllocKey {
+            network: "net".into(),
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        };
+        old.apply(&PoolEvent::Assigned {
+            alloc: Allocation {
+                ip: Ipv4Addr::new(10, 1, 0, 1),
+                key: key_a.clone(),
+                meta: PodMeta::default(),
+                assigned_at: 2,
+            },
+        })
+        .unwrap();
+        let mut again = Pool::new(cfg.clone());
+        let r = rebuild(&mut again, Some(&old), &routes, &links, 5);
+        assert_eq!((r.adopted.len(), r.known), (2, 1), "{r:?}");
+        assert_eq!(
+            again.get(&key_a).map(|a| a.ip),
+            Some(Ipv4Addr::new(10, 1, 0, 1))
+        );
+        assert!(again.get(&naming::rebuilt_key(&v2)).is_some());
         // A veth without a route is left to reconcile; the empty pool with no veths is fine.
         assert!(unaccounted(&Pool::new(cfg), true, &[], &[link(1, "lo")]).is_empty());
     }

@@ -170,11 +170,18 @@ pub fn rebuild_state(args: RunArgs) -> Result<(), String> {
             .map_err(|e| format!("listing links: {e}"))?;
         Ok::<_, String>((routes, links))
     })?;
+    let old = readable_state(dir.path(), &args);
     let mut pool = Pool::new(args.pool_config());
     let now = node::now_ms();
-    let r = audit::rebuild(&mut pool, &routes, &links, now);
+    let r = audit::rebuild(&mut pool, old.as_ref(), &routes, &links, now);
     for (ip, veth) in &r.adopted {
-        println!("adopted {ip} (host veth {veth})");
+        match pool.owner_of(*ip) {
+            Some(a) if a.key.network != crate::naming::REBUILT_NETWORK => println!(
+                "kept {ip} (host veth {veth}) of container {} as the old state had it",
+                a.key.container_id
+            ),
+            _ => println!("adopted {ip} (host veth {veth})"),
+        }
     }
     for s in &r.skipped {
         println!("not adopted: {s}");
@@ -182,12 +189,25 @@ pub fn rebuild_state(args: RunArgs) -> Result<(), String> {
     let stamp = now / 1000;
     Store::replace(dir, &pool, stamp).map_err(|e| e.to_string())?;
     println!(
-        "rebuilt {}: {} allocations in {} prefixes (previous files kept as pool.*.bad-{stamp})",
+        "rebuilt {}: {} allocations ({} as the old state had them) in {} prefixes (previous \
+         files kept as pool.*.bad-{stamp})",
         args.state_dir.display(),
         r.adopted.len(),
+        r.known,
         pool.held_prefixes().count()
     );
     Ok(())
+}
+
+/// Whatever of the old state can still be read, for `rebuild-state` to keep the real keys of
+/// the pods it knows: snapshot and journal, else the snapshot alone, else nothing.
+fn readable_state(dir: &Path, args: &RunArgs) -> Option<Pool> {
+    let snap = std::fs::read(dir.join(store::SNAPSHOT)).ok();
+    let journal = std::fs::read(dir.join(store::JOURNAL)).unwrap_or_default();
+    store::load(snap.as_deref(), &journal, args.pool_config())
+        .or_else(|_| store::load(snap.as_deref(), &[], args.pool_config()))
+        .ok()
+        .map(|(pool, _)| pool)
 }
 
 /// MTU of the interface the default route leaves through, if there is one.
