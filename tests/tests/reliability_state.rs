@@ -447,6 +447,30 @@ fn full_disk_fails_the_add_with_code_5_and_the_agent_recovers() {
     let o = lab.add(&fcid, &fns);
     assert_eq!(o.code(), Some(5), "{}", o.stdout);
     assert!(matches!(agent.0.try_wait(), Ok(None)), "{}", agent_log());
+    // A DEL that cannot be recorded fails and changes nothing: the allocation, its veth and
+    // route stay (the runtime retries DEL). A release record is shorter than an assignment,
+    // so one may still fit the journal's last page: DEL pods until one fails.
+    let mut del_failed = None;
+    while let Some((dcid, dns, dip)) = ok.first().cloned() {
+        let o = lab.del(&dcid, &dns);
+        if o.ok() {
+            ok.remove(0);
+            continue;
+        }
+        assert_eq!(o.code(), Some(5), "{}", o.stdout);
+        del_failed = Some((dcid, dns, dip));
+        break;
+    }
+    let (dcid, dns, dip) =
+        del_failed.unwrap_or_else(|| panic!("every DEL succeeded on a full disk"));
+    assert!(
+        status_allocs(&lab.status())
+            .iter()
+            .any(|a| a.container_id == dcid && a.ip == dip),
+        "DEL that failed released {dip} anyway"
+    );
+    assert_pods_untouched(&lab, &ok[..1], "after a failed DEL");
+    let want: BTreeSet<(String, Ipv4Addr)> = ok.iter().map(|(c, _, ip)| (c.clone(), *ip)).collect();
 
     // Space returns: the next ADD goes through.
     std::fs::remove_file(&filler).expect("rm filler");
@@ -480,8 +504,10 @@ fn full_disk_fails_the_add_with_code_5_and_the_agent_recovers() {
         .map(|a| (a.key.container_id.clone(), a.ip))
         .collect();
     assert_eq!(durable, want, "disk and memory disagree");
-    host_address(&lab);
     assert_pods_untouched(&lab, &ok, "after the full disk");
+    // The DEL the runtime retries goes through now.
+    lab.del(&dcid, &dns).expect_ok("DEL once space returned");
+    assert!(!status_allocs(&lab.status()).iter().any(|a| a.ip == dip));
 }
 
 // ---- item 9 ----
