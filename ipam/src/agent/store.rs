@@ -99,10 +99,11 @@ impl StateDir {
     pub fn lock(dir: &Path) -> Result<StateDir, StoreError> {
         let e = io_err(dir);
         fs::create_dir_all(dir).map_err(&e)?;
-        make_private(dir).map_err(&e)?;
         let lock_file = create_private(&dir.join(LOCK), false).map_err(&e)?;
         let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
             .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+        // Only once it is ours (a refused second agent changes nothing, not even modes).
+        make_private(dir).map_err(&e)?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
             _lock: lock,
