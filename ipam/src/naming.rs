@@ -29,6 +29,29 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     format!("{HOST_VETH_PREFIX}{:011x}", h >> 20)
 }
 
+/// Network name of the allocations `vpcnetd rebuild-state` adopts from the kernel: the
+/// kernel knows a pod's address and host veth, not its container ID. Not a valid CNI network
+/// name, so no runtime's GC can match it; the key's `container_id` is the host veth's name.
+pub const REBUILT_NETWORK: &str = "(rebuilt)";
+
+/// The key of an allocation adopted from the kernel for host veth `veth`.
+pub fn rebuilt_key(veth: &str) -> crate::pool::AllocKey {
+    crate::pool::AllocKey {
+        network: REBUILT_NETWORK.into(),
+        container_id: veth.into(),
+        ifname: String::new(),
+    }
+}
+
+/// The host veth of the attachment `key` names (its name, for an adopted allocation).
+pub fn key_host_veth(key: &crate::pool::AllocKey) -> String {
+    if key.network == REBUILT_NETWORK {
+        key.container_id.clone()
+    } else {
+        host_veth_name(&key.container_id, &key.ifname)
+    }
+}
+
 /// True when `name` has the exact shape of a name [`host_veth_name`] produces.
 pub fn is_host_veth_name(name: &str) -> bool {
     name.len() == HOST_VETH_PREFIX.len() + 11

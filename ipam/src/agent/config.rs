@@ -39,6 +39,10 @@ pub enum Command {
     },
     /// Copy the `vpcnet` plugin into the CNI bin directory (an init container runs this).
     InstallCni(InstallCniArgs),
+    /// Rebuild a lost or damaged state from the kernel: every pod route of ours through a
+    /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
+    /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
+    RebuildState,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -2,6 +2,7 @@
 //! the pool from disk, reconciles it with the host, then serves the plugin while the warm
 //! loop, the periodic reconcile and the veth reaper run beside it.
 
+pub mod audit;
 pub mod cni_conf;
 pub mod config;
 pub mod datastore;
@@ -17,6 +18,8 @@ pub mod status;
 pub mod store;
 pub mod warm;
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,10 +32,80 @@ use crate::agent::datastore::kubernetes::{KubernetesConfig, KubernetesDatastore}
 use crate::agent::datastore::local::LocalDatastore;
 use crate::agent::datastore::Datastore;
 use crate::agent::node::{Health, Node, State};
-use crate::agent::store::Store;
+use crate::agent::store::{StateDir, Store, StoreError};
+use crate::pool::Pool;
+
+/// The flock that makes a vpcnetd the only one on its socket, held for the process's life.
+#[derive(Debug)]
+pub struct SocketLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// `<socket>.lock`, next to the socket.
+pub fn socket_lock_path(socket: &Path) -> PathBuf {
+    let mut p = socket.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+/// Invariant (issue 9, item 1): **one agent per socket, proven before the host is touched.**
+/// A second vpcnetd on the same socket (even with its own state dir) would reconcile away
+/// every pod of the first (their veths and routes are not in its pool). So the very first
+/// thing a vpcnetd does — before its state dir, the datastore, sysctl, SNAT or reconcile — is
+/// take an exclusive flock on `<socket>.lock`; then it checks nobody answers on the socket
+/// (an older vpcnetd that takes no lock). Either failing, it refuses with nothing changed.
+/// The lock file is never removed (removing it would let two agents lock different files).
+pub fn lock_socket(socket: &Path) -> Result<SocketLock, String> {
+    let path = socket_lock_path(socket);
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("creating socket directory {}: {e}", dir.display()))?;
+    }
+    let file = store::create_private(&path, false)
+        .map_err(|e| format!("opening lock {}: {e}", path.display()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+        |_| {
+            format!(
+                "another vpcnetd is running on socket {} (it holds {}); refusing to start, \
+                 nothing on this host was changed",
+                socket.display(),
+                path.display()
+            )
+        },
+    )?;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "another vpcnetd (one that takes no lock: an older version?) serves socket {}; \
+             refusing to start, nothing on this host was changed",
+            socket.display()
+        ));
+    }
+    Ok(SocketLock { _lock: lock })
+}
+
+/// A refusal to start over the state in `dir`, with the way out.
+fn state_refusal(dir: &Path, what: &str) -> String {
+    format!(
+        "refusing to start: {what}; nothing on this host was changed. The state in {} \
+         (pool.json, pool.journal) cannot be trusted: inspect it, or run `vpcnetd \
+         rebuild-state` with the same flags to rebuild it from the pods the kernel has \
+         (the old files are kept)",
+        dir.display()
+    )
+}
+
+fn open_state(args: &RunArgs) -> Result<(Store, Pool), String> {
+    Store::open(&args.state_dir, args.pool_config()).map_err(|e| match e {
+        StoreError::Corrupt { .. } => state_refusal(&args.state_dir, &e.to_string()),
+        e => e.to_string(),
+    })
+}
 
 pub fn run(args: RunArgs) -> Result<(), String> {
     args.validate()?;
+    // Proof of being the only agent comes first (item 1), the state second (item 3).
+    let socket_lock = lock_socket(&args.socket)?;
+    let (store, pool) = open_state(&args)?;
     // One thread: the agent's work is a few syscalls per request; a small footprint matters
     // more on a node than parallelism (RSS target < 15 MiB).
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -40,10 +113,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting runtime: {e}"))?;
     rt.block_on(async move {
+        let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+        audit_host(&net, &args, &store, &pool).await?;
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
-                serve(args, ds).await
+                serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -58,7 +133,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds).await
+                serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -67,10 +142,72 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds).await
+                serve(args, ds, store, pool, net).await
             }
         }
-    })
+    })?;
+    drop(socket_lock);
+    Ok(())
+}
+
+/// `vpcnetd rebuild-state`: with no agent running (it takes the same locks), replaces the
+/// state with one built from the kernel's pod routes and host veths ([`audit::rebuild`]).
+pub fn rebuild_state(args: RunArgs) -> Result<(), String> {
+    args.validate()?;
+    let _socket_lock = lock_socket(&args.socket)?;
+    let dir = StateDir::lock(&args.state_dir).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
+    let (routes, links) = rt.block_on(async {
+        let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+        let routes = route::list_v4(&net, Some(vpcnet_netlink::RTPROT_VPCNET))
+            .await
+            .map_err(|e| format!("listing routes: {e}"))?;
+        let links = link::list(&net)
+            .await
+            .map_err(|e| format!("listing links: {e}"))?;
+        Ok::<_, String>((routes, links))
+    })?;
+    let old = readable_state(dir.path(), &args);
+    let mut pool = Pool::new(args.pool_config());
+    let now = node::now_ms();
+    let r = audit::rebuild(&mut pool, old.as_ref(), &routes, &links, now);
+    for (ip, veth) in &r.adopted {
+        match pool.owner_of(*ip) {
+            Some(a) if a.key.network != crate::naming::REBUILT_NETWORK => println!(
+                "kept {ip} (host veth {veth}) of container {} as the old state had it",
+                a.key.container_id
+            ),
+            _ => println!("adopted {ip} (host veth {veth})"),
+        }
+    }
+    for s in &r.skipped {
+        println!("not adopted: {s}");
+    }
+    let stamp = now / 1000;
+    Store::replace(dir, &pool, stamp).map_err(|e| e.to_string())?;
+    println!(
+        "rebuilt {}: {} allocations ({} as the old state had them) in {} prefixes (previous \
+         files kept as pool.*.bad-{stamp})",
+        args.state_dir.display(),
+        r.adopted.len(),
+        r.known,
+        pool.held_prefixes().count()
+    );
+    Ok(())
+}
+
+/// Whatever of the old state can still be read, for `rebuild-state` to keep the real keys of
+/// the pods it knows: snapshot and journal, else the snapshot alone, else nothing.
+fn readable_state(dir: &Path, args: &RunArgs) -> Option<Pool> {
+    let snap = std::fs::read(dir.join(store::SNAPSHOT)).ok();
+    let journal = std::fs::read(dir.join(store::JOURNAL)).unwrap_or_default();
+    store::load(snap.as_deref(), &journal, args.pool_config())
+        .or_else(|_| store::load(snap.as_deref(), &[], args.pool_config()))
+        .ok()
+        .map(|(pool, _)| pool)
 }
 
 /// MTU of the interface the default route leaves through, if there is one.
@@ -85,10 +222,47 @@ async fn uplink_mtu(net: &rtnetlink::Handle) -> Option<u32> {
         .mtu
 }
 
-async fn serve<D: Datastore>(args: RunArgs, ds: D) -> Result<(), String> {
-    let (store, pool) =
-        Store::open(&args.state_dir, args.pool_config()).map_err(|e| e.to_string())?;
-    let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+/// Item 3: read-only, before anything on the host (or in the datastore) changes.
+async fn audit_host(
+    net: &rtnetlink::Handle,
+    args: &RunArgs,
+    store: &Store,
+    pool: &Pool,
+) -> Result<(), String> {
+    let links = link::list(net)
+        .await
+        .map_err(|e| format!("listing links: {e}"))?;
+    let routes = route::list_v4(net, Some(vpcnet_netlink::RTPROT_VPCNET))
+        .await
+        .map_err(|e| format!("listing routes: {e}"))?;
+    let missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let n = missing.len();
+    let shown: Vec<_> = missing.into_iter().take(8).collect();
+    Err(state_refusal(
+        &args.state_dir,
+        &format!(
+            "the state does not account for {n} pod(s) running on this host: {}{}",
+            shown.join(", "),
+            if n > shown.len() { ", …" } else { "" }
+        ),
+    ))
+}
+
+async fn serve<D: Datastore>(
+    args: RunArgs,
+    ds: D,
+    mut store: Store,
+    pool: Pool,
+    net: rtnetlink::Handle,
+) -> Result<(), String> {
+    // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
+    // format in the checksummed one).
+    store
+        .compact(&pool)
+        .map_err(|e| format!("compacting state: {e}"))?;
     // Pods route through this namespace.
     sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| format!("enabling ip_forward: {e}"))?;
     let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();

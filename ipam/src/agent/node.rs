@@ -10,11 +10,26 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 
 use crate::agent::datastore::{Datastore, PrefixClaim};
-use crate::agent::store::Store;
+use crate::agent::store::{Store, StoreError};
 use crate::api::{codes, AgentStatus, Attachment, Reply};
 use crate::naming;
 use crate::pool::{AllocKey, Millis, PodMeta, Pool, PoolError, PoolEvent};
 use vpcnet_netlink::{conntrack, link, route, RTPROT_VPCNET};
+
+/// The allocation `key` names: itself, or — when it holds nothing — the allocation
+/// `vpcnetd rebuild-state` adopted for its host veth (see [`naming::REBUILT_NETWORK`]), so a
+/// DEL or CHECK of a pod that was running when the state was rebuilt finds its address.
+pub fn resolve(pool: &Pool, key: &AllocKey) -> AllocKey {
+    if pool.get(key).is_some() || key.network == naming::REBUILT_NETWORK {
+        return key.clone();
+    }
+    let rebuilt = naming::rebuilt_key(&naming::host_veth_name(&key.container_id, &key.ifname));
+    if pool.get(&rebuilt).is_some() {
+        rebuilt
+    } else {
+        key.clone()
+    }
+}
 
 pub fn now_ms() -> Millis {
     SystemTime::now()
@@ -31,19 +46,37 @@ pub struct State {
 }
 
 impl State {
-    /// Makes `evs` durable. A journal that cannot be written leaves memory ahead of disk; the
-    /// only safe answer is to stop and reload from disk (fsync errors cannot be retried).
-    pub fn persist(&mut self, evs: &[PoolEvent]) {
-        if let Err(e) = self.store.append_all(evs) {
-            eprintln!("vpcnetd: FATAL: cannot persist pool change: {e}; exiting to reload state");
-            std::process::exit(70);
+    /// Runs `f` on the pool and makes the events it returns durable before anyone acts on
+    /// them.
+    ///
+    /// Invariant (issue 9, item 8): **memory never runs ahead of the disk.** If the events
+    /// cannot be journalled (disk full, I/O error) the pool is put back exactly as it was
+    /// and the error returned: the request fails (CNI code 5), the agent keeps serving, and
+    /// a later request writes again (the store cuts the failed write back off the journal,
+    /// or rewrites the whole state when it cannot). The copy costs one clone of the pool per
+    /// change — microseconds next to the `fdatasync` every change already pays.
+    pub fn change<T>(
+        &mut self,
+        f: impl FnOnce(&mut Pool) -> (T, Vec<PoolEvent>),
+    ) -> Result<T, StoreError> {
+        let before = self.pool.clone();
+        let (out, evs) = f(&mut self.pool);
+        if let Err(e) = self.store.persist(&evs, &self.pool) {
+            self.pool = before;
+            eprintln!(
+                "vpcnetd: cannot persist pool change ({} events): {e}",
+                evs.len()
+            );
+            return Err(e);
         }
         if self.store.needs_compaction() {
+            // The events are durable in the journal already; a failed compaction only
+            // leaves the journal longer. Retried after the next change.
             if let Err(e) = self.store.compact(&self.pool) {
-                eprintln!("vpcnetd: FATAL: compacting state: {e}; exiting to reload state");
-                std::process::exit(70);
+                eprintln!("vpcnetd: compacting state: {e} (retrying later)");
             }
         }
+        Ok(out)
     }
 }
 
@@ -61,6 +94,16 @@ pub fn flush_conntrack(ip: Ipv4Addr) {
         Ok(n) => eprintln!("vpcnetd: flushed {n} conntrack entries of {ip}"),
         Err(e) => eprintln!("vpcnetd: flushing conntrack entries of {ip}: {e}"),
     });
+}
+
+/// The message of a request that failed because its change could not be journalled.
+pub fn persist_error(e: &StoreError) -> Reply {
+    let msg = if e.is_disk_full() {
+        format!("disk full: cannot record the change: {e}")
+    } else {
+        format!("cannot record the change: {e}")
+    };
+    Reply::error(codes::IO, msg)
 }
 
 /// What the agent reports as degraded, by area.
@@ -120,21 +163,28 @@ impl<D: Datastore> Node<D> {
         }
     }
 
-    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> Result<(Ipv4Addr, bool), PoolError> {
-        let mut st = self.state();
-        let (ip, ev) = st.pool.assign(key.clone(), meta.clone(), now_ms())?;
-        let existing = ev.is_none();
-        if let Some(ev) = ev {
-            st.persist(&[ev]);
-        }
-        Ok((ip, existing))
+    fn try_assign(
+        &self,
+        key: &AllocKey,
+        meta: &PodMeta,
+    ) -> Result<Result<(Ipv4Addr, bool), PoolError>, StoreError> {
+        let now = now_ms();
+        self.state()
+            .change(|pool| match pool.assign(key.clone(), meta.clone(), now) {
+                Ok((ip, ev)) => (Ok((ip, ev.is_none())), ev.into_iter().collect()),
+                Err(e) => (Err(e), Vec::new()),
+            })
     }
 
     /// ADD. Served from the warm pool; only when it is empty does the caller wait for a claim.
     pub async fn assign(&self, key: AllocKey, meta: PodMeta) -> Reply {
         let mut grew = false;
         loop {
-            match self.try_assign(&key, &meta) {
+            let attempt = match self.try_assign(&key, &meta) {
+                Ok(r) => r,
+                Err(e) => return persist_error(&e),
+            };
+            match attempt {
                 Ok((ip, existing)) => {
                     self.wake.notify_one();
                     let mtu = self.health().mtu;
@@ -157,21 +207,25 @@ impl<D: Datastore> Node<D> {
     /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
     /// `unused` (a failed ADD's new address): free at once instead of cooling down.
     pub async fn release(&self, key: &AllocKey, unused: bool) -> Reply {
-        let ip = {
-            let mut st = self.state();
+        let now = now_ms();
+        let released = self.state().change(|pool| {
+            let key = resolve(pool, key);
             let ev = if unused {
-                st.pool.release_unused(key, now_ms())
+                pool.release_unused(&key, now)
             } else {
-                st.pool.release(key, now_ms())
+                pool.release(&key, now)
             };
             let ip = match &ev {
                 Some(PoolEvent::Released { ip, .. }) => Some(*ip),
                 _ => None,
             };
-            if let Some(ev) = ev {
-                st.persist(&[ev]);
-            }
-            ip
+            (ip, ev.into_iter().collect())
+        });
+        let ip = match released {
+            Ok(ip) => ip,
+            // Not released: the allocation stays (and so do its route and veth) until a
+            // DEL can be recorded; the runtime retries DEL.
+            Err(e) => return persist_error(&e),
         };
         self.wake.notify_one();
         self.teardown(ip, &naming::host_veth_name(&key.container_id, &key.ifname))
@@ -217,8 +271,9 @@ impl<D: Datastore> Node<D> {
     }
 
     pub fn get(&self, key: &AllocKey) -> Reply {
+        let st = self.state();
         Reply::Allocation {
-            allocation: self.state().pool.get(key).cloned(),
+            allocation: st.pool.get(&resolve(&st.pool, key)).cloned(),
         }
     }
 
@@ -228,10 +283,9 @@ impl<D: Datastore> Node<D> {
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
-        let released: Vec<(Ipv4Addr, AllocKey)> = {
-            let mut st = self.state();
-            let stale: Vec<AllocKey> = st
-                .pool
+        let now = now_ms();
+        let released = self.state().change(|pool| {
+            let stale: Vec<AllocKey> = pool
                 .allocations()
                 .filter(|a| {
                     a.key.network == network
@@ -239,26 +293,24 @@ impl<D: Datastore> Node<D> {
                 })
                 .map(|a| a.key.clone())
                 .collect();
-            let now = now_ms();
             let mut evs = Vec::new();
             let mut out = Vec::new();
             for key in stale {
-                if let Some(ev) = st.pool.release(&key, now) {
+                if let Some(ev) = pool.release(&key, now) {
                     if let PoolEvent::Released { ip, .. } = &ev {
                         out.push((*ip, key));
                     }
                     evs.push(ev);
                 }
             }
-            st.persist(&evs);
-            out
+            (out, evs)
+        });
+        let released: Vec<(Ipv4Addr, AllocKey)> = match released {
+            Ok(r) => r,
+            Err(e) => return persist_error(&e),
         };
         for (ip, key) in &released {
-            self.teardown(
-                Some(*ip),
-                &naming::host_veth_name(&key.container_id, &key.ifname),
-            )
-            .await;
+            self.teardown(Some(*ip), &naming::key_host_veth(key)).await;
         }
         self.wake.notify_one();
         Reply::Collected {
@@ -357,13 +409,24 @@ impl<D: Datastore> Node<D> {
             crate::agent::metrics::get().claim_observed(started.elapsed(), &claimed);
             match claimed {
                 Ok(true) => {
-                    let mut st = self.state();
-                    match st.pool.add_prefix(prefix, now_ms()) {
-                        Ok(ev) => {
-                            st.persist(&[ev]);
-                            got += 1;
+                    let now = now_ms();
+                    let added = self
+                        .state()
+                        .change(|pool| match pool.add_prefix(prefix, now) {
+                            Ok(ev) => (Ok(()), vec![ev]),
+                            Err(e) => (Err(e), Vec::new()),
+                        });
+                    match added {
+                        Ok(Ok(())) => got += 1,
+                        Ok(Err(e)) => {
+                            eprintln!("vpcnetd: claimed {prefix} but pool refused it: {e}")
                         }
-                        Err(e) => eprintln!("vpcnetd: claimed {prefix} but pool refused it: {e}"),
+                        // Claimed but not recorded: not ours to use. The claim is released by
+                        // the next claims reconcile (or adopted at the next start).
+                        Err(e) => {
+                            let msg = format!("claimed {prefix} but cannot record it: {e}");
+                            return if got > 0 { Ok(got) } else { Err(msg) };
+                        }
                     }
                 }
                 Ok(false) => continue,
@@ -391,14 +454,13 @@ impl<D: Datastore> Node<D> {
     /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.
     pub async fn shrink(&self, prefix: ipnetwork::Ipv4Network) -> Result<(), String> {
         let _g = self.claim_lock.lock().await;
-        {
-            let mut st = self.state();
-            let ev = st
-                .pool
-                .remove_prefix(prefix, now_ms())
-                .map_err(|e| e.to_string())?;
-            st.persist(&[ev]);
-        }
+        let now = now_ms();
+        self.state()
+            .change(|pool| match pool.remove_prefix(prefix, now) {
+                Ok(ev) => (Ok(()), vec![ev]),
+                Err(e) => (Err(e.to_string()), Vec::new()),
+            })
+            .map_err(|e| e.to_string())??;
         self.datastore
             .release(prefix, &self.name)
             .await
@@ -459,13 +521,15 @@ impl<D: Datastore> Node<D> {
                 }
             };
             if let Some(owner) = owner {
-                let dropped = {
-                    let mut st = self.state();
-                    st.pool
-                        .remove_prefix(*p, now_ms())
-                        .map(|ev| st.persist(&[ev]))
-                        .is_ok()
-                };
+                let now = now_ms();
+                let dropped = matches!(
+                    self.state()
+                        .change(|pool| match pool.remove_prefix(*p, now) {
+                            Ok(ev) => (true, vec![ev]),
+                            Err(_) => (false, Vec::new()),
+                        }),
+                    Ok(true)
+                );
                 if dropped {
                     eprintln!("vpcnetd: dropped {p} from the pool: claimed by {owner}");
                 } else {
@@ -477,17 +541,16 @@ impl<D: Datastore> Node<D> {
             if held.contains(&p) {
                 continue;
             }
-            let adopted = adopt && {
-                let mut st = self.state();
-                match st.pool.add_prefix(p, now_ms()) {
-                    Ok(ev) => {
-                        st.persist(&[ev]);
-                        true
-                    }
-                    // Outside today's --vpc-cidr or misaligned: give it back.
-                    Err(_) => false,
-                }
-            };
+            // Outside today's --vpc-cidr or misaligned (or not recordable): give it back.
+            let now = now_ms();
+            let adopted = adopt
+                && matches!(
+                    self.state().change(|pool| match pool.add_prefix(p, now) {
+                        Ok(ev) => (true, vec![ev]),
+                        Err(_) => (false, Vec::new()),
+                    }),
+                    Ok(true)
+                );
             if !adopted {
                 if let Err(e) = self.datastore.release(p, &self.name).await {
                     return Err(e.to_string());

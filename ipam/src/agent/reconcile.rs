@@ -39,32 +39,38 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips) = {
         let mut st = node.state();
-        let stale: Vec<_> = st
-            .pool
-            .allocations()
-            .filter(|a| {
-                let veth = naming::host_veth_name(&a.key.container_id, &a.key.ifname);
-                !veths.contains(veth.as_str())
-                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
-                    && !inflight::is_in_flight(&node.inflight_dir, &veth)
-            })
-            .map(|a| a.key.clone())
-            .collect();
-        let mut evs = Vec::new();
-        let mut released = Vec::new();
-        for key in stale {
-            if let Some(ev) = st.pool.release(&key, listed_at) {
-                if let PoolEvent::Released { ip, .. } = &ev {
-                    released.push((*ip, key));
+        let released = st.change(|pool| {
+            let stale: Vec<_> = pool
+                .allocations()
+                .filter(|a| {
+                    let veth = naming::key_host_veth(&a.key);
+                    !veths.contains(veth.as_str())
+                        && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                        && !inflight::is_in_flight(&node.inflight_dir, &veth)
+                })
+                .map(|a| a.key.clone())
+                .collect();
+            let mut evs = Vec::new();
+            let mut released = Vec::new();
+            for key in stale {
+                if let Some(ev) = pool.release(&key, listed_at) {
+                    if let PoolEvent::Released { ip, .. } = &ev {
+                        released.push((*ip, key));
+                    }
+                    evs.push(ev);
                 }
-                evs.push(ev);
             }
-        }
-        st.persist(&evs);
+            (released, evs)
+        });
+        // Not recordable (disk full): release nothing this round; the pool is as before.
+        let released = released.unwrap_or_else(|e| {
+            eprintln!("vpcnetd: reconcile: not releasing allocations without a veth: {e}");
+            Vec::new()
+        });
         let wanted: HashSet<String> = st
             .pool
             .allocations()
-            .map(|a| naming::host_veth_name(&a.key.container_id, &a.key.ifname))
+            .map(|a| naming::key_host_veth(&a.key))
             .collect();
         let owned: HashSet<_> = st.pool.allocations().map(|a| a.ip).collect();
         (released, wanted, owned)

@@ -1,6 +1,10 @@
 //! The unix socket the plugin talks to: one request line, one reply line per connection.
-//! Mode 0660; only root peers (SO_PEERCRED) may change anything, others may read status
-//! without container IDs.
+//! Mode 0660; only root peers (SO_PEERCRED) may change anything or read an allocation, others
+//! may read status without container IDs.
+//!
+//! Invariant (issue 9, item 9): **pod metadata (container IDs, pod names) is for root only**:
+//! `get` returns an allocation with its metadata, so like the per-pod status list it is
+//! refused to non-root peers (code 101).
 //!
 //! Invariant (issue 9 item 7): every connection ends, and every request line gets a reply.
 //! A client has [`REQUEST_TIMEOUT`] to send its line (the plugin sends it right after
@@ -133,12 +137,22 @@ fn version_error(v: u64) -> Reply {
 }
 
 async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Reply {
-    let mutates = !matches!(req, Request::Status { .. } | Request::Get { .. });
-    if mutates && !root {
-        return Reply::error(
-            codes::PERMISSION_DENIED,
-            "only root may assign or release addresses",
-        );
+    if !root {
+        match req {
+            Request::Status { .. } => {}
+            Request::Get { .. } => {
+                return Reply::error(
+                    codes::PERMISSION_DENIED,
+                    "only root may read allocations (they carry pod metadata)",
+                )
+            }
+            _ => {
+                return Reply::error(
+                    codes::PERMISSION_DENIED,
+                    "only root may assign or release addresses",
+                )
+            }
+        }
     }
     let m = metrics::get();
     match req {

@@ -1,4 +1,5 @@
-//! `vpcnetd` entry point: `run` (default), `check-config`, `status` or `install-cni`.
+//! `vpcnetd` entry point: `run` (default), `check-config`, `status`, `install-cni` or
+//! `rebuild-state`.
 
 use clap::Parser;
 
@@ -24,6 +25,13 @@ fn main() {
             }
             Err(e) => {
                 eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::RebuildState) => match agent::rebuild_state(cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd rebuild-state: {e}");
                 1
             }
         },

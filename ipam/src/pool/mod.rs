@@ -583,6 +583,20 @@ impl Pool {
         }
     }
 
+    /// Whether `ip` was ever handed out from a prefix held now: assigned, or released (a
+    /// released address stays marked cooling, also past its deadline, until reused). An
+    /// address of this node that the kernel routes to a pod must satisfy this, or the state
+    /// has lost an allocation (see `agent::audit`).
+    pub fn knows(&self, ip: Ipv4Addr) -> bool {
+        let Some((start, idx)) = self.locate(ip) else {
+            return false;
+        };
+        matches!(
+            self.prefixes.get(&start).and_then(|p| p.slots.get(idx)),
+            Some(Slot::Assigned(_) | Slot::Cooling(_))
+        )
+    }
+
     /// All allocations, by address.
     pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
         self.prefixes

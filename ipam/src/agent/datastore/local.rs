@@ -3,14 +3,14 @@
 //! pods). Claims from several processes on one machine are serialised by an flock.
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 
 use super::{Datastore, DatastoreError, PrefixClaim};
-use crate::agent::store::write_atomic;
+use crate::agent::store::{create_private, write_atomic};
 
 const FILE: &str = "claims.json";
 const LOCK: &str = ".claims.lock";
@@ -40,12 +40,7 @@ impl LocalDatastore {
         &self,
         f: impl FnOnce(&mut BTreeMap<String, PrefixClaim>) -> (bool, T),
     ) -> Result<T, DatastoreError> {
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join(LOCK))
-            .map_err(err)?;
+        let lock_file = create_private(&self.dir.join(LOCK), false).map_err(err)?;
         let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| err(e))?;
         let mut claims: BTreeMap<String, PrefixClaim> = match File::open(self.dir.join(FILE)) {
