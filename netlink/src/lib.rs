@@ -14,6 +14,7 @@ pub mod neighbour;
 pub mod netns;
 mod nl;
 pub mod route;
+pub mod rule;
 pub mod sysctl;
 pub mod veth;
 

@@ -151,6 +151,15 @@ pub async fn add_via(
     add(handle, &route, replace).await
 }
 
+/// `ip route add|replace` of exactly `route` (any table).
+pub async fn add_route(
+    handle: &Handle,
+    route: &RouteV4,
+    replace: bool,
+) -> Result<(), NetlinkError> {
+    add(handle, route, replace).await
+}
+
 /// `ip route add unreachable DST/LEN proto PROTO` (type RTN_UNREACHABLE, main table).
 pub async fn add_unreachable(
     handle: &Handle,
@@ -201,6 +210,15 @@ fn from_message(msg: &RouteMessage) -> Option<RouteV4> {
 /// `ip -4 route show table main [proto PROTO]`: the main table's IPv4 routes, only those
 /// with `protocol` when it is `Some`.
 pub async fn list_v4(handle: &Handle, protocol: Option<u8>) -> Result<Vec<RouteV4>, NetlinkError> {
+    list_v4_in(handle, RT_TABLE_MAIN, protocol).await
+}
+
+/// Like [`list_v4`], for routing table `table`.
+pub async fn list_v4_in(
+    handle: &Handle,
+    table: u32,
+    protocol: Option<u8>,
+) -> Result<Vec<RouteV4>, NetlinkError> {
     let mut req = RouteMessage::default();
     req.header.address_family = AddressFamily::Inet;
     let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
@@ -210,7 +228,7 @@ pub async fn list_v4(handle: &Handle, protocol: Option<u8>) -> Result<Vec<RouteV
             RouteNetlinkMessage::NewRoute(r) => from_message(r),
             _ => None,
         })
-        .filter(|r| r.table == RT_TABLE_MAIN && protocol.is_none_or(|p| p == r.protocol))
+        .filter(|r| r.table == table && protocol.is_none_or(|p| p == r.protocol))
         .collect())
 }
 

@@ -15,7 +15,10 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug)]
 pub enum Outcome {
     Reply(Reply),
-    /// Nobody listens on the socket (agent down, or `socket` names the wrong path).
+    /// Nobody listens on the socket (agent down, or `socket` names the wrong path), or the
+    /// agent went away before it replied (killed mid-request: connection reset, closed).
+    /// Whether it acted on the request is unknown; DEL, which must not block pod deletion,
+    /// then tears down locally and the agent's start-up reconcile settles the rest.
     Unreachable(ClientError),
 }
 
@@ -56,8 +59,22 @@ fn map(r: Result<Reply, ClientError>) -> Result<Outcome, CniError> {
     match r {
         Ok(Reply::Error { code, msg }) => Err(CniError::Agent { code, msg }),
         Ok(reply) => Ok(Outcome::Reply(reply)),
-        Err(e @ ClientError::Connect { .. }) => Ok(Outcome::Unreachable(e)),
+        Err(e) if agent_gone(&e) => Ok(Outcome::Unreachable(e)),
         Err(e) => Err(CniError::TryAgainLater(e.to_string())),
+    }
+}
+
+/// The agent is not there, or died during the request. A timeout is not this: a slow agent
+/// is alive, and the runtime should retry.
+fn agent_gone(e: &ClientError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ClientError::Connect { .. } | ClientError::NoReply { .. } => true,
+        ClientError::Io { source, .. } => matches!(
+            source.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+        ),
+        ClientError::Decode { .. } => false,
     }
 }
 

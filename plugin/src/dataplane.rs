@@ -14,7 +14,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use rtnetlink::Handle;
 use vpcnet_ipam::naming;
-use vpcnet_netlink::{address, link, neighbour, netns, route, veth, NetlinkError, RTPROT_VPCNET};
+use vpcnet_netlink::{
+    address, link, neighbour, netns, route, rule, veth, NetlinkError, RTPROT_VPCNET,
+};
 
 use crate::error::CniError;
 use crate::result::{Wired, GATEWAY};
@@ -101,12 +103,70 @@ pub const DEFAULT_IFNAME: &str = "eth0";
 
 /// Whether `ifname` gets the default route (and the route to the gateway) in the pod.
 ///
-/// Invariant: a pod's routes belong to exactly one interface, `eth0`. Any other interface of
-/// the same pod gets its address and the gateway's neighbour entry but no route, so adding
-/// or deleting it never replaces or removes the routes `eth0` depends on (the gateway and
+/// Invariant: the main table's routes belong to exactly one interface, `eth0`. Any other
+/// interface of the same pod gets its address, the gateway's neighbour entry and routes in a
+/// table of its own selected by its source address ([`secondary_table`]), so adding or
+/// deleting it never replaces or removes the routes `eth0` depends on (the gateway and
 /// default routes are keyed by destination alone and would otherwise be taken over).
 pub fn owns_default_route(ifname: &str) -> bool {
     ifname == DEFAULT_IFNAME
+}
+
+/// Routing table of a secondary interface with pod ifindex `index`: `from <its address>`
+/// looks up this table, whose default route leaves through that interface.
+///
+/// Invariant: traffic is routed symmetrically per interface. A reply sourced from a secondary
+/// interface's address leaves through that interface, so strict `rp_filter` (the node's, which
+/// new pod namespaces inherit, or the host's on the veths) never drops a secondary interface's
+/// traffic, and the main table (eth0's) is never touched.
+fn secondary_table(index: u32) -> u32 {
+    SECONDARY_TABLE_BASE.saturating_add(index)
+}
+const SECONDARY_TABLE_BASE: u32 = 10_000;
+/// Priority of the per-interface `from` rules: before the main table (32766).
+const SECONDARY_RULE_PRIORITY: u32 = 1_000;
+
+/// The routes of secondary interface `index` in its own table (gateway on-link, default).
+fn secondary_routes(index: u32) -> [route::RouteV4; 2] {
+    let table = secondary_table(index);
+    [
+        route::RouteV4 {
+            dst: GATEWAY,
+            dst_len: 32,
+            gateway: None,
+            oif: Some(index),
+            protocol: RTPROT_VPCNET,
+            scope: route::RT_SCOPE_LINK,
+            kind: route::RTN_UNICAST,
+            table,
+        },
+        route::RouteV4 {
+            dst: Ipv4Addr::UNSPECIFIED,
+            dst_len: 0,
+            gateway: Some(GATEWAY),
+            oif: Some(index),
+            protocol: RTPROT_VPCNET,
+            scope: route::RT_SCOPE_UNIVERSE,
+            kind: route::RTN_UNICAST,
+            table,
+        },
+    ]
+}
+
+/// Secondary interface: its table's routes, then the `from` rule that selects the table.
+/// (Deleting the interface takes the table's routes with it; the rule then finds an empty
+/// table and falls through to the main one, and dies with the pod's namespace.)
+async fn route_secondary(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<(), CniError> {
+    let [gw, default] = secondary_routes(index);
+    route::add_route(h, &gw, true)
+        .await
+        .map_err(|e| CniError::dataplane("adding the secondary interface's gateway route", e))?;
+    route::add_route(h, &default, true)
+        .await
+        .map_err(|e| CniError::dataplane("adding the secondary interface's default route", e))?;
+    rule::add_from(h, ip, secondary_table(index), SECONDARY_RULE_PRIORITY)
+        .await
+        .map_err(|e| CniError::dataplane("adding the secondary interface's source rule", e))
 }
 
 /// The host end of a freshly created veth pair.
@@ -338,6 +398,9 @@ async fn configure_pod(
     neigh.map_err(|e| CniError::dataplane("adding gateway neighbour", e))?;
     gw.map_err(|e| CniError::dataplane("adding gateway route", e))?;
     default.map_err(|e| CniError::dataplane("adding default route", e))?;
+    if !routes {
+        route_secondary(h, index, ip).await?;
+    }
     Ok(())
 }
 
@@ -415,6 +478,27 @@ async fn check_pod(
         {
             return Err(fail(format!(
                 "pod default route via {GATEWAY} dev {ifname} is missing"
+            )));
+        }
+    } else {
+        let table = secondary_table(l.index);
+        let routes = route::list_v4_in(h, table, None).await.map_err(nl)?;
+        for want in secondary_routes(l.index) {
+            if !routes.iter().any(|r| {
+                r.dst == want.dst
+                    && r.dst_len == want.dst_len
+                    && r.gateway == want.gateway
+                    && r.oif == want.oif
+            }) {
+                return Err(fail(format!(
+                    "pod route {}/{} dev {ifname} table {table} is missing",
+                    want.dst, want.dst_len
+                )));
+            }
+        }
+        if !rule::has_from(h, ip, table).await.map_err(nl)? {
+            return Err(fail(format!(
+                "pod rule from {ip} lookup {table} is missing"
             )));
         }
     }

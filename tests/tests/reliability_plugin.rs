@@ -266,14 +266,22 @@ fn item5_failed_repeat_add_never_harms_the_working_attachment() {
 
 // ---- item 6 ----
 
-/// Two interfaces of one container (eth0 and net1): only eth0 owns the default route; net1
-/// gets its address and neighbour, no routes; deleting net1 leaves eth0 working.
+/// Two interfaces of one container (eth0 and net1): only eth0 owns the main table's routes;
+/// net1 gets its address, neighbour and routes in a table of its own chosen by its source
+/// address; deleting net1 leaves eth0 working. Strict rp_filter everywhere (as on a node that
+/// sets it: new namespaces inherit it), so asymmetric routing of net1's traffic would show.
 #[test]
 fn item6_second_interface_never_takes_the_pods_routes() {
     let mut lab = Lab::new("10.240.0.0/16");
-    lab.start_agent(&[]);
     let p1 = lab.pod(1);
     let p2 = lab.pod(2);
+    for ns in [lab.host(), p1.clone(), p2.clone()] {
+        vpcnet_tests::sh(&format!(
+            "ip netns exec {ns} sh -c 'echo 1 > /proc/sys/net/ipv4/conf/all/rp_filter; \
+             echo 1 > /proc/sys/net/ipv4/conf/default/rp_filter'"
+        ));
+    }
+    lab.start_agent(&[]);
     let peer = lab.add("c2", &p2);
     peer.expect_ok("ADD c2");
     let ip_peer = peer.ip().expect("peer ip").to_string();
@@ -304,6 +312,17 @@ fn item6_second_interface_never_takes_the_pods_routes() {
     let c = check(&lab, "c1", "net1", &p1, &n.json);
     assert!(c.ok(), "CHECK net1: {}", c.stdout);
     assert!(lab.ping(&p2, &ip_n), "peer -> net1's address");
+    let rules = lab.ip(&p1, "-4 rule show");
+    assert!(
+        rules.contains(&format!("from {ip_n} lookup")),
+        "no source rule for net1: {rules}"
+    );
+    assert!(
+        vpcnet_tests::sh_ok(&format!(
+            "ip netns exec {p1} ping -c1 -W2 -q -I {ip_n} {ip_peer}"
+        )),
+        "net1's address -> peer (must leave through net1)"
+    );
 
     lab.cni("DEL", "c1", "net1", &Lab::netns_path(&p1), &lab.conf())
         .expect_ok("DEL c1 net1");

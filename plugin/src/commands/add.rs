@@ -33,8 +33,18 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     // reconcile never releases this attachment's address as leaked, however slow we are.
     let inflight_dir = vpcnet_ipam::inflight::dir_for(&conf.socket);
     let host_veth = vpcnet_ipam::naming::host_veth_name(&env.container_id, &env.ifname);
-    let _in_flight = vpcnet_ipam::inflight::AddInFlight::acquire(&inflight_dir, &host_veth)
-        .map_err(|e| CniError::Io(format!("in-flight lock in {}: {e}", inflight_dir.display())))?;
+    let _in_flight = match vpcnet_ipam::inflight::AddInFlight::acquire(&inflight_dir, &host_veth) {
+        Ok(lock) => Some(lock),
+        // A caller that may not write beside the socket is not root, and the agent refuses
+        // it every address (code 101): no allocation can exist without this lock.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+        Err(e) => {
+            return Err(CniError::Io(format!(
+                "in-flight lock in {}: {e}",
+                inflight_dir.display()
+            )))
+        }
+    };
     let rt = super::runtime()?;
     let host = rt.block_on(async { super::host_netlink() })?;
     let pending = agent::send_on(

@@ -1,0 +1,68 @@
+//! Policy-routing rules (RTM_*RULE): `ip rule add from SRC/32 lookup TABLE priority PRIO`.
+//!
+//! vpcnet uses one per secondary pod interface, so traffic sourced from that interface's
+//! address leaves through it (symmetric routing; strict `rp_filter` on the node or in the pod
+//! would otherwise drop it).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+
+use crate::{nl, NetlinkError};
+
+/// The rule `from src/32 lookup table priority priority`.
+fn message(src: Ipv4Addr, table: u32, priority: u32) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.src_len = 32;
+    msg.header.action = RuleAction::ToTable;
+    msg.header.table = u8::try_from(table).unwrap_or(0);
+    msg.attributes.push(RuleAttribute::Source(IpAddr::V4(src)));
+    msg.attributes.push(RuleAttribute::Table(table));
+    msg.attributes.push(RuleAttribute::Priority(priority));
+    msg
+}
+
+/// `ip rule add from SRC/32 lookup TABLE priority PRIORITY`; an identical rule already there is
+/// success (a repeated ADD).
+pub async fn add_from(
+    handle: &Handle,
+    src: Ipv4Addr,
+    table: u32,
+    priority: u32,
+) -> Result<(), NetlinkError> {
+    match nl::request(
+        handle,
+        "RTM_NEWRULE",
+        RouteNetlinkMessage::NewRule(message(src, table, priority)),
+        nl::CREATE_EXCL,
+    )
+    .await
+    {
+        Err(e) if e.is_exists() => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
+/// True when the rule `from SRC/32 lookup TABLE` exists (any priority).
+pub async fn has_from(handle: &Handle, src: Ipv4Addr, table: u32) -> Result<bool, NetlinkError> {
+    let mut req = RuleMessage::default();
+    req.header.family = AddressFamily::Inet;
+    let replies = nl::dump(handle, "RTM_GETRULE", RouteNetlinkMessage::GetRule(req)).await?;
+    Ok(replies.iter().any(|m| match m {
+        RouteNetlinkMessage::NewRule(r) => {
+            r.header.src_len == 32
+                && r.attributes
+                    .iter()
+                    .any(|a| *a == RuleAttribute::Source(IpAddr::V4(src)))
+                && (r
+                    .attributes
+                    .iter()
+                    .any(|a| *a == RuleAttribute::Table(table))
+                    || u32::from(r.header.table) == table)
+        }
+        _ => false,
+    }))
+}
