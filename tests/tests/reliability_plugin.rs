@@ -1,6 +1,6 @@
 //! Issue 9, the plugin's and the agent's servers' items ("never a duplicate, never a
 //! casualty"): one test per item, each reproducing the failure the issue describes and
-//! asserting the invariant that docs/reliability-plugin.md states for it.
+//! asserting the invariant that docs/reliability.md states for it.
 //!
 //! Everything runs in the lab's private namespaces; "the host" below is the lab's host
 //! namespace, never the machine's own.
