@@ -23,6 +23,12 @@ fn fnv1a64(parts: &[&str]) -> u64 {
     h
 }
 
+/// Where node `node` starts its search for a free prefix in claim round `round` (issue 10):
+/// stable per node, different between nodes and between rounds.
+pub fn claim_seed(node: &str, round: u32) -> u64 {
+    fnv1a64(&["vpcnet claim", node, &round.to_string()])
+}
+
 /// `vpc` + 11 hex digits of a hash of (container ID, ifname): 14 bytes, under IFNAMSIZ.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     let h = fnv1a64(&[container_id, ifname]);
@@ -75,7 +81,8 @@ pub fn host_veth_mac(container_id: &str, ifname: &str) -> [u8; 6] {
     host_mac_for_name(&host_veth_name(container_id, ifname))
 }
 
-fn host_mac_for_name(name: &str) -> [u8; 6] {
+/// The host MAC vpcnet gives the host veth named `name`.
+pub fn host_mac_for_name(name: &str) -> [u8; 6] {
     let h = fnv1a64(&["vpcnet host veth", name]).to_be_bytes();
     // 0x02: locally administered, unicast; 0x76 ('v'): vpcnet's.
     [0x02, 0x76, h[0], h[1], h[2], h[3]]

@@ -1,7 +1,8 @@
 //! Issue 9, item 11: reconcile deletes only links and routes it can prove are its own. A link
 //! someone else named like ours (`vpc` + 11 hex digits) and a proto-171 /32 route through it
-//! used to be deleted at the agent's start; a leftover veth that carries vpcnet's proof (the
-//! MAC derived from its name) still is.
+//! used to be deleted at the agent's start (and, with the start-up audit, made it refuse to
+//! start); a leftover veth that carries vpcnet's proof (the MAC derived from its name) is
+//! still deleted.
 
 use std::time::Duration;
 
@@ -25,7 +26,11 @@ fn reconcile_leaves_look_alike_links_and_routes_alone() {
         &h,
         &format!("route add 10.246.0.77/32 dev {foreign} scope link proto 171"),
     );
-    // A leftover of vpcnet itself: our name shape and the MAC derived from it, no allocation.
+    // The agent starts although a look-alike pod route exists: its start-up audit (which
+    // refuses to start when the state cannot account for a pod) counts only what is ours.
+    lab.start_agent(&["--reconcile-grace", "0s", "--reconcile-interval", "300ms"]);
+    // A leftover of vpcnet itself (made after the start, so the state exists): our name
+    // shape and the MAC derived from it, no allocation.
     let leftover = naming::host_veth_name("gone-container", "eth0");
     let mac = naming::format_mac(&naming::host_veth_mac("gone-container", "eth0"));
     lab.ip(
@@ -33,7 +38,6 @@ fn reconcile_leaves_look_alike_links_and_routes_alone() {
         &format!("link add {leftover} address {mac} type veth peer name lftpeer"),
     );
 
-    lab.start_agent(&["--reconcile-grace", "0s", "--reconcile-interval", "300ms"]);
     assert!(
         wait_until(Duration::from_secs(5), || !lab
             .host_veths()

@@ -28,6 +28,20 @@ pub fn is_pod_route(r: &RouteV4) -> bool {
         && r.protocol == vpcnet_netlink::RTPROT_VPCNET
 }
 
+/// Our host veths by ifindex: only links that prove to be vpcnet's (name and name-derived
+/// MAC, [`naming::is_our_host_veth`]); a look-alike someone else made is not a pod of ours.
+fn our_veths(links: &[LinkInfo]) -> HashMap<u32, &str> {
+    links
+        .iter()
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+        .map(|l| (l.index, l.name.as_str()))
+        .collect()
+}
+
+fn through_ours(r: &RouteV4, ours: &HashMap<u32, &str>) -> bool {
+    r.oif.is_some_and(|i| ours.contains_key(&i))
+}
+
 /// What of the kernel's pods `pool` cannot account for, one line each (empty: all fine).
 /// `routes`: the host's protocol-171 routes; `links`: its links; `fresh`: the state is new.
 pub fn unaccounted(
@@ -36,9 +50,12 @@ pub fn unaccounted(
     routes: &[RouteV4],
     links: &[LinkInfo],
 ) -> Vec<String> {
-    let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let names = our_veths(links);
     let mut out = Vec::new();
-    for r in routes.iter().filter(|r| is_pod_route(r)) {
+    for r in routes
+        .iter()
+        .filter(|r| is_pod_route(r) && through_ours(r, &names))
+    {
         if !pool.knows(r.dst) {
             let dev = r.oif.and_then(|i| names.get(&i)).copied().unwrap_or("?");
             out.push(format!(
@@ -48,7 +65,10 @@ pub fn unaccounted(
         }
     }
     if fresh {
-        for l in links.iter().filter(|l| naming::is_host_veth_name(&l.name)) {
+        for l in links
+            .iter()
+            .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+        {
             out.push(format!("host veth {} (no state at all)", l.name));
         }
     }
@@ -79,21 +99,17 @@ pub fn rebuild(
     links: &[LinkInfo],
     now: crate::pool::Millis,
 ) -> Rebuilt {
-    let names: HashMap<u32, &str> = links.iter().map(|l| (l.index, l.name.as_str())).collect();
+    let names = our_veths(links);
     let mut out = Rebuilt::default();
     let mut with_route = std::collections::HashSet::new();
     for r in routes.iter().filter(|r| is_pod_route(r)) {
         let Some(veth) = r.oif.and_then(|i| names.get(&i)).copied() else {
-            out.skipped.push(format!("route {}/32: no device", r.dst));
-            continue;
-        };
-        if !naming::is_host_veth_name(veth) {
             out.skipped.push(format!(
-                "route {}/32 dev {veth}: not a vpcnet host veth",
+                "route {}/32: not through a vpcnet host veth (name and MAC)",
                 r.dst
             ));
             continue;
-        }
+        };
         let len = pool.config().prefix_len;
         let prefix = match Ipv4Network::new(r.dst, len) {
             Ok(n) => Ipv4Network::new(n.network(), len).unwrap_or(n),
@@ -131,7 +147,10 @@ pub fn rebuild(
                 .push(format!("route {}/32 dev {veth}: {e}", r.dst)),
         }
     }
-    for l in links.iter().filter(|l| naming::is_host_veth_name(&l.name)) {
+    for l in links
+        .iter()
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+    {
         if !with_route.contains(l.name.as_str()) {
             out.skipped.push(format!(
                 "host veth {}: no pod route through it (reconcile deletes it)",
@@ -153,7 +172,7 @@ mod tests {
         LinkInfo {
             index,
             name: name.into(),
-            mac: None,
+            mac: naming::is_host_veth_name(name).then(|| naming::host_mac_for_name(name)),
             up: true,
             mtu: None,
             kind: Some("veth".into()),
