@@ -31,6 +31,9 @@ pub fn resolve(pool: &Pool, key: &AllocKey) -> AllocKey {
     }
 }
 
+/// Rounds of (fresh read, a few candidates) one grow tries before giving up for now.
+const CLAIM_ROUNDS: u32 = 4;
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -364,91 +367,113 @@ impl<D: Datastore> Node<D> {
     /// addresses are still available (warm targets).
     async fn claim_prefixes(&self, want: u32, only_if_empty: bool) -> Result<u32, String> {
         let _g = self.claim_lock.lock().await;
-        let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
-            Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
-            Err(e) => {
-                let msg = e.to_string();
-                self.set_degraded("datastore", Some(msg.clone()));
-                return Err(msg);
-            }
-        };
-        let (candidates, vpc) = {
-            let st = self.state();
-            // Someone else may have grown the pool while we waited for the claim lock.
-            if only_if_empty && st.pool.stats(now_ms()).available > 0 {
-                return Ok(0);
-            }
-            let c: Vec<_> = st
-                .pool
-                .unheld_prefixes()
-                .filter(|p| !taken.contains(p))
-                .take(usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8))
-                .collect();
-            let vpc: Vec<String> = st
-                .pool
-                .config()
-                .vpc_cidrs
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            (c, vpc)
-        };
+        let per_round = usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8);
         let mut got = 0;
-        for prefix in candidates {
-            if got >= want {
-                break;
-            }
-            let claim = PrefixClaim {
-                prefix,
-                node: self.name.clone(),
-                node_ip: self.ip,
-                claimed_at: now_ms(),
-            };
-            let started = std::time::Instant::now();
-            let claimed = self.datastore.claim(&claim).await;
-            crate::agent::metrics::get().claim_observed(started.elapsed(), &claimed);
-            match claimed {
-                Ok(true) => {
-                    let now = now_ms();
-                    let added = self
-                        .state()
-                        .change(|pool| match pool.add_prefix(prefix, now) {
-                            Ok(ev) => (Ok(()), vec![ev]),
-                            Err(e) => (Err(e), Vec::new()),
-                        });
-                    match added {
-                        Ok(Ok(())) => got += 1,
-                        Ok(Err(e)) => {
-                            eprintln!("vpcnetd: claimed {prefix} but pool refused it: {e}")
-                        }
-                        // Claimed but not recorded: not ours to use. The claim is released by
-                        // the next claims reconcile (or adopted at the next start).
-                        Err(e) => {
-                            let msg = format!("claimed {prefix} but cannot record it: {e}");
-                            return if got > 0 { Ok(got) } else { Err(msg) };
-                        }
-                    }
-                }
-                Ok(false) => continue,
+        let mut lost = 0u32;
+        // Invariant (issue 10): a lost race means "try another", never "exhausted". Each round
+        // reads the claims afresh and tries candidates spread over the VPC from a point
+        // derived from this node's name (so N nodes starting together rarely pick the same
+        // prefix); "VPC exhausted" is reported only when a fresh read shows no free prefix.
+        for round in 0..CLAIM_ROUNDS {
+            let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
+                Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
                 Err(e) => {
                     let msg = e.to_string();
                     self.set_degraded("datastore", Some(msg.clone()));
                     return if got > 0 { Ok(got) } else { Err(msg) };
                 }
+            };
+            let candidates = {
+                let st = self.state();
+                // Someone else may have grown the pool while we waited for the claim lock.
+                if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
+                    return Ok(0);
+                }
+                st.pool
+                    .claim_candidates(&taken, naming::claim_seed(&self.name, round), per_round)
+            };
+            if candidates.is_empty() {
+                self.set_degraded("datastore", None);
+                if got > 0 {
+                    break;
+                }
+                let msg = self.exhausted_message(taken.len());
+                self.set_degraded("pool", Some(msg.clone()));
+                return Err(msg);
+            }
+            for prefix in candidates {
+                if got >= want {
+                    break;
+                }
+                let claim = PrefixClaim {
+                    prefix,
+                    node: self.name.clone(),
+                    node_ip: self.ip,
+                    claimed_at: now_ms(),
+                };
+                let started = std::time::Instant::now();
+                let claimed = self.datastore.claim(&claim).await;
+                crate::agent::metrics::get().claim_observed(started.elapsed(), &claimed);
+                match claimed {
+                    Ok(true) => {
+                        let now = now_ms();
+                        let added =
+                            self.state()
+                                .change(|pool| match pool.add_prefix(prefix, now) {
+                                    Ok(ev) => (Ok(()), vec![ev]),
+                                    Err(e) => (Err(e), Vec::new()),
+                                });
+                        match added {
+                            Ok(Ok(())) => got += 1,
+                            Ok(Err(e)) => {
+                                eprintln!("vpcnetd: claimed {prefix} but pool refused it: {e}")
+                            }
+                            // Claimed but not recorded: not ours to use. The claim is released
+                            // by the next claims reconcile (or adopted at the next start).
+                            Err(e) => {
+                                let msg = format!("claimed {prefix} but cannot record it: {e}");
+                                return if got > 0 { Ok(got) } else { Err(msg) };
+                            }
+                        }
+                    }
+                    Ok(false) => lost += 1,
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.set_degraded("datastore", Some(msg.clone()));
+                        return if got > 0 { Ok(got) } else { Err(msg) };
+                    }
+                }
+            }
+            if got > 0 {
+                break;
             }
         }
         self.set_degraded("datastore", None);
         if got == 0 {
-            let prefix_len = self.state().pool.config().prefix_len;
-            let msg = format!(
-                "VPC exhausted: every /{prefix_len} prefix of {} is claimed (--vpc-cidr)",
-                vpc.join(", ")
-            );
-            self.set_degraded("pool", Some(msg.clone()));
-            return Err(msg);
+            // Every try lost a race, yet the last read showed free prefixes: contention, not
+            // exhaustion. Not degraded; the caller retries (ADD: code 11, try again).
+            return Err(format!(
+                "lost {lost} prefix claim races to other nodes in {CLAIM_ROUNDS} rounds; \
+                 free prefixes remain, try again"
+            ));
         }
         self.set_degraded("pool", None);
         Ok(got)
+    }
+
+    /// "VPC exhausted", with the figures that prove it (a fresh read of `taken_by_nodes`).
+    fn exhausted_message(&self, taken_by_nodes: usize) -> String {
+        let st = self.state();
+        let cfg = st.pool.config();
+        let vpc: Vec<String> = cfg.vpc_cidrs.iter().map(|c| c.to_string()).collect();
+        format!(
+            "VPC exhausted: every /{} prefix of {} is claimed (--vpc-cidr): {} prefixes exist, \
+             {taken_by_nodes} are claimed by nodes ({} by this one)",
+            cfg.prefix_len,
+            vpc.join(", "),
+            st.pool.vpc_prefix_count(),
+            st.pool.held_prefixes().count(),
+        )
     }
 
     /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.

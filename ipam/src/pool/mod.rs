@@ -667,6 +667,72 @@ impl Pool {
             })
     }
 
+    /// How many prefixes of the configured length the VPC CIDRs hold in all.
+    pub fn vpc_prefix_count(&self) -> u64 {
+        let len = u32::from(self.cfg.prefix_len.min(32));
+        self.cfg
+            .vpc_cidrs
+            .iter()
+            .filter(|c| u32::from(c.prefix()) <= len)
+            .map(|c| 1u64 << (len - u32::from(c.prefix())))
+            .sum()
+    }
+
+    /// The `i`-th prefix of the VPC (in CIDR order), `None` past the end.
+    fn vpc_prefix_at(&self, mut i: u64) -> Option<Ipv4Network> {
+        let len = self.cfg.prefix_len.min(32);
+        for c in self.cfg.vpc_cidrs.iter().filter(|c| c.prefix() <= len) {
+            let n = 1u64 << (u32::from(len) - u32::from(c.prefix()));
+            if i < n {
+                let step = 1u64 << (32 - u32::from(len));
+                let a = u64::from(u32::from(c.network())) + i * step;
+                return Ipv4Network::new(Ipv4Addr::from(u32::try_from(a).ok()?), len).ok();
+            }
+            i -= n;
+        }
+        None
+    }
+
+    /// Up to `count` prefixes worth trying to claim: not held here, not in `taken` (the
+    /// datastore's view), distinct, starting at position `seed % total` of the VPC and
+    /// wrapping around.
+    ///
+    /// Why a seed: every node that started its search at the lowest free prefix raced every
+    /// other node for the same few prefixes (lost races grew as N²). A seed derived from the
+    /// node's name spreads the nodes' first tries over the whole VPC, so at a cold start of N
+    /// nodes almost every first try wins, while a nearly full VPC is still searched whole.
+    pub fn claim_candidates(
+        &self,
+        taken: &std::collections::HashSet<Ipv4Network>,
+        seed: u64,
+        count: usize,
+    ) -> Vec<Ipv4Network> {
+        let total = self.vpc_prefix_count();
+        if total == 0 || count == 0 {
+            return Vec::new();
+        }
+        let start = seed % total;
+        let mut out = Vec::with_capacity(count.min(64));
+        for k in 0..total {
+            let i = (start + k) % total;
+            let Some(net) = self.vpc_prefix_at(i) else {
+                continue;
+            };
+            let first = u32::from(net.network());
+            if taken.contains(&net)
+                || self.overlaps_held(first, u32::from(net.broadcast()))
+                || out.contains(&net)
+            {
+                continue;
+            }
+            out.push(net);
+            if out.len() >= count {
+                break;
+            }
+        }
+        out
+    }
+
     /// Earliest future time a cooling address becomes free (to schedule a re-plan), if any.
     pub fn next_cooldown_expiry(&self, now: Millis) -> Option<Millis> {
         self.prefixes

@@ -631,3 +631,52 @@ fn plan_counts_cooling_addresses_as_unavailable() {
         }
     }
 }
+
+/// Issue 10: claim candidates are spread by the seed, never held or taken, and a nearly full
+/// VPC is still searched whole.
+#[test]
+fn claim_candidates_spread_by_seed_and_skip_held_and_taken() {
+    use std::collections::HashSet;
+    let mut c = cfg();
+    c.vpc_cidrs = vec![net("10.0.0.0/20")]; // 256 /28s
+    let pool = pool_with(c.clone(), &["10.0.0.0/28"]);
+    assert_eq!(pool.vpc_prefix_count(), 256);
+    let taken: HashSet<_> = [net("10.0.0.16/28")].into_iter().collect();
+    let a = pool.claim_candidates(&taken, 0, 4);
+    assert_eq!(
+        a,
+        vec![
+            net("10.0.0.32/28"),
+            net("10.0.0.48/28"),
+            net("10.0.0.64/28"),
+            net("10.0.0.80/28")
+        ]
+    );
+    let b = pool.claim_candidates(&taken, 100, 4);
+    assert_eq!(b[0], net("10.0.6.64/28"), "position 100 of the VPC");
+    assert_eq!(pool.claim_candidates(&taken, 100, 4), b, "deterministic");
+    // Wraps around the end of the VPC.
+    let w = pool.claim_candidates(&taken, 255, 3);
+    assert_eq!(
+        w,
+        vec![
+            net("10.0.15.240/28"),
+            net("10.0.0.32/28"),
+            net("10.0.0.48/28")
+        ]
+    );
+
+    // Nearly full: only one prefix left, found whatever the seed.
+    let all_but_one: HashSet<_> = (0..256u32)
+        .filter(|i| *i != 77)
+        .map(|i| Ipv4Network::new(Ipv4Addr::from(0x0a00_0000 + i * 16), 28).expect("net"))
+        .collect();
+    let empty = Pool::new(c);
+    for seed in [0, 76, 77, 78, 1_000_003] {
+        assert_eq!(
+            empty.claim_candidates(&all_but_one, seed, 8),
+            vec![net("10.0.4.208/28")],
+            "seed {seed}"
+        );
+    }
+}
