@@ -389,8 +389,12 @@ impl<D: Datastore> Node<D> {
                 if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
                     return Ok(0);
                 }
-                st.pool
-                    .claim_candidates(&taken, naming::claim_seed(&self.name, round), per_round)
+                let seed = if self.datastore.shared() {
+                    naming::claim_seed(&self.name, round)
+                } else {
+                    0
+                };
+                st.pool.claim_candidates(&taken, seed, per_round)
             };
             if candidates.is_empty() {
                 self.set_degraded("datastore", None);

@@ -93,6 +93,11 @@ impl Datastore for LocalDatastore {
         self.with_claims(|claims| (false, claims.values().cloned().collect()))
     }
 
+    /// One node: no race for prefixes.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// One node, no peers: nothing to watch.
     async fn changed(&self) {
         std::future::pending::<()>().await

@@ -55,6 +55,12 @@ pub trait Datastore: Send + Sync + 'static {
     /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
     /// timer, so a missed event only delays convergence.
     fn changed(&self) -> impl Future<Output = ()> + Send;
+    /// Whether other nodes claim from the same datastore. Only then do nodes race for
+    /// prefixes, and only then does the claim path spread its search over the VPC; a
+    /// node alone (the local datastore) takes the lowest free prefix, predictably.
+    fn shared(&self) -> bool {
+        true
+    }
 }
 
 /// First retry delay of a backend's background tasks (reconnect, watch, lease keep-alive).
