@@ -371,28 +371,49 @@ impl<D: Datastore> Node<D> {
         let mut got = 0;
         let mut lost = 0u32;
         // Invariant (issue 10): a lost race means "try another", never "exhausted". Each round
-        // reads the claims afresh and tries candidates spread over the VPC from a point
-        // derived from this node's name (so N nodes starting together rarely pick the same
-        // prefix); "VPC exhausted" is reported only when a fresh read shows no free prefix.
+        // reads the claims (`list`: the datastore's cache where it has one, which may lag) and
+        // tries candidates spread over the VPC from a point derived from this node's name (so
+        // N nodes starting together rarely pick the same prefix); "VPC exhausted" is reported
+        // only when a fresh read (`list_fresh`, never a cache) shows no free prefix.
         for round in 0..CLAIM_ROUNDS {
-            let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
-                Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.set_degraded("datastore", Some(msg.clone()));
-                    return if got > 0 { Ok(got) } else { Err(msg) };
+            let mut fresh = false;
+            let mut taken: HashSet<ipnetwork::Ipv4Network> = HashSet::new();
+            let mut candidates = Vec::new();
+            for read in 0..2 {
+                let listed = if read == 0 {
+                    self.datastore.list().await
+                } else {
+                    fresh = true;
+                    self.datastore.list_fresh().await
+                };
+                taken = match listed {
+                    Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.set_degraded("datastore", Some(msg.clone()));
+                        return if got > 0 { Ok(got) } else { Err(msg) };
+                    }
+                };
+                candidates = {
+                    let st = self.state();
+                    // Someone else may have grown the pool while we waited for the claim lock.
+                    if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
+                        return Ok(0);
+                    }
+                    st.pool.claim_candidates(
+                        &taken,
+                        naming::claim_seed(&self.name, round),
+                        per_round,
+                    )
+                };
+                if !candidates.is_empty() || got > 0 {
+                    break;
                 }
-            };
-            let candidates = {
-                let st = self.state();
-                // Someone else may have grown the pool while we waited for the claim lock.
-                if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
-                    return Ok(0);
-                }
-                st.pool
-                    .claim_candidates(&taken, naming::claim_seed(&self.name, round), per_round)
-            };
+                // No free prefix in the (possibly cached) view: prove it with a fresh read
+                // before calling the VPC exhausted.
+            }
             if candidates.is_empty() {
+                debug_assert!(fresh || got > 0);
                 self.set_degraded("datastore", None);
                 if got > 0 {
                     break;
