@@ -527,10 +527,27 @@ impl<D: Datastore> Node<D> {
     /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
     ///   so it is adopted; later a release after shrink failed, so it is released again.
     ///
-    /// Holds the claim lock so it never interleaves with grow or shrink.
+    /// Holds the claim lock so it never interleaves with grow or shrink. Acts only on a fresh
+    /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
     pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, String> {
         let _g = self.claim_lock.lock().await;
-        let claims = self.datastore.list().await.map_err(|e| e.to_string())?;
+        let mut claims = self.datastore.list().await.map_err(|e| e.to_string())?;
+        // `list` may answer from a watch-fed cache a moment behind (our own claim or release
+        // not seen yet, another node's release not seen yet): whenever it disagrees with the
+        // pool, act only on a fresh read. In agreement (the steady state) nothing is asked.
+        let listed_ours: HashSet<_> = claims
+            .iter()
+            .filter(|c| c.node == self.name)
+            .map(|c| c.prefix)
+            .collect();
+        let pool_held: HashSet<_> = self.state().pool.held_prefixes().collect();
+        if listed_ours != pool_held {
+            claims = self
+                .datastore
+                .list_fresh()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let ours: HashSet<_> = claims
             .iter()
             .filter(|c| c.node == self.name)
