@@ -371,16 +371,19 @@ impl<D: Datastore> Node<D> {
         let mut got = 0;
         let mut lost = 0u32;
         // Invariant (issue 10): a lost race means "try another", never "exhausted". Each round
-        // reads the claims (`list`: the datastore's cache where it has one, which may lag) and
-        // tries candidates spread over the VPC from a point derived from this node's name (so
-        // N nodes starting together rarely pick the same prefix); "VPC exhausted" is reported
-        // only when a fresh read (`list_fresh`, never a cache) shows no free prefix.
+        // reads the claims (round 0: `list`, the datastore's cache where it has one, which may
+        // lag; later rounds, after lost races: `list_fresh`) and tries candidates spread over
+        // the VPC from a point derived from this node's name (so N nodes starting together
+        // rarely pick the same prefix); "VPC exhausted" is reported only when a fresh read
+        // (`list_fresh`, never a cache) shows no free prefix.
         for round in 0..CLAIM_ROUNDS {
             let mut fresh = false;
             let mut taken: HashSet<ipnetwork::Ipv4Network> = HashSet::new();
             let mut candidates = Vec::new();
             for read in 0..2 {
-                let listed = if read == 0 {
+                // Round 0 may use the cached view; a later round follows a round that lost
+                // every try, i.e. the view was stale: read afresh.
+                let listed = if read == 0 && round == 0 {
                     self.datastore.list().await
                 } else {
                     fresh = true;
@@ -406,7 +409,7 @@ impl<D: Datastore> Node<D> {
                         per_round,
                     )
                 };
-                if !candidates.is_empty() || got > 0 {
+                if !candidates.is_empty() || got > 0 || fresh {
                     break;
                 }
                 // No free prefix in the (possibly cached) view: prove it with a fresh read
@@ -625,5 +628,136 @@ impl<D: Datastore> Node<D> {
             (!conflicts.is_empty()).then(|| conflicts.join("; ")),
         );
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::datastore::{Datastore, DatastoreError};
+    use crate::agent::store::Store;
+    use crate::pool::PoolConfig;
+
+    /// `list` answers a stale view (every prefix of the VPC claimed by another node, as a
+    /// lagging cache might); `list_fresh` answers the truth (`fresh`).
+    struct StaleList {
+        stale: Vec<PrefixClaim>,
+        fresh: Mutex<Vec<PrefixClaim>>,
+    }
+
+    impl Datastore for StaleList {
+        fn name(&self) -> &'static str {
+            "stale"
+        }
+        async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+            let mut f = lock(&self.fresh);
+            if f.iter().any(|c| c.prefix == claim.prefix) {
+                return Ok(false);
+            }
+            f.push(claim.clone());
+            Ok(true)
+        }
+        async fn release(
+            &self,
+            prefix: ipnetwork::Ipv4Network,
+            node: &str,
+        ) -> Result<(), DatastoreError> {
+            lock(&self.fresh).retain(|c| c.prefix != prefix || c.node != node);
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            Ok(self.stale.clone())
+        }
+        async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            Ok(lock(&self.fresh).clone())
+        }
+        async fn changed(&self) {
+            std::future::pending().await
+        }
+    }
+
+    fn other(prefix: &str) -> PrefixClaim {
+        PrefixClaim {
+            prefix: prefix.parse().expect("prefix"),
+            node: "other".into(),
+            node_ip: None,
+            claimed_at: 1,
+        }
+    }
+
+    async fn node(ds: StaleList, what: &str) -> Node<StaleList> {
+        let dir =
+            std::env::temp_dir().join(format!("vpcnet-node-test-{}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = PoolConfig {
+            vpc_cidrs: vec!["10.0.0.0/27".parse().expect("cidr")],
+            ..Default::default()
+        };
+        let (store, pool) = Store::open(&dir, cfg).expect("store");
+        let (conn, net, _) = rtnetlink::new_connection().expect("netlink");
+        tokio::spawn(conn);
+        let (reaper, _rx) = mpsc::unbounded_channel();
+        Node {
+            name: "me".into(),
+            ip: None,
+            state: Mutex::new(State { pool, store }),
+            health: Mutex::new(Health::default()),
+            datastore: ds,
+            net,
+            reaper,
+            wake: Notify::new(),
+            claim_lock: tokio::sync::Mutex::new(()),
+            inflight_dir: dir.join("inflight"),
+        }
+    }
+
+    /// Issue 10: a (cached) list that shows no free prefix is not proof of exhaustion; a fresh
+    /// read that shows one is used instead.
+    #[tokio::test]
+    async fn exhaustion_is_proven_by_a_fresh_read() {
+        let all = vec![other("10.0.0.0/28"), other("10.0.0.16/28")];
+        let n = node(
+            StaleList {
+                stale: all.clone(),
+                fresh: Mutex::new(vec![other("10.0.0.0/28")]),
+            },
+            "fresh-free",
+        )
+        .await;
+        assert_eq!(n.grow(1).await, Ok(1), "the fresh read shows a free prefix");
+        assert_eq!(
+            n.state().pool.held_prefixes().collect::<Vec<_>>(),
+            vec!["10.0.0.16/28".parse::<ipnetwork::Ipv4Network>().expect("p")]
+        );
+
+        let n = node(
+            StaleList {
+                stale: Vec::new(),
+                fresh: Mutex::new(all),
+            },
+            "fresh-full",
+        )
+        .await;
+        // The stale view shows free prefixes: they are tried and lost; the next round reads
+        // afresh, which proves exhaustion.
+        let e = n.grow(1).await.expect_err("nothing free");
+        assert!(
+            e.contains("VPC exhausted") && e.contains("2 are claimed"),
+            "{e}"
+        );
+
+        let n = node(
+            StaleList {
+                stale: vec![other("10.0.0.0/28"), other("10.0.0.16/28")],
+                fresh: Mutex::new(vec![other("10.0.0.0/28"), other("10.0.0.16/28")]),
+            },
+            "all-taken",
+        )
+        .await;
+        let e = n.grow(1).await.expect_err("exhausted");
+        assert!(
+            e.contains("VPC exhausted") && e.contains("2 are claimed"),
+            "{e}"
+        );
     }
 }
