@@ -759,5 +759,11 @@ mod tests {
             e.contains("VPC exhausted") && e.contains("2 are claimed"),
             "{e}"
         );
+        for what in ["fresh-free", "fresh-full", "all-taken"] {
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir()
+                    .join(format!("vpcnet-node-test-{}-{what}", std::process::id())),
+            );
+        }
     }
 }
