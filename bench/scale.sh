@@ -2,15 +2,19 @@
 # Scale lab (issue 10): one etcd and N vpcnetd agents, each in its own network namespace on a
 # shared "switch" bridge, started together (a cold start). Prints how long until every node
 # holds a claim and routes every other node's prefix, how many claim attempts lost a race, and
-# how many agents reported the VPC exhausted. Nothing touches the machine's root namespace.
-#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR]     (defaults: 50, 10.128.0.0/9, target/release)
+# how many agents reported the VPC exhausted; then, after the cold start, the etcd traffic of
+# IDLE seconds with nothing changing (etcd's own counters: Range requests and bytes sent to
+# clients; and the agents' vpcnet_datastore_requests_total{op="list"} where they have it).
+# Nothing touches the machine's root namespace.
+#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE]  (defaults: 50, 10.128.0.0/9, target/release, 30)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release
-while getopts "N:c:b:h" o; do
-  case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; *) sed -n '2,7p' "$0"; exit 0 ;; esac
+NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release IDLE=30
+while getopts "N:c:b:i:h" o; do
+  case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;; *) sed -n '2,10p' "$0"; exit 0 ;; esac
 done
+[[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 4000 ]] || { echo "scale.sh: -N 1..4000" >&2; exit 1; }
 command -v etcd >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null \
   || { echo "scale.sh: needs etcd-server, curl, jq (scripts/deps.sh installs them)" >&2; exit 1; }
@@ -87,3 +91,25 @@ done
 read -r nodes total <<<"$(claims)"
 printf 'nodes=%s vpc=%s  every node claimed: %s s  every node routes every prefix: %s s  claims=%s  lost races=%s  agents that logged VPC exhausted=%s\n' \
   "$NODES" "$VPC" "${t_claimed:-never}" "${t_routed:-never}" "$total" "$lost" "$exhausted"
+
+# Idle traffic: nothing changes for IDLE seconds; count what the agents still ask etcd.
+etcd_metric() { # sum of an etcd metric's samples whose line matches $1
+  in_ns "$SW" curl -s -m 5 "$ETCD/metrics" | awk -v re="$1" '$0 ~ re && !/^#/ {s += $NF} END {printf "%.0f", s}'
+}
+agents_lists() { # sum over agents of vpcnet_datastore_requests_total{op="list"} (empty: no such metric)
+  local sum= k v
+  for k in $(seq "$NODES"); do
+    v=$(in_ns "$P-n$k" curl -s -m 2 http://127.0.0.1:9961/metrics | awk '/^vpcnet_datastore_requests_total\{.*op="list"/ {print $2}' | head -1 || true)
+    [ -n "$v" ] && sum=$(( ${sum:-0} + ${v%.*} ))
+  done
+  echo "${sum:-n/a}"
+}
+if [ "$IDLE" -gt 0 ]; then
+  sleep 5 # let the cold start's last events settle
+  r0=$(etcd_metric 'grpc_server_handled_total.*grpc_method="Range"') b0=$(etcd_metric '^etcd_network_client_grpc_sent_bytes_total') l0=$(agents_lists)
+  sleep "$IDLE"
+  r1=$(etcd_metric 'grpc_server_handled_total.*grpc_method="Range"') b1=$(etcd_metric '^etcd_network_client_grpc_sent_bytes_total') l1=$(agents_lists)
+  lists=n/a; [ "$l0" != n/a ] && [ "$l1" != n/a ] && lists=$((l1 - l0))
+  printf 'idle %s s: etcd Range requests=%s  etcd bytes sent to clients=%s  agents list requests=%s\n' \
+    "$IDLE" "$((r1 - r0))" "$((b1 - b0))" "$lists"
+fi

@@ -277,8 +277,17 @@ fn claim(prefix: Ipv4Network, node: &str) -> PrefixClaim {
 }
 
 /// prefix → owner, as `d` lists it; panics on a prefix listed twice.
+/// Who holds what, read from the datastore itself (`list_fresh`: read-your-writes).
 async fn owners<D: Datastore>(d: &D) -> BTreeMap<Ipv4Network, String> {
-    let list = d.list().await.expect("list");
+    owners_of(d.list_fresh().await.expect("list_fresh"))
+}
+
+/// Who holds what as `list` answers (etcd: the watch-fed cache while it is in sync).
+async fn owners_listed<D: Datastore>(d: &D) -> Option<BTreeMap<Ipv4Network, String>> {
+    d.list().await.ok().map(owners_of)
+}
+
+fn owners_of(list: Vec<PrefixClaim>) -> BTreeMap<Ipv4Network, String> {
     let mut m = BTreeMap::new();
     for c in list {
         let p = c.prefix;
@@ -539,9 +548,14 @@ async fn server_outage_then_converges<B: Backend>(b: &B) {
     let t = Instant::now();
     let r = n0.claim(&claim(q, "n0")).await;
     expect_unavailable(r, t.elapsed(), &b.endpoint(), "claim");
+    // Not the last view either (etcd: a failed operation un-syncs the cache): a caller that
+    // cannot list keeps what it has (peer routes), it is not fed a view of unknown age.
     let t = Instant::now();
     let r = n0.list().await;
     expect_unavailable(r, t.elapsed(), &b.endpoint(), "list");
+    let t = Instant::now();
+    let r = n0.list_fresh().await;
+    expect_unavailable(r, t.elapsed(), &b.endpoint(), "list_fresh");
     let t = Instant::now();
     let r = n0.release(q, "n0").await;
     expect_unavailable(r, t.elapsed(), &b.endpoint(), "release");
@@ -560,6 +574,36 @@ async fn server_outage_then_converges<B: Backend>(b: &B) {
     );
     eprintln!("converged {:?} after the server returned", t.elapsed());
     assert!(n0.claim(&claim(q, "n0")).await.expect("claim after outage"));
+}
+
+/// (7) `list` (which may answer from a watch-fed cache) follows other nodes: a claim by n0
+/// shows in n1's `list` within a bound, and its release disappears.
+async fn list_follows_other_nodes<B: Backend>(b: &B) {
+    let n0 = b.node("n0").await;
+    let n1 = b.node("n1").await;
+    let _ = n1.list().await;
+    let p = net("10.9.60.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    let seen = eventually(Duration::from_secs(5), || async {
+        owners_listed(&n1)
+            .await
+            .is_some_and(|o| o.get(&p).map(String::as_str) == Some("n0"))
+    })
+    .await;
+    assert!(seen.is_some(), "n0's claim not in n1's list within 5 s");
+    eprintln!("claim listed by the other node after {seen:?}");
+    n0.release(p, "n0").await.expect("release");
+    let gone = eventually(Duration::from_secs(5), || async {
+        owners_listed(&n1)
+            .await
+            .is_some_and(|o| !o.contains_key(&p))
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "released claim still in n1's list after 5 s"
+    );
+    eprintln!("release seen by the other node after {gone:?}");
 }
 
 macro_rules! contract {
@@ -587,6 +631,11 @@ macro_rules! contract {
             async fn restarted_node_keeps_claims() {
                 super::restarted_node_keeps_claims(&<$backend>::new().await).await
             }
+            #[tokio::test]
+            async fn list_follows_other_nodes() {
+                super::list_follows_other_nodes(&<$backend>::new().await).await;
+            }
+
             #[tokio::test]
             async fn server_outage_then_converges() {
                 super::server_outage_then_converges(&<$backend>::new().await).await
@@ -666,6 +715,186 @@ async fn etcd_lost_lease_is_replaced_and_claims_restored() {
         "claims not restored 5 s after the lease was lost"
     );
     eprintln!("claims restored on a new lease after {:?}", t.elapsed());
+}
+
+/// Waits until `d`'s claim cache is in sync (its watch established).
+async fn cache_synced(d: &EtcdDatastore) {
+    let synced = eventually(Duration::from_secs(5), || async { d.cache_synced() }).await;
+    assert!(synced.is_some(), "claim cache not in sync within 5 s");
+}
+
+/// Issue 10: while its cache is in sync, `list` is a memory read (no request to etcd) that
+/// follows other nodes' claims and releases; `list_fresh` always asks etcd. When etcd stops,
+/// `list` stops answering from the cache (Unavailable, like every operation); when etcd
+/// returns the cache is in sync again and right.
+#[tokio::test]
+async fn etcd_synced_list_sends_no_request() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let n1 = b.node("n1").await;
+    cache_synced(&n1).await;
+    let ps = [net("10.9.100.0/28"), net("10.9.101.0/28")];
+    let before = n1.list_requests();
+    for p in ps {
+        assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    }
+    let seen = eventually(Duration::from_secs(5), || async {
+        owners_listed(&n1).await.is_some_and(|o| {
+            ps.iter()
+                .all(|p| o.get(p).map(String::as_str) == Some("n0"))
+        })
+    })
+    .await;
+    assert!(seen.is_some(), "claims not in n1's list within 5 s");
+    n0.release(ps[0], "n0").await.expect("release");
+    let gone = eventually(Duration::from_secs(5), || async {
+        owners_listed(&n1)
+            .await
+            .is_some_and(|o| !o.contains_key(&ps[0]) && o.contains_key(&ps[1]))
+    })
+    .await;
+    assert!(gone.is_some(), "release not in n1's list within 5 s");
+    for _ in 0..100 {
+        assert_eq!(
+            owners_listed(&n1).await.map(|o| o.len()),
+            Some(1),
+            "cached list"
+        );
+    }
+    assert!(n1.cache_synced());
+    assert_eq!(
+        n1.list_requests(),
+        before,
+        "a synced list must not ask etcd"
+    );
+    assert_eq!(owners(&n1).await.len(), 1, "fresh list");
+    assert_eq!(n1.list_requests(), before + 1, "list_fresh asks etcd");
+
+    b.stop_server();
+    let t = Instant::now();
+    let down = eventually(DOWN_BOUND, || async { n1.list().await.is_err() }).await;
+    assert!(
+        down.is_some(),
+        "list kept answering from the cache {:?} after etcd stopped",
+        t.elapsed()
+    );
+    eprintln!("list failing {down:?} after etcd stopped");
+    b.start_server();
+    let back = eventually(Duration::from_secs(15), || async {
+        n1.cache_synced()
+            && owners_listed(&n1)
+                .await
+                .is_some_and(|o| o.get(&ps[1]).map(String::as_str) == Some("n0") && o.len() == 1)
+    })
+    .await;
+    assert!(
+        back.is_some(),
+        "cache not back in sync 15 s after etcd returned"
+    );
+    eprintln!("cache in sync {back:?} after etcd returned");
+}
+
+/// Issue 10: a watch re-created after a break resumes from the cache's revision (no re-list);
+/// if etcd compacted past that revision meanwhile, the watch is canceled with the compact
+/// revision and the cache re-lists — and stays right, and keeps following.
+#[tokio::test]
+async fn etcd_cache_relists_after_compaction() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let n1 = b.node("n1").await;
+    cache_synced(&n1).await;
+    let ps = [
+        net("10.9.110.0/28"),
+        net("10.9.111.0/28"),
+        net("10.9.112.0/28"),
+        net("10.9.113.0/28"),
+    ];
+    let wait_listed = |want: BTreeMap<Ipv4Network, String>| {
+        let n1 = &n1;
+        async move {
+            eventually(Duration::from_secs(5), || {
+                let want = want.clone();
+                async move {
+                    n1.cache_synced() && owners_listed(n1).await.is_some_and(|o| o == want)
+                }
+            })
+            .await
+        }
+    };
+    let held = |ps: &[Ipv4Network]| -> BTreeMap<Ipv4Network, String> {
+        ps.iter().map(|p| (*p, "n0".to_string())).collect()
+    };
+
+    // Break without compaction: resumed from the revision, nothing re-listed.
+    n1.pause_watch(true);
+    assert!(
+        eventually(Duration::from_secs(2), || async { !n1.cache_synced() })
+            .await
+            .is_some(),
+        "pausing the watch un-syncs the cache"
+    );
+    assert!(n0.claim(&claim(ps[0], "n0")).await.expect("claim"));
+    let lists = n1.list_requests();
+    n1.pause_watch(false);
+    assert!(
+        wait_listed(held(&ps[..1])).await.is_some(),
+        "resumed watch did not deliver the claim made while it was down"
+    );
+    assert_eq!(
+        n1.list_requests(),
+        lists,
+        "a resumed watch needs no re-list"
+    );
+
+    // Break, claims and releases, compaction past the cache's revision.
+    n1.pause_watch(true);
+    assert!(
+        eventually(Duration::from_secs(2), || async { !n1.cache_synced() })
+            .await
+            .is_some(),
+        "pausing the watch un-syncs the cache"
+    );
+    let cached_at = n1.cache_revision();
+    for p in &ps[1..3] {
+        assert!(n0.claim(&claim(*p, "n0")).await.expect("claim"));
+    }
+    n0.release(ps[0], "n0").await.expect("release");
+    let mut raw = b.raw().await;
+    let rev = raw
+        .get("/vpcnet/claims/", None)
+        .await
+        .expect("get")
+        .header()
+        .map(|h| h.revision())
+        .expect("header");
+    assert!(rev > cached_at + 1, "the test needs events past the cache");
+    raw.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+    let lists = n1.list_requests();
+    n1.pause_watch(false);
+    let t = Instant::now();
+    assert!(
+        wait_listed(held(&ps[1..3])).await.is_some(),
+        "cache not right after compaction: {:?}",
+        owners_listed(&n1).await
+    );
+    eprintln!("cache right {:?} after a compaction", t.elapsed());
+    assert!(
+        n1.list_requests() > lists,
+        "compaction past the cache must re-list"
+    );
+    assert!(n1.cache_revision() >= rev);
+
+    // And it follows again.
+    assert!(n0.claim(&claim(ps[3], "n0")).await.expect("claim"));
+    assert!(
+        wait_listed(held(&ps[1..4])).await.is_some(),
+        "cache stopped following after the re-list"
+    );
 }
 
 /// Restart without the remembered lease (state file lost): the claims named after this node

@@ -22,6 +22,7 @@
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
 //! | `vpcnet_datastore_errors_total` | counter | failed datastore calls (list, claim, release, watch) |
+//! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 
@@ -76,6 +77,7 @@ pub struct Metrics {
     claims: Family<[Label; 1], Counter>,
     claim_seconds: Histogram,
     datastore_errors: Counter,
+    datastore_requests: Family<[Label; 1], Counter>,
     reconcile_actions: Family<[Label; 1], Counter>,
     reconcile_runs: Family<[Label; 1], Counter>,
 }
@@ -156,6 +158,15 @@ impl Metrics {
             "Latency of one prefix claim in the datastore",
             claim_seconds.clone(),
         );
+        let datastore_requests = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "datastore_requests",
+            "Requests sent to the datastore (etcd) by op: list, get, txn, watch, lease",
+            datastore_requests.clone(),
+        );
+        for op in ["list", "get", "txn", "watch", "lease"] {
+            let _ = datastore_requests.get_or_create(&[("op", op)]);
+        }
         let datastore_errors = Counter::default();
         r.register(
             "datastore_errors",
@@ -196,6 +207,7 @@ impl Metrics {
             claims,
             claim_seconds,
             datastore_errors,
+            datastore_requests,
             reconcile_actions,
             reconcile_runs,
         }
@@ -228,6 +240,11 @@ impl Metrics {
 
     pub fn datastore_error(&self) {
         self.datastore_errors.inc();
+    }
+
+    /// One request sent to the datastore (`op`: `list`, `get`, `txn`, `watch`, `lease`).
+    pub fn datastore_request(&self, op: &'static str) {
+        self.datastore_requests.get_or_create(&[("op", op)]).inc();
     }
 
     /// A reconcile pass: its report, or `None` when it failed.

@@ -371,32 +371,53 @@ impl<D: Datastore> Node<D> {
         let mut got = 0;
         let mut lost = 0u32;
         // Invariant (issue 10): a lost race means "try another", never "exhausted". Each round
-        // reads the claims afresh and tries candidates spread over the VPC from a point
-        // derived from this node's name (so N nodes starting together rarely pick the same
-        // prefix); "VPC exhausted" is reported only when a fresh read shows no free prefix.
+        // reads the claims (round 0: `list`, the datastore's cache where it has one, which may
+        // lag; later rounds, after lost races: `list_fresh`) and tries candidates spread over
+        // the VPC from a point derived from this node's name (so N nodes starting together
+        // rarely pick the same prefix); "VPC exhausted" is reported only when a fresh read
+        // (`list_fresh`, never a cache) shows no free prefix.
         for round in 0..CLAIM_ROUNDS {
-            let taken: HashSet<ipnetwork::Ipv4Network> = match self.datastore.list().await {
-                Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
-                Err(e) => {
-                    let msg = e.to_string();
-                    self.set_degraded("datastore", Some(msg.clone()));
-                    return if got > 0 { Ok(got) } else { Err(msg) };
-                }
-            };
-            let candidates = {
-                let st = self.state();
-                // Someone else may have grown the pool while we waited for the claim lock.
-                if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
-                    return Ok(0);
-                }
-                let seed = if self.datastore.shared() {
-                    naming::claim_seed(&self.name, round)
+            let mut fresh = false;
+            let mut taken: HashSet<ipnetwork::Ipv4Network> = HashSet::new();
+            let mut candidates = Vec::new();
+            for read in 0..2 {
+                // Round 0 may use the cached view; a later round follows a round that lost
+                // every try, i.e. the view was stale: read afresh.
+                let listed = if read == 0 && round == 0 {
+                    self.datastore.list().await
                 } else {
-                    0
+                    fresh = true;
+                    self.datastore.list_fresh().await
                 };
-                st.pool.claim_candidates(&taken, seed, per_round)
-            };
+                taken = match listed {
+                    Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
+                    Err(e) => {
+                        let msg = e.to_string();
+                        self.set_degraded("datastore", Some(msg.clone()));
+                        return if got > 0 { Ok(got) } else { Err(msg) };
+                    }
+                };
+                candidates = {
+                    let st = self.state();
+                    // Someone else may have grown the pool while we waited for the claim lock.
+                    if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
+                        return Ok(0);
+                    }
+                    let seed = if self.datastore.shared() {
+                        naming::claim_seed(&self.name, round)
+                    } else {
+                        0
+                    };
+                    st.pool.claim_candidates(&taken, seed, per_round)
+                };
+                if !candidates.is_empty() || got > 0 || fresh {
+                    break;
+                }
+                // No free prefix in the (possibly cached) view: prove it with a fresh read
+                // before calling the VPC exhausted.
+            }
             if candidates.is_empty() {
+                debug_assert!(fresh || got > 0);
                 self.set_degraded("datastore", None);
                 if got > 0 {
                     break;
@@ -510,10 +531,27 @@ impl<D: Datastore> Node<D> {
     /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
     ///   so it is adopted; later a release after shrink failed, so it is released again.
     ///
-    /// Holds the claim lock so it never interleaves with grow or shrink.
+    /// Holds the claim lock so it never interleaves with grow or shrink. Acts only on a fresh
+    /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
     pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, String> {
         let _g = self.claim_lock.lock().await;
-        let claims = self.datastore.list().await.map_err(|e| e.to_string())?;
+        let mut claims = self.datastore.list().await.map_err(|e| e.to_string())?;
+        // `list` may answer from a watch-fed cache a moment behind (our own claim or release
+        // not seen yet, another node's release not seen yet): whenever it disagrees with the
+        // pool, act only on a fresh read. In agreement (the steady state) nothing is asked.
+        let listed_ours: HashSet<_> = claims
+            .iter()
+            .filter(|c| c.node == self.name)
+            .map(|c| c.prefix)
+            .collect();
+        let pool_held: HashSet<_> = self.state().pool.held_prefixes().collect();
+        if listed_ours != pool_held {
+            claims = self
+                .datastore
+                .list_fresh()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let ours: HashSet<_> = claims
             .iter()
             .filter(|c| c.node == self.name)
@@ -591,5 +629,142 @@ impl<D: Datastore> Node<D> {
             (!conflicts.is_empty()).then(|| conflicts.join("; ")),
         );
         Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::datastore::{Datastore, DatastoreError};
+    use crate::agent::store::Store;
+    use crate::pool::PoolConfig;
+
+    /// `list` answers a stale view (every prefix of the VPC claimed by another node, as a
+    /// lagging cache might); `list_fresh` answers the truth (`fresh`).
+    struct StaleList {
+        stale: Vec<PrefixClaim>,
+        fresh: Mutex<Vec<PrefixClaim>>,
+    }
+
+    impl Datastore for StaleList {
+        fn name(&self) -> &'static str {
+            "stale"
+        }
+        async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+            let mut f = lock(&self.fresh);
+            if f.iter().any(|c| c.prefix == claim.prefix) {
+                return Ok(false);
+            }
+            f.push(claim.clone());
+            Ok(true)
+        }
+        async fn release(
+            &self,
+            prefix: ipnetwork::Ipv4Network,
+            node: &str,
+        ) -> Result<(), DatastoreError> {
+            lock(&self.fresh).retain(|c| c.prefix != prefix || c.node != node);
+            Ok(())
+        }
+        async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            Ok(self.stale.clone())
+        }
+        async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            Ok(lock(&self.fresh).clone())
+        }
+        async fn changed(&self) {
+            std::future::pending().await
+        }
+    }
+
+    fn other(prefix: &str) -> PrefixClaim {
+        PrefixClaim {
+            prefix: prefix.parse().expect("prefix"),
+            node: "other".into(),
+            node_ip: None,
+            claimed_at: 1,
+        }
+    }
+
+    async fn node(ds: StaleList, what: &str) -> Node<StaleList> {
+        let dir =
+            std::env::temp_dir().join(format!("vpcnet-node-test-{}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cfg = PoolConfig {
+            vpc_cidrs: vec!["10.0.0.0/27".parse().expect("cidr")],
+            ..Default::default()
+        };
+        let (store, pool) = Store::open(&dir, cfg).expect("store");
+        let (conn, net, _) = rtnetlink::new_connection().expect("netlink");
+        tokio::spawn(conn);
+        let (reaper, _rx) = mpsc::unbounded_channel();
+        Node {
+            name: "me".into(),
+            ip: None,
+            state: Mutex::new(State { pool, store }),
+            health: Mutex::new(Health::default()),
+            datastore: ds,
+            net,
+            reaper,
+            wake: Notify::new(),
+            claim_lock: tokio::sync::Mutex::new(()),
+            inflight_dir: dir.join("inflight"),
+        }
+    }
+
+    /// Issue 10: a (cached) list that shows no free prefix is not proof of exhaustion; a fresh
+    /// read that shows one is used instead.
+    #[tokio::test]
+    async fn exhaustion_is_proven_by_a_fresh_read() {
+        let all = vec![other("10.0.0.0/28"), other("10.0.0.16/28")];
+        let n = node(
+            StaleList {
+                stale: all.clone(),
+                fresh: Mutex::new(vec![other("10.0.0.0/28")]),
+            },
+            "fresh-free",
+        )
+        .await;
+        assert_eq!(n.grow(1).await, Ok(1), "the fresh read shows a free prefix");
+        assert_eq!(
+            n.state().pool.held_prefixes().collect::<Vec<_>>(),
+            vec!["10.0.0.16/28".parse::<ipnetwork::Ipv4Network>().expect("p")]
+        );
+
+        let n = node(
+            StaleList {
+                stale: Vec::new(),
+                fresh: Mutex::new(all),
+            },
+            "fresh-full",
+        )
+        .await;
+        // The stale view shows free prefixes: they are tried and lost; the next round reads
+        // afresh, which proves exhaustion.
+        let e = n.grow(1).await.expect_err("nothing free");
+        assert!(
+            e.contains("VPC exhausted") && e.contains("2 are claimed"),
+            "{e}"
+        );
+
+        let n = node(
+            StaleList {
+                stale: vec![other("10.0.0.0/28"), other("10.0.0.16/28")],
+                fresh: Mutex::new(vec![other("10.0.0.0/28"), other("10.0.0.16/28")]),
+            },
+            "all-taken",
+        )
+        .await;
+        let e = n.grow(1).await.expect_err("exhausted");
+        assert!(
+            e.contains("VPC exhausted") && e.contains("2 are claimed"),
+            "{e}"
+        );
+        for what in ["fresh-free", "fresh-full", "all-taken"] {
+            let _ = std::fs::remove_dir_all(
+                std::env::temp_dir()
+                    .join(format!("vpcnet-node-test-{}-{what}", std::process::id())),
+            );
+        }
     }
 }

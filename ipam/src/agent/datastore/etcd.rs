@@ -8,7 +8,15 @@
 //!   *this* node (e.g. the agent restarted and holds a new lease) is re-attached to the current
 //!   lease with a txn guarded by its `mod_revision`, and counts as won.
 //! - release: read, then delete guarded by the `mod_revision` read, only if still the caller's.
-//! - changed: a background watch on `<prefix>/claims/` (re-created with back-off) notifies.
+//! - list: answered from an in-memory cache of every claim while it is in sync (no request);
+//!   `list_fresh` (and `list` while out of sync) reads etcd. The background watch keeps the
+//!   cache: it lists once (revision R of the response), watches `<prefix>/claims/` from R+1
+//!   and applies each PUT/DELETE. A broken stream (or a failed operation, which may mean
+//!   etcd is unreachable) marks the cache out of sync until the watch is re-created, resuming
+//!   from the last applied revision; if etcd compacted past it, the watch is canceled with the
+//!   compact revision and the cache re-lists. A re-list every [`CACHE_RELIST`] is a safety net.
+//!   So while etcd is unreachable `list` fails as before (peers keep their routes).
+//! - changed: notified on every applied watch event (and after the watch is re-created).
 //! - The lease ID is remembered in `<state_dir>/etcd-lease` and reused after a restart while
 //!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
 //!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
@@ -22,13 +30,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, WatchOptions,
 };
 use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
@@ -46,6 +54,8 @@ pub use super::{BACKOFF_MAX, BACKOFF_MIN};
 pub const LEASE_FILE: &str = "etcd-lease";
 /// How many times a txn that lost a race on the same key is retried.
 const TXN_ATTEMPTS: usize = 4;
+/// The claim cache re-lists this often even when the watch looks healthy (safety net).
+pub const CACHE_RELIST: Duration = Duration::from_secs(600);
 
 /// How to reach etcd and how claims live there.
 #[derive(Debug, Clone)]
@@ -112,6 +122,26 @@ struct Inner {
     mine: Mutex<BTreeMap<Ipv4Network, PrefixClaim>>,
     /// Signalled on every watch event (and after the watch is re-created).
     changed: Notify,
+    /// Every claim, as the watch has seen them.
+    cache: Mutex<Cache>,
+    /// Asks the watch task to re-create its watch (an operation failed: etcd may be gone).
+    resync: Notify,
+    /// Test hook: the watch task holds its watch down while set.
+    watch_paused: AtomicBool,
+    /// Full lists of the claims sent to etcd by this instance.
+    list_requests: AtomicU64,
+}
+
+/// The claim cache kept by the watch task.
+#[derive(Debug, Default)]
+struct Cache {
+    /// The watch is established and every event up to `revision` is applied: `list` may
+    /// answer from `claims`.
+    synced: bool,
+    /// The etcd revision `claims` reflects.
+    revision: i64,
+    /// Key → claim (undecodable values are left out, as `list` always did).
+    claims: BTreeMap<Vec<u8>, PrefixClaim>,
 }
 
 fn claim_key(claims_prefix: &str, prefix: Ipv4Network) -> String {
@@ -193,6 +223,10 @@ impl EtcdDatastore {
             write_lock: tokio::sync::Mutex::new(()),
             mine: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
+            cache: Mutex::new(Cache::default()),
+            resync: Notify::new(),
+            watch_paused: AtomicBool::new(false),
+            list_requests: AtomicU64::new(0),
         });
         let tasks = vec![
             tokio::spawn(keep_lease(inner.clone())),
@@ -212,6 +246,31 @@ impl EtcdDatastore {
     /// The key a claim of `prefix` lives under.
     pub fn key_of(&self, prefix: Ipv4Network) -> String {
         claim_key(&self.inner.claims_prefix, prefix)
+    }
+
+    /// Whether `list` answers from the claim cache now (no request to etcd).
+    pub fn cache_synced(&self) -> bool {
+        self.inner.cache().synced
+    }
+
+    /// The etcd revision the claim cache reflects (0 before the first list).
+    pub fn cache_revision(&self) -> i64 {
+        self.inner.cache().revision
+    }
+
+    /// How many full lists of the claims this instance has sent to etcd (cache fills and
+    /// `list_fresh`, or `list` while the cache is out of sync).
+    pub fn list_requests(&self) -> u64 {
+        self.inner.list_requests.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: while paused the watch task holds its watch down (the cache is out of sync
+    /// and `list` reads etcd); on resume it re-creates the watch from the cache's revision,
+    /// as after a broken stream.
+    #[doc(hidden)]
+    pub fn pause_watch(&self, paused: bool) {
+        self.inner.watch_paused.store(paused, Ordering::SeqCst);
+        self.inner.resync.notify_one();
     }
 }
 
@@ -238,6 +297,9 @@ fn tls_options(cfg: &EtcdConfig) -> Result<Option<etcd_client::TlsOptions>, Data
 
 impl Inner {
     fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+        // etcd may be unreachable: stop trusting the cache until the watch is re-created.
+        self.cache().synced = false;
+        self.resync.notify_one();
         DatastoreError::Unavailable {
             backend: BACKEND,
             msg: format!("{what} at {}: {e}", self.endpoints),
@@ -254,6 +316,63 @@ impl Inner {
             Ok(r) => r,
             Err(_) => Err(self.unavailable(what, format_args!("no answer within {OP_TIMEOUT:?}"))),
         }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, Cache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one request to etcd (metric, and this instance's list count).
+    fn count(&self, op: &'static str) {
+        if op == "list" {
+            self.list_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        crate::agent::metrics::get().datastore_request(op);
+    }
+
+    /// The cached claims, if the cache is in sync.
+    fn cached(&self) -> Option<Vec<PrefixClaim>> {
+        let c = self.cache();
+        c.synced.then(|| c.claims.values().cloned().collect())
+    }
+
+    /// Replaces the cache with a full list at `revision` (still out of sync: the watch from
+    /// `revision + 1` is not established yet).
+    fn cache_fill(&self, kvs: &[KeyValue], revision: i64) {
+        let claims = kvs
+            .iter()
+            .filter_map(|kv| Some((kv.key().to_vec(), self.decode(kv)?)))
+            .collect();
+        *self.cache() = Cache {
+            synced: false,
+            revision,
+            claims,
+        };
+    }
+
+    /// Applies watch events; returns the revision the cache now reflects.
+    fn cache_apply(&self, events: &[etcd_client::Event]) -> i64 {
+        let mut c = self.cache();
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            match ev.event_type() {
+                EventType::Put => match self.decode(kv) {
+                    Some(claim) => {
+                        c.claims.insert(kv.key().to_vec(), claim);
+                    }
+                    None => {
+                        c.claims.remove(kv.key());
+                    }
+                },
+                EventType::Delete => {
+                    c.claims.remove(kv.key());
+                }
+            }
+            c.revision = c.revision.max(kv.mod_revision());
+        }
+        c.revision
     }
 
     fn mine(&self) -> MutexGuard<'_, BTreeMap<Ipv4Network, PrefixClaim>> {
@@ -332,6 +451,7 @@ impl Inner {
         }
         let mut c = self.client.clone();
         if let Some(old) = self.stored_lease() {
+            self.count("lease");
             let r = c
                 .lease_time_to_live(old, None)
                 .await
@@ -343,6 +463,7 @@ impl Inner {
                 return Ok(old);
             }
         }
+        self.count("lease");
         let r = c
             .lease_grant(self.ttl_secs, None)
             .await
@@ -367,6 +488,7 @@ impl Inner {
     }
 
     async fn get_claim_kv(&self, key: &str) -> Result<Option<KeyValue>, DatastoreError> {
+        self.count("get");
         let mut r = self
             .client
             .clone()
@@ -377,6 +499,12 @@ impl Inner {
     }
 
     async fn list_kvs(&self) -> Result<Vec<KeyValue>, DatastoreError> {
+        Ok(self.list_kvs_at().await?.0)
+    }
+
+    /// Every claim's key-value, with the revision of the read.
+    async fn list_kvs_at(&self) -> Result<(Vec<KeyValue>, i64), DatastoreError> {
+        self.count("list");
         let mut r = self
             .client
             .clone()
@@ -386,7 +514,8 @@ impl Inner {
             )
             .await
             .map_err(|e| self.unavailable("listing claims", e))?;
-        Ok(r.take_kvs())
+        let revision = r.header().map_or(0, |h| h.revision());
+        Ok((r.take_kvs(), revision))
     }
 
     /// Moves our claim in `kv` onto `lease` (with `claim` as its new value) unless it changed
@@ -409,6 +538,7 @@ impl Inner {
                 self.encode(claim)?,
                 Some(PutOptions::new().with_lease(lease)),
             )]);
+        self.count("txn");
         let r = self
             .client
             .clone()
@@ -432,6 +562,7 @@ impl Inner {
                     Some(PutOptions::new().with_lease(lease)),
                 )])
                 .or_else([TxnOp::get(key.as_str(), None)]);
+            self.count("txn");
             let r = self
                 .client
                 .clone()
@@ -518,6 +649,7 @@ impl Inner {
                     kv.mod_revision(),
                 )])
                 .and_then([TxnOp::delete(key.as_str(), None)]);
+            self.count("txn");
             let r = self
                 .client
                 .clone()
@@ -639,6 +771,7 @@ impl Inner {
                 }
             }
             tokio::time::sleep(self.keepalive_every).await;
+            self.count("lease");
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
             }
@@ -701,49 +834,102 @@ async fn keep_lease(inner: Arc<Inner>) {
     }
 }
 
-/// Background: a watch on the claims, re-created with back-off; every event (and every
-/// re-creation, which may have missed some) signals `changed`.
+/// Background: keeps the claim cache — list, then a watch from the list's revision, re-created
+/// with back-off (resuming from the last applied revision; re-listing when etcd compacted past
+/// it, and every [`CACHE_RELIST`]). Every applied event (and every re-creation, which may have
+/// missed some) signals `changed`.
 async fn watch_claims(inner: Arc<Inner>) {
     let mut backoff = Backoff::new(BACKOFF_MAX);
     let mut established_before = false;
     let mut last_err: Option<String> = None;
+    // The revision the cache reflects; 0: (re-)list first.
+    let mut revision = 0i64;
+    let mut relist_at = tokio::time::Instant::now() + CACHE_RELIST;
     loop {
+        while inner.watch_paused.load(Ordering::SeqCst) {
+            inner.cache().synced = false;
+            tokio::select! {
+                _ = inner.resync.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+        if revision == 0 || tokio::time::Instant::now() >= relist_at {
+            match inner.bounded("listing claims", inner.list_kvs_at()).await {
+                Ok((kvs, rev)) => {
+                    inner.cache_fill(&kvs, rev);
+                    revision = rev;
+                    relist_at = tokio::time::Instant::now() + CACHE_RELIST;
+                }
+                Err(e) => {
+                    let msg = format!("filling the claim cache: {e}");
+                    if last_err.as_deref() != Some(msg.as_str()) {
+                        eprintln!("vpcnetd: etcd: {msg} (retrying with back-off)");
+                        last_err = Some(msg);
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+        }
+        inner.count("watch");
         let err = match tokio::time::timeout(
             OP_TIMEOUT,
             inner.client.clone().watch(
                 inner.claims_prefix.as_str(),
-                Some(WatchOptions::new().with_prefix()),
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision.saturating_add(1)),
+                ),
             ),
         )
         .await
         {
-            Err(_) => format!("no answer within {OP_TIMEOUT:?}"),
-            Ok(Err(e)) => e.to_string(),
+            Err(_) => Some(format!("no answer within {OP_TIMEOUT:?}")),
+            Ok(Err(e)) => Some(e.to_string()),
             Ok(Ok(mut stream)) => loop {
-                match stream.message().await {
+                let msg = tokio::select! {
+                    m = stream.message() => m,
+                    _ = inner.resync.notified() => break None,
+                    _ = tokio::time::sleep_until(relist_at) => break None,
+                };
+                match msg {
                     Ok(Some(r)) => {
+                        if r.canceled() {
+                            if r.compact_revision() > 0 {
+                                eprintln!(
+                                    "vpcnetd: etcd: claims compacted at revision {} past the \
+                                     cache's {revision}: re-listing",
+                                    r.compact_revision()
+                                );
+                                revision = 0;
+                                break None;
+                            }
+                            break Some(format!("watch canceled: {}", r.cancel_reason()));
+                        }
                         if r.created() {
                             backoff.reset();
                             if last_err.take().is_some() {
                                 eprintln!("vpcnetd: etcd: watching claims again");
                             }
+                            inner.cache().synced = true;
                             if established_before {
                                 inner.changed.notify_one();
                             }
                             established_before = true;
                         }
                         if !r.events().is_empty() {
+                            revision = inner.cache_apply(r.events());
                             inner.changed.notify_one();
                         }
-                        if r.canceled() {
-                            break format!("watch canceled: {}", r.cancel_reason());
-                        }
                     }
-                    Ok(None) => break "watch stream closed".to_string(),
-                    Err(e) => break e.to_string(),
+                    Ok(None) => break Some("watch stream closed".to_string()),
+                    Err(e) => break Some(e.to_string()),
                 }
             },
         };
+        inner.cache().synced = false;
+        let Some(err) = err else { continue };
         let msg = format!("watching claims at {}: {err}", inner.endpoints);
         if last_err.as_deref() != Some(msg.as_str()) {
             eprintln!("vpcnetd: etcd: {msg} (retrying with back-off)");
@@ -771,6 +957,13 @@ impl Datastore for EtcdDatastore {
     }
 
     async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        if let Some(claims) = self.inner.cached() {
+            return Ok(claims);
+        }
+        self.list_fresh().await
+    }
+
+    async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
         self.inner
             .bounded("listing claims", self.inner.list())
             .await

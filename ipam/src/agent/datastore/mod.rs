@@ -3,7 +3,8 @@
 //!
 //! Contract (every backend): `claim` is an atomic create-if-absent — of several concurrent
 //! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
-//! still the caller's; `list` shows every node's claims.
+//! still the caller's; `list` shows every node's claims (possibly from a watch-fed cache, a
+//! little behind); `list_fresh` reads the datastore itself.
 
 pub mod etcd;
 pub mod kubernetes;
@@ -49,8 +50,14 @@ pub trait Datastore: Send + Sync + 'static {
         prefix: Ipv4Network,
         node: &str,
     ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
-    /// Every node's claims.
+    /// Every node's claims. May answer from a watch-fed cache (etcd), so it can lag the
+    /// datastore by the watch's delay: fine for peer routes and reconcile, which re-run.
     fn list(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send;
+    /// Every node's claims, read from the datastore itself (never a cache): for decisions a
+    /// stale view would make wrong, such as "the VPC is exhausted".
+    fn list_fresh(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send {
+        self.list()
+    }
     /// Resolves when the claims may have changed (etcd: a watch event). Level-triggered: the
     /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
     /// timer, so a missed event only delays convergence.
