@@ -55,12 +55,8 @@ pub async fn has_from(handle: &Handle, src: Ipv4Addr, table: u32) -> Result<bool
         RouteNetlinkMessage::NewRule(r) => {
             r.header.src_len == 32
                 && r.attributes
-                    .iter()
-                    .any(|a| *a == RuleAttribute::Source(IpAddr::V4(src)))
-                && (r
-                    .attributes
-                    .iter()
-                    .any(|a| *a == RuleAttribute::Table(table))
+                    .contains(&RuleAttribute::Source(IpAddr::V4(src)))
+                && (r.attributes.contains(&RuleAttribute::Table(table))
                     || u32::from(r.header.table) == table)
         }
         _ => false,
