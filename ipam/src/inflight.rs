@@ -108,6 +108,21 @@ pub fn is_in_flight(dir: &Path, host_veth: &str) -> bool {
     }
 }
 
+/// Is any ADD in flight (a lock in `dir` held)? Unlike [`is_in_flight`] this removes
+/// nothing: the veth reaper asks it often and only wants to know whether now is a quiet moment.
+/// An unreadable directory counts as "no": the reaper's bound still applies.
+pub fn any_in_flight(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    entries
+        .flatten()
+        .any(|e| match OpenOptions::new().read(true).open(e.path()) {
+            Ok(f) => Flock::lock(f, FlockArg::LockSharedNonblock).is_err(),
+            Err(_) => false,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +149,21 @@ mod tests {
             "holder removes its file"
         );
         assert!(!is_in_flight(&dir, "vpc00000000001"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn any_in_flight_sees_a_held_lock_only() {
+        let dir = scratch("any");
+        assert!(!any_in_flight(&dir), "no dir");
+        fs::create_dir_all(&dir).expect("dir");
+        File::create(dir.join("vpc00000000004")).expect("leftover");
+        assert!(!any_in_flight(&dir), "unlocked leftover");
+        let g = AddInFlight::acquire(&dir, "vpc00000000005").expect("acquire");
+        assert!(any_in_flight(&dir));
+        drop(g);
+        assert!(!any_in_flight(&dir));
+        assert!(dir.join("vpc00000000004").exists(), "removes nothing");
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -149,3 +149,61 @@ fn crashed_add_does_not_hold_its_address_forever() {
         lock.display()
     );
 }
+
+/// Issue 14: the agent deletes DEL'd veths (a batch holds rtnl_lock ~20 ms, stalling any ADD)
+/// only while no ADD is in flight, and still within its bound (5 s) when one stays in flight.
+#[test]
+fn veth_reaper_waits_for_adds_in_flight_within_a_bound() {
+    let mut lab = Lab::new("10.240.0.0/16");
+    lab.start_agent(&[]);
+    let quick_ns = lab.pod(0);
+    let slow_ns = lab.pod(1);
+    let quick_veth = host_veth_name("quick", "eth0");
+
+    // Nothing in flight: the veth goes soon after DEL (the node is quiet 150 ms later).
+    lab.add("quick", &quick_ns).expect_ok("ADD quick");
+    lab.del("quick", &quick_ns).expect_ok("DEL quick");
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || !lab
+            .host_veths()
+            .contains(&quick_veth)),
+        "veth of a DEL'd pod left 2 s after DEL with nothing in flight"
+    );
+    eprintln!("idle node: veth deleted {:?} after DEL", t.elapsed());
+
+    // Re-ADD the same attachment, then DEL it while another ADD stalls in flight.
+    lab.add("quick", &quick_ns).expect_ok("re-ADD quick");
+    let slow = spawn_stalled_add(&lab, "slow", &slow_ns, 9000);
+    assert!(
+        wait_until(Duration::from_secs(5), || held_by(&lab, "slow").is_some()),
+        "the stalled ADD never got an allocation"
+    );
+    lab.del("quick", &quick_ns).expect_ok("DEL quick again");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        lab.host_veths().contains(&quick_veth),
+        "veth deleted while an ADD was in flight"
+    );
+    // The bound: deleted within 5 s of DEL (plus polling) though the slow ADD is still going.
+    assert!(
+        wait_until(Duration::from_secs(6), || !lab
+            .host_veths()
+            .contains(&quick_veth)),
+        "veth still there {:?} after DEL: the reaper's bound did not hold",
+        t.elapsed()
+    );
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(4500),
+        "deleted after {waited:?}: before the bound though an ADD was in flight"
+    );
+    let out = slow.wait_with_output().expect("slow ADD");
+    assert!(
+        out.status.success(),
+        "slow ADD failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab.host_veths().contains(&host_veth_name("slow", "eth0")));
+}

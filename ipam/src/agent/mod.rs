@@ -11,6 +11,7 @@ pub mod install;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod reap;
 pub mod reconcile;
 pub mod server;
 pub mod snat;
@@ -266,6 +267,7 @@ async fn serve<D: Datastore>(
     // Pods route through this namespace.
     sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| format!("enabling ip_forward: {e}"))?;
     let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();
+    let activity = Arc::new(reap::Activity::default());
     let node = Arc::new(Node {
         name: args.node_name(),
         ip: args.node_ip,
@@ -277,11 +279,17 @@ async fn serve<D: Datastore>(
         datastore: ds,
         net: net.clone(),
         reaper: reaper_tx,
+        activity: activity.clone(),
         wake: Notify::new(),
         claim_lock: tokio::sync::Mutex::new(()),
         inflight_dir: crate::inflight::dir_for(&args.socket),
     });
-    tokio::spawn(reap(net.clone(), reaper_rx));
+    tokio::spawn(reap::run(
+        net.clone(),
+        reaper_rx,
+        activity,
+        node.inflight_dir.clone(),
+    ));
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.
     // A port that cannot be bound costs the metrics, not the pods: log it and go on.
     let metrics_server = match http::parse_addr(&args.metrics_addr)? {
@@ -407,43 +415,7 @@ async fn shutdown_signal() {
     }
 }
 
-/// Link group that marks host veths waiting to be deleted ("vpcd").
-pub const REAP_GROUP: u32 = 0x7670_6364;
-/// How long deletions are gathered into one batch. Under a real runtime the pod's namespace
-/// is deleted right after DEL, which takes the veth with it, so most batches find little to do.
-const REAP_BATCH_WINDOW: Duration = Duration::from_millis(750);
-
-/// Deletes host veths in batches. Each veth deleted on its own costs the kernel ~20 ms under
-/// rtnl_lock (stalling every ADD meanwhile); marking them with [`REAP_GROUP`] and deleting the
-/// group unregisters them all in one batch (20 veths: ~20 ms instead of ~800 ms).
-async fn reap(net: rtnetlink::Handle, mut rx: mpsc::UnboundedReceiver<u32>) {
-    let mark = |index: u32| {
-        let net = net.clone();
-        async move {
-            if let Err(e) = link::set_group(&net, index, REAP_GROUP).await {
-                if !e.is_not_found() {
-                    eprintln!("vpcnetd: marking veth #{index} for deletion: {e}");
-                }
-            }
-        }
-    };
-    while let Some(first) = rx.recv().await {
-        mark(first).await;
-        let deadline = tokio::time::Instant::now() + REAP_BATCH_WINDOW;
-        loop {
-            tokio::select! {
-                next = rx.recv() => match next {
-                    Some(i) => mark(i).await,
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
-            eprintln!("vpcnetd: deleting marked veths: {e}");
-        }
-    }
-}
+pub use reap::REAP_GROUP;
 
 /// For the CLI: how long to wait for a status reply.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(5);

@@ -128,6 +128,8 @@ pub struct Node<D> {
     /// Host veths to delete in the background (by ifindex, so a re-created veth of the same
     /// name is never hit).
     pub reaper: mpsc::UnboundedSender<u32>,
+    /// When the last CNI request came: the reaper deletes veths when the node is quiet.
+    pub activity: std::sync::Arc<crate::agent::reap::Activity>,
     /// Wakes the warm-pool loop after a change.
     pub wake: Notify,
     /// One prefix claim at a time.
@@ -181,6 +183,7 @@ impl<D: Datastore> Node<D> {
 
     /// ADD. Served from the warm pool; only when it is empty does the caller wait for a claim.
     pub async fn assign(&self, key: AllocKey, meta: PodMeta) -> Reply {
+        self.activity.touch();
         let mut grew = false;
         loop {
             let attempt = match self.try_assign(&key, &meta) {
@@ -210,6 +213,7 @@ impl<D: Datastore> Node<D> {
     /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
     /// `unused` (a failed ADD's new address): free at once instead of cooling down.
     pub async fn release(&self, key: &AllocKey, unused: bool) -> Reply {
+        self.activity.touch();
         let now = now_ms();
         let released = self.state().change(|pool| {
             let key = resolve(pool, key);
