@@ -713,6 +713,7 @@ mod tests {
             wake: Notify::new(),
             claim_lock: tokio::sync::Mutex::new(()),
             inflight_dir: dir.join("inflight"),
+            activity: std::sync::Arc::new(crate::agent::reap::Activity::default()),
         }
     }
 
