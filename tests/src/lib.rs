@@ -145,6 +145,34 @@ fn add_netns_batch_raw(names: &[String]) {
     );
 }
 
+/// Invokes the real plugin inside namespace `ns` with exactly these env vars (plus PATH) and
+/// `stdin` as netconf, as a runtime living in that namespace would.
+pub fn cni_in(ns: &str, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
+    use std::io::Write;
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/var/run/netns/{ns}"))
+        .arg(bin("vpcnet"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn vpcnet");
+    if let Some(mut stdin_pipe) = child.stdin.take() {
+        let _ = stdin_pipe.write_all(stdin);
+    }
+    let out = child.wait_with_output().expect("wait vpcnet");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    CniOutput {
+        exit: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        stdout,
+    }
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Output of one plugin invocation.
@@ -301,29 +329,7 @@ impl Lab {
     }
 
     pub fn cni_raw(&self, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
-        use std::io::Write;
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.host()))
-            .arg(bin("vpcnet"))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn vpcnet");
-        if let Some(mut stdin_pipe) = child.stdin.take() {
-            let _ = stdin_pipe.write_all(stdin);
-        }
-        let out = child.wait_with_output().expect("wait vpcnet");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        CniOutput {
-            exit: out.status.code().unwrap_or(-1),
-            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-            stdout,
-        }
+        cni_in(&self.host(), stdin, env)
     }
 
     /// `ip -n <ns> <args>` output.

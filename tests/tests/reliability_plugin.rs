@@ -76,28 +76,7 @@ fn check(lab: &Lab, cid: &str, ifname: &str, ns: &str, prev: &Value) -> CniOutpu
 
 /// The plugin run inside namespace `ns` (not the lab host), as a runtime living there would.
 fn cni_in(ns: &str, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", Lab::netns_path(ns)))
-        .arg(bin("vpcnet"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn vpcnet");
-    if let Some(mut pipe) = child.stdin.take() {
-        let _ = pipe.write_all(stdin);
-    }
-    let out = child.wait_with_output().expect("wait vpcnet");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    CniOutput {
-        exit: out.status.code().unwrap_or(-1),
-        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-        stdout,
-    }
+    vpcnet_tests::cni_in(ns, stdin, env)
 }
 
 // ---- item 2 ----
