@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     host="$(rustc -vV | sed -n 's/^host: //p')"; \
     RUSTFLAGS="-C target-feature=+crt-static" \
       cargo build --release --locked -p vpcnet --bin vpcnet --target "$host"; \
-    cargo build --release --locked -p vpcnet-ipam --bin vpcnetd; \
+    cargo build --release --locked -p vpcnet-agent --bin vpcnetd; \
     mkdir -p /out; \
     cp "target/$host/release/vpcnet" target/release/vpcnetd /out/
 

@@ -18,7 +18,7 @@ done
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 4000 ]] || { echo "scale.sh: -N 1..4000" >&2; exit 1; }
 command -v etcd >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null \
   || { echo "scale.sh: needs etcd-server, curl, jq (scripts/deps.sh installs them)" >&2; exit 1; }
-[ -x "$BIN/vpcnetd" ] || cargo build --release -q -p vpcnet-ipam --bin vpcnetd
+[ -x "$BIN/vpcnetd" ] || cargo build --release -q -p vpcnet-agent --bin vpcnetd
 P=vscale SW=vscale-sw RUN=/tmp/vpcnet-scale ETCD=http://10.199.0.1:2379
 PIDS=() ETCD_PID=
 cleanup() {

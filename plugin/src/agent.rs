@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vpcnet_ipam::api::{Reply, Request};
-use vpcnet_ipam::client::{self, ClientError};
+use vpcnet_proto::api::{Reply, Request};
+use vpcnet_proto::client::{self, ClientError};
 
 use crate::error::CniError;
 

@@ -13,10 +13,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rtnetlink::Handle;
-use vpcnet_ipam::naming;
 use vpcnet_netlink::{
     address, link, neighbour, netns, route, rule, veth, NetlinkError, RTPROT_VPCNET,
 };
+use vpcnet_proto::naming;
 
 use crate::error::CniError;
 use crate::result::{Wired, GATEWAY};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::Value;
 
-use vpcnet_ipam::api::{Attachment, DEFAULT_SOCKET};
+use vpcnet_proto::api::{Attachment, DEFAULT_SOCKET};
 
 use crate::error::CniError;
 use crate::limits;

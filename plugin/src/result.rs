@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Map, Value};
 
-use vpcnet_ipam::naming::format_mac;
+use vpcnet_proto::naming::format_mac;
 
 use crate::error::CniError;
 use crate::version::Spec;

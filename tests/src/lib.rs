@@ -528,7 +528,7 @@ impl Drop for Agent {
 // ---- helpers for the agent tests (warm_pool, crash, agent_down, gc_status) ----
 
 /// The host veth name vpcnet gives (container ID, ifname): `vpc` + 11 hex digits of FNV-1a 64.
-/// A copy of `vpcnet_ipam::naming::host_veth_name`, kept independent on purpose: if the two
+/// A copy of `vpcnet_proto::naming::host_veth_name`, kept independent on purpose: if the two
 /// ever disagree, the tests that look veths up by name fail.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;

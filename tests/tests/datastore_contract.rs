@@ -1,6 +1,6 @@
 //! The datastore contract: the SAME cases run against every backend (`local`, `etcd`,
 //! `kubernetes` over an in-memory fake API server, see `fake_kube`). They
-//! drive the library directly (`vpcnet_ipam::agent::datastore`), each node being its own
+//! drive the library directly (`vpcnet_agent::datastore`), each node being its own
 //! datastore instance, as each node runs its own agent.
 //!
 //! Where a case does not apply to a backend, the backend's capability constant says so and
@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use vpcnet_ipam::agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
-use vpcnet_ipam::agent::datastore::kubernetes::KubernetesDatastore;
-use vpcnet_ipam::agent::datastore::local::LocalDatastore;
-use vpcnet_ipam::agent::datastore::{Datastore, DatastoreError, PrefixClaim};
+use vpcnet_agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
+use vpcnet_agent::datastore::kubernetes::KubernetesDatastore;
+use vpcnet_agent::datastore::local::LocalDatastore;
+use vpcnet_agent::datastore::{Datastore, DatastoreError, PrefixClaim};
 use vpcnet_tests::{in_netns, Etcd, Lab};
 
 #[path = "datastore_contract/fake_kube.rs"]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use vpcnet_ipam::naming;
+use vpcnet_proto::naming;
 use vpcnet_tests::{wait_until, Lab};
 
 #[test]

@@ -494,11 +494,11 @@ fn full_disk_fails_the_add_with_code_5_and_the_agent_recovers() {
     for f in ["pool.json", "pool.journal"] {
         std::fs::copy(inside.join(f), copy.join(f)).expect("copy state");
     }
-    let cfg = vpcnet_ipam::pool::PoolConfig {
+    let cfg = vpcnet_pool::PoolConfig {
         vpc_cidrs: vec![lab.vpc.parse().expect("vpc")],
         ..Default::default()
     };
-    let (_store, pool) = vpcnet_ipam::agent::store::Store::open(&copy, cfg).expect("load copy");
+    let (_store, pool) = vpcnet_agent::node::store::Store::open(&copy, cfg).expect("load copy");
     let durable: BTreeSet<(String, Ipv4Addr)> = pool
         .allocations()
         .map(|a| (a.key.container_id.clone(), a.ip))

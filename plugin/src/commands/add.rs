@@ -6,7 +6,7 @@
 //! whose reply carries the node's uplink MTU.
 
 use serde_json::Value;
-use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_proto::api::{Reply, Request};
 
 use crate::dataplane::{self, Created, Plan};
 use crate::env::ContainerEnv;
@@ -31,9 +31,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let key = super::key(conf, env);
     // Held until this ADD returns (or the process dies): while it is held, the agent's
     // reconcile never releases this attachment's address as leaked, however slow we are.
-    let inflight_dir = vpcnet_ipam::inflight::dir_for(&conf.socket);
-    let host_veth = vpcnet_ipam::naming::host_veth_name(&env.container_id, &env.ifname);
-    let _in_flight = match vpcnet_ipam::inflight::AddInFlight::acquire(&inflight_dir, &host_veth) {
+    let inflight_dir = vpcnet_proto::inflight::dir_for(&conf.socket);
+    let host_veth = vpcnet_proto::naming::host_veth_name(&env.container_id, &env.ifname);
+    let _in_flight = match vpcnet_proto::inflight::AddInFlight::acquire(&inflight_dir, &host_veth) {
         Ok(lock) => Some(lock),
         // A caller that may not write beside the socket is not root, and the agent refuses
         // it every address (code 101): no allocation can exist without this lock.

@@ -1,6 +1,6 @@
 //! CHECK: prevResult against the agent's record and the kernel; names what is missing.
 
-use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_proto::api::{Reply, Request};
 
 use crate::dataplane;
 use crate::env::ContainerEnv;

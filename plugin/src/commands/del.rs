@@ -6,8 +6,8 @@
 //! until the agent runs again, whose start-up reconcile releases every allocation whose host
 //! veth is gone.
 
-use vpcnet_ipam::api::{Reply, Request};
-use vpcnet_ipam::naming;
+use vpcnet_proto::api::{Reply, Request};
+use vpcnet_proto::naming;
 
 use crate::agent::{self, Outcome};
 use crate::dataplane;

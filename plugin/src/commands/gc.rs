@@ -1,7 +1,7 @@
 //! GC: the agent releases every allocation of this network that the runtime no longer lists
 //! (and removes its route and veth). No list at all means none is valid (cnitool sends none).
 
-use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_proto::api::{Reply, Request};
 
 use crate::agent;
 use crate::error::CniError;

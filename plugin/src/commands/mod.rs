@@ -7,7 +7,7 @@ pub mod del;
 pub mod gc;
 pub mod status;
 
-use vpcnet_ipam::pool::{AllocKey, PodMeta};
+use vpcnet_pool::{AllocKey, PodMeta};
 
 use crate::env::ContainerEnv;
 use crate::error::CniError;

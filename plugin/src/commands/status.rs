@@ -1,7 +1,7 @@
 //! STATUS: ready when the agent answers, has finished its start-up reconcile, and can hand out
 //! an address (has one, or can claim more). One socket round trip: containerd calls this every 5 s.
 
-use vpcnet_ipam::api::{Reply, Request};
+use vpcnet_proto::api::{Reply, Request};
 
 use crate::agent::{self, Outcome};
 use crate::error::CniError;

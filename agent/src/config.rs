@@ -1,0 +1,371 @@
+//! `vpcnetd` command line. Every flag can also be set as `VPCNET_<FLAG>` in the environment
+//! (the DaemonSet sets them that way).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+
+use vpcnet_pool::PoolConfig;
+use vpcnet_proto::api::DEFAULT_SOCKET;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "vpcnetd",
+    version,
+    about = "vpcnet node agent: VPC-style warm pool of pod addresses"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Check the run flags and environment the way `run` does, then exit 0 (valid) or 1
+    /// without starting anything or touching the host.
+    CheckConfig,
+    /// Print the pool of a running agent.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy the `vpcnet` plugin into the CNI bin directory (an init container runs this).
+    InstallCni(InstallCniArgs),
+    /// Rebuild a lost or damaged state from the kernel: every pod route of ours through a
+    /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
+    /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
+    RebuildState,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstallCniArgs {
+    /// The plugin binary to install (default: `vpcnet` next to this vpcnetd executable).
+    #[arg(long, env = "VPCNET_PLUGIN_SRC")]
+    pub plugin_src: Option<PathBuf>,
+    /// Directory the container runtime runs CNI plugins from.
+    #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DatastoreKind {
+    /// Embedded single-node store in the state directory.
+    Local,
+    /// etcd v3 (`--etcd-endpoints`): many nodes share one VPC.
+    Etcd,
+    /// Kubernetes API (PrefixClaim objects owned by their Node): in-cluster service account,
+    /// or `--kubeconfig`.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Unix socket the plugin talks to.
+    #[arg(long, env = "VPCNET_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    pub socket: PathBuf,
+    /// Directory for the crash-safe pool state.
+    #[arg(long, env = "VPCNET_STATE_DIR", default_value = "/var/lib/vpcnet")]
+    pub state_dir: PathBuf,
+    /// The VPC: CIDRs prefixes are claimed from (repeatable; comma-separated in the env).
+    #[arg(long = "vpc-cidr", env = "VPCNET_VPC_CIDR", value_delimiter = ',')]
+    pub vpc_cidrs: Vec<Ipv4Network>,
+    /// Length of the prefixes a node claims (28 = 16 addresses).
+    #[arg(long, env = "VPCNET_PREFIX_LEN", default_value_t = 28)]
+    pub prefix_len: u8,
+    /// Keep at least this many free addresses (0 = off).
+    #[arg(long, env = "VPCNET_WARM_IP_TARGET", default_value_t = 0)]
+    pub warm_ip_target: u32,
+    /// Hold at least this many addresses in total (0 = off).
+    #[arg(long, env = "VPCNET_MINIMUM_IP_TARGET", default_value_t = 0)]
+    pub minimum_ip_target: u32,
+    /// Keep at least this many wholly free prefixes.
+    #[arg(long, env = "VPCNET_WARM_PREFIX_TARGET", default_value_t = 1)]
+    pub warm_prefix_target: u32,
+    /// Most pods on this node; ADD beyond it fails with CNI code 11.
+    #[arg(long, env = "VPCNET_MAX_PODS", default_value_t = 110)]
+    pub max_pods: u32,
+    /// How long a released address rests before reuse (e.g. 30s, 2m, 500ms).
+    #[arg(long, env = "VPCNET_IP_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
+    pub ip_cooldown: Duration,
+    /// A wholly free prefix is released only after being held this long.
+    #[arg(long, env = "VPCNET_MIN_PREFIX_AGE", default_value = "60s", value_parser = parse_duration)]
+    pub min_prefix_age: Duration,
+    /// How often the warm pool is re-planned even when nothing happens.
+    #[arg(long, env = "VPCNET_POOL_CHECK_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub pool_check_interval: Duration,
+    /// How often the agent reconciles its allocations with the host's veths and routes.
+    #[arg(long, env = "VPCNET_RECONCILE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub reconcile_interval: Duration,
+    /// An allocation younger than this is never released by reconcile (its ADD may be in flight).
+    #[arg(long, env = "VPCNET_RECONCILE_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub reconcile_grace: Duration,
+    /// Cluster datastore for prefix claims.
+    #[arg(long, env = "VPCNET_DATASTORE", value_enum, default_value_t = DatastoreKind::Local)]
+    pub datastore: DatastoreKind,
+    /// This node's name in the datastore (default: the hostname).
+    #[arg(long, env = "VPCNET_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// This node's address, which peers route its prefixes via.
+    #[arg(long, env = "VPCNET_NODE_IP")]
+    pub node_ip: Option<Ipv4Addr>,
+    /// etcd endpoints (comma-separated), e.g. http://10.0.0.2:2379.
+    #[arg(long, env = "VPCNET_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Key prefix of vpcnet's data in etcd.
+    #[arg(long, env = "VPCNET_ETCD_PREFIX", default_value = "/vpcnet")]
+    pub etcd_prefix: String,
+    /// TTL of the lease this node's claims hang off: a node dead this long loses its prefixes.
+    #[arg(long, env = "VPCNET_ETCD_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub etcd_lease_ttl: Duration,
+    /// CA bundle to verify etcd's certificate (enables TLS).
+    #[arg(long, env = "VPCNET_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-key).
+    #[arg(long, env = "VPCNET_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// Client key for etcd (with --etcd-cert).
+    #[arg(long, env = "VPCNET_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// kubeconfig file for `--datastore kubernetes` (default: the in-cluster service account).
+    #[arg(long, env = "VPCNET_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Masquerade pod traffic to destinations outside the VPC with the node's address.
+    #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub snat: bool,
+    /// Destinations (besides the VPC) pod traffic to which keeps the pod address (repeatable).
+    #[arg(
+        long = "snat-exclude",
+        env = "VPCNET_SNAT_EXCLUDE",
+        value_delimiter = ','
+    )]
+    pub snat_exclude: Vec<Ipv4Network>,
+    /// How often peer routes are re-synced even without a watch event.
+    #[arg(long, env = "VPCNET_PEER_SYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub peer_sync_interval: Duration,
+    /// Address of /metrics, /healthz, /readyz and /pool (`off` or "" disables).
+    #[arg(long, env = "VPCNET_METRICS_ADDR", default_value = "127.0.0.1:9961")]
+    pub metrics_addr: String,
+    /// Directory the agent writes its conflist to once pods can get addresses ("" = don't;
+    /// the DaemonSet sets /etc/cni/net.d).
+    #[arg(long, env = "VPCNET_CNI_CONF_DIR", default_value = "")]
+    pub cni_conf_dir: String,
+    /// File name of that conflist.
+    #[arg(
+        long,
+        env = "VPCNET_CNI_CONF_NAME",
+        default_value = "10-vpcnet.conflist"
+    )]
+    pub cni_conf_name: String,
+    /// The plugin's log file, written into that conflist as `logFile` (an absolute path;
+    /// unset: the plugin's default, /var/log/vpcnet/plugin.log).
+    #[arg(long, env = "VPCNET_CNI_LOG_FILE")]
+    pub cni_log_file: Option<PathBuf>,
+    /// The plugin's log level, written into that conflist as `logLevel` (unset: info).
+    #[arg(long, env = "VPCNET_CNI_LOG_LEVEL", value_parser = ["error", "info", "debug"])]
+    pub cni_log_level: Option<String>,
+}
+
+/// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 2m, 500ms"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "ms" => Ok(Duration::from_millis(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RunArgs {
+    /// Checks what clap cannot: returns a message naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vpc_cidrs.is_empty() {
+            return Err("--vpc-cidr is required (the CIDR pods get addresses from)".into());
+        }
+        if !(16..=32).contains(&self.prefix_len) {
+            return Err(format!(
+                "--prefix-len {} must be within 16..=32",
+                self.prefix_len
+            ));
+        }
+        for c in &self.vpc_cidrs {
+            if c.prefix() > self.prefix_len {
+                return Err(format!(
+                    "--vpc-cidr {c} is smaller than one /{} prefix (--prefix-len)",
+                    self.prefix_len
+                ));
+            }
+        }
+        for (i, a) in self.vpc_cidrs.iter().enumerate() {
+            for b in &self.vpc_cidrs[i + 1..] {
+                if a.overlaps(*b) {
+                    return Err(format!("--vpc-cidr {a} overlaps --vpc-cidr {b}"));
+                }
+            }
+        }
+        if self.datastore == DatastoreKind::Etcd && self.etcd_endpoints.is_empty() {
+            return Err("--datastore etcd needs --etcd-endpoints".into());
+        }
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together".into());
+        }
+        if self.max_pods == 0 {
+            return Err("--max-pods must be at least 1".into());
+        }
+        crate::obs::http::parse_addr(&self.metrics_addr)?;
+        if !self.cni_conf_dir.is_empty()
+            && (!self.cni_conf_name.ends_with(".conflist") || self.cni_conf_name.contains('/'))
+        {
+            return Err(format!(
+                "--cni-conf-name {:?} must be a file name ending in .conflist",
+                self.cni_conf_name
+            ));
+        }
+        if self.cni_conf_dir.is_empty()
+            && (self.cni_log_file.is_some() || self.cni_log_level.is_some())
+        {
+            return Err(
+                "--cni-log-file and --cni-log-level go into the conflist: they need --cni-conf-dir"
+                    .into(),
+            );
+        }
+        if let Some(f) = &self.cni_log_file {
+            if !f.is_absolute() {
+                return Err(format!(
+                    "--cni-log-file {} must be an absolute path (the runtime runs the plugin)",
+                    f.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pool_config(&self) -> PoolConfig {
+        PoolConfig {
+            vpc_cidrs: self.vpc_cidrs.clone(),
+            prefix_len: self.prefix_len,
+            warm_ip_target: self.warm_ip_target,
+            minimum_ip_target: self.minimum_ip_target,
+            warm_prefix_target: self.warm_prefix_target,
+            max_pods: self.max_pods,
+            cooldown_ms: millis(self.ip_cooldown),
+            min_prefix_age_ms: millis(self.min_prefix_age),
+        }
+    }
+
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("7x").is_err());
+        assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn validation_names_flags() {
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--vpc-cidr",
+            "10.0.128.0/17",
+        ]);
+        assert!(cli.run.validate().unwrap_err().contains("overlaps"));
+        let cli = Cli::parse_from(["vpcnetd"]);
+        assert!(cli.run.validate().unwrap_err().contains("--vpc-cidr"));
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/30"]);
+        assert!(cli.run.validate().unwrap_err().contains("--prefix-len"));
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/24", "status", "--json"]);
+        assert!(matches!(cli.command, Some(Command::Status { json: true })));
+        let cli = Cli::parse_from(["vpcnetd", "install-cni", "--cni-bin-dir", "/x"]);
+        match cli.command {
+            Some(Command::InstallCni(a)) => {
+                assert_eq!(a.cni_bin_dir, PathBuf::from("/x"));
+                assert_eq!(a.plugin_src, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--metrics-addr",
+            "x",
+        ]);
+        assert!(cli.run.validate().unwrap_err().contains("--metrics-addr"));
+        let cli = Cli::parse_from([
+            "vpcnetd",
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--metrics-addr",
+            "off",
+        ]);
+        assert!(cli.run.validate().is_ok());
+    }
+
+    #[test]
+    fn plugin_log_flags_need_the_conflist_and_an_absolute_path() {
+        let base = ["vpcnetd", "--vpc-cidr", "10.0.0.0/16"];
+        let with = |extra: &[&str]| Cli::parse_from(base.iter().chain(extra));
+        let cli = with(&["--cni-log-file", "/l/plugin.log"]);
+        assert!(cli.run.validate().unwrap_err().contains("--cni-conf-dir"));
+        let cli = with(&["--cni-log-level", "debug"]);
+        assert!(cli.run.validate().unwrap_err().contains("--cni-conf-dir"));
+        let cli = with(&["--cni-conf-dir", "/n", "--cni-log-file", "plugin.log"]);
+        assert!(cli.run.validate().unwrap_err().contains("absolute"));
+        let cli = with(&[
+            "--cni-conf-dir",
+            "/n",
+            "--cni-log-file",
+            "/l/plugin.log",
+            "--cni-log-level",
+            "debug",
+        ]);
+        assert_eq!(cli.run.validate(), Ok(()));
+        assert_eq!(cli.run.cni_log_level.as_deref(), Some("debug"));
+        assert!(Cli::try_parse_from(base.iter().chain(&["--cni-log-level", "loud"])).is_err());
+    }
+
+    #[test]
+    fn check_config_is_a_subcommand_after_the_run_flags() {
+        let cli = Cli::parse_from(["vpcnetd", "--vpc-cidr", "10.0.0.0/16", "check-config"]);
+        assert!(matches!(cli.command, Some(Command::CheckConfig)));
+        assert_eq!(cli.run.validate(), Ok(()));
+    }
+}

@@ -1,0 +1,103 @@
+//! The cluster-wide side: who holds which prefix. Nodes only ever meet here, through
+//! prefix claims; per-pod allocation stays local to the node.
+//!
+//! Contract (every backend): `claim` is an atomic create-if-absent — of several concurrent
+//! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
+//! still the caller's; `list` shows every node's claims (possibly from a watch-fed cache, a
+//! little behind); `list_fresh` reads the datastore itself.
+
+pub mod etcd;
+pub mod kubernetes;
+pub mod local;
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use vpcnet_pool::Millis;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefixClaim {
+    pub prefix: Ipv4Network,
+    pub node: String,
+    pub node_ip: Option<Ipv4Addr>,
+    pub claimed_at: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("datastore {backend} unavailable: {msg}")]
+    Unavailable { backend: &'static str, msg: String },
+    #[error("datastore {backend}: {msg}")]
+    Invalid { backend: &'static str, msg: String },
+}
+
+pub trait Datastore: Send + Sync + 'static {
+    /// Short name for status output (`local`, `etcd`, …).
+    fn name(&self) -> &'static str;
+    /// Atomic create-if-absent. `Ok(false)`: someone holds it already.
+    fn claim(
+        &self,
+        claim: &PrefixClaim,
+    ) -> impl Future<Output = Result<bool, DatastoreError>> + Send;
+    /// Deletes the claim if `node` still holds it. Releasing what is not held is not an error.
+    fn release(
+        &self,
+        prefix: Ipv4Network,
+        node: &str,
+    ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
+    /// Every node's claims. May answer from a watch-fed cache (etcd), so it can lag the
+    /// datastore by the watch's delay: fine for peer routes and reconcile, which re-run.
+    fn list(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send;
+    /// Every node's claims, read from the datastore itself (never a cache): for decisions a
+    /// stale view would make wrong, such as "the VPC is exhausted".
+    fn list_fresh(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send {
+        self.list()
+    }
+    /// Resolves when the claims may have changed (etcd: a watch event). Level-triggered: the
+    /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
+    /// timer, so a missed event only delays convergence.
+    fn changed(&self) -> impl Future<Output = ()> + Send;
+    /// Whether other nodes claim from the same datastore. Only then do nodes race for
+    /// prefixes, and only then does the claim path spread its search over the VPC; a
+    /// node alone (the local datastore) takes the lowest free prefix, predictably.
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// First retry delay of a backend's background tasks (reconnect, watch, lease keep-alive).
+pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest retry delay of those tasks.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Exponential back-off shared by the cluster backends: from [`BACKOFF_MIN`], doubling, up to
+/// a cap (never below the minimum).
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(max: Duration) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            max: max.max(BACKOFF_MIN),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}

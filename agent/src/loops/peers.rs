@@ -1,0 +1,561 @@
+//! Peer routing: direct routes to every other node's prefixes, like kindnet and flannel
+//! host-gw, and an unreachable route for each prefix this node holds.
+//!
+//! * Another node's claim `prefix -> {node, nodeIP}` becomes `prefix via nodeIP proto 171`
+//!   (main table, no oif: the kernel resolves the next hop, so nodes must share a link or the
+//!   underlay must already route node IPs). A next hop the kernel cannot reach fails that one
+//!   route; it is retried on the next round and reported as degraded area "peers".
+//! * Each prefix in our pool (the pool, not the datastore, is the truth for our own prefixes)
+//!   becomes `unreachable prefix proto 171`: a packet for an unassigned address of ours is
+//!   refused here instead of following the default route back out and looping. Pod `/32`
+//!   routes are more specific and win. With `--prefix-len 32` a prefix *is* one pod address
+//!   and the unreachable route would collide with (and could replace) the pod's own
+//!   `/32 dev vpcXXX` route, so none is installed then.
+//!
+//! What this module owns among the `proto 171` routes: every route shorter than /32, every
+//! unreachable route and every route with a gateway ([`is_managed`]). The pods' `/32 dev
+//! vpcXXX scope link` routes belong to the plugin and [`crate::loops::reconcile`].
+//!
+//! Each round: list the claims and our routes, compute the difference ([`plan`], pure), then
+//! add/replace what is missing or moved and delete what is no longer wanted (a peer whose
+//! lease expired loses its claims, so its routes are withdrawn). If the datastore cannot be
+//! listed, peer routes stay as they are (a datastore outage must not cut pods off from each
+//! other); only our own unreachable routes still follow the pool. Nothing is withdrawn at
+//! shutdown: routes stay for the pods that keep running.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
+use tokio::time::Instant;
+
+use crate::datastore::{Datastore, PrefixClaim};
+use crate::node::Node;
+use vpcnet_netlink::{route, RTPROT_VPCNET};
+
+/// How often the pool's held prefixes are compared with what the last round routed, so a
+/// prefix the warm loop claims or releases gets its unreachable route promptly.
+const POOL_POLL: Duration = Duration::from_millis(500);
+/// A datastore list that takes longer counts as failed (routes kept, retried next round),
+/// so a hung backend does not also stop our own routes from following the pool.
+const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Least time between two rounds (a level-triggered watch that keeps firing must not spin).
+const MIN_GAP: Duration = Duration::from_millis(100);
+
+/// Where a prefix should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// Another node's prefix: `via` its node IP.
+    Via(Ipv4Addr),
+    /// One of ours: `unreachable`.
+    Unreachable,
+}
+
+/// Desired routes by prefix, plus notes on claims that could not be routed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub routes: BTreeMap<Ipv4Network, Target>,
+    pub notes: Vec<String>,
+}
+
+fn normalize(p: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(p.network(), p.prefix()).unwrap_or(p)
+}
+
+/// The unreachable routes for the prefixes we hold (none for /32 prefixes, see module doc).
+fn own_routes(held: &[Ipv4Network]) -> BTreeMap<Ipv4Network, Target> {
+    held.iter()
+        .map(|p| normalize(*p))
+        .filter(|p| p.prefix() < 32)
+        .map(|p| (p, Target::Unreachable))
+        .collect()
+}
+
+/// What should be routed, from every node's claims and the prefixes our pool holds.
+pub fn desired(
+    claims: &[PrefixClaim],
+    me: &str,
+    my_ip: Option<Ipv4Addr>,
+    held: &[Ipv4Network],
+) -> Desired {
+    let mut out = Desired {
+        routes: own_routes(held),
+        notes: Vec::new(),
+    };
+    let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
+    for c in claims.iter().filter(|c| c.node != me) {
+        let prefix = normalize(c.prefix);
+        let Some(gw) = c.node_ip else {
+            out.notes.push(format!(
+                "{prefix} of node {} has no node IP (--node-ip): not routed",
+                c.node
+            ));
+            continue;
+        };
+        if Some(gw) == my_ip {
+            out.notes.push(format!(
+                "{prefix} of node {} names our own IP {gw}: not routed",
+                c.node
+            ));
+            continue;
+        }
+        if held.contains(&prefix) {
+            out.notes.push(format!(
+                "{prefix} is claimed by node {} but held here: kept unreachable here",
+                c.node
+            ));
+            continue;
+        }
+        out.routes.insert(prefix, Target::Via(gw));
+    }
+    out
+}
+
+/// Whether a `proto 171` route is one of the routes this module manages (not a pod's
+/// `/32 dev vpcXXX` route).
+pub fn is_managed(r: &route::RouteV4) -> bool {
+    r.protocol == RTPROT_VPCNET
+        && r.table == route::RT_TABLE_MAIN
+        && (r.dst_len < 32 || r.kind == route::RTN_UNREACHABLE || r.gateway.is_some())
+}
+
+fn key(r: &route::RouteV4) -> Option<Ipv4Network> {
+    Ipv4Network::new(r.dst, r.dst_len).ok()
+}
+
+fn matches(r: &route::RouteV4, t: Target) -> bool {
+    match t {
+        Target::Via(gw) => r.kind == route::RTN_UNICAST && r.gateway == Some(gw),
+        Target::Unreachable => r.kind == route::RTN_UNREACHABLE,
+    }
+}
+
+/// When the claims cannot be listed: keep every peer route we have (except over a prefix we
+/// now hold), and let our own unreachable routes follow the pool.
+pub fn desired_degraded(current: &[route::RouteV4], held: &[Ipv4Network]) -> Desired {
+    let mut routes = own_routes(held);
+    for r in current.iter().filter(|r| is_managed(r)) {
+        if let (Some(k), Some(gw), route::RTN_UNICAST) = (key(r), r.gateway, r.kind) {
+            routes.entry(k).or_insert(Target::Via(gw));
+        }
+    }
+    Desired {
+        routes,
+        notes: Vec::new(),
+    }
+}
+
+/// The changes that take the host from `current` (all `proto 171` routes; those not
+/// [`is_managed`] are ignored) to `desired`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Add, or replace the route at that prefix (`ip route replace`).
+    pub install: Vec<(Ipv4Network, Target)>,
+    /// Delete exactly these routes.
+    pub delete: Vec<route::RouteV4>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.install.is_empty() && self.delete.is_empty()
+    }
+}
+
+pub fn plan(desired: &BTreeMap<Ipv4Network, Target>, current: &[route::RouteV4]) -> Plan {
+    let mut by_prefix: BTreeMap<Ipv4Network, Vec<&route::RouteV4>> = BTreeMap::new();
+    for r in current.iter().filter(|r| is_managed(r)) {
+        match key(r) {
+            Some(k) => by_prefix.entry(k).or_default().push(r),
+            None => continue,
+        }
+    }
+    let mut out = Plan::default();
+    for (p, t) in desired {
+        let ok = by_prefix
+            .get(p)
+            .is_some_and(|rs| rs.iter().any(|r| matches(r, *t)));
+        if !ok {
+            // Replace semantics: overwrites a route of ours at that prefix (gateway moved,
+            // unreachable <-> via) in one step, without a window with no route.
+            out.install.push((*p, *t));
+        }
+    }
+    for (p, rs) in &by_prefix {
+        match desired.get(p) {
+            None => out.delete.extend(rs.iter().map(|r| (*r).clone())),
+            Some(t) => {
+                // The replace takes care of one wrong route; any extra ones (e.g. another
+                // metric) are deleted once a right one exists.
+                if rs.iter().any(|r| matches(r, *t)) {
+                    out.delete
+                        .extend(rs.iter().filter(|r| !matches(r, *t)).map(|r| (*r).clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// What the loop remembers between rounds.
+#[derive(Debug, Default)]
+pub struct SyncState {
+    /// We set degraded area "datastore" (and so may clear it).
+    datastore_degraded: bool,
+    /// Last notes and failures logged (logged again only when they change).
+    notes: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Our held prefixes, sorted: the cheap fingerprint the loop polls.
+fn held<D: Datastore>(node: &Node<D>) -> Vec<Ipv4Network> {
+    let mut v: Vec<Ipv4Network> = node.state().pool.held_prefixes().collect();
+    v.sort();
+    v
+}
+
+/// One round. Returns the held prefixes it routed (for the loop's fingerprint).
+pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4Network> {
+    // Listing the claims also reconciles ours with the pool (re-claims lapsed ones, releases
+    // leftovers, reports conflicts): see Node::reconcile_claims.
+    let claims = match tokio::time::timeout(LIST_TIMEOUT, node.reconcile_claims(false)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "datastore {}: listing claims timed out after {LIST_TIMEOUT:?}",
+            node.datastore.name()
+        )),
+    };
+    let held = held(node);
+    let current = match route::list_v4(&node.net, Some(RTPROT_VPCNET)).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vpcnetd: peers: listing routes: {e}");
+            return held;
+        }
+    };
+    let want = match claims {
+        Ok(claims) => {
+            // Reachable: whoever marked it degraded (start-up, a failed claim, us), it is not
+            // any more.
+            node.set_degraded("datastore", None);
+            if st.datastore_degraded {
+                st.datastore_degraded = false;
+                eprintln!("vpcnetd: peers: datastore reachable again");
+            }
+            desired(&claims, &node.name, node.ip, &held)
+        }
+        Err(msg) => {
+            if !st.datastore_degraded {
+                eprintln!("vpcnetd: peers: listing claims: {msg} (keeping peer routes)");
+            }
+            node.set_degraded("datastore", Some(msg));
+            st.datastore_degraded = true;
+            desired_degraded(&current, &held)
+        }
+    };
+    if want.notes != st.notes {
+        for n in &want.notes {
+            eprintln!("vpcnetd: peers: {n}");
+        }
+        st.notes = want.notes.clone();
+    }
+    let plan = plan(&want.routes, &current);
+    let mut failures = Vec::new();
+    for (p, t) in &plan.install {
+        let r = match t {
+            Target::Via(gw) => {
+                route::add_via(
+                    &node.net,
+                    p.network(),
+                    p.prefix(),
+                    *gw,
+                    None,
+                    RTPROT_VPCNET,
+                    true,
+                )
+                .await
+            }
+            Target::Unreachable => {
+                route::add_unreachable(&node.net, p.network(), p.prefix(), RTPROT_VPCNET, true)
+                    .await
+            }
+        };
+        let what = match t {
+            Target::Via(gw) => format!("{p} via {gw}"),
+            Target::Unreachable => format!("unreachable {p}"),
+        };
+        match r {
+            Ok(()) => eprintln!("vpcnetd: peers: route {what}"),
+            Err(e) => failures.push(format!("route {what}: {e}")),
+        }
+    }
+    for r in &plan.delete {
+        let what = match (r.kind, r.gateway) {
+            (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
+            (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
+            _ => format!("{}/{}", r.dst, r.dst_len),
+        };
+        match route::delete(&node.net, r).await {
+            Ok(_) => eprintln!("vpcnetd: peers: withdrew route {what}"),
+            Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
+        }
+    }
+    if failures != st.failures {
+        for f in &failures {
+            eprintln!("vpcnetd: peers: {f} (retrying)");
+        }
+        node.set_degraded("peers", (!failures.is_empty()).then(|| failures.join("; ")));
+        st.failures = failures;
+    }
+    held
+}
+
+/// Resolves once the pool's held prefixes differ from `routed`.
+async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[Ipv4Network]) {
+    loop {
+        tokio::time::sleep(POOL_POLL).await;
+        if held(node) != routed {
+            return;
+        }
+    }
+}
+
+/// The peer-routing loop: a round now, then again on a datastore change, when the pool's
+/// prefixes change, and every `interval`.
+pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
+    let mut st = SyncState::default();
+    loop {
+        let started = Instant::now();
+        let routed = sync(node, &mut st).await;
+        tokio::select! {
+            _ = node.datastore.changed() => {}
+            _ = tokio::time::sleep(interval) => {}
+            _ = pool_changed(node, &routed) => {}
+        }
+        tokio::time::sleep_until(started + MIN_GAP).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().expect("cidr")
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().expect("ip")
+    }
+
+    fn claim(p: &str, node: &str, node_ip: Option<&str>) -> PrefixClaim {
+        PrefixClaim {
+            prefix: net(p),
+            node: node.to_string(),
+            node_ip: node_ip.map(ip),
+            claimed_at: 1,
+        }
+    }
+
+    fn via(p: &str, gw: &str) -> route::RouteV4 {
+        let n = net(p);
+        route::RouteV4 {
+            dst: n.network(),
+            dst_len: n.prefix(),
+            gateway: Some(ip(gw)),
+            oif: Some(2),
+            protocol: RTPROT_VPCNET,
+            scope: route::RT_SCOPE_UNIVERSE,
+            kind: route::RTN_UNICAST,
+            table: route::RT_TABLE_MAIN,
+        }
+    }
+
+    fn unreachable(p: &str) -> route::RouteV4 {
+        let n = net(p);
+        route::RouteV4 {
+            dst: n.network(),
+            dst_len: n.prefix(),
+            gateway: None,
+            oif: None,
+            protocol: RTPROT_VPCNET,
+            scope: route::RT_SCOPE_UNIVERSE,
+            kind: route::RTN_UNREACHABLE,
+            table: route::RT_TABLE_MAIN,
+        }
+    }
+
+    fn pod(a: &str) -> route::RouteV4 {
+        route::RouteV4 {
+            dst: ip(a),
+            dst_len: 32,
+            gateway: None,
+            oif: Some(7),
+            protocol: RTPROT_VPCNET,
+            scope: route::RT_SCOPE_LINK,
+            kind: route::RTN_UNICAST,
+            table: route::RT_TABLE_MAIN,
+        }
+    }
+
+    #[test]
+    fn desired_routes_peers_via_their_ip_and_ours_unreachable() {
+        let claims = [
+            claim("10.240.0.0/28", "me", Some("10.0.0.1")),
+            claim("10.240.0.16/28", "b", Some("10.0.0.2")),
+            claim("10.240.0.32/28", "c", Some("10.0.0.3")),
+        ];
+        let d = desired(
+            &claims,
+            "me",
+            Some(ip("10.0.0.1")),
+            &[net("10.240.0.0/28"), net("10.240.0.48/28")],
+        );
+        let want: BTreeMap<_, _> = [
+            (net("10.240.0.0/28"), Target::Unreachable),
+            (net("10.240.0.16/28"), Target::Via(ip("10.0.0.2"))),
+            (net("10.240.0.32/28"), Target::Via(ip("10.0.0.3"))),
+            // Held but (not yet) claimed: the pool is the truth for our own prefixes.
+            (net("10.240.0.48/28"), Target::Unreachable),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(d.routes, want);
+        assert!(d.notes.is_empty());
+    }
+
+    #[test]
+    fn unroutable_claims_are_skipped_with_a_note() {
+        let claims = [
+            claim("10.240.0.16/28", "b", None),
+            claim("10.240.0.32/28", "c", Some("10.0.0.1")),
+            claim("10.240.0.48/28", "d", Some("10.0.0.4")),
+        ];
+        let d = desired(
+            &claims,
+            "me",
+            Some(ip("10.0.0.1")),
+            &[net("10.240.0.48/28")],
+        );
+        let want: BTreeMap<_, _> = [(net("10.240.0.48/28"), Target::Unreachable)]
+            .into_iter()
+            .collect();
+        assert_eq!(d.routes, want);
+        assert_eq!(d.notes.len(), 3, "{:?}", d.notes);
+    }
+
+    #[test]
+    fn slash_32_prefixes_get_no_unreachable_route() {
+        let claims = [claim("10.240.0.9/32", "b", Some("10.0.0.2"))];
+        let d = desired(&claims, "me", None, &[net("10.240.0.8/32")]);
+        let want: BTreeMap<_, _> = [(net("10.240.0.9/32"), Target::Via(ip("10.0.0.2")))]
+            .into_iter()
+            .collect();
+        assert_eq!(d.routes, want);
+    }
+
+    #[test]
+    fn managed_routes_exclude_pod_routes() {
+        assert!(is_managed(&via("10.240.0.16/28", "10.0.0.2")));
+        assert!(is_managed(&via("10.240.0.9/32", "10.0.0.2")));
+        assert!(is_managed(&unreachable("10.240.0.0/28")));
+        assert!(is_managed(&unreachable("10.240.0.8/32")));
+        assert!(!is_managed(&pod("10.240.0.3")));
+        let mut other = via("10.240.0.16/28", "10.0.0.2");
+        other.protocol = 4;
+        assert!(!is_managed(&other));
+    }
+
+    #[test]
+    fn plan_adds_missing_replaces_moved_deletes_extra_and_ignores_pods() {
+        let desired: BTreeMap<_, _> = [
+            (net("10.240.0.0/28"), Target::Unreachable),
+            (net("10.240.0.16/28"), Target::Via(ip("10.0.0.2"))),
+            (net("10.240.0.32/28"), Target::Via(ip("10.0.0.3"))),
+            (net("10.240.0.64/28"), Target::Via(ip("10.0.0.5"))),
+        ]
+        .into_iter()
+        .collect();
+        let current = [
+            unreachable("10.240.0.0/28"),      // right
+            via("10.240.0.16/28", "10.0.0.9"), // gateway moved
+            via("10.240.0.48/28", "10.0.0.4"), // peer gone
+            unreachable("10.240.0.80/28"),     // prefix released
+            pod("10.240.0.3"),                 // the plugin's
+            pod("10.240.0.99"),                // the plugin's, even with no prefix
+        ];
+        let p = plan(&desired, &current);
+        assert_eq!(
+            p.install,
+            vec![
+                (net("10.240.0.16/28"), Target::Via(ip("10.0.0.2"))),
+                (net("10.240.0.32/28"), Target::Via(ip("10.0.0.3"))),
+                (net("10.240.0.64/28"), Target::Via(ip("10.0.0.5"))),
+            ]
+        );
+        assert_eq!(
+            p.delete,
+            vec![
+                via("10.240.0.48/28", "10.0.0.4"),
+                unreachable("10.240.0.80/28")
+            ]
+        );
+    }
+
+    #[test]
+    fn plan_is_empty_when_converged_and_removes_duplicates() {
+        let desired: BTreeMap<_, _> = [(net("10.240.0.16/28"), Target::Via(ip("10.0.0.2")))]
+            .into_iter()
+            .collect();
+        let current = [via("10.240.0.16/28", "10.0.0.2"), pod("10.240.0.1")];
+        assert!(plan(&desired, &current).is_empty());
+        let current = [
+            via("10.240.0.16/28", "10.0.0.2"),
+            unreachable("10.240.0.16/28"),
+        ];
+        let p = plan(&desired, &current);
+        assert!(p.install.is_empty());
+        assert_eq!(p.delete, vec![unreachable("10.240.0.16/28")]);
+    }
+
+    #[test]
+    fn unreachable_and_via_swap_by_replace() {
+        // A prefix a peer gave up that we now hold.
+        let desired: BTreeMap<_, _> = [(net("10.240.0.16/28"), Target::Unreachable)]
+            .into_iter()
+            .collect();
+        let p = plan(&desired, &[via("10.240.0.16/28", "10.0.0.2")]);
+        assert_eq!(
+            p.install,
+            vec![(net("10.240.0.16/28"), Target::Unreachable)]
+        );
+        assert!(p.delete.is_empty());
+    }
+
+    #[test]
+    fn degraded_keeps_peer_routes_and_follows_the_pool() {
+        let current = [
+            via("10.240.0.16/28", "10.0.0.2"),
+            unreachable("10.240.0.0/28"),
+            unreachable("10.240.0.80/28"),
+            pod("10.240.0.3"),
+        ];
+        let d = desired_degraded(&current, &[net("10.240.0.0/28"), net("10.240.0.32/28")]);
+        let p = plan(&d.routes, &current);
+        assert_eq!(
+            p.install,
+            vec![(net("10.240.0.32/28"), Target::Unreachable)]
+        );
+        assert_eq!(p.delete, vec![unreachable("10.240.0.80/28")]);
+    }
+
+    #[test]
+    fn claims_with_host_bits_are_normalised() {
+        let claims = [claim("10.240.0.17/28", "b", Some("10.0.0.2"))];
+        let d = desired(&claims, "me", None, &[]);
+        assert_eq!(
+            d.routes.keys().copied().collect::<Vec<_>>(),
+            vec![net("10.240.0.16/28")]
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Reconcile the pool with the host: an allocation whose host veth is gone is released; a
+//! host veth or /32 route of ours with no allocation is removed.
+//!
+//! Ordering makes this safe against ADDs in flight: the kernel is listed *before* the pool is
+//! read, and an ADD takes its address before it creates its veth — so every veth seen already
+//! has its allocation in the pool. An allocation whose ADD is still in flight (its plugin holds
+//! the attachment's lock, [`vpcnet_proto::inflight`]) is left alone however old it is: the plugin may
+//! be stalled between the agent's reply and creating its veth. `grace` still covers a plugin of
+//! an older version, which holds no lock.
+
+use std::collections::HashSet;
+
+use crate::datastore::Datastore;
+use crate::node::{now_ms, Node};
+use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
+use vpcnet_pool::PoolEvent;
+use vpcnet_proto::inflight;
+use vpcnet_proto::naming;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub released: usize,
+    pub veths_deleted: usize,
+    pub routes_deleted: usize,
+}
+
+pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, NetlinkError> {
+    let links = link::list(&node.net).await?;
+    let routes = route::list_v4(&node.net, Some(RTPROT_VPCNET)).await?;
+    let listed_at = now_ms();
+    // Only links that carry our proof (name *and* name-derived MAC) count as ours.
+    let ours: Vec<_> = links
+        .iter()
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+        .collect();
+    let veths: HashSet<&str> = ours.iter().map(|l| l.name.as_str()).collect();
+    let our_indexes: HashSet<u32> = ours.iter().map(|l| l.index).collect();
+
+    let mut report = Report::default();
+    let (released, wanted_veths, owned_ips) = {
+        let mut st = node.state();
+        let released = st.change(|pool| {
+            let stale: Vec<_> = pool
+                .allocations()
+                .filter(|a| {
+                    let veth = naming::key_host_veth(&a.key);
+                    !veths.contains(veth.as_str())
+                        && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                        && !inflight::is_in_flight(&node.inflight_dir, &veth)
+                })
+                .map(|a| a.key.clone())
+                .collect();
+            let mut evs = Vec::new();
+            let mut released = Vec::new();
+            for key in stale {
+                if let Some(ev) = pool.release(&key, listed_at) {
+                    if let PoolEvent::Released { ip, .. } = &ev {
+                        released.push((*ip, key));
+                    }
+                    evs.push(ev);
+                }
+            }
+            (released, evs)
+        });
+        // Not recordable (disk full): release nothing this round; the pool is as before.
+        let released = released.unwrap_or_else(|e| {
+            eprintln!("vpcnetd: reconcile: not releasing allocations without a veth: {e}");
+            Vec::new()
+        });
+        let wanted: HashSet<String> = st
+            .pool
+            .allocations()
+            .map(|a| naming::key_host_veth(&a.key))
+            .collect();
+        let owned: HashSet<_> = st.pool.allocations().map(|a| a.ip).collect();
+        (released, wanted, owned)
+    };
+    report.released = released.len();
+    for (ip, key) in &released {
+        crate::node::flush_conntrack(*ip);
+        eprintln!(
+            "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
+            key.container_id, key.ifname
+        );
+    }
+    for l in &ours {
+        if !wanted_veths.contains(&l.name) {
+            eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
+            let _ = node.reaper.send(l.index);
+            report.veths_deleted += 1;
+        }
+    }
+    for r in &routes {
+        // A pod route is ours only through one of our veths, whatever its protocol says.
+        let pod_route = r.dst_len == 32
+            && r.kind == route::RTN_UNICAST
+            && r.gateway.is_none()
+            && r.oif.is_some_and(|i| our_indexes.contains(&i));
+        if pod_route && !owned_ips.contains(&r.dst) && route::delete(&node.net, r).await? {
+            eprintln!(
+                "vpcnetd: reconcile: deleted route {}/32 (no allocation)",
+                r.dst
+            );
+            report.routes_deleted += 1;
+        }
+    }
+    if report.released > 0 {
+        node.wake.notify_one();
+    }
+    Ok(report)
+}

@@ -1,0 +1,77 @@
+//! `vpcnetd` entry point: `run` (default), `check-config`, `status`, `install-cni` or
+//! `rebuild-state`.
+
+use clap::Parser;
+
+use vpcnet_agent::cli::status;
+use vpcnet_agent::config::{Cli, Command};
+use vpcnet_agent::{self as agent, STATUS_TIMEOUT};
+use vpcnet_proto::api::{Reply, Request};
+use vpcnet_proto::client;
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None | Some(Command::Run) => match agent::run(cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::CheckConfig) => match cli.run.validate() {
+            Ok(()) => {
+                println!("vpcnetd: configuration ok");
+                0
+            }
+            Err(e) => {
+                eprintln!("vpcnetd: {e}");
+                1
+            }
+        },
+        Some(Command::RebuildState) => match agent::rebuild_state(cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("vpcnetd rebuild-state: {e}");
+                1
+            }
+        },
+        Some(Command::InstallCni(a)) => agent::cli::install::run(a.plugin_src, &a.cni_bin_dir),
+        Some(Command::Status { json }) => {
+            match client::call(
+                &cli.run.socket,
+                Request::Status { allocations: true },
+                STATUS_TIMEOUT,
+            ) {
+                Ok(Reply::Status(s)) => {
+                    if json {
+                        match serde_json::to_string_pretty(&s) {
+                            Ok(j) => println!("{j}"),
+                            Err(e) => eprintln!("vpcnetd status: {e}"),
+                        }
+                    } else {
+                        print!("{}", status::render(&s));
+                    }
+                    if s.ready && s.can_assign {
+                        0
+                    } else {
+                        2
+                    }
+                }
+                Ok(Reply::Error { code, msg }) => {
+                    eprintln!("vpcnetd status: error {code}: {msg}");
+                    1
+                }
+                Ok(other) => {
+                    eprintln!("vpcnetd status: unexpected reply {other:?}");
+                    1
+                }
+                Err(e) => {
+                    eprintln!("vpcnetd status: {e}");
+                    1
+                }
+            }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,241 @@
+//! Start-up audit of the loaded state against the kernel, and `vpcnetd rebuild-state`.
+//!
+//! Invariant (issue 9, item 3): **the agent never reconciles away a pod its state cannot
+//! account for.** Reconcile deletes every pod route and host veth the pool does not own; that
+//! is right for what a crash left half done, and a disaster when the state itself was lost
+//! (pods running, addresses about to be handed out again). So before the agent touches the
+//! host it checks, read-only, that every pod route of ours (protocol 171, /32, through a
+//! device) goes to an address the pool knows — assigned, or released and cooling (a released
+//! address stays marked until reused, so a route a crash left behind after a DEL is still
+//! known) — and, when the state is new (no snapshot, no journal records), that there is no
+//! host veth of ours at all. Otherwise it refuses to start, nothing touched, and says how to
+//! rebuild the state from the kernel ([`rebuild`]).
+
+use std::collections::HashMap;
+
+use ipnetwork::Ipv4Network;
+use vpcnet_netlink::link::LinkInfo;
+use vpcnet_netlink::route::{self, RouteV4};
+
+use vpcnet_pool::{Allocation, PodMeta, Pool, PoolEvent};
+use vpcnet_proto::naming;
+
+/// A pod route: what the plugin installs for a pod (`<ip>/32 dev <veth> scope link proto 171`).
+pub fn is_pod_route(r: &RouteV4) -> bool {
+    r.dst_len == 32
+        && r.kind == route::RTN_UNICAST
+        && r.gateway.is_none()
+        && r.protocol == vpcnet_netlink::RTPROT_VPCNET
+}
+
+/// Our host veths by ifindex: only links that prove to be vpcnet's (name and name-derived
+/// MAC, [`naming::is_our_host_veth`]); a look-alike someone else made is not a pod of ours.
+fn our_veths(links: &[LinkInfo]) -> HashMap<u32, &str> {
+    links
+        .iter()
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+        .map(|l| (l.index, l.name.as_str()))
+        .collect()
+}
+
+fn through_ours(r: &RouteV4, ours: &HashMap<u32, &str>) -> bool {
+    r.oif.is_some_and(|i| ours.contains_key(&i))
+}
+
+/// What of the kernel's pods `pool` cannot account for, one line each (empty: all fine).
+/// `routes`: the host's protocol-171 routes; `links`: its links; `fresh`: the state is new.
+pub fn unaccounted(
+    pool: &Pool,
+    fresh: bool,
+    routes: &[RouteV4],
+    links: &[LinkInfo],
+) -> Vec<String> {
+    let names = our_veths(links);
+    let mut out = Vec::new();
+    for r in routes
+        .iter()
+        .filter(|r| is_pod_route(r) && through_ours(r, &names))
+    {
+        if !pool.knows(r.dst) {
+            let dev = r.oif.and_then(|i| names.get(&i)).copied().unwrap_or("?");
+            out.push(format!(
+                "route {}/32 dev {dev} (address not in the state)",
+                r.dst
+            ));
+        }
+    }
+    if fresh {
+        for l in links
+            .iter()
+            .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+        {
+            out.push(format!("host veth {} (no state at all)", l.name));
+        }
+    }
+    out
+}
+
+/// What [`rebuild`] adopted and left.
+#[derive(Debug, Default)]
+pub struct Rebuilt {
+    /// (address, host veth) adopted as allocations.
+    pub adopted: Vec<(std::net::Ipv4Addr, String)>,
+    /// Of those, how many kept the key and metadata the old state had for them.
+    pub known: usize,
+    /// Routes and links not adopted, with the reason.
+    pub skipped: Vec<String>,
+}
+
+/// Builds a pool (configured by `pool`) from the kernel: every pod route through one of our
+/// host veths becomes an allocation, in the prefix of the configured length that contains
+/// it. When `old` (whatever of the previous state could be read) has an allocation of that
+/// address whose host veth is that veth, it is kept as it was (real key, pod metadata);
+/// otherwise the allocation is keyed [`naming::rebuilt_key`] of the veth. Addresses released
+/// before are not known (they become free, not cooling).
+pub fn rebuild(
+    pool: &mut Pool,
+    old: Option<&Pool>,
+    routes: &[RouteV4],
+    links: &[LinkInfo],
+    now: vpcnet_pool::Millis,
+) -> Rebuilt {
+    let names = our_veths(links);
+    let mut out = Rebuilt::default();
+    let mut with_route = std::collections::HashSet::new();
+    for r in routes.iter().filter(|r| is_pod_route(r)) {
+        let Some(veth) = r.oif.and_then(|i| names.get(&i)).copied() else {
+            out.skipped.push(format!(
+                "route {}/32: not through a vpcnet host veth (name and MAC)",
+                r.dst
+            ));
+            continue;
+        };
+        let len = pool.config().prefix_len;
+        let prefix = match Ipv4Network::new(r.dst, len) {
+            Ok(n) => Ipv4Network::new(n.network(), len).unwrap_or(n),
+            Err(e) => {
+                out.skipped.push(format!("route {}/32: {e}", r.dst));
+                continue;
+            }
+        };
+        if !pool.held_prefixes().any(|p| p == prefix) {
+            if let Err(e) = pool.add_prefix(prefix, now) {
+                out.skipped
+                    .push(format!("route {}/32 dev {veth}: {e}", r.dst));
+                continue;
+            }
+        }
+        let known = old
+            .and_then(|p| p.owner_of(r.dst))
+            .filter(|a| naming::key_host_veth(&a.key) == veth)
+            .cloned();
+        let is_known = known.is_some();
+        let alloc = known.unwrap_or_else(|| Allocation {
+            ip: r.dst,
+            key: naming::rebuilt_key(veth),
+            meta: PodMeta::default(),
+            assigned_at: now,
+        });
+        match pool.apply(&PoolEvent::Assigned { alloc }) {
+            Ok(()) => {
+                with_route.insert(veth);
+                out.adopted.push((r.dst, veth.to_string()));
+                out.known += usize::from(is_known);
+            }
+            Err(e) => out
+                .skipped
+                .push(format!("route {}/32 dev {veth}: {e}", r.dst)),
+        }
+    }
+    for l in links
+        .iter()
+        .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
+    {
+        if !with_route.contains(l.name.as_str()) {
+            out.skipped.push(format!(
+                "host veth {}: no pod route through it (reconcile deletes it)",
+                l.name
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use vpcnet_pool::PoolConfig;
+
+    fn link(index: u32, name: &str) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: name.into(),
+            mac: naming::is_host_veth_name(name).then(|| naming::host_mac_for_name(name)),
+            up: true,
+            mtu: None,
+            kind: Some("veth".into()),
+        }
+    }
+
+    fn pod_route(ip: [u8; 4], oif: u32) -> RouteV4 {
+        RouteV4 {
+            dst: Ipv4Addr::from(ip),
+            dst_len: 32,
+            gateway: None,
+            oif: Some(oif),
+            protocol: vpcnet_netlink::RTPROT_VPCNET,
+            scope: route::RT_SCOPE_LINK,
+            kind: route::RTN_UNICAST,
+            table: route::RT_TABLE_MAIN,
+        }
+    }
+
+    #[test]
+    fn lost_state_is_unaccounted_then_rebuilt() {
+        let cfg = PoolConfig {
+            vpc_cidrs: vec!["10.1.0.0/24".parse().unwrap()],
+            ..Default::default()
+        };
+        let v1 = naming::host_veth_name("a", "eth0");
+        let v2 = naming::host_veth_name("b", "eth0");
+        let links = [link(1, "lo"), link(7, &v1), link(8, &v2)];
+        let routes = [pod_route([10, 1, 0, 1], 7), pod_route([10, 1, 0, 18], 8)];
+        let mut pool = Pool::new(cfg.clone());
+        assert_eq!(unaccounted(&pool, true, &routes, &links).len(), 4);
+        let r = rebuild(&mut pool, None, &routes, &links, 5);
+        assert_eq!(r.adopted.len(), 2, "{r:?}");
+        assert_eq!(r.known, 0);
+        assert!(unaccounted(&pool, false, &routes, &links).is_empty());
+        assert_eq!(pool.held_prefixes().count(), 2);
+        assert!(pool.get(&naming::rebuilt_key(&v1)).is_some());
+        // What an old state knows about a pod is kept (its real key); the rest is adopted.
+        let mut old = Pool::new(cfg.clone());
+        old.add_prefix("10.1.0.0/28".parse().unwrap(), 1).unwrap();
+        let key_a = vpcnet_pool::AllocKey {
+            network: "net".into(),
+            container_id: "a".into(),
+            ifname: "eth0".into(),
+        };
+        old.apply(&PoolEvent::Assigned {
+            alloc: Allocation {
+                ip: Ipv4Addr::new(10, 1, 0, 1),
+                key: key_a.clone(),
+                meta: PodMeta::default(),
+                assigned_at: 2,
+            },
+        })
+        .unwrap();
+        let mut again = Pool::new(cfg.clone());
+        let r = rebuild(&mut again, Some(&old), &routes, &links, 5);
+        assert_eq!((r.adopted.len(), r.known), (2, 1), "{r:?}");
+        assert_eq!(
+            again.get(&key_a).map(|a| a.ip),
+            Some(Ipv4Addr::new(10, 1, 0, 1))
+        );
+        assert!(again.get(&naming::rebuilt_key(&v2)).is_some());
+        // A veth without a route is left to reconcile; the empty pool with no veths is fine.
+        assert!(unaccounted(&Pool::new(cfg), true, &[], &[link(1, "lo")]).is_empty());
+    }
+}

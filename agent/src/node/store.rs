@@ -1,0 +1,716 @@
+//! Crash-safe persistence of the pool: a snapshot plus an append-only journal of
+//! [`PoolEvent`]s. Every event is written and `fdatasync`ed before the agent replies, so a
+//! crash (kill -9, power loss) loses nothing the plugin was told. The journal is folded into
+//! a new snapshot (write temp, fsync, rename, fsync dir) at start and every [`COMPACT_EVERY`]
+//! events. Journal records carry a sequence number and the snapshot the last one it holds,
+//! so a crash between writing a snapshot and truncating the journal replays nothing twice.
+//!
+//! Invariant (issue 9, item 3): **the agent starts with exactly the acknowledged state, or not
+//! at all.** Every journal line is `<crc32 as 8 hex digits> <json>`; the snapshot carries the
+//! CRC of its pool. On load:
+//! * an incomplete last line (no newline) is a torn write — the only damage a crash does to
+//!   an append — and was never acknowledged: it is dropped (and cut off before the next
+//!   append). Unless it holds a whole valid record followed by other bytes: a damaged newline
+//!   of an acknowledged record, not a torn write;
+//! * a complete line whose checksum does not match, a line that is not a record, a gap or a
+//!   step back in the sequence numbers (a lost or reordered record), or a repeated sequence
+//!   number with other content, is damage: [`StoreError::Corrupt`] names the file and line,
+//!   and the agent refuses to start. An exact repeat of a record already applied is skipped.
+//!
+//! Journals written before checksums (every line plain JSON) are still read, with the old
+//! rules (no damage detection); the start-up compaction rewrites them in the new format. A
+//! journal mixing both kinds of line is damage.
+//!
+//! Invariant (item 8): **memory never runs ahead of the disk.** A journal write that fails
+//! (disk full, I/O error) is cut back off the file, and the caller ([`crate::node`])
+//! puts the pool back as it was and fails the request; when the file cannot be cut back the
+//! store is marked broken and the next change is written as a whole new snapshot instead.
+//!
+//! Invariant (item 9): **the state is readable by root only**: the directory is 0700 and
+//! every file in it 0600 (fixed at start for files an older version left readable).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use vpcnet_pool::{Pool, PoolConfig, PoolEvent};
+
+#[derive(Serialize, Deserialize)]
+struct Record<E> {
+    seq: u64,
+    #[serde(flatten)]
+    event: E,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot<P> {
+    seq: u64,
+    /// CRC-32 of `serde_json::to_vec(&(seq, pool))`; absent in snapshots written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    crc: Option<u32>,
+    pool: P,
+}
+
+pub const SNAPSHOT: &str = "pool.json";
+pub const JOURNAL: &str = "pool.journal";
+const LOCK: &str = "lock";
+pub const COMPACT_EVERY: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state directory {dir}: {source}")]
+    Io {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state directory {0} is in use by another vpcnetd")]
+    Locked(String),
+    #[error("{file} line {line} is corrupt: {msg}")]
+    Corrupt {
+        file: String,
+        line: usize,
+        msg: String,
+    },
+}
+
+impl StoreError {
+    /// The disk (or the quota) is full: the write can succeed later.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// A locked, private state directory (0700, files 0600).
+#[derive(Debug)]
+pub struct StateDir {
+    dir: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl StateDir {
+    /// Creates `dir` if needed, makes it and its files private, and takes its lock
+    /// (non-blocking: another vpcnetd on the same directory is an error).
+    pub fn lock(dir: &Path) -> Result<StateDir, StoreError> {
+        let e = io_err(dir);
+        fs::create_dir_all(dir).map_err(&e)?;
+        let lock_file = create_private(&dir.join(LOCK), false).map_err(&e)?;
+        let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| StoreError::Locked(dir.display().to_string()))?;
+        // Only once it is ours (a refused second agent changes nothing, not even modes).
+        make_private(dir).map_err(&e)?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Directory 0700, every regular file directly in it 0600 (group/other bits cleared).
+fn make_private(dir: &Path) -> io::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let mode = meta.permissions().mode();
+        if meta.is_file() && mode & 0o077 != 0 {
+            fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    Ok(())
+}
+
+/// Opens `path` for writing, creating it with mode 0600 (appending, or truncating it).
+pub fn create_private(path: &Path, truncate: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+}
+
+#[derive(Debug)]
+pub struct Store {
+    dir: StateDir,
+    journal: File,
+    /// Length of the journal holding exactly the durable records.
+    len: u64,
+    since_compact: usize,
+    seq: u64,
+    /// Neither snapshot nor journal records existed when it was opened.
+    fresh: bool,
+    /// A failed write could not be cut back off the journal: the next change is written as
+    /// a whole snapshot (which also empties the journal).
+    broken: bool,
+}
+
+fn io_err(dir: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        dir: dir.display().to_string(),
+        source,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably, mode 0600. On failure the temporary
+/// file is removed (a full disk must not be left fuller).
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let r = (|| {
+        let mut f = create_private(&tmp, true)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, dir.join(name))?;
+        fsync_dir(dir)
+    })();
+    if r.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    r
+}
+
+/// CRC-32 (IEEE 802.3, as zlib): detects every error burst of up to 32 bits.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn corrupt(file: &str, line: usize, msg: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        file: file.into(),
+        line,
+        msg: msg.into(),
+    }
+}
+
+/// Parses a snapshot and checks its checksum; returns the pool and its sequence number.
+pub fn parse_snapshot(bytes: &[u8]) -> Result<(Pool, u64), StoreError> {
+    let snap: Snapshot<Pool> = serde_json::from_slice(bytes)
+        .map_err(|err| corrupt(SNAPSHOT, err.line(), err.to_string()))?;
+    if let Some(crc) = snap.crc {
+        let body = serde_json::to_vec(&(snap.seq, &snap.pool))
+            .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
+        if crc32(&body) != crc {
+            return Err(corrupt(SNAPSHOT, 1, "checksum mismatch"));
+        }
+    }
+    Ok((snap.pool, snap.seq))
+}
+
+/// A snapshot file holding `pool` as of journal record `seq`.
+pub fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
+    let body =
+        serde_json::to_vec(&(seq, pool)).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
+    serde_json::to_vec(&Snapshot {
+        seq,
+        crc: Some(crc32(&body)),
+        pool,
+    })
+    .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))
+}
+
+/// One journal line: `<crc32 8 hex> <json>\n`, appended to `out`.
+pub fn journal_line(seq: u64, ev: &PoolEvent, out: &mut Vec<u8>) -> Result<(), StoreError> {
+    let json = serde_json::to_vec(&Record { seq, event: ev })
+        .map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    write!(out, "{:08x} ", crc32(&json)).map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// What [`replay`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replayed {
+    /// Last sequence number applied (or the snapshot's).
+    pub seq: u64,
+    /// Bytes of the journal that hold whole records; anything after is a torn write.
+    pub valid_len: u64,
+    /// Records applied.
+    pub applied: usize,
+}
+
+/// A line's record with its checksum, verified; `true`: a legacy (plain JSON) line.
+fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
+    if line.first() == Some(&b'{') {
+        let rec = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        return Ok((rec, crc32(line), true));
+    }
+    let (head, json) = match (line.get(..8), line.get(8), line.get(9..)) {
+        (Some(h), Some(b' '), Some(j)) => (h, j),
+        _ => return Err("not a journal record".into()),
+    };
+    // Exactly as written: 8 lowercase hex digits (from_str_radix alone would take "A").
+    let want = std::str::from_utf8(head)
+        .ok()
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .ok_or("bad checksum field")?;
+    if crc32(json) != want {
+        return Err("checksum mismatch".into());
+    }
+    let rec = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    Ok((rec, want, false))
+}
+
+/// Applies the journal `bytes` newer than `snap_seq` to `pool` (see the module doc for what
+/// is a torn write and what is damage). Pure: the property tests drive it directly.
+pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, StoreError> {
+    let mut last = snap_seq;
+    let mut applied = 0;
+    // Checksums of the records applied, by sequence number (to tell a repeat from damage).
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let mut legacy: Option<bool> = None;
+    let mut pos = 0usize;
+    let mut line_no = 0usize;
+    while pos < bytes.len() {
+        line_no += 1;
+        let rest = &bytes[pos..];
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            // Incomplete last line: torn, unless a whole record sits in it followed by more
+            // bytes (a damaged newline: that record was acknowledged).
+            let damaged = rest
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'}' && i + 1 < rest.len())
+                .any(|(i, _)| parse_line(&rest[..=i]).is_ok());
+            if damaged {
+                return Err(corrupt(
+                    JOURNAL,
+                    line_no,
+                    "a complete record without its newline, followed by other bytes",
+                ));
+            }
+            break;
+        };
+        let line = &rest[..nl];
+        pos += nl + 1;
+        if line.is_empty() {
+            continue;
+        }
+        let (rec, crc, is_legacy) =
+            parse_line(line).map_err(|msg| corrupt(JOURNAL, line_no, msg))?;
+        if *legacy.get_or_insert(is_legacy) != is_legacy {
+            return Err(corrupt(
+                JOURNAL,
+                line_no,
+                "checksummed and plain records mixed",
+            ));
+        }
+        if rec.seq <= snap_seq {
+            // Already in the snapshot (a crash fell between snapshot and truncate).
+            continue;
+        }
+        if rec.seq <= last {
+            if seen.get(&rec.seq) == Some(&crc) {
+                continue; // an exact repeat of a record applied
+            }
+            return Err(corrupt(
+                JOURNAL,
+                line_no,
+                format!("sequence number {} after {last}", rec.seq),
+            ));
+        }
+        if rec.seq != last + 1 {
+            return Err(corrupt(
+                JOURNAL,
+                line_no,
+                format!("sequence number {} after {last}: records missing", rec.seq),
+            ));
+        }
+        pool.apply(&rec.event)
+            .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?;
+        seen.insert(rec.seq, crc);
+        last = rec.seq;
+        applied += 1;
+    }
+    Ok(Replayed {
+        seq: last,
+        valid_len: u64::try_from(pos).unwrap_or(u64::MAX),
+        applied,
+    })
+}
+
+/// Loads snapshot (if any) and journal bytes into a pool configured with `cfg`. Pure.
+pub fn load(
+    snapshot: Option<&[u8]>,
+    journal: &[u8],
+    cfg: PoolConfig,
+) -> Result<(Pool, Replayed), StoreError> {
+    let (mut pool, snap_seq) = match snapshot {
+        Some(bytes) => {
+            let (mut p, seq) = parse_snapshot(bytes)?;
+            p.set_config(cfg);
+            (p, seq)
+        }
+        None => (Pool::new(cfg), 0),
+    };
+    let r = replay(journal, &mut pool, snap_seq)?;
+    Ok((pool, r))
+}
+
+fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+impl Store {
+    /// Opens (creating) the state directory, takes its lock, and loads snapshot + journal
+    /// into a pool configured with `cfg`. A torn last record is cut off; nothing else is
+    /// written (the caller compacts once it has checked the state against the host).
+    pub fn open(dir: &Path, cfg: PoolConfig) -> Result<(Store, Pool), StoreError> {
+        Store::load(StateDir::lock(dir)?, cfg)
+    }
+
+    /// [`Store::open`] on a directory already locked.
+    pub fn load(dir: StateDir, cfg: PoolConfig) -> Result<(Store, Pool), StoreError> {
+        let d = dir.path().to_path_buf();
+        let e = io_err(&d);
+        let snap = read_optional(&d.join(SNAPSHOT)).map_err(&e)?;
+        let journal_bytes = read_optional(&d.join(JOURNAL)).map_err(&e)?;
+        let (pool, r) = load(
+            snap.as_deref(),
+            journal_bytes.as_deref().unwrap_or_default(),
+            cfg,
+        )?;
+        let fresh = snap.is_none() && r.applied == 0;
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(d.join(JOURNAL))
+            .map_err(&e)?;
+        let on_disk = journal.metadata().map_err(&e)?.len();
+        if on_disk > r.valid_len {
+            // A torn write: never acknowledged. Cut it off so the next record starts a line.
+            journal.set_len(r.valid_len).map_err(&e)?;
+            journal.sync_all().map_err(&e)?;
+        }
+        Ok((
+            Store {
+                dir,
+                journal,
+                len: r.valid_len,
+                since_compact: r.applied,
+                seq: r.seq,
+                fresh,
+                broken: false,
+            },
+            pool,
+        ))
+    }
+
+    /// Neither a snapshot nor journal records existed: the state is new (or was lost).
+    pub fn fresh(&self) -> bool {
+        self.fresh
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Makes `evs` (already applied to `pool`) durable. On error nothing of them is durable
+    /// and the caller must undo them in memory.
+    pub fn persist(&mut self, evs: &[PoolEvent], pool: &Pool) -> Result<(), StoreError> {
+        if evs.is_empty() {
+            return Ok(());
+        }
+        if self.broken {
+            // The journal's tail is unknown: write everything as a new snapshot instead.
+            self.compact(pool)?;
+            return Ok(());
+        }
+        self.append_all(evs)
+    }
+
+    /// Appends several events with a single sync. A failed write is cut back off the file.
+    fn append_all(&mut self, evs: &[PoolEvent]) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        let mut seq = self.seq;
+        for ev in evs {
+            seq += 1;
+            journal_line(seq, ev, &mut buf)?;
+        }
+        let d = self.dir.path().to_path_buf();
+        let e = io_err(&d);
+        let written = self
+            .journal
+            .write_all(&buf)
+            .and_then(|()| self.journal.sync_data());
+        if let Err(err) = written {
+            // Cut the failed write back off. If that cannot be made durable either, the
+            // file's tail is unknown: the next change rewrites the state as a snapshot (whose
+            // sequence number covers whatever of this write reached the disk).
+            let cut = self
+                .journal
+                .set_len(self.len)
+                .and_then(|()| self.journal.sync_all());
+            if let Err(cut_err) = cut {
+                eprintln!(
+                    "vpcnetd: cannot cut a failed journal write back off {}: {cut_err}",
+                    d.join(JOURNAL).display()
+                );
+                self.seq = seq;
+                self.broken = true;
+            }
+            return Err(e(err));
+        }
+        self.len += u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        self.seq = seq;
+        self.since_compact += evs.len();
+        Ok(())
+    }
+
+    pub fn needs_compaction(&self) -> bool {
+        self.since_compact >= COMPACT_EVERY
+    }
+
+    /// Folds the journal into a new snapshot of `pool` and empties the journal. The snapshot
+    /// records the last sequence number it holds, so a crash before the truncate is harmless.
+    /// Ok only when both happened: a broken store is repaired only then.
+    pub fn compact(&mut self, pool: &Pool) -> Result<(), StoreError> {
+        let d = self.dir.path().to_path_buf();
+        let e = io_err(&d);
+        let bytes = snapshot_bytes(self.seq, pool)?;
+        write_atomic(&d, SNAPSHOT, &bytes).map_err(&e)?;
+        self.journal.set_len(0).map_err(&e)?;
+        self.journal.sync_all().map_err(&e)?;
+        self.len = 0;
+        self.since_compact = 0;
+        self.broken = false;
+        Ok(())
+    }
+
+    /// Replaces the state with `pool` (for `vpcnetd rebuild-state`): the old files are kept
+    /// as `<name>.bad-<unix seconds>` for the operator.
+    pub fn replace(dir: StateDir, pool: &Pool, stamp: u64) -> Result<(), StoreError> {
+        let d = dir.path().to_path_buf();
+        let e = io_err(&d);
+        for name in [SNAPSHOT, JOURNAL] {
+            let from = d.join(name);
+            if from.exists() {
+                fs::rename(&from, d.join(format!("{name}.bad-{stamp}"))).map_err(&e)?;
+            }
+        }
+        write_atomic(&d, SNAPSHOT, &snapshot_bytes(0, pool)?).map_err(&e)?;
+        create_private(&d.join(JOURNAL), true)
+            .and_then(|f| f.sync_all())
+            .map_err(&e)?;
+        fsync_dir(&d).map_err(&e)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vpcnet_pool::{AllocKey, Allocation, PodMeta};
+
+    #[test]
+    fn crc32_matches_zlib() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    fn cfg() -> PoolConfig {
+        PoolConfig {
+            vpc_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn events() -> Vec<PoolEvent> {
+        let prefix = "10.0.0.0/28".parse().unwrap();
+        let mut v = vec![PoolEvent::PrefixAdded { prefix, at: 1 }];
+        for i in 1..4u8 {
+            v.push(PoolEvent::Assigned {
+                alloc: Allocation {
+                    ip: std::net::Ipv4Addr::new(10, 0, 0, i),
+                    key: AllocKey {
+                        network: "n".into(),
+                        container_id: format!("c{i}"),
+                        ifname: "eth0".into(),
+                    },
+                    meta: PodMeta::default(),
+                    assigned_at: 2,
+                },
+            });
+        }
+        v
+    }
+
+    fn journal(evs: &[PoolEvent]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, ev) in evs.iter().enumerate() {
+            journal_line(i as u64 + 1, ev, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn torn_tail_dropped_damage_refused() {
+        let j = journal(&events());
+        let (pool, r) = load(None, &j, cfg()).unwrap();
+        assert_eq!(pool.allocations().count(), 3);
+        assert_eq!(r.valid_len, j.len() as u64);
+        // Torn: the last line cut short.
+        let (pool, r) = load(None, &j[..j.len() - 5], cfg()).unwrap();
+        assert_eq!(pool.allocations().count(), 2);
+        assert!(r.valid_len < j.len() as u64 - 5);
+        // One byte of the last complete record damaged.
+        let mut d = j.clone();
+        let n = d.len();
+        d[n - 2] = b'x';
+        let err = load(None, &d, cfg()).unwrap_err();
+        assert!(err.to_string().contains("pool.journal line 4"), "{err}");
+        // Its newline damaged.
+        let mut d = j.clone();
+        d[n - 1] = b'x';
+        assert!(load(None, &d, cfg()).is_err());
+        // Lines swapped.
+        let lines: Vec<&[u8]> = j.split_inclusive(|&b| b == b'\n').collect();
+        let swapped = [lines[0], lines[2], lines[1], lines[3]].concat();
+        assert!(load(None, &swapped, cfg()).is_err());
+        // A line repeated: harmless.
+        let dup = [lines[0], lines[1], lines[1], lines[2], lines[3]].concat();
+        assert_eq!(
+            load(None, &dup, cfg()).unwrap().0,
+            load(None, &j, cfg()).unwrap().0
+        );
+    }
+
+    #[test]
+    fn legacy_journal_still_read() {
+        let mut j = Vec::new();
+        for (i, ev) in events().iter().enumerate() {
+            serde_json::to_writer(
+                &mut j,
+                &Record {
+                    seq: i as u64 + 1,
+                    event: ev,
+                },
+            )
+            .unwrap();
+            j.push(b'\n');
+        }
+        let (pool, _) = load(None, &j, cfg()).unwrap();
+        assert_eq!(pool.allocations().count(), 3);
+        // Mixed with a checksummed line: damage.
+        let mut mixed = j.clone();
+        journal_line(
+            5,
+            &PoolEvent::PrefixAdded {
+                prefix: "10.0.0.16/28".parse().unwrap(),
+                at: 3,
+            },
+            &mut mixed,
+        )
+        .unwrap();
+        assert!(load(None, &mixed, cfg()).is_err());
+    }
+
+    /// A scratch directory under the system temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let p = std::env::temp_dir().join(format!(
+                "vpcnet-store-{tag}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A write that fails (ENOSPC from /dev/full) and cannot be cut back off (ftruncate on a
+    /// character device fails): the store reports a full disk, turns broken, and the next
+    /// change is written as a whole snapshot; what loads afterwards is exactly what was
+    /// acknowledged. Also: the directory and files are private.
+    #[test]
+    fn failed_write_then_repair_by_snapshot() {
+        let dir = Scratch::new("full");
+        let evs = events();
+        let (mut store, mut pool) = Store::open(&dir.0, cfg()).unwrap();
+        assert!(store.fresh());
+        for ev in &evs[..2] {
+            pool.apply(ev).unwrap();
+            store.persist(std::slice::from_ref(ev), &pool).unwrap();
+        }
+        let acked = pool.clone();
+        let real = std::mem::replace(
+            &mut store.journal,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        let mut next = pool.clone();
+        next.apply(&evs[2]).unwrap();
+        let err = store.persist(&evs[2..3], &next).unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        assert!(store.broken);
+        // Space returns: the next change (the same one, retried) goes out as a snapshot.
+        store.journal = real;
+        store.persist(&evs[2..3], &next).unwrap();
+        assert!(!store.broken);
+        drop(store);
+        let (store, loaded) = Store::open(&dir.0, cfg()).unwrap();
+        assert_eq!(loaded, next);
+        assert_ne!(loaded, acked);
+        assert!(!store.fresh());
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.0), 0o700);
+        for f in [SNAPSHOT, JOURNAL, LOCK] {
+            assert_eq!(mode(&dir.0.join(f)), 0o600, "{f}");
+        }
+    }
+
+    #[test]
+    fn snapshot_checksum() {
+        let (pool, _) = load(None, &journal(&events()), cfg()).unwrap();
+        let snap = snapshot_bytes(4, &pool).unwrap();
+        let (p2, seq) = parse_snapshot(&snap).unwrap();
+        assert_eq!(seq, 4);
+        assert_eq!(p2.allocations().count(), 3);
+        // A digit changed inside the snapshot: still JSON, but caught.
+        let s = String::from_utf8(snap).unwrap();
+        let bad = s.replacen("10.0.0.2", "10.0.0.9", 1);
+        assert!(parse_snapshot(bad.as_bytes()).is_err());
+    }
+}

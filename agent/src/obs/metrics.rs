@@ -1,0 +1,379 @@
+//! The agent's Prometheus metrics (`prometheus-client`, OpenMetrics text), served on
+//! `--metrics-addr` by [`crate::obs::http`].
+//!
+//! Pool gauges are not updated on every change: they are read from the pool when scraped
+//! ([`Metrics::encode`]), so the ADD path pays nothing for them. Counters and the claim
+//! histogram are process-wide (one agent per process) and cost one atomic add where they
+//! are counted.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `vpcnet_addresses` | gauge | usable addresses the node holds (`stats.total`) |
+//! | `vpcnet_addresses_assigned` | gauge | addresses assigned to pods |
+//! | `vpcnet_addresses_cooling` | gauge | released addresses still cooling down |
+//! | `vpcnet_addresses_available` | gauge | `total - assigned - cooling` |
+//! | `vpcnet_prefixes` | gauge | prefixes the node holds |
+//! | `vpcnet_prefixes_free` | gauge | held prefixes with no assigned or cooling address |
+//! | `vpcnet_max_pods` | gauge | `--max-pods` |
+//! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
+//! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
+//! | `vpcnet_degraded{area}` | gauge | 1 per degraded area (`datastore`, `pool`, `peers`, …) |
+//! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
+//! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
+//! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
+//! | `vpcnet_datastore_errors_total` | counter | failed datastore calls (list, claim, release, watch) |
+//! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
+//! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
+//! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::loops::reconcile::Report;
+use vpcnet_proto::api::{AgentStatus, Reply};
+
+/// One label: `(name, value)`.
+type Label = (&'static str, &'static str);
+
+/// Which plugin request a counter counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    Del,
+    Gc,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Add => "add",
+            Op::Del => "del",
+            Op::Gc => "gc",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    addresses: Gauge,
+    assigned: Gauge,
+    cooling: Gauge,
+    available: Gauge,
+    prefixes: Gauge,
+    free_prefixes: Gauge,
+    max_pods: Gauge,
+    ready: Gauge,
+    can_assign: Gauge,
+    degraded: Family<[Label; 1], Gauge>,
+    cni: Family<[Label; 2], Counter>,
+    claims: Family<[Label; 1], Counter>,
+    claim_seconds: Histogram,
+    datastore_errors: Counter,
+    datastore_requests: Family<[Label; 1], Counter>,
+    reconcile_actions: Family<[Label; 1], Counter>,
+    reconcile_runs: Family<[Label; 1], Counter>,
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+    &METRICS
+}
+
+fn b(v: bool) -> i64 {
+    i64::from(v)
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut r = Registry::with_prefix("vpcnet");
+        let gauge = |r: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let addresses = gauge(&mut r, "addresses", "Usable addresses this node holds");
+        let assigned = gauge(&mut r, "addresses_assigned", "Addresses assigned to pods");
+        let cooling = gauge(
+            &mut r,
+            "addresses_cooling",
+            "Released addresses still cooling down",
+        );
+        let available = gauge(
+            &mut r,
+            "addresses_available",
+            "Addresses free to assign now (total - assigned - cooling)",
+        );
+        let prefixes = gauge(&mut r, "prefixes", "Prefixes this node holds");
+        let free_prefixes = gauge(
+            &mut r,
+            "prefixes_free",
+            "Held prefixes with no assigned and no cooling address",
+        );
+        let max_pods = gauge(&mut r, "max_pods", "Most pods on this node (--max-pods)");
+        let ready = gauge(&mut r, "ready", "1 once the start-up reconcile is done");
+        let can_assign = gauge(
+            &mut r,
+            "can_assign",
+            "1 when an ADD can get an address (the pool has one or can grow)",
+        );
+        let degraded = Family::<[Label; 1], Gauge>::default();
+        r.register(
+            "degraded",
+            "1 for each area the agent reports as degraded",
+            degraded.clone(),
+        );
+        let cni = Family::<[Label; 2], Counter>::default();
+        r.register(
+            "cni_requests",
+            "Plugin requests served (result=ok) and failed (result=error), by op",
+            cni.clone(),
+        );
+        for op in [Op::Add, Op::Del, Op::Gc] {
+            for result in ["ok", "error"] {
+                let _ = cni.get_or_create(&[("op", op.name()), ("result", result)]);
+            }
+        }
+        let claims = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "prefix_claims",
+            "Prefix claim attempts: claimed, taken (by another node), error",
+            claims.clone(),
+        );
+        for result in ["claimed", "taken", "error"] {
+            let _ = claims.get_or_create(&[("result", result)]);
+        }
+        // 1 ms … ~16 s.
+        let claim_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        r.register(
+            "prefix_claim_duration_seconds",
+            "Latency of one prefix claim in the datastore",
+            claim_seconds.clone(),
+        );
+        let datastore_requests = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "datastore_requests",
+            "Requests sent to the datastore (etcd) by op: list, get, txn, watch, lease",
+            datastore_requests.clone(),
+        );
+        for op in ["list", "get", "txn", "watch", "lease"] {
+            let _ = datastore_requests.get_or_create(&[("op", op)]);
+        }
+        let datastore_errors = Counter::default();
+        r.register(
+            "datastore_errors",
+            "Failed datastore calls (list, claim, release, watch)",
+            datastore_errors.clone(),
+        );
+        let reconcile_actions = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "reconcile_actions",
+            "What reconcile fixed: released (allocation without veth), veths_deleted, routes_deleted",
+            reconcile_actions.clone(),
+        );
+        for action in ["released", "veths_deleted", "routes_deleted"] {
+            let _ = reconcile_actions.get_or_create(&[("action", action)]);
+        }
+        let reconcile_runs = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "reconcile_runs",
+            "Reconcile passes, by result",
+            reconcile_runs.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = reconcile_runs.get_or_create(&[("result", result)]);
+        }
+        Metrics {
+            registry: r,
+            addresses,
+            assigned,
+            cooling,
+            available,
+            prefixes,
+            free_prefixes,
+            max_pods,
+            ready,
+            can_assign,
+            degraded,
+            cni,
+            claims,
+            claim_seconds,
+            datastore_errors,
+            datastore_requests,
+            reconcile_actions,
+            reconcile_runs,
+        }
+    }
+
+    /// Counts a plugin request by its reply, and hands the reply back.
+    pub fn cni_reply(&self, op: Op, reply: Reply) -> Reply {
+        let result = if matches!(reply, Reply::Error { .. }) {
+            "error"
+        } else {
+            "ok"
+        };
+        self.cni
+            .get_or_create(&[("op", op.name()), ("result", result)])
+            .inc();
+        reply
+    }
+
+    /// One datastore claim: how long it took and how it ended (`Ok(true)` claimed,
+    /// `Ok(false)` taken by someone else).
+    pub fn claim_observed<E>(&self, took: Duration, outcome: &Result<bool, E>) {
+        self.claim_seconds.observe(took.as_secs_f64());
+        let result = match outcome {
+            Ok(true) => "claimed",
+            Ok(false) => "taken",
+            Err(_) => "error",
+        };
+        self.claims.get_or_create(&[("result", result)]).inc();
+    }
+
+    pub fn datastore_error(&self) {
+        self.datastore_errors.inc();
+    }
+
+    /// One request sent to the datastore (`op`: `list`, `get`, `txn`, `watch`, `lease`).
+    pub fn datastore_request(&self, op: &'static str) {
+        self.datastore_requests.get_or_create(&[("op", op)]).inc();
+    }
+
+    /// A reconcile pass: its report, or `None` when it failed.
+    pub fn reconciled(&self, report: Option<&Report>) {
+        let Some(r) = report else {
+            self.reconcile_runs
+                .get_or_create(&[("result", "error")])
+                .inc();
+            return;
+        };
+        self.reconcile_runs.get_or_create(&[("result", "ok")]).inc();
+        for (action, n) in [
+            ("released", r.released),
+            ("veths_deleted", r.veths_deleted),
+            ("routes_deleted", r.routes_deleted),
+        ] {
+            if n > 0 {
+                self.reconcile_actions
+                    .get_or_create(&[("action", action)])
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        }
+    }
+
+    /// The OpenMetrics text, with the pool gauges set from `status` (read at scrape time).
+    pub fn encode(&self, status: &AgentStatus, degraded_areas: &[&'static str]) -> String {
+        let s = &status.stats;
+        self.addresses.set(i64::from(s.total));
+        self.assigned.set(i64::from(s.assigned));
+        self.cooling.set(i64::from(s.cooling));
+        self.available.set(i64::from(s.available));
+        self.prefixes.set(i64::from(s.prefixes));
+        self.free_prefixes.set(i64::from(s.free_prefixes));
+        self.max_pods.set(i64::from(status.max_pods));
+        self.ready.set(b(status.ready));
+        self.can_assign.set(b(status.can_assign));
+        self.degraded.clear();
+        for area in degraded_areas {
+            self.degraded.get_or_create(&[("area", area)]).set(1);
+        }
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use vpcnet_pool::PoolStats;
+
+    fn status() -> AgentStatus {
+        AgentStatus {
+            node: "n".into(),
+            datastore: "local".into(),
+            ready: true,
+            can_assign: true,
+            degraded: vec![],
+            stats: PoolStats {
+                total: 32,
+                assigned: 3,
+                cooling: 1,
+                available: 28,
+                prefixes: 2,
+                free_prefixes: 1,
+            },
+            max_pods: 110,
+            prefixes: vec![],
+            allocations: None,
+        }
+    }
+
+    /// The value of the sample line starting with `name` (name plus labels, exactly).
+    fn sample(text: &str, name: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn encodes_pool_and_counters() {
+        let m = Metrics::new();
+        m.cni_reply(
+            Op::Add,
+            Reply::Released { ip: None }, // any non-error reply counts as ok
+        );
+        m.cni_reply(Op::Add, Reply::error(11, "full"));
+        m.claim_observed::<()>(Duration::from_millis(3), &Ok(true));
+        m.reconciled(Some(&Report {
+            released: 2,
+            veths_deleted: 0,
+            routes_deleted: 1,
+        }));
+        let text = m.encode(&status(), &["datastore"]);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(sample(&text, "vpcnet_addresses"), Some(32.0));
+        assert_eq!(sample(&text, "vpcnet_addresses_assigned"), Some(3.0));
+        assert_eq!(sample(&text, "vpcnet_addresses_available"), Some(28.0));
+        assert_eq!(sample(&text, "vpcnet_prefixes"), Some(2.0));
+        assert_eq!(
+            sample(&text, "vpcnet_cni_requests_total{op=\"add\",result=\"ok\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "vpcnet_cni_requests_total{op=\"add\",result=\"error\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_cni_requests_total{op=\"del\",result=\"ok\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_prefix_claim_duration_seconds_count"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_reconcile_actions_total{action=\"released\"}"),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_degraded{area=\"datastore\"}"),
+            Some(1.0)
+        );
+        // Degradation that cleared disappears.
+        let text = m.encode(&status(), &[]);
+        assert_eq!(sample(&text, "vpcnet_degraded{area=\"datastore\"}"), None);
+    }
+}

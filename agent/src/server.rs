@@ -1,0 +1,192 @@
+//! The unix socket the plugin talks to: one request line, one reply line per connection.
+//! Mode 0660; only root peers (SO_PEERCRED) may change anything or read an allocation, others
+//! may read status without container IDs.
+//!
+//! Invariant (issue 9, item 9): **pod metadata (container IDs, pod names) is for root only**:
+//! `get` returns an allocation with its metadata, so like the per-pod status list it is
+//! refused to non-root peers (code 101).
+//!
+//! Invariant (issue 9 item 7): every connection ends, and every request line gets a reply.
+//! A client has [`REQUEST_TIMEOUT`] to send its line (the plugin sends it right after
+//! connecting) and [`REPLY_TIMEOUT`] to take the reply; an idle or slow one is told so with
+//! an error reply (code 6) and closed, so it cannot hold a task and a descriptor forever.
+//! Bytes that are not UTF-8 JSON, and a line over [`MAX_REQUEST`], get an error reply with
+//! code 6 instead of a silently closed connection. Only the work of a request (an ADD may
+//! wait for a prefix to be claimed) is not timed here: the plugin's own timeout bounds it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::datastore::Datastore;
+use crate::node::Node;
+use crate::obs::metrics::{self, Op};
+use vpcnet_proto::api::{codes, Envelope, Reply, Request, PROTOCOL_VERSION};
+
+/// Requests are small; anything larger is not ours. The largest the plugin sends is a GC
+/// with the runtime's valid-attachments list, never larger than the plugin's stdin bound
+/// (1 MiB) plus the envelope: twice that leaves room.
+const MAX_REQUEST: u64 = 2 << 20;
+/// From accept to the end of the request line.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// For writing the reply.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the socket, replacing a stale one left by a crash (but never one somebody is
+/// listening on).
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is served by a running vpcnetd", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
+}
+
+pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, &node).await {
+                        eprintln!("vpcnetd: connection: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                eprintln!("vpcnetd: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle<D: Datastore>(stream: UnixStream, node: &Node<D>) -> std::io::Result<()> {
+    let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let reply = match got {
+        Err(_) => Reply::error(
+            codes::DECODE,
+            format!(
+                "no complete request line within {} s",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        ),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(_)) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST => Reply::error(
+            codes::DECODE,
+            format!("request line longer than {MAX_REQUEST} bytes"),
+        ),
+        Ok(Ok(_)) => match decode(&line) {
+            Err(reply) => *reply,
+            Ok(env) => dispatch(env.request, root, node).await,
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    let send = async {
+        write.write_all(&out).await?;
+        write.shutdown().await
+    };
+    tokio::time::timeout(REPLY_TIMEOUT, send)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no reply"))?
+}
+
+/// The request of one line, or the error reply for it (bytes that are not UTF-8 JSON
+/// included: serde_json checks UTF-8 itself).
+fn decode(line: &[u8]) -> Result<Envelope, Box<Reply>> {
+    match serde_json::from_slice::<Envelope>(line) {
+        Err(e) => {
+            // Tell an old or new client which version we speak even if the body is foreign.
+            let v = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("v").and_then(serde_json::Value::as_u64));
+            Err(Box::new(match v {
+                Some(v) if v != u64::from(PROTOCOL_VERSION) => version_error(v),
+                _ => Reply::error(codes::DECODE, format!("undecodable request: {e}")),
+            }))
+        }
+        Ok(env) if env.v != PROTOCOL_VERSION => Err(Box::new(version_error(u64::from(env.v)))),
+        Ok(env) => Ok(env),
+    }
+}
+
+fn version_error(v: u64) -> Reply {
+    Reply::error(
+        codes::PROTOCOL_VERSION,
+        format!("protocol version {v} not supported; this vpcnetd speaks {PROTOCOL_VERSION}"),
+    )
+}
+
+async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Reply {
+    if !root {
+        match req {
+            Request::Status { .. } => {}
+            Request::Get { .. } => {
+                return Reply::error(
+                    codes::PERMISSION_DENIED,
+                    "only root may read allocations (they carry pod metadata)",
+                )
+            }
+            _ => {
+                return Reply::error(
+                    codes::PERMISSION_DENIED,
+                    "only root may assign or release addresses",
+                )
+            }
+        }
+    }
+    let m = metrics::get();
+    match req {
+        Request::Assign { key, meta } => m.cni_reply(Op::Add, node.assign(key, meta).await),
+        Request::Release { key, unused } => m.cni_reply(Op::Del, node.release(&key, unused).await),
+        Request::Get { key } => node.get(&key),
+        Request::Gc { network, valid } => m.cni_reply(Op::Gc, node.gc(&network, &valid).await),
+        Request::Status { allocations } => {
+            Reply::Status(Box::new(node.status(root && allocations)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_bytes_get_a_decode_error() {
+        for bad in [
+            &b"\xff\xfe\n"[..],
+            b"{\"v\":1,\"op\":\"status\xff\"}\n",
+            b"",
+            b"{",
+        ] {
+            match decode(bad).map_err(|r| *r) {
+                Err(Reply::Error { code, .. }) => assert_eq!(code, codes::DECODE),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        match decode(b"{\"v\":99,\"op\":\"status\"}\n").map_err(|r| *r) {
+            Err(Reply::Error { code, .. }) => assert_eq!(code, codes::PROTOCOL_VERSION),
+            other => panic!("{other:?}"),
+        }
+        assert!(decode(b"{\"v\":1,\"op\":\"status\"}\n").is_ok());
+    }
+}

@@ -1,0 +1,77 @@
+//! Hot-path costs of the allocator: one pod start/stop, a policy pass, a stats read.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, PoolConfig};
+
+const PODS: u32 = 110;
+const COOLDOWN: Millis = 30_000;
+
+fn key(i: u32) -> AllocKey {
+    AllocKey {
+        network: "vpcnet".into(),
+        container_id: format!("{i:064x}"),
+        ifname: "eth0".into(),
+    }
+}
+
+/// `PODS` pods assigned over `prefixes` held /28s of 10.0.0.0/16.
+fn pool(prefixes: usize) -> Pool {
+    let cfg = PoolConfig {
+        vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
+        warm_prefix_target: 1,
+        warm_ip_target: 5,
+        max_pods: PODS,
+        cooldown_ms: COOLDOWN,
+        ..PoolConfig::default()
+    };
+    let mut pool = Pool::new(cfg);
+    let nets: Vec<_> = pool.unheld_prefixes().take(prefixes).collect();
+    for p in nets {
+        pool.add_prefix(p, 0).expect("add prefix");
+    }
+    for i in 0..PODS {
+        pool.assign(key(i), PodMeta::default(), 0).expect("assign");
+    }
+    pool
+}
+
+fn bench(c: &mut Criterion) {
+    for prefixes in [8, 256] {
+        let mut p = pool(prefixes);
+        let keys: Vec<_> = (0..PODS).map(key).collect();
+        let mut now = 0;
+        let mut i = 0;
+        c.bench_function(&format!("assign+release/{prefixes}_prefixes"), |b| {
+            b.iter(|| {
+                // Past the previous cooldown so the pool never runs dry.
+                now += COOLDOWN;
+                let k = &keys[i % keys.len()];
+                i += 1;
+                black_box(p.release(k, now));
+                black_box(
+                    p.assign(k.clone(), PodMeta::default(), now)
+                        .expect("assign"),
+                );
+            })
+        });
+        let p = pool(prefixes);
+        c.bench_function(&format!("plan/{prefixes}_prefixes"), |b| {
+            b.iter(|| black_box(p.plan(black_box(1))))
+        });
+        c.bench_function(&format!("stats/{prefixes}_prefixes"), |b| {
+            b.iter(|| black_box(p.stats(black_box(1))))
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);

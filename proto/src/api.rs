@@ -1,0 +1,131 @@
+//! The plugin ⇄ agent protocol: one JSON request line, one JSON reply line, per connection,
+//! over the agent's unix socket. Versioned: the agent refuses a request whose `v` it does not
+//! speak, with a message that says which versions it does.
+
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use vpcnet_pool::{AllocKey, Allocation, PodMeta, PoolStats, PrefixInfo};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default agent socket.
+pub const DEFAULT_SOCKET: &str = "/run/vpcnet/vpcnetd.sock";
+
+/// Error codes the agent returns; they are CNI error codes so the plugin can pass them on.
+pub mod codes {
+    /// CNI: try again later (pool empty and cannot grow, max-pods, datastore down…).
+    pub const TRY_AGAIN_LATER: u32 = 11;
+    /// CNI: invalid configuration / request the agent cannot act on.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// CNI: decode failure.
+    pub const DECODE: u32 = 6;
+    /// CNI: I/O failure (journal write failed).
+    pub const IO: u32 = 5;
+    /// vpcnet: the caller is not allowed to mutate (not root).
+    pub const PERMISSION_DENIED: u32 = 101;
+    /// vpcnet: protocol version not spoken.
+    pub const PROTOCOL_VERSION: u32 = 102;
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// One attachment as a runtime names it in GC's valid-attachments list.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    /// ADD: give `key` an address (the one it already holds, if any).
+    Assign { key: AllocKey, meta: PodMeta },
+    /// DEL: release `key`'s address, remove its host route, and delete its host veth (in the
+    /// background). Succeeds when the key holds nothing.
+    ///
+    /// `unused`: sent by an ADD that failed after being given a *new* address (not one the
+    /// attachment already held), before the pod could send a packet: no connection can know
+    /// the address, so it skips the cooldown and is free at once.
+    Release {
+        key: AllocKey,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        unused: bool,
+    },
+    /// CHECK: which address does `key` hold?
+    Get { key: AllocKey },
+    /// GC: release every allocation of `network` not in `valid`.
+    Gc {
+        network: String,
+        valid: Vec<Attachment>,
+    },
+    /// STATUS / `vpcnetd status`. `allocations`: include the per-pod list (root callers only);
+    /// CNI STATUS, which containerd sends every 5 s, asks without it.
+    Status {
+        #[serde(default)]
+        allocations: bool,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reply {
+    /// `mtu`: the MTU the agent measured on the node's default-route interface, used when
+    /// the netconf names none.
+    Assigned {
+        ip: Ipv4Addr,
+        existing: bool,
+        mtu: Option<u32>,
+    },
+    Released {
+        ip: Option<Ipv4Addr>,
+    },
+    Allocation {
+        allocation: Option<Allocation>,
+    },
+    Collected {
+        released: Vec<Ipv4Addr>,
+    },
+    Status(Box<AgentStatus>),
+    Error {
+        code: u32,
+        msg: String,
+    },
+}
+
+/// What `vpcnetd status` shows and STATUS judges readiness by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    pub node: String,
+    pub datastore: String,
+    /// Serving: state loaded, start-up reconcile done.
+    pub ready: bool,
+    /// The pool can hand out an address now, or can grow to.
+    pub can_assign: bool,
+    /// Human-readable reasons the agent is degraded (datastore down, VPC exhausted…); empty when healthy.
+    pub degraded: Vec<String>,
+    pub stats: PoolStats,
+    pub max_pods: u32,
+    pub prefixes: Vec<PrefixInfo>,
+    /// Only for root callers (container IDs are not shown to others).
+    pub allocations: Option<Vec<Allocation>>,
+}
+
+impl Reply {
+    pub fn error(code: u32, msg: impl Into<String>) -> Reply {
+        Reply::Error {
+            code,
+            msg: msg.into(),
+        }
+    }
+}
