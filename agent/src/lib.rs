@@ -37,10 +37,10 @@ pub mod snat;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use vpcnet_netlink::{link, route, sysctl};
 
 use crate::config::{DatastoreKind, RunArgs};
@@ -51,7 +51,7 @@ use crate::datastore::Datastore;
 use crate::loops::{peers, reap, reconcile, warm};
 use crate::node::audit;
 use crate::node::store::{self, StateDir, Store, StoreError};
-use crate::node::{Health, Node, State};
+use crate::node::{Area, Node, NodeParts, State};
 use crate::obs::{http, metrics};
 use vpcnet_pool::Pool;
 
@@ -287,27 +287,22 @@ async fn serve<D: Datastore>(
     sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| format!("enabling ip_forward: {e}"))?;
     let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();
     let activity = Arc::new(reap::Activity::default());
-    let node = Arc::new(Node {
+    let node = Arc::new(Node::new(NodeParts {
         name: args.node_name(),
         ip: args.node_ip,
-        state: Mutex::new(State { pool, store }),
-        health: Mutex::new(Health {
-            mtu: uplink_mtu(&net).await,
-            ..Health::default()
-        }),
+        state: State { pool, store },
+        mtu: uplink_mtu(&net).await,
         datastore: ds,
         net: net.clone(),
         reaper: reaper_tx,
         activity: activity.clone(),
-        wake: Notify::new(),
-        claim_lock: tokio::sync::Mutex::new(()),
         inflight_dir: vpcnet_proto::inflight::dir_for(&args.socket),
-    });
+    }));
     tokio::spawn(reap::run(
         net.clone(),
         reaper_rx,
         activity,
-        node.inflight_dir.clone(),
+        node.inflight_dir().to_path_buf(),
     ));
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.
     // A port that cannot be bound costs the metrics, not the pods: log it and go on.
@@ -328,7 +323,7 @@ async fn serve<D: Datastore>(
     // reconciling claims with adoption off: adopting is only right before serving.
     if let Err(e) = node.reconcile_claims(true).await {
         eprintln!("vpcnetd: reconciling claims with the datastore: {e} (serving from the pool)");
-        node.set_degraded("datastore", Some(e));
+        node.set_degraded(Area::Datastore, Some(e.to_string()));
     }
     if args.snat {
         snat::apply(&snat::SnatConfig {
@@ -351,15 +346,15 @@ async fn serve<D: Datastore>(
     }
     let listener = server::bind(&args.socket)
         .map_err(|e| format!("binding socket {}: {e}", args.socket.display()))?;
-    node.health().ready = true;
+    node.set_ready();
     {
         let st = node.state();
         let s = st.pool.stats(node::now_ms());
         eprintln!(
             "vpcnetd: node {} serving on {} ({} datastore): {} addresses in {} prefixes, {} assigned",
-            node.name,
+            node.name(),
             args.socket.display(),
-            node.datastore.name(),
+            node.datastore().name(),
             s.total,
             s.prefixes,
             s.assigned

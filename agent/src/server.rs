@@ -23,9 +23,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::datastore::Datastore;
-use crate::node::Node;
+use crate::node::{Node, NodeError};
 use crate::obs::metrics::{self, Op};
-use vpcnet_proto::api::{codes, Envelope, Reply, Request, PROTOCOL_VERSION};
+use vpcnet_proto::api::{Envelope, Reply, Request, PROTOCOL_VERSION};
+use vpcnet_proto::codes::CniCode;
 
 /// Requests are small; anything larger is not ours. The largest the plugin sends is a GC
 /// with the runtime's valid-attachments list, never larger than the plugin's stdin bound
@@ -63,12 +64,12 @@ pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>) {
                 let node = node.clone();
                 tokio::spawn(async move {
                     if let Err(e) = handle(stream, &node).await {
-                        eprintln!("vpcnetd: connection: {e}");
+                        tracing::debug!(error = %e, "plugin connection");
                     }
                 });
             }
             Err(e) => {
-                eprintln!("vpcnetd: accept: {e}");
+                tracing::warn!(error = %e, "accepting a plugin connection");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -83,7 +84,7 @@ async fn handle<D: Datastore>(stream: UnixStream, node: &Node<D>) -> std::io::Re
     let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
     let reply = match got {
         Err(_) => Reply::error(
-            codes::DECODE,
+            CniCode::Decode,
             format!(
                 "no complete request line within {} s",
                 REQUEST_TIMEOUT.as_secs()
@@ -91,7 +92,7 @@ async fn handle<D: Datastore>(stream: UnixStream, node: &Node<D>) -> std::io::Re
         ),
         Ok(Err(e)) => return Err(e),
         Ok(Ok(_)) if !line.ends_with(b"\n") && line.len() as u64 >= MAX_REQUEST => Reply::error(
-            codes::DECODE,
+            CniCode::Decode,
             format!("request line longer than {MAX_REQUEST} bytes"),
         ),
         Ok(Ok(_)) => match decode(&line) {
@@ -121,7 +122,7 @@ fn decode(line: &[u8]) -> Result<Envelope, Box<Reply>> {
                 .and_then(|v| v.get("v").and_then(serde_json::Value::as_u64));
             Err(Box::new(match v {
                 Some(v) if v != u64::from(PROTOCOL_VERSION) => version_error(v),
-                _ => Reply::error(codes::DECODE, format!("undecodable request: {e}")),
+                _ => Reply::error(CniCode::Decode, format!("undecodable request: {e}")),
             }))
         }
         Ok(env) if env.v != PROTOCOL_VERSION => Err(Box::new(version_error(u64::from(env.v)))),
@@ -131,7 +132,7 @@ fn decode(line: &[u8]) -> Result<Envelope, Box<Reply>> {
 
 fn version_error(v: u64) -> Reply {
     Reply::error(
-        codes::PROTOCOL_VERSION,
+        CniCode::ProtocolVersion,
         format!("protocol version {v} not supported; this vpcnetd speaks {PROTOCOL_VERSION}"),
     )
 }
@@ -142,13 +143,13 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
             Request::Status { .. } => {}
             Request::Get { .. } => {
                 return Reply::error(
-                    codes::PERMISSION_DENIED,
+                    CniCode::PermissionDenied,
                     "only root may read allocations (they carry pod metadata)",
                 )
             }
             _ => {
                 return Reply::error(
-                    codes::PERMISSION_DENIED,
+                    CniCode::PermissionDenied,
                     "only root may assign or release addresses",
                 )
             }
@@ -156,13 +157,55 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
     }
     let m = metrics::get();
     match req {
-        Request::Assign { key, meta } => m.cni_reply(Op::Add, node.assign(key, meta).await),
-        Request::Release { key, unused } => m.cni_reply(Op::Del, node.release(&key, unused).await),
-        Request::Get { key } => node.get(&key),
-        Request::Gc { network, valid } => m.cni_reply(Op::Gc, node.gc(&network, &valid).await),
+        Request::Assign { key, meta } => m.cni_reply(
+            Op::Add,
+            reply(node.assign(key, meta).await.map(|a| Reply::Assigned {
+                ip: a.ip,
+                existing: a.existing,
+                mtu: a.mtu,
+            })),
+        ),
+        Request::Release { key, unused } => m.cni_reply(
+            Op::Del,
+            reply(
+                node.release(&key, unused)
+                    .await
+                    .map(|ip| Reply::Released { ip }),
+            ),
+        ),
+        Request::Get { key } => Reply::Allocation {
+            allocation: node.get(&key),
+        },
+        Request::Gc { network, valid } => m.cni_reply(
+            Op::Gc,
+            reply(
+                node.gc(&network, &valid)
+                    .await
+                    .map(|released| Reply::Collected { released }),
+            ),
+        ),
         Request::Status { allocations } => {
             Reply::Status(Box::new(node.status(root && allocations)))
         }
+    }
+}
+
+fn reply(r: Result<Reply, NodeError>) -> Reply {
+    r.unwrap_or_else(|e| Reply::error(code(&e), e.to_string()))
+}
+
+/// The one place a node error becomes a CNI code.
+pub fn code(e: &NodeError) -> CniCode {
+    match e {
+        // The change is not durable: the runtime retries the request.
+        NodeError::Persist(_) | NodeError::ClaimNotRecorded { .. } => CniCode::Io,
+        NodeError::Pool(_)
+        | NodeError::Datastore(_)
+        | NodeError::VpcExhausted(_)
+        | NodeError::ClaimRacesLost { .. } => CniCode::TryAgainLater,
+        // An ADD that found no address and could not claim one: transient whatever the
+        // reason (the runtime retries; status says why).
+        NodeError::NoFreeAddress(_) => CniCode::TryAgainLater,
     }
 }
 
@@ -179,12 +222,12 @@ mod tests {
             b"{",
         ] {
             match decode(bad).map_err(|r| *r) {
-                Err(Reply::Error { code, .. }) => assert_eq!(code, codes::DECODE),
+                Err(Reply::Error { code, .. }) => assert_eq!(code, CniCode::Decode.as_u32()),
                 other => panic!("{bad:?}: {other:?}"),
             }
         }
         match decode(b"{\"v\":99,\"op\":\"status\"}\n").map_err(|r| *r) {
-            Err(Reply::Error { code, .. }) => assert_eq!(code, codes::PROTOCOL_VERSION),
+            Err(Reply::Error { code, .. }) => assert_eq!(code, CniCode::ProtocolVersion.as_u32()),
             other => panic!("{other:?}"),
         }
         assert!(decode(b"{\"v\":1,\"op\":\"status\"}\n").is_ok());

@@ -19,7 +19,8 @@ use vpcnet_netlink::{
 use vpcnet_proto::naming;
 
 use crate::error::CniError;
-use crate::result::{Wired, GATEWAY};
+use crate::result::Wired;
+use vpcnet_proto::attachment::{self, GATEWAY};
 
 /// What a new attachment needs.
 #[derive(Debug)]
@@ -240,8 +241,9 @@ pub async fn wire(
 ) -> Result<(), CniError> {
     let pod = netns::connect_in(netns.as_fd())
         .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+    let wanted_route = attachment::host_route(ip, Some(veth.index));
     let (host_route, pod_side) = futures::join!(
-        route::add_link_scope(host, ip, 32, veth.index, RTPROT_VPCNET, true),
+        route::add_route(host, &wanted_route, true),
         configure_pod(&pod, ifname, ip, veth.mac),
     );
     host_route.map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))?;
@@ -433,7 +435,7 @@ pub async fn check(
         .map_err(nl)?;
     if !routes
         .iter()
-        .any(|r| r.dst == ip && r.dst_len == 32 && r.oif == Some(hl.index))
+        .any(|r| r.dst == ip && attachment::is_host_route_shape(r) && r.oif == Some(hl.index))
     {
         return Err(fail(format!(
             "host route {ip}/32 dev {host_veth} is missing"

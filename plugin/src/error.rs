@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use vpcnet_proto::codes::CniCode;
+
 /// A failure the plugin reports to the runtime as a CNI error result.
 #[derive(Debug, thiserror::Error)]
 pub enum CniError {
@@ -52,20 +54,24 @@ pub enum CniError {
 
 impl CniError {
     pub fn code(&self) -> u32 {
-        match self {
-            CniError::IncompatibleVersion { .. } => 1,
-            CniError::UnsupportedField { .. } => 2,
-            CniError::UnknownContainer(_) => 3,
-            CniError::InvalidEnv { .. } => 4,
-            CniError::Io(_) => 5,
-            CniError::Decode(_) => 6,
-            CniError::InvalidConfig { .. } | CniError::StdinTooLarge { .. } => 7,
-            CniError::TryAgainLater(_) => 11,
-            CniError::NotAvailable(_) => 50,
-            CniError::Dataplane(_) => 100,
-            CniError::CheckFailed(_) => 110,
-            CniError::Agent { code, .. } => *code,
-        }
+        let code = match self {
+            CniError::IncompatibleVersion { .. } => CniCode::IncompatibleVersion,
+            CniError::UnsupportedField { .. } => CniCode::UnsupportedField,
+            CniError::UnknownContainer(_) => CniCode::UnknownContainer,
+            CniError::InvalidEnv { .. } => CniCode::InvalidEnv,
+            CniError::Io(_) => CniCode::Io,
+            CniError::Decode(_) => CniCode::Decode,
+            CniError::InvalidConfig { .. } | CniError::StdinTooLarge { .. } => {
+                CniCode::InvalidConfig
+            }
+            CniError::TryAgainLater(_) => CniCode::TryAgainLater,
+            CniError::NotAvailable(_) => CniCode::NotAvailable,
+            CniError::Dataplane(_) => CniCode::Dataplane,
+            CniError::CheckFailed(_) => CniCode::CheckFailed,
+            // The agent's own code, passed on as it sent it.
+            CniError::Agent { code, .. } => return *code,
+        };
+        code.as_u32()
     }
 
     pub fn env(var: &'static str, reason: impl fmt::Display) -> Self {

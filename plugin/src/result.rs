@@ -10,8 +10,7 @@ use vpcnet_proto::naming::format_mac;
 use crate::error::CniError;
 use crate::version::Spec;
 
-/// The pod's gateway: link-local, answered by the permanent neighbour entry (no ARP).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub use vpcnet_proto::attachment::GATEWAY;
 
 /// What ADD set up, enough to build (or check) the result.
 #[derive(Clone, Debug)]

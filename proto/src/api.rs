@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::CniCode;
 use vpcnet_pool::{AllocKey, Allocation, PodMeta, PoolStats, PrefixInfo};
 
 /// The protocol version this build speaks.
@@ -13,22 +14,6 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Default agent socket.
 pub const DEFAULT_SOCKET: &str = "/run/vpcnet/vpcnetd.sock";
-
-/// Error codes the agent returns; they are CNI error codes so the plugin can pass them on.
-pub mod codes {
-    /// CNI: try again later (pool empty and cannot grow, max-pods, datastore down…).
-    pub const TRY_AGAIN_LATER: u32 = 11;
-    /// CNI: invalid configuration / request the agent cannot act on.
-    pub const INVALID_CONFIG: u32 = 7;
-    /// CNI: decode failure.
-    pub const DECODE: u32 = 6;
-    /// CNI: I/O failure (journal write failed).
-    pub const IO: u32 = 5;
-    /// vpcnet: the caller is not allowed to mutate (not root).
-    pub const PERMISSION_DENIED: u32 = 101;
-    /// vpcnet: protocol version not spoken.
-    pub const PROTOCOL_VERSION: u32 = 102;
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -96,6 +81,7 @@ pub enum Reply {
         released: Vec<Ipv4Addr>,
     },
     Status(Box<AgentStatus>),
+    /// `code`: a [`CniCode`] number, which the plugin passes on to the runtime.
     Error {
         code: u32,
         msg: String,
@@ -122,9 +108,9 @@ pub struct AgentStatus {
 }
 
 impl Reply {
-    pub fn error(code: u32, msg: impl Into<String>) -> Reply {
+    pub fn error(code: CniCode, msg: impl Into<String>) -> Reply {
         Reply::Error {
-            code,
+            code: code.as_u32(),
             msg: msg.into(),
         }
     }

@@ -5,10 +5,14 @@
 //!   codes both sides speak.
 //! * [`client`] — the plugin's blocking client for that protocol.
 //! * [`inflight`] — the plugin's proof to the agent that an ADD is still running.
-//! * [`naming`] — what an attachment looks like on the host: veth names and MACs.
+//! * [`codes`] — the CNI error codes, one enum for both binaries.
+//! * [`attachment`] — what a pod attachment is on the host: host route, gateway.
+//! * [`naming`] — veth names and MACs derived from the container ID.
 
 pub mod api;
+pub mod attachment;
 pub mod client;
+pub mod codes;
 pub mod inflight;
 pub mod naming;
 

@@ -31,7 +31,7 @@ use ipnetwork::Ipv4Network;
 use tokio::time::Instant;
 
 use crate::datastore::{Datastore, PrefixClaim};
-use crate::node::Node;
+use crate::node::{Area, Node};
 use vpcnet_netlink::{route, RTPROT_VPCNET};
 
 /// How often the pool's held prefixes are compared with what the last round routed, so a
@@ -117,7 +117,7 @@ pub fn desired(
 pub fn is_managed(r: &route::RouteV4) -> bool {
     r.protocol == RTPROT_VPCNET
         && r.table == route::RT_TABLE_MAIN
-        && (r.dst_len < 32 || r.kind == route::RTN_UNREACHABLE || r.gateway.is_some())
+        && !vpcnet_proto::attachment::is_host_route_shape(r)
 }
 
 fn key(r: &route::RouteV4) -> Option<Ipv4Network> {
@@ -219,14 +219,14 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
     // Listing the claims also reconciles ours with the pool (re-claims lapsed ones, releases
     // leftovers, reports conflicts): see Node::reconcile_claims.
     let claims = match tokio::time::timeout(LIST_TIMEOUT, node.reconcile_claims(false)).await {
-        Ok(r) => r,
+        Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "datastore {}: listing claims timed out after {LIST_TIMEOUT:?}",
-            node.datastore.name()
+            node.datastore().name()
         )),
     };
     let held = held(node);
-    let current = match route::list_v4(&node.net, Some(RTPROT_VPCNET)).await {
+    let current = match route::list_v4(node.net(), Some(RTPROT_VPCNET)).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("vpcnetd: peers: listing routes: {e}");
@@ -237,18 +237,18 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
         Ok(claims) => {
             // Reachable: whoever marked it degraded (start-up, a failed claim, us), it is not
             // any more.
-            node.set_degraded("datastore", None);
+            node.set_degraded(Area::Datastore, None);
             if st.datastore_degraded {
                 st.datastore_degraded = false;
                 eprintln!("vpcnetd: peers: datastore reachable again");
             }
-            desired(&claims, &node.name, node.ip, &held)
+            desired(&claims, node.name(), node.ip(), &held)
         }
         Err(msg) => {
             if !st.datastore_degraded {
                 eprintln!("vpcnetd: peers: listing claims: {msg} (keeping peer routes)");
             }
-            node.set_degraded("datastore", Some(msg));
+            node.set_degraded(Area::Datastore, Some(msg));
             st.datastore_degraded = true;
             desired_degraded(&current, &held)
         }
@@ -265,7 +265,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
         let r = match t {
             Target::Via(gw) => {
                 route::add_via(
-                    &node.net,
+                    node.net(),
                     p.network(),
                     p.prefix(),
                     *gw,
@@ -276,7 +276,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
                 .await
             }
             Target::Unreachable => {
-                route::add_unreachable(&node.net, p.network(), p.prefix(), RTPROT_VPCNET, true)
+                route::add_unreachable(node.net(), p.network(), p.prefix(), RTPROT_VPCNET, true)
                     .await
             }
         };
@@ -295,7 +295,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
             (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
             _ => format!("{}/{}", r.dst, r.dst_len),
         };
-        match route::delete(&node.net, r).await {
+        match route::delete(node.net(), r).await {
             Ok(_) => eprintln!("vpcnetd: peers: withdrew route {what}"),
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
@@ -304,7 +304,10 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
         for f in &failures {
             eprintln!("vpcnetd: peers: {f} (retrying)");
         }
-        node.set_degraded("peers", (!failures.is_empty()).then(|| failures.join("; ")));
+        node.set_degraded(
+            Area::Peers,
+            (!failures.is_empty()).then(|| failures.join("; ")),
+        );
         st.failures = failures;
     }
     held
@@ -328,7 +331,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         let started = Instant::now();
         let routed = sync(node, &mut st).await;
         tokio::select! {
-            _ = node.datastore.changed() => {}
+            _ = node.datastore().changed() => {}
             _ = tokio::time::sleep(interval) => {}
             _ = pool_changed(node, &routed) => {}
         }
@@ -386,16 +389,7 @@ mod tests {
     }
 
     fn pod(a: &str) -> route::RouteV4 {
-        route::RouteV4 {
-            dst: ip(a),
-            dst_len: 32,
-            gateway: None,
-            oif: Some(7),
-            protocol: RTPROT_VPCNET,
-            scope: route::RT_SCOPE_LINK,
-            kind: route::RTN_UNICAST,
-            table: route::RT_TABLE_MAIN,
-        }
+        vpcnet_proto::attachment::host_route(ip(a), Some(7))
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::node::{now_ms, Node};
 use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
 use vpcnet_pool::PoolEvent;
 use vpcnet_proto::inflight;
-use vpcnet_proto::naming;
+use vpcnet_proto::{attachment, naming};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -25,8 +25,8 @@ pub struct Report {
 }
 
 pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, NetlinkError> {
-    let links = link::list(&node.net).await?;
-    let routes = route::list_v4(&node.net, Some(RTPROT_VPCNET)).await?;
+    let links = link::list(node.net()).await?;
+    let routes = route::list_v4(node.net(), Some(RTPROT_VPCNET)).await?;
     let listed_at = now_ms();
     // Only links that carry our proof (name *and* name-derived MAC) count as ours.
     let ours: Vec<_> = links
@@ -46,7 +46,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
                     let veth = naming::key_host_veth(&a.key);
                     !veths.contains(veth.as_str())
                         && a.assigned_at.saturating_add(grace_ms) <= listed_at
-                        && !inflight::is_in_flight(&node.inflight_dir, &veth)
+                        && !inflight::is_in_flight(node.inflight_dir(), &veth)
                 })
                 .map(|a| a.key.clone())
                 .collect();
@@ -77,7 +77,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     };
     report.released = released.len();
     for (ip, key) in &released {
-        crate::node::flush_conntrack(*ip);
+        crate::node::host::flush_conntrack(*ip);
         eprintln!(
             "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
             key.container_id, key.ifname
@@ -86,17 +86,15 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     for l in &ours {
         if !wanted_veths.contains(&l.name) {
             eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
-            let _ = node.reaper.send(l.index);
+            node.queue_veth_deletion(l.index);
             report.veths_deleted += 1;
         }
     }
     for r in &routes {
         // A pod route is ours only through one of our veths, whatever its protocol says.
-        let pod_route = r.dst_len == 32
-            && r.kind == route::RTN_UNICAST
-            && r.gateway.is_none()
-            && r.oif.is_some_and(|i| our_indexes.contains(&i));
-        if pod_route && !owned_ips.contains(&r.dst) && route::delete(&node.net, r).await? {
+        let pod_route =
+            attachment::is_host_route_shape(r) && r.oif.is_some_and(|i| our_indexes.contains(&i));
+        if pod_route && !owned_ips.contains(&r.dst) && route::delete(node.net(), r).await? {
             eprintln!(
                 "vpcnetd: reconcile: deleted route {}/32 (no allocation)",
                 r.dst
@@ -105,7 +103,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
         }
     }
     if report.released > 0 {
-        node.wake.notify_one();
+        node.wake_warm();
     }
     Ok(report)
 }

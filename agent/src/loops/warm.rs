@@ -21,7 +21,11 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         };
         let outcome = match plan {
             PoolPlan::Steady => Ok(false),
-            PoolPlan::Grow { prefixes, .. } => node.grow(prefixes).await.map(|n| n > 0),
+            PoolPlan::Grow { prefixes, .. } => node
+                .grow(prefixes)
+                .await
+                .map(|n| n > 0)
+                .map_err(|e| e.to_string()),
             PoolPlan::Shrink { prefixes } => {
                 let mut r = Ok(false);
                 for p in prefixes {
@@ -57,7 +61,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         };
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
-            _ = node.wake.notified() => {}
+            _ = node.warm_woken() => {}
         }
     }
 }

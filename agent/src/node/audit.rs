@@ -15,17 +15,14 @@ use std::collections::HashMap;
 
 use ipnetwork::Ipv4Network;
 use vpcnet_netlink::link::LinkInfo;
-use vpcnet_netlink::route::{self, RouteV4};
+use vpcnet_netlink::route::RouteV4;
 
 use vpcnet_pool::{Allocation, PodMeta, Pool, PoolEvent};
 use vpcnet_proto::naming;
 
 /// A pod route: what the plugin installs for a pod (`<ip>/32 dev <veth> scope link proto 171`).
 pub fn is_pod_route(r: &RouteV4) -> bool {
-    r.dst_len == 32
-        && r.kind == route::RTN_UNICAST
-        && r.gateway.is_none()
-        && r.protocol == vpcnet_netlink::RTPROT_VPCNET
+    vpcnet_proto::attachment::is_our_host_route(r)
 }
 
 /// Our host veths by ifindex: only links that prove to be vpcnet's (name and name-derived
@@ -180,16 +177,7 @@ mod tests {
     }
 
     fn pod_route(ip: [u8; 4], oif: u32) -> RouteV4 {
-        RouteV4 {
-            dst: Ipv4Addr::from(ip),
-            dst_len: 32,
-            gateway: None,
-            oif: Some(oif),
-            protocol: vpcnet_netlink::RTPROT_VPCNET,
-            scope: route::RT_SCOPE_LINK,
-            kind: route::RTN_UNICAST,
-            table: route::RT_TABLE_MAIN,
-        }
+        vpcnet_proto::attachment::host_route(Ipv4Addr::from(ip), Some(oif))
     }
 
     #[test]

@@ -327,7 +327,8 @@ fn route<D: Datastore>(path: &str, node: &Node<D>) -> Response {
         }
         "/metrics" => {
             let s = node.status(false);
-            let areas: Vec<&'static str> = node.health().degraded.keys().copied().collect();
+            let areas: Vec<&'static str> =
+                node.health().degraded.keys().map(|a| a.as_str()).collect();
             Response {
                 status: 200,
                 content_type: OPENMETRICS,

@@ -332,7 +332,10 @@ mod tests {
             Op::Add,
             Reply::Released { ip: None }, // any non-error reply counts as ok
         );
-        m.cni_reply(Op::Add, Reply::error(11, "full"));
+        m.cni_reply(
+            Op::Add,
+            Reply::error(vpcnet_proto::codes::CniCode::TryAgainLater, "full"),
+        );
         m.claim_observed::<()>(Duration::from_millis(3), &Ok(true));
         m.reconciled(Some(&Report {
             released: 2,

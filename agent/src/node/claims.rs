@@ -1,0 +1,289 @@
+//! Prefixes from the datastore: claiming more (grow), giving wholly free ones back (shrink),
+//! and keeping the pool and the datastore agreeing on which prefixes are ours.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnetwork::Ipv4Network;
+
+use super::{now_ms, Area, Node, NodeError};
+use crate::datastore::{Datastore, DatastoreError, PrefixClaim};
+use vpcnet_proto::naming;
+
+/// Rounds of (fresh read, a few candidates) one grow tries before giving up for now.
+const CLAIM_ROUNDS: u32 = 4;
+
+impl<D: Datastore> Node<D> {
+    /// Claims up to `want` prefixes from the datastore into the pool. Returns how many it
+    /// got; an error when it got none.
+    pub async fn grow(&self, want: u32) -> Result<u32, NodeError> {
+        self.claim_prefixes(want, false).await
+    }
+
+    fn our_claim(&self, prefix: Ipv4Network) -> PrefixClaim {
+        PrefixClaim {
+            prefix,
+            node: self.name.clone(),
+            node_ip: self.ip,
+            claimed_at: now_ms(),
+        }
+    }
+
+    /// A datastore failure while claiming: marks the node degraded; `got` prefixes claimed
+    /// before it still count.
+    fn datastore_failed(&self, e: DatastoreError, got: u32) -> Result<u32, NodeError> {
+        self.set_degraded(Area::Datastore, Some(e.to_string()));
+        if got > 0 {
+            Ok(got)
+        } else {
+            Err(e.into())
+        }
+    }
+
+    /// [`Node::grow`]; with `only_if_empty` (the ADD path) it claims nothing when an address
+    /// has come free meanwhile (another ADD or the warm loop grew the pool while this one
+    /// waited for the claim lock). The warm loop must not take that shortcut: it grows while
+    /// addresses are still available (warm targets).
+    pub(super) async fn claim_prefixes(
+        &self,
+        want: u32,
+        only_if_empty: bool,
+    ) -> Result<u32, NodeError> {
+        let _g = self.claim_lock.lock().await;
+        let per_round = usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8);
+        let mut got = 0;
+        let mut lost = 0u32;
+        // Invariant (issue 10): a lost race means "try another", never "exhausted". Each round
+        // reads the claims (round 0: `list`, the datastore's cache where it has one, which may
+        // lag; later rounds, after lost races: `list_fresh`) and tries candidates spread over
+        // the VPC from a point derived from this node's name (so N nodes starting together
+        // rarely pick the same prefix); "VPC exhausted" is reported only when a fresh read
+        // (`list_fresh`, never a cache) shows no free prefix.
+        for round in 0..CLAIM_ROUNDS {
+            let mut fresh = false;
+            let mut taken: HashSet<Ipv4Network> = HashSet::new();
+            let mut candidates = Vec::new();
+            for read in 0..2 {
+                // Round 0 may use the cached view; a later round follows a round that lost
+                // every try, i.e. the view was stale: read afresh.
+                let listed = if read == 0 && round == 0 {
+                    self.datastore.list().await
+                } else {
+                    fresh = true;
+                    self.datastore.list_fresh().await
+                };
+                taken = match listed {
+                    Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
+                    Err(e) => return self.datastore_failed(e, got),
+                };
+                candidates = {
+                    let st = self.state();
+                    // Someone else may have grown the pool while we waited for the claim lock.
+                    if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
+                        return Ok(0);
+                    }
+                    let seed = if self.datastore.shared() {
+                        naming::claim_seed(&self.name, round)
+                    } else {
+                        0
+                    };
+                    st.pool.claim_candidates(&taken, seed, per_round)
+                };
+                if !candidates.is_empty() || got > 0 || fresh {
+                    break;
+                }
+                // No free prefix in the (possibly cached) view: prove it with a fresh read
+                // before calling the VPC exhausted.
+            }
+            if candidates.is_empty() {
+                debug_assert!(fresh || got > 0);
+                self.set_degraded(Area::Datastore, None);
+                if got > 0 {
+                    break;
+                }
+                let msg = self.exhausted_message(taken.len());
+                self.set_degraded(Area::Pool, Some(msg.clone()));
+                return Err(NodeError::VpcExhausted(msg));
+            }
+            for prefix in candidates {
+                if got >= want {
+                    break;
+                }
+                let claim = self.our_claim(prefix);
+                let started = std::time::Instant::now();
+                let claimed = self.datastore.claim(&claim).await;
+                crate::obs::metrics::get().claim_observed(started.elapsed(), &claimed);
+                match claimed {
+                    Ok(true) => {
+                        let now = now_ms();
+                        let added =
+                            self.state()
+                                .change(|pool| match pool.add_prefix(prefix, now) {
+                                    Ok(ev) => (Ok(()), vec![ev]),
+                                    Err(e) => (Err(e), Vec::new()),
+                                });
+                        match added {
+                            Ok(Ok(())) => got += 1,
+                            Ok(Err(e)) => {
+                                tracing::error!(%prefix, error = %e, "claimed a prefix the pool refuses")
+                            }
+                            // Claimed but not recorded: not ours to use. The claim is released
+                            // by the next claims reconcile (or adopted at the next start).
+                            Err(source) => {
+                                return if got > 0 {
+                                    Ok(got)
+                                } else {
+                                    Err(NodeError::ClaimNotRecorded { prefix, source })
+                                };
+                            }
+                        }
+                    }
+                    Ok(false) => lost += 1,
+                    Err(e) => return self.datastore_failed(e, got),
+                }
+            }
+            if got > 0 {
+                break;
+            }
+        }
+        self.set_degraded(Area::Datastore, None);
+        if got == 0 {
+            // Every try lost a race, yet the last read showed free prefixes: contention, not
+            // exhaustion. Not degraded; the caller retries (ADD: code 11, try again).
+            return Err(NodeError::ClaimRacesLost {
+                lost,
+                rounds: CLAIM_ROUNDS,
+            });
+        }
+        self.set_degraded(Area::Pool, None);
+        Ok(got)
+    }
+
+    /// "VPC exhausted", with the figures that prove it (a fresh read of `taken_by_nodes`).
+    fn exhausted_message(&self, taken_by_nodes: usize) -> String {
+        let st = self.state();
+        let cfg = st.pool.config();
+        let vpc: Vec<String> = cfg.vpc_cidrs.iter().map(|c| c.to_string()).collect();
+        format!(
+            "VPC exhausted: every /{} prefix of {} is claimed (--vpc-cidr): {} prefixes exist, \
+             {taken_by_nodes} are claimed by nodes ({} by this one)",
+            cfg.prefix_len,
+            vpc.join(", "),
+            st.pool.vpc_prefix_count(),
+            st.pool.held_prefixes().count(),
+        )
+    }
+
+    /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.
+    pub async fn shrink(&self, prefix: Ipv4Network) -> Result<(), NodeError> {
+        let _g = self.claim_lock.lock().await;
+        let now = now_ms();
+        self.state()
+            .change(|pool| match pool.remove_prefix(prefix, now) {
+                Ok(ev) => (Ok(()), vec![ev]),
+                Err(e) => (Err(e), Vec::new()),
+            })??;
+        self.datastore
+            .release(prefix, &self.name)
+            .await
+            .map_err(|e| {
+                crate::obs::metrics::get().datastore_error();
+                e.into()
+            })
+    }
+
+    /// Makes the pool and the datastore agree on which prefixes are ours; returns the claims
+    /// it listed (every node's), for the peer routes. Runs at start and on every peer sync.
+    ///
+    /// * a prefix the pool holds and the datastore lists as ours: fine;
+    /// * held, but listed as another node's: conflict — dropped from the pool if wholly free,
+    ///   otherwise reported as degraded (`claims`) and kept (pods use it);
+    /// * held, not listed (the claim lapsed, e.g. a long datastore outage outlived the lease):
+    ///   claimed again, create-if-absent; losing that race is the conflict above next round;
+    /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
+    ///   so it is adopted; later a release after shrink failed, so it is released again.
+    ///
+    /// Holds the claim lock so it never interleaves with grow or shrink. Acts only on a fresh
+    /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
+    pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        let _g = self.claim_lock.lock().await;
+        let mut claims = self.datastore.list().await?;
+        // `list` may answer from a watch-fed cache a moment behind (our own claim or release
+        // not seen yet, another node's release not seen yet): whenever it disagrees with the
+        // pool, act only on a fresh read. In agreement (the steady state) nothing is asked.
+        let listed_ours: HashSet<_> = claims
+            .iter()
+            .filter(|c| c.node == self.name)
+            .map(|c| c.prefix)
+            .collect();
+        let pool_held: HashSet<_> = self.state().pool.held_prefixes().collect();
+        if listed_ours != pool_held {
+            claims = self.datastore.list_fresh().await?;
+        }
+        let ours: HashSet<_> = claims
+            .iter()
+            .filter(|c| c.node == self.name)
+            .map(|c| c.prefix)
+            .collect();
+        let others: BTreeMap<_, _> = claims
+            .iter()
+            .filter(|c| c.node != self.name)
+            .map(|c| (c.prefix, c.node.clone()))
+            .collect();
+        let held: Vec<_> = self.state().pool.held_prefixes().collect();
+        let mut conflicts = Vec::new();
+        for p in &held {
+            if ours.contains(p) {
+                continue;
+            }
+            let owner = match others.get(p) {
+                Some(owner) => Some(owner.clone()),
+                None => match self.datastore.claim(&self.our_claim(*p)).await? {
+                    true => {
+                        tracing::warn!(prefix = %p, "re-claimed a prefix whose claim had lapsed");
+                        None
+                    }
+                    false => Some("another node".to_string()),
+                },
+            };
+            if let Some(owner) = owner {
+                let now = now_ms();
+                let dropped = matches!(
+                    self.state()
+                        .change(|pool| match pool.remove_prefix(*p, now) {
+                            Ok(ev) => (true, vec![ev]),
+                            Err(_) => (false, Vec::new()),
+                        }),
+                    Ok(true)
+                );
+                if dropped {
+                    tracing::warn!(prefix = %p, %owner, "dropped a prefix from the pool: claimed by another node");
+                } else {
+                    conflicts.push(format!("prefix {p} is in use here but claimed by {owner}"));
+                }
+            }
+        }
+        for p in ours {
+            if held.contains(&p) {
+                continue;
+            }
+            // Outside today's --vpc-cidr or misaligned (or not recordable): give it back.
+            let now = now_ms();
+            let adopted = adopt
+                && matches!(
+                    self.state().change(|pool| match pool.add_prefix(p, now) {
+                        Ok(ev) => (true, vec![ev]),
+                        Err(_) => (false, Vec::new()),
+                    }),
+                    Ok(true)
+                );
+            if !adopted {
+                self.datastore.release(p, &self.name).await?;
+            }
+        }
+        self.set_degraded(
+            Area::Claims,
+            (!conflicts.is_empty()).then(|| conflicts.join("; ")),
+        );
+        Ok(claims)
+    }
+}

@@ -1,0 +1,54 @@
+//! The host side of a release: the pod's host route, its host veth (queued for the reaper)
+//! and the conntrack entries of its address.
+
+use std::net::Ipv4Addr;
+
+use super::Node;
+use crate::datastore::Datastore;
+use vpcnet_netlink::{conntrack, link, route};
+use vpcnet_proto::{attachment, naming};
+
+/// Removes every conntrack entry of released address `ip`, in the background (a dump of the
+/// node's table can take a while and DEL should not wait for it).
+///
+/// **Invariant**: once an address is released, no connection-tracking entry of its old pod
+/// survives to steer traffic of the pod that gets the address next. The flush finishes within
+/// milliseconds, far inside the cooldown (`--ip-cooldown`, 30 s) that must pass before the
+/// address is handed out again; an address released as unused (a failed ADD) never carried
+/// a packet.
+pub fn flush_conntrack(ip: Ipv4Addr) {
+    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip.into()) {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(%ip, entries = n, "flushed conntrack entries"),
+        Err(e) => tracing::warn!(%ip, error = %e, "flushing conntrack entries"),
+    });
+}
+
+impl<D: Datastore> Node<D> {
+    /// Removes our host route for `ip` and queues `host_veth` for deletion.
+    pub async fn teardown(&self, ip: Option<Ipv4Addr>, host_veth: &str) {
+        // Only a link that proves to be ours (name-derived MAC) is deleted, and only a route
+        // through it (or, when it is gone, the route the plugin made) is removed.
+        let index = match link::get_by_name(&self.net, host_veth).await {
+            Ok(Some(l)) if naming::is_our_host_veth(&l.name, l.mac) => Some(l.index),
+            Ok(Some(_)) => {
+                tracing::warn!(veth = host_veth, "not a veth vpcnet made (MAC): left alone");
+                return;
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(veth = host_veth, error = %e, "looking up host veth");
+                None
+            }
+        };
+        if let Some(ip) = ip {
+            if let Err(e) = route::delete(&self.net, &attachment::host_route(ip, index)).await {
+                tracing::warn!(%ip, error = %e, "deleting host route");
+            }
+            flush_conntrack(ip);
+        }
+        if let Some(index) = index {
+            self.queue_veth_deletion(index);
+        }
+    }
+}
