@@ -159,10 +159,10 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, target: ConfTarget) {
             match ensure(&target, &render(&target, mtu)) {
                 Ok(wrote) => {
                     if wrote {
-                        eprintln!(
-                            "vpcnetd: wrote {} ({} addresses in the pool)",
-                            target.path().display(),
-                            s.stats.total
+                        tracing::info!(
+                            path = %target.path().display(),
+                            addresses = s.stats.total,
+                            "wrote the conflist"
                         );
                     }
                     last_err = None;
@@ -170,16 +170,16 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, target: ConfTarget) {
                 Err(e) => {
                     let msg = e.to_string();
                     if last_err.as_deref() != Some(msg.as_str()) {
-                        eprintln!("vpcnetd: writing {}: {msg}", target.path().display());
+                        tracing::error!(path = %target.path().display(), "writing the conflist: {msg}");
                     }
                     last_err = Some(msg);
                 }
             }
         } else if !waiting_logged && s.ready {
             waiting_logged = true;
-            eprintln!(
-                "vpcnetd: not writing {} yet: the pool has no address to give ({} total{})",
-                target.path().display(),
+            tracing::info!(
+                path = %target.path().display(),
+                "not writing the conflist yet: the pool has no address to give ({} total{})",
                 s.stats.total,
                 if s.degraded.is_empty() {
                     String::new()

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 
+use crate::obs::log::LogFormat;
 use vpcnet_pool::PoolConfig;
 use vpcnet_proto::api::DEFAULT_SOCKET;
 
@@ -171,6 +172,14 @@ pub struct RunArgs {
     /// The plugin's log level, written into that conflist as `logLevel` (unset: info).
     #[arg(long, env = "VPCNET_CNI_LOG_LEVEL", value_parser = ["error", "info", "debug"])]
     pub cni_log_level: Option<String>,
+    /// The agent's log level: error, warn, info, debug, trace, or EnvFilter directives
+    /// (`info,vpcnet_agent::loops=debug`). At info the datastore libraries (kube, tonic, hyper,
+    /// h2, tower, etcd-client, rustls) are held to warn; at debug they show.
+    #[arg(long, env = "VPCNET_LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+    /// The agent's log lines on stderr: text, or JSON (one object a line).
+    #[arg(long, env = "VPCNET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
@@ -232,6 +241,8 @@ impl RunArgs {
             return Err("--max-pods must be at least 1".into());
         }
         crate::obs::http::parse_addr(&self.metrics_addr)?;
+        crate::obs::log::directives(&self.log_level)
+            .map_err(|e| format!("--log-level {:?}: {e}", self.log_level))?;
         if !self.cni_conf_dir.is_empty()
             && (!self.cni_conf_name.ends_with(".conflist") || self.cni_conf_name.contains('/'))
         {
@@ -360,6 +371,28 @@ mod tests {
         assert_eq!(cli.run.validate(), Ok(()));
         assert_eq!(cli.run.cni_log_level.as_deref(), Some("debug"));
         assert!(Cli::try_parse_from(base.iter().chain(&["--cni-log-level", "loud"])).is_err());
+    }
+
+    #[test]
+    fn log_flags_are_checked_and_named() {
+        let base = ["vpcnetd", "--vpc-cidr", "10.0.0.0/16"];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        let cli = with(&[]).unwrap();
+        assert_eq!(cli.run.log_level, "info");
+        assert_eq!(cli.run.log_format, LogFormat::Text);
+        let cli = with(&[
+            "--log-level",
+            "info,vpcnet_agent::loops=debug",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.validate(), Ok(()));
+        assert_eq!(cli.run.log_format, LogFormat::Json);
+        let cli = with(&["--log-level", "loud"]).unwrap();
+        assert!(cli.run.validate().unwrap_err().contains("--log-level"));
+        let e = with(&["--log-format", "xml"]).unwrap_err().to_string();
+        assert!(e.contains("--log-format"), "{e}");
     }
 
     #[test]

@@ -30,10 +30,12 @@ pub mod node;
 pub mod obs {
     //! What the agent shows of itself: Prometheus metrics and the HTTP endpoints.
     pub mod http;
+    pub mod log;
     pub mod metrics;
 }
 pub mod server;
 pub mod snat;
+pub mod tasks;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +55,7 @@ use crate::node::audit;
 use crate::node::store::{self, StateDir, Store, StoreError};
 use crate::node::{Area, Node, NodeParts, State};
 use crate::obs::{http, metrics};
+use crate::tasks::{Task, Tasks};
 use vpcnet_pool::Pool;
 
 /// The flock that makes a vpcnetd the only one on its socket, held for the process's life.
@@ -123,6 +126,13 @@ fn open_state(args: &RunArgs) -> Result<(Store, Pool), String> {
 
 pub fn run(args: RunArgs) -> Result<(), String> {
     args.validate()?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node = %args.node_name(),
+        datastore = ?args.datastore,
+        socket = %args.socket.display(),
+        "vpcnetd starting"
+    );
     // Proof of being the only agent comes first (item 1), the state second (item 3).
     let socket_lock = lock_socket(&args.socket)?;
     let (store, pool) = open_state(&args)?;
@@ -298,31 +308,133 @@ async fn serve<D: Datastore>(
         activity: activity.clone(),
         inflight_dir: vpcnet_proto::inflight::dir_for(&args.socket),
     }));
-    tokio::spawn(reap::run(
-        net.clone(),
-        reaper_rx,
-        activity,
-        node.inflight_dir().to_path_buf(),
-    ));
+    let grace = u64::try_from(args.reconcile_grace.as_millis()).unwrap_or(u64::MAX);
+    let mut tasks = Tasks::default();
+    tasks.spawn(
+        Task::Reaper,
+        reap::run(
+            net.clone(),
+            reaper_rx,
+            activity,
+            node.inflight_dir().to_path_buf(),
+        ),
+    );
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.
     // A port that cannot be bound costs the metrics, not the pods: log it and go on.
-    let metrics_server = match http::parse_addr(&args.metrics_addr)? {
-        Some(addr) => match http::bind(addr).await {
+    if let Some(addr) = http::parse_addr(&args.metrics_addr)? {
+        match http::bind(addr).await {
             Ok(l) => {
-                eprintln!("vpcnetd: metrics, /healthz, /readyz, /pool on http://{addr}");
-                Some(tokio::spawn(http::serve(l, node.clone())))
+                tracing::info!(%addr, "metrics, /healthz, /readyz, /pool on http://{addr}");
+                tasks.spawn(Task::Metrics, http::serve(l, node.clone()));
             }
-            Err(e) => {
-                eprintln!("vpcnetd: cannot serve --metrics-addr {addr}: {e} (going on without)");
-                None
-            }
-        },
-        None => None,
+            Err(e) => tracing::error!(
+                %addr,
+                "cannot serve --metrics-addr {addr}: {e} (going on without)"
+            ),
+        }
+    }
+    let listener = match start_up(&args, &node, &net, grace).await {
+        Ok(l) => l,
+        Err(e) => {
+            tasks.shutdown().await;
+            return Err(e);
+        }
     };
+    node.set_ready();
+    {
+        let st = node.state();
+        let s = st.pool.stats(node::now_ms());
+        tracing::info!(
+            node = %node.name(),
+            socket = %args.socket.display(),
+            datastore = node.datastore().name(),
+            addresses = s.total,
+            prefixes = s.prefixes,
+            assigned = s.assigned,
+            "serving"
+        );
+    }
+    tasks.spawn(Task::Server, server::serve(listener, node.clone()));
+    tasks.spawn(Task::Warm, {
+        let node = node.clone();
+        let interval = args.pool_check_interval;
+        async move { warm::run(&node, interval).await }
+    });
+    tasks.spawn(Task::Reconcile, {
+        let node = node.clone();
+        let every = args.reconcile_interval;
+        async move { reconcile_every(&node, every, grace).await }
+    });
+    tasks.spawn(Task::Peers, {
+        let node = node.clone();
+        let every = args.peer_sync_interval;
+        async move { peers::run(&node, every).await }
+    });
+    if !args.cni_conf_dir.is_empty() {
+        let target = cni_conf::ConfTarget {
+            dir: args.cni_conf_dir.clone().into(),
+            name: args.cni_conf_name.clone(),
+            socket: std::path::absolute(&args.socket).unwrap_or_else(|_| args.socket.clone()),
+            log_file: args.cni_log_file.clone(),
+            log_level: args.cni_log_level.clone(),
+        };
+        tasks.spawn(Task::Conflist, cni_conf::run(node.clone(), target));
+    }
+    // Runs until a signal, or until a vital task ends (see `tasks`: never up but deaf).
+    let failed = {
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                sig = &mut signal => {
+                    tracing::info!(signal = sig, "stopping: no new requests");
+                    break None;
+                }
+                (task, how) = tasks.next() => {
+                    if task.vital() {
+                        tracing::error!(task = task.name(), "{} {how}: stopping the agent", task.name());
+                        break Some(format!("the {} {how}", task.name()));
+                    }
+                    tracing::error!(task = task.name(), "{} {how} (going on without)", task.name());
+                }
+            }
+        }
+    };
+    // Orderly: stop accepting, let the requests in flight finish (bounded), stop the rest.
+    tasks.stop(Task::Server).await;
+    let _ = std::fs::remove_file(&args.socket);
+    if failed.is_none() {
+        let left = tasks.drain(&node, DRAIN_TIMEOUT).await;
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "requests still running after {DRAIN_TIMEOUT:?}; stopping them"
+            );
+        }
+    }
+    // The conflist stays (see cni_conf): a restarting agent must not flip the node NotReady.
+    tasks.shutdown().await;
+    match failed {
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Some(why) => Err(format!("{why}; exiting so that the agent is restarted")),
+    }
+}
+
+/// What comes between the metrics endpoint and serving: claims, SNAT, the start-up
+/// reconcile, the veths left marked; then the socket.
+async fn start_up<D: Datastore>(
+    args: &RunArgs,
+    node: &Arc<Node<D>>,
+    net: &rtnetlink::Handle,
+    grace: u64,
+) -> Result<tokio::net::UnixListener, String> {
     // Until this succeeds once (the datastore may be down at start), the peer loop keeps
     // reconciling claims with adoption off: adopting is only right before serving.
     if let Err(e) = node.reconcile_claims(true).await {
-        eprintln!("vpcnetd: reconciling claims with the datastore: {e} (serving from the pool)");
+        tracing::warn!("reconciling claims with the datastore: {e} (serving from the pool)");
         node.set_degraded(Area::Datastore, Some(e.to_string()));
     }
     if args.snat {
@@ -334,86 +446,39 @@ async fn serve<D: Datastore>(
     } else {
         snat::remove().map_err(|e| format!("removing SNAT rules: {e}"))?;
     }
-    let grace = u64::try_from(args.reconcile_grace.as_millis()).unwrap_or(u64::MAX);
-    let report = reconcile::run(&node, grace)
+    let report = reconcile::run(node, grace)
         .await
         .map_err(|e| format!("start-up reconcile: {e}"))?;
     metrics::get().reconciled(Some(&report));
-    eprintln!("vpcnetd: start-up reconcile: {report:?}");
+    tracing::info!(report = ?report, "start-up reconcile done");
     // Veths a previous run marked for deletion but did not get to.
-    if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
-        eprintln!("vpcnetd: deleting veths marked by a previous run: {e}");
+    if let Err(e) = link::delete_group(net, REAP_GROUP).await {
+        tracing::warn!("deleting veths marked by a previous run: {e}");
     }
-    let listener = server::bind(&args.socket)
-        .map_err(|e| format!("binding socket {}: {e}", args.socket.display()))?;
-    node.set_ready();
-    {
-        let st = node.state();
-        let s = st.pool.stats(node::now_ms());
-        eprintln!(
-            "vpcnetd: node {} serving on {} ({} datastore): {} addresses in {} prefixes, {} assigned",
-            node.name(),
-            args.socket.display(),
-            node.datastore().name(),
-            s.total,
-            s.prefixes,
-            s.assigned
-        );
-    }
-    let warm = {
-        let node = node.clone();
-        let interval = args.pool_check_interval;
-        tokio::spawn(async move { warm::run(&node, interval).await })
-    };
-    let periodic = {
-        let node = node.clone();
-        let every = args.reconcile_interval;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let r = reconcile::run(&node, grace).await;
-                metrics::get().reconciled(r.as_ref().ok());
-                match r {
-                    Ok(r) if r != reconcile::Report::default() => {
-                        eprintln!("vpcnetd: reconcile: {r:?}")
-                    }
-                    Ok(_) => {}
-                    Err(e) => eprintln!("vpcnetd: reconcile: {e}"),
-                }
-            }
-        })
-    };
-    let peers = {
-        let node = node.clone();
-        let every = args.peer_sync_interval;
-        tokio::spawn(async move { peers::run(&node, every).await })
-    };
-    let server = tokio::spawn(server::serve(listener, node.clone()));
-    let conflist = (!args.cni_conf_dir.is_empty()).then(|| {
-        let target = cni_conf::ConfTarget {
-            dir: args.cni_conf_dir.clone().into(),
-            name: args.cni_conf_name.clone(),
-            socket: std::path::absolute(&args.socket).unwrap_or_else(|_| args.socket.clone()),
-            log_file: args.cni_log_file.clone(),
-            log_level: args.cni_log_level.clone(),
-        };
-        tokio::spawn(cni_conf::run(node.clone(), target))
-    });
-    shutdown_signal().await;
-    server.abort();
-    warm.abort();
-    periodic.abort();
-    peers.abort();
-    // The conflist stays (see cni_conf): a restarting agent must not flip the node NotReady.
-    for t in [metrics_server, conflist].into_iter().flatten() {
-        t.abort();
-    }
-    let _ = std::fs::remove_file(&args.socket);
-    eprintln!("vpcnetd: stopped");
-    Ok(())
+    server::bind(&args.socket).map_err(|e| format!("binding socket {}: {e}", args.socket.display()))
 }
 
-async fn shutdown_signal() {
+async fn reconcile_every<D: Datastore>(node: &Node<D>, every: Duration, grace: u64) {
+    loop {
+        tokio::time::sleep(every).await;
+        let r = reconcile::run(node, grace).await;
+        metrics::get().reconciled(r.as_ref().ok());
+        match r {
+            Ok(r) if r != reconcile::Report::default() => {
+                tracing::info!(report = ?r, "reconciled")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reconcile: {e}"),
+        }
+    }
+}
+
+/// How long the requests in flight get to finish after SIGTERM or SIGINT, once the socket
+/// accepts no more (the DaemonSet's terminationGracePeriodSeconds is 30 s).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of the first SIGTERM or SIGINT.
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),
@@ -421,11 +486,14 @@ async fn shutdown_signal() {
     ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
             }
         }
-        _ => std::future::pending::<()>().await,
+        (t, i) => {
+            tracing::error!("cannot catch SIGTERM/SIGINT: {:?}", t.err().or(i.err()));
+            std::future::pending().await
+        }
     }
 }
 

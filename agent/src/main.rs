@@ -1,10 +1,11 @@
 //! `vpcnetd` entry point: `run` (default), `check-config`, `status`, `install-cni` or
-//! `rebuild-state`.
+//! `rebuild-state`. The only place the process exits with a code of its choosing.
 
 use clap::Parser;
 
 use vpcnet_agent::cli::status;
 use vpcnet_agent::config::{Cli, Command};
+use vpcnet_agent::obs::log;
 use vpcnet_agent::{self as agent, STATUS_TIMEOUT};
 use vpcnet_proto::api::{Reply, Request};
 use vpcnet_proto::client;
@@ -12,12 +13,19 @@ use vpcnet_proto::client;
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        None | Some(Command::Run) => match agent::run(cli.run) {
-            Ok(()) => 0,
+        // The log first, so even a refusal to start is a line in the chosen format.
+        None | Some(Command::Run) => match log::init(&cli.run.log_level, cli.run.log_format) {
             Err(e) => {
                 eprintln!("vpcnetd: {e}");
                 1
             }
+            Ok(()) => match agent::run(cli.run) {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    1
+                }
+            },
         },
         Some(Command::CheckConfig) => match cli.run.validate() {
             Ok(()) => {

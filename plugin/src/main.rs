@@ -68,6 +68,7 @@ fn run() -> i32 {
     let log = Log {
         file: &conf.log_file,
         level: conf.log_level,
+        max_bytes: conf.log_max_bytes,
     };
     let started = Instant::now();
     let outcome = dispatch(command, &conf, &get, &log);
@@ -75,8 +76,14 @@ fn run() -> i32 {
     let id = get("CNI_CONTAINERID").unwrap_or_default();
     match outcome {
         Ok(out) => {
+            // The runtime polls STATUS every few seconds: its success is no news.
+            let level = if command == Command::Status {
+                LogLevel::Debug
+            } else {
+                LogLevel::Info
+            };
             log.write(
-                LogLevel::Info,
+                level,
                 format_args!("{command:?} container={id} ok in {ms:.2} ms"),
             );
             match out {

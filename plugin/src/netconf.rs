@@ -12,6 +12,8 @@ use crate::limits;
 use crate::version::{self, Spec};
 
 pub const DEFAULT_LOG_FILE: &str = "/var/log/vpcnet/plugin.log";
+/// `logMaxBytes`: 1 KiB (tests) to 1 GiB.
+pub const LOG_MAX_BYTES: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 /// IPv4's minimum MTU, and veth's maximum.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 68..=65535;
 
@@ -26,6 +28,7 @@ struct Raw {
     mtu: Option<Value>,
     log_file: Option<String>,
     log_level: Option<String>,
+    log_max_bytes: Option<Value>,
     prev_result: Option<Value>,
     ipam: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments")]
@@ -57,6 +60,8 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     pub log_file: PathBuf,
     pub log_level: LogLevel,
+    /// `logMaxBytes`: the log is rotated at this size (see `log`).
+    pub log_max_bytes: u64,
     pub prev_result: Option<Value>,
     /// GC: attachments the runtime still uses (None when the runtime sent no list).
     pub valid_attachments: Option<Vec<Attachment>>,
@@ -145,6 +150,22 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             ))
         }
     };
+    let log_max_bytes = match raw.log_max_bytes {
+        None | Some(Value::Null) => crate::log::DEFAULT_MAX_BYTES,
+        Some(v) => match v.as_u64() {
+            Some(n) if LOG_MAX_BYTES.contains(&n) => n,
+            _ => {
+                return Err(CniError::config(
+                    "logMaxBytes",
+                    format!(
+                        "{v} is not a size in bytes within {}..={}",
+                        LOG_MAX_BYTES.start(),
+                        LOG_MAX_BYTES.end()
+                    ),
+                ))
+            }
+        },
+    };
     if let Some(f) = raw.log_file.as_deref() {
         if f.len() > limits::LOG_FILE {
             return Err(CniError::config(
@@ -193,6 +214,7 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_LOG_FILE)),
         log_level,
+        log_max_bytes,
         prev_result: raw.prev_result.filter(|v| !v.is_null()),
         valid_attachments,
     })
@@ -236,6 +258,9 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.mtu, None);
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.log_max_bytes, 1 << 20);
+        let c = parse(conf(r#","logMaxBytes":4096"#).as_bytes()).expect("valid");
+        assert_eq!(c.log_max_bytes, 4096);
         assert!(c.valid_attachments.is_none());
     }
 
@@ -277,6 +302,9 @@ mod tests {
             (r#"{"cniVersion":"1.1.0","name":"a b"}"#.to_string(), "name"),
             (conf(&format!(r#","socket":"/{}""#, long(107))), "socket"),
             (conf(&format!(r#","logFile":"/{}""#, long(4095))), "logFile"),
+            (conf(r#","logMaxBytes":1023"#), "logMaxBytes"),
+            (conf(r#","logMaxBytes":"1M""#), "logMaxBytes"),
+            (conf(r#","logMaxBytes":-1"#), "logMaxBytes"),
             (
                 conf(&format!(
                     r#","cni.dev/valid-attachments":[{{"containerID":"{}","ifname":"eth0"}}]"#,

@@ -229,7 +229,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
     let current = match route::list_v4(node.net(), Some(RTPROT_VPCNET)).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("vpcnetd: peers: listing routes: {e}");
+            tracing::warn!("peers: listing routes: {e}");
             return held;
         }
     };
@@ -240,13 +240,13 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
             node.set_degraded(Area::Datastore, None);
             if st.datastore_degraded {
                 st.datastore_degraded = false;
-                eprintln!("vpcnetd: peers: datastore reachable again");
+                tracing::info!("peers: datastore reachable again");
             }
             desired(&claims, node.name(), node.ip(), &held)
         }
         Err(msg) => {
             if !st.datastore_degraded {
-                eprintln!("vpcnetd: peers: listing claims: {msg} (keeping peer routes)");
+                tracing::warn!("peers: listing claims: {msg} (keeping peer routes)");
             }
             node.set_degraded(Area::Datastore, Some(msg));
             st.datastore_degraded = true;
@@ -255,7 +255,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
     };
     if want.notes != st.notes {
         for n in &want.notes {
-            eprintln!("vpcnetd: peers: {n}");
+            tracing::warn!("peers: {n}");
         }
         st.notes = want.notes.clone();
     }
@@ -285,7 +285,7 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
             Target::Unreachable => format!("unreachable {p}"),
         };
         match r {
-            Ok(()) => eprintln!("vpcnetd: peers: route {what}"),
+            Ok(()) => tracing::info!(route = %what, "peers: route installed"),
             Err(e) => failures.push(format!("route {what}: {e}")),
         }
     }
@@ -296,13 +296,13 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
             _ => format!("{}/{}", r.dst, r.dst_len),
         };
         match route::delete(node.net(), r).await {
-            Ok(_) => eprintln!("vpcnetd: peers: withdrew route {what}"),
+            Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
     }
     if failures != st.failures {
         for f in &failures {
-            eprintln!("vpcnetd: peers: {f} (retrying)");
+            tracing::warn!("peers: {f} (retrying)");
         }
         node.set_degraded(
             Area::Peers,

@@ -99,7 +99,7 @@ pub async fn run(
         async move {
             if let Err(e) = link::set_group(&net, index, REAP_GROUP).await {
                 if !e.is_not_found() {
-                    eprintln!("vpcnetd: marking veth #{index} for deletion: {e}");
+                    tracing::warn!(index, "marking a veth for deletion: {e}");
                 }
             }
         }
@@ -131,7 +131,7 @@ pub async fn run(
             tokio::time::sleep(POLL).await;
         }
         if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
-            eprintln!("vpcnetd: deleting marked veths: {e}");
+            tracing::warn!("deleting marked veths: {e}");
         }
     }
 }

@@ -64,7 +64,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
         });
         // Not recordable (disk full): release nothing this round; the pool is as before.
         let released = released.unwrap_or_else(|e| {
-            eprintln!("vpcnetd: reconcile: not releasing allocations without a veth: {e}");
+            tracing::error!("reconcile: not releasing allocations without a veth: {e}");
             Vec::new()
         });
         let wanted: HashSet<String> = st
@@ -78,14 +78,16 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     report.released = released.len();
     for (ip, key) in &released {
         crate::node::host::flush_conntrack(*ip);
-        eprintln!(
-            "vpcnetd: reconcile: released {ip} of container {} ({}): its host veth is gone",
-            key.container_id, key.ifname
+        tracing::info!(
+            %ip,
+            container = %key.container_id,
+            ifname = %key.ifname,
+            "reconcile: released an address whose host veth is gone"
         );
     }
     for l in &ours {
         if !wanted_veths.contains(&l.name) {
-            eprintln!("vpcnetd: reconcile: deleting {} (no allocation)", l.name);
+            tracing::info!(veth = %l.name, "reconcile: deleting a veth without allocation");
             node.queue_veth_deletion(l.index);
             report.veths_deleted += 1;
         }
@@ -95,9 +97,9 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
         let pod_route =
             attachment::is_host_route_shape(r) && r.oif.is_some_and(|i| our_indexes.contains(&i));
         if pod_route && !owned_ips.contains(&r.dst) && route::delete(node.net(), r).await? {
-            eprintln!(
-                "vpcnetd: reconcile: deleted route {}/32 (no allocation)",
-                r.dst
+            tracing::info!(
+                route = %format_args!("{}/32", r.dst),
+                "reconcile: deleted a pod route without allocation"
             );
             report.routes_deleted += 1;
         }

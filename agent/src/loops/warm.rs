@@ -53,7 +53,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                 until_expiry.map_or(interval, |d| d.min(interval))
             }
             Err(e) => {
-                eprintln!("vpcnetd: warm pool: {e}; retrying in {backoff:?}");
+                tracing::warn!(retry_in = ?backoff, "warm pool: {e}");
                 let b = backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 b

@@ -475,9 +475,10 @@ impl Store {
                 .set_len(self.len)
                 .and_then(|()| self.journal.sync_all());
             if let Err(cut_err) = cut {
-                eprintln!(
-                    "vpcnetd: cannot cut a failed journal write back off {}: {cut_err}",
-                    d.join(JOURNAL).display()
+                tracing::error!(
+                    journal = %d.join(JOURNAL).display(),
+                    error = %cut_err,
+                    "cannot cut a failed journal write back off (the next change rewrites the state)"
                 );
                 self.seq = seq;
                 self.broken = true;

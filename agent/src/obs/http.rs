@@ -86,7 +86,7 @@ pub async fn serve<D: Datastore>(listener: TcpListener, node: Arc<Node<D>>) {
                 });
             }
             Err(e) => {
-                eprintln!("vpcnetd: metrics endpoint: accept: {e}");
+                tracing::warn!("metrics endpoint: accept: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
