@@ -5,6 +5,11 @@
 //! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
 //! still the caller's; `list` shows every node's claims (possibly from a watch-fed cache, a
 //! little behind); `list_fresh` reads the datastore itself.
+//!
+//! Layout: [`local`] (one JSON file, one node), [`etcd`] and [`kubernetes`] (the cluster
+//! backends, a directory each, one file per job), [`common`] (what the cluster backends share:
+//! the one [`Datastore`] impl over their [`common::Backend`], the operation time bound, the
+//! background tasks, the retry back-off).
 
 pub mod common;
 pub mod etcd;
