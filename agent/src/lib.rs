@@ -16,6 +16,7 @@ pub mod cli {
     pub mod install;
     pub mod status;
 }
+pub mod backoff;
 pub mod cni_conf;
 pub mod config;
 pub mod datastore;

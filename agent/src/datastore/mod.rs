@@ -5,19 +5,26 @@
 //! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
 //! still the caller's; `list` shows every node's claims (possibly from a watch-fed cache, a
 //! little behind); `list_fresh` reads the datastore itself.
+//!
+//! Layout: [`local`] (one JSON file, one node), [`etcd`] and [`kubernetes`] (the cluster
+//! backends, a directory each, one file per job), [`common`] (what the cluster backends share:
+//! the one [`Datastore`] impl over their [`common::Backend`], the operation time bound, the
+//! background tasks, the retry back-off).
 
+pub mod common;
 pub mod etcd;
 pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 use vpcnet_pool::Millis;
+
+pub use common::{BACKOFF_MAX, BACKOFF_MIN};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,37 +74,5 @@ pub trait Datastore: Send + Sync + 'static {
     /// node alone (the local datastore) takes the lowest free prefix, predictably.
     fn shared(&self) -> bool {
         true
-    }
-}
-
-/// First retry delay of a backend's background tasks (reconnect, watch, lease keep-alive).
-pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// Longest retry delay of those tasks.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// Exponential back-off shared by the cluster backends: from [`BACKOFF_MIN`], doubling, up to
-/// a cap (never below the minimum).
-#[derive(Debug)]
-pub struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub fn new(max: Duration) -> Backoff {
-        Backoff {
-            next: BACKOFF_MIN,
-            max: max.max(BACKOFF_MIN),
-        }
-    }
-
-    pub fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    pub fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max);
-        d
     }
 }

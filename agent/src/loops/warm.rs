@@ -4,15 +4,17 @@
 
 use std::time::Duration;
 
+use crate::backoff::Backoff;
 use crate::datastore::Datastore;
 use crate::node::{now_ms, Node};
 use vpcnet_pool::PoolPlan;
 
+/// Retry delays of the loop while claims or releases fail (jittered, see [`crate::backoff`]).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let (plan, next_expiry) = {
             let st = node.state();
@@ -43,20 +45,19 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         let sleep = match outcome {
             // Changed something: plan again right away.
             Ok(true) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 continue;
             }
             Ok(false) => {
-                backoff = BACKOFF_MIN;
+                backoff.reset();
                 let until_expiry = next_expiry
                     .map(|t| Duration::from_millis(t.saturating_sub(now_ms()).saturating_add(1)));
                 until_expiry.map_or(interval, |d| d.min(interval))
             }
             Err(e) => {
-                tracing::warn!(retry_in = ?backoff, "warm pool: {e}");
-                let b = backoff;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                b
+                let delay = backoff.next_delay();
+                tracing::warn!(retry_in = ?delay, "warm pool: {e}");
+                delay
             }
         };
         tokio::select! {

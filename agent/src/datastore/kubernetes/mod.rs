@@ -20,37 +20,40 @@
 //!   re-list after the first (events may have been missed), signals `changed`.
 //! - Degraded mode: nothing here talks to the API server at start (the client connects
 //!   lazily). Each operation gives up after [`OP_TIMEOUT`] with
-//!   [`DatastoreError::Unavailable`] naming the server; the watch retries with exponential
-//!   back-off ([`BACKOFF_MIN`] … [`BACKOFF_MAX`]). Answers that retrying cannot fix (RBAC
+//!   [`DatastoreError::Unavailable`] naming the server; the watch retries with the agent's
+//!   jittered back-off ([`crate::backoff`], [`BACKOFF_MIN`] … [`BACKOFF_MAX`]). Answers that retrying cannot fix (RBAC
 //!   403, CRD not installed, Node not found) are [`DatastoreError::Invalid`] with a hint.
 //!
 //! The resource type is written by hand ([`ClaimObject`] implements [`kube::Resource`])
 //! rather than with `#[derive(CustomResource)]`: the derive needs kube's `derive` feature,
 //! which brings `kube-derive` and `schemars` (+ proc-macro crates) into the build only to
 //! generate a CRD schema the agent never installs (the CRD is a manifest).
+//!
+//! Files: `object.rs` (the object type and the claim ⇄ object mapping), `watch.rs` (the
+//! background watch that signals `changed`); this file holds the configuration, the requests
+//! of claim/release/list and the wiring into [`Cluster`] (whose
+//! [`Datastore`](super::Datastore) impl bounds every operation by [`OP_TIMEOUT`]).
 
-use std::borrow::Cow;
+mod object;
+mod watch;
+
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::StreamExt;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{
-    Api, DeleteParams, ListParams, PostParams, Preconditions, WatchEvent, WatchParams,
-};
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::core::{ClusterResourceScope, ErrorResponse, ObjectMeta};
-use kube::{Client, Config, Resource};
-use serde::{Deserialize, Serialize};
+use kube::core::ErrorResponse;
+use kube::{Client, Config};
 use tokio::sync::{Notify, OnceCell};
-use tokio::task::JoinHandle;
 
-use super::{Datastore, DatastoreError, PrefixClaim};
+use super::common::{self, Backend, Cluster};
+use super::{DatastoreError, PrefixClaim};
+
+pub use object::{claim_object, claim_of, name_of, prefix_of_name, ClaimObject, ClaimSpec};
 
 #[cfg(test)]
 mod tests;
@@ -65,9 +68,8 @@ pub const PLURAL: &str = "prefixclaims";
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// TCP/TLS connect timeout of the client: an unreachable server fails fast.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-use super::Backoff;
 /// Back-off of the watch while the API server is unreachable.
-pub use super::{BACKOFF_MAX, BACKOFF_MIN};
+pub use super::common::{BACKOFF_MAX, BACKOFF_MIN};
 /// Server-side timeout of one watch request (the server ends the stream; we resume).
 const WATCH_TIMEOUT_SECS: u32 = 290;
 /// How many times a claim whose object vanished between create and read-back is retried.
@@ -82,183 +84,12 @@ pub struct KubernetesConfig {
     pub node: String,
 }
 
-/// `spec` of a PrefixClaim. Fields default to empty so one malformed object cannot make a
-/// whole LIST undecodable; [`claim_of`] skips it instead.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClaimSpec {
-    /// The claimed prefix, e.g. `10.240.0.16/28` (the name says the same).
-    #[serde(default)]
-    pub cidr: String,
-    /// The claiming node's name.
-    #[serde(default)]
-    pub node: String,
-    /// The address peers route the prefix via.
-    #[serde(rename = "nodeIP", default, skip_serializing_if = "Option::is_none")]
-    pub node_ip: Option<String>,
-}
-
-/// A `PrefixClaim` object as the API server stores it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimObject {
-    #[serde(default)]
-    pub api_version: String,
-    #[serde(default)]
-    pub kind: String,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: ClaimSpec,
-}
-
-impl Resource for ClaimObject {
-    type DynamicType = ();
-    type Scope = ClusterResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        KIND.into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        GROUP.into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        VERSION.into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        PLURAL.into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
-/// Object name of the claim of `prefix`: `10.240.0.16/28` → `10-240-0-16-28` (a valid DNS
-/// subdomain, unique per prefix). The network address is used, so `10.240.0.17/28` names
-/// the same claim.
-pub fn name_of(prefix: Ipv4Network) -> String {
-    let [a, b, c, d] = prefix.network().octets();
-    format!("{a}-{b}-{c}-{d}-{}", prefix.prefix())
-}
-
-/// Inverse of [`name_of`]: `None` for a name [`name_of`] does not produce (wrong shape,
-/// leading zeros, host bits set, length > 32).
-pub fn prefix_of_name(name: &str) -> Option<Ipv4Network> {
-    let parts: Vec<&str> = name.split('-').collect();
-    let [a, b, c, d, len] = parts.as_slice() else {
-        return None;
-    };
-    let num = |s: &str| -> Option<u8> {
-        if s.is_empty()
-            || (s.len() > 1 && s.starts_with('0'))
-            || !s.bytes().all(|c| c.is_ascii_digit())
-        {
-            return None;
-        }
-        s.parse().ok()
-    };
-    let ip = Ipv4Addr::new(num(a)?, num(b)?, num(c)?, num(d)?);
-    let net = Ipv4Network::new(ip, num(len)?).ok()?;
-    (net.network() == ip).then_some(net)
-}
-
-/// The object that claims `claim.prefix` for `claim.node`, owned by the Node with `node_uid`.
-pub fn claim_object(claim: &PrefixClaim, node_uid: &str) -> ClaimObject {
-    ClaimObject {
-        api_version: format!("{GROUP}/{VERSION}"),
-        kind: KIND.into(),
-        metadata: ObjectMeta {
-            name: Some(name_of(claim.prefix)),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: claim.node.clone(),
-                uid: node_uid.into(),
-                ..OwnerReference::default()
-            }]),
-            ..ObjectMeta::default()
-        },
-        spec: ClaimSpec {
-            cidr: claim.prefix.to_string(),
-            node: claim.node.clone(),
-            node_ip: claim.node_ip.map(|ip| ip.to_string()),
-        },
-    }
-}
-
-/// The claim an object records; `None` (with a log line) for one that is not a well-formed
-/// claim: unparsable name, or a `spec.cidr` that disagrees with the name (the name is what
-/// the API server keeps unique, so it is authoritative).
-pub fn claim_of(obj: &ClaimObject) -> Option<PrefixClaim> {
-    let name = obj.metadata.name.as_deref().unwrap_or("");
-    let skip = |why: &str| {
-        eprintln!("vpcnetd: kubernetes: skipping PrefixClaim {name:?}: {why}");
-        None
-    };
-    let Some(prefix) = prefix_of_name(name) else {
-        return skip("name is not a prefix like 10-240-0-16-28");
-    };
-    match obj.spec.cidr.parse::<Ipv4Network>() {
-        Ok(c) if c == prefix => {}
-        _ => {
-            return skip(&format!(
-                "spec.cidr {:?} does not match the name",
-                obj.spec.cidr
-            ))
-        }
-    }
-    if obj.spec.node.is_empty() {
-        return skip("spec.node is empty");
-    }
-    let node_ip = match obj.spec.node_ip.as_deref() {
-        None | Some("") => None,
-        Some(s) => match s.parse::<Ipv4Addr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => return skip(&format!("spec.nodeIP {s:?} is not an IPv4 address")),
-        },
-    };
-    let claimed_at = obj
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .and_then(|t| u64::try_from(t.0.timestamp_millis()).ok())
-        .unwrap_or(0);
-    Some(PrefixClaim {
-        prefix,
-        node: obj.spec.node.clone(),
-        node_ip,
-        claimed_at,
-    })
-}
-
 /// The Kubernetes datastore. Dropping it stops its watch task; claims stay (owned by the
 /// Node, like a crash: a restarted agent re-adopts them).
-pub struct KubernetesDatastore {
-    inner: Arc<Inner>,
-    tasks: Vec<JoinHandle<()>>,
-}
+pub type KubernetesDatastore = Cluster<KubernetesBackend>;
 
-impl fmt::Debug for KubernetesDatastore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KubernetesDatastore")
-            .field("server", &self.inner.server)
-            .field("node", &self.inner.node)
-            .field("node_uid", &self.inner.node_uid.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for KubernetesDatastore {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-struct Inner {
+/// The API-server side of a [`KubernetesDatastore`], shared with its watch task.
+pub struct KubernetesBackend {
     claims: Api<ClaimObject>,
     nodes: Api<Node>,
     node: String,
@@ -270,11 +101,18 @@ struct Inner {
     changed: Notify,
 }
 
-fn invalid(msg: impl Into<String>) -> DatastoreError {
-    DatastoreError::Invalid {
-        backend: BACKEND,
-        msg: msg.into(),
+impl fmt::Debug for KubernetesBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KubernetesDatastore")
+            .field("server", &self.server)
+            .field("node", &self.node)
+            .field("node_uid", &self.node_uid.get())
+            .finish_non_exhaustive()
     }
+}
+
+fn invalid(msg: impl Into<String>) -> DatastoreError {
+    common::invalid(BACKEND, msg)
 }
 
 fn api_error(e: &kube::Error) -> Option<&ErrorResponse> {
@@ -288,7 +126,7 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
     api_error(e).is_some_and(|r| r.code == code)
 }
 
-impl KubernetesDatastore {
+impl Cluster<KubernetesBackend> {
     /// Builds the client from `--kubeconfig` or the in-cluster service account and starts the
     /// watch. Never waits for the API server: while it is unreachable operations fail fast
     /// with `Unavailable` and the watch keeps retrying. Fails only on configuration errors
@@ -340,28 +178,21 @@ impl KubernetesDatastore {
         server: impl Into<String>,
         node: impl Into<String>,
     ) -> KubernetesDatastore {
-        let inner = Arc::new(Inner::new(client, server.into(), node.into()));
-        let tasks = vec![tokio::spawn(watch_claims(inner.clone()))];
-        KubernetesDatastore { inner, tasks }
+        let inner = Arc::new(KubernetesBackend::new(client, server.into(), node.into()));
+        let tasks = vec![tokio::spawn(watch::watch_claims(inner.clone()))];
+        Cluster::new(inner, tasks)
     }
 }
 
-impl Inner {
-    fn new(client: Client, server: String, node: String) -> Inner {
-        Inner {
+impl KubernetesBackend {
+    fn new(client: Client, server: String, node: String) -> KubernetesBackend {
+        KubernetesBackend {
             claims: Api::all(client.clone()),
             nodes: Api::all(client),
             node,
             server,
             node_uid: OnceCell::new(),
             changed: Notify::new(),
-        }
-    }
-
-    fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
-        DatastoreError::Unavailable {
-            backend: BACKEND,
-            msg: format!("{what} at {}: {e}", self.server),
         }
     }
 
@@ -383,18 +214,6 @@ impl Inner {
         invalid(format!("{what} at {}: {e} ({hint})", self.server))
     }
 
-    /// Runs `fut` for at most [`OP_TIMEOUT`].
-    async fn bounded<T>(
-        &self,
-        what: &str,
-        fut: impl std::future::Future<Output = Result<T, DatastoreError>>,
-    ) -> Result<T, DatastoreError> {
-        match tokio::time::timeout(OP_TIMEOUT, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(self.unavailable(what, format_args!("no answer within {OP_TIMEOUT:?}"))),
-        }
-    }
-
     /// uid of this node's `Node` object (looked up once).
     async fn node_uid(&self) -> Result<&str, DatastoreError> {
         self.node_uid
@@ -413,6 +232,18 @@ impl Inner {
             })
             .await
             .map(String::as_str)
+    }
+}
+
+impl Backend for KubernetesBackend {
+    const NAME: &'static str = BACKEND;
+    const OP_TIMEOUT: Duration = OP_TIMEOUT;
+
+    fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+        DatastoreError::Unavailable {
+            backend: BACKEND,
+            msg: format!("{what} at {}: {e}", self.server),
+        }
     }
 
     async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
@@ -487,174 +318,8 @@ impl Inner {
             .map_err(|e| self.error("listing claims", e))?;
         Ok(list.items.iter().filter_map(claim_of).collect())
     }
-}
 
-/// Logs the end of an outage the watch had reported.
-fn recovered(last_err: &mut Option<String>) {
-    if last_err.take().is_some() {
-        eprintln!("vpcnetd: kubernetes: watching claims again");
-    }
-}
-
-/// How one watch request ended.
-enum WatchEnd {
-    /// The server closed the stream (its timeout): resume from the last resourceVersion.
-    Closed,
-    /// 410 Gone: the resourceVersion is too old; re-list.
-    Gone,
-    /// Anything else: back off, then resume (or re-list if no resourceVersion is known).
-    Failed(String),
-}
-
-/// One watch request from `rv`; `rv` follows the events and bookmarks. Returns how it ended
-/// and whether any event arrived.
-async fn watch_once(
-    inner: &Inner,
-    rv: &mut String,
-    last_err: &mut Option<String>,
-) -> (WatchEnd, bool) {
-    let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
-    let stream = match inner.claims.watch(&wp, rv).await {
-        Ok(s) => s,
-        Err(e) if is_code(&e, 410) => return (WatchEnd::Gone, false),
-        Err(e) => return (WatchEnd::Failed(e.to_string()), false),
-    };
-    let mut stream = std::pin::pin!(stream);
-    let mut progressed = false;
-    while let Some(ev) = stream.next().await {
-        match ev {
-            Ok(WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)) => {
-                recovered(last_err);
-                if let Some(v) = o.metadata.resource_version {
-                    *rv = v;
-                }
-                progressed = true;
-                inner.changed.notify_one();
-            }
-            Ok(WatchEvent::Bookmark(b)) => {
-                recovered(last_err);
-                *rv = b.metadata.resource_version;
-                progressed = true;
-            }
-            Ok(WatchEvent::Error(e)) if e.code == 410 => return (WatchEnd::Gone, progressed),
-            // A non-2xx answer to the watch request itself arrives as the stream's first item.
-            Err(e) if is_code(&e, 410) => return (WatchEnd::Gone, progressed),
-            Ok(WatchEvent::Error(e)) => {
-                return (WatchEnd::Failed(format!("watch error: {e}")), progressed)
-            }
-            Err(e) => return (WatchEnd::Failed(e.to_string()), progressed),
-        }
-    }
-    (WatchEnd::Closed, progressed)
-}
-
-/// Background: LIST for a resourceVersion, then WATCH from it for as long as it lasts;
-/// resume after the stream ends, re-list on 410 Gone, back off while the server is away.
-async fn watch_claims(inner: Arc<Inner>) {
-    let mut backoff = Backoff::new(BACKOFF_MAX);
-    let mut rv: Option<String> = None;
-    let mut listed_before = false;
-    let mut last_err: Option<String> = None;
-    let report = |last_err: &mut Option<String>, msg: String| {
-        let msg = format!("watching claims at {}: {msg}", inner.server);
-        if last_err.as_deref() != Some(msg.as_str()) {
-            eprintln!("vpcnetd: kubernetes: {msg} (retrying with back-off)");
-            *last_err = Some(msg);
-        }
-    };
-    loop {
-        let mut version = match rv.take() {
-            Some(v) => v,
-            None => {
-                let listed =
-                    tokio::time::timeout(OP_TIMEOUT, inner.claims.list(&ListParams::default()))
-                        .await;
-                match listed {
-                    Ok(Ok(list)) => match list.metadata.resource_version {
-                        Some(v) if !v.is_empty() => {
-                            recovered(&mut last_err);
-                            if listed_before {
-                                // Events may have been missed while not watching.
-                                inner.changed.notify_one();
-                            }
-                            listed_before = true;
-                            v
-                        }
-                        _ => {
-                            report(&mut last_err, "LIST returned no resourceVersion".into());
-                            tokio::time::sleep(backoff.next_delay()).await;
-                            continue;
-                        }
-                    },
-                    Ok(Err(e)) => {
-                        report(&mut last_err, e.to_string());
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
-                    }
-                    Err(_) => {
-                        report(
-                            &mut last_err,
-                            format!("LIST: no answer within {OP_TIMEOUT:?}"),
-                        );
-                        tokio::time::sleep(backoff.next_delay()).await;
-                        continue;
-                    }
-                }
-            }
-        };
-        let started = Instant::now();
-        let (end, progressed) = watch_once(&inner, &mut version, &mut last_err).await;
-        if progressed {
-            backoff.reset();
-        }
-        match end {
-            WatchEnd::Closed => {
-                rv = Some(version);
-                // A server that ends every watch at once must not make this spin.
-                if !progressed && started.elapsed() < Duration::from_secs(1) {
-                    tokio::time::sleep(backoff.next_delay()).await;
-                } else {
-                    backoff.reset();
-                }
-            }
-            WatchEnd::Gone => {
-                eprintln!(
-                    "vpcnetd: kubernetes: resourceVersion {version} is too old (410 Gone): re-listing claims"
-                );
-            }
-            WatchEnd::Failed(msg) => {
-                report(&mut last_err, msg);
-                rv = Some(version);
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
-    }
-}
-
-impl Datastore for KubernetesDatastore {
-    fn name(&self) -> &'static str {
-        BACKEND
-    }
-
-    async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
-        let what = format!("claiming {}", claim.prefix);
-        self.inner.bounded(&what, self.inner.claim(claim)).await
-    }
-
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
-        let what = format!("releasing {prefix}");
-        self.inner
-            .bounded(&what, self.inner.release(prefix, node))
-            .await
-    }
-
-    async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
-        self.inner
-            .bounded("listing claims", self.inner.list())
-            .await
-    }
-
-    async fn changed(&self) {
-        self.inner.changed.notified().await
+    fn changed(&self) -> &Notify {
+        &self.changed
     }
 }

@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use kube::client::Body;
@@ -13,6 +14,7 @@ use serde_json::{json, Value};
 use tower_test::mock::{self, Handle, SendResponse};
 
 use super::*;
+use crate::datastore::Datastore;
 
 const SERVER: &str = "https://apiserver.test:6443";
 const CLAIMS: &str = "/apis/vpcnet.io/v1alpha1/prefixclaims";
@@ -24,10 +26,14 @@ fn mock_client() -> (Client, ApiHandle) {
     (Client::new(svc, "default"), handle)
 }
 
-fn inner() -> (Arc<Inner>, ApiHandle) {
+fn inner() -> (Arc<KubernetesBackend>, ApiHandle) {
     let (client, handle) = mock_client();
     (
-        Arc::new(Inner::new(client, SERVER.into(), "node-a".into())),
+        Arc::new(KubernetesBackend::new(
+            client,
+            SERVER.into(),
+            "node-a".into(),
+        )),
         handle,
     )
 }

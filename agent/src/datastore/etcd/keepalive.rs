@@ -1,0 +1,172 @@
+//! Keeping the lease alive: the background task that establishes the lease, renews it every
+//! TTL/3, replaces it when etcd lost it, and then re-attaches this node's claims to the new
+//! lease (re-creating those etcd dropped with the old one, where still free).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{EtcdBackend, Hex, BACKOFF_MAX, OP_TIMEOUT};
+use crate::backoff::Backoff;
+use crate::datastore::common;
+use crate::datastore::{DatastoreError, PrefixClaim};
+
+/// Outcome of keeping one lease alive.
+enum KeepAlive {
+    /// etcd says the lease is gone (expired or revoked): a new one is needed.
+    Lost(i64),
+    /// Connection trouble: retry the same lease after a back-off.
+    Failed(String),
+    /// Another code path replaced the lease.
+    Replaced,
+}
+
+impl EtcdBackend {
+    /// After this node starts using `lease`: every claim in etcd named after this node moves
+    /// onto it, and claims this node made that etcd no longer has (deleted with an expired
+    /// lease) are created again where still free.
+    async fn adopt_claims(&self, lease: i64) -> Result<(), DatastoreError> {
+        let _w = self.write_lock.lock().await;
+        let mut seen = BTreeSet::new();
+        let (mut moved, mut lost) = (0, Vec::new());
+        for kv in self.list_kvs().await? {
+            let Some(c) = self.decode(&kv) else { continue };
+            if c.node != self.node {
+                continue;
+            }
+            seen.insert(c.prefix);
+            if kv.lease() != lease {
+                let key = self.key(c.prefix);
+                if self.reattach(&key, &kv, &c, lease).await? {
+                    moved += 1;
+                } else {
+                    tracing::info!(prefix = %c.prefix, "etcd: claim changed while being re-attached");
+                }
+            }
+            self.mine().insert(c.prefix, c);
+        }
+        let missing: Vec<PrefixClaim> = self
+            .mine()
+            .values()
+            .filter(|c| !seen.contains(&c.prefix))
+            .cloned()
+            .collect();
+        for c in missing {
+            if self.claim_on(&c, lease).await? {
+                moved += 1;
+            } else {
+                lost.push(c.prefix);
+                self.mine().remove(&c.prefix);
+            }
+        }
+        if moved > 0 {
+            tracing::info!(node = %self.node, lease = %Hex(lease), claims = moved, "etcd: claims moved onto the lease");
+        }
+        for p in lost {
+            tracing::error!(
+                node = %self.node,
+                prefix = %p,
+                "etcd: CONFLICT: prefix was claimed by another node while this node's lease was lost"
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps `lease` alive until it is lost, replaced or the connection fails.
+    async fn keep_alive(&self, lease: i64, adopted: &mut i64, backoff: &mut Backoff) -> KeepAlive {
+        let mut client = self.client.clone();
+        let (mut keeper, mut stream) =
+            match tokio::time::timeout(OP_TIMEOUT, client.lease_keep_alive(lease)).await {
+                Ok(Ok(ks)) => ks,
+                Ok(Err(e)) => {
+                    // Gone, or could not ask? TimeToLive tells.
+                    return match tokio::time::timeout(
+                        OP_TIMEOUT,
+                        client.lease_time_to_live(lease, None),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) if r.ttl() <= 0 => KeepAlive::Lost(lease),
+                        _ => KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}")),
+                    };
+                }
+                Err(_) => {
+                    return KeepAlive::Failed(format!(
+                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                    ))
+                }
+            };
+        backoff.reset();
+        loop {
+            if self.lease.load(Ordering::SeqCst) != lease {
+                return KeepAlive::Replaced;
+            }
+            if *adopted != lease {
+                match tokio::time::timeout(OP_TIMEOUT * 2, self.adopt_claims(lease)).await {
+                    Ok(Ok(())) => *adopted = lease,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "etcd: re-attaching claims failed"),
+                    Err(_) => tracing::warn!(
+                        endpoints = %self.endpoints,
+                        timeout = ?(OP_TIMEOUT * 2),
+                        "etcd: re-attaching claims: no answer"
+                    ),
+                }
+            }
+            tokio::time::sleep(self.keepalive_every).await;
+            self.count("lease");
+            if let Err(e) = keeper.keep_alive().await {
+                return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
+            }
+            match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return KeepAlive::Lost(lease),
+                Ok(Ok(None)) => {
+                    return KeepAlive::Failed(format!("lease {lease:x}: keep-alive stream closed"))
+                }
+                Ok(Err(e)) => {
+                    return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"))
+                }
+                Err(_) => {
+                    return KeepAlive::Failed(format!(
+                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
+pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
+    // Never slower than the keep-alive itself: after a short outage (an etcd restart renews
+    // every lease for one TTL) only a keep-alive within that TTL saves the lease; a 10 s
+    // back-off would let it lapse and take the claims with it. A refused connection is cheap.
+    let mut backoff = common::backoff(BACKOFF_MAX.min(inner.keepalive_every));
+    let mut adopted = 0i64;
+    let mut down: Option<String> = None;
+    loop {
+        let outcome =
+            match common::bounded(&*inner, "establishing lease", inner.ensure_lease()).await {
+                Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
+                Err(e) => KeepAlive::Failed(e.to_string()),
+            };
+        let msg = match outcome {
+            KeepAlive::Replaced => continue,
+            KeepAlive::Lost(lease) => {
+                tracing::warn!(node = %inner.node, lease = %Hex(lease), "etcd: lease expired; taking a new one");
+                inner.forget_lease(lease);
+                continue;
+            }
+            KeepAlive::Failed(msg) => msg,
+        };
+        let delay = backoff.next_delay();
+        if down.as_deref() != Some(msg.as_str()) {
+            tracing::warn!(error = %msg, retry_in = ?delay, "etcd: lease keep-alive failed; retrying with back-off");
+            down = Some(msg);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = inner.lease_kick.notified() => {}
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The lease this node's claims hang off: establishing it (the current one, the one
+//! remembered in [`LEASE_FILE`] if etcd still knows it, or a new grant) and the file that
+//! remembers it across restarts.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+use super::{EtcdBackend, Hex, LEASE_FILE};
+use crate::datastore::common::Backend;
+use crate::datastore::DatastoreError;
+
+impl EtcdBackend {
+    pub(super) fn lease_file(&self) -> PathBuf {
+        self.state_dir.join(LEASE_FILE)
+    }
+
+    pub(super) fn stored_lease(&self) -> Option<i64> {
+        let text = std::fs::read_to_string(self.lease_file()).ok()?;
+        match text.trim().parse::<i64>() {
+            Ok(id) if id != 0 => Some(id),
+            _ => {
+                tracing::warn!(file = %self.lease_file().display(), "etcd: ignoring a malformed lease file");
+                None
+            }
+        }
+    }
+
+    pub(super) fn store_lease(&self, id: i64) {
+        let r = std::fs::create_dir_all(&self.state_dir).and_then(|()| {
+            crate::node::store::write_atomic(
+                &self.state_dir,
+                LEASE_FILE,
+                format!("{id}\n").as_bytes(),
+            )
+        });
+        if let Err(e) = r {
+            // Not fatal: a restart then grants a new lease and re-attaches the claims.
+            tracing::warn!(file = %self.lease_file().display(), error = %e, "etcd: could not remember the lease");
+        }
+    }
+
+    /// The live lease: the current one, else the remembered one if etcd still knows it, else
+    /// a new grant.
+    pub(super) async fn ensure_lease(&self) -> Result<i64, DatastoreError> {
+        let id = self.lease.load(Ordering::SeqCst);
+        if id != 0 {
+            return Ok(id);
+        }
+        let _g = self.lease_lock.lock().await;
+        let id = self.lease.load(Ordering::SeqCst);
+        if id != 0 {
+            return Ok(id);
+        }
+        let mut c = self.client.clone();
+        if let Some(old) = self.stored_lease() {
+            self.count("lease");
+            let r = c
+                .lease_time_to_live(old, None)
+                .await
+                .map_err(|e| self.unavailable("looking up lease", e))?;
+            if r.ttl() > 0 && r.granted_ttl() == self.ttl_secs {
+                tracing::info!(lease = %Hex(old), ttl_left_s = r.ttl(), "etcd: reusing lease");
+                self.lease.store(old, Ordering::SeqCst);
+                self.lease_kick.notify_one();
+                return Ok(old);
+            }
+        }
+        self.count("lease");
+        let r = c
+            .lease_grant(self.ttl_secs, None)
+            .await
+            .map_err(|e| self.unavailable("granting lease", e))?;
+        let id = r.id();
+        if id == 0 {
+            return Err(self.unavailable("granting lease", "etcd returned lease 0"));
+        }
+        tracing::info!(lease = %Hex(id), ttl_s = r.ttl(), "etcd: granted lease");
+        self.store_lease(id);
+        self.lease.store(id, Ordering::SeqCst);
+        self.lease_kick.notify_one();
+        Ok(id)
+    }
+
+    /// Forgets `id` (if still current) so the next user establishes a new lease.
+    pub(super) fn forget_lease(&self, id: i64) {
+        let _ = self
+            .lease
+            .compare_exchange(id, 0, Ordering::SeqCst, Ordering::SeqCst);
+        self.lease_kick.notify_one();
+    }
+}

@@ -1,0 +1,334 @@
+//! etcd v3 backend: many nodes share one VPC through prefix claims in etcd.
+//!
+//! Layout: `<prefix>/claims/<a.b.c.d>-<len>` → JSON [`PrefixClaim`]. Every claim of a node hangs
+//! off that node's lease (TTL `lease_ttl`), which a background task keeps alive; a node that
+//! stops renewing (crashed, partitioned for longer than the TTL) loses its prefixes.
+//!
+//! - claim: one txn `create_revision == 0 → put(lease) / else get`. An existing claim of
+//!   *this* node (e.g. the agent restarted and holds a new lease) is re-attached to the current
+//!   lease with a txn guarded by its `mod_revision`, and counts as won.
+//! - release: read, then delete guarded by the `mod_revision` read, only if still the caller's.
+//! - list: answered from an in-memory cache of every claim while it is in sync (no request);
+//!   `list_fresh` (and `list` while out of sync) reads etcd. The background watch keeps the
+//!   cache: it lists once (revision R of the response), watches `<prefix>/claims/` from R+1
+//!   and applies each PUT/DELETE. A broken stream (or a failed operation, which may mean
+//!   etcd is unreachable) marks the cache out of sync until the watch is re-created, resuming
+//!   from the last applied revision; if etcd compacted past it, the watch is canceled with the
+//!   compact revision and the cache re-lists. A re-list every [`CACHE_RELIST`] is a safety net.
+//!   So while etcd is unreachable `list` fails as before (peers keep their routes).
+//! - changed: notified on every applied watch event (and after the watch is re-created).
+//! - The lease ID is remembered in `<state_dir>/etcd-lease` and reused after a restart while
+//!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
+//!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
+//!   and re-puts (create-if-absent) those it remembers claiming that etcd lost with the lease.
+//! - Degraded mode: nothing here waits on etcd at start. Each operation gives up after
+//!   [`OP_TIMEOUT`] with [`DatastoreError::Unavailable`] naming the endpoints; the background
+//!   tasks retry with the agent's jittered back-off ([`crate::backoff`], [`BACKOFF_MIN`] …
+//!   [`BACKOFF_MAX`]; the lease task never waits longer than its keep-alive interval, TTL/3)
+//!   and converge when etcd comes back, each node on its own schedule.
+//!
+//! Files: `tls.rs` (TLS options from the flags), `lease.rs` (establishing the lease, the lease
+//! file), `keepalive.rs` (the task keeping the lease alive and re-attaching claims to a new
+//! one), `txn.rs` (the claim/release/list transactions), `watch.rs` (the claim cache and the
+//! watch that keeps it); this file holds the configuration, the shared state and the wiring
+//! into [`Cluster`] (whose [`Datastore`](super::Datastore) impl bounds every operation by
+//! [`OP_TIMEOUT`]).
+
+mod keepalive;
+mod lease;
+mod tls;
+mod txn;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+use ipnetwork::Ipv4Network;
+use tokio::sync::Notify;
+
+use super::common::{self, Backend, Cluster};
+use super::{DatastoreError, PrefixClaim};
+use watch::Cache;
+
+const BACKEND: &str = "etcd";
+/// Longest any one datastore operation waits for etcd.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Back-off of the background tasks (lease, watch) while etcd is unreachable.
+pub use super::common::{BACKOFF_MAX, BACKOFF_MIN};
+/// File in the state directory that remembers the lease ID across restarts.
+pub const LEASE_FILE: &str = "etcd-lease";
+/// How many times a txn that lost a race on the same key is retried.
+const TXN_ATTEMPTS: usize = 4;
+/// The claim cache re-lists this often even when the watch looks healthy (safety net).
+pub const CACHE_RELIST: Duration = Duration::from_secs(600);
+
+/// How to reach etcd and how claims live there.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    /// Key prefix, e.g. `/vpcnet`; claims live under `<prefix>/claims/`.
+    pub prefix: String,
+    /// Claims hang off a lease with this TTL, kept alive by the agent.
+    pub lease_ttl: Duration,
+    /// Where the current lease ID is remembered across restarts.
+    pub state_dir: std::path::PathBuf,
+    pub node: String,
+    pub ca: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// The etcd datastore. Dropping it stops its background tasks without revoking the lease
+/// (like a crash: the claims live on until the lease expires, or a restart re-adopts them).
+pub type EtcdDatastore = Cluster<EtcdBackend>;
+
+/// The etcd side of an [`EtcdDatastore`], shared with its lease and watch tasks.
+pub struct EtcdBackend {
+    client: Client,
+    node: String,
+    /// For error messages: "http://a:2379, http://b:2379".
+    endpoints: String,
+    /// `<prefix>/claims/`.
+    claims_prefix: String,
+    ttl_secs: i64,
+    keepalive_every: Duration,
+    state_dir: PathBuf,
+    /// The lease this node's claims hang off; 0 while none is known to be alive.
+    lease: AtomicI64,
+    /// Serialises establishing a lease (grant or reuse).
+    lease_lock: tokio::sync::Mutex<()>,
+    /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
+    lease_kick: Notify,
+    /// Serialises this node's writes (claim, release, re-attach) so a re-attach never
+    /// resurrects a prefix released meanwhile.
+    write_lock: tokio::sync::Mutex<()>,
+    /// What this node holds, as far as it knows: re-put if etcd lost it with the lease.
+    mine: Mutex<BTreeMap<Ipv4Network, PrefixClaim>>,
+    /// Signalled on every watch event (and after the watch is re-created).
+    changed: Notify,
+    /// Every claim, as the watch has seen them.
+    cache: Mutex<Cache>,
+    /// Asks the watch task to re-create its watch (an operation failed: etcd may be gone).
+    resync: Notify,
+    /// Test hook: the watch task holds its watch down while set.
+    watch_paused: AtomicBool,
+    /// Full lists of the claims sent to etcd by this instance.
+    list_requests: AtomicU64,
+}
+
+impl fmt::Debug for EtcdBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdDatastore")
+            .field("endpoints", &self.endpoints)
+            .field("claims_prefix", &self.claims_prefix)
+            .field("node", &self.node)
+            .field("lease", &self.lease.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+fn claim_key(claims_prefix: &str, prefix: Ipv4Network) -> String {
+    format!("{claims_prefix}{}-{}", prefix.network(), prefix.prefix())
+}
+
+fn invalid(msg: impl Into<String>) -> DatastoreError {
+    common::invalid(BACKEND, msg)
+}
+
+/// A lease ID as etcd's tools print it (hex).
+struct Hex(i64);
+
+impl fmt::Display for Hex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+impl Cluster<EtcdBackend> {
+    /// Builds the client and starts the lease and watch tasks. Never waits for etcd: while it
+    /// is unreachable operations fail fast with `Unavailable` and the tasks keep retrying.
+    /// Fails only on configuration errors (no endpoints, bad URLs, unreadable TLS files).
+    pub async fn connect(cfg: EtcdConfig) -> Result<EtcdDatastore, DatastoreError> {
+        if cfg.endpoints.is_empty() {
+            return Err(invalid("no endpoints given (--etcd-endpoints)"));
+        }
+        let endpoints = cfg.endpoints.join(", ");
+        // HTTP/2 pings find a dead connection under the watch stream. etcd answers pings more
+        // frequent than --grpc-keepalive-min-time (5 s), or sent without an open stream, with
+        // GOAWAY "too_many_pings": stay well above it, and only while a stream is open (the
+        // watch and the lease keep-alive always are).
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(OP_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(false);
+        if let Some(tls) = tls::tls_options(&cfg)? {
+            opts = opts.with_tls(tls);
+        }
+        // The client's channel connects lazily: this does no network I/O (no auth configured),
+        // but bound it anyway so a future client version cannot hang the agent's start.
+        let client = match tokio::time::timeout(
+            OP_TIMEOUT,
+            Client::connect(cfg.endpoints.clone(), Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(invalid(format!("connecting to {endpoints}: {e}"))),
+            Err(_) => {
+                return Err(DatastoreError::Unavailable {
+                    backend: BACKEND,
+                    msg: format!("connecting to {endpoints}: no answer within {OP_TIMEOUT:?}"),
+                })
+            }
+        };
+        let ttl_secs = i64::try_from(cfg.lease_ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let keepalive_every = (cfg.lease_ttl / 3).max(Duration::from_millis(100));
+        let inner = Arc::new(EtcdBackend {
+            client,
+            node: cfg.node.clone(),
+            endpoints,
+            claims_prefix: format!("{}/claims/", cfg.prefix.trim_end_matches('/')),
+            ttl_secs,
+            keepalive_every,
+            state_dir: cfg.state_dir.clone(),
+            lease: AtomicI64::new(0),
+            lease_lock: tokio::sync::Mutex::new(()),
+            lease_kick: Notify::new(),
+            write_lock: tokio::sync::Mutex::new(()),
+            mine: Mutex::new(BTreeMap::new()),
+            changed: Notify::new(),
+            cache: Mutex::new(Cache::default()),
+            resync: Notify::new(),
+            watch_paused: AtomicBool::new(false),
+            list_requests: AtomicU64::new(0),
+        });
+        let tasks = vec![
+            tokio::spawn(keepalive::keep_lease(inner.clone())),
+            tokio::spawn(watch::watch_claims(inner.clone())),
+        ];
+        Ok(Cluster::new(inner, tasks))
+    }
+
+    /// The lease this node's claims hang off, once one is established.
+    pub fn lease_id(&self) -> Option<i64> {
+        match self.backend().lease.load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// The key a claim of `prefix` lives under.
+    pub fn key_of(&self, prefix: Ipv4Network) -> String {
+        claim_key(&self.backend().claims_prefix, prefix)
+    }
+
+    /// Whether `list` answers from the claim cache now (no request to etcd).
+    pub fn cache_synced(&self) -> bool {
+        self.backend().cache().synced
+    }
+
+    /// The etcd revision the claim cache reflects (0 before the first list).
+    pub fn cache_revision(&self) -> i64 {
+        self.backend().cache().revision
+    }
+
+    /// How many full lists of the claims this instance has sent to etcd (cache fills and
+    /// `list_fresh`, or `list` while the cache is out of sync).
+    pub fn list_requests(&self) -> u64 {
+        self.backend().list_requests.load(Ordering::SeqCst)
+    }
+
+    /// Test hook: while paused the watch task holds its watch down (the cache is out of sync
+    /// and `list` reads etcd); on resume it re-creates the watch from the cache's revision,
+    /// as after a broken stream.
+    #[doc(hidden)]
+    pub fn pause_watch(&self, paused: bool) {
+        self.backend().watch_paused.store(paused, Ordering::SeqCst);
+        self.backend().resync.notify_one();
+    }
+}
+
+impl EtcdBackend {
+    /// Counts one request to etcd (metric, and this instance's list count).
+    fn count(&self, op: &'static str) {
+        if op == "list" {
+            self.list_requests.fetch_add(1, Ordering::SeqCst);
+        }
+        crate::obs::metrics::get().datastore_request(op);
+    }
+}
+
+impl Backend for EtcdBackend {
+    const NAME: &'static str = BACKEND;
+    const OP_TIMEOUT: Duration = OP_TIMEOUT;
+
+    fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+        // etcd may be unreachable: stop trusting the cache until the watch is re-created.
+        self.cache().synced = false;
+        self.resync.notify_one();
+        DatastoreError::Unavailable {
+            backend: BACKEND,
+            msg: format!("{what} at {}: {e}", self.endpoints),
+        }
+    }
+
+    async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+        self.claim_prefix(claim).await
+    }
+
+    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+        self.release_prefix(prefix, node).await
+    }
+
+    async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        self.list_claims().await
+    }
+
+    fn cached(&self) -> Option<Vec<PrefixClaim>> {
+        self.cached_claims()
+    }
+
+    fn changed(&self) -> &Notify {
+        &self.changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_keys_are_address_dash_length() {
+        let p: Ipv4Network = "10.1.2.16/28".parse().expect("prefix");
+        assert_eq!(
+            claim_key("/vpcnet/claims/", p),
+            "/vpcnet/claims/10.1.2.16-28"
+        );
+        // Host bits never leak into the key.
+        let q: Ipv4Network = "10.1.2.17/28".parse().expect("prefix");
+        assert_eq!(
+            claim_key("/vpcnet/claims/", q),
+            "/vpcnet/claims/10.1.2.16-28"
+        );
+    }
+
+    #[test]
+    fn claims_are_camel_case_json() {
+        let c = PrefixClaim {
+            prefix: "10.1.2.16/28".parse().expect("prefix"),
+            node: "n1".into(),
+            node_ip: Some("192.0.2.7".parse().expect("ip")),
+            claimed_at: 5,
+        };
+        let v: serde_json::Value = serde_json::to_value(&c).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"prefix": "10.1.2.16/28", "node": "n1", "nodeIp": "192.0.2.7", "claimedAt": 5})
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! The claim operations as etcd transactions: claim (create-if-absent on the lease, or
+//! re-attach this node's own claim), release (delete guarded by the `mod_revision` read),
+//! list, and the encoding of a claim as a key and a JSON value.
+
+use std::collections::BTreeMap;
+use std::sync::MutexGuard;
+
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
+use ipnetwork::Ipv4Network;
+
+use super::{claim_key, invalid, EtcdBackend, TXN_ATTEMPTS};
+use crate::datastore::common::Backend;
+use crate::datastore::{DatastoreError, PrefixClaim};
+
+impl EtcdBackend {
+    pub(super) fn mine(&self) -> MutexGuard<'_, BTreeMap<Ipv4Network, PrefixClaim>> {
+        self.mine
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(super) fn key(&self, prefix: Ipv4Network) -> String {
+        claim_key(&self.claims_prefix, prefix)
+    }
+
+    pub(super) fn decode(&self, kv: &KeyValue) -> Option<PrefixClaim> {
+        match serde_json::from_slice::<PrefixClaim>(kv.value()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "etcd: skipping an undecodable claim");
+                None
+            }
+        }
+    }
+
+    pub(super) fn encode(&self, claim: &PrefixClaim) -> Result<Vec<u8>, DatastoreError> {
+        serde_json::to_vec(claim).map_err(|e| invalid(format!("encoding claim: {e}")))
+    }
+
+    pub(super) async fn get_claim_kv(&self, key: &str) -> Result<Option<KeyValue>, DatastoreError> {
+        self.count("get");
+        let mut r = self
+            .client
+            .clone()
+            .get(key, None)
+            .await
+            .map_err(|e| self.unavailable("reading claim", e))?;
+        Ok(r.take_kvs().into_iter().next())
+    }
+
+    pub(super) async fn list_kvs(&self) -> Result<Vec<KeyValue>, DatastoreError> {
+        Ok(self.list_kvs_at().await?.0)
+    }
+
+    /// Every claim's key-value, with the revision of the read.
+    pub(super) async fn list_kvs_at(&self) -> Result<(Vec<KeyValue>, i64), DatastoreError> {
+        self.count("list");
+        let mut r = self
+            .client
+            .clone()
+            .get(
+                self.claims_prefix.as_str(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await
+            .map_err(|e| self.unavailable("listing claims", e))?;
+        let revision = r.header().map_or(0, |h| h.revision());
+        Ok((r.take_kvs(), revision))
+    }
+
+    /// Moves our claim in `kv` onto `lease` (with `claim` as its new value) unless it changed
+    /// since it was read. `Ok(false)`: it changed.
+    pub(super) async fn reattach(
+        &self,
+        key: &str,
+        kv: &KeyValue,
+        claim: &PrefixClaim,
+        lease: i64,
+    ) -> Result<bool, DatastoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key,
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(
+                key,
+                self.encode(claim)?,
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        self.count("txn");
+        let r = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| self.unavailable("re-attaching claim", e))?;
+        Ok(r.succeeded())
+    }
+
+    /// Create-if-absent of `claim` on `lease`; an existing claim of this node counts as won
+    /// (re-attached to `lease` if it hangs off another one).
+    pub(super) async fn claim_on(
+        &self,
+        claim: &PrefixClaim,
+        lease: i64,
+    ) -> Result<bool, DatastoreError> {
+        let key = self.key(claim.prefix);
+        let value = self.encode(claim)?;
+        for _ in 0..TXN_ATTEMPTS {
+            let txn = Txn::new()
+                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(
+                    key.as_str(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]);
+            self.count("txn");
+            let r = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.unavailable(&format!("claiming {}", claim.prefix), e))?;
+            if r.succeeded() {
+                return Ok(true);
+            }
+            let existing = r.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+                _ => None,
+            });
+            let Some(kv) = existing else {
+                continue; // deleted between compare and get: try again
+            };
+            let Some(held) = self.decode(&kv) else {
+                return Ok(false); // someone's, unreadable: not ours to take
+            };
+            if held.node != self.node {
+                return Ok(false);
+            }
+            if kv.lease() == lease {
+                return Ok(true);
+            }
+            // Ours, on another (older) lease: keep it, on the live lease.
+            let moved = PrefixClaim {
+                claimed_at: held.claimed_at,
+                ..claim.clone()
+            };
+            if self.reattach(&key, &kv, &moved, lease).await? {
+                return Ok(true);
+            }
+        }
+        Err(self.unavailable(
+            &format!("claiming {}", claim.prefix),
+            "the key kept changing under us",
+        ))
+    }
+
+    pub(super) async fn claim_prefix(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+        if claim.node != self.node {
+            return Err(invalid(format!(
+                "node {} cannot claim {} for node {}",
+                self.node, claim.prefix, claim.node
+            )));
+        }
+        let _w = self.write_lock.lock().await;
+        let lease = self.ensure_lease().await?;
+        let won = match self.claim_on(claim, lease).await {
+            Err(e) if e.to_string().contains("lease not found") => {
+                // Expired under us (the keep-alive task will notice too): take a new one.
+                self.forget_lease(lease);
+                let lease = self.ensure_lease().await?;
+                self.claim_on(claim, lease).await?
+            }
+            r => r?,
+        };
+        if won {
+            self.mine().insert(claim.prefix, claim.clone());
+        }
+        Ok(won)
+    }
+
+    pub(super) async fn release_prefix(
+        &self,
+        prefix: Ipv4Network,
+        node: &str,
+    ) -> Result<(), DatastoreError> {
+        let _w = self.write_lock.lock().await;
+        if node == self.node {
+            // Forgotten first: even if etcd cannot be told now, a later re-attach (new lease)
+            // must not put it back.
+            self.mine().remove(&prefix);
+        }
+        let key = self.key(prefix);
+        for _ in 0..TXN_ATTEMPTS {
+            let Some(kv) = self.get_claim_kv(&key).await? else {
+                return Ok(());
+            };
+            if self.decode(&kv).is_none_or(|c| c.node != node) {
+                return Ok(());
+            }
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            self.count("txn");
+            let r = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(|e| self.unavailable(&format!("releasing {prefix}"), e))?;
+            if r.succeeded() {
+                return Ok(());
+            }
+        }
+        Err(self.unavailable(
+            &format!("releasing {prefix}"),
+            "the key kept changing under us",
+        ))
+    }
+
+    pub(super) async fn list_claims(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        Ok(self
+            .list_kvs()
+            .await?
+            .iter()
+            .filter_map(|kv| self.decode(kv))
+            .collect())
+    }
+}
