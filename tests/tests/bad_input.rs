@@ -51,13 +51,7 @@ fn env<'a>(
     ifname: &'a str,
     netns: &'a str,
 ) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", cid),
-        ("CNI_IFNAME", ifname),
-        ("CNI_NETNS", netns),
-        ("CNI_PATH", "/usr/lib/cni"),
-    ]
+    vpcnet_tests::cni::env(command, cid, ifname, netns).to_vec()
 }
 
 #[track_caller]
