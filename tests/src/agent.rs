@@ -2,12 +2,12 @@
 //! accepts), stopping it (SIGKILL, also on drop), and reading `vpcnetd status --json`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{bin, netns};
+use crate::{bin, netns, Proc};
 
 /// How long a starting agent may take to serve.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -15,7 +15,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// A `vpcnetd` in network namespace `ns`, serving on `socket`, logging to `log`.
 #[derive(Debug)]
 pub struct Agent {
-    child: Option<Child>,
+    /// Killed on drop.
+    child: Proc,
     args: Vec<String>,
     ns: String,
     socket: PathBuf,
@@ -26,7 +27,7 @@ impl Agent {
     /// Not running yet: `args` are its whole command line (`--socket` included).
     pub fn new(ns: &str, socket: PathBuf, log: PathBuf, args: Vec<String>) -> Agent {
         Agent {
-            child: None,
+            child: Proc::default(),
             args,
             ns: ns.to_string(),
             socket,
@@ -58,10 +59,10 @@ impl Agent {
             .stderr(log)
             .spawn()
             .expect("spawn vpcnetd");
-        self.child = Some(child);
+        self.child.set(child);
         let end = Instant::now() + START_TIMEOUT;
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(st) = self.child.exited() {
                 panic!("vpcnetd exited ({st}): {}", self.log_text());
             }
             assert!(
@@ -78,15 +79,12 @@ impl Agent {
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// SIGKILL: a crash, nothing gets to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// Starts it again with the same flags (after [`Agent::kill`]).
@@ -96,13 +94,7 @@ impl Agent {
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.is_running()
     }
 }
 

@@ -45,6 +45,23 @@ impl CniOutput {
         assert!(self.ok(), "{what} failed: {}", self.stdout);
         self
     }
+    /// The call failed with CNI error `code`, and its message names `names`.
+    #[track_caller]
+    pub fn expect_refused(&self, what: &str, code: u64, names: &str) -> &Self {
+        assert_ne!(self.exit, 0, "{what}: succeeded: {}", self.stdout);
+        assert_eq!(
+            self.code(),
+            Some(code),
+            "{what}: wrong code: {}",
+            self.stdout
+        );
+        assert!(
+            self.msg().contains(names),
+            "{what}: message should name {names:?}: {}",
+            self.msg()
+        );
+        self
+    }
 }
 
 /// The netconf the fixtures use: network `name`, the agent at `socket`, the plugin's debug

@@ -6,13 +6,13 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::{free_port, netns, tail, unique_prefix};
+use crate::{free_port, netns, tail, unique_prefix, Proc};
 
 /// How long a starting etcd may take to report healthy.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -20,7 +20,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A single-member etcd. See the module docs.
 #[derive(Debug)]
 pub struct Etcd {
-    child: Option<Child>,
+    child: Proc,
     /// Data (`data/`) and log (`etcd.log`).
     pub dir: PathBuf,
     pub client_ip: Ipv4Addr,
@@ -61,7 +61,7 @@ impl Etcd {
             peer_port = free_port();
         }
         Etcd {
-            child: None,
+            child: Proc::default(),
             dir,
             client_ip: Ipv4Addr::LOCALHOST,
             client_port,
@@ -82,7 +82,7 @@ impl Etcd {
         peer_port: u16,
     ) -> Etcd {
         Etcd {
-            child: None,
+            child: Proc::default(),
             dir,
             client_ip,
             client_port,
@@ -108,7 +108,7 @@ impl Etcd {
     /// Starts it (built stopped, or after [`Etcd::stop`]) and waits until it is healthy;
     /// panics with its log if it exits first or is not healthy within [`START_TIMEOUT`].
     pub fn launch(&mut self) {
-        assert!(self.child.is_none(), "etcd already running");
+        assert!(self.child.pid().is_none(), "etcd already running");
         std::fs::create_dir_all(&self.dir).expect("etcd dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -144,10 +144,11 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn /usr/bin/etcd (is it installed?)"));
+        self.child
+            .set(cmd.spawn().expect("spawn /usr/bin/etcd (is it installed?)"));
         let end = Instant::now() + START_TIMEOUT;
         while !self.healthy() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+            if let Some(st) = self.child.exited() {
                 panic!("etcd exited ({st}): {}", tail(&self.log(), 30));
             }
             assert!(
@@ -161,10 +162,7 @@ impl Etcd {
 
     /// SIGKILL (an outage; the data dir stays).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// (Re)starts it with the same ports and data and waits until it is healthy.
@@ -174,11 +172,11 @@ impl Etcd {
     }
 
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        self.child.is_running()
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.pid()
     }
 
     /// `GET /health` from inside etcd's namespace says `"health":"true"`.

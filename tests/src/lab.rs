@@ -92,10 +92,10 @@ impl Lab {
         cni::netconf("vpctest", &self.socket(), &self.dir.join("plugin.log"))
     }
 
-    /// Starts vpcnetd in the host namespace with the lab's socket/state/VPC plus `extra` flags,
-    /// and waits until it serves.
-    pub fn start_agent(&mut self, extra: &[&str]) -> &mut Agent {
-        let mut args = vec![
+    /// The flags the lab's own agent runs with: its socket, state dir, VPC and node name (for
+    /// [`Lab::start_agent`], or a second process on the same state).
+    pub fn agent_flags(&self) -> Vec<String> {
+        vec![
             "--socket".to_string(),
             self.socket().display().to_string(),
             "--state-dir".to_string(),
@@ -104,7 +104,13 @@ impl Lab {
             self.vpc.clone(),
             "--node-name".to_string(),
             format!("{}-node", self.prefix),
-        ];
+        ]
+    }
+
+    /// Starts vpcnetd in the host namespace with [`Lab::agent_flags`] plus `extra` flags, and
+    /// waits until it serves.
+    pub fn start_agent(&mut self, extra: &[&str]) -> &mut Agent {
+        let mut args = self.agent_flags();
         args.extend(extra.iter().map(|s| s.to_string()));
         let agent = Agent::start(
             &self.host(),

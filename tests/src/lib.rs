@@ -19,7 +19,7 @@ pub mod lab;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -166,4 +166,53 @@ pub fn par_map<T: Sync, R: Send>(
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
+}
+
+/// Is `ip` inside `cidr` (e.g. "10.240.0.0/16")?
+pub fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
+    let (net, len) = cidr.split_once('/').expect("cidr");
+    let net: std::net::Ipv4Addr = net.parse().expect("cidr address");
+    let len: u32 = len.parse().expect("cidr length");
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// A fixture's child process (an agent, an etcd): SIGKILLed and reaped by [`Proc::kill`]
+/// and when dropped, also when the test panics.
+#[derive(Debug, Default)]
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    /// Takes over `child` (after killing the one it had, if any).
+    pub fn set(&mut self, child: Child) {
+        self.kill();
+        self.0 = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL and wait (nothing gets to clean up); no-op when not running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Its exit status, once it has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.0.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }

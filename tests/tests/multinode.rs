@@ -7,16 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use vpcnet_tests::cluster::{Cluster, Pod, ETCD_URL, OUTSIDE_IP, SWITCH_IP};
+use vpcnet_tests::in_cidr;
 use vpcnet_tests::netns::{connect_from, OneShotListener};
-
-/// Does `ip` lie in `cidr` ("a.b.c.d/len")?
-fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
-    let (net, len) = cidr.split_once('/').expect("cidr");
-    let net: Ipv4Addr = net.parse().expect("cidr address");
-    let len: u32 = len.parse().expect("cidr length");
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
 
 fn elapsed(t0: Instant) -> String {
     format!("{:.1}s", t0.elapsed().as_secs_f64())

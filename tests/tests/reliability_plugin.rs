@@ -51,13 +51,7 @@ fn env<'a>(cmd: &'a str, cid: &'a str, ifname: &'a str, netns: &'a str) -> Vec<(
 
 #[track_caller]
 fn assert_refused(what: &str, out: &CniOutput, code: u64, names: &str) {
-    assert_ne!(out.exit, 0, "{what}: succeeded: {}", out.stdout);
-    assert_eq!(out.code(), Some(code), "{what}: wrong code: {}", out.stdout);
-    assert!(
-        out.msg().contains(names),
-        "{what}: message should name {names:?}: {}",
-        out.msg()
-    );
+    out.expect_refused(what, code, names);
 }
 
 /// CHECK of `cid`/`ifname` in `ns` against `prev`.
