@@ -1,4 +1,5 @@
-//! The multi-node lab: a "VPC switch" namespace with a Linux bridge, N node namespaces wired
+//! The multi-node lab, built from the one-node pieces ([`crate::netns`], [`crate::etcd`],
+//! [`crate::agent`], [`crate::cni`]): a "VPC switch" namespace with a Linux bridge, N node namespaces wired
 //! to it, one real etcd on the switch, one real `vpcnetd` per node on the etcd datastore, and
 //! pods per node wired through the real `vpcnet` binary.
 //!
@@ -18,21 +19,25 @@
 //! printed).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::{add_netns, add_netns_batch, bin, par_map, sh, sh_ok, Agent, CniOutput, COUNTER};
+use crate::agent::{self, Agent};
+use crate::cni::{self, CniOutput};
+use crate::etcd::Etcd;
+use crate::netns::{self, Namespaces};
+use crate::{par_map, scratch_dir, sh, sh_ok, tail, unique_prefix};
 
 /// The switch's address on the underlay: nodes' default gateway and etcd's client address.
 pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 1);
 /// The "outside" namespace's address (see [`Cluster::add_outside`]).
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(10, 199, 0, 100);
+/// etcd's client port on [`SWITCH_IP`].
+pub const ETCD_PORT: u16 = 2379;
 /// etcd's client URL, reachable from every node.
 pub const ETCD_URL: &str = "http://10.199.0.1:2379";
 /// Longest any single plugin invocation may take before the test calls it a hang.
@@ -79,14 +84,7 @@ impl ClusterNode {
     }
     /// The netconf pointing at this node's agent.
     pub fn conf(&self) -> Value {
-        json!({
-            "cniVersion": "1.1.0",
-            "name": "vpcnet",
-            "type": "vpcnet",
-            "socket": self.socket(),
-            "logFile": self.dir.join("plugin.log"),
-            "logLevel": "debug",
-        })
+        cni::netconf("vpcnet", &self.socket(), &self.dir.join("plugin.log"))
     }
 }
 
@@ -130,13 +128,6 @@ impl OurRoute {
     }
 }
 
-#[derive(Debug)]
-struct Etcd {
-    child: Option<Child>,
-    data_dir: PathBuf,
-    log: PathBuf,
-}
-
 /// The multi-node world. See the module docs.
 #[derive(Debug)]
 pub struct Cluster {
@@ -148,10 +139,11 @@ pub struct Cluster {
     pub agent_flags: Vec<String>,
     /// Where [`Cluster::check_consistency`] reads claims: `<--etcd-prefix>/claims/`.
     pub claims_key: String,
+    /// On the switch, at [`ETCD_URL`]; data and log in `<dir>/etcd`.
     etcd: Etcd,
     switch: String,
-    /// Namespaces to delete on drop besides nodes and switch (pods, outside).
-    extra_ns: Vec<String>,
+    /// Switch, nodes, outside and pods (dropped after agents and etcd: see [`Drop`]).
+    ns: Namespaces,
     pods_seq: BTreeMap<usize, usize>,
 }
 
@@ -159,30 +151,29 @@ impl Cluster {
     /// Switch + `nodes` nodes + etcd (running and healthy); no agents yet.
     pub fn new(nodes: usize, vpc: &str) -> Cluster {
         assert!((1..=200).contains(&nodes), "1..=200 nodes");
-        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let prefix = format!("vt{}x{n}", std::process::id());
-        let dir = std::env::temp_dir().join("vpcnet-tests").join(&prefix);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let prefix = unique_prefix();
+        let dir = scratch_dir(&prefix);
         let mut c = Cluster {
             switch: format!("{prefix}sw"),
-            etcd: Etcd {
-                child: None,
-                data_dir: dir.join("etcd"),
-                log: dir.join("etcd.log"),
-            },
+            etcd: Etcd::stopped_at(
+                &format!("{prefix}sw"),
+                dir.join("etcd"),
+                SWITCH_IP,
+                ETCD_PORT,
+                2380,
+            ),
             prefix,
             dir,
             vpc: vpc.to_string(),
             nodes: Vec::new(),
             agent_flags: Vec::new(),
             claims_key: "/vpcnet/claims/".to_string(),
-            extra_ns: Vec::new(),
+            ns: Namespaces::default(),
             pods_seq: BTreeMap::new(),
         };
         // From here on, a panic drops `c`, which removes whatever was made so far.
         let sw = c.switch.clone();
-        add_netns(&sw);
+        c.ns.add(&sw);
         sh(&format!(
             "ip -n {sw} link set lo up && \
              ip -n {sw} link add br0 type bridge && \
@@ -204,6 +195,7 @@ impl Cluster {
             c.nodes.push(node);
             c.attach(&ns, &format!("n{k}"), ip, true);
         }
+        assert_eq!(c.etcd.endpoint(), ETCD_URL);
         c.start_etcd();
         c
     }
@@ -211,8 +203,8 @@ impl Cluster {
     /// Creates namespace `ns` and plugs it into the switch: `eth0` (address `ip`/24) in `ns`,
     /// `port` enslaved to the bridge in the switch namespace.
     fn attach(&mut self, ns: &str, port: &str, ip: Ipv4Addr, default_route: bool) {
+        self.ns.add(ns);
         let sw = &self.switch;
-        add_netns(ns);
         let route = if default_route {
             format!(" && ip -n {ns} route add default via {SWITCH_IP}")
         } else {
@@ -230,7 +222,6 @@ impl Cluster {
     /// only SNAT'd traffic can be answered). Returns its name.
     pub fn add_outside(&mut self) -> String {
         let ns = format!("{}out", self.prefix);
-        self.extra_ns.push(ns.clone());
         self.attach(&ns, "out", OUTSIDE_IP, false);
         ns
     }
@@ -252,123 +243,27 @@ impl Cluster {
     /// Starts etcd in the switch namespace (same data directory every time) and waits until
     /// it reports healthy.
     pub fn start_etcd(&mut self) {
-        assert!(self.etcd.child.is_none(), "etcd already running");
-        std::fs::create_dir_all(&self.etcd.data_dir).expect("etcd dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.etcd.log)
-            .expect("etcd log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.switch))
-            .arg("etcd")
-            .args(["--name", "sw", "--data-dir"])
-            .arg(&self.etcd.data_dir)
-            .args(["--listen-client-urls", ETCD_URL])
-            .args(["--advertise-client-urls", ETCD_URL])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "sw=http://127.0.0.1:2380"])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "300"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn etcd (is /usr/bin/etcd installed?)");
-        self.etcd.child = Some(child);
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.etcd_healthy() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.etcd.child.as_mut().map(Child::try_wait) {
-                panic!("etcd exited ({st}): {}", tail(&self.etcd.log, 30));
-            }
-            assert!(
-                Instant::now() < end,
-                "etcd not healthy within 20 s: {}",
-                tail(&self.etcd.log, 30)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(self.etcd.pid().is_none(), "etcd already running");
+        self.etcd.launch();
     }
 
     /// Kills etcd (SIGKILL; the data directory stays for [`Cluster::start_etcd`]).
     pub fn stop_etcd(&mut self) {
-        if let Some(mut c) = self.etcd.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.etcd.stop();
     }
 
     pub fn etcd_pid(&self) -> Option<u32> {
-        self.etcd.child.as_ref().map(Child::id)
+        self.etcd.pid()
     }
 
+    /// etcd's `/health` (asked from inside the switch namespace) says healthy.
     pub fn etcd_healthy(&self) -> bool {
-        self.curl("/health", None)
-            .map(|v| v.get("health").and_then(Value::as_str) == Some("true"))
-            .unwrap_or(false)
-    }
-
-    /// POSTs `body` (or GETs) to etcd's HTTP gateway from inside the switch namespace.
-    pub fn curl(&self, path: &str, body: Option<&Value>) -> Result<Value, String> {
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/var/run/netns/{}", self.switch))
-            .args(["curl", "-sS", "-m", "3"])
-            .arg(format!("{ETCD_URL}{path}"));
-        if let Some(b) = body {
-            cmd.arg("-d").arg(b.to_string());
-        }
-        let out = cmd.output().map_err(|e| format!("curl: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "curl {path}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "curl {path}: not JSON ({e}): {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        })
+        self.etcd.healthy()
     }
 
     /// Every key under `prefix` in etcd: (key, value, lease, create_revision).
     pub fn etcd_range(&self, prefix: &str) -> Result<Vec<(String, String, i64, i64)>, String> {
-        let mut end = prefix.as_bytes().to_vec();
-        // range_end = prefix with its last byte + 1 (every key starting with prefix).
-        if let Some(last) = end.last_mut() {
-            *last += 1;
-        }
-        let v = self.curl(
-            "/v3/kv/range",
-            Some(&json!({"key": b64_encode(prefix.as_bytes()), "range_end": b64_encode(&end)})),
-        )?;
-        if let Some(e) = v.get("error").or_else(|| v.get("message")) {
-            return Err(format!("etcd range {prefix}: {e}"));
-        }
-        let kvs = v.get("kvs").and_then(Value::as_array).cloned();
-        Ok(kvs
-            .unwrap_or_default()
-            .iter()
-            .map(|kv| {
-                let s = |k: &str| {
-                    kv.get(k)
-                        .and_then(Value::as_str)
-                        .map(|x| String::from_utf8_lossy(&b64_decode(x)).into_owned())
-                        .unwrap_or_default()
-                };
-                // The gateway prints int64 fields as strings, and omits zeros.
-                let num = |k: &str| {
-                    kv.get(k)
-                        .and_then(|l| l.as_str().and_then(|s| s.parse().ok()).or(l.as_i64()))
-                        .unwrap_or(0)
-                };
-                (s("key"), s("value"), num("lease"), num("create_revision"))
-            })
-            .collect())
+        self.etcd.range(prefix)
     }
 
     /// The prefix claims in etcd under [`Cluster::claims_key`] (default `/vpcnet/claims/`).
@@ -457,13 +352,7 @@ impl Cluster {
 
     fn new_agent(&self, k: usize, extra: &[&str]) -> Agent {
         let n = self.node(k);
-        Agent {
-            child: None,
-            args: self.agent_args(k, extra),
-            host: n.ns.clone(),
-            socket: n.socket(),
-            log: n.log(),
-        }
+        Agent::new(&n.ns, n.socket(), n.log(), self.agent_args(k, extra))
     }
 
     /// Starts node `k`'s agent with the cluster's flags plus `extra`; waits until it serves.
@@ -526,20 +415,7 @@ impl Cluster {
     /// `vpcnetd status --json` of node `k` (Err when it does not answer).
     pub fn try_status(&self, k: usize) -> Result<Value, String> {
         let n = self.node(k);
-        let out = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", n.ns))
-            .arg(bin("vpcnetd"))
-            .args(["status", "--json", "--socket"])
-            .arg(n.socket())
-            .output()
-            .map_err(|e| format!("vpcnetd status: {e}"))?;
-        serde_json::from_slice(&out.stdout).map_err(|e| {
-            format!(
-                "node{k} status not JSON ({e}): {} {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+        agent::try_status(&n.ns, &n.socket()).map_err(|e| format!("node{k} {e}"))
     }
 
     #[track_caller]
@@ -581,35 +457,15 @@ impl Cluster {
     /// Invokes the real plugin inside node `k`'s namespace; killed after [`CNI_TIMEOUT_S`].
     pub fn cni(&self, k: usize, command: &str, cid: &str, netns: &str) -> CniOutput {
         let n = self.node(k);
-        let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", &CNI_TIMEOUT_S.to_string(), "nsenter"])
-            .arg(format!("--net=/var/run/netns/{}", n.ns))
-            .arg(bin("vpcnet"))
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_NETNS", netns)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={cid}"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn vpcnet");
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(n.conf().to_string().as_bytes());
-        }
-        let out = child.wait_with_output().expect("wait vpcnet");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        CniOutput {
-            exit: out.status.code().unwrap_or(-1),
-            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-            stdout,
-        }
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=test;K8S_POD_NAME={cid}");
+        let mut env = cni::env(command, cid, "eth0", netns).to_vec();
+        env.push(("CNI_ARGS", &args));
+        cni::invoke(
+            &n.ns,
+            n.conf().to_string().as_bytes(),
+            &env,
+            Some(CNI_TIMEOUT_S),
+        )
     }
 
     /// Creates `count` new pod namespaces on node `k` (`<prefix>n<k>p<i>`, one `ip -batch`).
@@ -620,10 +476,7 @@ impl Cluster {
         let v: Vec<(String, String)> = (first..first + count)
             .map(|i| (format!("{}n{k}p{i}", self.prefix), format!("n{k}-c{i}")))
             .collect();
-        if !v.is_empty() {
-            self.extra_ns.extend(v.iter().map(|(ns, _)| ns.clone()));
-            add_netns_batch(v.iter().map(|(ns, _)| ns.as_str()));
-        }
+        self.ns.add_batch(v.iter().map(|(ns, _)| ns.as_str()));
         v
     }
 
@@ -631,7 +484,7 @@ impl Cluster {
     pub fn add_pods(&mut self, k: usize, count: usize, threads: usize) -> Vec<Pod> {
         let nss = self.new_pod_namespaces(k, count);
         let outs = par_map(&nss, threads, |(ns, cid)| {
-            self.cni(k, "ADD", cid, &format!("/var/run/netns/{ns}"))
+            self.cni(k, "ADD", cid, &netns::path(ns))
         });
         nss.into_iter()
             .zip(outs)
@@ -650,7 +503,7 @@ impl Cluster {
     /// ADD one pod on node `k` in a new namespace; returns the namespace, ID and raw output.
     pub fn try_add_pod(&mut self, k: usize) -> (String, String, CniOutput) {
         let (ns, cid) = self.new_pod_namespaces(k, 1).pop().expect("one namespace");
-        let out = self.cni(k, "ADD", &cid, &format!("/var/run/netns/{ns}"));
+        let out = self.cni(k, "ADD", &cid, &netns::path(&ns));
         (ns, cid, out)
     }
 
@@ -766,7 +619,7 @@ impl Cluster {
 
     /// One ping (two tries, 2 s each) from namespace `from` to `to`.
     pub fn ping(from: &str, to: Ipv4Addr) -> bool {
-        let cmd = format!("nsenter --net=/var/run/netns/{from} ping -c1 -W2 -q {to}");
+        let cmd = format!("nsenter --net={} ping -c1 -W2 -q {to}", netns::path(from));
         sh_ok(&cmd) || sh_ok(&cmd)
     }
 
@@ -802,8 +655,8 @@ impl Cluster {
     pub fn dump_logs(&self, lines: usize) {
         eprintln!(
             "---- etcd ({}) ----\n{}",
-            self.etcd.log.display(),
-            tail(&self.etcd.log, lines)
+            self.etcd.log().display(),
+            tail(&self.etcd.log(), lines)
         );
         for n in &self.nodes {
             eprintln!(
@@ -836,17 +689,7 @@ impl Drop for Cluster {
             }
         }
         self.stop_etcd();
-        for ns in self
-            .extra_ns
-            .iter()
-            .chain(self.nodes.iter().map(|n| &n.ns))
-            .chain(std::iter::once(&self.switch))
-        {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        // The namespaces (pods and outside, nodes, switch: newest first) go when `ns` drops.
         if failed {
             eprintln!(
                 "cluster {} failed; logs kept in {}",
@@ -857,12 +700,6 @@ impl Drop for Cluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
-}
-
-fn tail(path: &std::path::Path, lines: usize) -> String {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 /// `unreachable 10.240.0.0/28 proto 171 metric 1024`, `10.240.0.16/28 via 10.199.0.12 dev eth0
@@ -894,197 +731,9 @@ pub fn parse_route(line: &str) -> Option<OurRoute> {
     })
 }
 
-// ---- running code inside a namespace (std threads, setns) ----
-
-mod sys {
-    extern "C" {
-        /// glibc's setns(2).
-        pub fn setns(fd: i32, nstype: i32) -> i32;
-    }
-}
-const CLONE_NEWNET: i32 = 0x4000_0000;
-
-/// Moves the calling thread into network namespace `ns` (only this thread).
-pub fn enter_netns(ns: &str) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
-    // SAFETY: setns takes a valid open fd (kept open by `f` for the call) and a flag; it
-    // changes only the calling thread's network namespace and touches no memory of ours.
-    let rc = unsafe { sys::setns(f.as_raw_fd(), CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Runs `f` on a new thread inside network namespace `ns` and returns its result.
-pub fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<T> {
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns)?;
-        Ok(f())
-    })
-    .join()
-    .map_err(|_| std::io::Error::other("thread in netns panicked"))?
-}
-
-/// A TCP listener in a namespace that accepts one connection and reports its peer address.
-#[derive(Debug)]
-pub struct OneShotListener {
-    pub addr: SocketAddr,
-    handle: std::thread::JoinHandle<std::io::Result<SocketAddr>>,
-}
-
-impl OneShotListener {
-    /// Binds `ip:port` (port 0 = any) inside `ns`; the accept waits at most `timeout`.
-    pub fn start(ns: &str, ip: Ipv4Addr, timeout: Duration) -> std::io::Result<OneShotListener> {
-        let ns = ns.to_string();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
-            let bound = (|| {
-                enter_netns(&ns)?;
-                let l = TcpListener::bind((ip, 0))?;
-                l.set_nonblocking(true)?;
-                Ok::<_, std::io::Error>(l)
-            })();
-            let l = match bound {
-                Ok(l) => {
-                    let _ = tx.send(l.local_addr());
-                    l
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(std::io::Error::new(e.kind(), e.to_string())));
-                    return Err(e);
-                }
-            };
-            let end = Instant::now() + timeout;
-            loop {
-                match l.accept() {
-                    Ok((mut s, peer)) => {
-                        let _ = s.write_all(b"hi\n");
-                        return Ok(peer);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() >= end {
-                            return Err(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "no connection",
-                            ));
-                        }
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        });
-        let addr = rx
-            .recv()
-            .map_err(|_| std::io::Error::other("listener thread died"))??;
-        Ok(OneShotListener { addr, handle })
-    }
-
-    /// The peer address of the one connection (or why there was none).
-    pub fn peer(self) -> std::io::Result<SocketAddr> {
-        self.handle
-            .join()
-            .map_err(|_| std::io::Error::other("listener thread panicked"))?
-    }
-}
-
-/// Connects from inside `ns` to `to` (TCP), reads the greeting; returns the local address.
-pub fn connect_from(ns: &str, to: SocketAddr, timeout: Duration) -> std::io::Result<SocketAddr> {
-    in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        let mut buf = [0u8; 3];
-        s.read_exact(&mut buf)?;
-        s.local_addr()
-    })?
-}
-
-// ---- base64 (etcd's JSON gateway encodes keys and values) ----
-
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-pub fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-pub fn b64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes() {
-        let Some(v) = B64.iter().position(|&x| x == c) else {
-            continue; // '=' and whitespace
-        };
-        acc = (acc << 6) | u32::try_from(v).unwrap_or(0);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push(u8::try_from((acc >> bits) & 0xff).unwrap_or(0));
-        }
-    }
-    out
-}
-
-/// A small deterministic PRNG (xorshift64*) for sampling ping pairs; print the seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-    pub fn from_time() -> (Rng, u64) {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20)
-            .unwrap_or(1);
-        (Rng::new(seed), seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform-ish in 0..n.
-    pub fn below(&mut self, n: usize) -> usize {
-        usize::try_from(self.next_u64() % u64::try_from(n.max(1)).unwrap_or(1)).unwrap_or(0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_round_trip() {
-        for s in ["", "a", "ab", "abc", "/vpcnet/claims/", "/vpcnet/claims0"] {
-            assert_eq!(b64_decode(&b64_encode(s.as_bytes())), s.as_bytes());
-        }
-        assert_eq!(b64_encode(b"/vpcnet/"), "L3ZwY25ldC8=");
-    }
 
     #[test]
     fn routes_parse() {

@@ -51,24 +51,12 @@ fn env<'a>(
     ifname: &'a str,
     netns: &'a str,
 ) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", command),
-        ("CNI_CONTAINERID", cid),
-        ("CNI_IFNAME", ifname),
-        ("CNI_NETNS", netns),
-        ("CNI_PATH", "/usr/lib/cni"),
-    ]
+    vpcnet_tests::cni::env(command, cid, ifname, netns).to_vec()
 }
 
 #[track_caller]
 fn assert_refused(what: &str, out: &CniOutput, code: u64, names: &str) {
-    assert_ne!(out.exit, 0, "{what}: succeeded: {}", out.stdout);
-    assert_eq!(out.code(), Some(code), "{what}: wrong code: {}", out.stdout);
-    assert!(
-        out.msg().contains(names),
-        "{what}: message should name {names:?}: {}",
-        out.msg()
-    );
+    out.expect_refused(what, code, names);
     // The error result is a proper CNI error: a cniVersion the runtime understands.
     let v = out.json["cniVersion"].as_str().unwrap_or_default();
     assert!(

@@ -8,18 +8,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use vpcnet_tests::{CniOutput, Lab};
+use vpcnet_tests::{in_cidr, CniOutput, Lab};
 
 const GATEWAY: &str = "169.254.1.1";
-
-/// Is `ip` inside `cidr` (e.g. "10.240.0.0/16")?
-fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
-    let (net, len) = cidr.split_once('/').expect("cidr");
-    let net: Ipv4Addr = net.parse().expect("cidr address");
-    let len: u32 = len.parse().expect("cidr length");
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
 
 fn stats(lab: &Lab) -> Value {
     lab.status()["stats"].clone()

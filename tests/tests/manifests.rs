@@ -429,42 +429,86 @@ fn assert_vpcnetd_parses(file: &str, inv: &Invocation) {
     );
 }
 
-fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
-    let docs = yaml_docs(&manifests().join(file));
-    let cm = one(&docs, "ConfigMap", file);
-    let cm_name = s(cm, "/metadata/name");
-    let config: BTreeMap<String, String> = cm["data"]
-        .as_object()
-        .expect("ConfigMap data")
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_str()
-                    .expect("ConfigMap values are strings")
-                    .to_string(),
-            )
-        })
-        .collect();
-    for key in config.keys() {
+/// One DaemonSet variant being checked: its file, its documents and the parts every check
+/// reads.
+struct Variant<'a> {
+    file: &'a str,
+    docs: &'a [Value],
+    cm: &'a Value,
+    cm_name: &'a str,
+    /// The ConfigMap's data (key -> value).
+    config: BTreeMap<String, String>,
+    ds: &'a Value,
+    /// The DaemonSet's pod spec.
+    pod: &'a Value,
+    /// The `vpcnetd` container.
+    agent: &'a Value,
+    /// `vpcnet:<workspace version>`.
+    image: String,
+}
+
+impl<'a> Variant<'a> {
+    fn of(file: &'a str, docs: &'a [Value]) -> Variant<'a> {
+        let cm = one(docs, "ConfigMap", file);
+        let config = cm["data"]
+            .as_object()
+            .expect("ConfigMap data")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str()
+                        .expect("ConfigMap values are strings")
+                        .to_string(),
+                )
+            })
+            .collect();
+        let ds = one(docs, "DaemonSet", file);
+        let pod = ds.pointer("/spec/template/spec").expect("pod spec");
+        Variant {
+            file,
+            docs,
+            cm,
+            cm_name: s(cm, "/metadata/name"),
+            config,
+            ds,
+            pod,
+            agent: container(pod, "containers", "vpcnetd", file),
+            image: format!("vpcnet:{}", workspace_version()),
+        }
+    }
+
+    /// The agent's command line and environment as vpcnetd will see them.
+    fn agent_invocation(&self) -> Invocation {
+        Invocation::of(self.file, self.agent, &self.config, self.cm_name)
+    }
+}
+
+/// Every ConfigMap key is a vpcnetd flag.
+fn check_config_keys_are_flags(v: &Variant, top: &Help) {
+    let file = v.file;
+    for key in v.config.keys() {
         assert!(
             top.flags.contains_key(key),
             "{file}: ConfigMap key {key:?} is not a vpcnetd flag"
         );
     }
-    let ds = one(&docs, "DaemonSet", file);
+}
+
+/// Namespace, rollout, host network, DNS, priority, tolerations and service account.
+fn check_pod_placement(v: &Variant) {
+    let (file, ds, pod) = (v.file, v.ds, v.pod);
     assert_eq!(
         s(ds, "/metadata/namespace"),
         "kube-system",
         "{file}: system-node-critical pods belong in kube-system"
     );
-    assert_eq!(s(cm, "/metadata/namespace"), "kube-system");
+    assert_eq!(s(v.cm, "/metadata/namespace"), "kube-system");
     assert_eq!(
         ds.pointer("/spec/updateStrategy/rollingUpdate/maxUnavailable"),
         Some(&Value::from("10%")),
         "{file}"
     );
-    let pod = ds.pointer("/spec/template/spec").expect("pod spec");
     assert_eq!(
         pod["hostNetwork"], true,
         "{file}: the agent configures the node's network"
@@ -482,19 +526,21 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
                 && t.get("effect").is_none()),
         "{file}: must tolerate every taint"
     );
-    let sa = one(&docs, "ServiceAccount", file);
+    let sa = one(v.docs, "ServiceAccount", file);
     assert_eq!(
         s(pod, "/serviceAccountName"),
         s(sa, "/metadata/name"),
         "{file}"
     );
-    let image = format!("vpcnet:{}", workspace_version());
+}
 
-    // The agent.
-    let agent = container(pod, "containers", "vpcnetd", file);
+/// The agent container: image, command, no subcommand, only flags and variables vpcnetd
+/// knows, node name and IP from the downward API, the VPC from the ConfigMap.
+fn check_agent_command_line(v: &Variant, inv: &Invocation, top: &Help) {
+    let (file, agent) = (v.file, v.agent);
     assert_eq!(
         s(agent, "/image"),
-        image,
+        v.image,
         "{file}: image tag = workspace version"
     );
     assert_eq!(
@@ -502,7 +548,6 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         [Value::from(VPCNETD_IN_IMAGE)],
         "{file}"
     );
-    let inv = Invocation::of(file, agent, &config, cm_name);
     assert!(
         inv.positional.is_empty(),
         "{file}: no subcommand in the agent's args (`run` is the default, and the run flags are top-level flags that `vpcnetd run` refuses): {:?}",
@@ -528,7 +573,12 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         inv.env.contains_key("VPCNET_VPC_CIDR"),
         "{file}: VPCNET_VPC_CIDR comes from the ConfigMap"
     );
+}
 
+/// Socket, state, CNI conf dir and plugin log dir: the paths vpcnetd uses, each mounted
+/// from the node's same path.
+fn check_agent_host_dirs(v: &Variant, inv: &Invocation, top: &Help) {
+    let (file, pod, agent) = (v.file, v.pod, v.agent);
     let v = |flag: &str| inv.value(top, flag).unwrap_or_default();
     assert_eq!(v("socket"), SOCKET, "{file}: --socket");
     assert_host_dir(
@@ -558,8 +608,13 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         "vpcnetd's default conflist name"
     );
     assert_host_dir(file, pod, agent, PLUGIN_LOG_DIR, true);
+}
 
-    // Datastore.
+/// `--datastore` is the variant's and one vpcnetd accepts; for etcd, the endpoints are set
+/// and the client certificates come read-only from the Secret.
+fn check_datastore(v: &Variant, inv: &Invocation, top: &Help, datastore: &str) {
+    let (file, pod, agent) = (v.file, v.pod, v.agent);
+    let v = |flag: &str| inv.value(top, flag).unwrap_or_default();
     let ds_value = v("datastore");
     assert_eq!(ds_value, datastore, "{file}: --datastore");
     let possible = &top.flags["datastore"].possible;
@@ -591,9 +646,13 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
             );
         }
     }
+}
 
-    // Metrics and probes.
-    let addr = v("metrics-addr");
+/// `--metrics-addr` listens on every address, its port is declared, and the three probes ask
+/// that port for `/healthz` and `/readyz`.
+fn check_metrics_and_probes(v: &Variant, inv: &Invocation, top: &Help) {
+    let (file, agent) = (v.file, v.agent);
+    let addr = inv.value(top, "metrics-addr").unwrap_or_default();
     assert!(
         addr.parse::<std::net::SocketAddr>().is_ok(),
         "{file}: --metrics-addr {addr:?} is not host:port"
@@ -628,9 +687,12 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         );
         assert_eq!(s(p, "/httpGet/path"), path, "{file}: {probe}");
     }
+}
 
-    // Least privilege.
-    let sc = &agent["securityContext"];
+/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
+fn check_least_privilege(v: &Variant) {
+    let (file, pod) = (v.file, v.pod);
+    let sc = &v.agent["securityContext"];
     assert_ne!(sc["privileged"], true, "{file}");
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
     assert_eq!(
@@ -659,12 +721,13 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         host_paths, expected,
         "{file}: host paths (each is justified in manifests/README.md)"
     );
+}
 
-    assert_vpcnetd_parses(file, &inv);
-
-    // The init container installs the plugin into the node's CNI bin dir.
+/// The init container installs the plugin into the node's CNI bin dir, with no capability.
+fn check_install_cni(v: &Variant, top: &Help, install: &Help) {
+    let (file, pod) = (v.file, v.pod);
     let init = container(pod, "initContainers", "install-cni", file);
-    assert_eq!(s(init, "/image"), image, "{file}");
+    assert_eq!(s(init, "/image"), v.image, "{file}");
     assert_eq!(
         arr(init, "/command"),
         [Value::from(VPCNETD_IN_IMAGE)],
@@ -675,7 +738,7 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         "vpcnetd has no install-cni subcommand (subcommands: {:?})",
         top.subcommands
     );
-    let iinv = Invocation::of(file, init, &config, cm_name);
+    let iinv = Invocation::of(file, init, &v.config, v.cm_name);
     assert_eq!(
         iinv.positional,
         ["install-cni"],
@@ -697,6 +760,22 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
         arr(init, "/securityContext/capabilities/add").is_empty(),
         "{file}: install-cni needs no capability"
     );
+}
+
+/// Every check of one DaemonSet variant, in the order a reader meets its parts.
+fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
+    let docs = yaml_docs(&manifests().join(file));
+    let v = Variant::of(file, &docs);
+    check_config_keys_are_flags(&v, top);
+    check_pod_placement(&v);
+    let inv = v.agent_invocation();
+    check_agent_command_line(&v, &inv, top);
+    check_agent_host_dirs(&v, &inv, top);
+    check_datastore(&v, &inv, top, datastore);
+    check_metrics_and_probes(&v, &inv, top);
+    check_least_privilege(&v);
+    assert_vpcnetd_parses(file, &inv);
+    check_install_cni(&v, top, install);
 }
 
 #[test]

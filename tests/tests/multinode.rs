@@ -6,18 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use vpcnet_tests::cluster::{
-    connect_from, Cluster, OneShotListener, Pod, Rng, ETCD_URL, OUTSIDE_IP, SWITCH_IP,
-};
-
-/// Does `ip` lie in `cidr` ("a.b.c.d/len")?
-fn in_cidr(ip: Ipv4Addr, cidr: &str) -> bool {
-    let (net, len) = cidr.split_once('/').expect("cidr");
-    let net: Ipv4Addr = net.parse().expect("cidr address");
-    let len: u32 = len.parse().expect("cidr length");
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
+use vpcnet_tests::cluster::{Cluster, Pod, ETCD_URL, OUTSIDE_IP, SWITCH_IP};
+use vpcnet_tests::in_cidr;
+use vpcnet_tests::netns::{connect_from, OneShotListener};
 
 fn elapsed(t0: Instant) -> String {
     format!("{:.1}s", t0.elapsed().as_secs_f64())
@@ -99,11 +90,12 @@ fn mesh_three_nodes_twenty_pods() {
         let src = pods.iter().find(|p| p.node == k).expect("pod on node");
         pairs.extend(pods.iter().filter(|p| p.ns != src.ns).map(|p| (src, p)));
     }
-    let (mut rng, seed) = Rng::from_time();
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut sampled = 0;
     while sampled < 300 {
-        let a = &pods[rng.below(pods.len())];
-        let b = &pods[rng.below(pods.len())];
+        let a = &pods[rng.usize(..pods.len())];
+        let b = &pods[rng.usize(..pods.len())];
         if a.ns != b.ns {
             pairs.push((a, b));
             sampled += 1;

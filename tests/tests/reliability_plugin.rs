@@ -8,11 +8,10 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vpcnet_tests::{bin, host_veth_name, status_allocs, CniOutput, Lab};
+use vpcnet_tests::{host_veth_name, status_allocs, CniOutput, Lab};
 
 /// What must not change when an input is refused.
 #[derive(Debug, PartialEq)]
@@ -47,24 +46,12 @@ fn snapshot(lab: &Lab) -> Snapshot {
 }
 
 fn env<'a>(cmd: &'a str, cid: &'a str, ifname: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("CNI_COMMAND", cmd),
-        ("CNI_CONTAINERID", cid),
-        ("CNI_IFNAME", ifname),
-        ("CNI_NETNS", netns),
-        ("CNI_PATH", "/usr/lib/cni"),
-    ]
+    vpcnet_tests::cni::env(cmd, cid, ifname, netns).to_vec()
 }
 
 #[track_caller]
 fn assert_refused(what: &str, out: &CniOutput, code: u64, names: &str) {
-    assert_ne!(out.exit, 0, "{what}: succeeded: {}", out.stdout);
-    assert_eq!(out.code(), Some(code), "{what}: wrong code: {}", out.stdout);
-    assert!(
-        out.msg().contains(names),
-        "{what}: message should name {names:?}: {}",
-        out.msg()
-    );
+    out.expect_refused(what, code, names);
 }
 
 /// CHECK of `cid`/`ifname` in `ns` against `prev`.
@@ -424,18 +411,10 @@ fn item7_socket_times_out_idle_clients_and_answers_bad_bytes() {
 /// Feeds `stdin_len` bytes (a netconf whose `name` is that long) to an ADD through a pipe
 /// and returns the plugin's output and how many bytes it took before it answered.
 fn add_with_huge_stdin(lab: &Lab, netns: &str, stdin_len: usize) -> (CniOutput, usize) {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net={}", Lab::netns_path(&lab.host())))
-        .arg(bin("vpcnet"))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env("ADD", "huge", "eth0", netns) {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn vpcnet");
+    let mut child =
+        vpcnet_tests::cni::command(&lab.host(), &env("ADD", "huge", "eth0", netns), None)
+            .spawn()
+            .expect("spawn vpcnet");
     let mut pipe = child.stdin.take().expect("stdin");
     let mut conf = lab.conf();
     conf["name"] = json!("NAME");
@@ -468,17 +447,9 @@ fn add_with_huge_stdin(lab: &Lab, netns: &str, stdin_len: usize) -> (CniOutput, 
         }
         sent
     });
-    let out = child.wait_with_output().expect("wait vpcnet");
+    let out = vpcnet_tests::cni::output(child.wait_with_output().expect("wait vpcnet"));
     let sent = writer.join().expect("writer");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    (
-        CniOutput {
-            exit: out.status.code().unwrap_or(-1),
-            json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-            stdout,
-        },
-        sent,
-    )
+    (out, sent)
 }
 
 /// (what, stdin, CNI_* variables set to other values, code, what the message names)

@@ -15,16 +15,7 @@ use vpcnet_tests::{bin, host_veth_name, sh_ok, stat, status_allocs, wait_until, 
 
 /// The flags the lab's own agent runs with (see `Lab::start_agent`), for a second process.
 fn lab_flags(lab: &Lab) -> Vec<String> {
-    vec![
-        "--socket".into(),
-        lab.socket().display().to_string(),
-        "--state-dir".into(),
-        lab.state_dir().display().to_string(),
-        "--vpc-cidr".into(),
-        lab.vpc.clone(),
-        "--node-name".into(),
-        format!("{}-node", lab.prefix),
-    ]
+    lab.agent_flags()
 }
 
 /// Runs `vpcnetd <args>` in the lab's host namespace and waits up to `timeout` for it to
