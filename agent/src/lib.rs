@@ -20,6 +20,7 @@ pub mod backoff;
 pub mod cni_conf;
 pub mod config;
 pub mod datastore;
+pub mod error;
 pub mod loops {
     //! The agent's background loops, each beside the socket server.
     pub mod peers;
@@ -51,6 +52,7 @@ use crate::datastore::etcd::{EtcdConfig, EtcdDatastore};
 use crate::datastore::kubernetes::{KubernetesConfig, KubernetesDatastore};
 use crate::datastore::local::LocalDatastore;
 use crate::datastore::Datastore;
+pub use crate::error::AgentError;
 use crate::loops::{peers, reap, reconcile, warm};
 use crate::node::audit;
 use crate::node::store::{self, StateDir, Store, StoreError};
@@ -79,54 +81,48 @@ pub fn socket_lock_path(socket: &Path) -> PathBuf {
 /// take an exclusive flock on `<socket>.lock`; then it checks nobody answers on the socket
 /// (an older vpcnetd that takes no lock). Either failing, it refuses with nothing changed.
 /// The lock file is never removed (removing it would let two agents lock different files).
-pub fn lock_socket(socket: &Path) -> Result<SocketLock, String> {
+pub fn lock_socket(socket: &Path) -> Result<SocketLock, AgentError> {
     let path = socket_lock_path(socket);
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("creating socket directory {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            AgentError::io(format!("creating socket directory {}", dir.display()), e)
+        })?;
     }
     let file = store::create_private(&path, false)
-        .map_err(|e| format!("opening lock {}: {e}", path.display()))?;
+        .map_err(|e| AgentError::io(format!("opening lock {}", path.display()), e))?;
     let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
-        |_| {
-            format!(
-                "another vpcnetd is running on socket {} (it holds {}); refusing to start, \
-                 nothing on this host was changed",
-                socket.display(),
-                path.display()
-            )
+        |_| AgentError::AlreadyRunning {
+            socket: socket.to_path_buf(),
+            lock: path.clone(),
         },
     )?;
     if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-        return Err(format!(
-            "another vpcnetd (one that takes no lock: an older version?) serves socket {}; \
-             refusing to start, nothing on this host was changed",
-            socket.display()
-        ));
+        return Err(AgentError::UnlockedAgent(socket.to_path_buf()));
     }
     Ok(SocketLock { _lock: lock })
 }
 
-/// A refusal to start over the state in `dir`, with the way out.
-fn state_refusal(dir: &Path, what: &str) -> String {
-    format!(
-        "refusing to start: {what}; nothing on this host was changed. The state in {} \
-         (pool.json, pool.journal) cannot be trusted: inspect it, or run `vpcnetd \
-         rebuild-state` with the same flags to rebuild it from the pods the kernel has \
-         (the old files are kept)",
-        dir.display()
-    )
-}
-
-fn open_state(args: &RunArgs) -> Result<(Store, Pool), String> {
+fn open_state(args: &RunArgs) -> Result<(Store, Pool), AgentError> {
     Store::open(&args.state_dir, args.pool_config()).map_err(|e| match e {
-        StoreError::Corrupt { .. } => state_refusal(&args.state_dir, &e.to_string()),
-        e => e.to_string(),
+        StoreError::Corrupt { .. } => AgentError::StateRefused {
+            dir: args.state_dir.clone(),
+            what: e.to_string(),
+        },
+        e => e.into(),
     })
 }
 
-pub fn run(args: RunArgs) -> Result<(), String> {
-    args.validate()?;
+/// One thread: the agent's work is a few syscalls per request; a small footprint matters
+/// more on a node than parallelism (RSS target < 15 MiB).
+fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::io("starting the runtime", e))
+}
+
+pub fn run(args: RunArgs) -> Result<(), AgentError> {
+    args.validate().map_err(AgentError::Config)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node = %args.node_name(),
@@ -137,18 +133,12 @@ pub fn run(args: RunArgs) -> Result<(), String> {
     // Proof of being the only agent comes first (item 1), the state second (item 3).
     let socket_lock = lock_socket(&args.socket)?;
     let (store, pool) = open_state(&args)?;
-    // One thread: the agent's work is a few syscalls per request; a small footprint matters
-    // more on a node than parallelism (RSS target < 15 MiB).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting runtime: {e}"))?;
-    rt.block_on(async move {
-        let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+    runtime()?.block_on(async move {
+        let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         audit_host(&net, &args, &store, &pool).await?;
         match args.datastore {
             DatastoreKind::Local => {
-                let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
+                let ds = LocalDatastore::open(&args.state_dir)?;
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Etcd => {
@@ -162,8 +152,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                     cert: args.etcd_cert.clone(),
                     key: args.etcd_key.clone(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Kubernetes => {
@@ -171,8 +160,7 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                     kubeconfig: args.kubeconfig.clone(),
                     node: args.node_name(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
                 serve(args, ds, store, pool, net).await
             }
         }
@@ -183,23 +171,19 @@ pub fn run(args: RunArgs) -> Result<(), String> {
 
 /// `vpcnetd rebuild-state`: with no agent running (it takes the same locks), replaces the
 /// state with one built from the kernel's pod routes and host veths ([`audit::rebuild`]).
-pub fn rebuild_state(args: RunArgs) -> Result<(), String> {
-    args.validate()?;
+pub fn rebuild_state(args: RunArgs) -> Result<(), AgentError> {
+    args.validate().map_err(AgentError::Config)?;
     let _socket_lock = lock_socket(&args.socket)?;
-    let dir = StateDir::lock(&args.state_dir).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting runtime: {e}"))?;
-    let (routes, links) = rt.block_on(async {
-        let net = vpcnet_netlink::connect().map_err(|e| format!("netlink: {e}"))?;
+    let dir = StateDir::lock(&args.state_dir)?;
+    let (routes, links) = runtime()?.block_on(async {
+        let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         let routes = route::list_v4(&net, Some(vpcnet_netlink::RTPROT_VPCNET))
             .await
-            .map_err(|e| format!("listing routes: {e}"))?;
+            .map_err(AgentError::netlink("listing routes"))?;
         let links = link::list(&net)
             .await
-            .map_err(|e| format!("listing links: {e}"))?;
-        Ok::<_, String>((routes, links))
+            .map_err(AgentError::netlink("listing links"))?;
+        Ok::<_, AgentError>((routes, links))
     })?;
     let old = readable_state(dir.path(), &args);
     let mut pool = Pool::new(args.pool_config());
@@ -218,7 +202,7 @@ pub fn rebuild_state(args: RunArgs) -> Result<(), String> {
         println!("not adopted: {s}");
     }
     let stamp = now / 1000;
-    Store::replace(dir, &pool, stamp).map_err(|e| e.to_string())?;
+    Store::replace(dir, &pool, stamp)?;
     println!(
         "rebuilt {}: {} allocations ({} as the old state had them) in {} prefixes (previous \
          files kept as pool.*.bad-{stamp})",
@@ -259,27 +243,27 @@ async fn audit_host(
     args: &RunArgs,
     store: &Store,
     pool: &Pool,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     let links = link::list(net)
         .await
-        .map_err(|e| format!("listing links: {e}"))?;
+        .map_err(AgentError::netlink("listing links"))?;
     let routes = route::list_v4(net, Some(vpcnet_netlink::RTPROT_VPCNET))
         .await
-        .map_err(|e| format!("listing routes: {e}"))?;
+        .map_err(AgentError::netlink("listing routes"))?;
     let missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
     if missing.is_empty() {
         return Ok(());
     }
     let n = missing.len();
     let shown: Vec<_> = missing.into_iter().take(8).collect();
-    Err(state_refusal(
-        &args.state_dir,
-        &format!(
+    Err(AgentError::StateRefused {
+        dir: args.state_dir.clone(),
+        what: format!(
             "the state does not account for {n} pod(s) running on this host: {}{}",
             shown.join(", "),
             if n > shown.len() { ", …" } else { "" }
         ),
-    ))
+    })
 }
 
 async fn serve<D: Datastore>(
@@ -288,14 +272,12 @@ async fn serve<D: Datastore>(
     mut store: Store,
     pool: Pool,
     net: rtnetlink::Handle,
-) -> Result<(), String> {
+) -> Result<(), AgentError> {
     // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
     // format in the checksummed one).
-    store
-        .compact(&pool)
-        .map_err(|e| format!("compacting state: {e}"))?;
+    store.compact(&pool)?;
     // Pods route through this namespace.
-    sysctl::set("net/ipv4/ip_forward", "1").map_err(|e| format!("enabling ip_forward: {e}"))?;
+    sysctl::set("net/ipv4/ip_forward", "1").map_err(AgentError::netlink("enabling ip_forward"))?;
     let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();
     let activity = Arc::new(reap::Activity::default());
     let node = Arc::new(Node::new(NodeParts {
@@ -322,7 +304,7 @@ async fn serve<D: Datastore>(
     );
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.
     // A port that cannot be bound costs the metrics, not the pods: log it and go on.
-    if let Some(addr) = http::parse_addr(&args.metrics_addr)? {
+    if let Some(addr) = http::parse_addr(&args.metrics_addr).map_err(AgentError::Config)? {
         match http::bind(addr).await {
             Ok(l) => {
                 tracing::info!(%addr, "metrics, /healthz, /readyz, /pool on http://{addr}");
@@ -394,7 +376,7 @@ async fn serve<D: Datastore>(
                 (task, how) = tasks.next() => {
                     if task.vital() {
                         tracing::error!(task = task.name(), "{} {how}: stopping the agent", task.name());
-                        break Some(format!("the {} {how}", task.name()));
+                        break Some(format!("{} {how}", task.name()));
                     }
                     tracing::error!(task = task.name(), "{} {how} (going on without)", task.name());
                 }
@@ -420,7 +402,7 @@ async fn serve<D: Datastore>(
             tracing::info!("stopped");
             Ok(())
         }
-        Some(why) => Err(format!("{why}; exiting so that the agent is restarted")),
+        Some(why) => Err(AgentError::TaskEnded(why)),
     }
 }
 
@@ -431,7 +413,7 @@ async fn start_up<D: Datastore>(
     node: &Arc<Node<D>>,
     net: &rtnetlink::Handle,
     grace: u64,
-) -> Result<tokio::net::UnixListener, String> {
+) -> Result<tokio::net::UnixListener, AgentError> {
     // Until this succeeds once (the datastore may be down at start), the peer loop keeps
     // reconciling claims with adoption off: adopting is only right before serving.
     if let Err(e) = node.reconcile_claims(true).await {
@@ -443,27 +425,28 @@ async fn start_up<D: Datastore>(
             vpc_cidrs: args.vpc_cidrs.clone(),
             exclude: args.snat_exclude.clone(),
         })
-        .map_err(|e| format!("installing SNAT rules: {e}"))?;
+        .map_err(|e| AgentError::Snat(format!("installing SNAT rules: {e}")))?;
     } else {
-        snat::remove().map_err(|e| format!("removing SNAT rules: {e}"))?;
+        snat::remove().map_err(|e| AgentError::Snat(format!("removing SNAT rules: {e}")))?;
     }
     let report = reconcile::run(node, grace)
         .await
-        .map_err(|e| format!("start-up reconcile: {e}"))?;
-    metrics::get().reconciled(Some(&report));
+        .map_err(AgentError::netlink("start-up reconcile"))?;
+    metrics::get().reconciled(Some(report.actions()));
     tracing::info!(report = ?report, "start-up reconcile done");
     // Veths a previous run marked for deletion but did not get to.
     if let Err(e) = link::delete_group(net, REAP_GROUP).await {
         tracing::warn!("deleting veths marked by a previous run: {e}");
     }
-    server::bind(&args.socket).map_err(|e| format!("binding socket {}: {e}", args.socket.display()))
+    server::bind(&args.socket)
+        .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
 }
 
 async fn reconcile_every<D: Datastore>(node: &Node<D>, every: Duration, grace: u64) {
     loop {
         tokio::time::sleep(every).await;
         let r = reconcile::run(node, grace).await;
-        metrics::get().reconciled(r.as_ref().ok());
+        metrics::get().reconciled(r.as_ref().ok().map(reconcile::Report::actions));
         match r {
             Ok(r) if r != reconcile::Report::default() => {
                 tracing::info!(report = ?r, "reconciled")

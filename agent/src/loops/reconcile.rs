@@ -24,6 +24,17 @@ pub struct Report {
     pub routes_deleted: usize,
 }
 
+impl Report {
+    /// What the pass did, by metric label (`vpcnet_reconcile_actions_total{action}`).
+    pub fn actions(&self) -> [(&'static str, usize); 3] {
+        [
+            ("released", self.released),
+            ("veths_deleted", self.veths_deleted),
+            ("routes_deleted", self.routes_deleted),
+        ]
+    }
+}
+
 pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, NetlinkError> {
     let links = link::list(node.net()).await?;
     let routes = route::list_v4(node.net(), Some(RTPROT_VPCNET)).await?;

@@ -36,7 +36,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::loops::reconcile::Report;
 use vpcnet_proto::api::{AgentStatus, Reply};
 
 /// One label: `(name, value)`.
@@ -247,20 +246,17 @@ impl Metrics {
         self.datastore_requests.get_or_create(&[("op", op)]).inc();
     }
 
-    /// A reconcile pass: its report, or `None` when it failed.
-    pub fn reconciled(&self, report: Option<&Report>) {
-        let Some(r) = report else {
+    /// A reconcile pass: what it did, by action (see `loops::reconcile::Report::actions`),
+    /// or `None` when it failed.
+    pub fn reconciled(&self, actions: Option<[(&'static str, usize); 3]>) {
+        let Some(actions) = actions else {
             self.reconcile_runs
                 .get_or_create(&[("result", "error")])
                 .inc();
             return;
         };
         self.reconcile_runs.get_or_create(&[("result", "ok")]).inc();
-        for (action, n) in [
-            ("released", r.released),
-            ("veths_deleted", r.veths_deleted),
-            ("routes_deleted", r.routes_deleted),
-        ] {
+        for (action, n) in actions {
             if n > 0 {
                 self.reconcile_actions
                     .get_or_create(&[("action", action)])
@@ -337,11 +333,11 @@ mod tests {
             Reply::error(vpcnet_proto::codes::CniCode::TryAgainLater, "full"),
         );
         m.claim_observed::<()>(Duration::from_millis(3), &Ok(true));
-        m.reconciled(Some(&Report {
-            released: 2,
-            veths_deleted: 0,
-            routes_deleted: 1,
-        }));
+        m.reconciled(Some([
+            ("released", 2),
+            ("veths_deleted", 0),
+            ("routes_deleted", 1),
+        ]));
         let text = m.encode(&status(), &["datastore"]);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(sample(&text, "vpcnet_addresses"), Some(32.0));
