@@ -43,6 +43,22 @@ pub enum Command {
     /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
     /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
     RebuildState,
+    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft table,
+    /// every proto 171 route, the state dir, socket and locks — nothing else. Refuses while
+    /// pods still have vpcnet addresses unless --force. Takes the run flags (--socket,
+    /// --state-dir, --cni-conf-dir, --cni-conf-name) before the subcommand, or their env.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// Uninstall even while pods have vpcnet addresses (their host veths are deleted: they
+    /// lose their network).
+    #[arg(long)]
+    pub force: bool,
+    /// Directory `install-cni` put the plugin into.
+    #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

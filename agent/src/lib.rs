@@ -15,6 +15,7 @@ pub mod cli {
     //! Subcommands other than `run`.
     pub mod install;
     pub mod status;
+    pub mod uninstall;
 }
 pub mod cni_conf;
 pub mod config;

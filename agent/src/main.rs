@@ -36,6 +36,9 @@ fn main() {
                 1
             }
         },
+        Some(Command::Uninstall(a)) => {
+            agent::cli::uninstall::run(&cli.run, &a.cni_bin_dir, a.force)
+        }
         Some(Command::InstallCni(a)) => agent::cli::install::run(a.plugin_src, &a.cni_bin_dir),
         Some(Command::Status { json }) => {
             match client::call(

@@ -21,6 +21,28 @@ pub const PLUGIN_NAME: &str = "vpcnet";
 const TMP_PREFIX: &str = ".vpcnet.tmp-";
 const MODE: u32 = 0o755;
 
+/// File in the CNI bin directory listing, one per line, the plugins `install-cni` put there
+/// because the node lacked them (not `vpcnet` itself): `vpcnetd uninstall` removes exactly
+/// those. A dot file: no runtime executes it.
+pub const RECORD: &str = ".vpcnet-installed";
+
+/// The names [`RECORD`] in `bin_dir` lists (none when it is absent or unreadable); names with
+/// a `/` or starting with `.` are ignored.
+pub fn recorded(bin_dir: &Path) -> Vec<String> {
+    fs::read_to_string(bin_dir.join(RECORD))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.contains('/') && !n.starts_with('.'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `name` is a temporary file of an install that did not finish.
+pub fn is_leftover(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The destination was missing or different and now holds the source's bytes.
