@@ -48,6 +48,13 @@ pub enum Command {
     /// pods still have vpcnet addresses unless --force. Takes the run flags (--socket,
     /// --state-dir, --cni-conf-dir, --cni-conf-name) before the subcommand, or their env.
     Uninstall(UninstallArgs),
+    /// Write one `vpcnet-bundle-<node>-<time>.tar.gz` into DIR (default: here) for a bug
+    /// report: status, /metrics, /pool, the effective configuration, the conflist, our routes
+    /// and nft table, a journal summary, the plugin log's tail. No key, token or credential.
+    SupportBundle {
+        /// Directory to write the archive into.
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,7 @@
 
 pub mod cli {
     //! Subcommands other than `run`.
+    pub mod bundle;
     pub mod install;
     pub mod status;
     pub mod uninstall;

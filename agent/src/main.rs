@@ -39,6 +39,7 @@ fn main() {
         Some(Command::Uninstall(a)) => {
             agent::cli::uninstall::run(&cli.run, &a.cni_bin_dir, a.force)
         }
+        Some(Command::SupportBundle { dir }) => agent::cli::bundle::run(&cli.run, dir.as_deref()),
         Some(Command::InstallCni(a)) => agent::cli::install::run(a.plugin_src, &a.cni_bin_dir),
         Some(Command::Status { json }) => {
             match client::call(

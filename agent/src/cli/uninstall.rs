@@ -402,7 +402,8 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
     Ok(())
 }
 
-fn describe_route(r: &route::RouteV4) -> String {
+/// `[unreachable ]DST/LEN [via GW] [oif N] table T proto 171`.
+pub fn describe_route(r: &route::RouteV4) -> String {
     let kind = match r.kind {
         route::RTN_UNREACHABLE => "unreachable ",
         route::RTN_BLACKHOLE => "blackhole ",
