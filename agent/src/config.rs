@@ -73,6 +73,10 @@ pub struct InstallCniArgs {
     /// The plugin binary to install (default: `vpcnet` next to this vpcnetd executable).
     #[arg(long, env = "VPCNET_PLUGIN_SRC")]
     pub plugin_src: Option<PathBuf>,
+    /// Directory holding the `portmap` and `loopback` plugins to install when the node lacks
+    /// them (default: the plugin's directory; the image ships them there).
+    #[arg(long, env = "VPCNET_CNI_HELPERS_SRC")]
+    pub cni_helpers_src: Option<PathBuf>,
     /// Directory the container runtime runs CNI plugins from.
     #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,

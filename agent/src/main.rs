@@ -40,7 +40,9 @@ fn main() {
             agent::cli::uninstall::run(&cli.run, &a.cni_bin_dir, a.force)
         }
         Some(Command::SupportBundle { dir }) => agent::cli::bundle::run(&cli.run, dir.as_deref()),
-        Some(Command::InstallCni(a)) => agent::cli::install::run(a.plugin_src, &a.cni_bin_dir),
+        Some(Command::InstallCni(a)) => {
+            agent::cli::install::run(a.plugin_src, a.cni_helpers_src, &a.cni_bin_dir)
+        }
         Some(Command::Status { json }) => {
             match client::call(
                 &cli.run.socket,

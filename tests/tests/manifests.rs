@@ -840,6 +840,12 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         )),
         "Dockerfile: both binaries in /usr/local/bin (install-cni finds vpcnet next to vpcnetd)"
     );
+    assert!(
+        dockerfile.contains(
+            "COPY --from=cni-plugins /usr/lib/cni/portmap /usr/lib/cni/loopback /usr/local/bin/"
+        ),
+        "Dockerfile: portmap and loopback beside vpcnet (install-cni's default helpers source)"
+    );
     let ignore = read(&repo().join(".dockerignore"));
     assert!(
         ignore.lines().any(|l| l.trim() == "target/"),

@@ -178,16 +178,27 @@ fn foreign_things(lab: &Lab, paths: &Paths) {
     )
     .expect("foreign conflist");
     std::fs::write(paths.bin_dir.join("bridge"), b"#!/bin/sh\nexit 0\n").expect("foreign plugin");
+    // The node has its own loopback (install-cni must leave it, uninstall too) but no portmap.
+    std::fs::write(paths.bin_dir.join("loopback"), b"#!/bin/sh\necho node\n").expect("loopback");
 }
 
 /// install-cni into the lab's bin dir, and the agent writing its conflist into net.d.
 fn install(lab: &mut Lab, paths: &Paths) {
+    // What the image ships beside the plugin: portmap and loopback.
+    let helpers = lab.dir.join("helpers");
+    std::fs::create_dir_all(&helpers).expect("helpers");
+    for h in ["portmap", "loopback"] {
+        std::fs::write(helpers.join(h), format!("#!/bin/sh\necho shipped {h}\n")).expect(h);
+    }
+    let node_loopback = std::fs::read(paths.bin_dir.join("loopback")).ok();
     let out = Command::new(bin("vpcnetd"))
         .arg("install-cni")
         .arg("--plugin-src")
         .arg(bin("vpcnet"))
         .arg("--cni-bin-dir")
         .arg(&paths.bin_dir)
+        .arg("--cni-helpers-src")
+        .arg(&helpers)
         .env_remove("VPCNET_CNI_BIN_DIR")
         .output()
         .expect("install-cni");
@@ -196,6 +207,17 @@ fn install(lab: &mut Lab, paths: &Paths) {
         "install-cni: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert_eq!(
+        std::fs::read(paths.bin_dir.join("portmap")).expect("portmap installed"),
+        b"#!/bin/sh\necho shipped portmap\n"
+    );
+    if let Some(node) = node_loopback {
+        assert_eq!(
+            std::fs::read(paths.bin_dir.join("loopback")).expect("loopback"),
+            node,
+            "the node's own loopback is left alone"
+        );
+    }
     let conf = paths.conf_dir.display().to_string();
     lab.start_agent(&["--cni-conf-dir", &conf]);
     let conflist = paths.conf_dir.join("10-vpcnet.conflist");
@@ -294,6 +316,7 @@ fn uninstall_restores_the_node_exactly_refuses_with_pods_and_runs_twice() {
     for what in [
         "10-vpcnet.conflist",
         "bin/vpcnet",
+        "bin/portmap",
         "unreachable 10.231.",
         "table 100 proto 171",
         "table ip vpcnet",
