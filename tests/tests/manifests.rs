@@ -25,6 +25,15 @@ const VARIANTS: &[(&str, &str)] = &[
     ("vpcnet-etcd.yaml", "etcd"),
     ("vpcnet-local.yaml", "local"),
     ("vpcnet-kubernetes.yaml", "kubernetes"),
+    // Generated (scripts/gen-manifests.py): the CRD + the kubernetes variant, in one file.
+    ("install.yaml", "kubernetes"),
+];
+/// What scripts/gen-manifests.py writes; the committed files must be exactly its output.
+const GENERATED: &[&str] = &[
+    "vpcnet-local.yaml",
+    "vpcnet-etcd.yaml",
+    "vpcnet-kubernetes.yaml",
+    "install.yaml",
 ];
 /// The PrefixClaim CRD (vpcnetd's kubernetes backend names this file in its error hints).
 const CRD_FILE: &str = "crd-prefixclaims.yaml";
@@ -710,6 +719,41 @@ fn daemonsets_match_the_binaries() {
     for (file, datastore) in VARIANTS {
         check_variant(file, datastore, &top, &install);
     }
+}
+
+#[test]
+fn committed_manifests_are_the_generators_output() {
+    let out = std::env::temp_dir().join(format!("vpcnet-gen-manifests-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let st = Command::new("python3")
+        .arg(repo().join("scripts/gen-manifests.py"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("python3 scripts/gen-manifests.py");
+    assert!(st.success(), "gen-manifests.py failed");
+    for f in GENERATED {
+        assert!(
+            read(&out.join(f)) == read(&manifests().join(f)),
+            "manifests/{f} differs from the generator's output: edit manifests/src/ (or \
+             scripts/gen-manifests.py), run `python3 scripts/gen-manifests.py`, commit both"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    // install.yaml: the CRD first (applied in one step with the agent), exactly as in its file.
+    let install = yaml_docs(&manifests().join("install.yaml"));
+    let crd = yaml_docs(&manifests().join(CRD_FILE));
+    assert_eq!(crd.len(), 1);
+    assert_eq!(
+        install.first(),
+        crd.first(),
+        "install.yaml starts with the CRD"
+    );
+    assert_eq!(
+        kind_of(&install, "CustomResourceDefinition").len(),
+        1,
+        "one CRD in install.yaml"
+    );
 }
 
 #[test]
