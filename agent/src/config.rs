@@ -200,6 +200,38 @@ pub struct RunArgs {
     pub cni_log_level: Option<String>,
 }
 
+/// Every environment variable some `vpcnetd` flag reads (of every subcommand).
+pub fn known_env_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for s in c.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Cli::command(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `VPCNET_*` variables in `env` that no flag reads: a ConfigMap key with a typo, or a
+/// setting of another version. Reported, never silently ignored.
+pub fn unknown_env_vars(env: impl IntoIterator<Item = String>) -> Vec<String> {
+    let known = known_env_vars();
+    let mut v: Vec<String> = env
+        .into_iter()
+        .filter(|k| k.starts_with("VPCNET_") && !known.contains(k))
+        .collect();
+    v.sort();
+    v
+}
+
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -387,6 +419,34 @@ mod tests {
         assert_eq!(cli.run.validate(), Ok(()));
         assert_eq!(cli.run.cni_log_level.as_deref(), Some("debug"));
         assert!(Cli::try_parse_from(base.iter().chain(&["--cni-log-level", "loud"])).is_err());
+    }
+
+    #[test]
+    fn every_run_flag_has_an_env_var_and_unknown_ones_are_found() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(a.get_env().is_some(), "--{id} has no VPCNET_* variable");
+        }
+        let known = known_env_vars();
+        assert!(known.contains(&"VPCNET_VPC_CIDR".to_string()));
+        assert!(known.contains(&"VPCNET_CNI_BIN_DIR".to_string()));
+        assert_eq!(
+            unknown_env_vars(
+                [
+                    "VPCNET_VPC_CIDR",
+                    "VPCNET_MAX_POD",
+                    "PATH",
+                    "VPCNET_CNI_LOG_LEVEL"
+                ]
+                .map(String::from)
+            ),
+            vec!["VPCNET_MAX_POD".to_string()]
+        );
     }
 
     #[test]

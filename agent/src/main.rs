@@ -11,6 +11,14 @@ use vpcnet_proto::client;
 
 fn main() {
     let cli = Cli::parse();
+    let unknown = vpcnet_agent::config::unknown_env_vars(std::env::vars().map(|(k, _)| k));
+    if !unknown.is_empty() {
+        eprintln!(
+            "vpcnetd: ignoring environment variable(s) no vpcnetd flag reads: {} (a ConfigMap \
+             key with a typo? `vpcnetd --help` lists each flag's variable)",
+            unknown.join(", ")
+        );
+    }
     let code = match cli.command {
         None | Some(Command::Run) => match agent::run(cli.run) {
             Ok(()) => 0,
@@ -19,6 +27,13 @@ fn main() {
                 1
             }
         },
+        Some(Command::CheckConfig) if !unknown.is_empty() => {
+            eprintln!(
+                "vpcnetd: unknown VPCNET_* variable(s): {}",
+                unknown.join(", ")
+            );
+            1
+        }
         Some(Command::CheckConfig) => match cli.run.validate() {
             Ok(()) => {
                 println!("vpcnetd: configuration ok");

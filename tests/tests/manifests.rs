@@ -279,6 +279,18 @@ impl Invocation {
                 }
             }
         }
+        // envFrom first: `env` entries override it (Kubernetes' precedence).
+        if let Some(froms) = c.get("envFrom") {
+            for f in froms.as_array().expect("envFrom is a list") {
+                let r = f
+                    .pointer("/configMapRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{file}: envFrom {f}: only configMapRef"));
+                assert_eq!(r, cm_name, "{file}: envFrom reads another ConfigMap");
+                assert!(f.get("prefix").is_none(), "{file}: keys are the env names");
+                inv.env.extend(config.clone());
+            }
+        }
         for e in arr(c, "/env") {
             let name = s(e, "/name").to_string();
             let value = if let Some(v) = e.get("value") {
@@ -455,10 +467,11 @@ fn check_variant(file: &str, datastore: &str, top: &Help, install: &Help) {
             )
         })
         .collect();
+    let envs = top.envs();
     for key in config.keys() {
         assert!(
-            top.flags.contains_key(key),
-            "{file}: ConfigMap key {key:?} is not a vpcnetd flag"
+            envs.contains_key(key),
+            "{file}: ConfigMap key {key:?} is not an environment variable vpcnetd reads"
         );
     }
     let ds = one(&docs, "DaemonSet", file);
@@ -861,7 +874,7 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         let docs = yaml_docs(&manifests().join(file));
         let cm = one(&docs, "ConfigMap", file);
         assert_eq!(
-            s(cm, "/data/vpc-cidr"),
+            s(cm, "/data/VPCNET_VPC_CIDR"),
             pod_subnet,
             "{file}: vpc-cidr vs kind podSubnet"
         );
@@ -901,7 +914,7 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
     let docs = yaml_docs(&manifests().join("vpcnet-etcd.yaml"));
     let endpoint = s(
         one(&docs, "ConfigMap", "vpcnet-etcd.yaml"),
-        "/data/etcd-endpoints",
+        "/data/VPCNET_ETCD_ENDPOINTS",
     );
     assert!(
         bench.contains(&format!("s#{endpoint}#")),
