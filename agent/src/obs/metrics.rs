@@ -25,6 +25,7 @@
 //! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
+//! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -191,6 +192,15 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = reconcile_runs.get_or_create(&[("result", result)]);
         }
+        let build_info = Family::<[Label; 1], Gauge>::default();
+        r.register(
+            "build_info",
+            "Always 1; the version label is this vpcnetd's",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
         Metrics {
             registry: r,
             addresses,
@@ -341,6 +351,17 @@ mod tests {
         }));
         let text = m.encode(&status(), &["datastore"]);
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "vpcnet_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(sample(&text, "vpcnet_addresses"), Some(32.0));
         assert_eq!(sample(&text, "vpcnet_addresses_assigned"), Some(3.0));
         assert_eq!(sample(&text, "vpcnet_addresses_available"), Some(28.0));
