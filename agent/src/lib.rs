@@ -31,6 +31,7 @@ pub mod loops {
 pub mod node;
 pub mod obs {
     //! What the agent shows of itself: Prometheus metrics and the HTTP endpoints.
+    pub mod counted;
     pub mod http;
     pub mod metrics;
 }
@@ -54,7 +55,7 @@ use crate::loops::{peers, reap, reconcile, warm};
 use crate::node::audit;
 use crate::node::store::{self, StateDir, Store, StoreError};
 use crate::node::{Health, Node, State};
-use crate::obs::{http, metrics};
+use crate::obs::{counted, http, metrics};
 use vpcnet_pool::Pool;
 
 /// The flock that makes a vpcnetd the only one on its socket, held for the process's life.
@@ -140,7 +141,10 @@ pub fn run(args: RunArgs) -> Result<(), String> {
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir).map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool, net).await
+                {
+                    let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                    serve(args, ds, store, pool, net).await
+                }
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -155,7 +159,10 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool, net).await
+                {
+                    let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                    serve(args, ds, store, pool, net).await
+                }
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -164,7 +171,10 @@ pub fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-                serve(args, ds, store, pool, net).await
+                {
+                    let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                    serve(args, ds, store, pool, net).await
+                }
             }
         }
     })?;

@@ -157,9 +157,6 @@ impl<D: Datastore> Node<D> {
     }
 
     pub fn set_degraded(&self, area: &'static str, msg: Option<String>) {
-        if area == "datastore" && msg.is_some() {
-            crate::obs::metrics::get().datastore_error();
-        }
         let mut h = self.health();
         match msg {
             Some(m) => {
@@ -521,10 +518,7 @@ impl<D: Datastore> Node<D> {
         self.datastore
             .release(prefix, &self.name)
             .await
-            .map_err(|e| {
-                crate::obs::metrics::get().datastore_error();
-                e.to_string()
-            })
+            .map_err(|e| e.to_string())
     }
 
     /// Makes the pool and the datastore agree on which prefixes are ours; returns the claims
