@@ -26,12 +26,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     mkdir -p /out; \
     cp "target/$host/release/vpcnet" target/release/vpcnetd /out/
 
+# The portmap and loopback CNI plugins (chained in / needed beside vpcnet's conflist), from
+# Debian's containernetworking-plugins (Go, statically linked: they run on the node). The
+# install-cni init container installs them next to vpcnet when the node lacks them.
+FROM debian:bookworm-slim AS cni-plugins
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends containernetworking-plugins \
+ && test -x /usr/lib/cni/portmap && test -x /usr/lib/cni/loopback \
+ && rm -rf /var/lib/apt/lists/*
+
 FROM debian:bookworm-slim
 # SNAT rules go through the nftables crate, which runs `nft -j -f -`: the agent needs `nft`.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/vpcnet /out/vpcnetd /usr/local/bin/
+COPY --from=cni-plugins /usr/lib/cni/portmap /usr/lib/cni/loopback /usr/local/bin/
 LABEL org.opencontainers.image.title="vpcnet" \
       org.opencontainers.image.description="VPC-style Kubernetes CNI: vpcnet plugin + vpcnetd agent" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -44,6 +44,29 @@ pub enum Command {
     /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
     /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
     RebuildState,
+    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft table,
+    /// every proto 171 route, the state dir, socket and locks — nothing else. Refuses while
+    /// pods still have vpcnet addresses unless --force. Takes the run flags (--socket,
+    /// --state-dir, --cni-conf-dir, --cni-conf-name) before the subcommand, or their env.
+    Uninstall(UninstallArgs),
+    /// Write one `vpcnet-bundle-<node>-<time>.tar.gz` into DIR (default: here) for a bug
+    /// report: status, /metrics, /pool, the effective configuration, the conflist, our routes
+    /// and nft table, a journal summary, the plugin log's tail. No key, token or credential.
+    SupportBundle {
+        /// Directory to write the archive into.
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UninstallArgs {
+    /// Uninstall even while pods have vpcnet addresses (their host veths are deleted: they
+    /// lose their network).
+    #[arg(long)]
+    pub force: bool,
+    /// Directory `install-cni` put the plugin into.
+    #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    pub cni_bin_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -51,6 +74,10 @@ pub struct InstallCniArgs {
     /// The plugin binary to install (default: `vpcnet` next to this vpcnetd executable).
     #[arg(long, env = "VPCNET_PLUGIN_SRC")]
     pub plugin_src: Option<PathBuf>,
+    /// Directory holding the `portmap` and `loopback` plugins to install when the node lacks
+    /// them (default: the plugin's directory; the image ships them there).
+    #[arg(long, env = "VPCNET_CNI_HELPERS_SRC")]
+    pub cni_helpers_src: Option<PathBuf>,
     /// Directory the container runtime runs CNI plugins from.
     #[arg(long, env = "VPCNET_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     pub cni_bin_dir: PathBuf,
@@ -180,6 +207,38 @@ pub struct RunArgs {
     /// The agent's log lines on stderr: text, or JSON (one object a line).
     #[arg(long, env = "VPCNET_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+}
+
+/// Every environment variable some `vpcnetd` flag reads (of every subcommand).
+pub fn known_env_vars() -> Vec<String> {
+    use clap::CommandFactory;
+    fn walk(c: &clap::Command, out: &mut Vec<String>) {
+        for a in c.get_arguments() {
+            if let Some(e) = a.get_env() {
+                out.push(e.to_string_lossy().into_owned());
+            }
+        }
+        for s in c.get_subcommands() {
+            walk(s, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Cli::command(), &mut out);
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// `VPCNET_*` variables in `env` that no flag reads: a ConfigMap key with a typo, or a
+/// setting of another version. Reported, never silently ignored.
+pub fn unknown_env_vars(env: impl IntoIterator<Item = String>) -> Vec<String> {
+    let known = known_env_vars();
+    let mut v: Vec<String> = env
+        .into_iter()
+        .filter(|k| k.starts_with("VPCNET_") && !known.contains(k))
+        .collect();
+    v.sort();
+    v
 }
 
 /// `30s`, `2m`, `1h`, `500ms`, or a plain number of seconds.
@@ -393,6 +452,34 @@ mod tests {
         assert!(cli.run.validate().unwrap_err().contains("--log-level"));
         let e = with(&["--log-format", "xml"]).unwrap_err().to_string();
         assert!(e.contains("--log-format"), "{e}");
+    }
+
+    #[test]
+    fn every_run_flag_has_an_env_var_and_unknown_ones_are_found() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(a.get_env().is_some(), "--{id} has no VPCNET_* variable");
+        }
+        let known = known_env_vars();
+        assert!(known.contains(&"VPCNET_VPC_CIDR".to_string()));
+        assert!(known.contains(&"VPCNET_CNI_BIN_DIR".to_string()));
+        assert_eq!(
+            unknown_env_vars(
+                [
+                    "VPCNET_VPC_CIDR",
+                    "VPCNET_MAX_POD",
+                    "PATH",
+                    "VPCNET_CNI_LOG_LEVEL"
+                ]
+                .map(String::from)
+            ),
+            vec!["VPCNET_MAX_POD".to_string()]
+        );
     }
 
     #[test]

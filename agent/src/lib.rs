@@ -13,8 +13,10 @@
 
 pub mod cli {
     //! Subcommands other than `run`.
+    pub mod bundle;
     pub mod install;
     pub mod status;
+    pub mod uninstall;
 }
 pub mod backoff;
 pub mod cni_conf;
@@ -31,6 +33,7 @@ pub mod loops {
 pub mod node;
 pub mod obs {
     //! What the agent shows of itself: Prometheus metrics and the HTTP endpoints.
+    pub mod counted;
     pub mod http;
     pub mod log;
     pub mod metrics;
@@ -57,7 +60,7 @@ use crate::loops::{peers, reap, reconcile, warm};
 use crate::node::audit;
 use crate::node::store::{self, StateDir, Store, StoreError};
 use crate::node::{Area, Node, NodeParts, State};
-use crate::obs::{http, metrics};
+use crate::obs::{counted, http, metrics};
 use crate::tasks::{Task, Tasks};
 use vpcnet_pool::Pool;
 
@@ -139,6 +142,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
+                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Etcd => {
@@ -153,6 +157,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     key: args.etcd_key.clone(),
                 })
                 .await?;
+                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Kubernetes => {
@@ -161,6 +166,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     node: args.node_name(),
                 })
                 .await?;
+                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
         }

@@ -12,6 +12,14 @@ use vpcnet_proto::client;
 
 fn main() {
     let cli = Cli::parse();
+    let unknown = vpcnet_agent::config::unknown_env_vars(std::env::vars().map(|(k, _)| k));
+    if !unknown.is_empty() {
+        eprintln!(
+            "vpcnetd: ignoring environment variable(s) no vpcnetd flag reads: {} (a ConfigMap \
+             key with a typo? `vpcnetd --help` lists each flag's variable)",
+            unknown.join(", ")
+        );
+    }
     let code = match cli.command {
         // The log first, so even a refusal to start is a line in the chosen format.
         None | Some(Command::Run) => match log::init(&cli.run.log_level, cli.run.log_format) {
@@ -27,6 +35,13 @@ fn main() {
                 }
             },
         },
+        Some(Command::CheckConfig) if !unknown.is_empty() => {
+            eprintln!(
+                "vpcnetd: unknown VPCNET_* variable(s): {}",
+                unknown.join(", ")
+            );
+            1
+        }
         Some(Command::CheckConfig) => match cli.run.validate() {
             Ok(()) => {
                 println!("vpcnetd: configuration ok");
@@ -44,7 +59,13 @@ fn main() {
                 1
             }
         },
-        Some(Command::InstallCni(a)) => agent::cli::install::run(a.plugin_src, &a.cni_bin_dir),
+        Some(Command::Uninstall(a)) => {
+            agent::cli::uninstall::run(&cli.run, &a.cni_bin_dir, a.force)
+        }
+        Some(Command::SupportBundle { dir }) => agent::cli::bundle::run(&cli.run, dir.as_deref()),
+        Some(Command::InstallCni(a)) => {
+            agent::cli::install::run(a.plugin_src, a.cni_helpers_src, &a.cni_bin_dir)
+        }
         Some(Command::Status { json }) => {
             match client::call(
                 &cli.run.socket,

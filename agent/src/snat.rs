@@ -186,6 +186,12 @@ fn nft_program() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("nft"))
 }
 
+/// Whether an `nft` command is installed (without it no table of ours can exist: the agent
+/// makes its table with `nft`).
+pub fn nft_found() -> bool {
+    is_executable(&nft_program())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

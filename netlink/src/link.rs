@@ -126,6 +126,27 @@ pub async fn list(handle: &Handle) -> Result<Vec<LinkInfo>, NetlinkError> {
         .collect())
 }
 
+/// `ip link show group GROUP`: the links of link group `group`.
+pub async fn list_group(handle: &Handle, group: u32) -> Result<Vec<LinkInfo>, NetlinkError> {
+    let replies = nl::dump(
+        handle,
+        "RTM_GETLINK",
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+    )
+    .await?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l)
+                if l.attributes.contains(&LinkAttribute::Group(group)) =>
+            {
+                Some(LinkInfo::from_message(l))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
 /// `ip link del NAME`. `Ok(false)` when it was already absent. Deleting one end of a veth
 /// pair deletes both.
 pub async fn delete_by_name(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {

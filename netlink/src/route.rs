@@ -232,6 +232,25 @@ pub async fn list_v4_in(
         .collect())
 }
 
+/// `ip -4 route show table all [proto PROTO]`: the IPv4 routes of every routing table, only
+/// those with `protocol` when it is `Some`.
+pub async fn list_v4_all(
+    handle: &Handle,
+    protocol: Option<u8>,
+) -> Result<Vec<RouteV4>, NetlinkError> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet;
+    let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => from_message(r),
+            _ => None,
+        })
+        .filter(|r| protocol.is_none_or(|p| p == r.protocol))
+        .collect())
+}
+
 /// `ip route del` of exactly this route (dst/len, protocol, oif, gateway, type, table;
 /// any scope). `Ok(false)` when it was already gone (ESRCH).
 pub async fn delete(handle: &Handle, route: &RouteV4) -> Result<bool, NetlinkError> {

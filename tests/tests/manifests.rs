@@ -25,6 +25,15 @@ const VARIANTS: &[(&str, &str)] = &[
     ("vpcnet-etcd.yaml", "etcd"),
     ("vpcnet-local.yaml", "local"),
     ("vpcnet-kubernetes.yaml", "kubernetes"),
+    // Generated (scripts/gen-manifests.py): the CRD + the kubernetes variant, in one file.
+    ("install.yaml", "kubernetes"),
+];
+/// What scripts/gen-manifests.py writes; the committed files must be exactly its output.
+const GENERATED: &[&str] = &[
+    "vpcnet-local.yaml",
+    "vpcnet-etcd.yaml",
+    "vpcnet-kubernetes.yaml",
+    "install.yaml",
 ];
 /// The PrefixClaim CRD (vpcnetd's kubernetes backend names this file in its error hints).
 const CRD_FILE: &str = "crd-prefixclaims.yaml";
@@ -270,6 +279,18 @@ impl Invocation {
                 }
             }
         }
+        // envFrom first: `env` entries override it (Kubernetes' precedence).
+        if let Some(froms) = c.get("envFrom") {
+            for f in froms.as_array().expect("envFrom is a list") {
+                let r = f
+                    .pointer("/configMapRef/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| panic!("{file}: envFrom {f}: only configMapRef"));
+                assert_eq!(r, cm_name, "{file}: envFrom reads another ConfigMap");
+                assert!(f.get("prefix").is_none(), "{file}: keys are the env names");
+                inv.env.extend(config.clone());
+            }
+        }
         for e in arr(c, "/env") {
             let name = s(e, "/name").to_string();
             let value = if let Some(v) = e.get("value") {
@@ -484,13 +505,15 @@ impl<'a> Variant<'a> {
     }
 }
 
-/// Every ConfigMap key is a vpcnetd flag.
+/// Every ConfigMap key is an environment variable of a vpcnetd flag (the agent reads the
+/// ConfigMap whole, `envFrom`).
 fn check_config_keys_are_flags(v: &Variant, top: &Help) {
     let file = v.file;
+    let envs = top.envs();
     for key in v.config.keys() {
         assert!(
-            top.flags.contains_key(key),
-            "{file}: ConfigMap key {key:?} is not a vpcnetd flag"
+            envs.contains_key(key),
+            "{file}: ConfigMap key {key:?} is not an environment variable vpcnetd reads"
         );
     }
 }
@@ -792,6 +815,41 @@ fn daemonsets_match_the_binaries() {
 }
 
 #[test]
+fn committed_manifests_are_the_generators_output() {
+    let out = std::env::temp_dir().join(format!("vpcnet-gen-manifests-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let st = Command::new("python3")
+        .arg(repo().join("scripts/gen-manifests.py"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("python3 scripts/gen-manifests.py");
+    assert!(st.success(), "gen-manifests.py failed");
+    for f in GENERATED {
+        assert!(
+            read(&out.join(f)) == read(&manifests().join(f)),
+            "manifests/{f} differs from the generator's output: edit manifests/src/ (or \
+             scripts/gen-manifests.py), run `python3 scripts/gen-manifests.py`, commit both"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    // install.yaml: the CRD first (applied in one step with the agent), exactly as in its file.
+    let install = yaml_docs(&manifests().join("install.yaml"));
+    let crd = yaml_docs(&manifests().join(CRD_FILE));
+    assert_eq!(crd.len(), 1);
+    assert_eq!(
+        install.first(),
+        crd.first(),
+        "install.yaml starts with the CRD"
+    );
+    assert_eq!(
+        kind_of(&install, "CustomResourceDefinition").len(),
+        1,
+        "one CRD in install.yaml"
+    );
+}
+
+#[test]
 fn rbac_is_least_privilege() {
     for (file, datastore) in VARIANTS {
         let docs = yaml_docs(&manifests().join(file));
@@ -896,7 +954,7 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         let docs = yaml_docs(&manifests().join(file));
         let cm = one(&docs, "ConfigMap", file);
         assert_eq!(
-            s(cm, "/data/vpc-cidr"),
+            s(cm, "/data/VPCNET_VPC_CIDR"),
             pod_subnet,
             "{file}: vpc-cidr vs kind podSubnet"
         );
@@ -919,6 +977,12 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         )),
         "Dockerfile: both binaries in /usr/local/bin (install-cni finds vpcnet next to vpcnetd)"
     );
+    assert!(
+        dockerfile.contains(
+            "COPY --from=cni-plugins /usr/lib/cni/portmap /usr/lib/cni/loopback /usr/local/bin/"
+        ),
+        "Dockerfile: portmap and loopback beside vpcnet (install-cni's default helpers source)"
+    );
     let ignore = read(&repo().join(".dockerignore"));
     assert!(
         ignore.lines().any(|l| l.trim() == "target/"),
@@ -930,7 +994,7 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
     let docs = yaml_docs(&manifests().join("vpcnet-etcd.yaml"));
     let endpoint = s(
         one(&docs, "ConfigMap", "vpcnet-etcd.yaml"),
-        "/data/etcd-endpoints",
+        "/data/VPCNET_ETCD_ENDPOINTS",
     );
     assert!(
         bench.contains(&format!("s#{endpoint}#")),

@@ -104,6 +104,8 @@ fn metrics_health_and_pool_agree_with_the_agent() {
                 ("vpcnet_addresses_available", "available"),
                 ("vpcnet_prefixes", "prefixes"),
                 ("vpcnet_prefixes_free", "free_prefixes"),
+                // One node alone in its VPC: every claimed prefix is its own.
+                ("vpcnet_vpc_prefixes_claimed", "prefixes"),
             ]
             .iter()
             .all(|(m, s)| sample(&text, m) == Some(stat(&after, s)));
@@ -136,7 +138,26 @@ fn metrics_health_and_pool_agree_with_the_agent() {
     assert_eq!(metric(&text, "vpcnet_ready"), 1);
     assert_eq!(metric(&text, "vpcnet_can_assign"), 1);
     assert_eq!(metric(&text, "vpcnet_max_pods"), 110);
-    assert_eq!(metric(&text, "vpcnet_datastore_errors_total"), 0);
+    for op in ["claim", "release", "list"] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("vpcnet_datastore_errors_total{{op=\"{op}\"}}")
+            ),
+            0
+        );
+    }
+    // 10.231.0.0/16 in /28s.
+    assert_eq!(metric(&text, "vpcnet_vpc_prefixes"), 4096);
+    assert_eq!(
+        metric(&text, "vpcnet_vpc_prefixes_free"),
+        4096 - stat(&status, "prefixes")
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("vpcnet_build_info{version=\"") && l.ends_with("} 1")),
+        "vpcnet_build_info: {text}"
+    );
     assert!(metric(&text, "vpcnet_reconcile_runs_total{result=\"ok\"}") >= 1);
     assert_eq!(
         metric(&text, "vpcnet_reconcile_actions_total{action=\"released\"}"),

@@ -21,6 +21,28 @@ pub const PLUGIN_NAME: &str = "vpcnet";
 const TMP_PREFIX: &str = ".vpcnet.tmp-";
 const MODE: u32 = 0o755;
 
+/// File in the CNI bin directory listing, one per line, the plugins `install-cni` put there
+/// because the node lacked them (not `vpcnet` itself): `vpcnetd uninstall` removes exactly
+/// those. A dot file: no runtime executes it.
+pub const RECORD: &str = ".vpcnet-installed";
+
+/// The names [`RECORD`] in `bin_dir` lists (none when it is absent or unreadable); names with
+/// a `/` or starting with `.` are ignored.
+pub fn recorded(bin_dir: &Path) -> Vec<String> {
+    fs::read_to_string(bin_dir.join(RECORD))
+        .unwrap_or_default()
+        .lines()
+        .map(str::trim)
+        .filter(|n| !n.is_empty() && !n.contains('/') && !n.starts_with('.'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether `name` is a temporary file of an install that did not finish.
+pub fn is_leftover(name: &str) -> bool {
+    name.starts_with(TMP_PREFIX)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// The destination was missing or different and now holds the source's bytes.
@@ -41,6 +63,56 @@ fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
 
 /// Copies `src` to `<bin_dir>/vpcnet` atomically, unless it is already there.
 pub fn install(src: &Path, bin_dir: &Path) -> io::Result<Outcome> {
+    install_as(src, bin_dir, PLUGIN_NAME)
+}
+
+/// The plugins vpcnet's conflist needs besides its own (`portmap` is chained in the conflist;
+/// runtimes run `loopback` for the pod's `lo`), installed when the node lacks them.
+pub const HELPERS: [&str; 2] = ["portmap", "loopback"];
+
+/// What became of one helper plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Helper {
+    /// The node had its own: left alone (never recorded, never removed by uninstall).
+    NodeHas,
+    /// Missing on the node: ours is now there (or was already, identical), and recorded.
+    Ours(Outcome),
+    /// Missing on the node, and not shipped beside the plugin either.
+    NotShipped,
+}
+
+/// Installs each of [`HELPERS`] from `src_dir` into `bin_dir` when `bin_dir` lacks it (or
+/// holds the one an earlier install-cni recorded as ours, which is then upgraded), and
+/// records the names it owns in [`RECORD`].
+pub fn install_helpers(src_dir: &Path, bin_dir: &Path) -> io::Result<Vec<(&'static str, Helper)>> {
+    let mut ours = recorded(bin_dir);
+    let mut out = Vec::new();
+    for name in HELPERS {
+        let owned = ours.iter().any(|n| n == name);
+        let present = fs::symlink_metadata(bin_dir.join(name)).is_ok();
+        let src = src_dir.join(name);
+        let r = if present && !owned {
+            Helper::NodeHas
+        } else if !src.is_file() {
+            Helper::NotShipped
+        } else {
+            let o = install_as(&src, bin_dir, name)?;
+            if !owned {
+                ours.push(name.to_string());
+                let mut text = ours.join("\n");
+                text.push('\n');
+                crate::node::store::write_atomic(bin_dir, RECORD, text.as_bytes())
+                    .map_err(ctx("writing", &bin_dir.join(RECORD)))?;
+            }
+            Helper::Ours(o)
+        };
+        out.push((name, r));
+    }
+    Ok(out)
+}
+
+/// Copies `src` to `<bin_dir>/<name>` atomically, unless it is already there.
+pub fn install_as(src: &Path, bin_dir: &Path, name: &str) -> io::Result<Outcome> {
     let bytes = fs::read(src).map_err(ctx("reading", src))?;
     if bytes.is_empty() {
         return Err(io::Error::new(
@@ -50,7 +122,7 @@ pub fn install(src: &Path, bin_dir: &Path) -> io::Result<Outcome> {
     }
     fs::create_dir_all(bin_dir).map_err(ctx("creating", bin_dir))?;
     remove_leftovers(bin_dir);
-    let dst = bin_dir.join(PLUGIN_NAME);
+    let dst = bin_dir.join(name);
     if let Ok(meta) = fs::metadata(&dst) {
         if meta.is_file()
             && meta.permissions().mode() & 0o7777 == MODE
@@ -101,7 +173,7 @@ fn remove_leftovers(bin_dir: &Path) {
 }
 
 /// The subcommand: returns the process exit code.
-pub fn run(plugin_src: Option<PathBuf>, bin_dir: &Path) -> i32 {
+pub fn run(plugin_src: Option<PathBuf>, helpers_src: Option<PathBuf>, bin_dir: &Path) -> i32 {
     let src = match plugin_src.map_or_else(default_plugin_src, Ok) {
         Ok(s) => s,
         Err(e) => {
@@ -109,7 +181,47 @@ pub fn run(plugin_src: Option<PathBuf>, bin_dir: &Path) -> i32 {
             return 1;
         }
     };
-    match install(&src, bin_dir) {
+    let code = install_plugin(&src, bin_dir);
+    if code != 0 {
+        return code;
+    }
+    let helpers_dir = helpers_src
+        .or_else(|| src.parent().map(Path::to_path_buf))
+        .unwrap_or_default();
+    match install_helpers(&helpers_dir, bin_dir) {
+        Ok(hs) => {
+            for (name, h) in hs {
+                let dst = bin_dir.join(name);
+                match h {
+                    Helper::NodeHas => eprintln!(
+                        "vpcnetd install-cni: {} is the node's own: left alone",
+                        dst.display()
+                    ),
+                    Helper::Ours(Outcome::Installed) => {
+                        eprintln!("vpcnetd install-cni: installed {}", dst.display())
+                    }
+                    Helper::Ours(Outcome::Unchanged) => {
+                        eprintln!("vpcnetd install-cni: {} is up to date", dst.display())
+                    }
+                    Helper::NotShipped => eprintln!(
+                        "vpcnetd install-cni: the node has no {name} and {} has none to \
+                         install: pods with hostPort mappings (portmap) or a runtime needing \
+                         loopback will fail",
+                        helpers_dir.display()
+                    ),
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("vpcnetd install-cni: {e}");
+            1
+        }
+    }
+}
+
+fn install_plugin(src: &Path, bin_dir: &Path) -> i32 {
+    match install(src, bin_dir) {
         Ok(Outcome::Installed) => {
             eprintln!(
                 "vpcnetd install-cni: installed {} as {}",

@@ -182,13 +182,7 @@ impl<D: Datastore> Node<D> {
                 Ok(ev) => (Ok(()), vec![ev]),
                 Err(e) => (Err(e), Vec::new()),
             })??;
-        self.datastore
-            .release(prefix, &self.name)
-            .await
-            .map_err(|e| {
-                crate::obs::metrics::get().datastore_error();
-                e.into()
-            })
+        Ok(self.datastore.release(prefix, &self.name).await?)
     }
 
     /// Makes the pool and the datastore agree on which prefixes are ours; returns the claims

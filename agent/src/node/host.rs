@@ -19,7 +19,7 @@ use vpcnet_proto::{attachment, naming};
 pub fn flush_conntrack(ip: Ipv4Addr) {
     tokio::task::spawn_blocking(move || match conntrack::flush_address(ip.into()) {
         Ok(0) => {}
-        Ok(n) => tracing::debug!(%ip, entries = n, "flushed conntrack entries"),
+        Ok(n) => tracing::info!(%ip, entries = n, "flushed {n} conntrack entries of {ip}"),
         Err(e) => tracing::warn!(%ip, error = %e, "flushing conntrack entries"),
     });
 }

@@ -245,10 +245,9 @@ impl<D: Datastore> Node<D> {
         self.health().ready = true;
     }
 
+    /// Datastore failures are counted by operation where they happen
+    /// ([`crate::obs::counted`]), not here.
     pub fn set_degraded(&self, area: Area, msg: Option<String>) {
-        if area == Area::Datastore && msg.is_some() {
-            crate::obs::metrics::get().datastore_error();
-        }
         let mut h = self.health();
         match msg {
             Some(m) => {

@@ -21,10 +21,14 @@
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
-//! | `vpcnet_datastore_errors_total` | counter | failed datastore calls (list, claim, release, watch) |
+//! | `vpcnet_datastore_errors_total{op}` | counter | failed datastore calls by operation: `claim`, `release`, `list` ([`crate::obs::counted`]) |
+//! | `vpcnet_vpc_prefixes` | gauge | prefixes of `--prefix-len` the VPC CIDRs hold |
+//! | `vpcnet_vpc_prefixes_claimed` | gauge | of those, claimed by any node (cluster-wide, as of the last listing) |
+//! | `vpcnet_vpc_prefixes_free` | gauge | `vpc_prefixes - vpc_prefixes_claimed`: what the cluster can still grow by |
 //! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
+//! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -75,7 +79,10 @@ pub struct Metrics {
     cni: Family<[Label; 2], Counter>,
     claims: Family<[Label; 1], Counter>,
     claim_seconds: Histogram,
-    datastore_errors: Counter,
+    datastore_errors: Family<[Label; 1], Counter>,
+    vpc_prefixes: Gauge,
+    vpc_claimed: Gauge,
+    vpc_free: Gauge,
     datastore_requests: Family<[Label; 1], Counter>,
     reconcile_actions: Family<[Label; 1], Counter>,
     reconcile_runs: Family<[Label; 1], Counter>,
@@ -166,11 +173,29 @@ impl Metrics {
         for op in ["list", "get", "txn", "watch", "lease"] {
             let _ = datastore_requests.get_or_create(&[("op", op)]);
         }
-        let datastore_errors = Counter::default();
+        let datastore_errors = Family::<[Label; 1], Counter>::default();
         r.register(
             "datastore_errors",
-            "Failed datastore calls (list, claim, release, watch)",
+            "Failed datastore calls by operation: claim, release, list",
             datastore_errors.clone(),
+        );
+        for op in ["claim", "release", "list"] {
+            let _ = datastore_errors.get_or_create(&[("op", op)]);
+        }
+        let vpc_prefixes = gauge(
+            &mut r,
+            "vpc_prefixes",
+            "Prefixes of --prefix-len the VPC CIDRs hold",
+        );
+        let vpc_claimed = gauge(
+            &mut r,
+            "vpc_prefixes_claimed",
+            "VPC prefixes claimed by any node, cluster-wide (as of the last listing)",
+        );
+        let vpc_free = gauge(
+            &mut r,
+            "vpc_prefixes_free",
+            "VPC prefixes no node has claimed (as of the last listing)",
         );
         let reconcile_actions = Family::<[Label; 1], Counter>::default();
         r.register(
@@ -190,6 +215,15 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = reconcile_runs.get_or_create(&[("result", result)]);
         }
+        let build_info = Family::<[Label; 1], Gauge>::default();
+        r.register(
+            "build_info",
+            "Always 1; the version label is this vpcnetd's",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
         Metrics {
             registry: r,
             addresses,
@@ -206,6 +240,9 @@ impl Metrics {
             claims,
             claim_seconds,
             datastore_errors,
+            vpc_prefixes,
+            vpc_claimed,
+            vpc_free,
             datastore_requests,
             reconcile_actions,
             reconcile_runs,
@@ -237,8 +274,19 @@ impl Metrics {
         self.claims.get_or_create(&[("result", result)]).inc();
     }
 
-    pub fn datastore_error(&self) {
-        self.datastore_errors.inc();
+    /// A failed datastore call (`op`: `claim`, `release`, `list`).
+    pub fn datastore_error(&self, op: &'static str) {
+        self.datastore_errors.get_or_create(&[("op", op)]).inc();
+    }
+
+    /// The VPC's size in prefixes and, once listed, how many any node has claimed.
+    pub fn vpc_capacity(&self, total: u64, claimed: Option<u64>) {
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.vpc_prefixes.set(g(total));
+        if let Some(c) = claimed {
+            self.vpc_claimed.set(g(c));
+            self.vpc_free.set(g(total.saturating_sub(c)));
+        }
     }
 
     /// One request sent to the datastore (`op`: `list`, `get`, `txn`, `watch`, `lease`).
@@ -333,6 +381,8 @@ mod tests {
             Reply::error(vpcnet_proto::codes::CniCode::TryAgainLater, "full"),
         );
         m.claim_observed::<()>(Duration::from_millis(3), &Ok(true));
+        m.datastore_error("release");
+        m.vpc_capacity(4096, Some(10));
         m.reconciled(Some([
             ("released", 2),
             ("veths_deleted", 0),
@@ -340,6 +390,28 @@ mod tests {
         ]));
         let text = m.encode(&status(), &["datastore"]);
         assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(
+            sample(&text, "vpcnet_datastore_errors_total{op=\"release\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_datastore_errors_total{op=\"claim\"}"),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "vpcnet_vpc_prefixes"), Some(4096.0));
+        assert_eq!(sample(&text, "vpcnet_vpc_prefixes_claimed"), Some(10.0));
+        assert_eq!(sample(&text, "vpcnet_vpc_prefixes_free"), Some(4086.0));
+        assert_eq!(
+            sample(
+                &text,
+                &format!(
+                    "vpcnet_build_info{{version=\"{}\"}}",
+                    env!("CARGO_PKG_VERSION")
+                )
+            ),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(sample(&text, "vpcnet_addresses"), Some(32.0));
         assert_eq!(sample(&text, "vpcnet_addresses_assigned"), Some(3.0));
         assert_eq!(sample(&text, "vpcnet_addresses_available"), Some(28.0));
