@@ -18,9 +18,9 @@ cargo build --workspace --bins --features vpcnet/failpoints
 log=$(mktemp)
 # A test that cannot run what it checks (a missing tool) says so in this file, one line
 # "test: reason" (vpcnet_tests::skip), and is counted as skipped, not passed.
-export VPCNET_SKIP_LOG
-VPCNET_SKIP_LOG=$(mktemp)
-trap 'rm -f "$log" "$VPCNET_SKIP_LOG"' EXIT
+export VTEST_SKIP_LOG
+VTEST_SKIP_LOG=$(mktemp)
+trap 'rm -f "$log" "$VTEST_SKIP_LOG"' EXIT
 set +e
 # --no-fail-fast: every test binary runs even when an earlier one failed.
 cargo test --workspace --lib --bins --tests --no-fail-fast --features vpcnet-netlink/test_as_root,vpcnet/failpoints \
@@ -32,8 +32,8 @@ failed_names=$(grep -E '^test .* \.\.\. FAILED$' "$log" | sed -E 's/^test (.*) \
 crashed=$(grep -E '^error: test failed|^    `-p ' "$log" || true)
 if [ -n "$failed_names" ]; then echo "failed tests:"; sed 's/^/  /' <<<"$failed_names"; fi
 if [ "$rc" != 0 ] && [ -n "$crashed" ]; then echo "failed test binaries:"; sed 's/^/  /' <<<"$crashed"; fi
-skipped=$(grep -c . "$VPCNET_SKIP_LOG" || true)
-if [ "$skipped" -gt 0 ]; then echo "skipped tests:"; sed 's/^/  /' "$VPCNET_SKIP_LOG"; fi
+skipped=$(grep -c . "$VTEST_SKIP_LOG" || true)
+if [ "$skipped" -gt 0 ]; then echo "skipped tests:"; sed 's/^/  /' "$VTEST_SKIP_LOG"; fi
 # One closing line for the whole suite (cargo prints one per test binary); a skipped test
 # returned early and so is in cargo's "passed": it is moved to "skipped".
 awk -v s="$skipped" -v rc="$rc" '/^test result:/ { p += $4; f += $6; i += $8 }

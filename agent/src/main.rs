@@ -13,13 +13,13 @@ use vpcnet_proto::client;
 fn main() {
     let cli = Cli::parse();
     let unknown = vpcnet_agent::config::unknown_env_vars(std::env::vars().map(|(k, _)| k));
-    if !unknown.is_empty() {
-        eprintln!(
-            "vpcnetd: ignoring environment variable(s) no vpcnetd flag reads: {} (a ConfigMap \
-             key with a typo? `vpcnetd --help` lists each flag's variable)",
+    let ignoring = || {
+        format!(
+            "ignoring environment variable(s) no vpcnetd flag reads: {} (a ConfigMap key with \
+             a typo? `vpcnetd --help` lists each flag's variable)",
             unknown.join(", ")
-        );
-    }
+        )
+    };
     let code = match cli.command {
         // The log first, so even a refusal to start is a line in the chosen format.
         None | Some(Command::Run) => match log::init(&cli.run.log_level, cli.run.log_format) {
@@ -27,7 +27,7 @@ fn main() {
                 eprintln!("vpcnetd: {e}");
                 1
             }
-            Ok(()) => match agent::run(cli.run) {
+            Ok(()) => match warn_then_run(&unknown, ignoring, cli.run) {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -103,4 +103,16 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// `run`, after a warning about `unknown` variables in the log's format.
+fn warn_then_run(
+    unknown: &[String],
+    message: impl FnOnce() -> String,
+    args: vpcnet_agent::config::RunArgs,
+) -> Result<(), agent::AgentError> {
+    if !unknown.is_empty() {
+        tracing::warn!("{}", message());
+    }
+    agent::run(args)
 }

@@ -78,8 +78,8 @@ up() {
 
   ip netns add "$ns" || fail "ip netns add $ns"
   ip -n "$ns" link set lo up || fail "lo up"
-  # What the namespace would inherit on another machine (tests/src/lib.rs VPCNET_TEST_INHERIT).
-  for kv in ${VPCNET_TEST_INHERIT:-}; do
+  # What the namespace would inherit on another machine (tests/src/lib.rs VTEST_INHERIT).
+  for kv in ${VTEST_INHERIT:-}; do
     ip netns exec "$ns" sh -c "echo ${kv#*=} > /proc/sys/net/ipv4/${kv%%=*}" || fail "sysctl $kv"
   done
   for p in /usr/lib/cni/*; do ln -sf "$p" "$DIR/cni-bin/" || fail "ln $p"; done

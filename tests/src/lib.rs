@@ -113,25 +113,25 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 
 /// A test that cannot run what it checks (a tool is missing and a `VPCNET_SKIP_*` variable
 /// allows it) calls this and returns: it prints `SKIPPED <test>: <reason>` and, when
-/// `VPCNET_SKIP_LOG` names a file (scripts/test.sh sets it), appends the line
+/// `VTEST_SKIP_LOG` names a file (scripts/test.sh sets it), appends the line
 /// `<test>: <reason>` to it, so the suite counts the test as skipped, not passed (and fails
 /// under CI).
 pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
     let reason = reason.replace('\n', " ");
     eprintln!("SKIPPED {test}: {reason}");
-    match std::env::var_os("VPCNET_SKIP_LOG") {
+    match std::env::var_os("VTEST_SKIP_LOG") {
         Some(path) if !path.is_empty() => {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .unwrap_or_else(|e| panic!("opening VPCNET_SKIP_LOG {path:?}: {e}"));
+                .unwrap_or_else(|e| panic!("opening VTEST_SKIP_LOG {path:?}: {e}"));
             writeln!(f, "{test}: {reason}")
-                .unwrap_or_else(|e| panic!("writing VPCNET_SKIP_LOG {path:?}: {e}"));
+                .unwrap_or_else(|e| panic!("writing VTEST_SKIP_LOG {path:?}: {e}"));
         }
         _ => eprintln!(
-            "SKIPPED {test}: (VPCNET_SKIP_LOG is unset: this run's totals count it as passed)"
+            "SKIPPED {test}: (VTEST_SKIP_LOG is unset: this run's totals count it as passed)"
         ),
     }
 }

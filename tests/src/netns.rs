@@ -57,25 +57,25 @@ pub fn del_netns(name: &str) {
 
 /// What a new namespace would have inherited on another machine: a new network namespace
 /// takes its IPv4 settings from the machine's root namespace (`devconf_inherit_init_net=0`),
-/// so the suite must pass whatever those are. `VPCNET_TEST_INHERIT="ip_forward=1
+/// so the suite must pass whatever those are. `VTEST_INHERIT="ip_forward=1
 /// conf/all/rp_filter=1"` writes these `net/ipv4/…` sysctls into every namespace the fixtures
 /// create, right after creating it: the suite can be run as if on a forwarding host without
 /// touching this machine's own root namespace.
 fn apply_inherited_sysctls(names: &[String]) {
-    let Ok(spec) = std::env::var("VPCNET_TEST_INHERIT") else {
+    let Ok(spec) = std::env::var("VTEST_INHERIT") else {
         return;
     };
     for name in names {
         for kv in spec.split_whitespace() {
             let (key, value) = kv
                 .split_once('=')
-                .unwrap_or_else(|| panic!("VPCNET_TEST_INHERIT: {kv:?} is not key=value"));
+                .unwrap_or_else(|| panic!("VTEST_INHERIT: {kv:?} is not key=value"));
             assert!(
                 !key.contains("..")
                     && key
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b)),
-                "VPCNET_TEST_INHERIT: bad key {key:?}"
+                "VTEST_INHERIT: bad key {key:?}"
             );
             let ok = Command::new("nsenter")
                 .arg(format!("--net={}", path(name)))
@@ -88,7 +88,7 @@ fn apply_inherited_sysctls(names: &[String]) {
                 .is_ok_and(|s| s.success());
             assert!(
                 ok,
-                "VPCNET_TEST_INHERIT: setting net/ipv4/{key}={value} in {name}"
+                "VTEST_INHERIT: setting net/ipv4/{key}={value} in {name}"
             );
         }
     }

@@ -28,11 +28,11 @@ impl Ns {
         run("ip", &["netns", "add", &name]);
         // The guard exists before anything else can fail, so the namespace is always removed.
         let guard = NsName(name.clone());
-        // As tests/src/lib.rs does: VPCNET_TEST_INHERIT="ip_forward=1 …" writes what a new
+        // As tests/src/lib.rs does: VTEST_INHERIT="ip_forward=1 …" writes what a new
         // namespace inherits from a different machine's root namespace.
-        if let Ok(spec) = std::env::var("VPCNET_TEST_INHERIT") {
+        if let Ok(spec) = std::env::var("VTEST_INHERIT") {
             for kv in spec.split_whitespace() {
-                let (key, value) = kv.split_once('=').expect("VPCNET_TEST_INHERIT: key=value");
+                let (key, value) = kv.split_once('=').expect("VTEST_INHERIT: key=value");
                 let script = format!("echo {value} > /proc/sys/net/ipv4/{key}");
                 let net = format!("--net=/var/run/netns/{name}");
                 run("nsenter", &[net.as_str(), "sh", "-c", script.as_str()]);
