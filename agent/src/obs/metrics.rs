@@ -17,7 +17,7 @@
 //! | `vpcnet_max_pods` | gauge | `--max-pods` |
 //! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
 //! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
-//! | `vpcnet_degraded{area}` | gauge | 1 per degraded area (`datastore`, `pool`, `peers`, …) |
+//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`): 1 degraded, 0 not (every area always shown) |
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
@@ -314,7 +314,9 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with the pool gauges set from `status` (read at scrape time).
-    pub fn encode(&self, status: &AgentStatus, degraded_areas: &[&'static str]) -> String {
+    /// `areas`: every area with whether it is degraded (each is shown, 0 or 1, so a
+    /// dashboard or alert sees 0 rather than no data on a healthy node).
+    pub fn encode(&self, status: &AgentStatus, areas: &[(&'static str, bool)]) -> String {
         let s = &status.stats;
         self.addresses.set(i64::from(s.total));
         self.assigned.set(i64::from(s.assigned));
@@ -326,8 +328,8 @@ impl Metrics {
         self.ready.set(b(status.ready));
         self.can_assign.set(b(status.can_assign));
         self.degraded.clear();
-        for area in degraded_areas {
-            self.degraded.get_or_create(&[("area", area)]).set(1);
+        for (area, bad) in areas {
+            self.degraded.get_or_create(&[("area", area)]).set(b(*bad));
         }
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
@@ -388,7 +390,7 @@ mod tests {
             ("veths_deleted", 0),
             ("routes_deleted", 1),
         ]));
-        let text = m.encode(&status(), &["datastore"]);
+        let text = m.encode(&status(), &[("datastore", true), ("pool", false)]);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(
             sample(&text, "vpcnet_datastore_errors_total{op=\"release\"}"),
@@ -443,8 +445,13 @@ mod tests {
             sample(&text, "vpcnet_degraded{area=\"datastore\"}"),
             Some(1.0)
         );
-        // Degradation that cleared disappears.
-        let text = m.encode(&status(), &[]);
-        assert_eq!(sample(&text, "vpcnet_degraded{area=\"datastore\"}"), None);
+        assert_eq!(sample(&text, "vpcnet_degraded{area=\"pool\"}"), Some(0.0));
+        // Degradation that cleared shows 0 (not no data); an area not passed is not shown.
+        let text = m.encode(&status(), &[("datastore", false)]);
+        assert_eq!(
+            sample(&text, "vpcnet_degraded{area=\"datastore\"}"),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "vpcnet_degraded{area=\"pool\"}"), None);
     }
 }
