@@ -37,6 +37,7 @@ pub mod obs {
     pub mod http;
     pub mod log;
     pub mod metrics;
+    pub mod process;
 }
 pub mod server;
 pub mod snat;

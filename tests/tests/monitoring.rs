@@ -1,8 +1,9 @@
 //! The monitoring kit in `manifests/` against the real agent and the DaemonSets:
 //!
 //! 1. every metric `manifests/grafana-dashboard.json` queries is one a running `vpcnetd` (in a
-//!    private network namespace) exports on /metrics, and one `agent/src/obs/metrics.rs`
-//!    documents in its table;
+//!    private network namespace) exports on /metrics, and one `agent/src/obs/metrics.rs` (or
+//!    `process.rs`) documents in its table; the agent's `process_*` metrics agree with what
+//!    the kernel shows of its process;
 //! 2. `manifests/podmonitor.yaml` selects the DaemonSet's pods (labels, namespace) and scrapes
 //!    the agent container's named metrics port, and adds the `node` label the dashboard's
 //!    variable reads.
@@ -68,21 +69,24 @@ fn exprs(d: &Value) -> Vec<String> {
     out
 }
 
-/// The `vpcnet_*` metric names in a PromQL expression.
+/// The agent's metric names (`vpcnet_*`, `process_*`) in a PromQL expression: identifiers
+/// outside label values and strings.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
-    let mut rest = expr;
-    while let Some(i) = rest.find("vpcnet_") {
-        let tail = &rest[i..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        // Part of a longer identifier (e.g. a label value) is not a metric.
-        let before = rest[..i].chars().last();
-        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '"') {
-            out.insert(tail[..end].to_string());
+    let mut in_string = false;
+    let mut ident = String::new();
+    for c in expr.chars().chain(std::iter::once(' ')) {
+        if c == '"' {
+            in_string = !in_string;
         }
-        rest = &tail[end..];
+        if !in_string && (c.is_ascii_alphanumeric() || c == '_') {
+            ident.push(c);
+            continue;
+        }
+        if ident.starts_with("vpcnet_") || ident.starts_with("process_") {
+            out.insert(std::mem::take(&mut ident));
+        }
+        ident.clear();
     }
     out
 }
@@ -119,10 +123,12 @@ fn exported(text: &str) -> BTreeSet<String> {
     out
 }
 
-/// The metric names of the table in `agent/src/obs/metrics.rs`'s module docs (labels cut),
-/// expanded like [`exported`] (a `histogram` row gives `_bucket`, `_sum`, `_count`).
+/// The metric names of the tables in `agent/src/obs/metrics.rs`'s and `process.rs`'s module
+/// docs (labels cut), expanded like [`exported`] (a `histogram` row gives `_bucket`, `_sum`,
+/// `_count`).
 fn documented() -> BTreeSet<String> {
-    let text = read(&repo().join("agent/src/obs/metrics.rs"));
+    let text = read(&repo().join("agent/src/obs/metrics.rs"))
+        + &read(&repo().join("agent/src/obs/process.rs"));
     let mut out = BTreeSet::new();
     for l in text.lines() {
         let Some(row) = l.strip_prefix("//! | `") else {
@@ -178,8 +184,10 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
     let queried: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
     // The scan itself works (a test that finds nothing would pass anything).
     assert_eq!(
-        metric_names(r#"sum by (op) (rate(vpcnet_a_total{x="vpcnet_no"}[5m])) / vpcnet_b"#),
-        ["vpcnet_a_total", "vpcnet_b"]
+        metric_names(
+            r#"sum by (op) (rate(vpcnet_a_total{x="vpcnet_no"}[5m])) / vpcnet_b + process_c"#
+        ),
+        ["process_c", "vpcnet_a_total", "vpcnet_b"]
             .into_iter()
             .map(String::from)
             .collect()
@@ -205,6 +213,41 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
         "metrics.rs table not parsed: {documented:?}"
     );
 
+    assert!(
+        documented.contains("process_resident_memory_bytes"),
+        "process.rs table not parsed: {documented:?}"
+    );
+    // The process metrics are the agent's own: compare with what the kernel says of it.
+    let pid = lab.agent.as_ref().and_then(|a| a.pid()).expect("agent pid");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("agent exe");
+    assert!(exe.ends_with("vpcnetd"), "pid {pid} is {}", exe.display());
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count();
+    let open_fds = value("process_open_fds");
+    assert!(
+        (open_fds - fds as f64).abs() <= 3.0,
+        "process_open_fds {open_fds} vs /proc/{pid}/fd {fds}"
+    );
+    let vm_rss: f64 = read(Path::new(&format!("/proc/{pid}/status")))
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    let rss = value("process_resident_memory_bytes");
+    assert!(
+        rss > 0.5 * vm_rss * 1024.0 && rss < 2.0 * vm_rss * 1024.0,
+        "process_resident_memory_bytes {rss} vs VmRSS {vm_rss} kB"
+    );
+    // Present (a young agent may not have used one clock tick yet; the unit test in
+    // metrics.rs checks it grows with CPU burnt).
+    assert!(value("process_cpu_seconds_total") >= 0.0, "{text}");
+
     let missing: Vec<&String> = queried.difference(&exported).collect();
     assert!(
         missing.is_empty(),
@@ -224,7 +267,9 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
         assert!(!targets.is_empty(), "panel {} has no query", p["title"]);
         for t in targets {
             assert!(
-                t["expr"].as_str().is_some_and(|e| e.contains("vpcnet_")),
+                t["expr"]
+                    .as_str()
+                    .is_some_and(|e| !metric_names(e).is_empty()),
                 "panel {}: {t}",
                 p["title"]
             );
