@@ -83,6 +83,9 @@ pub struct InstallCniArgs {
     pub cni_bin_dir: PathBuf,
 }
 
+/// `--max-pods` when it is not set and no Node says otherwise (the kubelet's default).
+pub const DEFAULT_MAX_PODS: u32 = 110;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum DatastoreKind {
     /// Embedded single-node store in the state directory.
@@ -117,9 +120,11 @@ pub struct RunArgs {
     /// Keep at least this many wholly free prefixes.
     #[arg(long, env = "VPCNET_WARM_PREFIX_TARGET", default_value_t = 1)]
     pub warm_prefix_target: u32,
-    /// Most pods on this node; ADD beyond it fails with CNI code 11.
-    #[arg(long, env = "VPCNET_MAX_PODS", default_value_t = 110)]
-    pub max_pods: u32,
+    /// Most pods on this node; ADD beyond it fails with CNI code 11. Unset: with
+    /// `--datastore kubernetes`, the Node's `status.capacity.pods` (the kubelet's maxPods),
+    /// read at start; otherwise (or if the Node cannot be read) 110.
+    #[arg(long, env = "VPCNET_MAX_PODS")]
+    pub max_pods: Option<u32>,
     /// How long a released address rests before reuse (e.g. 30s, 2m, 500ms).
     #[arg(long, env = "VPCNET_IP_COOLDOWN", default_value = "30s", value_parser = parse_duration)]
     pub ip_cooldown: Duration,
@@ -296,7 +301,7 @@ impl RunArgs {
         if self.etcd_cert.is_some() != self.etcd_key.is_some() {
             return Err("--etcd-cert and --etcd-key go together".into());
         }
-        if self.max_pods == 0 {
+        if self.max_pods == Some(0) {
             return Err("--max-pods must be at least 1".into());
         }
         crate::obs::http::parse_addr(&self.metrics_addr)?;
@@ -336,7 +341,7 @@ impl RunArgs {
             warm_ip_target: self.warm_ip_target,
             minimum_ip_target: self.minimum_ip_target,
             warm_prefix_target: self.warm_prefix_target,
-            max_pods: self.max_pods,
+            max_pods: self.max_pods.unwrap_or(DEFAULT_MAX_PODS),
             cooldown_ms: millis(self.ip_cooldown),
             min_prefix_age_ms: millis(self.min_prefix_age),
         }

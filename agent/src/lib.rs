@@ -37,6 +37,7 @@ pub mod obs {
     pub mod http;
     pub mod log;
     pub mod metrics;
+    pub mod process;
 }
 pub mod server;
 pub mod snat;
@@ -166,6 +167,11 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     node: args.node_name(),
                 })
                 .await?;
+                let mut args = args;
+                let mut pool = pool;
+                if args.max_pods.is_none() {
+                    node_max_pods(&mut args, &mut pool, &ds).await;
+                }
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
@@ -173,6 +179,25 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     })?;
     drop(socket_lock);
     Ok(())
+}
+
+/// `--max-pods` unset with the Kubernetes datastore: the kubelet's `maxPods` as the Node's
+/// capacity shows it, so nobody has to keep the two equal by hand. Sets `args.max_pods` and
+/// the pool's limit; if the Node cannot be read, keeps [`config::DEFAULT_MAX_PODS`] and says so.
+pub async fn node_max_pods(args: &mut RunArgs, pool: &mut Pool, ds: &KubernetesDatastore) {
+    match ds.node_max_pods().await {
+        Ok(n) => {
+            tracing::info!(max_pods = n, "max-pods from the Node's capacity.pods");
+            args.max_pods = Some(n);
+            pool.set_config(args.pool_config());
+        }
+        Err(e) => tracing::warn!(
+            max_pods = config::DEFAULT_MAX_PODS,
+            error = %e,
+            "--max-pods unset and the Node's pod capacity cannot be read: using the default \
+             (set VPCNET_MAX_PODS to the kubelet's maxPods)"
+        ),
+    }
 }
 
 /// `vpcnetd rebuild-state`: with no agent running (it takes the same locks), replaces the

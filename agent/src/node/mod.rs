@@ -130,6 +130,9 @@ pub enum Area {
 }
 
 impl Area {
+    /// Every area, so `vpcnet_degraded` shows each one (0 when healthy), not only the bad.
+    pub const ALL: [Area; 4] = [Area::Datastore, Area::Pool, Area::Claims, Area::Peers];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Area::Datastore => "datastore",

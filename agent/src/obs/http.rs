@@ -327,8 +327,13 @@ fn route<D: Datastore>(path: &str, node: &Node<D>) -> Response {
         }
         "/metrics" => {
             let s = node.status(false);
-            let areas: Vec<&'static str> =
-                node.health().degraded.keys().map(|a| a.as_str()).collect();
+            let areas: Vec<(&'static str, bool)> = {
+                let h = node.health();
+                crate::node::Area::ALL
+                    .iter()
+                    .map(|a| (a.as_str(), h.degraded.contains_key(a)))
+                    .collect()
+            };
             Response {
                 status: 200,
                 content_type: OPENMETRICS,

@@ -17,7 +17,7 @@
 //! | `vpcnet_max_pods` | gauge | `--max-pods` |
 //! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
 //! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
-//! | `vpcnet_degraded{area}` | gauge | 1 per degraded area (`datastore`, `pool`, `peers`, …) |
+//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`): 1 degraded, 0 not (every area always shown) |
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
@@ -29,17 +29,22 @@
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
+//!
+//! Beside these, without the `vpcnet_` prefix, the standard process metrics
+//! (`process_resident_memory_bytes`, `process_open_fds`, `process_cpu_seconds_total`, …),
+//! read from `/proc/self` at scrape time: [`crate::obs::process`].
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::obs::process::ProcessMetrics;
 use vpcnet_proto::api::{AgentStatus, Reply};
 
 /// One label: `(name, value)`.
@@ -66,6 +71,9 @@ impl Op {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// The unprefixed `process_*` metrics.
+    process_registry: Registry,
+    process: ProcessMetrics,
     addresses: Gauge,
     assigned: Gauge,
     cooling: Gauge,
@@ -224,8 +232,12 @@ impl Metrics {
         build_info
             .get_or_create(&[("version", env!("CARGO_PKG_VERSION"))])
             .set(1);
+        let mut process_registry = Registry::default();
+        let process = ProcessMetrics::register(&mut process_registry);
         Metrics {
             registry: r,
+            process_registry,
+            process,
             addresses,
             assigned,
             cooling,
@@ -314,7 +326,9 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with the pool gauges set from `status` (read at scrape time).
-    pub fn encode(&self, status: &AgentStatus, degraded_areas: &[&'static str]) -> String {
+    /// `areas`: every area with whether it is degraded (each is shown, 0 or 1, so a
+    /// dashboard or alert sees 0 rather than no data on a healthy node).
+    pub fn encode(&self, status: &AgentStatus, areas: &[(&'static str, bool)]) -> String {
         let s = &status.stats;
         self.addresses.set(i64::from(s.total));
         self.assigned.set(i64::from(s.assigned));
@@ -326,12 +340,15 @@ impl Metrics {
         self.ready.set(b(status.ready));
         self.can_assign.set(b(status.can_assign));
         self.degraded.clear();
-        for area in degraded_areas {
-            self.degraded.get_or_create(&[("area", area)]).set(1);
+        for (area, bad) in areas {
+            self.degraded.get_or_create(&[("area", area)]).set(b(*bad));
         }
+        self.process.update();
         let mut out = String::with_capacity(4096);
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.process_registry);
+        let _ = encode_eof(&mut out);
         out
     }
 }
@@ -388,7 +405,7 @@ mod tests {
             ("veths_deleted", 0),
             ("routes_deleted", 1),
         ]));
-        let text = m.encode(&status(), &["datastore"]);
+        let text = m.encode(&status(), &[("datastore", true), ("pool", false)]);
         assert!(text.ends_with("# EOF\n"), "{text}");
         assert_eq!(
             sample(&text, "vpcnet_datastore_errors_total{op=\"release\"}"),
@@ -443,8 +460,90 @@ mod tests {
             sample(&text, "vpcnet_degraded{area=\"datastore\"}"),
             Some(1.0)
         );
-        // Degradation that cleared disappears.
+        assert_eq!(sample(&text, "vpcnet_degraded{area=\"pool\"}"), Some(0.0));
+        // Degradation that cleared shows 0 (not no data); an area not passed is not shown.
+        let text = m.encode(&status(), &[("datastore", false)]);
+        assert_eq!(
+            sample(&text, "vpcnet_degraded{area=\"datastore\"}"),
+            Some(0.0)
+        );
+        assert_eq!(sample(&text, "vpcnet_degraded{area=\"pool\"}"), None);
+    }
+
+    /// Process metrics are this process's, read at scrape time: memory agrees with
+    /// /proc/self/status, descriptors opened show up, CPU burnt counts.
+    #[test]
+    fn process_metrics_are_read_at_scrape_time() {
+        let m = Metrics::new();
         let text = m.encode(&status(), &[]);
-        assert_eq!(sample(&text, "vpcnet_degraded{area=\"datastore\"}"), None);
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        for t in [
+            "# TYPE process_resident_memory_bytes gauge",
+            "# TYPE process_open_fds gauge",
+            "# TYPE process_cpu_seconds counter",
+        ] {
+            assert!(text.contains(t), "{t}:\n{text}");
+        }
+        let rss = sample(&text, "process_resident_memory_bytes").unwrap();
+        let vm_rss_kib: f64 = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        let kernel = vm_rss_kib * 1024.0;
+        assert!(
+            rss > 0.5 * kernel && rss < 2.0 * kernel,
+            "rss {rss} vs VmRSS {kernel}"
+        );
+        assert!(sample(&text, "process_max_fds").unwrap() >= 64.0, "{text}");
+        assert!(sample(&text, "process_threads").unwrap() >= 1.0, "{text}");
+        let start = sample(&text, "process_start_time_seconds").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            start <= now + 2.0 && start > now - 3600.0,
+            "start {start}, now {now}"
+        );
+
+        // Other tests run in this process too: open many, demand most of them.
+        let fds_before = sample(&text, "process_open_fds").unwrap();
+        let files: Vec<std::fs::File> = (0..64)
+            .map(|_| std::fs::File::open("/proc/self/stat").unwrap())
+            .collect();
+        let cpu_before = sample(&text, "process_cpu_seconds_total").unwrap();
+        // Burn 300 ms of CPU by the process CPU clock (not wall time: the machine is shared).
+        let cpu_clock = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            assert_eq!(rc, 0);
+            Duration::new(
+                u64::try_from(ts.tv_sec).unwrap(),
+                u32::try_from(ts.tv_nsec).unwrap(),
+            )
+        };
+        let t = cpu_clock();
+        let mut x: u64 = 1;
+        while cpu_clock() < t + Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        let text = m.encode(&status(), &[]);
+        let fds_after = sample(&text, "process_open_fds").unwrap();
+        assert!(
+            fds_after >= fds_before + 48.0,
+            "open fds {fds_before} -> {fds_after} with 64 more open"
+        );
+        drop(files);
+        let cpu_after = sample(&text, "process_cpu_seconds_total").unwrap();
+        assert!(
+            cpu_after >= cpu_before + 0.2,
+            "cpu {cpu_before} -> {cpu_after} after burning 300 ms of CPU"
+        );
     }
 }

@@ -18,8 +18,11 @@
 //!   resumed from the last seen resourceVersion when the stream ends, re-listed when the
 //!   server answers `410 Gone` (resourceVersion compacted away). Every event, and every
 //!   re-list after the first (events may have been missed), signals `changed`.
-//! - Degraded mode: nothing here talks to the API server at start (the client connects
-//!   lazily). Each operation gives up after [`OP_TIMEOUT`] with
+//! - max-pods: with `--max-pods` unset, `run` asks [`KubernetesDatastore::node_max_pods`]
+//!   once at start for the Node's `status.capacity.pods` (that read also caches the uid).
+//!   Bounded by [`OP_TIMEOUT`]; on failure the agent keeps the default and starts anyway.
+//! - Degraded mode: apart from that one bounded read, nothing here waits for the API server
+//!   at start (the client connects lazily). Each operation gives up after [`OP_TIMEOUT`] with
 //!   [`DatastoreError::Unavailable`] naming the server; the watch retries with the agent's
 //!   jittered back-off ([`crate::backoff`], [`BACKOFF_MIN`] … [`BACKOFF_MAX`]). Answers that retrying cannot fix (RBAC
 //!   403, CRD not installed, Node not found) are [`DatastoreError::Invalid`] with a hint.
@@ -184,6 +187,15 @@ impl Cluster<KubernetesBackend> {
     }
 }
 
+impl Cluster<KubernetesBackend> {
+    /// The kubelet's `maxPods` from this node's `Node` object (see
+    /// [`KubernetesBackend::node_max_pods`]), bounded by [`OP_TIMEOUT`].
+    pub async fn node_max_pods(&self) -> Result<u32, DatastoreError> {
+        let b = self.backend();
+        common::bounded(b, "reading the Node's pod capacity", b.node_max_pods()).await
+    }
+}
+
 impl KubernetesBackend {
     fn new(client: Client, server: String, node: String) -> KubernetesBackend {
         KubernetesBackend {
@@ -212,6 +224,45 @@ impl KubernetesBackend {
             _ => return self.unavailable(what, e),
         };
         invalid(format!("{what} at {}: {e} ({hint})", self.server))
+    }
+
+    /// How many pods the kubelet runs on this node: the Node's `status.capacity.pods` (its
+    /// `maxPods`), else `status.allocatable.pods`. Caches the Node's uid on the way (a claim
+    /// needs it), so the start-up read costs no extra request.
+    async fn node_max_pods(&self) -> Result<u32, DatastoreError> {
+        let what = format!("reading the pod capacity of Node {}", self.node);
+        let node = match self.nodes.get_opt(&self.node).await {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                return Err(invalid(format!(
+                    "{what} at {}: no such Node (--node-name must be this node's Kubernetes name)",
+                    self.server
+                )))
+            }
+            Err(e) => return Err(self.error(&what, e)),
+        };
+        if let Some(uid) = node.metadata.uid.clone() {
+            let _ = self.node_uid.set(uid);
+        }
+        let status = node.status.unwrap_or_default();
+        let q = status
+            .capacity
+            .as_ref()
+            .and_then(|c| c.get("pods"))
+            .or_else(|| status.allocatable.as_ref().and_then(|a| a.get("pods")))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{what} at {}: the Node has no status.capacity.pods",
+                    self.server
+                ))
+            })?;
+        match q.0.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(format!(
+                "{what} at {}: pods {:?} is not a positive whole number",
+                self.server, q.0
+            ))),
+        }
     }
 
     /// uid of this node's `Node` object (looked up once).

@@ -801,3 +801,158 @@ fn command_line_selects_this_backend() {
     assert_eq!(cli.run.node_name(), "node-a");
     cli.run.validate().unwrap();
 }
+
+fn node_with_pods(name: &str, capacity: Option<&str>, allocatable: Option<&str>) -> Value {
+    let mut n = node_json(name, "uid-a");
+    let mut status = serde_json::Map::new();
+    if let Some(c) = capacity {
+        status.insert("capacity".into(), json!({"cpu": "2", "pods": c}));
+    }
+    if let Some(a) = allocatable {
+        status.insert("allocatable".into(), json!({"cpu": "2", "pods": a}));
+    }
+    n["status"] = Value::Object(status);
+    n
+}
+
+/// Plays an API server for a whole [`KubernetesDatastore`]: the Node GET gets `node` (an
+/// answer of status `code`), the watch's LIST an empty list, its WATCH is held open.
+/// Returns how many Node GETs it saw, once the mock closes.
+fn serve_node(mut h: ApiHandle, code: u16, node: Value) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut node_gets = 0;
+        while let Some((req, send)) = h.next_request().await {
+            let path = req.uri().path().to_string();
+            let watch = req.uri().query().unwrap_or("").contains("watch=true");
+            if req.method() == http::Method::POST && path == CLAIMS {
+                respond(
+                    send,
+                    201,
+                    &claim_json("10.240.0.16/28", "node-a", "c1", "10"),
+                );
+            } else if path == "/api/v1/nodes/node-a" {
+                node_gets += 1;
+                respond(send, code, &node);
+            } else if path == CLAIMS && watch {
+                held.push(send);
+            } else if path == CLAIMS {
+                respond(send, 200, &list_json("1"));
+            } else {
+                respond(send, 404, &status(404, "NotFound", "not served"));
+            }
+        }
+        node_gets
+    })
+}
+
+fn args_and_pool(dir: &std::path::Path, extra: &[&str]) -> (crate::config::RunArgs, Store, Pool) {
+    use clap::Parser;
+    let mut argv = vec![
+        "vpcnetd",
+        "--vpc-cidr",
+        "10.240.0.0/24",
+        "--datastore",
+        "kubernetes",
+        "--node-name",
+        "node-a",
+    ];
+    argv.extend_from_slice(extra);
+    let args = crate::config::Cli::try_parse_from(argv).unwrap().run;
+    let (store, pool) = Store::open(dir, args.pool_config()).unwrap();
+    (args, store, pool)
+}
+
+use crate::node::store::Store;
+use vpcnet_pool::Pool;
+
+/// Issue 12: `--max-pods` unset → the Node's `status.capacity.pods`, and the agent's status
+/// (what `vpcnetd status` and `vpcnet_max_pods` show, what ADD is refused beyond) says 42.
+#[tokio::test]
+async fn max_pods_comes_from_the_node_capacity_when_unset() {
+    let dir = temp_dir("max-pods");
+    let (client, h) = mock_client();
+    let server = serve_node(h, 200, node_with_pods("node-a", Some("42"), Some("40")));
+    let ds = KubernetesDatastore::with_client(client, SERVER, "node-a");
+    let (mut args, store, mut pool) = args_and_pool(&dir, &[]);
+    assert_eq!(args.max_pods, None);
+    assert_eq!(pool.config().max_pods, crate::config::DEFAULT_MAX_PODS);
+    crate::node_max_pods(&mut args, &mut pool, &ds).await;
+    assert_eq!(args.max_pods, Some(42));
+    assert_eq!(pool.config().max_pods, 42);
+
+    // The uid came with that read: a claim needs no second Node GET.
+    assert!(ds.claim(&claim("10.240.0.16/28")).await.unwrap());
+
+    let (conn, net, _) = rtnetlink::new_connection().unwrap();
+    tokio::spawn(conn);
+    let (reaper, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let node = crate::node::Node::new(crate::node::NodeParts {
+        name: "node-a".into(),
+        ip: None,
+        state: crate::node::State { pool, store },
+        mtu: None,
+        datastore: ds,
+        net,
+        reaper,
+        activity: Arc::new(crate::loops::reap::Activity::default()),
+        inflight_dir: dir.join("inflight"),
+    });
+    assert_eq!(node.status(false).max_pods, 42);
+    drop(node);
+    let gets = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("the mock closes once the datastore is gone")
+        .unwrap();
+    assert_eq!(gets, 1, "one Node GET for capacity and uid");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn max_pods_falls_back_to_allocatable_then_to_the_default() {
+    // No capacity: allocatable.
+    let dir = temp_dir("max-pods-alloc");
+    let (client, h) = mock_client();
+    let _server = serve_node(h, 200, node_with_pods("node-a", None, Some("17")));
+    let ds = KubernetesDatastore::with_client(client, SERVER, "node-a");
+    let (mut args, _store, mut pool) = args_and_pool(&dir, &[]);
+    crate::node_max_pods(&mut args, &mut pool, &ds).await;
+    assert_eq!((args.max_pods, pool.config().max_pods), (Some(17), 17));
+    drop(ds);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Unreadable Node (RBAC) or no pods count: today's default, and the flag stays unset.
+    for (code, node) in [
+        (
+            403,
+            status(403, "Forbidden", "nodes \"node-a\" is forbidden"),
+        ),
+        (200, node_with_pods("node-a", None, None)),
+        (200, node_with_pods("node-a", Some("lots"), None)),
+    ] {
+        let dir = temp_dir("max-pods-default");
+        let (client, h) = mock_client();
+        let _server = serve_node(h, code, node.clone());
+        let ds = KubernetesDatastore::with_client(client, SERVER, "node-a");
+        let (mut args, _store, mut pool) = args_and_pool(&dir, &[]);
+        let e = ds.node_max_pods().await.unwrap_err();
+        assert!(matches!(e, DatastoreError::Invalid { .. }), "{e}");
+        crate::node_max_pods(&mut args, &mut pool, &ds).await;
+        assert_eq!(
+            (args.max_pods, pool.config().max_pods),
+            (None, crate::config::DEFAULT_MAX_PODS),
+            "{node}"
+        );
+        drop(ds);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// A `--max-pods` that is set wins: `run` does not even read the Node for it.
+#[test]
+fn max_pods_flag_when_set_is_kept() {
+    let dir = temp_dir("max-pods-flag");
+    let (args, _store, pool) = args_and_pool(&dir, &["--max-pods", "7"]);
+    assert_eq!((args.max_pods, pool.config().max_pods), (Some(7), 7));
+    let _ = std::fs::remove_dir_all(&dir);
+}
