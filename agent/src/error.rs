@@ -53,8 +53,8 @@ pub enum AgentError {
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
     /// Installing or removing the SNAT table failed (the message says how to fix it).
-    #[error("{0}")]
-    Snat(String),
+    #[error(transparent)]
+    Snat(#[from] crate::snat::SnatError),
     /// A vital background task ended; the agent exits so that it is restarted.
     #[error("the {0}; exiting so that the agent is restarted")]
     TaskEnded(String),

@@ -455,10 +455,9 @@ async fn start_up<D: Datastore>(
         snat::apply(&snat::SnatConfig {
             vpc_cidrs: args.vpc_cidrs.clone(),
             exclude: args.snat_exclude.clone(),
-        })
-        .map_err(|e| AgentError::Snat(format!("installing SNAT rules: {e}")))?;
+        })?;
     } else {
-        snat::remove().map_err(|e| AgentError::Snat(format!("removing SNAT rules: {e}")))?;
+        snat::remove()?;
     }
     let report = reconcile::run(node, grace)
         .await

@@ -197,50 +197,84 @@ fn is_executable(p: &Path) -> bool {
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-fn run_nft(what: &str, rs: &Nftables<'_>) -> Result<(), String> {
+/// Why the SNAT table could not be installed or removed; each says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum SnatError {
+    #[error("{what}: encoding the ruleset: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    #[error(
+        "{what}: the nftables command `nft` was not found (looked in PATH, /usr/sbin, /sbin, \
+         /usr/local/sbin): install nftables (Debian/Ubuntu: apt-get install nftables), or run \
+         with --snat=false"
+    )]
+    NftNotFound { what: &'static str },
+    #[error(
+        "{what}: running {} failed: {source} (the nftables command `nft` must be installed \
+         and executable)",
+        program.display()
+    )]
+    NftNotRunnable {
+        what: &'static str,
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{what}: {} -j -f - failed: {} (needs root/CAP_NET_ADMIN and a kernel with nf_tables \
+         and NAT)",
+        program.display(),
+        stderr.trim()
+    )]
+    NftFailed {
+        what: &'static str,
+        program: PathBuf,
+        stderr: String,
+    },
+    #[error("{what}: {source}")]
+    Other {
+        what: &'static str,
+        source: NftablesError,
+    },
+}
+
+fn run_nft(what: &'static str, rs: &Nftables<'_>) -> Result<(), SnatError> {
     let program = nft_program();
-    let payload =
-        serde_json::to_string(rs).map_err(|e| format!("{what}: encoding the ruleset: {e}"))?;
+    let payload = serde_json::to_string(rs).map_err(|source| SnatError::Encode { what, source })?;
     nftables::helper::apply_ruleset_raw(&payload, Some(&program), nftables::helper::DEFAULT_ARGS)
         .map(|_| ())
         .map_err(|e| describe(what, &program, e))
 }
 
-fn describe(what: &str, program: &Path, e: NftablesError) -> String {
+fn describe(what: &'static str, program: &Path, e: NftablesError) -> SnatError {
     match e {
         NftablesError::NftExecution { inner, .. }
             if inner.kind() == std::io::ErrorKind::NotFound =>
         {
-            format!(
-                "{what}: the nftables command `nft` was not found (looked in PATH, /usr/sbin, \
-                 /sbin, /usr/local/sbin): install nftables (Debian/Ubuntu: apt-get install \
-                 nftables), or run with --snat=false"
-            )
+            SnatError::NftNotFound { what }
         }
-        NftablesError::NftExecution { inner, .. } => {
-            format!(
-                "{what}: running {} failed: {inner} (the nftables command `nft` must be installed and executable)",
-                program.display()
-            )
-        }
-        NftablesError::NftFailed { stderr, .. } => {
-            format!(
-                "{what}: {} -j -f - failed: {} (needs root/CAP_NET_ADMIN and a kernel with nf_tables and NAT)",
-                program.display(),
-                stderr.trim()
-            )
-        }
-        other => format!("{what}: {other}"),
+        NftablesError::NftExecution { inner, .. } => SnatError::NftNotRunnable {
+            what,
+            program: program.to_path_buf(),
+            source: inner,
+        },
+        NftablesError::NftFailed { stderr, .. } => SnatError::NftFailed {
+            what,
+            program: program.to_path_buf(),
+            stderr,
+        },
+        source => SnatError::Other { what, source },
     }
 }
 
 /// Installs (or replaces) `table ip vpcnet` with the masquerade rule for `cfg`.
-pub fn apply(cfg: &SnatConfig) -> Result<(), String> {
+pub fn apply(cfg: &SnatConfig) -> Result<(), SnatError> {
     run_nft("installing nftables table ip vpcnet", &ruleset(cfg))
 }
 
 /// Deletes `table ip vpcnet` if it exists.
-pub fn remove() -> Result<(), String> {
+pub fn remove() -> Result<(), SnatError> {
     run_nft("deleting nftables table ip vpcnet", &removal())
 }
 
@@ -351,7 +385,7 @@ mod tests {
             program: "nft".into(),
             inner: std::io::Error::from(std::io::ErrorKind::NotFound),
         };
-        let msg = describe("installing nftables table ip vpcnet", Path::new("nft"), e);
+        let msg = describe("installing nftables table ip vpcnet", Path::new("nft"), e).to_string();
         assert!(msg.contains("`nft` was not found"), "{msg}");
         assert!(msg.contains("install nftables"), "{msg}");
     }

@@ -471,9 +471,9 @@ pub fn uninstall(t: &Targets, force: bool) -> Result<Report, UninstallError> {
     remove_binaries(t, &mut report)?;
     rt.block_on(clean_kernel(force, &mut report))?;
     if snat::nft_found() {
-        snat::remove().map_err(|msg| UninstallError::Kernel {
+        snat::remove().map_err(|e| UninstallError::Kernel {
             what: "nftables".into(),
-            msg,
+            msg: e.to_string(),
         })?;
         report.note(format!(
             "deleted nftables table ip {} (if present)",

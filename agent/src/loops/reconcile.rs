@@ -13,7 +13,6 @@ use std::collections::HashSet;
 use crate::datastore::Datastore;
 use crate::node::{now_ms, Node};
 use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
-use vpcnet_pool::PoolEvent;
 use vpcnet_proto::inflight;
 use vpcnet_proto::{attachment, naming};
 
@@ -50,29 +49,18 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips) = {
         let mut st = node.state();
-        let released = st.change(|pool| {
-            let stale: Vec<_> = pool
-                .allocations()
-                .filter(|a| {
-                    let veth = naming::key_host_veth(&a.key);
-                    !veths.contains(veth.as_str())
-                        && a.assigned_at.saturating_add(grace_ms) <= listed_at
-                        && !inflight::is_in_flight(node.inflight_dir(), &veth)
-                })
-                .map(|a| a.key.clone())
-                .collect();
-            let mut evs = Vec::new();
-            let mut released = Vec::new();
-            for key in stale {
-                if let Some(ev) = pool.release(&key, listed_at) {
-                    if let PoolEvent::Released { ip, .. } = &ev {
-                        released.push((*ip, key));
-                    }
-                    evs.push(ev);
-                }
-            }
-            (released, evs)
-        });
+        let stale: Vec<_> = st
+            .pool
+            .allocations()
+            .filter(|a| {
+                let veth = naming::key_host_veth(&a.key);
+                !veths.contains(veth.as_str())
+                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && !inflight::is_in_flight(node.inflight_dir(), &veth)
+            })
+            .map(|a| a.key.clone())
+            .collect();
+        let released = st.release_all(stale, listed_at);
         // Not recordable (disk full): release nothing this round; the pool is as before.
         let released = released.unwrap_or_else(|e| {
             tracing::error!("reconcile: not releasing allocations without a veth: {e}");
