@@ -184,6 +184,10 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
                     .map(|released| Reply::Collected { released }),
             ),
         ),
+        Request::Observed { verb, micros, ok } => {
+            m.plugin_observed(verb.name(), Duration::from_micros(micros), ok);
+            Reply::Noted
+        }
         Request::Status { allocations } => {
             Reply::Status(Box::new(node.status(root && allocations)))
         }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use vpcnet_proto::api::{Reply, Request};
+use vpcnet_proto::api::{ObservedOp, Reply, Request};
 use vpcnet_proto::client::{self, ClientError};
 
 use crate::error::CniError;
@@ -20,6 +20,16 @@ pub enum Outcome {
     /// Whether it acted on the request is unknown; DEL, which must not block pod deletion,
     /// then tears down locally and the agent's start-up reconcile settles the rest.
     Unreachable(ClientError),
+}
+
+/// Reports an ADD or DEL as the runtime saw it ([`Request::Observed`]); never waits for the
+/// agent and never fails the command (an agent that is down simply misses the sample).
+pub fn observe(socket: &Path, verb: ObservedOp, micros: u64, ok: bool) {
+    let _ = client::notify(
+        socket,
+        Request::Observed { verb, micros, ok },
+        Duration::from_millis(100),
+    );
 }
 
 pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {

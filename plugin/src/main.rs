@@ -21,6 +21,7 @@ use crate::env::Command;
 use crate::error::CniError;
 use crate::log::Log;
 use crate::netconf::LogLevel;
+use vpcnet_proto::api::ObservedOp;
 
 fn main() {
     let code = run();
@@ -74,7 +75,7 @@ fn run() -> i32 {
     let outcome = dispatch(command, &conf, &get, &log);
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let id = get("CNI_CONTAINERID").unwrap_or_default();
-    match outcome {
+    let code = match outcome {
         Ok(out) => {
             // The runtime polls STATUS every few seconds: its success is no news.
             let level = if command == Command::Status {
@@ -107,7 +108,18 @@ fn run() -> i32 {
             );
             fail(&conf.cni_version, &e)
         }
+    };
+    // What the runtime saw, for the agent's metrics: after the result is out, one-way.
+    let verb = match command {
+        Command::Add => Some(ObservedOp::Add),
+        Command::Del => Some(ObservedOp::Del),
+        _ => None,
+    };
+    if let Some(verb) = verb {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        agent::observe(&conf.socket, verb, micros, code == 0);
     }
+    code
 }
 
 /// Reads the netconf, at most [`limits::STDIN`] bytes: one byte more is refused (code 7)

@@ -53,12 +53,38 @@ pub enum Request {
         network: String,
         valid: Vec<Attachment>,
     },
+    /// After an ADD or DEL, what the runtime saw of it: how long the plugin took, start to
+    /// result, and whether it succeeded (a data-plane failure after a successful assign is
+    /// `ok: false` here, while the agent saw an ok assign and an ok release). One-way: the
+    /// plugin does not wait for the reply.
+    Observed {
+        verb: ObservedOp,
+        micros: u64,
+        ok: bool,
+    },
     /// STATUS / `vpcnetd status`. `allocations`: include the per-pod list (root callers only);
     /// CNI STATUS, which containerd sends every 5 s, asks without it.
     Status {
         #[serde(default)]
         allocations: bool,
     },
+}
+
+/// The CNI verb a [`Request::Observed`] reports on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ObservedOp {
+    Add,
+    Del,
+}
+
+impl ObservedOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObservedOp::Add => "add",
+            ObservedOp::Del => "del",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +107,8 @@ pub enum Reply {
         released: Vec<Ipv4Addr>,
     },
     Status(Box<AgentStatus>),
+    /// [`Request::Observed`] recorded.
+    Noted,
     /// `code`: a [`CniCode`] number, which the plugin passes on to the runtime.
     Error {
         code: u32,

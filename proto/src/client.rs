@@ -33,6 +33,12 @@ pub enum ClientError {
     NoReply { path: String },
 }
 
+/// Sends `request` and does not wait for the reply (the agent's write of it fails quietly):
+/// for reports whose answer changes nothing. Costs a connect and a write (tens of µs).
+pub fn notify(socket: &Path, request: Request, timeout: Duration) -> Result<(), ClientError> {
+    send(socket, request, timeout).map(drop)
+}
+
 /// Sends one request and waits at most `timeout` for each of connect, write and read.
 pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
     send(socket, request, timeout)?.wait()

@@ -175,6 +175,43 @@ fn metrics_health_and_pool_agree_with_the_agent() {
     assert_eq!(metric(&text, "vpcnet_addresses_assigned"), 2);
     assert_eq!(metric(&text, "vpcnet_addresses_cooling"), 1);
 
+    // What the runtime saw (issue 12): the plugin reports each ADD/DEL's time and result
+    // after its result is out. An ADD whose data plane fails after an ok assign is an ok
+    // assign (and an ok release) to the agent, but an error to the runtime: only the
+    // plugin's report shows it.
+    let ns3 = lab.pod(3);
+    vpcnet_tests::sh(&format!(
+        "ip -n {ns3} link add eth0 type veth peer name obs-taken"
+    ));
+    let refused = lab.add("obs-container-taken", &ns3);
+    assert!(
+        !refused.ok(),
+        "ADD into a namespace that has eth0 must fail"
+    );
+    let want = [
+        (
+            "vpcnet_cni_plugin_duration_seconds_count{op=\"add\",result=\"ok\"}",
+            3,
+        ),
+        (
+            "vpcnet_cni_plugin_duration_seconds_count{op=\"del\",result=\"ok\"}",
+            1,
+        ),
+        (
+            "vpcnet_cni_plugin_duration_seconds_count{op=\"add\",result=\"error\"}",
+            1,
+        ),
+        // The agent's own view of the failed ADD: an assign that went well.
+        ("vpcnet_cni_requests_total{op=\"add\",result=\"ok\"}", 4),
+    ];
+    let mut text = String::new();
+    let reported = lab.wait_for(Duration::from_secs(5), || {
+        text = get(&lab, "/metrics").1;
+        want.iter().all(|(m, n)| sample(&text, m) == Some(*n))
+    });
+    assert!(reported, "plugin reports {want:?} not all in:\n{text}");
+    assert!(text.contains("# TYPE vpcnet_cni_plugin_duration_seconds histogram"));
+
     // /pool: the status, minus allocations: no container ID goes over HTTP.
     let (code, body) = get(&lab, "/pool");
     assert_eq!(code, 200, "/pool: {body}");

@@ -21,6 +21,7 @@
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
+//! | `vpcnet_cni_plugin_duration_seconds{op,result}` | histogram | ADD/DEL as the runtime saw them: the plugin's own start-to-result time, `ok` or `error` (a data-plane failure after an ok assign counts as `error` here) |
 //! | `vpcnet_datastore_errors_total{op}` | counter | failed datastore calls by operation: `claim`, `release`, `list` ([`crate::obs::counted`]) |
 //! | `vpcnet_vpc_prefixes` | gauge | prefixes of `--prefix-len` the VPC CIDRs hold |
 //! | `vpcnet_vpc_prefixes_claimed` | gauge | of those, claimed by any node (cluster-wide, as of the last listing) |
@@ -87,6 +88,7 @@ pub struct Metrics {
     cni: Family<[Label; 2], Counter>,
     claims: Family<[Label; 1], Counter>,
     claim_seconds: Histogram,
+    plugin_seconds: Family<[Label; 2], Histogram, fn() -> Histogram>,
     datastore_errors: Family<[Label; 1], Counter>,
     vpc_prefixes: Gauge,
     vpc_claimed: Gauge,
@@ -167,6 +169,13 @@ impl Metrics {
         }
         // 1 ms … ~16 s.
         let claim_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let plugin_seconds: Family<[Label; 2], Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+        r.register(
+            "cni_plugin_duration_seconds",
+            "ADD/DEL as the runtime saw them: the plugin's time from start to result, by op and result (reported by the plugin)",
+            plugin_seconds.clone(),
+        );
         r.register(
             "prefix_claim_duration_seconds",
             "Latency of one prefix claim in the datastore",
@@ -251,6 +260,7 @@ impl Metrics {
             cni,
             claims,
             claim_seconds,
+            plugin_seconds,
             datastore_errors,
             vpc_prefixes,
             vpc_claimed,
@@ -272,6 +282,14 @@ impl Metrics {
             .get_or_create(&[("op", op.name()), ("result", result)])
             .inc();
         reply
+    }
+
+    /// An ADD or DEL as the plugin saw it (`Request::Observed`).
+    pub fn plugin_observed(&self, op: &'static str, took: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.plugin_seconds
+            .get_or_create(&[("op", op), ("result", result)])
+            .observe(took.as_secs_f64());
     }
 
     /// One datastore claim: how long it took and how it ended (`Ok(true)` claimed,
