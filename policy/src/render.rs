@@ -84,17 +84,22 @@ pub fn merge_ranges(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
     out
 }
 
+/// Disjoint, sorted, inclusive address ranges (IPv4 as `u32`).
+pub type Ranges = Vec<(u32, u32)>;
+/// Disjoint, sorted port ranges, each with the addresses allowed on it.
+pub type PortSegments = Vec<((u16, u16), Ranges)>;
+
 /// The elements of one pod direction's sets, disjoint: (any-port address ranges, and per
 /// protocol a list of (port range, address ranges) with disjoint port ranges).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SetContents {
-    pub any: Vec<(u32, u32)>,
-    pub ports: BTreeMap<Protocol, Vec<((u16, u16), Vec<(u32, u32)>)>>,
+    pub any: Ranges,
+    pub ports: BTreeMap<Protocol, PortSegments>,
 }
 
 pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) -> SetContents {
     let mut any = Vec::new();
-    let mut by_proto: BTreeMap<Protocol, Vec<(u32, u32, Vec<(u32, u32)>)>> = BTreeMap::new();
+    let mut by_proto: BTreeMap<Protocol, Vec<(u32, u32, Ranges)>> = BTreeMap::new();
     for a in allows {
         match a.port {
             PortMatch::Any => any.extend(a.peer.ranges()),
@@ -111,7 +116,7 @@ pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) 
         let mut bounds: Vec<u32> = entries.iter().flat_map(|(f, l, _)| [*f, l + 1]).collect();
         bounds.sort_unstable();
         bounds.dedup();
-        let mut segs: Vec<((u32, u32), Vec<(u32, u32)>)> = Vec::new();
+        let mut segs: Vec<((u32, u32), Ranges)> = Vec::new();
         for w in bounds.windows(2) {
             let (s, e) = (w[0], w[1] - 1);
             let addrs = merge_ranges(

@@ -26,9 +26,13 @@ const PROBES: [(Protocol, u16); 5] = [
 ];
 
 fn ip_of(ns: &str, pod: &str) -> Ipv4Addr {
-    let n = NS.iter().position(|x| *x == ns).unwrap_or(9);
-    let p = PODS.iter().position(|x| *x == pod).unwrap_or(9);
-    Ipv4Addr::new(10, 0, n as u8, p as u8 + 10)
+    let idx = |list: &[&str], s: &str| {
+        list.iter()
+            .position(|x| *x == s)
+            .and_then(|i| u8::try_from(i).ok())
+            .unwrap_or(9)
+    };
+    Ipv4Addr::new(10, 0, idx(&NS, ns), idx(&PODS, pod) + 10)
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
