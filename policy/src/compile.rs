@@ -238,10 +238,15 @@ impl Ctx<'_> {
         }
         let in_ns = |pod_ns: &str| match &peer.namespace_selector {
             None => pod_ns == ns,
-            Some(sel) => self
-                .namespaces
-                .get(pod_ns)
-                .is_some_and(|labels| selector_matches(sel, labels)),
+            // A namespace not seen (yet) has no labels but its name: `{}` still selects it.
+            Some(sel) => match self.namespaces.get(pod_ns) {
+                Some(labels) => selector_matches(sel, labels),
+                None => {
+                    let mut labels = Labels::new();
+                    labels.insert("kubernetes.io/metadata.name".into(), pod_ns.into());
+                    selector_matches(sel, &labels)
+                }
+            },
         };
         let pods = self
             .peer_pods()

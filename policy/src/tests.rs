@@ -338,6 +338,27 @@ fn netpol_truth_tables() {
             expect: |from, to, _, _| to != "x/c" || ns_of(from) != "z",
         },
         Case {
+            name: "NotIn selects pods without the key; Exists does not",
+            policies: vec![
+                np(
+                    "x",
+                    "deny",
+                    json!({"podSelector": {"matchExpressions": [
+                               {"key": "pod", "operator": "NotIn", "values": ["a"]}]},
+                           "policyTypes": ["Ingress"]}),
+                ),
+                np(
+                    "y",
+                    "deny",
+                    json!({"podSelector": {"matchExpressions": [
+                               {"key": "pod", "operator": "Exists"}]},
+                           "policyTypes": ["Ingress"]}),
+                ),
+            ],
+            overrides: &[("x/c", &[("app", "web")]), ("y/c", &[("app", "web")])],
+            expect: |_, to, _, _| !["x/b", "x/c", "y/a", "y/b"].contains(&to),
+        },
+        Case {
             name: "ingress on TCP 81 only, from anyone",
             policies: vec![np(
                 "x",
@@ -569,6 +590,32 @@ fn local_pods_take_the_nodes_address_and_unknown_pods_are_reported() {
     assert!(c.pods.iter().any(|p| p.ip == Ipv4Addr::new(10, 9, 0, 1)));
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("x/new"), "{:?}", c.warnings);
+}
+
+#[test]
+fn a_namespace_the_view_lacks_is_selected_by_empty_selector_only() {
+    let mut view = cluster(
+        vec![
+            np(
+                "x",
+                "p",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                       "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"ns": "y"}}}]}]}),
+            ),
+            np(
+                "x",
+                "q",
+                json!({"podSelector": {"matchLabels": {"pod": "b"}},
+                       "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+            ),
+        ],
+        &[],
+    );
+    view.namespaces.retain(|n| n.name != "y");
+    let c = compile(&view, &all_local());
+    assert!(!verdict(&c, "y/a", "x/a", Protocol::Tcp, 80));
+    assert!(verdict(&c, "y/a", "x/b", Protocol::Tcp, 80));
+    assert!(verdict(&c, "z/a", "x/b", Protocol::Tcp, 80));
 }
 
 #[test]
