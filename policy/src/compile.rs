@@ -221,9 +221,13 @@ impl Ctx<'_> {
             for e in block.except.iter().flatten() {
                 match e.parse::<Ipv4Network>() {
                     Ok(n) => except.push(n),
-                    Err(_) => self
-                        .warnings
-                        .push(format!("{what}: ipBlock except {e:?} is invalid: ignored")),
+                    // Dropping the hole would widen the block: drop the peer instead.
+                    Err(_) => {
+                        self.warnings.push(format!(
+                            "{what}: ipBlock except {e:?} is invalid: peer ignored"
+                        ));
+                        return Expanded::Pods(Vec::new());
+                    }
                 }
             }
             except.sort();

@@ -664,14 +664,15 @@ fn invalid_input_is_skipped_with_a_warning() {
             "x",
             "bad",
             json!({"podSelector": {}, "ingress": [
-                {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}, {}]},
+                {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}, {},
+                          {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "bad"]}}]},
                 {"ports": [{"port": 80, "protocol": "ICMP"}, {"port": 90, "endPort": 85}]},
                 {"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]}),
         )],
         &[],
     );
     let c = compile(&view, &all_local());
-    assert_eq!(c.warnings.len(), 4, "{:#?}", c.warnings);
+    assert_eq!(c.warnings.len(), 5, "{:#?}", c.warnings);
     let xa = c.pods.iter().find(|p| p.namespace == "x").expect("x pod");
     assert_eq!(
         xa.ingress,
