@@ -1,0 +1,321 @@
+//! The renderer: a compiled [`NodePolicy`] -> one nftables transaction (JSON, as `nft -j -f`
+//! reads it) that replaces `table inet vpcnet-policy` as a whole:
+//!
+//! ```text
+//! table inet vpcnet-policy {
+//!     set egress_<veth>_any   { type ipv4_addr; flags interval; }          # any port
+//!     set egress_<veth>_ports { type ipv4_addr . inet_proto . inet_service; flags interval; }
+//!     set ingress_<veth>_any / ingress_<veth>_ports                         # likewise
+//!     chain egress_<veth> {
+//!         ip daddr @egress_<veth>_any return
+//!         ip daddr . meta l4proto . th dport @egress_<veth>_ports return
+//!         drop
+//!     }
+//!     chain ingress_<veth> { ... accept ... drop }
+//!     map egress_dispatch  { type ifname : verdict; elements = { "<veth>" : jump egress_<veth> } }
+//!     map ingress_dispatch { type ifname : verdict; ... }
+//!     chain forward {
+//!         type filter hook forward priority filter; policy accept;
+//!         ct state established,related accept
+//!         iifname vmap @egress_dispatch      # the packet comes from a pod: its egress
+//!         oifname vmap @ingress_dispatch     # the packet goes to a pod: its ingress
+//!     }
+//! }
+//! ```
+//!
+//! Only *forwarded* packets are filtered: the node's own traffic to its pods (output hook)
+//! and from them (input hook) is never touched, and a pod reaching itself never leaves its
+//! namespace. A pod whose direction is not isolated has no dispatch entry for it. Egress
+//! `return`s (the destination's ingress, on this node or its own, still decides); ingress
+//! `accept`s. The sets are normalised to disjoint elements (interval sets reject overlaps), and
+//! everything is sorted: the same policy renders to the same bytes.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::compile::{NodePolicy, PodPolicy, PortMatch};
+use crate::model::Protocol;
+
+/// `table inet vpcnet-policy`.
+pub const TABLE: &str = "vpcnet-policy";
+pub const FORWARD_CHAIN: &str = "forward";
+pub const EGRESS_MAP: &str = "egress_dispatch";
+pub const INGRESS_MAP: &str = "ingress_dispatch";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn word(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// The chain of one pod's direction.
+pub fn chain_name(dir: Direction, veth: &str) -> String {
+    format!("{}_{veth}", dir.word())
+}
+
+/// Its sets: addresses allowed on any port, and (address . protocol . port) triples.
+pub fn set_names(dir: Direction, veth: &str) -> (String, String) {
+    (
+        format!("{}_{veth}_any", dir.word()),
+        format!("{}_{veth}_ports", dir.word()),
+    )
+}
+
+/// Merges inclusive ranges into disjoint, sorted, non-adjacent ones.
+pub fn merge_ranges(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    v.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if u64::from(s) <= u64::from(last.1) + 1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Disjoint, sorted, inclusive address ranges (IPv4 as `u32`).
+pub type Ranges = Vec<(u32, u32)>;
+/// Disjoint, sorted port ranges, each with the addresses allowed on it.
+pub type PortSegments = Vec<((u16, u16), Ranges)>;
+
+/// The elements of one pod direction's sets, disjoint: (any-port address ranges, and per
+/// protocol a list of (port range, address ranges) with disjoint port ranges).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetContents {
+    pub any: Ranges,
+    pub ports: BTreeMap<Protocol, PortSegments>,
+}
+
+pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) -> SetContents {
+    let mut any = Vec::new();
+    let mut by_proto: BTreeMap<Protocol, Vec<(u32, u32, Ranges)>> = BTreeMap::new();
+    for a in allows {
+        match a.port {
+            PortMatch::Any => any.extend(a.peer.ranges()),
+            PortMatch::Ports { proto, first, last } => by_proto.entry(proto).or_default().push((
+                u32::from(first),
+                u32::from(last),
+                a.peer.ranges(),
+            )),
+        }
+    }
+    let mut ports = BTreeMap::new();
+    for (proto, entries) in by_proto {
+        // Elementary port segments between every range boundary.
+        let mut bounds: Vec<u32> = entries.iter().flat_map(|(f, l, _)| [*f, l + 1]).collect();
+        bounds.sort_unstable();
+        bounds.dedup();
+        let mut segs: Vec<((u32, u32), Ranges)> = Vec::new();
+        for w in bounds.windows(2) {
+            let (s, e) = (w[0], w[1] - 1);
+            let addrs = merge_ranges(
+                entries
+                    .iter()
+                    .filter(|(f, l, _)| *f <= s && e <= *l)
+                    .flat_map(|(_, _, r)| r.iter().copied())
+                    .collect(),
+            );
+            if addrs.is_empty() {
+                continue;
+            }
+            match segs.last_mut() {
+                // Adjacent segment with the same addresses: one element.
+                Some(((_, pe), pa)) if *pe + 1 == s && *pa == addrs => *pe = e,
+                _ => segs.push(((s, e), addrs)),
+            }
+        }
+        let segs = segs
+            .into_iter()
+            .map(|((s, e), a)| {
+                // Both come from u16 ports (bounds <= 65536, segments end below it).
+                let s = u16::try_from(s).unwrap_or(u16::MAX);
+                let e = u16::try_from(e).unwrap_or(u16::MAX);
+                ((s, e), a)
+            })
+            .collect();
+        ports.insert(proto, segs);
+    }
+    SetContents {
+        any: merge_ranges(any),
+        ports,
+    }
+}
+
+fn addr_elem((s, e): (u32, u32)) -> Value {
+    let a = std::net::Ipv4Addr::from(s).to_string();
+    if s == e {
+        return json!(a);
+    }
+    let size = u64::from(e) - u64::from(s) + 1;
+    if size.is_power_of_two() && u64::from(s) % size == 0 {
+        let len = 32 - size.trailing_zeros();
+        return json!({"prefix": {"addr": a, "len": len}});
+    }
+    json!({"range": [a, std::net::Ipv4Addr::from(e).to_string()]})
+}
+
+fn port_elem((s, e): (u16, u16)) -> Value {
+    if s == e {
+        json!(s)
+    } else {
+        json!({"range": [s, e]})
+    }
+}
+
+fn obj(kind: &str, mut body: Value) -> Value {
+    body["family"] = json!("inet");
+    body["table"] = json!(TABLE);
+    json!({"add": {kind: body}})
+}
+
+fn table() -> Value {
+    json!({"table": {"family": "inet", "name": TABLE}})
+}
+
+fn rule(chain: &str, expr: Value) -> Value {
+    obj("rule", json!({"chain": chain, "expr": expr}))
+}
+
+fn payload(proto: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": proto, "field": field}})
+}
+
+fn pod_direction(out: &mut Vec<Value>, pod: &PodPolicy, dir: Direction) {
+    let allows = match dir {
+        Direction::Ingress => &pod.ingress,
+        Direction::Egress => &pod.egress,
+    };
+    let Some(allows) = allows else { return };
+    let veth = &pod.host_veth;
+    let chain = chain_name(dir, veth);
+    let (any_set, ports_set) = set_names(dir, veth);
+    let contents = set_contents(allows);
+    out.push(obj(
+        "set",
+        json!({"name": any_set, "type": "ipv4_addr", "flags": ["interval"]}),
+    ));
+    if !contents.any.is_empty() {
+        let elem: Vec<Value> = contents.any.iter().copied().map(addr_elem).collect();
+        out.push(obj("element", json!({"name": any_set, "elem": elem})));
+    }
+    out.push(obj(
+        "set",
+        json!({"name": ports_set, "type": ["ipv4_addr", "inet_proto", "inet_service"],
+               "flags": ["interval"]}),
+    ));
+    let mut elem = Vec::new();
+    for (proto, segs) in &contents.ports {
+        for (ports, addrs) in segs {
+            for a in addrs {
+                elem.push(json!({"concat": [addr_elem(*a), proto.nft_name(), port_elem(*ports)]}));
+            }
+        }
+    }
+    if !elem.is_empty() {
+        out.push(obj("element", json!({"name": ports_set, "elem": elem})));
+    }
+    out.push(obj("chain", json!({"name": chain})));
+    let (peer_field, verdict) = match dir {
+        Direction::Ingress => ("saddr", json!({"accept": null})),
+        Direction::Egress => ("daddr", json!({"return": null})),
+    };
+    out.push(rule(
+        &chain,
+        json!([
+            {"match": {"op": "==", "left": payload("ip", peer_field), "right": format!("@{any_set}")}},
+            verdict
+        ]),
+    ));
+    out.push(rule(
+        &chain,
+        json!([
+            {"match": {"op": "==",
+                "left": {"concat": [payload("ip", peer_field), {"meta": {"key": "l4proto"}},
+                                    payload("th", "dport")]},
+                "right": format!("@{ports_set}")}},
+            verdict
+        ]),
+    ));
+    out.push(rule(&chain, json!([{"drop": null}])));
+}
+
+/// The transaction that makes `table inet vpcnet-policy` enforce `policy`, replacing whatever
+/// the table held, in one atomic step.
+pub fn render(policy: &NodePolicy) -> Value {
+    let mut out = vec![
+        // `add table` does not fail when it exists, so the delete always has something to
+        // delete; all of it is one transaction.
+        json!({"add": table()}),
+        json!({"delete": table()}),
+        json!({"add": table()}),
+    ];
+    let mut pods: Vec<&PodPolicy> = policy.pods.iter().collect();
+    pods.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
+    pods.dedup_by(|a, b| a.host_veth == b.host_veth);
+    let mut dispatch: [(Direction, &str, Vec<Value>); 2] = [
+        (Direction::Egress, EGRESS_MAP, Vec::new()),
+        (Direction::Ingress, INGRESS_MAP, Vec::new()),
+    ];
+    for pod in &pods {
+        for (dir, _, elems) in dispatch.iter_mut() {
+            let isolated = match dir {
+                Direction::Ingress => pod.ingress.is_some(),
+                Direction::Egress => pod.egress.is_some(),
+            };
+            if isolated {
+                pod_direction(&mut out, pod, *dir);
+                elems.push(json!([
+                    pod.host_veth,
+                    {"jump": {"target": chain_name(*dir, &pod.host_veth)}}
+                ]));
+            }
+        }
+    }
+    for (_, map, elems) in &dispatch {
+        out.push(obj(
+            "map",
+            json!({"name": map, "type": "ifname", "map": "verdict"}),
+        ));
+        if !elems.is_empty() {
+            out.push(obj("element", json!({"name": map, "elem": elems})));
+        }
+    }
+    out.push(obj(
+        "chain",
+        json!({"name": FORWARD_CHAIN, "type": "filter", "hook": "forward", "prio": 0,
+               "policy": "accept"}),
+    ));
+    out.push(rule(
+        FORWARD_CHAIN,
+        json!([
+            {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                       "right": ["established", "related"]}},
+            {"accept": null}
+        ]),
+    ));
+    out.push(rule(
+        FORWARD_CHAIN,
+        json!([{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{EGRESS_MAP}")}}]),
+    ));
+    out.push(rule(
+        FORWARD_CHAIN,
+        json!([{"vmap": {"key": {"meta": {"key": "oifname"}}, "data": format!("@{INGRESS_MAP}")}}]),
+    ));
+    json!({"nftables": out})
+}
+
+/// The transaction that deletes the table (absent is fine).
+pub fn removal() -> Value {
+    json!({"nftables": [{"add": table()}, {"delete": table()}]})
+}
