@@ -77,8 +77,8 @@ impl Family for V4 {
         u128::from(u32::from(a))
     }
     fn addr(bits: u128) -> Ipv4Addr {
-        // Truncation intended: the high bits are zero for every IPv4 address.
-        Ipv4Addr::from(bits as u32)
+        // The high bits are zero for every IPv4 address; keep the low 32.
+        Ipv4Addr::from(u32::try_from(bits & u128::from(u32::MAX)).unwrap_or(u32::MAX))
     }
     fn net(a: Ipv4Addr, len: u8) -> Option<Ipv4Network> {
         Ipv4Network::new(a, len).ok()

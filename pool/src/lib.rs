@@ -366,7 +366,8 @@ impl<F: Family> PoolOf<F> {
         let reserved_free = self.reserved[lo..hi]
             .iter()
             .filter(|&&a| self.classify(a, p.slots.get(&a), now) == Class::Reserved)
-            .count() as u128;
+            .count();
+        let reserved_free = u128::try_from(reserved_free).unwrap_or(u128::MAX);
         let size = (p.last - p.first).saturating_add(1);
         c.free = size
             .saturating_sub(c.assigned)
