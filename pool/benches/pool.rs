@@ -4,7 +4,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, PoolConfig};
+use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, Pool6, PoolConfig, PoolConfig6};
 
 const PODS: u32 = 110;
 const COOLDOWN: Millis = 30_000;
@@ -36,6 +36,50 @@ fn pool(prefixes: usize) -> Pool {
         pool.assign(key(i), PodMeta::default(), 0).expect("assign");
     }
     pool
+}
+
+/// `PODS` pods in one IPv6 /80 (the normal IPv6 node: one prefix, no warm targets).
+fn pool6() -> Pool6 {
+    let cfg = PoolConfig6 {
+        vpc_cidrs: vec!["fd00:10::/64".parse().expect("cidr")],
+        prefix_len: 80,
+        warm_prefix_target: 0,
+        max_pods: PODS,
+        cooldown_ms: COOLDOWN,
+        ..PoolConfig6::default()
+    };
+    let mut pool = Pool6::new(cfg);
+    pool.add_prefix("fd00:10::/80".parse().expect("prefix"), 0)
+        .expect("add prefix");
+    for i in 0..PODS {
+        pool.assign(key(i), PodMeta::default(), 0).expect("assign");
+    }
+    pool
+}
+
+fn bench6(c: &mut Criterion) {
+    let mut p = pool6();
+    let keys: Vec<_> = (0..PODS).map(key).collect();
+    let (mut now, mut i) = (0, 0);
+    c.bench_function("v6 assign+release/1_prefix", |b| {
+        b.iter(|| {
+            now += COOLDOWN;
+            let k = &keys[i % keys.len()];
+            i += 1;
+            black_box(p.release(k, now));
+            black_box(
+                p.assign(k.clone(), PodMeta::default(), now)
+                    .expect("assign"),
+            );
+        })
+    });
+    let p = pool6();
+    c.bench_function("v6 plan/1_prefix", |b| {
+        b.iter(|| black_box(p.plan(black_box(1))))
+    });
+    c.bench_function("v6 stats/1_prefix", |b| {
+        b.iter(|| black_box(p.stats(black_box(1))))
+    });
 }
 
 fn bench(c: &mut Criterion) {
@@ -72,6 +116,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench
+    targets = bench, bench6
 }
 criterion_main!(benches);

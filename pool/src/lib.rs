@@ -1,27 +1,39 @@
 //! The pure node allocator: which addresses of the node's prefixes are free, assigned or
-//! cooling, plus the warm-pool policy ([`Pool::plan`]). DESIGN.md §4.
+//! cooling, plus the warm-pool policy ([`PoolOf::plan`]). DESIGN.md §4.
 //!
-//! No I/O and no clock: time is passed in as `now`. Every mutation returns the [`PoolEvent`]
-//! the agent must make durable before replying; [`Pool::apply`] replays those events, and the
-//! live mutators go through the same code path, so replay reproduces the live state exactly.
+//! One allocator for both address families ([`V4`], [`V6`]): [`Pool`] is the IPv4 pool,
+//! [`Pool6`] the IPv6 one (see docs/dual-stack.md). Held prefixes keep only the addresses that
+//! are assigned or cooling (absent = free), so an IPv6 /80 costs what it uses, like a /28.
+//!
+//! No I/O and no clock: time is passed in as `now`. Every mutation returns the [`PoolEventOf`]
+//! the agent must make durable before replying; [`PoolOf::apply`] replays those events, and
+//! the live mutators go through the same code path, so replay reproduces the live state
+//! exactly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+mod family;
 mod net_serde;
 mod policy;
 mod snapshot;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_v6;
+
+use family::{contains, host_mask, is_aligned, span};
+pub use family::{Family, V4, V6};
 
 /// Unix time in milliseconds.
 pub type Millis = u64;
 
-/// Shortest prefix length a node may hold (a /16 is 65 536 slots); bounds per-prefix memory.
-pub const MIN_PREFIX_LEN: u8 = 16;
+/// Shortest prefix length an IPv4 node may hold (a /16 is 65 536 slots). IPv6: 64
+/// ([`Family::MIN_PREFIX_LEN`]).
+pub const MIN_PREFIX_LEN: u8 = V4::MIN_PREFIX_LEN;
 
 /// What identifies an allocation: CNI's (network name, container ID, ifname).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -42,8 +54,9 @@ pub struct PodMeta {
 
 /// One assigned address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Allocation {
-    pub ip: Ipv4Addr,
+#[serde(bound = "")]
+pub struct AllocationOf<F: Family> {
+    pub ip: F::Addr,
     pub key: AllocKey,
     pub meta: PodMeta,
     pub assigned_at: Millis,
@@ -51,11 +64,11 @@ pub struct Allocation {
 
 /// The agent's flags that shape the pool.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct PoolConfig {
+#[serde(default, bound = "")]
+pub struct PoolConfigOf<F: Family> {
     #[serde(with = "net_serde::vec")]
-    pub vpc_cidrs: Vec<Ipv4Network>,
-    /// Length of the prefixes the node claims (default 28).
+    pub vpc_cidrs: Vec<F::Net>,
+    /// Length of the prefixes the node claims (default 28; IPv6: see docs/dual-stack.md).
     pub prefix_len: u8,
     /// Keep at least this many addresses available (0 = off).
     pub warm_ip_target: u32,
@@ -71,9 +84,9 @@ pub struct PoolConfig {
     pub min_prefix_age_ms: u64,
 }
 
-impl Default for PoolConfig {
+impl<F: Family> Default for PoolConfigOf<F> {
     fn default() -> Self {
-        PoolConfig {
+        PoolConfigOf {
             vpc_cidrs: Vec::new(),
             prefix_len: 28,
             warm_ip_target: 0,
@@ -86,29 +99,44 @@ impl Default for PoolConfig {
     }
 }
 
-/// Every state change, as persisted in the agent's journal. [`Pool::apply`] replays them
+/// Every state change, as persisted in the agent's journal. [`PoolOf::apply`] replays them
 /// deterministically (no choice is made during replay: the IP is in the event).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "ev", rename_all = "camelCase")]
-pub enum PoolEvent {
+#[serde(tag = "ev", rename_all = "camelCase", bound = "")]
+pub enum PoolEventOf<F: Family> {
     PrefixAdded {
         #[serde(with = "net_serde")]
-        prefix: Ipv4Network,
+        prefix: F::Net,
         at: Millis,
     },
     PrefixRemoved {
         #[serde(with = "net_serde")]
-        prefix: Ipv4Network,
+        prefix: F::Net,
     },
     Assigned {
-        alloc: Allocation,
+        alloc: AllocationOf<F>,
     },
     Released {
         key: AllocKey,
-        ip: Ipv4Addr,
+        ip: F::Addr,
         cool_until: Millis,
     },
 }
+
+/// The IPv4 pool and its types (the names every other crate uses).
+pub type Pool = PoolOf<V4>;
+pub type PoolConfig = PoolConfigOf<V4>;
+pub type PoolEvent = PoolEventOf<V4>;
+pub type Allocation = AllocationOf<V4>;
+pub type PrefixInfo = PrefixInfoOf<V4>;
+pub type PoolPlan = PoolPlanOf<V4>;
+/// The IPv6 pool and its types.
+pub type Pool6 = PoolOf<V6>;
+pub type PoolConfig6 = PoolConfigOf<V6>;
+pub type PoolEvent6 = PoolEventOf<V6>;
+pub type Allocation6 = AllocationOf<V6>;
+pub type PrefixInfo6 = PrefixInfoOf<V6>;
+pub type PoolPlan6 = PoolPlanOf<V6>;
 
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
@@ -126,28 +154,29 @@ pub enum PoolError {
     #[error("max-pods limit reached: {max_pods} addresses already assigned on this node")]
     MaxPods { max_pods: u32 },
     #[error("prefix {0} is not inside any VPC CIDR")]
-    PrefixOutsideVpc(Ipv4Network),
+    PrefixOutsideVpc(IpNetwork),
     /// Not of the configured length, or not aligned to it.
     #[error("prefix {0} is not an aligned prefix of the configured length")]
-    PrefixMisaligned(Ipv4Network),
+    PrefixMisaligned(IpNetwork),
     /// Equal to or overlapping a prefix already held.
     #[error("prefix {0} overlaps a prefix this node already holds")]
-    PrefixAlreadyHeld(Ipv4Network),
+    PrefixAlreadyHeld(IpNetwork),
     #[error("prefix {0} is not held by this node")]
-    PrefixNotHeld(Ipv4Network),
+    PrefixNotHeld(IpNetwork),
     #[error("prefix {0} still has assigned or cooling addresses")]
-    PrefixInUse(Ipv4Network),
+    PrefixInUse(IpNetwork),
     /// Replay conflict: the address is assigned, cooling, or not in a held prefix.
     #[error("address {ip} is not free in this pool (journal conflict)")]
-    AddressTaken { ip: Ipv4Addr },
+    AddressTaken { ip: IpAddr },
     /// Replay conflict: the key already holds an address.
     #[error("key already holds address {ip} (journal conflict)")]
-    KeyAlreadyAssigned { ip: Ipv4Addr },
+    KeyAlreadyAssigned { ip: IpAddr },
     /// Replay of a release for a key with no allocation at that address.
     #[error("release for a key that holds no address there (journal conflict)")]
     UnknownKey,
 }
 
+/// Counts; an IPv6 prefix's (2^48 addresses in a /80) saturate at `u32::MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct PoolStats {
     /// Addresses that can be (or are) used: held addresses minus free VPC network/broadcast.
@@ -163,7 +192,7 @@ pub struct PoolStats {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PoolPlan {
+pub enum PoolPlanOf<F: Family> {
     Steady,
     /// Claim this many more prefixes.
     Grow {
@@ -172,7 +201,7 @@ pub enum PoolPlan {
     },
     /// Release these prefixes (youngest/highest first).
     Shrink {
-        prefixes: Vec<Ipv4Network>,
+        prefixes: Vec<F::Net>,
     },
 }
 
@@ -187,48 +216,39 @@ pub enum GrowReason {
 
 /// A computed view of one held prefix at some `now`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PrefixInfo {
+#[serde(bound = "")]
+pub struct PrefixInfoOf<F: Family> {
     #[serde(with = "net_serde")]
-    pub prefix: Ipv4Network,
+    pub prefix: F::Net,
     pub claimed_at: Millis,
     pub assigned: u32,
     pub cooling: u32,
+    /// Saturates at `u32::MAX` (IPv6).
     pub usable: u32,
 }
 
-/// State of one address of a held prefix.
+/// An address of a held prefix that is not free: assigned, or released and cooling (also
+/// past its deadline, until reused: see [`PoolOf::knows`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Slot {
-    Free,
-    Assigned(Box<Allocation>),
+enum Slot<F: Family> {
+    Assigned(Box<AllocationOf<F>>),
     /// Released; reusable once `now >= until`.
     Cooling(Millis),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct HeldPrefix {
-    net: Ipv4Network,
+struct HeldPrefix<F: Family> {
+    net: F::Net,
+    first: u128,
+    last: u128,
     claimed_at: Millis,
     /// Number of `Slot::Assigned` in `slots` (kept for the packing choice).
     assigned: u32,
-    /// One per address, indexed by offset from the network address.
-    slots: Box<[Slot]>,
+    /// The addresses (bits) that are assigned or cooling; absent means free.
+    slots: BTreeMap<u128, Slot<F>>,
 }
 
-impl HeldPrefix {
-    /// Slots with their addresses (as u32).
-    fn addrs(&self) -> impl Iterator<Item = (u32, &Slot)> {
-        let first = u32::from(self.net.network());
-        let last = u32::from(self.net.broadcast());
-        (first..=last).zip(self.slots.iter())
-    }
-
-    fn last(&self) -> u32 {
-        u32::from(self.net.broadcast())
-    }
-}
-
-/// What a slot counts as at a given time.
+/// What an address counts as at a given time.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Class {
     Assigned,
@@ -240,13 +260,13 @@ enum Class {
 
 #[derive(Clone, Copy, Default)]
 struct Counts {
-    assigned: u32,
-    cooling: u32,
-    free: u32,
+    assigned: u128,
+    cooling: u128,
+    free: u128,
 }
 
 impl Counts {
-    fn usable(self) -> u32 {
+    fn usable(self) -> u128 {
         self.assigned + self.cooling + self.free
     }
     fn wholly_free(self) -> bool {
@@ -254,30 +274,35 @@ impl Counts {
     }
 }
 
-/// The node's address pool. `Serialize`/`Deserialize` give a snapshot (validated on load).
+/// The node's address pool for one family. `Serialize`/`Deserialize` give a snapshot
+/// (validated on load).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "snapshot::Snapshot", try_from = "snapshot::Snapshot")]
-pub struct Pool {
-    cfg: PoolConfig,
-    /// Network and broadcast addresses of the VPC CIDRs, sorted (derived from `cfg`).
-    reserved: Vec<u32>,
-    /// Held prefixes by network address; never overlapping.
-    prefixes: BTreeMap<u32, HeldPrefix>,
-    by_key: HashMap<AllocKey, Ipv4Addr>,
+#[serde(
+    into = "snapshot::Snapshot<F>",
+    try_from = "snapshot::Snapshot<F>",
+    bound = ""
+)]
+pub struct PoolOf<F: Family> {
+    cfg: PoolConfigOf<F>,
+    /// Network (and, IPv4, broadcast) addresses of the VPC CIDRs, sorted (derived from `cfg`).
+    reserved: Vec<u128>,
+    /// Held prefixes by first address; never overlapping.
+    prefixes: BTreeMap<u128, HeldPrefix<F>>,
+    by_key: HashMap<AllocKey, F::Addr>,
 }
 
 fn count(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-fn is_aligned(net: Ipv4Network) -> bool {
-    net.ip() == net.network()
+fn sat(n: u128) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl Pool {
-    pub fn new(cfg: PoolConfig) -> Pool {
-        let mut pool = Pool {
-            cfg: PoolConfig::default(),
+impl<F: Family> PoolOf<F> {
+    pub fn new(cfg: PoolConfigOf<F>) -> Self {
+        let mut pool = PoolOf {
+            cfg: PoolConfigOf::default(),
             reserved: Vec::new(),
             prefixes: BTreeMap::new(),
             by_key: HashMap::new(),
@@ -286,17 +311,21 @@ impl Pool {
         pool
     }
 
-    pub fn config(&self) -> &PoolConfig {
+    pub fn config(&self) -> &PoolConfigOf<F> {
         &self.cfg
     }
 
     /// Restart with new flags over old state. Held prefixes and allocations are kept even if
     /// they no longer fit the new VPC CIDRs or prefix length; the policy may release them.
-    pub fn set_config(&mut self, cfg: PoolConfig) {
-        let mut reserved: Vec<u32> = cfg
+    pub fn set_config(&mut self, cfg: PoolConfigOf<F>) {
+        let mut reserved: Vec<u128> = cfg
             .vpc_cidrs
             .iter()
-            .flat_map(|c| [u32::from(c.network()), u32::from(c.broadcast())])
+            .flat_map(|&c| {
+                let (first, last) = span::<F>(c);
+                [Some(first), F::RESERVES_LAST.then_some(last)]
+            })
+            .flatten()
             .collect();
         reserved.sort_unstable();
         reserved.dedup();
@@ -304,12 +333,16 @@ impl Pool {
         self.cfg = cfg;
     }
 
-    fn classify(&self, addr: u32, slot: &Slot, now: Millis) -> Class {
+    fn is_reserved(&self, addr: u128) -> bool {
+        self.reserved.binary_search(&addr).is_ok()
+    }
+
+    fn classify(&self, addr: u128, slot: Option<&Slot<F>>, now: Millis) -> Class {
         match slot {
-            Slot::Assigned(_) => Class::Assigned,
-            Slot::Cooling(until) if *until > now => Class::Cooling,
-            Slot::Free | Slot::Cooling(_) => {
-                if self.reserved.binary_search(&addr).is_ok() {
+            Some(Slot::Assigned(_)) => Class::Assigned,
+            Some(Slot::Cooling(until)) if *until > now => Class::Cooling,
+            None | Some(Slot::Cooling(_)) => {
+                if self.is_reserved(addr) {
                     Class::Reserved
                 } else {
                     Class::Free
@@ -318,45 +351,52 @@ impl Pool {
         }
     }
 
-    fn counts(&self, p: &HeldPrefix, now: Millis) -> Counts {
+    fn counts(&self, p: &HeldPrefix<F>, now: Millis) -> Counts {
         let mut c = Counts::default();
-        for (addr, slot) in p.addrs() {
-            match self.classify(addr, slot, now) {
+        for (&addr, slot) in &p.slots {
+            match self.classify(addr, Some(slot), now) {
                 Class::Assigned => c.assigned += 1,
                 Class::Cooling => c.cooling += 1,
-                Class::Free => c.free += 1,
-                Class::Reserved => {}
+                Class::Free | Class::Reserved => {}
             }
         }
+        // Reserved addresses of this prefix that are not assigned or cooling now.
+        let lo = self.reserved.partition_point(|&a| a < p.first);
+        let hi = self.reserved.partition_point(|&a| a <= p.last);
+        let reserved_free = self.reserved[lo..hi]
+            .iter()
+            .filter(|&&a| self.classify(a, p.slots.get(&a), now) == Class::Reserved)
+            .count();
+        let reserved_free = u128::try_from(reserved_free).unwrap_or(u128::MAX);
+        let size = (p.last - p.first).saturating_add(1);
+        c.free = size
+            .saturating_sub(c.assigned)
+            .saturating_sub(c.cooling)
+            .saturating_sub(reserved_free);
         c
     }
 
-    /// The held prefix containing `ip`, and the slot index.
-    fn locate(&self, ip: Ipv4Addr) -> Option<(u32, usize)> {
-        let addr = u32::from(ip);
+    /// The held prefix containing the address `addr` (bits), by its first address.
+    fn locate(&self, addr: u128) -> Option<u128> {
         let (&start, p) = self.prefixes.range(..=addr).next_back()?;
-        (addr <= p.last()).then(|| (start, usize::try_from(addr - start).unwrap_or(usize::MAX)))
+        (addr <= p.last).then_some(start)
     }
 
-    fn slot_mut(&mut self, ip: Ipv4Addr) -> Option<(&mut HeldPrefix, usize)> {
-        let (start, idx) = self.locate(ip)?;
-        let p = self.prefixes.get_mut(&start)?;
-        (idx < p.slots.len()).then_some((p, idx))
+    fn prefix_of_mut(&mut self, ip: F::Addr) -> Option<&mut HeldPrefix<F>> {
+        let start = self.locate(F::bits(ip))?;
+        self.prefixes.get_mut(&start)
     }
 
     /// Whether `[first, last]` overlaps a held prefix.
-    fn overlaps_held(&self, first: u32, last: u32) -> bool {
+    fn overlaps_held(&self, first: u128, last: u128) -> bool {
         self.prefixes
             .range(..=last)
             .next_back()
-            .is_some_and(|(_, p)| p.last() >= first)
+            .is_some_and(|(_, p)| p.last >= first)
     }
 
-    fn in_vpc(&self, net: Ipv4Network) -> bool {
-        self.cfg
-            .vpc_cidrs
-            .iter()
-            .any(|c| c.prefix() <= net.prefix() && c.contains(net.network()))
+    fn in_vpc(&self, net: F::Net) -> bool {
+        self.cfg.vpc_cidrs.iter().any(|&c| contains::<F>(c, net))
     }
 
     /// Same key already assigned → returns its existing ip and `None` (idempotent ADD).
@@ -370,7 +410,7 @@ impl Pool {
         key: AllocKey,
         meta: PodMeta,
         now: Millis,
-    ) -> Result<(Ipv4Addr, Option<PoolEvent>), PoolError> {
+    ) -> Result<(F::Addr, Option<PoolEventOf<F>>), PoolError> {
         if let Some(&ip) = self.by_key.get(&key) {
             return Ok((ip, None));
         }
@@ -387,48 +427,77 @@ impl Pool {
                 total: s.total,
             });
         };
-        let alloc = Allocation {
+        let alloc = AllocationOf {
             ip,
             key,
             meta,
             assigned_at: now,
         };
         self.insert_alloc(alloc.clone())?;
-        Ok((ip, Some(PoolEvent::Assigned { alloc })))
+        Ok((ip, Some(PoolEventOf::Assigned { alloc })))
     }
 
-    fn pick_free(&self, now: Millis) -> Option<Ipv4Addr> {
+    /// The lowest free address of `p` at `now`, and how many of its addresses are cooling.
+    /// Walks only the addresses in use (plus reserved ones), not the whole prefix.
+    fn first_free(&self, p: &HeldPrefix<F>, now: Millis) -> (Option<u128>, u32) {
+        let mut cooling = 0;
+        let mut first = None;
+        let mut cand = p.first;
+        for (&addr, slot) in &p.slots {
+            let class = self.classify(addr, Some(slot), now);
+            if class == Class::Cooling {
+                cooling += 1;
+            }
+            if first.is_some() {
+                continue;
+            }
+            // Free addresses below `addr` (none of them in the map).
+            while cand < addr && self.is_reserved(cand) {
+                cand += 1;
+            }
+            if cand < addr {
+                first = Some(cand);
+            } else if class == Class::Free {
+                first = Some(addr);
+            } else {
+                cand = addr.saturating_add(1);
+            }
+        }
+        if first.is_none() {
+            while cand <= p.last && self.is_reserved(cand) && !p.slots.contains_key(&cand) {
+                cand += 1;
+            }
+            if cand <= p.last && !p.slots.contains_key(&cand) {
+                first = Some(cand);
+            }
+        }
+        (first, cooling)
+    }
+
+    fn pick_free(&self, now: Millis) -> Option<F::Addr> {
         // (assigned, cooling, address) of the best candidate so far.
-        let mut best: Option<(u32, u32, u32)> = None;
+        let mut best: Option<(u32, u32, u128)> = None;
         for p in self.prefixes.values() {
             if best.is_some_and(|(a, _, _)| p.assigned < a) {
                 continue;
             }
-            let mut cooling = 0;
-            let mut first_free = None;
-            for (addr, slot) in p.addrs() {
-                match self.classify(addr, slot, now) {
-                    Class::Cooling => cooling += 1,
-                    Class::Free if first_free.is_none() => first_free = Some(addr),
-                    _ => {}
-                }
-            }
-            if let Some(addr) = first_free {
+            let (free, cooling) = self.first_free(p, now);
+            if let Some(addr) = free {
                 if best.is_none_or(|(a, c, _)| (p.assigned, cooling) > (a, c)) {
                     best = Some((p.assigned, cooling, addr));
                 }
             }
         }
-        best.map(|(_, _, addr)| Ipv4Addr::from(addr))
+        best.map(|(_, _, addr)| F::addr(addr))
     }
 
     /// Release → the address cools until `now + cooldown_ms`. Unknown key → `None` (DEL is
     /// idempotent).
-    pub fn release(&mut self, key: &AllocKey, now: Millis) -> Option<PoolEvent> {
+    pub fn release(&mut self, key: &AllocKey, now: Millis) -> Option<PoolEventOf<F>> {
         let ip = *self.by_key.get(key)?;
         let cool_until = now.saturating_add(self.cfg.cooldown_ms);
         self.remove_alloc(key, ip, cool_until).ok()?;
-        Some(PoolEvent::Released {
+        Some(PoolEventOf::Released {
             key: key.clone(),
             ip,
             cool_until,
@@ -437,10 +506,10 @@ impl Pool {
 
     /// Release of an address no pod ever used (its ADD failed before the pod could send a
     /// packet): free at once, no cooldown. Unknown key → `None`.
-    pub fn release_unused(&mut self, key: &AllocKey, now: Millis) -> Option<PoolEvent> {
+    pub fn release_unused(&mut self, key: &AllocKey, now: Millis) -> Option<PoolEventOf<F>> {
         let ip = *self.by_key.get(key)?;
         self.remove_alloc(key, ip, now).ok()?;
-        Some(PoolEvent::Released {
+        Some(PoolEventOf::Released {
             key: key.clone(),
             ip,
             cool_until: now,
@@ -449,38 +518,35 @@ impl Pool {
 
     /// Claim `prefix`: it must be an aligned prefix of the configured length inside a VPC
     /// CIDR, not overlapping one already held.
-    pub fn add_prefix(&mut self, prefix: Ipv4Network, now: Millis) -> Result<PoolEvent, PoolError> {
-        if prefix.prefix() != self.cfg.prefix_len {
-            return Err(PoolError::PrefixMisaligned(prefix));
-        }
-        if !is_aligned(prefix) {
-            return Err(PoolError::PrefixMisaligned(prefix));
+    pub fn add_prefix(&mut self, prefix: F::Net, now: Millis) -> Result<PoolEventOf<F>, PoolError> {
+        if F::net_len(prefix) != self.cfg.prefix_len || !is_aligned::<F>(prefix) {
+            return Err(PoolError::PrefixMisaligned(prefix.into()));
         }
         if !self.in_vpc(prefix) {
-            return Err(PoolError::PrefixOutsideVpc(prefix));
+            return Err(PoolError::PrefixOutsideVpc(prefix.into()));
         }
         self.insert_prefix(prefix, now)?;
-        Ok(PoolEvent::PrefixAdded { prefix, at: now })
+        Ok(PoolEventOf::PrefixAdded { prefix, at: now })
     }
 
     /// Give `prefix` back; only when no address in it is assigned or cooling at `now`.
     pub fn remove_prefix(
         &mut self,
-        prefix: Ipv4Network,
+        prefix: F::Net,
         now: Millis,
-    ) -> Result<PoolEvent, PoolError> {
+    ) -> Result<PoolEventOf<F>, PoolError> {
         self.drop_prefix(prefix, Some(now))?;
-        Ok(PoolEvent::PrefixRemoved { prefix })
+        Ok(PoolEventOf::PrefixRemoved { prefix })
     }
 
     /// Replay one journal event. Checks consistency (never double-assigns) but not policy:
     /// config limits (VPC, prefix length, max-pods) may have changed since it was written.
-    pub fn apply(&mut self, ev: &PoolEvent) -> Result<(), PoolError> {
+    pub fn apply(&mut self, ev: &PoolEventOf<F>) -> Result<(), PoolError> {
         match ev {
-            PoolEvent::PrefixAdded { prefix, at } => self.insert_prefix(*prefix, *at),
-            PoolEvent::PrefixRemoved { prefix } => self.drop_prefix(*prefix, None),
-            PoolEvent::Assigned { alloc } => self.insert_alloc(alloc.clone()),
-            PoolEvent::Released {
+            PoolEventOf::PrefixAdded { prefix, at } => self.insert_prefix(*prefix, *at),
+            PoolEventOf::PrefixRemoved { prefix } => self.drop_prefix(*prefix, None),
+            PoolEventOf::Assigned { alloc } => self.insert_alloc(alloc.clone()),
+            PoolEventOf::Released {
                 key,
                 ip,
                 cool_until,
@@ -488,55 +554,57 @@ impl Pool {
         }
     }
 
-    fn insert_prefix(&mut self, net: Ipv4Network, at: Millis) -> Result<(), PoolError> {
-        if net.prefix() < MIN_PREFIX_LEN || !is_aligned(net) {
-            return Err(PoolError::PrefixMisaligned(net));
+    fn insert_prefix(&mut self, net: F::Net, at: Millis) -> Result<(), PoolError> {
+        if F::net_len(net) < F::MIN_PREFIX_LEN || !is_aligned::<F>(net) {
+            return Err(PoolError::PrefixMisaligned(net.into()));
         }
-        let first = u32::from(net.network());
-        let last = u32::from(net.broadcast());
+        let (first, last) = span::<F>(net);
         if self.overlaps_held(first, last) {
-            return Err(PoolError::PrefixAlreadyHeld(net));
+            return Err(PoolError::PrefixAlreadyHeld(net.into()));
         }
-        let size = usize::try_from(net.size()).unwrap_or(usize::MAX);
         let held = HeldPrefix {
             net,
+            first,
+            last,
             claimed_at: at,
             assigned: 0,
-            slots: vec![Slot::Free; size].into_boxed_slice(),
+            slots: BTreeMap::new(),
         };
         self.prefixes.insert(first, held);
         Ok(())
     }
 
     /// `now: None` (replay) ignores cooling addresses.
-    fn drop_prefix(&mut self, net: Ipv4Network, now: Option<Millis>) -> Result<(), PoolError> {
-        let start = u32::from(net.ip());
+    fn drop_prefix(&mut self, net: F::Net, now: Option<Millis>) -> Result<(), PoolError> {
+        let start = F::bits(F::net_ip(net));
         let p = match self.prefixes.get(&start) {
             Some(p) if p.net == net => p,
-            _ => return Err(PoolError::PrefixNotHeld(net)),
+            _ => return Err(PoolError::PrefixNotHeld(net.into())),
         };
         let cooling =
-            |s: &Slot| matches!((s, now), (Slot::Cooling(until), Some(now)) if *until > now);
-        if p.assigned > 0 || p.slots.iter().any(cooling) {
-            return Err(PoolError::PrefixInUse(net));
+            |s: &Slot<F>| matches!((s, now), (Slot::Cooling(until), Some(now)) if *until > now);
+        if p.assigned > 0 || p.slots.values().any(cooling) {
+            return Err(PoolError::PrefixInUse(net.into()));
         }
         self.prefixes.remove(&start);
         Ok(())
     }
 
-    fn insert_alloc(&mut self, alloc: Allocation) -> Result<(), PoolError> {
+    fn insert_alloc(&mut self, alloc: AllocationOf<F>) -> Result<(), PoolError> {
         if let Some(&ip) = self.by_key.get(&alloc.key) {
-            return Err(PoolError::KeyAlreadyAssigned { ip });
+            return Err(PoolError::KeyAlreadyAssigned { ip: ip.into() });
         }
         let ip = alloc.ip;
-        let (p, idx) = self.slot_mut(ip).ok_or(PoolError::AddressTaken { ip })?;
-        match p.slots[idx] {
-            Slot::Free => {}
-            Slot::Cooling(until) if until <= alloc.assigned_at => {}
-            _ => return Err(PoolError::AddressTaken { ip }),
+        let taken = PoolError::AddressTaken { ip: ip.into() };
+        let p = self.prefix_of_mut(ip).ok_or(taken.clone())?;
+        let addr = F::bits(ip);
+        match p.slots.get(&addr) {
+            None => {}
+            Some(Slot::Cooling(until)) if *until <= alloc.assigned_at => {}
+            _ => return Err(taken),
         }
         let key = alloc.key.clone();
-        p.slots[idx] = Slot::Assigned(Box::new(alloc));
+        p.slots.insert(addr, Slot::Assigned(Box::new(alloc)));
         p.assigned += 1;
         self.by_key.insert(key, ip);
         Ok(())
@@ -545,41 +613,48 @@ impl Pool {
     fn remove_alloc(
         &mut self,
         key: &AllocKey,
-        ip: Ipv4Addr,
+        ip: F::Addr,
         cool_until: Millis,
     ) -> Result<(), PoolError> {
         if self.by_key.get(key) != Some(&ip) {
             return Err(PoolError::UnknownKey);
         }
-        let (p, idx) = self.slot_mut(ip).ok_or(PoolError::UnknownKey)?;
-        if !matches!(&p.slots[idx], Slot::Assigned(a) if a.key == *key) {
+        let p = self.prefix_of_mut(ip).ok_or(PoolError::UnknownKey)?;
+        let slot = p.slots.get_mut(&F::bits(ip)).ok_or(PoolError::UnknownKey)?;
+        if !matches!(slot, Slot::Assigned(a) if a.key == *key) {
             return Err(PoolError::UnknownKey);
         }
-        p.slots[idx] = Slot::Cooling(cool_until);
+        *slot = Slot::Cooling(cool_until);
         p.assigned -= 1;
         self.by_key.remove(key);
         Ok(())
     }
 
     /// Mark a free address as cooling (snapshot restore).
-    fn set_cooling(&mut self, ip: Ipv4Addr, until: Millis) -> Result<(), PoolError> {
-        let (p, idx) = self.slot_mut(ip).ok_or(PoolError::AddressTaken { ip })?;
-        if p.slots[idx] != Slot::Free {
-            return Err(PoolError::AddressTaken { ip });
+    fn set_cooling(&mut self, ip: F::Addr, until: Millis) -> Result<(), PoolError> {
+        let taken = PoolError::AddressTaken { ip: ip.into() };
+        let p = self.prefix_of_mut(ip).ok_or(taken.clone())?;
+        let addr = F::bits(ip);
+        if p.slots.contains_key(&addr) {
+            return Err(taken);
         }
-        p.slots[idx] = Slot::Cooling(until);
+        p.slots.insert(addr, Slot::Cooling(until));
         Ok(())
     }
 
-    pub fn get(&self, key: &AllocKey) -> Option<&Allocation> {
+    fn slot(&self, ip: F::Addr) -> Option<&Slot<F>> {
+        let addr = F::bits(ip);
+        self.prefixes.get(&self.locate(addr)?)?.slots.get(&addr)
+    }
+
+    pub fn get(&self, key: &AllocKey) -> Option<&AllocationOf<F>> {
         self.owner_of(*self.by_key.get(key)?)
     }
 
-    pub fn owner_of(&self, ip: Ipv4Addr) -> Option<&Allocation> {
-        let (start, idx) = self.locate(ip)?;
-        match self.prefixes.get(&start)?.slots.get(idx)? {
+    pub fn owner_of(&self, ip: F::Addr) -> Option<&AllocationOf<F>> {
+        match self.slot(ip)? {
             Slot::Assigned(a) => Some(a),
-            _ => None,
+            Slot::Cooling(_) => None,
         }
     }
 
@@ -587,106 +662,120 @@ impl Pool {
     /// released address stays marked cooling, also past its deadline, until reused). An
     /// address of this node that the kernel routes to a pod must satisfy this, or the state
     /// has lost an allocation (see `agent::audit`).
-    pub fn knows(&self, ip: Ipv4Addr) -> bool {
-        let Some((start, idx)) = self.locate(ip) else {
-            return false;
-        };
-        matches!(
-            self.prefixes.get(&start).and_then(|p| p.slots.get(idx)),
-            Some(Slot::Assigned(_) | Slot::Cooling(_))
-        )
+    pub fn knows(&self, ip: F::Addr) -> bool {
+        self.slot(ip).is_some()
     }
 
     /// All allocations, by address.
-    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+    pub fn allocations(&self) -> impl Iterator<Item = &AllocationOf<F>> {
         self.prefixes
             .values()
-            .flat_map(|p| p.slots.iter())
+            .flat_map(|p| p.slots.values())
             .filter_map(|s| match s {
                 Slot::Assigned(a) => Some(&**a),
-                _ => None,
+                Slot::Cooling(_) => None,
             })
     }
 
     pub fn stats(&self, now: Millis) -> PoolStats {
-        let mut s = PoolStats::default();
+        let (mut total, mut assigned, mut cooling, mut available) = (0u128, 0u128, 0u128, 0u128);
+        let mut free_prefixes = 0u32;
         for p in self.prefixes.values() {
             let c = self.counts(p, now);
-            s.total += c.usable();
-            s.assigned += c.assigned;
-            s.cooling += c.cooling;
-            s.available += c.free;
-            s.prefixes += 1;
-            s.free_prefixes += u32::from(c.wholly_free());
+            total = total.saturating_add(c.usable());
+            assigned += c.assigned;
+            cooling += c.cooling;
+            available = available.saturating_add(c.free);
+            free_prefixes += u32::from(c.wholly_free());
         }
-        s
+        PoolStats {
+            total: sat(total),
+            assigned: sat(assigned),
+            cooling: sat(cooling),
+            available: sat(available),
+            prefixes: count(self.prefixes.len()),
+            free_prefixes,
+        }
     }
 
     /// Held prefixes, by address.
-    pub fn prefixes(&self, now: Millis) -> Vec<PrefixInfo> {
+    pub fn prefixes(&self, now: Millis) -> Vec<PrefixInfoOf<F>> {
         self.prefixes
             .values()
             .map(|p| {
                 let c = self.counts(p, now);
-                PrefixInfo {
+                PrefixInfoOf {
                     prefix: p.net,
                     claimed_at: p.claimed_at,
-                    assigned: c.assigned,
-                    cooling: c.cooling,
-                    usable: c.usable(),
+                    assigned: sat(c.assigned),
+                    cooling: sat(c.cooling),
+                    usable: sat(c.usable()),
                 }
             })
             .collect()
     }
 
     /// Held prefixes, by address.
-    pub fn held_prefixes(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+    pub fn held_prefixes(&self) -> impl Iterator<Item = F::Net> + '_ {
         self.prefixes.values().map(|p| p.net)
+    }
+
+    /// VPC CIDRs that can hold prefixes of the configured length.
+    fn fitting_vpcs(&self) -> impl Iterator<Item = F::Net> + '_ {
+        let len = self.cfg.prefix_len;
+        self.cfg
+            .vpc_cidrs
+            .iter()
+            .copied()
+            .filter(move |&c| F::net_len(c) <= len && len <= F::BITS)
+    }
+
+    /// How many prefixes of the configured length `vpc` holds (saturating).
+    fn prefixes_in(&self, vpc: F::Net) -> u128 {
+        let bits = u32::from(self.cfg.prefix_len - F::net_len(vpc));
+        1u128.checked_shl(bits).unwrap_or(u128::MAX)
+    }
+
+    /// The prefix of the configured length at `first` (bits).
+    fn prefix_at_bits(&self, first: u128) -> Option<F::Net> {
+        F::net(F::addr(first), self.cfg.prefix_len)
     }
 
     /// Aligned prefixes of the configured length inside the VPC CIDRs that this node does not
     /// hold, lowest first (lazy). Other nodes may hold them; the agent learns that on claim.
-    pub fn unheld_prefixes(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
-        let len = self.cfg.prefix_len;
-        let step = 1u64 << (32 - u32::from(len.min(32)));
-        self.cfg
-            .vpc_cidrs
-            .iter()
-            .filter(move |c| c.prefix() <= len)
+    pub fn unheld_prefixes(&self) -> impl Iterator<Item = F::Net> + '_ {
+        let step = host_mask::<F>(self.cfg.prefix_len).saturating_add(1);
+        self.fitting_vpcs()
             .flat_map(move |c| {
-                let first = u64::from(u32::from(c.network()));
-                let last = u64::from(u32::from(c.broadcast()));
-                (0..)
-                    .map(move |i| first + i * step)
+                let (first, last) = span::<F>(c);
+                (0..self.prefixes_in(c))
+                    .map(move |i| first.saturating_add(i.saturating_mul(step)))
                     .take_while(move |&a| a <= last)
             })
             .filter_map(move |a| {
-                let a = u32::try_from(a).ok()?;
-                let net = Ipv4Network::new(Ipv4Addr::from(a), len).ok()?;
-                (!self.overlaps_held(a, u32::from(net.broadcast()))).then_some(net)
+                let net = self.prefix_at_bits(a)?;
+                let (first, last) = span::<F>(net);
+                (!self.overlaps_held(first, last)).then_some(net)
             })
     }
 
-    /// How many prefixes of the configured length the VPC CIDRs hold in all.
+    /// How many prefixes of the configured length the VPC CIDRs hold in all (saturating).
     pub fn vpc_prefix_count(&self) -> u64 {
-        let len = u32::from(self.cfg.prefix_len.min(32));
-        self.cfg
-            .vpc_cidrs
-            .iter()
-            .filter(|c| u32::from(c.prefix()) <= len)
-            .map(|c| 1u64 << (len - u32::from(c.prefix())))
-            .sum()
+        let n = self
+            .fitting_vpcs()
+            .map(|c| self.prefixes_in(c))
+            .fold(0u128, u128::saturating_add);
+        u64::try_from(n).unwrap_or(u64::MAX)
     }
 
     /// The `i`-th prefix of the VPC (in CIDR order), `None` past the end.
-    fn vpc_prefix_at(&self, mut i: u64) -> Option<Ipv4Network> {
-        let len = self.cfg.prefix_len.min(32);
-        for c in self.cfg.vpc_cidrs.iter().filter(|c| c.prefix() <= len) {
-            let n = 1u64 << (u32::from(len) - u32::from(c.prefix()));
+    fn vpc_prefix_at(&self, i: u64) -> Option<F::Net> {
+        let mut i = u128::from(i);
+        let step = host_mask::<F>(self.cfg.prefix_len).saturating_add(1);
+        for c in self.fitting_vpcs() {
+            let n = self.prefixes_in(c);
             if i < n {
-                let step = 1u64 << (32 - u32::from(len));
-                let a = u64::from(u32::from(c.network())) + i * step;
-                return Ipv4Network::new(Ipv4Addr::from(u32::try_from(a).ok()?), len).ok();
+                return self.prefix_at_bits(span::<F>(c).0.checked_add(i.checked_mul(step)?)?);
             }
             i -= n;
         }
@@ -703,10 +792,10 @@ impl Pool {
     /// nodes almost every first try wins, while a nearly full VPC is still searched whole.
     pub fn claim_candidates(
         &self,
-        taken: &std::collections::HashSet<Ipv4Network>,
+        taken: &std::collections::HashSet<F::Net>,
         seed: u64,
         count: usize,
-    ) -> Vec<Ipv4Network> {
+    ) -> Vec<F::Net> {
         let total = self.vpc_prefix_count();
         if total == 0 || count == 0 {
             return Vec::new();
@@ -718,11 +807,8 @@ impl Pool {
             let Some(net) = self.vpc_prefix_at(i) else {
                 continue;
             };
-            let first = u32::from(net.network());
-            if taken.contains(&net)
-                || self.overlaps_held(first, u32::from(net.broadcast()))
-                || out.contains(&net)
-            {
+            let (first, last) = span::<F>(net);
+            if taken.contains(&net) || self.overlaps_held(first, last) || out.contains(&net) {
                 continue;
             }
             out.push(net);
@@ -737,7 +823,7 @@ impl Pool {
     pub fn next_cooldown_expiry(&self, now: Millis) -> Option<Millis> {
         self.prefixes
             .values()
-            .flat_map(|p| p.slots.iter())
+            .flat_map(|p| p.slots.values())
             .filter_map(|s| match s {
                 Slot::Cooling(until) if *until > now => Some(*until),
                 _ => None,

@@ -1,8 +1,7 @@
 //! The warm-pool policy: when to claim or release prefixes. Pure function of (state, now).
 
-use ipnetwork::Ipv4Network;
-
-use super::{GrowReason, Millis, Pool, PoolPlan, PoolStats};
+use super::family::host_mask;
+use super::{Family, GrowReason, Millis, PoolOf, PoolPlanOf, PoolStats};
 
 /// `ceil(a / b)` for `b > 0`.
 fn div_ceil(a: u64, b: u64) -> u64 {
@@ -13,10 +12,10 @@ fn clamp_u32(n: u64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-impl Pool {
+impl<F: Family> PoolOf<F> {
     /// Addresses in one prefix of the configured length.
     fn prefix_size(&self) -> u64 {
-        1u64 << (32 - u32::from(self.cfg.prefix_len.min(32)))
+        u64::try_from(host_mask::<F>(self.cfg.prefix_len).saturating_add(1)).unwrap_or(u64::MAX)
     }
 
     /// Prefixes needed to satisfy every target at once given `s`, capped by what max-pods
@@ -61,25 +60,26 @@ impl Pool {
     /// Otherwise shrink: wholly-free prefixes held at least `min_prefix_age_ms`, youngest
     /// (then highest) first, each only if releasing it (with those before it) would not make
     /// the pool want to grow again. Otherwise steady.
-    pub fn plan(&self, now: Millis) -> PoolPlan {
+    pub fn plan(&self, now: Millis) -> PoolPlanOf<F> {
         let s = self.stats(now);
         if let Some((n, reason)) = self.grow_need(&s) {
             let room = self.unheld_prefixes().take(clamp_u32(n) as usize).count();
             let prefixes = clamp_u32(n).min(u32::try_from(room).unwrap_or(u32::MAX));
             if prefixes > 0 {
-                return PoolPlan::Grow { prefixes, reason };
+                return PoolPlanOf::Grow { prefixes, reason };
             }
             // Capped by the VPC: releasing anything would only make it worse.
-            return PoolPlan::Steady;
+            return PoolPlanOf::Steady;
         }
 
-        let mut candidates: Vec<(Millis, Ipv4Network, u32)> = self
+        let mut candidates: Vec<(Millis, F::Net, u32)> = self
             .prefixes
             .values()
             .filter(|p| now.saturating_sub(p.claimed_at) >= self.cfg.min_prefix_age_ms)
             .filter_map(|p| {
                 let c = self.counts(p, now);
-                c.wholly_free().then_some((p.claimed_at, p.net, c.usable()))
+                c.wholly_free()
+                    .then_some((p.claimed_at, p.net, super::sat(c.usable())))
             })
             .collect();
         candidates.sort_unstable_by_key(|&(at, net, _)| std::cmp::Reverse((at, net)));
@@ -88,10 +88,10 @@ impl Pool {
         let mut release = Vec::new();
         for (_, net, usable) in candidates {
             let next = PoolStats {
-                total: after.total - usable,
-                available: after.available - usable,
-                prefixes: after.prefixes - 1,
-                free_prefixes: after.free_prefixes - 1,
+                total: after.total.saturating_sub(usable),
+                available: after.available.saturating_sub(usable),
+                prefixes: after.prefixes.saturating_sub(1),
+                free_prefixes: after.free_prefixes.saturating_sub(1),
                 ..after
             };
             if self.grow_need(&next).is_none() {
@@ -100,9 +100,9 @@ impl Pool {
             }
         }
         if release.is_empty() {
-            PoolPlan::Steady
+            PoolPlanOf::Steady
         } else {
-            PoolPlan::Shrink { prefixes: release }
+            PoolPlanOf::Shrink { prefixes: release }
         }
     }
 }

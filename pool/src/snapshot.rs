@@ -1,40 +1,40 @@
 //! The serialized form of a [`Pool`]: config, held prefixes, allocations and cooldowns.
 //! Loading rebuilds the pool through the same checks as journal replay.
 
-use std::net::Ipv4Addr;
-
-use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use super::{net_serde, Allocation, Millis, Pool, PoolConfig, PoolError, Slot};
+use super::{net_serde, AllocationOf, Family, Millis, PoolConfigOf, PoolError, PoolOf, Slot};
 
 const VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize)]
-pub(super) struct Snapshot {
+#[serde(bound = "")]
+pub(super) struct Snapshot<F: Family> {
     version: u32,
-    config: PoolConfig,
-    prefixes: Vec<SnapPrefix>,
-    allocations: Vec<Allocation>,
+    config: PoolConfigOf<F>,
+    prefixes: Vec<SnapPrefix<F>>,
+    allocations: Vec<AllocationOf<F>>,
     /// Released addresses with their cooldown deadline (possibly already past).
-    cooling: Vec<SnapCooling>,
+    cooling: Vec<SnapCooling<F>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapPrefix {
+#[serde(bound = "")]
+struct SnapPrefix<F: Family> {
     #[serde(with = "net_serde")]
-    prefix: Ipv4Network,
+    prefix: F::Net,
     claimed_at: Millis,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SnapCooling {
-    ip: Ipv4Addr,
+#[serde(bound = "")]
+struct SnapCooling<F: Family> {
+    ip: F::Addr,
     until: Millis,
 }
 
-impl From<Pool> for Snapshot {
-    fn from(pool: Pool) -> Snapshot {
+impl<F: Family> From<PoolOf<F>> for Snapshot<F> {
+    fn from(pool: PoolOf<F>) -> Snapshot<F> {
         let mut prefixes = Vec::with_capacity(pool.prefixes.len());
         let mut allocations = Vec::with_capacity(pool.by_key.len());
         let mut cooling = Vec::new();
@@ -43,13 +43,11 @@ impl From<Pool> for Snapshot {
                 prefix: p.net,
                 claimed_at: p.claimed_at,
             });
-            let (first, last) = (u32::from(p.net.network()), p.last());
-            for (slot, addr) in p.slots.into_vec().into_iter().zip(first..=last) {
+            for (addr, slot) in p.slots {
                 match slot {
-                    Slot::Free => {}
                     Slot::Assigned(a) => allocations.push(*a),
                     Slot::Cooling(until) => cooling.push(SnapCooling {
-                        ip: Ipv4Addr::from(addr),
+                        ip: F::addr(addr),
                         until,
                     }),
                 }
@@ -73,14 +71,14 @@ pub(super) enum SnapshotError {
     Inconsistent(#[from] PoolError),
 }
 
-impl TryFrom<Snapshot> for Pool {
+impl<F: Family> TryFrom<Snapshot<F>> for PoolOf<F> {
     type Error = SnapshotError;
 
-    fn try_from(snap: Snapshot) -> Result<Pool, SnapshotError> {
+    fn try_from(snap: Snapshot<F>) -> Result<PoolOf<F>, SnapshotError> {
         if snap.version != VERSION {
             return Err(SnapshotError::Version(snap.version));
         }
-        let mut pool = Pool::new(snap.config);
+        let mut pool = PoolOf::new(snap.config);
         for p in snap.prefixes {
             pool.insert_prefix(p.prefix, p.claimed_at)?;
         }
