@@ -392,6 +392,14 @@ impl Cluster {
         }
     }
 
+    /// Node `k`'s agent replaced the way a DaemonSet RollingUpdate does it: SIGTERM, the old
+    /// process exits cleanly (else panic), `gap` passes with no agent, then `exe` starts with
+    /// the same flags and state; waits until it serves. Returns how long no agent served.
+    pub fn roll_agent(&mut self, k: usize, exe: &std::path::Path, gap: Duration) -> Duration {
+        let a = self.node_mut(k).agent.as_mut().expect("agent was started");
+        a.roll(exe.to_path_buf(), gap, Duration::from_secs(25))
+    }
+
     /// kill -9 of node `k`'s agent (its socket file and state stay, as after a crash).
     pub fn kill_agent(&mut self, k: usize) {
         if let Some(mut a) = self.node_mut(k).agent.take() {

@@ -201,6 +201,24 @@ impl Proc {
         }
     }
 
+    /// SIGTERM, then waits up to `timeout` for the exit; its status, or `None` (and SIGKILL)
+    /// if it did not exit in time or was not running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.0.as_mut()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.0 = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
     /// Its exit status, once it has exited by itself.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
