@@ -168,19 +168,22 @@ struct ChurnNode {
     k: usize,
     ns: String,
     conf: Value,
-    /// Pod namespaces the loop reuses (each is empty again after DEL).
-    pods: Vec<String>,
+    /// Prefix of the loop's pod namespaces (the cluster's, so leftovers are found by it).
+    prefix: String,
 }
 
-/// ADD, check, DEL of short-lived pods on one node until `stop`.
+/// ADD, check, DEL of short-lived pods on one node until `stop`; each pod gets a fresh
+/// namespace, deleted after its DEL, as a runtime does.
 fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn {
     let mut r = Churn::default();
+    let mut spaces = netns::Namespaces::default();
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
         let cid = format!("n{}-churn{i}", n.k);
-        let pod = &n.pods[i % n.pods.len()];
-        let path = netns::path(pod);
+        let pod = format!("{}n{}q{i}", n.prefix, n.k);
+        spaces.add(&pod);
+        let path = netns::path(&pod);
         let veth = host_veth_name(&cid, "eth0");
         let add = cni_on(&n.ns, &n.conf, "ADD", &cid, &path);
         if add.ok() {
@@ -189,9 +192,9 @@ fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn 
                 Some(ip) if taken.contains(&ip) => r
                     .errors
                     .push(format!("ADD {cid} got {ip}, a long-lived pod's address")),
-                Some(ip) if eth0_addrs(pod) != vec![ip] => r.errors.push(format!(
+                Some(ip) if eth0_addrs(&pod) != vec![ip] => r.errors.push(format!(
                     "ADD {cid}: result {ip}, pod has {:?}",
-                    eth0_addrs(pod)
+                    eth0_addrs(&pod)
                 )),
                 Some(_) => {}
                 None => r
@@ -205,10 +208,10 @@ fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn 
                 r.errors
                     .push(format!("failed ADD {cid} left host veth {veth}"));
             }
-            if links_in(pod) != vec!["lo".to_string()] {
+            if links_in(&pod) != vec!["lo".to_string()] {
                 r.errors.push(format!(
                     "failed ADD {cid} left {:?} in the pod",
-                    links_in(pod)
+                    links_in(&pod)
                 ));
             }
         } else {
@@ -219,7 +222,7 @@ fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn 
                 add.stdout
             ));
         }
-        // The runtime DELs after a failed ADD too.
+        // The runtime DELs after a failed ADD too, then deletes the namespace.
         let del = cni_on(&n.ns, &n.conf, "DEL", &cid, &path);
         if del.ok() {
             r.deleted += 1;
@@ -227,10 +230,7 @@ fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn 
             r.errors
                 .push(format!("DEL {cid} on node{} failed: {}", n.k, del.stdout));
         }
-        if links_in(pod) != vec!["lo".to_string()] {
-            r.errors
-                .push(format!("after DEL {cid} the pod has {:?}", links_in(pod)));
-        }
+        spaces.remove(&pod);
         std::thread::sleep(Duration::from_millis(20));
     }
     r
@@ -294,11 +294,7 @@ fn rolling_upgrade_loses_no_ping_and_no_pod() {
             k,
             ns: c.node(k).ns.clone(),
             conf: c.node(k).conf(),
-            pods: c
-                .new_pod_namespaces(k, 2)
-                .into_iter()
-                .map(|(ns, _)| ns)
-                .collect(),
+            prefix: c.prefix.clone(),
         })
         .collect();
     let stop = AtomicBool::new(false);
