@@ -34,6 +34,7 @@ const GENERATED: &[&str] = &[
     "vpcnet-etcd.yaml",
     "vpcnet-kubernetes.yaml",
     "install.yaml",
+    "uninstall.yaml",
 ];
 /// The PrefixClaim CRD (vpcnetd's kubernetes backend names this file in its error hints).
 const CRD_FILE: &str = "crd-prefixclaims.yaml";
@@ -812,6 +813,146 @@ fn daemonsets_match_the_binaries() {
     for (file, datastore) in VARIANTS {
         check_variant(file, datastore, &top, &install);
     }
+}
+
+/// `--k=v` words as (k, v); panics on anything else.
+fn flag_words<'a>(file: &str, words: &'a [Value]) -> Vec<(&'a str, &'a str)> {
+    words
+        .iter()
+        .map(|w| {
+            let w = w.as_str().expect("args are strings");
+            let f = w
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("{file}: {w:?} is not a --flag"));
+            f.split_once('=').unwrap_or((f, ""))
+        })
+        .collect()
+}
+
+/// The cleanup DaemonSet (`manifests/uninstall.yaml`, docs/operations.md § Uninstall): one
+/// DaemonSet and nothing else (no ConfigMap that would overwrite the agent's); on every node,
+/// host network; an init container running `vpcnetd <the agent's paths> uninstall
+/// --cni-bin-dir=…` with flags the real binary lists, the agent's exact paths, no `--force`,
+/// each directory mounted writable from the node's same path, NET_ADMIN only; then a
+/// container that only sleeps (so `rollout status` completes).
+#[test]
+fn uninstall_daemonset_matches_the_binary() {
+    let file = "uninstall.yaml";
+    let docs = yaml_docs(&manifests().join(file));
+    assert_eq!(docs.len(), 1, "{file}: only the DaemonSet");
+    let ds = one(&docs, "DaemonSet", file);
+    assert_eq!(s(ds, "/metadata/namespace"), "kube-system", "{file}");
+    let pod = ds.pointer("/spec/template/spec").expect("pod spec");
+    assert_eq!(pod["hostNetwork"], true, "{file}: the node's namespace");
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "{file}: no API, no token"
+    );
+    assert!(
+        arr(pod, "/tolerations")
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "{file}: every node, whatever its taints"
+    );
+    let top = vpcnetd_help(&[]);
+    assert!(
+        top.subcommands.contains("uninstall"),
+        "vpcnetd has no uninstall subcommand: {:?}",
+        top.subcommands
+    );
+    let sub = vpcnetd_help(&["uninstall"]);
+    let init = container(pod, "initContainers", "uninstall", file);
+    assert_eq!(
+        s(init, "/image"),
+        format!("vpcnet:{}", workspace_version()),
+        "{file}"
+    );
+    assert_eq!(
+        arr(init, "/command"),
+        [Value::from(VPCNETD_IN_IMAGE)],
+        "{file}"
+    );
+    let args = arr(init, "/args");
+    let at = args
+        .iter()
+        .position(|a| a == "uninstall")
+        .unwrap_or_else(|| panic!("{file}: no `uninstall` in {args:?}"));
+    let (before, after) = (
+        flag_words(file, &args[..at]),
+        flag_words(file, &args[at + 1..]),
+    );
+    for (k, _) in &before {
+        assert!(top.flags.contains_key(*k), "{file}: vpcnetd has no --{k}");
+    }
+    for (k, _) in &after {
+        assert!(
+            sub.flags.contains_key(*k),
+            "{file}: `vpcnetd uninstall` has no --{k}"
+        );
+        assert_ne!(
+            *k, "force",
+            "{file}: --force is the operator's decision, not the default"
+        );
+    }
+    let val = |flags: &[(&str, &str)], k: &str| -> String {
+        flags
+            .iter()
+            .find(|(f, _)| *f == k)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| panic!("{file}: --{k} not given (the agent DaemonSet sets it)"))
+    };
+    // The agent DaemonSet's own values (check_agent_host_dirs holds it to the same ones).
+    assert_eq!(val(&before, "socket"), SOCKET, "{file}");
+    assert_eq!(val(&before, "state-dir"), STATE_DIR, "{file}");
+    assert_eq!(val(&before, "cni-conf-dir"), CNI_CONF_DIR, "{file}");
+    assert_eq!(val(&before, "cni-conf-name"), CNI_CONF_NAME, "{file}");
+    assert_eq!(val(&after, "cni-bin-dir"), CNI_BIN_DIR, "{file}");
+    for dir in ["/run/vpcnet", STATE_DIR, CNI_CONF_DIR, CNI_BIN_DIR] {
+        assert_host_dir(file, pod, init, dir, false);
+    }
+    let froms = arr(init, "/envFrom");
+    assert_eq!(froms.len(), 1, "{file}: envFrom");
+    assert_eq!(
+        froms[0]
+            .pointer("/configMapRef/name")
+            .and_then(Value::as_str),
+        Some("vpcnet-config"),
+        "{file}: the agent's ConfigMap"
+    );
+    assert_eq!(
+        froms[0].pointer("/configMapRef/optional"),
+        Some(&Value::from(true)),
+        "{file}: the ConfigMap may already be deleted"
+    );
+    let sc = &init["securityContext"];
+    assert_ne!(sc["privileged"], true, "{file}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+    assert_eq!(
+        arr(sc, "/capabilities/add"),
+        [Value::from("NET_ADMIN")],
+        "{file}"
+    );
+    assert_eq!(
+        arr(sc, "/capabilities/drop"),
+        [Value::from("ALL")],
+        "{file}"
+    );
+    let containers = arr(pod, "/containers");
+    assert_eq!(containers.len(), 1, "{file}: one idle container");
+    let idle = &containers[0];
+    assert_eq!(
+        arr(idle, "/command"),
+        [Value::from("sleep"), Value::from("infinity")],
+        "{file}"
+    );
+    assert!(
+        arr(idle, "/volumeMounts").is_empty(),
+        "{file}: the idle container mounts nothing"
+    );
+    assert!(
+        arr(idle, "/securityContext/capabilities/add").is_empty(),
+        "{file}: the idle container needs no capability"
+    );
 }
 
 #[test]
