@@ -4,7 +4,9 @@
 //! - [`cni`]: the one invoker of the real `vpcnet` plugin, and its output;
 //! - [`agent`]: starting/stopping the real `vpcnetd`, its readiness check, its status;
 //! - [`etcd`]: the one etcd launcher and health check;
-//! - [`lab`]: one node's world ([`Lab`]); [`cluster`]: many nodes on a switch with etcd.
+//! - [`lab`]: one node's world ([`Lab`]); [`cluster`]: many nodes on a switch with etcd;
+//! - [`http`]: HTTP to the agent's endpoint inside a namespace; [`manifests`]: the YAML of
+//!   `manifests/`.
 //!
 //! This file re-exports what the tests use and keeps the few helpers that are truly general.
 //! Nothing touches the machine's root namespace: every namespace and file a fixture makes
@@ -15,7 +17,9 @@ pub mod agent;
 pub mod cluster;
 pub mod cni;
 pub mod etcd;
+pub mod http;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

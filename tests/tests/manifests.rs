@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use vpcnet_tests::manifests::{read, repo, yaml_docs};
 use vpcnet_tests::{bin, skip};
 
 /// The DaemonSet variants and the datastore each one runs.
@@ -52,30 +53,8 @@ const CNI_BIN_DIR: &str = "/opt/cni/bin";
 const PLUGIN_LOG_DIR: &str = "/var/log/vpcnet";
 const VPCNETD_IN_IMAGE: &str = "/usr/local/bin/vpcnetd";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn manifests() -> PathBuf {
-    repo().join("manifests")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// Every YAML document of a file, as JSON values (empty documents skipped).
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = read(path);
-    let mut out = Vec::new();
-    for de in serde_norway::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(de)
-            .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    out
+    vpcnet_tests::manifests::dir()
 }
 
 fn kind_of<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
