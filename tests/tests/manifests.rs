@@ -692,10 +692,9 @@ fn check_metrics_and_probes(v: &Variant, inv: &Invocation, top: &Help) {
     }
 }
 
-/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
-fn check_least_privilege(v: &Variant) {
-    let (file, pod) = (v.file, v.pod);
-    let sc = &v.agent["securityContext"];
+/// Container `c` is not privileged, cannot escalate, drops ALL and adds NET_ADMIN only.
+fn assert_net_admin_only(file: &str, c: &Value) {
+    let sc = &c["securityContext"];
     assert_ne!(sc["privileged"], true, "{file}");
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
     assert_eq!(
@@ -708,6 +707,12 @@ fn check_least_privilege(v: &Variant) {
         [Value::from("ALL")],
         "{file}"
     );
+}
+
+/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
+fn check_least_privilege(v: &Variant) {
+    let (file, pod) = (v.file, v.pod);
+    assert_net_admin_only(file, v.agent);
     let host_paths: BTreeSet<&str> = arr(pod, "/volumes")
         .iter()
         .filter_map(|v| v.pointer("/hostPath/path")?.as_str())
@@ -903,19 +908,7 @@ fn uninstall_daemonset_matches_the_binary() {
         Some(&Value::from(true)),
         "{file}: the ConfigMap may already be deleted"
     );
-    let sc = &init["securityContext"];
-    assert_ne!(sc["privileged"], true, "{file}");
-    assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
-    assert_eq!(
-        arr(sc, "/capabilities/add"),
-        [Value::from("NET_ADMIN")],
-        "{file}"
-    );
-    assert_eq!(
-        arr(sc, "/capabilities/drop"),
-        [Value::from("ALL")],
-        "{file}"
-    );
+    assert_net_admin_only(file, init);
     let containers = arr(pod, "/containers");
     assert_eq!(containers.len(), 1, "{file}: one idle container");
     let idle = &containers[0];
