@@ -113,17 +113,18 @@ impl Agent {
     }
 
     /// A DaemonSet RollingUpdate of this agent: SIGTERM and wait for the exit (panics if it
-    /// does not exit cleanly within `timeout`), then `exe` started with the same flags, state
-    /// and socket; waits until it serves. Returns how long no agent was running.
-    pub fn roll(&mut self, exe: PathBuf, gap: Duration, timeout: Duration) -> Duration {
-        let t0 = Instant::now();
+    /// does not exit cleanly within `timeout`), then `in_gap` runs while no agent is there (a
+    /// new pod being pulled and started), then `exe` starts with the same flags, state and
+    /// socket; waits until it serves. Returns how long no agent was running.
+    pub fn roll(&mut self, exe: PathBuf, in_gap: impl FnOnce(), timeout: Duration) -> Duration {
         let st = self.terminate(timeout);
         assert!(
             st.is_some_and(|s| s.success()),
             "vpcnetd did not exit cleanly within {timeout:?} of SIGTERM ({st:?}): {}",
             self.log_text()
         );
-        std::thread::sleep(gap);
+        let t0 = Instant::now();
+        in_gap();
         self.set_exe(exe);
         self.spawn();
         t0.elapsed()

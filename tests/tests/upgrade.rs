@@ -9,8 +9,8 @@
 //! through as well.
 //!
 //! Asserted: not one ping between running pods is lost; every ADD either succeeds or fails
-//! with code 11 ("try again later", which the runtime retries) and such a failed ADD leaves
-//! nothing behind (no host veth, nothing in the pod); every DEL succeeds; after the roll
+//! with code 11 ("try again later", which the runtime retries; one ADD per node is made while
+//! it has no agent, so that path is always taken) and such a failed ADD leaves nothing behind (no host veth, nothing in the pod); every DEL succeeds; after the roll
 //! every pod still has its address, no address is held twice across the cluster, the new
 //! agents hold the old pods (CHECK passes on each) and etcd, pools and routes agree.
 
@@ -172,65 +172,79 @@ struct ChurnNode {
     prefix: String,
 }
 
-/// ADD, check, DEL of short-lived pods on one node until `stop`; each pod gets a fresh
-/// namespace, deleted after its DEL, as a runtime does.
+/// One short-lived pod on node `n`, as a runtime runs it: a fresh namespace, ADD, DEL (also
+/// after a failed ADD), the namespace deleted. Counts into `r`; anything but an ok ADD with a
+/// fresh address or a clean code-11 failure, or a failed DEL, goes to `r.errors`. Returns the
+/// ADD's code (`None`: it succeeded).
+fn pod_cycle(
+    n: &ChurnNode,
+    tag: &str,
+    taken: &BTreeSet<Ipv4Addr>,
+    spaces: &mut netns::Namespaces,
+    r: &mut Churn,
+) -> Option<u64> {
+    let cid = format!("n{}-{tag}", n.k);
+    let pod = format!("{}n{}{tag}", n.prefix, n.k);
+    spaces.add(&pod);
+    let path = netns::path(&pod);
+    let veth = host_veth_name(&cid, "eth0");
+    let add = cni_on(&n.ns, &n.conf, "ADD", &cid, &path);
+    if add.ok() {
+        r.added += 1;
+        match add.ip() {
+            Some(ip) if taken.contains(&ip) => r
+                .errors
+                .push(format!("ADD {cid} got {ip}, a long-lived pod's address")),
+            Some(ip) if eth0_addrs(&pod) != vec![ip] => r.errors.push(format!(
+                "ADD {cid}: result {ip}, pod has {:?}",
+                eth0_addrs(&pod)
+            )),
+            Some(_) => {}
+            None => r
+                .errors
+                .push(format!("ADD {cid}: no address: {}", add.stdout)),
+        }
+    } else if add.code() == Some(RETRYABLE) {
+        r.retryable += 1;
+        // Nothing left behind: no host veth, nothing but lo in the pod.
+        if sh_ok(&format!("ip -n {} link show dev {veth}", n.ns)) {
+            r.errors
+                .push(format!("failed ADD {cid} left host veth {veth}"));
+        }
+        if links_in(&pod) != vec!["lo".to_string()] {
+            r.errors.push(format!(
+                "failed ADD {cid} left {:?} in the pod",
+                links_in(&pod)
+            ));
+        }
+    } else {
+        r.errors.push(format!(
+            "ADD {cid} on node{} failed with code {:?}: {}",
+            n.k,
+            add.code(),
+            add.stdout
+        ));
+    }
+    // The runtime DELs after a failed ADD too, then deletes the namespace.
+    let del = cni_on(&n.ns, &n.conf, "DEL", &cid, &path);
+    if del.ok() {
+        r.deleted += 1;
+    } else {
+        r.errors
+            .push(format!("DEL {cid} on node{} failed: {}", n.k, del.stdout));
+    }
+    spaces.remove(&pod);
+    add.code()
+}
+
+/// Short-lived pods ([`pod_cycle`]) one after another on node `n` until `stop`.
 fn churn(n: &ChurnNode, taken: &BTreeSet<Ipv4Addr>, stop: &AtomicBool) -> Churn {
     let mut r = Churn::default();
     let mut spaces = netns::Namespaces::default();
     let mut i = 0usize;
     while !stop.load(Ordering::SeqCst) {
         i += 1;
-        let cid = format!("n{}-churn{i}", n.k);
-        let pod = format!("{}n{}q{i}", n.prefix, n.k);
-        spaces.add(&pod);
-        let path = netns::path(&pod);
-        let veth = host_veth_name(&cid, "eth0");
-        let add = cni_on(&n.ns, &n.conf, "ADD", &cid, &path);
-        if add.ok() {
-            r.added += 1;
-            match add.ip() {
-                Some(ip) if taken.contains(&ip) => r
-                    .errors
-                    .push(format!("ADD {cid} got {ip}, a long-lived pod's address")),
-                Some(ip) if eth0_addrs(&pod) != vec![ip] => r.errors.push(format!(
-                    "ADD {cid}: result {ip}, pod has {:?}",
-                    eth0_addrs(&pod)
-                )),
-                Some(_) => {}
-                None => r
-                    .errors
-                    .push(format!("ADD {cid}: no address: {}", add.stdout)),
-            }
-        } else if add.code() == Some(RETRYABLE) {
-            r.retryable += 1;
-            // Nothing left behind: no host veth, nothing but lo in the pod.
-            if sh_ok(&format!("ip -n {} link show dev {veth}", n.ns)) {
-                r.errors
-                    .push(format!("failed ADD {cid} left host veth {veth}"));
-            }
-            if links_in(&pod) != vec!["lo".to_string()] {
-                r.errors.push(format!(
-                    "failed ADD {cid} left {:?} in the pod",
-                    links_in(&pod)
-                ));
-            }
-        } else {
-            r.errors.push(format!(
-                "ADD {cid} on node{} failed with code {:?}: {}",
-                n.k,
-                add.code(),
-                add.stdout
-            ));
-        }
-        // The runtime DELs after a failed ADD too, then deletes the namespace.
-        let del = cni_on(&n.ns, &n.conf, "DEL", &cid, &path);
-        if del.ok() {
-            r.deleted += 1;
-        } else {
-            r.errors
-                .push(format!("DEL {cid} on node{} failed: {}", n.k, del.stdout));
-        }
-        spaces.remove(&pod);
+        pod_cycle(n, &format!("q{i}"), taken, &mut spaces, &mut r);
         std::thread::sleep(Duration::from_millis(20));
     }
     r
@@ -299,6 +313,8 @@ fn rolling_upgrade_loses_no_ping_and_no_pod() {
         .collect();
     let stop = AtomicBool::new(false);
     let mut downtime = BTreeMap::new();
+    let mut gap_probe = Churn::default();
+    let mut gap_spaces = netns::Namespaces::default();
     let churns: Vec<Churn> = std::thread::scope(|s| {
         let hs: Vec<_> = churn_nodes
             .iter()
@@ -310,7 +326,20 @@ fn rolling_upgrade_loses_no_ping_and_no_pod() {
         // Traffic and churn before the roll, then one node at a time, like maxUnavailable: 1.
         std::thread::sleep(Duration::from_secs(2));
         for k in 1..=nodes {
-            let down = c.roll_agent(k, &new_exe, GAP);
+            // In the gap, besides the loops: one ADD on the node, which must fail with 11
+            // and leave nothing (deterministic, whatever the loops' timing).
+            let down = c.roll_agent(k, &new_exe, || {
+                std::thread::sleep(GAP / 2);
+                let code = pod_cycle(
+                    &churn_nodes[k - 1],
+                    "gap",
+                    &taken,
+                    &mut gap_spaces,
+                    &mut gap_probe,
+                );
+                assert_eq!(code, Some(RETRYABLE), "ADD on node{k} without its agent");
+                std::thread::sleep(GAP / 2);
+            });
             let pid = c.node(k).agent.as_ref().and_then(|a| a.pid()).expect("pid");
             assert_eq!(pid_exe(pid), new_exe, "node{k} runs the new executable");
             downtime.insert(k, down);
@@ -342,14 +371,15 @@ fn rolling_upgrade_loses_no_ping_and_no_pod() {
         );
     }
     // Every ADD ok or retryable (and clean), every DEL ok; the window was really hit.
-    let errors: Vec<&String> = churns.iter().flat_map(|c| &c.errors).collect();
-    assert!(errors.is_empty(), "ADD/DEL loop: {errors:#?}");
+    let errors: Vec<&String> = churns
+        .iter()
+        .chain([&gap_probe])
+        .flat_map(|c| &c.errors)
+        .collect();
+    assert!(errors.is_empty(), "ADD/DEL: {errors:#?}");
+    assert_eq!(gap_probe.retryable, nodes as u64, "{gap_probe:?}");
     for (k, ch) in (1..=nodes).zip(&churns) {
         assert!(ch.added > 0, "node{k}: no ADD succeeded: {ch:?}");
-        assert!(
-            ch.retryable > 0,
-            "node{k}: no ADD met the {GAP:?} without agent (the roll was not exercised): {ch:?}"
-        );
     }
 
     // After the roll: every pod still has its address; CHECK passes against the new agents.
@@ -401,8 +431,8 @@ fn rolling_upgrade_loses_no_ping_and_no_pod() {
         .unwrap_or_else(|e| panic!("after the roll: {e}"));
 
     let adds: u64 = churns.iter().map(|c| c.added).sum();
-    let retried: u64 = churns.iter().map(|c| c.retryable).sum();
-    let dels: u64 = churns.iter().map(|c| c.deleted).sum();
+    let retried: u64 = churns.iter().chain([&gap_probe]).map(|c| c.retryable).sum();
+    let dels: u64 = churns.iter().chain([&gap_probe]).map(|c| c.deleted).sum();
     eprintln!(
         "upgrade: {nodes} agents rolled (no agent for {rolled_for:.1?} in all: {downtime:?}); \
          pings {sent} sent / {answered} answered / 0 lost over {} pairs; \
