@@ -40,8 +40,26 @@ fn fail(cni_version: &str, err: &CniError) -> i32 {
     1
 }
 
+/// CNI convention (libcni's `skel`): a plugin run without CNI_COMMAND, e.g. by hand, says
+/// what it is and which CNI versions it speaks, on stderr, and exits 0.
+fn about() -> i32 {
+    eprintln!(
+        "vpcnet CNI plugin v{}: VPC-style pod networking, run by the container runtime \
+         with vpcnetd on the node",
+        env!("CARGO_PKG_VERSION")
+    );
+    eprintln!(
+        "CNI protocol versions supported: {}",
+        version::SUPPORTED.join(", ")
+    );
+    0
+}
+
 fn run() -> i32 {
     let get = |k: &str| std::env::var(k).ok();
+    if get("CNI_COMMAND").is_none_or(|c| c.is_empty()) {
+        return about();
+    }
     let command = match env::command(&get) {
         Ok(c) => c,
         Err(e) => return fail(version::CURRENT, &e),

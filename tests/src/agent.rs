@@ -21,6 +21,8 @@ pub struct Agent {
     ns: String,
     socket: PathBuf,
     log: PathBuf,
+    /// The executable started; `None`: the workspace's `vpcnetd` ([`bin`]).
+    exe: Option<PathBuf>,
 }
 
 impl Agent {
@@ -32,6 +34,7 @@ impl Agent {
             ns: ns.to_string(),
             socket,
             log,
+            exe: None,
         }
     }
 
@@ -50,9 +53,10 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("agent log");
+        let exe = self.exe.clone().unwrap_or_else(|| bin("vpcnetd"));
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns::path(&self.ns)))
-            .arg(bin("vpcnetd"))
+            .arg(exe)
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -95,6 +99,35 @@ impl Agent {
 
     pub fn is_running(&mut self) -> bool {
         self.child.is_running()
+    }
+
+    /// The executable it runs (from the next [`Agent::spawn`] on).
+    pub fn set_exe(&mut self, exe: PathBuf) {
+        self.exe = Some(exe);
+    }
+
+    /// SIGTERM, as the kubelet stops a pod, and waits up to `timeout` for it to exit by
+    /// itself; its exit status, or `None` if it was still running then (it is SIGKILLed).
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.terminate(timeout)
+    }
+
+    /// A DaemonSet RollingUpdate of this agent: SIGTERM and wait for the exit (panics if it
+    /// does not exit cleanly within `timeout`), then `in_gap` runs while no agent is there (a
+    /// new pod being pulled and started), then `exe` starts with the same flags, state and
+    /// socket; waits until it serves. Returns how long no agent was running.
+    pub fn roll(&mut self, exe: PathBuf, in_gap: impl FnOnce(), timeout: Duration) -> Duration {
+        let st = self.terminate(timeout);
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "vpcnetd did not exit cleanly within {timeout:?} of SIGTERM ({st:?}): {}",
+            self.log_text()
+        );
+        let t0 = Instant::now();
+        in_gap();
+        self.set_exe(exe);
+        self.spawn();
+        t0.elapsed()
     }
 }
 

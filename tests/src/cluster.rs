@@ -392,6 +392,20 @@ impl Cluster {
         }
     }
 
+    /// Node `k`'s agent replaced the way a DaemonSet RollingUpdate does it: SIGTERM, the old
+    /// process exits cleanly (else panic), `in_gap` runs with no agent, then `exe` starts with
+    /// the same flags and state; waits until it serves. Returns how long no agent was running
+    /// (from the old one's exit until the new one serves).
+    pub fn roll_agent(
+        &mut self,
+        k: usize,
+        exe: &std::path::Path,
+        in_gap: impl FnOnce(),
+    ) -> Duration {
+        let a = self.node_mut(k).agent.as_mut().expect("agent was started");
+        a.roll(exe.to_path_buf(), in_gap, Duration::from_secs(25))
+    }
+
     /// kill -9 of node `k`'s agent (its socket file and state stay, as after a crash).
     pub fn kill_agent(&mut self, k: usize) {
         if let Some(mut a) = self.node_mut(k).agent.take() {

@@ -4,7 +4,9 @@
 //! - [`cni`]: the one invoker of the real `vpcnet` plugin, and its output;
 //! - [`agent`]: starting/stopping the real `vpcnetd`, its readiness check, its status;
 //! - [`etcd`]: the one etcd launcher and health check;
-//! - [`lab`]: one node's world ([`Lab`]); [`cluster`]: many nodes on a switch with etcd.
+//! - [`lab`]: one node's world ([`Lab`]); [`cluster`]: many nodes on a switch with etcd;
+//! - [`http`]: HTTP to the agent's endpoint inside a namespace; [`manifests`]: the YAML of
+//!   `manifests/`.
 //!
 //! This file re-exports what the tests use and keeps the few helpers that are truly general.
 //! Nothing touches the machine's root namespace: every namespace and file a fixture makes
@@ -15,7 +17,9 @@ pub mod agent;
 pub mod cluster;
 pub mod cni;
 pub mod etcd;
+pub mod http;
 pub mod lab;
+pub mod manifests;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
@@ -199,6 +203,24 @@ impl Proc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit; its status, or `None` (and SIGKILL)
+    /// if it did not exit in time or was not running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let c = self.0.as_mut()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(c.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = c.try_wait() {
+                self.0 = None;
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
     }
 
     /// Its exit status, once it has exited by itself.

@@ -270,13 +270,6 @@ fn bad_environment_is_refused_and_changes_nothing() {
             "CNI_COMMAND",
         ),
         (
-            "missing CNI_COMMAND".into(),
-            vec![],
-            Some("CNI_COMMAND"),
-            4,
-            "CNI_COMMAND",
-        ),
-        (
             "malformed CNI_ARGS".into(),
             set("CNI_ARGS", "K8S_POD_NAME"),
             None,
@@ -411,4 +404,50 @@ fn gc_status_version_need_no_container_env() {
         "veth left after GC: {:?}",
         lab.host_veths()
     );
+}
+
+/// CNI convention (libcni's `skel`): run without CNI_COMMAND (unset or empty, e.g. by hand),
+/// the plugin prints what it is and the CNI versions it speaks (those VERSION reports) on
+/// stderr, nothing on stdout, and exits 0, whatever else is set; it reads no stdin and
+/// touches nothing. (An unknown CNI_COMMAND is still error 4, in the table above.)
+#[test]
+fn without_cni_command_it_prints_the_about_text() {
+    let run = |env: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(vpcnet_tests::bin("vpcnet"));
+        c.env_clear()
+            .stdin(std::process::Stdio::null())
+            .envs(env.iter().copied());
+        c.output().expect("run vpcnet")
+    };
+    let v = run(&[("CNI_COMMAND", "VERSION")]);
+    let versions: Vec<String> = serde_json::from_slice::<Value>(&v.stdout).expect("VERSION output")
+        ["supportedVersions"]
+        .as_array()
+        .expect("supportedVersions")
+        .iter()
+        .map(|x| x.as_str().expect("version").to_string())
+        .collect();
+    let want = format!("CNI protocol versions supported: {}", versions.join(", "));
+    for env in [
+        &[][..],
+        &[("CNI_COMMAND", "")][..],
+        &[
+            ("CNI_CONTAINERID", "abc"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_NETNS", "/var/run/netns/none"),
+        ][..],
+    ] {
+        let o = run(env);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(0), "env {env:?}: {err}");
+        assert!(o.stdout.is_empty(), "env {env:?}: stdout {:?}", o.stdout);
+        assert!(
+            err.starts_with(&format!("vpcnet CNI plugin v{}", env!("CARGO_PKG_VERSION"))),
+            "env {env:?}: {err}"
+        );
+        assert!(
+            err.lines().any(|l| l == want),
+            "env {env:?}: {err} (want {want})"
+        );
+    }
 }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
+use vpcnet_tests::manifests::{read, repo, yaml_docs};
 use vpcnet_tests::{bin, skip};
 
 /// The DaemonSet variants and the datastore each one runs.
@@ -34,6 +35,7 @@ const GENERATED: &[&str] = &[
     "vpcnet-etcd.yaml",
     "vpcnet-kubernetes.yaml",
     "install.yaml",
+    "uninstall.yaml",
 ];
 /// The PrefixClaim CRD (vpcnetd's kubernetes backend names this file in its error hints).
 const CRD_FILE: &str = "crd-prefixclaims.yaml";
@@ -51,30 +53,8 @@ const CNI_BIN_DIR: &str = "/opt/cni/bin";
 const PLUGIN_LOG_DIR: &str = "/var/log/vpcnet";
 const VPCNETD_IN_IMAGE: &str = "/usr/local/bin/vpcnetd";
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn manifests() -> PathBuf {
-    repo().join("manifests")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-/// Every YAML document of a file, as JSON values (empty documents skipped).
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = read(path);
-    let mut out = Vec::new();
-    for de in serde_norway::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(de)
-            .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    out
+    vpcnet_tests::manifests::dir()
 }
 
 fn kind_of<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -712,10 +692,9 @@ fn check_metrics_and_probes(v: &Variant, inv: &Invocation, top: &Help) {
     }
 }
 
-/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
-fn check_least_privilege(v: &Variant) {
-    let (file, pod) = (v.file, v.pod);
-    let sc = &v.agent["securityContext"];
+/// Container `c` is not privileged, cannot escalate, drops ALL and adds NET_ADMIN only.
+fn assert_net_admin_only(file: &str, c: &Value) {
+    let sc = &c["securityContext"];
     assert_ne!(sc["privileged"], true, "{file}");
     assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
     assert_eq!(
@@ -728,6 +707,12 @@ fn check_least_privilege(v: &Variant) {
         [Value::from("ALL")],
         "{file}"
     );
+}
+
+/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
+fn check_least_privilege(v: &Variant) {
+    let (file, pod) = (v.file, v.pod);
+    assert_net_admin_only(file, v.agent);
     let host_paths: BTreeSet<&str> = arr(pod, "/volumes")
         .iter()
         .filter_map(|v| v.pointer("/hostPath/path")?.as_str())
@@ -812,6 +797,134 @@ fn daemonsets_match_the_binaries() {
     for (file, datastore) in VARIANTS {
         check_variant(file, datastore, &top, &install);
     }
+}
+
+/// `--k=v` words as (k, v); panics on anything else.
+fn flag_words<'a>(file: &str, words: &'a [Value]) -> Vec<(&'a str, &'a str)> {
+    words
+        .iter()
+        .map(|w| {
+            let w = w.as_str().expect("args are strings");
+            let f = w
+                .strip_prefix("--")
+                .unwrap_or_else(|| panic!("{file}: {w:?} is not a --flag"));
+            f.split_once('=').unwrap_or((f, ""))
+        })
+        .collect()
+}
+
+/// The cleanup DaemonSet (`manifests/uninstall.yaml`, docs/operations.md § Uninstall): one
+/// DaemonSet and nothing else (no ConfigMap that would overwrite the agent's); on every node,
+/// host network; an init container running `vpcnetd <the agent's paths> uninstall
+/// --cni-bin-dir=…` with flags the real binary lists, the agent's exact paths, no `--force`,
+/// each directory mounted writable from the node's same path, NET_ADMIN only; then a
+/// container that only sleeps (so `rollout status` completes).
+#[test]
+fn uninstall_daemonset_matches_the_binary() {
+    let file = "uninstall.yaml";
+    let docs = yaml_docs(&manifests().join(file));
+    assert_eq!(docs.len(), 1, "{file}: only the DaemonSet");
+    let ds = one(&docs, "DaemonSet", file);
+    assert_eq!(s(ds, "/metadata/namespace"), "kube-system", "{file}");
+    let pod = ds.pointer("/spec/template/spec").expect("pod spec");
+    assert_eq!(pod["hostNetwork"], true, "{file}: the node's namespace");
+    assert_eq!(
+        pod["automountServiceAccountToken"], false,
+        "{file}: no API, no token"
+    );
+    assert!(
+        arr(pod, "/tolerations")
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none()),
+        "{file}: every node, whatever its taints"
+    );
+    let top = vpcnetd_help(&[]);
+    assert!(
+        top.subcommands.contains("uninstall"),
+        "vpcnetd has no uninstall subcommand: {:?}",
+        top.subcommands
+    );
+    let sub = vpcnetd_help(&["uninstall"]);
+    let init = container(pod, "initContainers", "uninstall", file);
+    assert_eq!(
+        s(init, "/image"),
+        format!("vpcnet:{}", workspace_version()),
+        "{file}"
+    );
+    assert_eq!(
+        arr(init, "/command"),
+        [Value::from(VPCNETD_IN_IMAGE)],
+        "{file}"
+    );
+    let args = arr(init, "/args");
+    let at = args
+        .iter()
+        .position(|a| a == "uninstall")
+        .unwrap_or_else(|| panic!("{file}: no `uninstall` in {args:?}"));
+    let (before, after) = (
+        flag_words(file, &args[..at]),
+        flag_words(file, &args[at + 1..]),
+    );
+    for (k, _) in &before {
+        assert!(top.flags.contains_key(*k), "{file}: vpcnetd has no --{k}");
+    }
+    for (k, _) in &after {
+        assert!(
+            sub.flags.contains_key(*k),
+            "{file}: `vpcnetd uninstall` has no --{k}"
+        );
+        assert_ne!(
+            *k, "force",
+            "{file}: --force is the operator's decision, not the default"
+        );
+    }
+    let val = |flags: &[(&str, &str)], k: &str| -> String {
+        flags
+            .iter()
+            .find(|(f, _)| *f == k)
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| panic!("{file}: --{k} not given (the agent DaemonSet sets it)"))
+    };
+    // The agent DaemonSet's own values (check_agent_host_dirs holds it to the same ones).
+    assert_eq!(val(&before, "socket"), SOCKET, "{file}");
+    assert_eq!(val(&before, "state-dir"), STATE_DIR, "{file}");
+    assert_eq!(val(&before, "cni-conf-dir"), CNI_CONF_DIR, "{file}");
+    assert_eq!(val(&before, "cni-conf-name"), CNI_CONF_NAME, "{file}");
+    assert_eq!(val(&after, "cni-bin-dir"), CNI_BIN_DIR, "{file}");
+    for dir in ["/run/vpcnet", STATE_DIR, CNI_CONF_DIR, CNI_BIN_DIR] {
+        assert_host_dir(file, pod, init, dir, false);
+    }
+    let froms = arr(init, "/envFrom");
+    assert_eq!(froms.len(), 1, "{file}: envFrom");
+    assert_eq!(
+        froms[0]
+            .pointer("/configMapRef/name")
+            .and_then(Value::as_str),
+        Some("vpcnet-config"),
+        "{file}: the agent's ConfigMap"
+    );
+    assert_eq!(
+        froms[0].pointer("/configMapRef/optional"),
+        Some(&Value::from(true)),
+        "{file}: the ConfigMap may already be deleted"
+    );
+    assert_net_admin_only(file, init);
+    let containers = arr(pod, "/containers");
+    assert_eq!(containers.len(), 1, "{file}: one idle container");
+    let idle = &containers[0];
+    assert_eq!(
+        arr(idle, "/command"),
+        [Value::from("sleep"), Value::from("infinity")],
+        "{file}"
+    );
+    assert!(
+        arr(idle, "/volumeMounts").is_empty(),
+        "{file}: the idle container mounts nothing"
+    );
+    assert!(
+        arr(idle, "/securityContext/capabilities/add").is_empty(),
+        "{file}: the idle container needs no capability"
+    );
 }
 
 #[test]

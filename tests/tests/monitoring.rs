@@ -9,34 +9,13 @@
 //!    variable reads.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpcnet_tests::{free_port, Lab};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-}
-
-fn yaml_docs(path: &Path) -> Vec<Value> {
-    let text = read(path);
-    let mut out = Vec::new();
-    for de in serde_norway::Deserializer::from_str(&text) {
-        let v: Value = serde::Deserialize::deserialize(de)
-            .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", path.display()));
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    out
-}
+use vpcnet_tests::manifests::{read, repo, yaml_docs};
+use vpcnet_tests::{free_port, http, Lab};
 
 fn dashboard() -> Value {
     let path = repo().join("manifests/grafana-dashboard.json");
@@ -149,34 +128,6 @@ fn documented() -> BTreeSet<String> {
     out
 }
 
-/// GET `path` from `addr` inside namespace `ns` (from a thread that entered it).
-fn http_get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
-    let ns_path = format!("/var/run/netns/{ns}");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    let out = std::thread::spawn(move || -> std::io::Result<String> {
-        let f = std::fs::File::open(&ns_path)?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(req.as_bytes())?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        Ok(resp)
-    })
-    .join()
-    .expect("request thread")
-    .unwrap_or_else(|e| panic!("GET {path} from {addr} in {ns}: {e}"));
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {out:?}"));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (code, body.to_string())
-}
-
 #[test]
 fn dashboard_queries_only_metrics_the_agent_exports() {
     let d = dashboard();
@@ -199,8 +150,41 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
     lab.start_agent(&["--metrics-addr", &addr.to_string()]);
     let ns = lab.pod(0);
     lab.add(&format!("{}mon", lab.prefix), &ns).expect_ok("ADD");
-    let (code, text) = http_get(&lab.host(), addr, "/metrics");
-    assert_eq!(code, 200, "/metrics: {text}");
+    // The plugin reports its ADD to the agent after its result is out: wait for that sample,
+    // so the plugin-latency panels are checked against a live series, not only a TYPE line.
+    let plugin_ok = r#"vpcnet_cni_plugin_duration_seconds_count{op="add",result="ok"} "#;
+    let mut text = String::new();
+    let reported = lab.wait_for(Duration::from_secs(5), || {
+        let (code, t) = http::get(&lab.host(), addr, "/metrics");
+        assert_eq!(code, 200, "/metrics: {t}");
+        text = t;
+        text.lines().any(|l| l.starts_with(plugin_ok))
+    });
+    assert!(reported, "no {plugin_ok}after an ADD:\n{text}");
+    // Its panels: p50 and p99 by op, and the rate of result="error" by op.
+    let plugin: Vec<&String> = exprs
+        .iter()
+        .filter(|e| e.contains("vpcnet_cni_plugin_duration_seconds"))
+        .collect();
+    for (what, parts) in [
+        (
+            "p50 by op",
+            &["histogram_quantile(0.5,", "by (op, le)", "_bucket"][..],
+        ),
+        (
+            "p99 by op",
+            &["histogram_quantile(0.99,", "by (op, le)", "_bucket"][..],
+        ),
+        (
+            "error rate by op",
+            &["rate(", r#"result="error""#, "by (op)", "_count"][..],
+        ),
+    ] {
+        assert!(
+            plugin.iter().any(|e| parts.iter().all(|p| e.contains(p))),
+            "no dashboard query for the plugin's {what}: {plugin:?}"
+        );
+    }
     let exported = exported(&text);
     assert!(
         exported.contains("vpcnet_cni_requests_total"),

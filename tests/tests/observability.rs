@@ -5,51 +5,27 @@
 //! The agent runs in the lab's private network namespace, bound to 127.0.0.1 there, so the
 //! requests are sent from a thread that entered that namespace.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpcnet_tests::{stat, Lab};
+use vpcnet_tests::{http, stat, Lab};
 
 const ADDR: &str = "127.0.0.1:9961";
 
-/// Sends `raw` to `ADDR` inside namespace `ns`; returns (status code, body).
+/// Sends `raw` to `ADDR` inside namespace `ns`; returns (status code, body), the body
+/// checked against Content-Length (but for HEAD).
 fn request(ns: &str, raw: &str) -> (u16, String) {
-    let path = format!("/var/run/netns/{ns}");
-    let raw_is_head = raw.starts_with("HEAD ");
-    let raw = raw.to_string();
-    let out = std::thread::spawn(move || -> std::io::Result<String> {
-        let f = std::fs::File::open(&path)?;
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let addr: SocketAddr = ADDR.parse().map_err(std::io::Error::other)?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        s.write_all(raw.as_bytes())?;
-        let mut resp = String::new();
-        s.read_to_string(&mut resp)?;
-        Ok(resp)
-    })
-    .join()
-    .expect("request thread")
-    .unwrap_or_else(|e| panic!("HTTP request to {ADDR} in {ns}: {e}"));
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {out:?}"));
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no Content-Length in {head:?}"));
-    if !raw_is_head {
-        assert_eq!(body.len(), len, "Content-Length vs body: {out:?}");
+    let addr: SocketAddr = ADDR.parse().expect("ADDR");
+    let r = http::request(ns, addr, raw);
+    let len: usize = r
+        .header("Content-Length")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length in {:?}", r.head));
+    if !raw.starts_with("HEAD ") {
+        assert_eq!(r.body.len(), len, "Content-Length vs body: {r:?}");
     }
-    (code, body.to_string())
+    (r.code, r.body)
 }
 
 fn get(lab: &Lab, path: &str) -> (u16, String) {

@@ -128,9 +128,24 @@ struct Run {
 
 /// `vpcnetd … uninstall` inside the lab's node namespace, with the agent's flags.
 fn uninstall(lab: &Lab, paths: &Paths, force: bool) -> Run {
+    uninstall_with_mounts(lab, paths, force, &[])
+}
+
+/// [`uninstall`], in a private mount namespace where each of `mounts` is a bind mount of
+/// itself, as the directories are in the cleanup DaemonSet's container (hostPath volumes).
+fn uninstall_with_mounts(lab: &Lab, paths: &Paths, force: bool, mounts: &[&Path]) -> Run {
     let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/var/run/netns/{}", lab.host()))
-        .arg(bin("vpcnetd"))
+    cmd.arg(format!("--net=/var/run/netns/{}", lab.host()));
+    if !mounts.is_empty() {
+        // The mounts vanish with the namespace when the command exits.
+        let binds: Vec<String> = mounts
+            .iter()
+            .map(|m| format!("mount --bind '{0}' '{0}'", m.display()))
+            .collect();
+        cmd.args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("{} && exec \"$0\" \"$@\"", binds.join(" && ")));
+    }
+    cmd.arg(bin("vpcnetd"))
         .arg("--socket")
         .arg(lab.socket())
         .arg("--state-dir")
@@ -359,4 +374,64 @@ fn uninstall_force_takes_the_pods_network_and_leaves_no_route_of_ours() {
         "the pod lost its interface"
     );
     assert_same(&before, &snapshot(&lab, &paths), "after uninstall --force");
+}
+
+/// As `manifests/uninstall.yaml` runs it: the state, CNI conf and CNI bin directories are
+/// mount points in its container, which cannot be removed. Uninstall empties them of what is
+/// ours, keeps them (saying so) and succeeds; everything else is gone as usual.
+#[test]
+fn uninstall_in_the_cleanup_daemonset_keeps_its_mount_points() {
+    let mut lab = Lab::new("10.232.0.0/16");
+    let paths = Paths::new(&lab);
+    install(&mut lab, &paths);
+    pod_add_del(&mut lab, 0);
+    stop_agent(&mut lab);
+    let state = lab.state_dir();
+    let r = uninstall_with_mounts(
+        &lab,
+        &paths,
+        false,
+        &[&state, &paths.conf_dir, &paths.bin_dir],
+    );
+    assert_eq!(r.code, 0, "uninstall with mount points: {}{}", r.out, r.err);
+    assert!(
+        r.out
+            .contains(&format!("kept {}: a mount point", state.display())),
+        "{}",
+        r.out
+    );
+    let left = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(state.is_dir(), "the mount point stays");
+    assert_eq!(left(&state), Vec::<String>::new(), "state dir emptied");
+    assert_eq!(
+        left(&paths.conf_dir),
+        Vec::<String>::new(),
+        "conflist removed"
+    );
+    assert_eq!(
+        left(&paths.bin_dir),
+        Vec::<String>::new(),
+        "plugins removed"
+    );
+    assert_eq!(
+        sh(&format!(
+            "ip -n {} -4 route show table all proto 171",
+            lab.host()
+        )),
+        "",
+        "routes of ours left"
+    );
+    // Again (a restarted pod): nothing to do, still fine.
+    let r = uninstall_with_mounts(&lab, &paths, false, &[&state]);
+    assert_eq!(r.code, 0, "second run: {}{}", r.out, r.err);
 }

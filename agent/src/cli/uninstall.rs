@@ -312,8 +312,15 @@ fn remove_state_dir(dir: &Path, report: &mut Report) -> Result<(), UninstallErro
         }
     }
     if foreign.is_empty() {
-        fs::remove_dir(dir).map_err(io_err(format!("removing {}", dir.display())))?;
-        report.note(format!("removed {}", dir.display()));
+        match fs::remove_dir(dir) {
+            Ok(()) => report.note(format!("removed {}", dir.display())),
+            // A mount point (the cleanup DaemonSet mounts the node's directory there): the
+            // node's directory is empty now, and only the node can remove it.
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32) => {
+                report.note(format!("kept {}: a mount point, emptied", dir.display()))
+            }
+            Err(e) => return Err(io_err(format!("removing {}", dir.display()))(e)),
+        }
     } else {
         foreign.sort();
         report.note(format!(
