@@ -70,3 +70,48 @@ fn reconcile_leaves_look_alike_links_and_routes_alone() {
         .to_string();
     assert!(lab.ping(&p, &b));
 }
+
+/// A pod's /32 host route deleted by someone else (an operator's `ip route flush`, another
+/// agent) is put back by the next reconcile, through the pod's own veth and with our protocol;
+/// until then the pod is unreachable, after it answers again.
+#[test]
+fn reconcile_restores_a_deleted_pod_route() {
+    let mut lab = Lab::new("10.246.1.0/24");
+    let h = lab.host();
+    lab.start_agent(&["--reconcile-grace", "0s", "--reconcile-interval", "300ms"]);
+    let p = lab.pod(0);
+    let q = lab.pod(1);
+    lab.add("rr-a", &p).expect_ok("ADD a");
+    let b = lab
+        .add("rr-b", &q)
+        .expect_ok("ADD b")
+        .ip()
+        .expect("ip")
+        .to_string();
+    assert!(lab.ping(&p, &b));
+    let veth = naming::host_veth_name("rr-b", "eth0");
+    let before = lab.ip(&h, &format!("route show {b}/32"));
+    assert!(
+        before.contains(&veth) && before.contains("proto 171"),
+        "{before}"
+    );
+    lab.ip(&h, &format!("route del {b}/32 dev {veth}"));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = lab.ip(&h, &format!("route show {b}/32"));
+            r.contains(&veth) && r.contains("proto 171") && r.contains("scope link")
+        }),
+        "the route to {b} was not restored: {}\n{}",
+        lab.ip(&h, "route show"),
+        lab.agent.as_ref().expect("agent").log_text()
+    );
+    assert!(lab.ping(&p, &b), "{b} unreachable after the restore");
+    let log = lab.agent.as_ref().expect("agent").log_text();
+    assert!(
+        log.contains("restored a missing pod route"),
+        "no log line for the restore:\n{log}"
+    );
+    // Exactly one route to the pod, and the other pod's route untouched.
+    assert_eq!(lab.ip(&h, &format!("route show {b}/32")).lines().count(), 1);
+    assert_eq!(lab.host_routes().len(), 2, "{:?}", lab.host_routes());
+}

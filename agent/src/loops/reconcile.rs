@@ -1,5 +1,11 @@
 //! Reconcile the pool with the host: an allocation whose host veth is gone is released; a
-//! host veth or /32 route of ours with no allocation is removed.
+//! host veth or /32 route of ours with no allocation is removed; an allocation whose host veth
+//! is there but whose /32 host route is missing (deleted by hand or by another program) gets
+//! its route back, or the pod would stay unreachable until it is deleted.
+//!
+//! Restoring is safe against DEL: a release takes the address out of the pool *before* it
+//! deletes the route, and the kernel is listed before the pool is read, so a route seen missing
+//! while its allocation is still in the pool was not removed by a DEL.
 //!
 //! Ordering makes this safe against ADDs in flight: the kernel is listed *before* the pool is
 //! read, and an ADD takes its address before it creates its veth — so every veth seen already
@@ -21,15 +27,17 @@ pub struct Report {
     pub released: usize,
     pub veths_deleted: usize,
     pub routes_deleted: usize,
+    pub routes_restored: usize,
 }
 
 impl Report {
     /// What the pass did, by metric label (`vpcnet_reconcile_actions_total{action}`).
-    pub fn actions(&self) -> [(&'static str, usize); 3] {
+    pub fn actions(&self) -> [(&'static str, usize); 4] {
         [
             ("released", self.released),
             ("veths_deleted", self.veths_deleted),
             ("routes_deleted", self.routes_deleted),
+            ("routes_restored", self.routes_restored),
         ]
     }
 }
@@ -47,7 +55,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let our_indexes: HashSet<u32> = ours.iter().map(|l| l.index).collect();
 
     let mut report = Report::default();
-    let (released, wanted_veths, owned_ips) = {
+    let (released, wanted_veths, owned_ips, unrouted) = {
         let mut st = node.state();
         let stale: Vec<_> = st
             .pool
@@ -72,7 +80,24 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             .map(|a| naming::key_host_veth(&a.key))
             .collect();
         let owned: HashSet<_> = st.pool.allocations().map(|a| a.ip).collect();
-        (released, wanted, owned)
+        // Allocations with their veth but without their host route (not while an ADD of
+        // theirs may still be adding it).
+        let unrouted: Vec<_> = st
+            .pool
+            .allocations()
+            .filter_map(|a| {
+                let veth = naming::key_host_veth(&a.key);
+                let link = ours.iter().find(|l| l.name == veth)?;
+                let routed = routes.iter().any(|r| {
+                    attachment::is_host_route_shape(r) && r.dst == a.ip && r.oif == Some(link.index)
+                });
+                (!routed
+                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && !inflight::is_in_flight(node.inflight_dir(), &veth))
+                .then_some((a.ip, link.index, veth))
+            })
+            .collect();
+        (released, wanted, owned, unrouted)
     };
     report.released = released.len();
     for (ip, key) in &released {
@@ -101,6 +126,20 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
                 "reconcile: deleted a pod route without allocation"
             );
             report.routes_deleted += 1;
+        }
+    }
+    for (ip, index, veth) in &unrouted {
+        let r = attachment::host_route(*ip, Some(*index));
+        match route::add_route(node.net(), &r, true).await {
+            Ok(()) => {
+                tracing::warn!(%ip, %veth, "reconcile: restored a missing pod route");
+                report.routes_restored += 1;
+            }
+            // The veth went away meanwhile (a DEL): nothing to restore.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => {
+                tracing::error!(%ip, %veth, "reconcile: could not restore the pod route: {e}")
+            }
         }
     }
     if report.released > 0 {

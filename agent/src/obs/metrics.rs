@@ -27,7 +27,7 @@
 //! | `vpcnet_vpc_prefixes_claimed` | gauge | of those, claimed by any node (cluster-wide, as of the last listing) |
 //! | `vpcnet_vpc_prefixes_free` | gauge | `vpc_prefixes - vpc_prefixes_claimed`: what the cluster can still grow by |
 //! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
-//! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted` |
+//! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted`, `routes_restored` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 //!
@@ -217,10 +217,15 @@ impl Metrics {
         let reconcile_actions = Family::<[Label; 1], Counter>::default();
         r.register(
             "reconcile_actions",
-            "What reconcile fixed: released (allocation without veth), veths_deleted, routes_deleted",
+            "What reconcile fixed: released (allocation without veth), veths_deleted, routes_deleted, routes_restored (allocation with veth, route missing)",
             reconcile_actions.clone(),
         );
-        for action in ["released", "veths_deleted", "routes_deleted"] {
+        for action in [
+            "released",
+            "veths_deleted",
+            "routes_deleted",
+            "routes_restored",
+        ] {
             let _ = reconcile_actions.get_or_create(&[("action", action)]);
         }
         let reconcile_runs = Family::<[Label; 1], Counter>::default();
@@ -326,7 +331,7 @@ impl Metrics {
 
     /// A reconcile pass: what it did, by action (see `loops::reconcile::Report::actions`),
     /// or `None` when it failed.
-    pub fn reconciled(&self, actions: Option<[(&'static str, usize); 3]>) {
+    pub fn reconciled(&self, actions: Option<[(&'static str, usize); 4]>) {
         let Some(actions) = actions else {
             self.reconcile_runs
                 .get_or_create(&[("result", "error")])
@@ -422,6 +427,7 @@ mod tests {
             ("released", 2),
             ("veths_deleted", 0),
             ("routes_deleted", 1),
+            ("routes_restored", 0),
         ]));
         let text = m.encode(&status(), &[("datastore", true), ("pool", false)]);
         assert!(text.ends_with("# EOF\n"), "{text}");
