@@ -454,7 +454,10 @@ async fn next_delta(
     match r.recv().await {
         Ok(d) => Some(d),
         Err(RecvError::Lagged(n)) => {
-            tracing::info!(missed = n, "peers: fell behind the claim deltas: re-planning");
+            tracing::info!(
+                missed = n,
+                "peers: fell behind the claim deltas: re-planning"
+            );
             None
         }
         Err(RecvError::Closed) => {
@@ -494,6 +497,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
             next_full = started + interval;
             why = Replan::Full;
         }
+        tracing::debug!(?why, "peers: re-plan");
         let routed = sync(node, &mut st, why == Replan::Full).await;
         tokio::time::sleep_until(started + MIN_GAP).await;
         why = loop {

@@ -247,7 +247,11 @@ impl<D: Datastore> Node<D> {
 
     /// Acts on the disagreements between `claims` and the pool (see
     /// [`Node::reconcile_claims`]). The caller holds the claim lock.
-    async fn settle_claims(&self, claims: &[PrefixClaim], adopt: bool) -> Result<(), DatastoreError> {
+    async fn settle_claims(
+        &self,
+        claims: &[PrefixClaim],
+        adopt: bool,
+    ) -> Result<(), DatastoreError> {
         let ours: HashSet<_> = claims
             .iter()
             .filter(|c| c.node == self.name)
