@@ -101,6 +101,7 @@ impl<D: Datastore> Node<D> {
                     break;
                 }
                 let msg = self.exhausted_message(taken.len());
+                self.set_waiting(None);
                 self.set_degraded(Area::Pool, Some(msg.clone()));
                 return Err(NodeError::VpcExhausted(msg));
             }
@@ -148,13 +149,19 @@ impl<D: Datastore> Node<D> {
         self.set_degraded(Area::Datastore, None);
         if got == 0 {
             // Every try lost a race, yet the last read showed free prefixes: contention, not
-            // exhaustion. Not degraded; the caller retries (ADD: code 11, try again).
+            // exhaustion. Not degraded; "waiting for a prefix"; the caller retries (ADD: code
+            // 11, try again; the warm loop: jittered back-off).
+            self.set_waiting(Some(format!(
+                "waiting for a prefix: lost {lost} claim races in {CLAIM_ROUNDS} rounds \
+                 (other nodes took the candidates first; free prefixes remain); retrying"
+            )));
             return Err(NodeError::ClaimRacesLost {
                 lost,
                 rounds: CLAIM_ROUNDS,
             });
         }
         self.set_degraded(Area::Pool, None);
+        self.set_waiting(None);
         Ok(got)
     }
 
