@@ -114,9 +114,10 @@ metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)
 }
 lost=$(metric_sum '^vpcnet_prefix_claims_total\{.*result="taken"')
 waiting_now=$(metric_sum '^vpcnet_pool_waiting_for_prefix ')
-exhausted=$(grep -l "VPC exhausted" "$RUN"/n*/vpcnetd.log 2>/dev/null | wc -l)
-waited=$(grep -l "waiting for a prefix\|claim races" "$RUN"/n*/vpcnetd.log 2>/dev/null | wc -l)
-timeouts=$(grep -l "listing claims.*\(timed out\|no answer\)" "$RUN"/n*/vpcnetd.log 2>/dev/null | wc -l)
+logs_with() { { grep -l "$1" "$RUN"/n*/vpcnetd.log 2>/dev/null || true; } | wc -l; }
+exhausted=$(logs_with "VPC exhausted")
+waited=$(logs_with "waiting for a prefix\|claim races")
+timeouts=$(logs_with "listing claims.*\(timed out\|no answer\)")
 read -r nodes total <<<"$(claims)"
 printf 'cold start: every node claimed: %s s  every node routes every prefix: %s s  claims=%s  lost races=%s  agents that logged VPC exhausted=%s  agents that waited for a prefix=%s (waiting now: %s)  agents timing out listing claims=%s  load: %s\n' \
   "${t_claimed:-never}" "${t_routed:-never}" "$total" "$lost" "$exhausted" "$waited" "$waiting_now" "$timeouts" "$load_claimed"
