@@ -187,9 +187,9 @@ q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan")
 print(f"churn: {len(fresh)} new claims, claim -> route on all {len(kept)} other nodes: "
       f"p50 {q(0.5):.3f} s  p99 {q(0.99):.3f} s  max {q(1.0):.3f} s  (claims not routed everywhere: {missing})")
 PY
-  printf 'churn window %s s (%s): etcd bytes sent to clients=%s (%s/s)  load: %s\n' \
+  printf 'churn window %s s (%s; the window ends when the check sees every route: an upper bound): etcd bytes sent to clients=%s (%s per churning node)  load: %s\n' \
     "$window" "$([ -n "$churn_done" ] && echo converged || echo 'NOT converged')" "$((b1 - b0))" \
-    "$(awk -v b="$((b1 - b0))" -v w="$window" 'BEGIN { printf "%.0f", b / w }')" "$(load)"
+    "$(( (b1 - b0) / ${#CHURN[@]} ))" "$(load)"
 fi
 
 # Agent memory.

@@ -16,12 +16,23 @@
 //! unreachable route and every route with a gateway ([`is_managed`]). The pods' `/32 dev
 //! vpcXXX scope link` routes belong to the plugin and [`crate::loops::reconcile`].
 //!
-//! Each round: list the claims and our routes, compute the difference ([`plan`], pure), then
-//! add/replace what is missing or moved and delete what is no longer wanted (a peer whose
-//! lease expired loses its claims, so its routes are withdrawn). If the datastore cannot be
-//! listed, peer routes stay as they are (a datastore outage must not cut pods off from each
-//! other); only our own unreachable routes still follow the pool. Nothing is withdrawn at
-//! shutdown: routes stay for the pods that keep running.
+//! A full re-plan: list the claims (the datastore's watch-fed view: no request while it is in
+//! sync) and our routes, compute the difference ([`plan`], pure), then add/replace what is
+//! missing or moved and delete what is no longer wanted (a peer whose lease expired loses its
+//! claims, so its routes are withdrawn). If the datastore cannot be listed, peer routes stay
+//! as they are (a datastore outage must not cut pods off from each other); only our own
+//! unreachable routes still follow the pool. Nothing is withdrawn at shutdown: routes stay
+//! for the pods that keep running.
+//!
+//! Between re-plans (issue 10), with a datastore that streams [`ClaimDelta`]s (etcd,
+//! Kubernetes): each delta changes at most one route ([`change_for`], pure): another node's
+//! claim appears → `prefix via nodeIP` is added; it goes → exactly that route is deleted. A
+//! cluster of N nodes where one claims costs each other node one route, not a re-plan of N.
+//! A full re-plan runs only at start, when the datastore re-lists (etcd compaction, `410
+//! Gone`, its long timer: [`ClaimDelta::Resync`], or this loop fell behind the deltas), every
+//! `--peer-sync-interval` (which also reconciles our claims with the pool, never waiting for
+//! the claim path: [`Node::reconcile_claims_nowait`]), and — from the view, routes only —
+//! when the pool's prefixes change or a delta's route failed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
