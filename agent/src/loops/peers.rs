@@ -824,12 +824,10 @@ mod tests {
                 Some(Change::Install(p, gw)) => {
                     routes.insert(p, Target::Via(gw));
                 }
-                Some(Change::Withdraw(p, gw)) => {
-                    if routes.get(&p) == Some(&Target::Via(gw)) {
-                        routes.remove(&p);
-                    }
+                Some(Change::Withdraw(p, gw)) if routes.get(&p) == Some(&Target::Via(gw)) => {
+                    routes.remove(&p);
                 }
-                None => {}
+                Some(Change::Withdraw(..)) | None => {}
             }
         }
         let after: Vec<PrefixClaim> = view.into_values().collect();
