@@ -19,7 +19,7 @@
 //! printed).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -264,6 +264,50 @@ impl Cluster {
     /// Every key under `prefix` in etcd: (key, value, lease, create_revision).
     pub fn etcd_range(&self, prefix: &str) -> Result<Vec<(String, String, i64, i64)>, String> {
         self.etcd.range(prefix)
+    }
+
+    /// `put key value` in etcd (no lease): e.g. another node's claim, written by hand.
+    pub fn etcd_put(&self, key: &str, value: &str) -> Result<(), String> {
+        self.etcd.put(key, value)
+    }
+
+    /// `del key` in etcd; how many keys went.
+    pub fn etcd_delete(&self, key: &str) -> Result<u64, String> {
+        self.etcd.delete(key)
+    }
+
+    /// `GET path` from the HTTP endpoint (`--metrics-addr`) node `k`'s agent serves at `addr`
+    /// inside its namespace; the body of a 200 reply.
+    pub fn http_get(&self, k: usize, addr: &str, path: &str) -> Result<String, String> {
+        use std::io::{Read, Write};
+        let ns = self.node(k).ns.clone();
+        let addr: SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        let path = path.to_string();
+        crate::netns::in_netns(Some(&ns), move || {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+            let (head, body) = out
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| format!("no header end: {out:?}"))?;
+            if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+                return Err(format!("GET {path}: {head}"));
+            }
+            Ok(body.to_string())
+        })
+    }
+
+    /// The value of metric sample `name` (labels included, exactly as printed) that node
+    /// `k`'s agent serves at `addr`.
+    pub fn metric(&self, k: usize, addr: &str, name: &str) -> Result<f64, String> {
+        let text = self.http_get(k, addr, "/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| format!("no sample {name} in node{k}'s /metrics"))
     }
 
     /// The prefix claims in etcd under [`Cluster::claims_key`] (default `/vpcnet/claims/`).

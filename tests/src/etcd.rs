@@ -248,6 +248,30 @@ impl Etcd {
             })
             .collect()
     }
+
+    /// `put key value` (no lease), through the JSON gateway.
+    pub fn put(&self, key: &str, value: &str) -> Result<(), String> {
+        let req = json!({"key": b64_encode(key.as_bytes()), "value": b64_encode(value.as_bytes())});
+        let body = self.http("POST", "/v3/kv/put", Some(&req))?;
+        match serde_json::from_str::<Value>(&body) {
+            Ok(v) if v.get("error").is_none() && v.get("header").is_some() => Ok(()),
+            _ => Err(format!("etcd put {key}: {body}")),
+        }
+    }
+
+    /// `del key`; returns how many keys it deleted.
+    pub fn delete(&self, key: &str) -> Result<u64, String> {
+        let req = json!({"key": b64_encode(key.as_bytes())});
+        let body = self.http("POST", "/v3/kv/deleterange", Some(&req))?;
+        let v: Value = serde_json::from_str(&body)
+            .map_err(|e| format!("etcd delete {key}: not JSON ({e}): {body}"))?;
+        if v.get("error").is_some() || v.get("header").is_none() {
+            return Err(format!("etcd delete {key}: {body}"));
+        }
+        Ok(v.get("deleted")
+            .and_then(|d| d.as_str().and_then(|s| s.parse().ok()).or(d.as_u64()))
+            .unwrap_or(0))
+    }
 }
 
 impl Drop for Etcd {

@@ -22,7 +22,7 @@ use ipnetwork::Ipv4Network;
 use vpcnet_agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
 use vpcnet_agent::datastore::kubernetes::KubernetesDatastore;
 use vpcnet_agent::datastore::local::LocalDatastore;
-use vpcnet_agent::datastore::{Datastore, DatastoreError, PrefixClaim};
+use vpcnet_agent::datastore::{ClaimDelta, Datastore, DatastoreError, PrefixClaim};
 use vpcnet_tests::{in_netns, Etcd, Lab};
 
 #[path = "datastore_contract/fake_kube.rs"]
@@ -65,6 +65,10 @@ trait Backend: Sized {
     /// TTL > 0 and every claim of `node` is attached to it).
     async fn attached(&self, _d: &Self::D, _node: &str) -> bool {
         true
+    }
+    /// Full lists of the claims `d` has sent to the server (None: the backend has no view).
+    fn lists(_d: &Self::D) -> Option<u64> {
+        None
     }
 }
 
@@ -209,6 +213,10 @@ impl Backend for EtcdBackend {
                 .unwrap_or(true)
         })
     }
+
+    fn lists(d: &EtcdDatastore) -> Option<u64> {
+        Some(d.list_requests())
+    }
 }
 
 // ---- kubernetes (over the in-memory fake API server) ----
@@ -258,6 +266,10 @@ impl Backend for Kube {
     /// Every claim of `node` carries an ownerReference to its Node (uid included).
     async fn attached(&self, _d: &KubernetesDatastore, node: &str) -> bool {
         self.server.owned_by_node(node)
+    }
+
+    fn lists(d: &KubernetesDatastore) -> Option<u64> {
+        Some(d.list_requests())
     }
 }
 
@@ -606,6 +618,65 @@ async fn list_follows_other_nodes<B: Backend>(b: &B) {
     eprintln!("release seen by the other node after {gone:?}");
 }
 
+/// The next delta of `rx` that is not a `Resync` and concerns `p` (5 s at most).
+async fn next_delta_of(
+    rx: &mut tokio::sync::broadcast::Receiver<ClaimDelta>,
+    p: Ipv4Network,
+) -> Option<ClaimDelta> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Ok(ClaimDelta::Put(c)) if c.prefix == p => return Some(ClaimDelta::Put(c)),
+                Ok(ClaimDelta::Removed(c)) if c.prefix == p => return Some(ClaimDelta::Removed(c)),
+                Ok(_) => continue,
+                Err(e) => panic!("deltas: {e}"),
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// (8) Issue 10: `deltas` streams another node's claim (`Put`) and its release (`Removed`,
+/// carrying the claim that went), and the view that `list` answers from follows them without
+/// a single LIST to the server.
+async fn deltas_follow_other_nodes<B: Backend>(b: &B) {
+    if !B::WATCH {
+        eprintln!("not applicable: this backend has no watch (single node)");
+        return;
+    }
+    let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    let mut rx = n1.deltas().expect("a cluster backend streams deltas");
+    // Warm-up: n1's view is filled and its watch live.
+    let w = net("10.9.70.0/28");
+    assert!(n0.claim(&claim(w, "n0")).await.expect("claim"));
+    assert!(
+        matches!(next_delta_of(&mut rx, w).await, Some(ClaimDelta::Put(_))),
+        "warm-up claim not streamed"
+    );
+    let lists = B::lists(&n1).expect("list count");
+    let p = net("10.9.71.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    match next_delta_of(&mut rx, p).await {
+        Some(ClaimDelta::Put(c)) => assert_eq!((c.prefix, c.node.as_str()), (p, "n0")),
+        other => panic!("after n0's claim: {other:?}"),
+    }
+    let listed = owners_listed(&n1).await.expect("list");
+    assert_eq!(listed.get(&p).map(String::as_str), Some("n0"));
+    n0.release(p, "n0").await.expect("release");
+    match next_delta_of(&mut rx, p).await {
+        Some(ClaimDelta::Removed(c)) => assert_eq!((c.prefix, c.node.as_str()), (p, "n0")),
+        other => panic!("after n0's release: {other:?}"),
+    }
+    assert_eq!(owners_listed(&n1).await.expect("list").get(&p), None);
+    assert_eq!(
+        B::lists(&n1),
+        Some(lists),
+        "n1 listed the claims while following deltas"
+    );
+}
+
 macro_rules! contract {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -630,6 +701,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn restarted_node_keeps_claims() {
                 super::restarted_node_keeps_claims(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn deltas_follow_other_nodes() {
+                super::deltas_follow_other_nodes(&<$backend>::new().await).await;
             }
             #[tokio::test]
             async fn list_follows_other_nodes() {
@@ -875,6 +950,7 @@ async fn etcd_cache_relists_after_compaction() {
     .await
     .expect("compact");
     let lists = n1.list_requests();
+    let mut rx = n1.deltas().expect("deltas");
     n1.pause_watch(false);
     let t = Instant::now();
     assert!(
@@ -888,9 +964,19 @@ async fn etcd_cache_relists_after_compaction() {
         "compaction past the cache must re-list"
     );
     assert!(n1.cache_revision() >= rev);
+    // Subscribers are told to rebuild (the events in between are gone).
+    let mut resynced = false;
+    while let Ok(d) = rx.try_recv() {
+        resynced |= d == ClaimDelta::Resync;
+    }
+    assert!(resynced, "a re-list after compaction publishes Resync");
 
-    // And it follows again.
+    // And it follows again, delta by delta.
     assert!(n0.claim(&claim(ps[3], "n0")).await.expect("claim"));
+    assert!(
+        matches!(next_delta_of(&mut rx, ps[3]).await, Some(ClaimDelta::Put(c)) if c.node == "n0"),
+        "no delta after the re-list"
+    );
     assert!(
         wait_listed(held(&ps[1..4])).await.is_some(),
         "cache stopped following after the re-list"
@@ -1070,4 +1156,44 @@ fn agent_with_etcd_keeps_claims_across_kill9() {
         lab.agent.as_ref().map(|a| a.log_text()).unwrap_or_default()
     );
     drop(etcd);
+}
+
+// ---- Kubernetes specifics ----
+
+/// Issue 10: `410 Gone` (the server compacted past the watch's resourceVersion) makes the
+/// view re-list (one LIST, a `Resync` delta), and deltas flow again from the new list.
+#[tokio::test]
+async fn kubernetes_410_gone_relists_and_deltas_resume() {
+    let b = Kube::new().await;
+    let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    let mut rx = n1.deltas().expect("deltas");
+    let w = net("10.9.80.0/28");
+    assert!(n0.claim(&claim(w, "n0")).await.expect("claim"));
+    assert!(matches!(
+        next_delta_of(&mut rx, w).await,
+        Some(ClaimDelta::Put(_))
+    ));
+    let lists = n1.list_requests();
+    b.server.compact();
+    let resync = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Ok(ClaimDelta::Resync) = rx.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(resync.is_ok(), "no Resync after 410 Gone");
+    assert!(
+        n1.list_requests() > lists,
+        "n1 did not re-list after 410 Gone"
+    );
+    assert!(b.server.lists() > 0);
+    assert_eq!(owners(&n1).await.get(&w).map(String::as_str), Some("n0"));
+    let p = net("10.9.81.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    match next_delta_of(&mut rx, p).await {
+        Some(ClaimDelta::Put(c)) => assert_eq!(c.node, "n0"),
+        other => panic!("no delta after the re-list: {other:?}"),
+    }
 }

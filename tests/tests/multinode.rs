@@ -444,3 +444,86 @@ fn snat_outside_only() {
     assert_eq!(l.peer().expect("b saw a connection").ip(), a.ip);
     eprintln!("snat: {}", elapsed(t0));
 }
+
+/// Issue 10: routes follow watch deltas. A claim of another node appearing in etcd adds
+/// exactly its route on the other nodes; its removal withdraws exactly that route; neither
+/// lists the claims (`vpcnet_datastore_requests_total{op="list"}` unchanged) nor re-plans
+/// every route (`vpcnet_peer_route_updates_total{how="replan"}` unchanged, `delta` +1 each).
+#[test]
+fn peer_claim_delta_changes_exactly_one_route_without_listing() {
+    const METRICS: &str = "127.0.0.1:9971";
+    const LIST: &str = "vpcnet_datastore_requests_total{op=\"list\"}";
+    const REPLAN: &str = "vpcnet_peer_route_updates_total{how=\"replan\"}";
+    const DELTA: &str = "vpcnet_peer_route_updates_total{how=\"delta\"}";
+    let mut c = Cluster::new(2, "10.240.0.0/16");
+    // The long timer out of the way: any re-plan during the test would be the delta path's.
+    c.start_agents(&["--metrics-addr", METRICS, "--peer-sync-interval", "1h"]);
+    c.wait_consistent(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let routes = |k: usize| -> BTreeSet<String> {
+        c.routes(k)
+            .iter()
+            .map(|r| format!("{} {} {:?}", r.dst, r.kind, r.via))
+            .collect()
+    };
+    let counters = |k: usize| -> [f64; 3] {
+        [LIST, REPLAN, DELTA].map(|m| c.metric(k, METRICS, m).unwrap_or_else(|e| panic!("{e}")))
+    };
+    // Settled: the warm pool no longer changes (no more pool-change re-plans).
+    let mut last = (routes(1), routes(2), counters(1), counters(2));
+    assert!(
+        vpcnet_tests::wait_until(Duration::from_secs(15), || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let now = (routes(1), routes(2), counters(1), counters(2));
+            let same = now == last;
+            last = now;
+            same
+        }),
+        "routes and counters never settled"
+    );
+    let (before1, before2, m1, m2) = last;
+    // A claim of a third node ("ghost", next hop the switch's address, on every node's link),
+    // written straight into etcd.
+    let key = format!("{}10.240.200.0-28", c.claims_key);
+    let gw = SWITCH_IP;
+    let value = serde_json::json!({
+        "prefix": "10.240.200.0/28", "node": "ghost", "nodeIp": gw.to_string(), "claimedAt": 1
+    })
+    .to_string();
+    c.etcd_put(&key, &value).expect("put");
+    let added = format!("10.240.200.0/28 unicast {:?}", Some(gw));
+    let mut want1 = before1.clone();
+    want1.insert(added.clone());
+    let mut want2 = before2.clone();
+    want2.insert(format!("10.240.200.0/28 unicast {:?}", Some(gw)));
+    assert!(
+        vpcnet_tests::wait_until(Duration::from_secs(5), || routes(1) == want1
+            && routes(2) == want2),
+        "after the put: node1 {:?} (want {want1:?}), node2 {:?}",
+        routes(1),
+        routes(2)
+    );
+    for (k, m) in [(1, m1), (2, m2)] {
+        let now = counters(k);
+        assert_eq!(now[0], m[0], "node{k} listed the claims for one delta");
+        assert_eq!(now[1], m[1], "node{k} re-planned every route for one delta");
+        assert_eq!(now[2], m[2] + 1.0, "node{k}: one delta, one route change");
+    }
+    // The claim goes: exactly that route goes.
+    assert_eq!(c.etcd_delete(&key).expect("delete"), 1);
+    assert!(
+        vpcnet_tests::wait_until(Duration::from_secs(5), || routes(1) == before1
+            && routes(2) == before2),
+        "after the delete: node1 {:?} (want {before1:?}), node2 {:?}",
+        routes(1),
+        routes(2)
+    );
+    for (k, m) in [(1, m1), (2, m2)] {
+        let now = counters(k);
+        assert_eq!(now[0], m[0], "node{k} listed the claims for a removal");
+        assert_eq!(now[1], m[1], "node{k} re-planned every route for a removal");
+        assert_eq!(now[2], m[2] + 2.0, "node{k}: two deltas, two route changes");
+    }
+    c.wait_consistent(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

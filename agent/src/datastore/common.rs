@@ -12,7 +12,7 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::{Datastore, DatastoreError, PrefixClaim};
+use super::{ClaimDelta, Datastore, DatastoreError, PrefixClaim};
 use crate::backoff::Backoff;
 
 /// First retry delay of a backend's background tasks (reconnect, watch, lease keep-alive).
@@ -59,6 +59,11 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 
     /// Signalled when the claims may have changed (see [`Datastore::changed`]).
     fn changed(&self) -> &Notify;
+
+    /// Where the watch publishes what it applies to the cache (see [`Datastore::deltas`]).
+    fn deltas(&self) -> Option<&tokio::sync::broadcast::Sender<ClaimDelta>> {
+        None
+    }
 }
 
 /// A cluster datastore: a [`Backend`] shared with its background tasks (watch, lease), which
@@ -144,5 +149,9 @@ impl<B: Backend> Datastore for Cluster<B> {
 
     async fn changed(&self) {
         self.backend.changed().notified().await
+    }
+
+    fn deltas(&self) -> Option<tokio::sync::broadcast::Receiver<ClaimDelta>> {
+        self.backend.deltas().map(|tx| tx.subscribe())
     }
 }

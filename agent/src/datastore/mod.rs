@@ -4,7 +4,9 @@
 //! Contract (every backend): `claim` is an atomic create-if-absent — of several concurrent
 //! claimants of one prefix exactly one gets `true`; `release` deletes a claim only if it is
 //! still the caller's; `list` shows every node's claims (possibly from a watch-fed cache, a
-//! little behind); `list_fresh` reads the datastore itself.
+//! little behind); `list_fresh` reads the datastore itself; `deltas` (cluster backends)
+//! streams each change the watch applies to that cache, so a caller can keep derived state
+//! (peer routes) without re-listing.
 //!
 //! Layout: [`local`] (one JSON file, one node), [`etcd`] and [`kubernetes`] (the cluster
 //! backends, a directory each, one file per job), [`common`] (what the cluster backends share:
@@ -33,6 +35,40 @@ pub struct PrefixClaim {
     pub node: String,
     pub node_ip: Option<Ipv4Addr>,
     pub claimed_at: Millis,
+}
+
+/// One change to the cluster's claims, as the datastore's watch applied it to its view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimDelta {
+    /// A claim appeared (or its value changed).
+    Put(PrefixClaim),
+    /// A claim went; this is what it was.
+    Removed(PrefixClaim),
+    /// The view was rebuilt from a full list (start, etcd compaction, `410 Gone`, the long
+    /// re-list timer) or may have missed changes: rebuild whatever was derived from it.
+    Resync,
+}
+
+/// Buffer of a [`ClaimDelta`] subscription: a subscriber further behind than this gets
+/// `Lagged` and must treat it as [`ClaimDelta::Resync`].
+pub const DELTA_BUFFER: usize = 4096;
+
+/// Applies `delta` to a view of the claims by prefix; returns what the prefix was claimed
+/// as before (`None`: it was free). [`ClaimDelta::Resync`] changes nothing here (the caller
+/// re-lists).
+pub fn apply_delta(
+    view: &mut std::collections::BTreeMap<Ipv4Network, PrefixClaim>,
+    delta: &ClaimDelta,
+) -> Option<PrefixClaim> {
+    match delta {
+        ClaimDelta::Put(c) => view.insert(c.prefix, c.clone()),
+        ClaimDelta::Removed(c) => match view.get(&c.prefix) {
+            // Only the claim that went: a newer claim of the prefix stays.
+            Some(v) if v.node == c.node => view.remove(&c.prefix),
+            _ => None,
+        },
+        ClaimDelta::Resync => None,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +105,52 @@ pub trait Datastore: Send + Sync + 'static {
     /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
     /// timer, so a missed event only delays convergence.
     fn changed(&self) -> impl Future<Output = ()> + Send;
+    /// A subscription to the changes the datastore's watch applies to its view of the
+    /// claims, in order, each once ([`ClaimDelta::Resync`] after every re-list). `None`:
+    /// this backend keeps no such view (callers re-list on `changed` and on a timer).
+    fn deltas(&self) -> Option<tokio::sync::broadcast::Receiver<ClaimDelta>> {
+        None
+    }
     /// Whether other nodes claim from the same datastore. Only then do nodes race for
     /// prefixes, and only then does the claim path spread its search over the VPC; a
     /// node alone (the local datastore) takes the lowest free prefix, predictably.
     fn shared(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn claim(p: &str, node: &str) -> PrefixClaim {
+        PrefixClaim {
+            prefix: p.parse().expect("cidr"),
+            node: node.to_string(),
+            node_ip: None,
+            claimed_at: 1,
+        }
+    }
+
+    #[test]
+    fn deltas_keep_a_view() {
+        let mut view = BTreeMap::new();
+        let a = claim("10.0.0.0/28", "a");
+        assert_eq!(apply_delta(&mut view, &ClaimDelta::Put(a.clone())), None);
+        assert_eq!(view.get(&a.prefix), Some(&a));
+        // A removal of another node's (older) claim of the prefix leaves the current one.
+        assert_eq!(
+            apply_delta(&mut view, &ClaimDelta::Removed(claim("10.0.0.0/28", "b"))),
+            None
+        );
+        assert_eq!(view.len(), 1);
+        assert_eq!(apply_delta(&mut view, &ClaimDelta::Resync), None);
+        assert_eq!(view.len(), 1);
+        assert_eq!(
+            apply_delta(&mut view, &ClaimDelta::Removed(a.clone())),
+            Some(a)
+        );
+        assert!(view.is_empty());
     }
 }

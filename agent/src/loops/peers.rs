@@ -16,12 +16,23 @@
 //! unreachable route and every route with a gateway ([`is_managed`]). The pods' `/32 dev
 //! vpcXXX scope link` routes belong to the plugin and [`crate::loops::reconcile`].
 //!
-//! Each round: list the claims and our routes, compute the difference ([`plan`], pure), then
-//! add/replace what is missing or moved and delete what is no longer wanted (a peer whose
-//! lease expired loses its claims, so its routes are withdrawn). If the datastore cannot be
-//! listed, peer routes stay as they are (a datastore outage must not cut pods off from each
-//! other); only our own unreachable routes still follow the pool. Nothing is withdrawn at
-//! shutdown: routes stay for the pods that keep running.
+//! A full re-plan: list the claims (the datastore's watch-fed view: no request while it is in
+//! sync) and our routes, compute the difference ([`plan`], pure), then add/replace what is
+//! missing or moved and delete what is no longer wanted (a peer whose lease expired loses its
+//! claims, so its routes are withdrawn). If the datastore cannot be listed, peer routes stay
+//! as they are (a datastore outage must not cut pods off from each other); only our own
+//! unreachable routes still follow the pool. Nothing is withdrawn at shutdown: routes stay
+//! for the pods that keep running.
+//!
+//! Between re-plans (issue 10), with a datastore that streams [`ClaimDelta`]s (etcd,
+//! Kubernetes): each delta changes at most one route ([`change_for`], pure): another node's
+//! claim appears → `prefix via nodeIP` is added; it goes → exactly that route is deleted. A
+//! cluster of N nodes where one claims costs each other node one route, not a re-plan of N.
+//! A full re-plan runs only at start, when the datastore re-lists (etcd compaction, `410
+//! Gone`, its long timer: [`ClaimDelta::Resync`], or this loop fell behind the deltas), every
+//! `--peer-sync-interval` (which also reconciles our claims with the pool, never waiting for
+//! the claim path: [`Node::reconcile_claims_nowait`]), and — from the view, routes only —
+//! when the pool's prefixes change or a delta's route failed.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -30,7 +41,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 use tokio::time::Instant;
 
-use crate::datastore::{Datastore, PrefixClaim};
+use crate::datastore::{ClaimDelta, Datastore, PrefixClaim};
 use crate::node::{Area, Node};
 use vpcnet_netlink::{route, RTPROT_VPCNET};
 
@@ -72,6 +83,68 @@ fn own_routes(held: &[Ipv4Network]) -> BTreeMap<Ipv4Network, Target> {
         .collect()
 }
 
+/// The route another node's claim `c` asks for; `Err`: why it gets none (a note).
+fn peer_route(
+    c: &PrefixClaim,
+    my_ip: Option<Ipv4Addr>,
+    held: &[Ipv4Network],
+) -> Result<(Ipv4Network, Target), String> {
+    let prefix = normalize(c.prefix);
+    let Some(gw) = c.node_ip else {
+        return Err(format!(
+            "{prefix} of node {} has no node IP (--node-ip): not routed",
+            c.node
+        ));
+    };
+    if Some(gw) == my_ip {
+        return Err(format!(
+            "{prefix} of node {} names our own IP {gw}: not routed",
+            c.node
+        ));
+    }
+    if held.contains(&prefix) {
+        return Err(format!(
+            "{prefix} is claimed by node {} but held here: kept unreachable here",
+            c.node
+        ));
+    }
+    Ok((prefix, Target::Via(gw)))
+}
+
+/// One route change that follows from one watch delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Add (or replace) `prefix via gw`.
+    Install(Ipv4Network, Ipv4Addr),
+    /// Delete exactly `prefix via gw` (nothing if the route at that prefix is another one).
+    Withdraw(Ipv4Network, Ipv4Addr),
+}
+
+/// The route change a claim delta makes on this node (issue 10: one route per delta, no
+/// re-plan): another node's claim appears → its route; it goes → that route goes. Our own
+/// claims change nothing (the pool, not the datastore, is the truth for our prefixes; the
+/// pool poll follows it), nor does a claim over a prefix our pool holds (kept unreachable).
+/// `None` also for [`ClaimDelta::Resync`], which the caller answers with a full re-plan.
+pub fn change_for(
+    delta: &ClaimDelta,
+    me: &str,
+    my_ip: Option<Ipv4Addr>,
+    held: &[Ipv4Network],
+) -> Option<Change> {
+    let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
+    match delta {
+        ClaimDelta::Put(c) if c.node != me => match peer_route(c, my_ip, &held) {
+            Ok((p, Target::Via(gw))) => Some(Change::Install(p, gw)),
+            _ => None,
+        },
+        ClaimDelta::Removed(c) if c.node != me => match peer_route(c, my_ip, &held) {
+            Ok((p, Target::Via(gw))) => Some(Change::Withdraw(p, gw)),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// What should be routed, from every node's claims and the prefixes our pool holds.
 pub fn desired(
     claims: &[PrefixClaim],
@@ -85,29 +158,12 @@ pub fn desired(
     };
     let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
     for c in claims.iter().filter(|c| c.node != me) {
-        let prefix = normalize(c.prefix);
-        let Some(gw) = c.node_ip else {
-            out.notes.push(format!(
-                "{prefix} of node {} has no node IP (--node-ip): not routed",
-                c.node
-            ));
-            continue;
-        };
-        if Some(gw) == my_ip {
-            out.notes.push(format!(
-                "{prefix} of node {} names our own IP {gw}: not routed",
-                c.node
-            ));
-            continue;
+        match peer_route(c, my_ip, &held) {
+            Ok((prefix, t)) => {
+                out.routes.insert(prefix, t);
+            }
+            Err(note) => out.notes.push(note),
         }
-        if held.contains(&prefix) {
-            out.notes.push(format!(
-                "{prefix} is claimed by node {} but held here: kept unreachable here",
-                c.node
-            ));
-            continue;
-        }
-        out.routes.insert(prefix, Target::Via(gw));
     }
     out
 }
@@ -214,11 +270,26 @@ fn held<D: Datastore>(node: &Node<D>) -> Vec<Ipv4Network> {
     v
 }
 
-/// One round. Returns the held prefixes it routed (for the loop's fingerprint).
-pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4Network> {
-    // Listing the claims also reconciles ours with the pool (re-claims lapsed ones, releases
-    // leftovers, reports conflicts): see Node::reconcile_claims.
-    let claims = match tokio::time::timeout(LIST_TIMEOUT, node.reconcile_claims(false)).await {
+/// A full re-plan: every peer route from the claims (the datastore's view), our unreachable
+/// routes from the pool. With `reconcile` the claims are also reconciled with the pool
+/// ([`Node::reconcile_claims_nowait`]: never making the claim path wait). Returns the held
+/// prefixes it routed (for the loop's fingerprint).
+pub async fn sync<D: Datastore>(
+    node: &Node<D>,
+    st: &mut SyncState,
+    reconcile: bool,
+) -> Vec<Ipv4Network> {
+    crate::obs::metrics::get().peer_update("replan");
+    let listed = async {
+        if reconcile {
+            // Also reconciles ours with the pool (re-claims lapsed ones, releases leftovers,
+            // reports conflicts).
+            node.reconcile_claims_nowait().await
+        } else {
+            node.datastore().list().await
+        }
+    };
+    let claims = match tokio::time::timeout(LIST_TIMEOUT, listed).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
             "datastore {}: listing claims timed out after {LIST_TIMEOUT:?}",
@@ -262,31 +333,8 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
     let plan = plan(&want.routes, &current);
     let mut failures = Vec::new();
     for (p, t) in &plan.install {
-        let r = match t {
-            Target::Via(gw) => {
-                route::add_via(
-                    node.net(),
-                    p.network(),
-                    p.prefix(),
-                    *gw,
-                    None,
-                    RTPROT_VPCNET,
-                    true,
-                )
-                .await
-            }
-            Target::Unreachable => {
-                route::add_unreachable(node.net(), p.network(), p.prefix(), RTPROT_VPCNET, true)
-                    .await
-            }
-        };
-        let what = match t {
-            Target::Via(gw) => format!("{p} via {gw}"),
-            Target::Unreachable => format!("unreachable {p}"),
-        };
-        match r {
-            Ok(()) => tracing::info!(route = %what, "peers: route installed"),
-            Err(e) => failures.push(format!("route {what}: {e}")),
+        if let Err(f) = install(node, *p, *t).await {
+            failures.push(f);
         }
     }
     for r in &plan.delete {
@@ -300,6 +348,44 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
     }
+    report_failures(node, st, failures);
+    held
+}
+
+/// Adds (or replaces) the route of `p`; `Err`: what failed, for the degraded report.
+async fn install<D: Datastore>(node: &Node<D>, p: Ipv4Network, t: Target) -> Result<(), String> {
+    let r = match t {
+        Target::Via(gw) => {
+            route::add_via(
+                node.net(),
+                p.network(),
+                p.prefix(),
+                gw,
+                None,
+                RTPROT_VPCNET,
+                true,
+            )
+            .await
+        }
+        Target::Unreachable => {
+            route::add_unreachable(node.net(), p.network(), p.prefix(), RTPROT_VPCNET, true).await
+        }
+    };
+    let what = match t {
+        Target::Via(gw) => format!("{p} via {gw}"),
+        Target::Unreachable => format!("unreachable {p}"),
+    };
+    match r {
+        Ok(()) => {
+            tracing::info!(route = %what, "peers: route installed");
+            Ok(())
+        }
+        Err(e) => Err(format!("route {what}: {e}")),
+    }
+}
+
+/// Logs and reports (degraded area "peers") the routes that failed, when that changes.
+fn report_failures<D: Datastore>(node: &Node<D>, st: &mut SyncState, failures: Vec<String>) {
     if failures != st.failures {
         for f in &failures {
             tracing::warn!("peers: {f} (retrying)");
@@ -310,7 +396,51 @@ pub async fn sync<D: Datastore>(node: &Node<D>, st: &mut SyncState) -> Vec<Ipv4N
         );
         st.failures = failures;
     }
-    held
+}
+
+/// Applies one watch delta to the host: at most one route added or withdrawn
+/// ([`change_for`]). `false`: the route change failed (the caller re-plans after a pause,
+/// which retries it and reports it degraded if it still fails).
+async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
+    let held = held(node);
+    let Some(change) = change_for(delta, node.name(), node.ip(), &held) else {
+        return true;
+    };
+    crate::obs::metrics::get().peer_update("delta");
+    match change {
+        Change::Install(p, gw) => match install(node, p, Target::Via(gw)).await {
+            Ok(()) => true,
+            Err(f) => {
+                tracing::debug!("peers: {f} (re-planning)");
+                false
+            }
+        },
+        Change::Withdraw(p, gw) => {
+            let r = route::RouteV4 {
+                dst: p.network(),
+                dst_len: p.prefix(),
+                gateway: Some(gw),
+                oif: None,
+                protocol: RTPROT_VPCNET,
+                scope: route::RT_SCOPE_UNIVERSE,
+                kind: route::RTN_UNICAST,
+                table: route::RT_TABLE_MAIN,
+            };
+            match route::delete(node.net(), &r).await {
+                // `false`: no such route (never installed, or the prefix moved): nothing to do.
+                Ok(gone) => {
+                    if gone {
+                        tracing::info!(route = %format!("{p} via {gw}"), "peers: route withdrawn");
+                    }
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!("peers: withdrawing {p} via {gw}: {e} (re-planning)");
+                    false
+                }
+            }
+        }
+    }
 }
 
 /// Resolves once the pool's held prefixes differ from `routed`.
@@ -323,19 +453,80 @@ async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[Ipv4Network]) {
     }
 }
 
-/// The peer-routing loop: a round now, then again on a datastore change, when the pool's
-/// prefixes change, and every `interval`.
+/// The next claim delta; `None` when the subscription lagged or closed (re-plan). Never
+/// resolves without a subscription.
+async fn next_delta(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<ClaimDelta>>,
+) -> Option<ClaimDelta> {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(r) = rx.as_mut() else {
+        return std::future::pending().await;
+    };
+    match r.recv().await {
+        Ok(d) => Some(d),
+        Err(RecvError::Lagged(n)) => {
+            tracing::info!(
+                missed = n,
+                "peers: fell behind the claim deltas: re-planning"
+            );
+            None
+        }
+        Err(RecvError::Closed) => {
+            *rx = None;
+            None
+        }
+    }
+}
+
+/// Why the loop re-plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replan {
+    /// The long timer (`--peer-sync-interval`), start, a re-list of the datastore's view:
+    /// also reconcile the claims with the pool.
+    Full,
+    /// The pool's prefixes changed, or a delta's route failed: routes only, from the view.
+    Routes,
+}
+
+/// The peer-routing loop. With a datastore that streams deltas (etcd): a full re-plan at
+/// start, on every re-list of the datastore's view and every `interval`; in between, each
+/// claim delta changes at most one route ([`change_for`]), and a change of the pool's
+/// prefixes re-plans from the view (no request). Without deltas (local datastore): a full
+/// round on a datastore change, a pool change and every `interval`, as before.
 pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
     let mut st = SyncState::default();
+    let mut deltas = node.datastore().deltas();
+    let mut why = Replan::Full;
+    let mut next_full = Instant::now();
     loop {
         let started = Instant::now();
-        let routed = sync(node, &mut st).await;
-        tokio::select! {
-            _ = node.datastore().changed() => {}
-            _ = tokio::time::sleep(interval) => {}
-            _ = pool_changed(node, &routed) => {}
+        if let Some(rx) = deltas.as_mut() {
+            // What is queued is already in the view the re-plan reads.
+            while rx.try_recv().is_ok() {}
         }
+        if why == Replan::Full || started >= next_full {
+            next_full = started + interval;
+            why = Replan::Full;
+        }
+        tracing::debug!(?why, "peers: re-plan");
+        let routed = sync(node, &mut st, why == Replan::Full).await;
         tokio::time::sleep_until(started + MIN_GAP).await;
+        why = loop {
+            tokio::select! {
+                d = next_delta(&mut deltas) => match d {
+                    Some(ClaimDelta::Resync) | None => break Replan::Full,
+                    Some(d) => {
+                        if !apply(node, &d).await {
+                            tokio::time::sleep(MIN_GAP * 10).await;
+                            break Replan::Routes;
+                        }
+                    }
+                },
+                _ = node.datastore().changed(), if deltas.is_none() => break Replan::Full,
+                _ = tokio::time::sleep_until(next_full) => break Replan::Full,
+                _ = pool_changed(node, &routed) => break Replan::Routes,
+            }
+        };
     }
 }
 
@@ -551,5 +742,95 @@ mod tests {
             d.routes.keys().copied().collect::<Vec<_>>(),
             vec![net("10.240.0.16/28")]
         );
+    }
+
+    #[test]
+    fn a_delta_changes_exactly_one_route() {
+        let me = "me";
+        let my_ip = Some(ip("10.0.0.1"));
+        let held = [net("10.240.0.0/28")];
+        let b = claim("10.240.0.16/28", "b", Some("10.0.0.2"));
+        // Another node's claim appears: its route, nothing else.
+        assert_eq!(
+            change_for(&ClaimDelta::Put(b.clone()), me, my_ip, &held),
+            Some(Change::Install(net("10.240.0.16/28"), ip("10.0.0.2")))
+        );
+        // It goes: exactly that route goes (with its gateway: a route the prefix has since
+        // moved to is not touched).
+        assert_eq!(
+            change_for(&ClaimDelta::Removed(b), me, my_ip, &held),
+            Some(Change::Withdraw(net("10.240.0.16/28"), ip("10.0.0.2")))
+        );
+        // Host bits are normalised, as in the full plan.
+        assert_eq!(
+            change_for(
+                &ClaimDelta::Put(claim("10.240.0.17/28", "b", Some("10.0.0.2"))),
+                me,
+                my_ip,
+                &held
+            ),
+            Some(Change::Install(net("10.240.0.16/28"), ip("10.0.0.2")))
+        );
+    }
+
+    #[test]
+    fn deltas_that_change_no_route() {
+        let me = "me";
+        let my_ip = Some(ip("10.0.0.1"));
+        let held = [net("10.240.0.0/28")];
+        let cases = [
+            // Our own claims: the pool is the truth for them.
+            ClaimDelta::Put(claim("10.240.0.32/28", "me", Some("10.0.0.1"))),
+            ClaimDelta::Removed(claim("10.240.0.32/28", "me", Some("10.0.0.1"))),
+            // Another node's claim over a prefix we hold: stays unreachable here.
+            ClaimDelta::Put(claim("10.240.0.0/28", "b", Some("10.0.0.2"))),
+            ClaimDelta::Removed(claim("10.240.0.0/28", "b", Some("10.0.0.2"))),
+            // Unroutable claims (no node IP, our IP) were never routed.
+            ClaimDelta::Put(claim("10.240.0.48/28", "c", None)),
+            ClaimDelta::Removed(claim("10.240.0.48/28", "c", None)),
+            ClaimDelta::Put(claim("10.240.0.64/28", "d", Some("10.0.0.1"))),
+            // A re-list: the caller re-plans everything.
+            ClaimDelta::Resync,
+        ];
+        for d in &cases {
+            assert_eq!(change_for(d, me, my_ip, &held), None, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn deltas_applied_one_by_one_reach_the_full_plan() {
+        // Start from the routes a full plan of `before` installs, apply the deltas that take
+        // the claims to `after` one route at a time: the result is what a full plan of
+        // `after` wants.
+        let me = "me";
+        let my_ip = Some(ip("10.0.0.1"));
+        let held = [net("10.240.0.0/28")];
+        let before = [
+            claim("10.240.0.16/28", "b", Some("10.0.0.2")),
+            claim("10.240.0.32/28", "c", Some("10.0.0.3")),
+        ];
+        let deltas = [
+            ClaimDelta::Removed(before[0].clone()),
+            ClaimDelta::Put(claim("10.240.0.48/28", "d", Some("10.0.0.4"))),
+            ClaimDelta::Put(claim("10.240.0.16/28", "e", Some("10.0.0.5"))),
+            ClaimDelta::Removed(claim("10.240.0.48/28", "d", Some("10.0.0.4"))),
+        ];
+        let mut view: BTreeMap<Ipv4Network, PrefixClaim> =
+            before.iter().map(|c| (c.prefix, c.clone())).collect();
+        let mut routes = desired(&before, me, my_ip, &held).routes;
+        for d in &deltas {
+            crate::datastore::apply_delta(&mut view, d);
+            match change_for(d, me, my_ip, &held) {
+                Some(Change::Install(p, gw)) => {
+                    routes.insert(p, Target::Via(gw));
+                }
+                Some(Change::Withdraw(p, gw)) if routes.get(&p) == Some(&Target::Via(gw)) => {
+                    routes.remove(&p);
+                }
+                Some(Change::Withdraw(..)) | None => {}
+            }
+        }
+        let after: Vec<PrefixClaim> = view.into_values().collect();
+        assert_eq!(routes, desired(&after, me, my_ip, &held).routes);
     }
 }

@@ -101,6 +101,7 @@ impl<D: Datastore> Node<D> {
                     break;
                 }
                 let msg = self.exhausted_message(taken.len());
+                self.set_waiting(None);
                 self.set_degraded(Area::Pool, Some(msg.clone()));
                 return Err(NodeError::VpcExhausted(msg));
             }
@@ -148,13 +149,19 @@ impl<D: Datastore> Node<D> {
         self.set_degraded(Area::Datastore, None);
         if got == 0 {
             // Every try lost a race, yet the last read showed free prefixes: contention, not
-            // exhaustion. Not degraded; the caller retries (ADD: code 11, try again).
+            // exhaustion. Not degraded; "waiting for a prefix"; the caller retries (ADD: code
+            // 11, try again; the warm loop: jittered back-off).
+            self.set_waiting(Some(format!(
+                "waiting for a prefix: lost {lost} claim races in {CLAIM_ROUNDS} rounds \
+                 (other nodes took the candidates first; free prefixes remain); retrying"
+            )));
             return Err(NodeError::ClaimRacesLost {
                 lost,
                 rounds: CLAIM_ROUNDS,
             });
         }
         self.set_degraded(Area::Pool, None);
+        self.set_waiting(None);
         Ok(got)
     }
 
@@ -186,7 +193,8 @@ impl<D: Datastore> Node<D> {
     }
 
     /// Makes the pool and the datastore agree on which prefixes are ours; returns the claims
-    /// it listed (every node's), for the peer routes. Runs at start and on every peer sync.
+    /// it listed (every node's). Runs at start (`adopt`), waiting for the claim lock; the
+    /// peers loop uses [`Node::reconcile_claims_nowait`].
     ///
     /// * a prefix the pool holds and the datastore lists as ours: fine;
     /// * held, but listed as another node's: conflict — dropped from the pool if wholly free,
@@ -200,7 +208,35 @@ impl<D: Datastore> Node<D> {
     /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
     pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, DatastoreError> {
         let _g = self.claim_lock.lock().await;
-        let mut claims = self.datastore.list().await?;
+        let claims = self.read_claims().await?;
+        self.settle_claims(&claims, adopt).await?;
+        Ok(claims)
+    }
+
+    /// [`Node::reconcile_claims`] for the peers loop, which must never make the claim path
+    /// wait (issue 10): the claims are read (from the cache; afresh only if it disagrees with
+    /// the pool) *without* the claim lock; then, only if the lock is free and the pool still
+    /// holds what it held before the read, the disagreements are acted on. Otherwise (a grow
+    /// or shrink ran meanwhile: the read may predate it) nothing is acted on this round; the
+    /// next round (the long timer) tries again. In the steady state (cache and pool agree)
+    /// this sends no request and holds the lock for no I/O.
+    pub async fn reconcile_claims_nowait(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        let before: HashSet<_> = self.state().pool.held_prefixes().collect();
+        let claims = self.read_claims().await?;
+        let Ok(_g) = self.claim_lock.try_lock() else {
+            return Ok(claims);
+        };
+        let now: HashSet<_> = self.state().pool.held_prefixes().collect();
+        if now == before {
+            self.settle_claims(&claims, false).await?;
+        }
+        Ok(claims)
+    }
+
+    /// Every node's claims: the (possibly cached) `list`, or a fresh read where it disagrees
+    /// with the pool about our own prefixes.
+    async fn read_claims(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        let claims = self.datastore.list().await?;
         // `list` may answer from a watch-fed cache a moment behind (our own claim or release
         // not seen yet, another node's release not seen yet): whenever it disagrees with the
         // pool, act only on a fresh read. In agreement (the steady state) nothing is asked.
@@ -211,8 +247,18 @@ impl<D: Datastore> Node<D> {
             .collect();
         let pool_held: HashSet<_> = self.state().pool.held_prefixes().collect();
         if listed_ours != pool_held {
-            claims = self.datastore.list_fresh().await?;
+            return self.datastore.list_fresh().await;
         }
+        Ok(claims)
+    }
+
+    /// Acts on the disagreements between `claims` and the pool (see
+    /// [`Node::reconcile_claims`]). The caller holds the claim lock.
+    async fn settle_claims(
+        &self,
+        claims: &[PrefixClaim],
+        adopt: bool,
+    ) -> Result<(), DatastoreError> {
         let ours: HashSet<_> = claims
             .iter()
             .filter(|c| c.node == self.name)
@@ -278,6 +324,6 @@ impl<D: Datastore> Node<D> {
             Area::Claims,
             (!conflicts.is_empty()).then(|| conflicts.join("; ")),
         );
-        Ok(claims)
+        Ok(())
     }
 }

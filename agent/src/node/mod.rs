@@ -149,6 +149,10 @@ pub struct Health {
     pub ready: bool,
     pub degraded: BTreeMap<Area, String>,
     pub mtu: Option<u32>,
+    /// "pool: waiting for a prefix" (issue 10): the last claim lost every race. Contention,
+    /// not exhaustion: shown by status and `/pool`, but no degraded area, so `/readyz`
+    /// stays 200 while the pool can still grow.
+    pub waiting: Option<String>,
 }
 
 /// Everything a [`Node`] is made from (see `serve` in `lib.rs`).
@@ -262,6 +266,12 @@ impl<D: Datastore> Node<D> {
         }
     }
 
+    /// Sets (or clears) "pool: waiting for a prefix", and its gauge.
+    pub fn set_waiting(&self, msg: Option<String>) {
+        crate::obs::metrics::get().waiting_for_prefix(msg.is_some());
+        self.health().waiting = msg;
+    }
+
     /// Tells the warm-pool loop the pool changed.
     pub fn wake_warm(&self) {
         self.wake.notify_one();
@@ -288,9 +298,12 @@ mod tests {
 
     /// `list` answers a stale view (every prefix of the VPC claimed by another node, as a
     /// lagging cache might); `list_fresh` answers the truth (`fresh`).
+    #[derive(Default)]
     struct StaleList {
         stale: Vec<PrefixClaim>,
         fresh: Mutex<Vec<PrefixClaim>>,
+        /// Every claim loses its race (another node got there first) while set.
+        lose: std::sync::atomic::AtomicBool,
     }
 
     impl Datastore for StaleList {
@@ -299,7 +312,9 @@ mod tests {
         }
         async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
             let mut f = lock(&self.fresh);
-            if f.iter().any(|c| c.prefix == claim.prefix) {
+            if self.lose.load(std::sync::atomic::Ordering::SeqCst)
+                || f.iter().any(|c| c.prefix == claim.prefix)
+            {
                 return Ok(false);
             }
             f.push(claim.clone());
@@ -367,6 +382,7 @@ mod tests {
             StaleList {
                 stale: all.clone(),
                 fresh: Mutex::new(vec![other("10.0.0.0/28")]),
+                ..StaleList::default()
             },
             "fresh-free",
         )
@@ -385,6 +401,7 @@ mod tests {
             StaleList {
                 stale: Vec::new(),
                 fresh: Mutex::new(all),
+                ..StaleList::default()
             },
             "fresh-full",
         )
@@ -401,6 +418,7 @@ mod tests {
             StaleList {
                 stale: vec![other("10.0.0.0/28"), other("10.0.0.16/28")],
                 fresh: Mutex::new(vec![other("10.0.0.0/28"), other("10.0.0.16/28")]),
+                ..StaleList::default()
             },
             "all-taken",
         )
@@ -416,5 +434,55 @@ mod tests {
                     .join(format!("vpcnet-node-test-{}-{what}", std::process::id())),
             );
         }
+    }
+
+    /// Issue 10: a node that loses every race is "pool: waiting for a prefix" (status, gauge),
+    /// never "VPC exhausted", and stays ready (it can still grow); a won claim clears it.
+    #[tokio::test]
+    async fn lost_races_are_waiting_not_exhausted() {
+        let n = node(
+            StaleList {
+                lose: std::sync::atomic::AtomicBool::new(true),
+                ..StaleList::default()
+            },
+            "waiting",
+        )
+        .await;
+        let e = n.grow(1).await.expect_err("every race lost");
+        assert!(matches!(e, NodeError::ClaimRacesLost { .. }), "{e}");
+        let s = n.status(false);
+        assert!(
+            s.degraded
+                .iter()
+                .any(|d| d.starts_with("pool: waiting for a prefix")),
+            "{:?}",
+            s.degraded
+        );
+        assert!(
+            !s.degraded.iter().any(|d| d.contains("exhausted")),
+            "{:?}",
+            s.degraded
+        );
+        assert!(
+            s.can_assign,
+            "waiting is not exhausted: the pool can still grow"
+        );
+        n.set_ready();
+        let s = n.status(false);
+        assert_eq!(
+            crate::obs::http::not_ready_reason(s.ready, s.can_assign, &s.degraded),
+            None
+        );
+        assert!(!n.health().degraded.contains_key(&Area::Pool));
+        // The races stop being lost: the next claim clears it.
+        n.datastore()
+            .lose
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(n.grow(1).await.ok(), Some(1));
+        assert!(n.health().waiting.is_none());
+        assert!(n.status(false).degraded.is_empty());
+        let _ = std::fs::remove_dir_all(
+            std::env::temp_dir().join(format!("vpcnet-node-test-{}-waiting", std::process::id())),
+        );
     }
 }

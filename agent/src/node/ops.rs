@@ -144,6 +144,7 @@ impl<D: Datastore> Node<D> {
                 .degraded
                 .iter()
                 .map(|(k, v)| format!("{}: {v}", k.as_str()))
+                .chain(h.waiting.iter().map(|w| format!("pool: {w}")))
                 .collect(),
             stats,
             max_pods,

@@ -122,6 +122,10 @@ impl<D: Datastore> Datastore for Counted<D> {
     fn shared(&self) -> bool {
         self.inner.shared()
     }
+
+    fn deltas(&self) -> Option<tokio::sync::broadcast::Receiver<crate::datastore::ClaimDelta>> {
+        self.inner.deltas()
+    }
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@
 //! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted`, `routes_restored` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
+//! | `vpcnet_peer_route_updates_total{how}` | counter | peer routing work: `delta` (one route added or withdrawn for one watch delta), `replan` (a full re-plan of every peer route: start, re-list, pool change, the `--peer-sync-interval` timer) |
+//! | `vpcnet_pool_waiting_for_prefix` | gauge | 1 while the last claim attempt lost every race (contention, not exhaustion: the node retries with back-off), else 0 |
 //! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 //!
 //! Beside these, without the `vpcnet_` prefix, the standard process metrics
@@ -96,6 +98,8 @@ pub struct Metrics {
     datastore_requests: Family<[Label; 1], Counter>,
     reconcile_actions: Family<[Label; 1], Counter>,
     reconcile_runs: Family<[Label; 1], Counter>,
+    peer_updates: Family<[Label; 1], Counter>,
+    waiting: Gauge,
 }
 
 /// The process's metrics.
@@ -237,6 +241,20 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = reconcile_runs.get_or_create(&[("result", result)]);
         }
+        let peer_updates = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "peer_route_updates",
+            "Peer routing work: delta (one route for one watch delta), replan (every peer route)",
+            peer_updates.clone(),
+        );
+        for how in ["delta", "replan"] {
+            let _ = peer_updates.get_or_create(&[("how", how)]);
+        }
+        let waiting = gauge(
+            &mut r,
+            "pool_waiting_for_prefix",
+            "1 while the last claim lost every race (waiting for a prefix, not exhausted)",
+        );
         let build_info = Family::<[Label; 1], Gauge>::default();
         r.register(
             "build_info",
@@ -273,7 +291,19 @@ impl Metrics {
             datastore_requests,
             reconcile_actions,
             reconcile_runs,
+            peer_updates,
+            waiting,
         }
+    }
+
+    /// Peer routing work: `delta` (one route for one watch delta) or `replan`.
+    pub fn peer_update(&self, how: &'static str) {
+        self.peer_updates.get_or_create(&[("how", how)]).inc();
+    }
+
+    /// Whether the node is waiting for a prefix (lost every race of its last claim).
+    pub fn waiting_for_prefix(&self, waiting: bool) {
+        self.waiting.set(b(waiting));
     }
 
     /// Counts a plugin request by its reply, and hands the reply back.

@@ -10,8 +10,9 @@
 //!   (with the list's `resourceVersion`), `DELETE` with `preconditions {uid,
 //!   resourceVersion}` (mismatch: `409 Conflict`; missing: `404 NotFound`).
 //! - `WATCH` (`?watch=true&resourceVersion=N`): replays every change after `N` (the whole
-//!   history is kept, so there is never a `410 Gone`), then streams new `ADDED` / `DELETED`
-//!   events as newline-delimited JSON, for as long as the client holds the request.
+//!   history is kept until [`FakeApiServer::compact`], after which a watch from an older
+//!   resourceVersion is answered `410 Gone`), then streams new `ADDED` / `DELETED` events as
+//!   newline-delimited JSON, for as long as the client holds the request.
 //! - `GET /api/v1/nodes/<name>`: every node exists, with a uid derived from its name.
 //! - An outage: [`FakeApiServer::stop`] refuses every request (a connection error, as from
 //!   a server that is down) and ends the open watches; [`FakeApiServer::start`] serves
@@ -61,6 +62,10 @@ struct State {
     claims: BTreeMap<String, Value>,
     /// Every change, oldest first, for watches that resume from a resourceVersion.
     history: Vec<(u64, Bytes)>,
+    /// Watches from an older resourceVersion are answered `410 Gone` ([`FakeApiServer::compact`]).
+    compacted: u64,
+    /// LISTs of the claims served.
+    lists: u64,
 }
 
 #[derive(Debug)]
@@ -122,6 +127,22 @@ impl FakeApiServer {
     pub fn stop(&self) {
         self.down.store(true, Ordering::SeqCst);
         let _ = self.events.send(Event::Down);
+    }
+
+    /// Compacts the history (as if a change the watches never saw was compacted away): a
+    /// watch from any resourceVersion handed out so far is answered `410 Gone` (the client
+    /// must re-list); open watches end (they resume, and get the 410).
+    pub fn compact(&self) {
+        let mut st = self.state.lock().expect("state");
+        st.rv += 1;
+        st.compacted = st.rv;
+        st.history.clear();
+        let _ = self.events.send(Event::Down);
+    }
+
+    /// How many LISTs of the claims were served.
+    pub fn lists(&self) -> u64 {
+        self.state.lock().expect("state").lists
     }
 
     /// Serves again, with the same data.
@@ -261,7 +282,8 @@ impl FakeApiServer {
     }
 
     fn list(&self) -> Response<RespBody> {
-        let st = self.state.lock().expect("state");
+        let mut st = self.state.lock().expect("state");
+        st.lists += 1;
         let items: Vec<&Value> = st.claims.values().collect();
         json_response(
             200,
@@ -309,6 +331,13 @@ impl FakeApiServer {
     fn watch(&self, from: u64) -> Response<RespBody> {
         let (backlog, rx) = {
             let st = self.state.lock().expect("state");
+            if from < st.compacted {
+                return status(
+                    410,
+                    "Expired",
+                    &format!("too old resource version: {from} ({})", st.compacted + 1),
+                );
+            }
             let backlog: Vec<Bytes> = st
                 .history
                 .iter()

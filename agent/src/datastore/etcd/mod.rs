@@ -17,6 +17,9 @@
 //!   compact revision and the cache re-lists. A re-list every [`CACHE_RELIST`] is a safety net.
 //!   So while etcd is unreachable `list` fails as before (peers keep their routes).
 //! - changed: notified on every applied watch event (and after the watch is re-created).
+//! - deltas: every PUT/DELETE the watch applies to the cache is also published as a
+//!   [`ClaimDelta`] (a DELETE carries the claim the cache held), and every re-list as
+//!   [`ClaimDelta::Resync`]: the peer routes follow the deltas one route at a time.
 //! - The lease ID is remembered in `<state_dir>/etcd-lease` and reused after a restart while
 //!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
 //!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
@@ -52,7 +55,7 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 
 use super::common::{self, Backend, Cluster};
-use super::{DatastoreError, PrefixClaim};
+use super::{ClaimDelta, DatastoreError, PrefixClaim};
 use watch::Cache;
 
 const BACKEND: &str = "etcd";
@@ -119,6 +122,8 @@ pub struct EtcdBackend {
     watch_paused: AtomicBool,
     /// Full lists of the claims sent to etcd by this instance.
     list_requests: AtomicU64,
+    /// What the watch applies to the cache, for [`super::Datastore::deltas`].
+    deltas: tokio::sync::broadcast::Sender<ClaimDelta>,
 }
 
 impl fmt::Debug for EtcdBackend {
@@ -206,6 +211,7 @@ impl Cluster<EtcdBackend> {
             resync: Notify::new(),
             watch_paused: AtomicBool::new(false),
             list_requests: AtomicU64::new(0),
+            deltas: tokio::sync::broadcast::channel(super::DELTA_BUFFER).0,
         });
         let tasks = vec![
             tokio::spawn(keepalive::keep_lease(inner.clone())),
@@ -295,6 +301,10 @@ impl Backend for EtcdBackend {
 
     fn changed(&self) -> &Notify {
         &self.changed
+    }
+
+    fn deltas(&self) -> Option<&tokio::sync::broadcast::Sender<ClaimDelta>> {
+        Some(&self.deltas)
     }
 }
 

@@ -10,7 +10,7 @@ use etcd_client::{EventType, KeyValue, WatchOptions};
 
 use super::{EtcdBackend, BACKOFF_MAX, CACHE_RELIST, OP_TIMEOUT};
 use crate::datastore::common;
-use crate::datastore::PrefixClaim;
+use crate::datastore::{ClaimDelta, PrefixClaim};
 
 /// The claim cache kept by the watch task.
 #[derive(Debug, Default)]
@@ -49,25 +49,30 @@ impl EtcdBackend {
             revision,
             claims,
         };
+        // No subscriber is not an error.
+        let _ = self.deltas.send(ClaimDelta::Resync);
     }
 
-    /// Applies watch events; returns the revision the cache now reflects.
+    /// Applies watch events and publishes each change as a [`ClaimDelta`] (under the cache
+    /// lock, so subscribers see them in the cache's order); returns the revision the cache
+    /// now reflects.
     pub(super) fn cache_apply(&self, events: &[etcd_client::Event]) -> i64 {
         let mut c = self.cache();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
-            match ev.event_type() {
+            let delta = match ev.event_type() {
                 EventType::Put => match self.decode(kv) {
                     Some(claim) => {
-                        c.claims.insert(kv.key().to_vec(), claim);
+                        let d = ClaimDelta::Put(claim.clone());
+                        (c.claims.insert(kv.key().to_vec(), claim.clone()) != Some(claim))
+                            .then_some(d)
                     }
-                    None => {
-                        c.claims.remove(kv.key());
-                    }
+                    None => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
                 },
-                EventType::Delete => {
-                    c.claims.remove(kv.key());
-                }
+                EventType::Delete => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
+            };
+            if let Some(d) = delta {
+                let _ = self.deltas.send(d);
             }
             c.revision = c.revision.max(kv.mod_revision());
         }

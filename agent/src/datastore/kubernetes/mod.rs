@@ -13,11 +13,16 @@
 //! - release: read the object, and if it still names the node, `DELETE` it with
 //!   `preconditions {uid, resourceVersion}` of what was read. `404` → already gone; `409`
 //!   (precondition failed: it changed under us) → read again and retry once.
-//! - list: one `LIST` of all PrefixClaims. `claimedAt` is the object's creationTimestamp.
-//! - changed: a background `LIST` + `WATCH` from the list's resourceVersion (bookmarks on),
-//!   resumed from the last seen resourceVersion when the stream ends, re-listed when the
-//!   server answers `410 Gone` (resourceVersion compacted away). Every event, and every
-//!   re-list after the first (events may have been missed), signals `changed`.
+//! - list: answered from the watch's view of every claim while it is in sync (no request);
+//!   `list_fresh` (and `list` out of sync) is one `LIST` of all PrefixClaims. `claimedAt` is
+//!   the object's creationTimestamp.
+//! - The view and `changed`: a background `LIST` (which fills the view) + `WATCH` from the
+//!   list's resourceVersion (bookmarks on), each event applied to the view and published as
+//!   a [`ClaimDelta`] (`deltas`), resumed from the last seen resourceVersion when the stream
+//!   ends, re-listed when the server answers `410 Gone` (resourceVersion compacted away:
+//!   [`ClaimDelta::Resync`]). A failed watch marks the view out of sync until it resumes.
+//!   Every event, and every re-list after the first (events may have been missed), signals
+//!   `changed`.
 //! - max-pods: with `--max-pods` unset, `run` asks [`KubernetesDatastore::node_max_pods`]
 //!   once at start for the Node's `status.capacity.pods` (that read also caches the uid).
 //!   Bounded by [`OP_TIMEOUT`]; on failure the agent keeps the default and starts anyway.
@@ -54,7 +59,7 @@ use kube::{Client, Config};
 use tokio::sync::{Notify, OnceCell};
 
 use super::common::{self, Backend, Cluster};
-use super::{DatastoreError, PrefixClaim};
+use super::{ClaimDelta, DatastoreError, PrefixClaim};
 
 pub use object::{claim_object, claim_of, name_of, prefix_of_name, ClaimObject, ClaimSpec};
 
@@ -102,6 +107,12 @@ pub struct KubernetesBackend {
     node_uid: OnceCell<String>,
     /// Signalled on every watch event (and after every re-list but the first).
     changed: Notify,
+    /// Every claim, as the watch has seen them: `list` answers from it while in sync.
+    view: std::sync::Mutex<watch::View>,
+    /// What the watch applies to the view, for [`super::Datastore::deltas`].
+    deltas: tokio::sync::broadcast::Sender<ClaimDelta>,
+    /// Full LISTs of the claims sent by this instance (view fills and fresh lists).
+    list_requests: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for KubernetesBackend {
@@ -190,6 +201,19 @@ impl Cluster<KubernetesBackend> {
 impl Cluster<KubernetesBackend> {
     /// The kubelet's `maxPods` from this node's `Node` object (see
     /// [`KubernetesBackend::node_max_pods`]), bounded by [`OP_TIMEOUT`].
+    /// How many full LISTs of the claims this instance has sent (view fills by the watch,
+    /// `list_fresh`, and `list` while the view is out of sync).
+    pub fn list_requests(&self) -> u64 {
+        self.backend()
+            .list_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether `list` answers from the watch's view now (no request).
+    pub fn cache_synced(&self) -> bool {
+        self.backend().view().synced
+    }
+
     pub async fn node_max_pods(&self) -> Result<u32, DatastoreError> {
         let b = self.backend();
         common::bounded(b, "reading the Node's pod capacity", b.node_max_pods()).await
@@ -205,7 +229,17 @@ impl KubernetesBackend {
             server,
             node_uid: OnceCell::new(),
             changed: Notify::new(),
+            view: std::sync::Mutex::new(watch::View::default()),
+            deltas: tokio::sync::broadcast::channel(super::DELTA_BUFFER).0,
+            list_requests: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Counts one full LIST of the claims (metric, and this instance's count).
+    fn count_list(&self) {
+        self.list_requests
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::obs::metrics::get().datastore_request("list");
     }
 
     /// Maps a client error: what retrying can fix is `Unavailable`, the rest `Invalid`
@@ -362,6 +396,7 @@ impl Backend for KubernetesBackend {
     }
 
     async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+        self.count_list();
         let list = self
             .claims
             .list(&ListParams::default())
@@ -370,7 +405,16 @@ impl Backend for KubernetesBackend {
         Ok(list.items.iter().filter_map(claim_of).collect())
     }
 
+    fn cached(&self) -> Option<Vec<PrefixClaim>> {
+        let v = self.view();
+        v.synced.then(|| v.claims.values().cloned().collect())
+    }
+
     fn changed(&self) -> &Notify {
         &self.changed
+    }
+
+    fn deltas(&self) -> Option<&tokio::sync::broadcast::Sender<ClaimDelta>> {
+        Some(&self.deltas)
     }
 }

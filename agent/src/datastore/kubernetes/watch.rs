@@ -8,15 +8,80 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kube::api::{ListParams, WatchEvent, WatchParams};
 
-use super::{is_code, KubernetesBackend, BACKOFF_MAX, OP_TIMEOUT, WATCH_TIMEOUT_SECS};
+use super::{
+    claim_of, is_code, ClaimObject, KubernetesBackend, BACKOFF_MAX, OP_TIMEOUT, WATCH_TIMEOUT_SECS,
+};
 use crate::backoff::Backoff;
-use crate::datastore::common;
+use crate::datastore::{common, ClaimDelta, PrefixClaim};
+
+/// The claims as the watch has seen them.
+#[derive(Debug, Default)]
+pub(super) struct View {
+    /// Filled by a LIST and followed by a watch that is open: `list` may answer from it.
+    pub(super) synced: bool,
+    /// Object name → claim (malformed objects are left out, as `list` always did).
+    pub(super) claims: std::collections::BTreeMap<String, PrefixClaim>,
+}
+
+impl KubernetesBackend {
+    pub(super) fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Replaces the view with a full list (in sync from now on): [`ClaimDelta::Resync`].
+    fn view_fill(&self, items: &[ClaimObject]) {
+        let claims = items
+            .iter()
+            .filter_map(|o| Some((o.metadata.name.clone()?, claim_of(o)?)))
+            .collect();
+        *self.view() = View {
+            synced: true,
+            claims,
+        };
+        let _ = self.deltas.send(ClaimDelta::Resync);
+    }
+
+    /// Applies one watch event to the view and publishes what changed (under the view's
+    /// lock, so subscribers see the view's order).
+    fn view_apply(&self, obj: &ClaimObject, deleted: bool) {
+        let Some(name) = obj.metadata.name.clone() else {
+            return;
+        };
+        let mut v = self.view();
+        let delta = match (deleted, claim_of(obj)) {
+            (false, Some(c)) => (v.claims.insert(name, c.clone()).as_ref() != Some(&c))
+                .then_some(ClaimDelta::Put(c)),
+            _ => v.claims.remove(&name).map(ClaimDelta::Removed),
+        };
+        if let Some(d) = delta {
+            let _ = self.deltas.send(d);
+        }
+    }
+}
 
 /// Logs the end of an outage the watch had reported.
 fn recovered(last_err: &mut Option<String>) {
     if last_err.take().is_some() {
         tracing::info!("kubernetes: watching claims again");
     }
+}
+
+/// One object event: into the view (and `deltas`), `rv` follows it, `changed` is signalled.
+fn on_event(
+    inner: &KubernetesBackend,
+    o: ClaimObject,
+    deleted: bool,
+    rv: &mut String,
+    last_err: &mut Option<String>,
+) {
+    recovered(last_err);
+    inner.view_apply(&o, deleted);
+    if let Some(v) = o.metadata.resource_version {
+        *rv = v;
+    }
+    inner.changed.notify_one();
 }
 
 /// How one watch request ended.
@@ -38,7 +103,12 @@ async fn watch_once(
 ) -> (WatchEnd, bool) {
     let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
     let stream = match inner.claims.watch(&wp, rv).await {
-        Ok(s) => s,
+        Ok(s) => {
+            // Open from a resourceVersion the view reflects: in sync again (events missed
+            // while not watching are replayed first).
+            inner.view().synced = true;
+            s
+        }
         Err(e) if is_code(&e, 410) => return (WatchEnd::Gone, false),
         Err(e) => return (WatchEnd::Failed(e.to_string()), false),
     };
@@ -46,13 +116,13 @@ async fn watch_once(
     let mut progressed = false;
     while let Some(ev) = stream.next().await {
         match ev {
-            Ok(WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o)) => {
-                recovered(last_err);
-                if let Some(v) = o.metadata.resource_version {
-                    *rv = v;
-                }
+            Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                on_event(inner, o, false, rv, last_err);
                 progressed = true;
-                inner.changed.notify_one();
+            }
+            Ok(WatchEvent::Deleted(o)) => {
+                on_event(inner, o, true, rv, last_err);
+                progressed = true;
             }
             Ok(WatchEvent::Bookmark(b)) => {
                 recovered(last_err);
@@ -92,6 +162,7 @@ pub(super) async fn watch_claims(inner: Arc<KubernetesBackend>) {
         let mut version = match rv.take() {
             Some(v) => v,
             None => {
+                inner.count_list();
                 let listed =
                     tokio::time::timeout(OP_TIMEOUT, inner.claims.list(&ListParams::default()))
                         .await;
@@ -99,6 +170,7 @@ pub(super) async fn watch_claims(inner: Arc<KubernetesBackend>) {
                     Ok(Ok(list)) => match list.metadata.resource_version {
                         Some(v) if !v.is_empty() => {
                             recovered(&mut last_err);
+                            inner.view_fill(&list.items);
                             if listed_before {
                                 // Events may have been missed while not watching.
                                 inner.changed.notify_one();
@@ -134,6 +206,8 @@ pub(super) async fn watch_claims(inner: Arc<KubernetesBackend>) {
         };
         let started = Instant::now();
         let (end, progressed) = watch_once(&inner, &mut version, &mut last_err).await;
+        // Not watching: `list` reads the server until the watch is open again.
+        inner.view().synced = false;
         if progressed {
             backoff.reset();
         }
