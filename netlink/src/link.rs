@@ -214,3 +214,37 @@ pub async fn delete_group(handle: &Handle, group: u32) -> Result<(), NetlinkErro
         Err(e) => Err(e),
     }
 }
+
+/// `ip link set dev <ifindex> name NAME [address MAC] [group GROUP]`, in one RTM_SETLINK: the
+/// link keeps its ifindex, state and peer. Renaming an UP link needs kernel 6.2 or later
+/// (older kernels refuse with EBUSY). `NotFound` when the link is gone, `is_exists` when
+/// the name is taken.
+pub async fn rename(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mac: Option<[u8; 6]>,
+    group: Option<u32>,
+) -> Result<(), NetlinkError> {
+    if index == 0 {
+        return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned()));
+    }
+    check_name(name)?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    if let Some(mac) = mac {
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(group) = group {
+        msg.attributes.push(LinkAttribute::Group(group));
+    }
+    nl::request(
+        handle,
+        "RTM_SETLINK rename",
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+    .await?;
+    Ok(())
+}

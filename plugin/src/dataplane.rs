@@ -290,8 +290,9 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
     let pod = netns::connect_in(plan.netns.as_fd())
         .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
     let pod_link = link::get_by_name(&pod, plan.ifname).await.map_err(nl)?;
-    let ours_here =
-        pod_link.is_some_and(|l| l.mac == Some(naming::pod_mac(plan.container_id, plan.ifname)));
+    let ours_here = pod_link
+        .as_ref()
+        .is_some_and(|l| l.mac == Some(naming::pod_mac(plan.container_id, plan.ifname)));
     let taken_in_pod = || {
         CniError::env(
             "CNI_IFNAME",
@@ -321,12 +322,13 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
                 plan.container_id, plan.ifname, plan.ip, plan.netns_path
             ),
         )),
+        Some(_) if pod_link.is_some() && !ours_here => Err(taken_in_pod()),
         Some(stale) => {
             // Its address was released: a DEL'd attachment whose background delete has not
-            // run yet. Replace it.
-            link::delete_by_index(host, stale.index)
-                .await
-                .map_err(|e| CniError::dataplane(&format!("deleting stale host veth {name}"), e))?;
+            // run yet. Move it (and its pod end, when it is in this namespace) out of the
+            // way for the reaper, then create the new pair.
+            let pod_end = pod_link.map(|l| l.index);
+            retire_stale(host, &pod, &name, stale.index, pod_end).await?;
             match create_veth(
                 host,
                 plan.container_id,
@@ -342,6 +344,55 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
             }
         }
     }
+}
+
+/// Moves a stale veth pair (a DEL'd attachment's, address released, not yet deleted by the
+/// agent's reaper) out of the way of the new pair without deleting it (issue 14).
+///
+/// Deleting a veth costs ~20–25 ms under rtnl_lock (the unregister's RCU grace periods);
+/// renaming costs a short RTM_SETLINK. So the host end is renamed to
+/// [`naming::retired_veth_name`] (from its ifindex: never taken), given that name's MAC (the
+/// proof that it is ours, [`naming::is_our_retired_veth`]) and put in the reaper's link group
+/// ([`naming::REAP_GROUP`]) in one request; its pod end, when it is in this ADD's namespace
+/// (`pod_end`), gets the same name there. The agent's reaper deletes the group at its next
+/// quiet moment (the DEL already queued this ifindex; reconcile queues any retired veth it
+/// finds), taking both ends.
+///
+/// Until then the retired pod end stays in the pod namespace with the old address, no host
+/// route and no route of the pod's (the new ADD replaces the gateway and default routes).
+/// A link that vanished meanwhile (the reaper got there first) is fine. If a rename fails
+/// otherwise (a kernel before 6.2 refuses to rename an UP link: EBUSY), the stale pair is
+/// deleted here, synchronously, as before.
+async fn retire_stale(
+    host: &Handle,
+    pod: &Handle,
+    host_name: &str,
+    host_index: u32,
+    pod_end: Option<u32>,
+) -> Result<(), CniError> {
+    let retired = naming::retired_veth_name(host_index);
+    let (host_end, pod_side) = futures::join!(
+        link::rename(
+            host,
+            host_index,
+            &retired,
+            Some(naming::host_mac_for_name(&retired)),
+            Some(naming::REAP_GROUP),
+        ),
+        async {
+            match pod_end {
+                Some(index) => link::rename(pod, index, &retired, None, None).await,
+                None => Ok(()),
+            }
+        },
+    );
+    let failed = |r: &Result<(), NetlinkError>| r.as_ref().is_err_and(|e| !e.is_not_found());
+    if failed(&host_end) || failed(&pod_side) {
+        link::delete_by_index(host, host_index).await.map_err(|e| {
+            CniError::dataplane(&format!("deleting stale host veth {host_name}"), e)
+        })?;
+    }
+    Ok(())
 }
 
 async fn configure_pod(
