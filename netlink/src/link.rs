@@ -1,6 +1,8 @@
 //! Network interfaces (RTM_*LINK): look up, list, bring up, delete.
 
-use netlink_packet_route::link::{self, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    self, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
@@ -242,6 +244,43 @@ pub async fn rename(
     nl::request(
         handle,
         "RTM_SETLINK rename",
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A link named by ifindex or by name.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+/// `ip link set dev <link> addrgenmode none`: the link never generates an IPv6 link-local
+/// (or any SLAAC) address of its own, so it never starts duplicate address detection, MLD
+/// reports or router solicitations (the kernel's per-link deferred work that takes rtnl_lock,
+/// issue 14). Static IPv6 addresses and neighbours can still be added. Takes effect for
+/// addresses generated after it: set it before the link gets its carrier (both veth ends
+/// UP). EAFNOSUPPORT when the kernel has no IPv6 for the link.
+pub async fn no_ipv6_link_local(handle: &Handle, which: Which<'_>) -> Result<(), NetlinkError> {
+    let mut msg = LinkMessage::default();
+    match which {
+        Which::Index(0) => return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned())),
+        Which::Index(i) => msg.header.index = i,
+        Which::Name(n) => {
+            check_name(n)?;
+            msg.attributes.push(LinkAttribute::IfName(n.to_owned()));
+        }
+    }
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    nl::request(
+        handle,
+        "RTM_SETLINK addrgenmode none",
         RouteNetlinkMessage::SetLink(msg),
         0,
     )

@@ -1,6 +1,7 @@
 //! The data plane recipe (DESIGN.md §3), built with rtnetlink, every step undoable.
 //!
-//! Pod namespace: `$IFNAME` with `IP/32`, up; `lo` up; permanent neighbour
+//! Pod namespace: `$IFNAME` with `IP/32`, up, no IPv6 address generation (both veth ends);
+//! `lo` up; permanent neighbour
 //! `169.254.1.1 → host veth MAC`; and, for the default interface (`eth0`) only,
 //! `169.254.1.1 dev $IFNAME scope link` and `default via 169.254.1.1`.
 //! Host namespace: host veth up, no address; `IP/32 dev <host veth> scope link proto 171`.
@@ -190,7 +191,8 @@ pub enum Created {
     Taken,
 }
 
-/// Creates the veth pair: host end here, peer born as `ifname` in the pod namespace, both up.
+/// Creates the veth pair: host end here (UP), peer born as `ifname` in the pod namespace (down:
+/// `configure_pod` sets it UP once IPv6 address generation is off).
 /// Deletes nothing: a taken name is reported as [`Created::Taken`], and a pair whose second
 /// step failed is removed by [`veth::create`] itself (it is this call's own).
 pub async fn create_veth(
@@ -210,6 +212,8 @@ pub async fn create_veth(
         peer_mac: naming::pod_mac(container_id, ifname),
         peer_netns: netns.as_fd(),
         mtu,
+        // Set UP by `configure_pod`, after IPv6 address generation is off (issue 14).
+        peer_up: false,
     };
     match veth::create(host, &spec).await {
         Ok(index) => Ok(Created::New(HostVeth { name, index, mac })),
@@ -409,7 +413,15 @@ async fn configure_pod(
     // requests in order, so the gateway route exists before the default route that uses it.
     // Only the default interface gets routes (see `owns_default_route`).
     let routes = owns_default_route(ifname);
-    let (addr, lo, neigh, gw, default) = futures::join!(
+    // First, in the same pipeline: no IPv6 link-local on the pod end, then UP (the pair's
+    // carrier comes on now; the host end's mode was set before it went UP). Without this,
+    // every new veth pair generated two link-local addresses and started DAD, MLD and router
+    // solicitations: kernel work under rtnl_lock that stalled the next ADDs under churn
+    // (issue 14). Best effort: a kernel without IPv6 refuses it and needs none. Static IPv6
+    // addresses and neighbours (dual stack) are not affected.
+    let (_mode, up, addr, lo, neigh, gw, default) = futures::join!(
+        link::no_ipv6_link_local(h, link::Which::Index(index)),
+        link::set_up(h, index),
         address::add(h, index, ip, 32),
         link::set_up(h, LOOPBACK_INDEX),
         neighbour::add_permanent(h, index, GATEWAY, host_mac),
@@ -437,6 +449,7 @@ async fn configure_pod(
             }
         },
     );
+    up.map_err(|e| CniError::dataplane(&format!("setting {ifname} up"), e))?;
     match addr {
         // A repeat ADD in place: the address is there already.
         Err(e) if !e.is_exists() => {
