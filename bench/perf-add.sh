@@ -2,12 +2,12 @@
 # A perf profile of vpcnet ADDs (issue 14): the agent in a private host netns (hxperfh), N pods
 # (hxperfp*), the plugin's ADDs recorded with call graphs (user and kernel), then the top of
 # the report. Nothing is configured in the root netns.
-#   sudo bench/perf-add.sh [-n N=50] [-b BINDIR=target/release]
+#   sudo bench/perf-add.sh [-n N=50] [-b BINDIR=target/dist]
 # Output: /tmp/vpcnet-perf/perf.data, report.txt (self time by symbol), and, if
 # FlameGraph's stackcollapse-perf.pl / flamegraph.pl are on PATH, flame.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=50 BIN=$PWD/target/release
+N=50 BIN=$PWD/target/dist  # scripts/build-release.sh
 while getopts n:b: o; do case $o in n) N=$OPTARG ;; b) BIN=$OPTARG ;; *) sed -n 2,7p "$0"; exit 2 ;; esac; done
 OUT=/tmp/vpcnet-perf; rm -rf "$OUT"; mkdir -p "$OUT"
 H=hxperfh P=hxperfp
