@@ -25,7 +25,7 @@ if [ "${1:-}" = --inner ]; then
   for i in $(seq $((STEPS + 1)) $((STEPS + LIVE))); do call DEL "$i" || true; done
   exit 0
 fi
-LIVE=20 STEPS=200 RUNS=3 BIN=$ROOT/target/release BEFORE=
+LIVE=20 STEPS=200 RUNS=3 BIN=$ROOT/target/dist BEFORE=  # scripts/build-release.sh
 while getopts k:m:r:b:B: o; do case $o in
   k) LIVE=$OPTARG ;; m) STEPS=$OPTARG ;; r) RUNS=$OPTARG ;; b) BIN=$OPTARG ;; B) BEFORE=$OPTARG ;;
   *) sed -n 2,11p "$0"; exit 2 ;; esac; done

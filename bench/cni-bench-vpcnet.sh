@@ -8,12 +8,14 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 HARNESS=${HARNESS:-$ROOT/../shared/bench}
 [ -x "$HARNESS/cni-bench.sh" ] || { echo "cni-bench.sh not found in $HARNESS (set HARNESS)" >&2; exit 1; }
-cargo build --release --bins -q
+# The binaries as shipped (static plugin): scripts/build-release.sh -> target/dist.
+scripts/build-release.sh
+BIN=$ROOT/target/dist
 mkdir -p /tmp/vpcnet-bench
 OPTS=(-n 100 -p 20 -r 3 "$@")
 echo "### ptp + host-local"
 "$HARNESS/cni-bench.sh" "${OPTS[@]}" "$HARNESS/confs/hx-ptp.conflist"
 echo "### vpcnet"
-"$HARNESS/cni-bench.sh" "${OPTS[@]}" -c "$ROOT/target/release:/usr/lib/cni" \
-  -S "exec $ROOT/target/release/vpcnetd --socket /tmp/vpcnet-bench/vpcnetd.sock --state-dir \$HX_RUN/state --vpc-cidr 10.240.0.0/16 --warm-ip-target 32" \
+"$HARNESS/cni-bench.sh" "${OPTS[@]}" -c "$BIN:/usr/lib/cni" \
+  -S "exec $BIN/vpcnetd --socket /tmp/vpcnet-bench/vpcnetd.sock --state-dir \$HX_RUN/state --vpc-cidr 10.240.0.0/16 --warm-ip-target 32" \
   -W /tmp/vpcnet-bench/vpcnetd.sock "$ROOT/bench/vpcnet.conflist"

@@ -31,9 +31,9 @@ if [ "$NODES" -gt 1 ]; then
   fi
 fi
 
-echo "== building (release)"
-cargo build --release --bins -q
-BIN=$PWD/target/release
+echo "== building (release, as shipped: static plugin; scripts/build-release.sh)"
+scripts/build-release.sh
+BIN=$PWD/target/dist
 
 # ---- many nodes: switch + etcd + N × (node namespace, vpcnetd, pods) -------------------------
 multi_node() {

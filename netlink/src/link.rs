@@ -1,6 +1,8 @@
 //! Network interfaces (RTM_*LINK): look up, list, bring up, delete.
 
-use netlink_packet_route::link::{self, LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    self, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, LinkAttribute, LinkFlags, LinkMessage,
+};
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::Handle;
 
@@ -213,4 +215,75 @@ pub async fn delete_group(handle: &Handle, group: u32) -> Result<(), NetlinkErro
         Err(e) if e.is_not_found() => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// `ip link set dev <ifindex> name NAME [address MAC] [group GROUP]`, in one RTM_SETLINK: the
+/// link keeps its ifindex, state and peer. Renaming an UP link needs kernel 6.2 or later
+/// (older kernels refuse with EBUSY). `NotFound` when the link is gone, `is_exists` when
+/// the name is taken.
+pub async fn rename(
+    handle: &Handle,
+    index: u32,
+    name: &str,
+    mac: Option<[u8; 6]>,
+    group: Option<u32>,
+) -> Result<(), NetlinkError> {
+    if index == 0 {
+        return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned()));
+    }
+    check_name(name)?;
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    if let Some(mac) = mac {
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    }
+    if let Some(group) = group {
+        msg.attributes.push(LinkAttribute::Group(group));
+    }
+    nl::request(
+        handle,
+        "RTM_SETLINK rename",
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A link named by ifindex or by name.
+#[derive(Debug, Clone, Copy)]
+pub enum Which<'a> {
+    Index(u32),
+    Name(&'a str),
+}
+
+/// `ip link set dev <link> addrgenmode none`: the link never generates an IPv6 link-local
+/// (or any SLAAC) address of its own, so it never starts duplicate address detection, MLD
+/// reports or router solicitations (the kernel's per-link deferred work that takes rtnl_lock,
+/// issue 14). Static IPv6 addresses and neighbours can still be added. Takes effect for
+/// addresses generated after it: set it before the link gets its carrier (both veth ends
+/// UP). EAFNOSUPPORT when the kernel has no IPv6 for the link.
+pub async fn no_ipv6_link_local(handle: &Handle, which: Which<'_>) -> Result<(), NetlinkError> {
+    let mut msg = LinkMessage::default();
+    match which {
+        Which::Index(0) => return Err(NetlinkError::InvalidArgument("ifindex 0".to_owned())),
+        Which::Index(i) => msg.header.index = i,
+        Which::Name(n) => {
+            check_name(n)?;
+            msg.attributes.push(LinkAttribute::IfName(n.to_owned()));
+        }
+    }
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+            vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+        )]));
+    nl::request(
+        handle,
+        "RTM_SETLINK addrgenmode none",
+        RouteNetlinkMessage::SetLink(msg),
+        0,
+    )
+    .await?;
+    Ok(())
 }

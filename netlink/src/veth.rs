@@ -25,6 +25,10 @@ pub struct VethSpec<'a> {
     pub peer_netns: BorrowedFd<'a>,
     /// MTU of both ends; kernel default (1500) when `None`.
     pub mtu: Option<u32>,
+    /// Create the peer UP. `false`: the peer is created down, so the pair has no carrier
+    /// until the caller sets it up (after [`link::no_ipv6_link_local`] on it, in the pod
+    /// namespace): neither end then ever generates an IPv6 link-local address.
+    pub peer_up: bool,
 }
 
 fn new_message(name: &str, mac: [u8; 6], mtu: Option<u32>) -> LinkMessage {
@@ -49,8 +53,10 @@ fn new_message(name: &str, mac: [u8; 6], mtu: Option<u32>) -> LinkMessage {
 pub fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
     let host = new_message(spec.host_name, spec.host_mac, spec.mtu);
     let mut pod = new_message(spec.peer_name, spec.peer_mac, spec.mtu);
-    pod.header.flags = LinkFlags::Up;
-    pod.header.change_mask = LinkFlags::Up;
+    if spec.peer_up {
+        pod.header.flags = LinkFlags::Up;
+        pod.header.change_mask = LinkFlags::Up;
+    }
     pod.attributes
         .push(LinkAttribute::NetNsFd(spec.peer_netns.as_raw_fd()));
     pod.attributes.push(LinkAttribute::LinkInfo(vec![
@@ -61,10 +67,13 @@ pub fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
 }
 
 /// Creates the veth pair with one RTM_NEWLINK (`NLM_F_CREATE|NLM_F_EXCL`): the pod end is
-/// born directly in `peer_netns` (IFLA_NET_NS_FD), UP; the host end in the handle's
-/// namespace; MACs and MTU of both set in the same request. Then, pipelined in one round
-/// trip, the host end is set UP by name and its ifindex is read back. See [`create_message`]
-/// for why both ends cannot be created UP in one request.
+/// born directly in `peer_netns` (IFLA_NET_NS_FD), UP if [`VethSpec::peer_up`]; the host end
+/// in the handle's namespace; MACs and MTU of both set in the same request. Then, pipelined
+/// in one round trip, the host end gets IPv6 address generation mode `none` (see
+/// [`link::no_ipv6_link_local`]; before it is UP, since the kernel refuses IFLA_AF_SPEC in a
+/// creating request and handles it after the flags in one setting request), is set UP by
+/// name and its ifindex is read back. See [`create_message`] for why both ends cannot be
+/// created UP in one request.
 ///
 /// An existing host name, or an existing peer name in the pod namespace, fails with EEXIST
 /// ([`NetlinkError::is_exists`]), and nothing is created or deleted. If the second step
@@ -85,10 +94,12 @@ pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, Netlink
     up.header.change_mask = LinkFlags::Up;
     up.attributes
         .push(LinkAttribute::IfName(spec.host_name.to_owned()));
-    // Pipelined: both requests are queued on the socket before either reply is awaited, and
-    // the kernel handles them in order (set UP, then get), so this costs one round trip.
+    // Pipelined: the requests are queued on the socket before any reply is awaited, and the
+    // kernel handles them in order (mode, set UP, then get), so this costs one round trip.
     // (do_setlink() does not honour NLM_F_ECHO, so the ifindex needs the get.)
-    let (up, index) = futures::join!(
+    let (_mode, up, index) = futures::join!(
+        // Best effort: a kernel without IPv6 refuses it (EAFNOSUPPORT) and needs none.
+        link::no_ipv6_link_local(handle, link::Which::Name(spec.host_name)),
         nl::request(
             handle,
             "RTM_NEWLINK veth host up",

@@ -32,6 +32,7 @@ fn add_pod(
                 peer_name: "eth0",
                 peer_mac: pod_mac,
                 peer_netns: pod_fd,
+                peer_up: true,
                 mtu: Some(1450),
             };
             veth::create(&h, &spec).await

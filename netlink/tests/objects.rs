@@ -26,6 +26,7 @@ fn make_veth(host: &Ns, pod: &Ns, mtu: Option<u32>) -> Result<u32, NetlinkError>
             peer_name: "eth0",
             peer_mac: PEER_MAC,
             peer_netns: pod_fd,
+            peer_up: true,
             mtu,
         };
         veth::create(&h, &spec).await
@@ -108,6 +109,7 @@ fn veth_default_mtu_and_name_checks() {
                 peer_name: "eth0",
                 peer_mac: PEER_MAC,
                 peer_netns: pod_fd,
+                peer_up: true,
                 mtu: None,
             };
             veth::create(&h, &spec).await

@@ -1,6 +1,7 @@
 //! The data plane recipe (DESIGN.md §3), built with rtnetlink, every step undoable.
 //!
-//! Pod namespace: `$IFNAME` with `IP/32`, up; `lo` up; permanent neighbour
+//! Pod namespace: `$IFNAME` with `IP/32`, up, no IPv6 address generation (both veth ends);
+//! `lo` up; permanent neighbour
 //! `169.254.1.1 → host veth MAC`; and, for the default interface (`eth0`) only,
 //! `169.254.1.1 dev $IFNAME scope link` and `default via 169.254.1.1`.
 //! Host namespace: host veth up, no address; `IP/32 dev <host veth> scope link proto 171`.
@@ -190,7 +191,8 @@ pub enum Created {
     Taken,
 }
 
-/// Creates the veth pair: host end here, peer born as `ifname` in the pod namespace, both up.
+/// Creates the veth pair: host end here (UP), peer born as `ifname` in the pod namespace (down:
+/// `configure_pod` sets it UP once IPv6 address generation is off).
 /// Deletes nothing: a taken name is reported as [`Created::Taken`], and a pair whose second
 /// step failed is removed by [`veth::create`] itself (it is this call's own).
 pub async fn create_veth(
@@ -210,6 +212,8 @@ pub async fn create_veth(
         peer_mac: naming::pod_mac(container_id, ifname),
         peer_netns: netns.as_fd(),
         mtu,
+        // Set UP by `configure_pod`, after IPv6 address generation is off (issue 14).
+        peer_up: false,
     };
     match veth::create(host, &spec).await {
         Ok(index) => Ok(Created::New(HostVeth { name, index, mac })),
@@ -290,8 +294,9 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
     let pod = netns::connect_in(plan.netns.as_fd())
         .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
     let pod_link = link::get_by_name(&pod, plan.ifname).await.map_err(nl)?;
-    let ours_here =
-        pod_link.is_some_and(|l| l.mac == Some(naming::pod_mac(plan.container_id, plan.ifname)));
+    let ours_here = pod_link
+        .as_ref()
+        .is_some_and(|l| l.mac == Some(naming::pod_mac(plan.container_id, plan.ifname)));
     let taken_in_pod = || {
         CniError::env(
             "CNI_IFNAME",
@@ -321,12 +326,13 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
                 plan.container_id, plan.ifname, plan.ip, plan.netns_path
             ),
         )),
+        Some(_) if pod_link.is_some() && !ours_here => Err(taken_in_pod()),
         Some(stale) => {
             // Its address was released: a DEL'd attachment whose background delete has not
-            // run yet. Replace it.
-            link::delete_by_index(host, stale.index)
-                .await
-                .map_err(|e| CniError::dataplane(&format!("deleting stale host veth {name}"), e))?;
+            // run yet. Move it (and its pod end, when it is in this namespace) out of the
+            // way for the reaper, then create the new pair.
+            let pod_end = pod_link.map(|l| l.index);
+            retire_stale(host, &pod, &name, stale.index, pod_end).await?;
             match create_veth(
                 host,
                 plan.container_id,
@@ -344,6 +350,55 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
     }
 }
 
+/// Moves a stale veth pair (a DEL'd attachment's, address released, not yet deleted by the
+/// agent's reaper) out of the way of the new pair without deleting it (issue 14).
+///
+/// Deleting a veth costs ~20–25 ms under rtnl_lock (the unregister's RCU grace periods);
+/// renaming costs a short RTM_SETLINK. So the host end is renamed to
+/// [`naming::retired_veth_name`] (from its ifindex: never taken), given that name's MAC (the
+/// proof that it is ours, [`naming::is_our_retired_veth`]) and put in the reaper's link group
+/// ([`naming::REAP_GROUP`]) in one request; its pod end, when it is in this ADD's namespace
+/// (`pod_end`), gets the same name there. The agent's reaper deletes the group at its next
+/// quiet moment (the DEL already queued this ifindex; reconcile queues any retired veth it
+/// finds), taking both ends.
+///
+/// Until then the retired pod end stays in the pod namespace with the old address, no host
+/// route and no route of the pod's (the new ADD replaces the gateway and default routes).
+/// A link that vanished meanwhile (the reaper got there first) is fine. If a rename fails
+/// otherwise (a kernel before 6.2 refuses to rename an UP link: EBUSY), the stale pair is
+/// deleted here, synchronously, as before.
+async fn retire_stale(
+    host: &Handle,
+    pod: &Handle,
+    host_name: &str,
+    host_index: u32,
+    pod_end: Option<u32>,
+) -> Result<(), CniError> {
+    let retired = naming::retired_veth_name(host_index);
+    let (host_end, pod_side) = futures::join!(
+        link::rename(
+            host,
+            host_index,
+            &retired,
+            Some(naming::host_mac_for_name(&retired)),
+            Some(naming::REAP_GROUP),
+        ),
+        async {
+            match pod_end {
+                Some(index) => link::rename(pod, index, &retired, None, None).await,
+                None => Ok(()),
+            }
+        },
+    );
+    let failed = |r: &Result<(), NetlinkError>| r.as_ref().is_err_and(|e| !e.is_not_found());
+    if failed(&host_end) || failed(&pod_side) {
+        link::delete_by_index(host, host_index).await.map_err(|e| {
+            CniError::dataplane(&format!("deleting stale host veth {host_name}"), e)
+        })?;
+    }
+    Ok(())
+}
+
 async fn configure_pod(
     h: &Handle,
     ifname: &str,
@@ -358,7 +413,15 @@ async fn configure_pod(
     // requests in order, so the gateway route exists before the default route that uses it.
     // Only the default interface gets routes (see `owns_default_route`).
     let routes = owns_default_route(ifname);
-    let (addr, lo, neigh, gw, default) = futures::join!(
+    // First, in the same pipeline: no IPv6 link-local on the pod end, then UP (the pair's
+    // carrier comes on now; the host end's mode was set before it went UP). Without this,
+    // every new veth pair generated two link-local addresses and started DAD, MLD and router
+    // solicitations: kernel work under rtnl_lock that stalled the next ADDs under churn
+    // (issue 14). Best effort: a kernel without IPv6 refuses it and needs none. Static IPv6
+    // addresses and neighbours (dual stack) are not affected.
+    let (_mode, up, addr, lo, neigh, gw, default) = futures::join!(
+        link::no_ipv6_link_local(h, link::Which::Index(index)),
+        link::set_up(h, index),
         address::add(h, index, ip, 32),
         link::set_up(h, LOOPBACK_INDEX),
         neighbour::add_permanent(h, index, GATEWAY, host_mac),
@@ -386,6 +449,7 @@ async fn configure_pod(
             }
         },
     );
+    up.map_err(|e| CniError::dataplane(&format!("setting {ifname} up"), e))?;
     match addr {
         // A repeat ADD in place: the address is there already.
         Err(e) if !e.is_exists() => {

@@ -67,6 +67,43 @@ pub fn is_host_veth_name(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Prefix of a *retired* host veth (issue 14): the host end of a DEL'd attachment that an ADD
+/// of the same attachment found still waiting for the reaper. The ADD renames it out of its
+/// way (and its pod end, see [`retired_veth_name`]) instead of deleting it under rtnl_lock, and
+/// leaves it in the reaper's link group; it carries no route and no allocation.
+pub const RETIRED_VETH_PREFIX: &str = "vpx";
+
+/// Link group of host veths waiting for the agent's reaper ("vpcd"): the reaper marks DEL'd
+/// attachments' veths with it, the plugin its retired ones, and the group is deleted in one
+/// request (agent, `vpcnetd uninstall`).
+pub const REAP_GROUP: u32 = 0x7670_6364;
+
+/// Name a retired veth gets: [`RETIRED_VETH_PREFIX`] + its host ifindex in 11 hex digits, so
+/// two retired veths can never collide (an ifindex is unique among the host's links while the
+/// link lives), however often one attachment is re-ADDed before the reaper runs. Its pod end
+/// (in the pod namespace) gets the same name. The host end also gets the MAC
+/// [`host_mac_for_name`] derives from this name, which is what makes it provably ours
+/// ([`is_our_retired_veth`]).
+pub fn retired_veth_name(host_index: u32) -> String {
+    format!("{RETIRED_VETH_PREFIX}{host_index:011x}")
+}
+
+/// True when `name` has the exact shape of a name [`retired_veth_name`] produces.
+pub fn is_retired_veth_name(name: &str) -> bool {
+    name.len() == RETIRED_VETH_PREFIX.len() + 11
+        && name.starts_with(RETIRED_VETH_PREFIX)
+        && name[RETIRED_VETH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// True when a link is provably a retired host veth of ours: a [`retired_veth_name`] *and*
+/// the MAC derived from that name. Never an attachment's live veth: reconcile and uninstall
+/// delete it (through the reaper's group), audits do not count it as a pod.
+pub fn is_our_retired_veth(name: &str, mac: Option<[u8; 6]>) -> bool {
+    is_retired_veth_name(name) && mac == Some(host_mac_for_name(name))
+}
+
 /// Locally administered unicast MAC derived from the attachment; `side` distinguishes the ends.
 fn mac(container_id: &str, ifname: &str, side: &str) -> [u8; 6] {
     let h = fnv1a64(&[container_id, ifname, side]).to_be_bytes();
@@ -140,6 +177,28 @@ mod tests {
             "MAC of another attachment"
         );
         assert_ne!(mac, pod_mac("abc123", "eth0"));
+    }
+
+    #[test]
+    fn retired_names_are_unique_recognised_and_never_live() {
+        let a = retired_veth_name(7);
+        assert_eq!(a, "vpx00000000007");
+        assert_ne!(a, retired_veth_name(8));
+        assert_eq!(retired_veth_name(u32::MAX).len(), 14);
+        assert!(is_retired_veth_name(&a));
+        assert!(
+            !is_host_veth_name(&a),
+            "a retired veth is not a live attachment's"
+        );
+        assert!(is_our_retired_veth(&a, Some(host_mac_for_name(&a))));
+        assert!(!is_our_retired_veth(
+            &a,
+            Some(host_mac_for_name("vpx00000000008"))
+        ));
+        assert!(!is_our_retired_veth(&a, None));
+        let live = host_veth_name("abc123", "eth0");
+        assert!(!is_retired_veth_name(&live));
+        assert!(!is_our_host_veth(&a, Some(host_mac_for_name(&a))));
     }
 
     #[test]

@@ -536,3 +536,68 @@ fn released_address_cools_down_before_reuse() {
     assert_eq!(st["cooling"], 0, "{st}");
     assert_eq!(st["assigned"].as_u64(), Some(total as u64), "{st}");
 }
+
+/// Issue 14: neither end of a pod's veth generates an IPv6 link-local address (no DAD, MLD or
+/// router solicitation: per-link kernel work under rtnl_lock that slowed ADDs under churn),
+/// and the pod still takes static IPv6 addresses and neighbours (what dual stack will add).
+#[test]
+fn veth_ends_have_no_ipv6_link_local_but_take_static_ipv6() {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        vpcnet_tests::skip(
+            "veth_ends_have_no_ipv6_link_local_but_take_static_ipv6",
+            "kernel without IPv6",
+        );
+        return;
+    }
+    let mut lab = Lab::new("10.240.0.0/16");
+    lab.start_agent(&[]);
+    let ns = lab.pod(0);
+    let peer = lab.pod(1);
+    let host = lab.host();
+    let out = lab.add("v6quiet", &ns);
+    out.expect_ok("ADD v6quiet");
+    let veth = vpcnet_tests::host_veth_name("v6quiet", "eth0");
+    // DAD would have made the address permanent well within this; the RS goes out at once.
+    std::thread::sleep(Duration::from_millis(300));
+    let mode = |ns: &str, dev: &str| {
+        vpcnet_tests::sh(&format!(
+            "ip netns exec {ns} cat /proc/sys/net/ipv6/conf/{dev}/addr_gen_mode"
+        ))
+        .trim()
+        .to_string()
+    };
+    assert_eq!(mode(&ns, "eth0"), "1", "pod end's addr_gen_mode (1: none)");
+    assert_eq!(
+        mode(&host, &veth),
+        "1",
+        "host end's addr_gen_mode (1: none)"
+    );
+    let v6 = |ns: &str, dev: &str| lab.ip(ns, &format!("-6 -o addr show dev {dev}"));
+    assert_eq!(v6(&ns, "eth0").trim(), "", "pod end has IPv6 addresses");
+    assert_eq!(v6(&host, &veth).trim(), "", "host end has IPv6 addresses");
+    // Both ends UP, carrier on, and IPv4 works as before.
+    assert!(lab.ip(&ns, "-o link show eth0").contains("LOWER_UP"));
+    assert!(lab
+        .ip(&host, &format!("-o link show {veth}"))
+        .contains("LOWER_UP"));
+    let ip = out.ip().expect("ip");
+    let mut conf = lab.conf();
+    conf["prevResult"] = out.json.clone();
+    let c = lab.cni("CHECK", "v6quiet", "eth0", &Lab::netns_path(&ns), &conf);
+    assert!(c.ok(), "CHECK: {}", c.stdout);
+    lab.add("v6peer", &peer).expect_ok("ADD v6peer");
+    assert!(
+        lab.ping(&peer, &ip.to_string()),
+        "{ip} unreachable from pod v6peer"
+    );
+    // What dual stack needs: a static /128 and a permanent fe80::1 neighbour on eth0.
+    assert!(vpcnet_tests::sh_ok(&format!(
+        "ip -n {ns} -6 addr add fd00:10::5/128 dev eth0 nodad && \
+         ip -n {ns} -6 neigh add fe80::1 lladdr 02:00:00:00:00:01 dev eth0 nud permanent"
+    )));
+    assert!(
+        v6(&ns, "eth0").contains("fd00:10::5/128"),
+        "{}",
+        v6(&ns, "eth0")
+    );
+}

@@ -9,6 +9,7 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vpcnet_proto::naming;
 use vpcnet_tests::{bin, host_veth_name, status_allocs, wait_until, Lab};
 
 /// Starts `vpcnet ADD` for `cid` in pod namespace `ns` with the stall failpoint, without
@@ -206,4 +207,144 @@ fn veth_reaper_waits_for_adds_in_flight_within_a_bound() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(lab.host_veths().contains(&host_veth_name("slow", "eth0")));
+}
+
+/// The retired veths (`vpx` + 11 hex digits) in namespace `ns`, with their MAC and link group.
+fn retired_in(lab: &Lab, ns: &str) -> Vec<(String, String, String)> {
+    lab.ip(ns, "-o -d link show")
+        .lines()
+        .filter_map(|l| {
+            let name = l.split(": ").nth(1)?.split('@').next()?.to_string();
+            if !(name.starts_with("vpx") && name.len() == 14) {
+                return None;
+            }
+            let word_after = |w: &str| {
+                l.split_whitespace()
+                    .skip_while(|x| *x != w)
+                    .nth(1)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            Some((name, word_after("link/ether"), word_after("group")))
+        })
+        .collect()
+}
+
+/// Issue 14: an ADD of an attachment that was DEL'd moments ago, whose veth the reaper has not
+/// deleted yet, must not delete it itself (~20 ms under rtnl_lock): it renames the stale pair
+/// out of its way (host end and pod end) into the reaper's group, the reaper deletes it
+/// later, and nothing is left. Held deterministic by an ADD stalled in flight, which keeps
+/// the reaper from running until it ends.
+#[test]
+fn re_add_before_reap_retires_the_stale_pair_for_the_reaper() {
+    let mut lab = Lab::new("10.240.0.0/16");
+    lab.start_agent(&[]);
+    let ns = lab.pod(0);
+    let slow_ns = lab.pod(1);
+    let peer_ns = lab.pod(2);
+    let host = lab.host();
+    let veth = host_veth_name("again", "eth0");
+    lab.add("peer", &peer_ns).expect_ok("ADD peer");
+
+    let first = lab.add("again", &ns);
+    first.expect_ok("ADD again");
+    let slow = spawn_stalled_add(&lab, "slow", &slow_ns, 3000);
+    assert!(
+        wait_until(Duration::from_secs(5), || held_by(&lab, "slow").is_some()),
+        "the stalled ADD never got an allocation"
+    );
+    // Twice: a second re-ADD before the reaper ran retires the second stale pair beside the
+    // first (retired names come from the ifindex and never collide).
+    let mut retired_names = Vec::new();
+    for round in 1..=2 {
+        lab.del("again", &ns).expect_ok("DEL again");
+        assert!(
+            lab.host_veths().contains(&veth),
+            "round {round}: the stale veth is gone before the re-ADD: the reaper ran while an \
+             ADD was in flight"
+        );
+        let old_index = lab.ip(&host, &format!("-o link show {veth}"));
+        let again = lab.add("again", &ns);
+        again.expect_ok(&format!("round {round}: re-ADD before the reaper"));
+        let ip = again.ip().expect("ip").to_string();
+        let new_index = lab.ip(&host, &format!("-o link show {veth}"));
+        assert_ne!(
+            old_index.split(':').next(),
+            new_index.split(':').next(),
+            "round {round}: the host veth was not replaced"
+        );
+        // The stale pair is renamed aside, not deleted: host end with the MAC its new name
+        // proves, in the reaper's group; pod end beside the new eth0 in the pod.
+        let on_host = retired_in(&lab, &host);
+        assert_eq!(
+            on_host.len(),
+            round,
+            "round {round}: retired on host {on_host:?}"
+        );
+        for (name, mac, group) in &on_host {
+            let want = naming::format_mac(&naming::host_mac_for_name(name));
+            assert_eq!(mac, &want, "round {round}: MAC of {name}");
+            assert!(naming::is_retired_veth_name(name), "{name}");
+            assert_eq!(
+                group,
+                &naming::REAP_GROUP.to_string(),
+                "round {round}: {name} is not in the reaper's group"
+            );
+        }
+        let in_pod: Vec<String> = retired_in(&lab, &ns).into_iter().map(|r| r.0).collect();
+        let host_names: Vec<String> = on_host.iter().map(|r| r.0.clone()).collect();
+        assert_eq!(
+            in_pod, host_names,
+            "round {round}: pod ends retired as their host ends"
+        );
+        assert!(lab.links_in(&ns).contains(&"eth0".to_string()));
+        assert_eq!(lab.addrs_in(&ns, "eth0"), vec![ip.clone()], "round {round}");
+        // CHECK sees the new attachment, whole, and the pod is reachable through it.
+        let mut conf = lab.conf();
+        conf["prevResult"] = again.json.clone();
+        let check = lab.cni("CHECK", "again", "eth0", &Lab::netns_path(&ns), &conf);
+        assert!(check.ok(), "round {round}: CHECK: {}", check.stdout);
+        assert!(
+            lab.ping(&peer_ns, &ip),
+            "round {round}: {ip} unreachable from pod peer"
+        );
+        retired_names = host_names;
+    }
+    assert_eq!(retired_names.len(), 2);
+
+    // Once the stalled ADD is done, the reaper deletes both retired pairs; the live one stays.
+    let out = slow.wait_with_output().expect("slow ADD");
+    assert!(
+        out.status.success(),
+        "slow ADD failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        wait_until(Duration::from_secs(6), || retired_in(&lab, &host)
+            .is_empty()
+            && retired_in(&lab, &ns).is_empty()),
+        "retired veths left after the reaper's bound: host {:?}, pod {:?}",
+        retired_in(&lab, &host),
+        retired_in(&lab, &ns)
+    );
+    assert!(lab.host_veths().contains(&veth), "the live veth was reaped");
+    let ip = lab.addrs_in(&ns, "eth0");
+    assert_eq!(ip.len(), 1, "{ip:?}");
+    assert!(lab.ping(&slow_ns, &ip[0]), "pod unreachable after the reap");
+    assert!(lab.ping(&peer_ns, &ip[0]), "pod unreachable after the reap");
+
+    // DEL stays idempotent, and nothing of either attachment is left.
+    lab.del("again", &ns).expect_ok("DEL again");
+    lab.del("again", &ns).expect_ok("DEL again, repeated");
+    lab.del("slow", &slow_ns).expect_ok("DEL slow");
+    lab.del("peer", &peer_ns).expect_ok("DEL peer");
+    assert!(
+        wait_until(Duration::from_secs(6), || lab.host_veths().is_empty()
+            && retired_in(&lab, &host).is_empty()),
+        "left over: {:?} {:?}",
+        lab.host_veths(),
+        retired_in(&lab, &host)
+    );
+    assert_eq!(lab.links_in(&ns), vec!["lo".to_string()]);
+    assert!(lab.host_routes().is_empty(), "{:?}", lab.host_routes());
 }

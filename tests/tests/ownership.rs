@@ -38,12 +38,33 @@ fn reconcile_leaves_look_alike_links_and_routes_alone() {
         &format!("link add {leftover} address {mac} type veth peer name lftpeer"),
     );
 
+    // Issue 14: a retired veth (a re-ADD renamed a stale pair aside) that is not in the
+    // reaper's group (say the agent died before marking it) is ours by its name-derived MAC
+    // and goes; a look-alike retired name with a MAC of its own stays.
+    let retired = naming::retired_veth_name(4242);
+    let retired_mac = naming::format_mac(&naming::host_mac_for_name(&retired));
+    lab.ip(
+        &h,
+        &format!("link add {retired} address {retired_mac} type veth peer name retpeer"),
+    );
+    let fake_retired = naming::retired_veth_name(4243);
+    lab.ip(
+        &h,
+        &format!("link add {fake_retired} address 02:11:22:33:44:56 type veth peer name fkrpeer"),
+    );
+    let has = |name: &str| lab.links_in(&h).iter().any(|l| l == name);
+    assert!(has(&retired) && has(&fake_retired));
+
     assert!(
         wait_until(Duration::from_secs(5), || !lab
             .host_veths()
             .contains(&leftover)),
         "vpcnet's own leftover {leftover} was not deleted: {:?}",
         lab.host_veths()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !has(&retired)),
+        "vpcnet's own retired veth {retired} was not deleted"
     );
     // Several reconcile rounds later the look-alike and its route are still there.
     std::thread::sleep(Duration::from_millis(1000));
@@ -52,6 +73,10 @@ fn reconcile_leaves_look_alike_links_and_routes_alone() {
         "reconcile deleted someone else's {foreign}: {:?}\n{}",
         lab.host_veths(),
         lab.agent.as_ref().expect("agent").log_text()
+    );
+    assert!(
+        has(&fake_retired),
+        "reconcile deleted someone else's {fake_retired}"
     );
     let routes = lab.ip(&h, "route show proto 171");
     assert!(

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use vpcnet_netlink::{link, route, RTPROT_VPCNET};
 use vpcnet_proto::api::{Reply, Request};
-use vpcnet_proto::naming::is_our_host_veth;
+use vpcnet_proto::naming::{is_our_host_veth, is_our_retired_veth};
 
 use crate::cli::uninstall::describe_route;
 use crate::config::RunArgs;
@@ -335,7 +335,9 @@ fn kernel_parts(c: &mut Contents) {
             .await
             .map(|ls| {
                 ls.iter()
-                    .filter(|l| is_our_host_veth(&l.name, l.mac))
+                    .filter(|l| {
+                        is_our_host_veth(&l.name, l.mac) || is_our_retired_veth(&l.name, l.mac)
+                    })
                     .map(|l| {
                         format!(
                             "{} index {} mtu {} {}\n",

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 
 use vpcnet_netlink::{link, route, RTPROT_VPCNET};
 use vpcnet_proto::api::DEFAULT_SOCKET;
-use vpcnet_proto::naming::is_our_host_veth;
+use vpcnet_proto::naming::{is_our_host_veth, is_our_retired_veth};
 
 use crate::cli::install::{self, PLUGIN_NAME};
 use crate::config::RunArgs;
@@ -367,6 +367,17 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
             .await
             .map_err(kernel("deleting released pods' host veths"))?;
         for l in &marked {
+            report.note(format!("deleted host veth {} (released pod)", l.name));
+        }
+    }
+    // Retired veths (a re-ADD moved a released pod's stale pair aside, issue 14) are released
+    // pods' too: normally in the group above, deleted here in case they were not.
+    for l in link::list(&net).await.map_err(kernel("listing links"))? {
+        if is_our_retired_veth(&l.name, l.mac)
+            && link::delete_by_index(&net, l.index)
+                .await
+                .map_err(kernel("deleting a retired host veth"))?
+        {
             report.note(format!("deleted host veth {} (released pod)", l.name));
         }
     }

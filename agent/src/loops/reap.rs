@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use vpcnet_netlink::link;
 
-/// Link group that marks host veths waiting to be deleted ("vpcd").
-pub const REAP_GROUP: u32 = 0x7670_6364;
+/// Link group that marks host veths waiting to be deleted ("vpcd"), shared with the plugin's
+/// retired veths ([`vpcnet_proto::naming::REAP_GROUP`]).
+pub const REAP_GROUP: u32 = vpcnet_proto::naming::REAP_GROUP;
 /// A node this long without a CNI request is quiet: the next ADD is unlikely to come while a
 /// batch is being deleted.
 pub const QUIET: Duration = Duration::from_millis(150);

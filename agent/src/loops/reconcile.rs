@@ -52,7 +52,13 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
         .filter(|l| naming::is_our_host_veth(&l.name, l.mac))
         .collect();
     let veths: HashSet<&str> = ours.iter().map(|l| l.name.as_str()).collect();
-    let our_indexes: HashSet<u32> = ours.iter().map(|l| l.index).collect();
+    // Retired veths (an ADD moved a DEL'd attachment's stale pair out of its way, issue 14)
+    // are ours too, and never wanted: no allocation names them.
+    let retired: Vec<_> = links
+        .iter()
+        .filter(|l| naming::is_our_retired_veth(&l.name, l.mac))
+        .collect();
+    let our_indexes: HashSet<u32> = ours.iter().chain(&retired).map(|l| l.index).collect();
 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips, unrouted) = {
@@ -108,6 +114,11 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             ifname = %key.ifname,
             "reconcile: released an address whose host veth is gone"
         );
+    }
+    for l in &retired {
+        tracing::info!(veth = %l.name, "reconcile: deleting a retired veth");
+        node.queue_veth_deletion(l.index);
+        report.veths_deleted += 1;
     }
     for l in &ours {
         if !wanted_veths.contains(&l.name) {

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The release binaries, built exactly as the image's Dockerfile builds them: `vpcnet` (the CNI
+# plugin, exec'd by the runtime for every ADD/DEL) linked statically (+crt-static, for the
+# host target so build scripts stay dynamic; it resolves no names, so glibc's NSS caveat does
+# not apply), `vpcnetd` dynamically. Copies both to OUT_DIR (default target/dist), which is
+# what the benchmarks run. Static linking makes the plugin's exec-to-exit ~1.7–2.2 ms shorter
+# at p50 (no dynamic loader, no libc relocation; docs/benchmarks.md, issue 14 round 2).
+#   scripts/build-release.sh [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-target/dist}
+host="$(rustc -vV | sed -n 's/^host: //p')"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --locked -q -p vpcnet --bin vpcnet --target "$host"
+cargo build --release --locked -q -p vpcnet-agent --bin vpcnetd
+mkdir -p "$OUT"
+cp "target/$host/release/vpcnet" target/release/vpcnetd "$OUT/"
