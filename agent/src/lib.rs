@@ -7,6 +7,7 @@
 //! * [`server`] — the plugin's socket: decodes requests, calls [`node`], maps errors to CNI codes.
 //! * [`datastore`] — where nodes meet: prefix claims in a local file, etcd or Kubernetes.
 //! * [`loops`] — what runs beside the server: warm pool, reconcile, peer routes, veth reaper.
+//! * [`netpol`] — NetworkPolicy (`--network-policy`): the API's view, compile, apply.
 //! * [`obs`] — metrics and the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/pool`).
 //! * [`cni_conf`], [`snat`], [`config`] — the conflist, the SNAT rules, the flags.
 //! * [`cli`] — the other subcommands: `status`, `install-cni`.
@@ -30,6 +31,7 @@ pub mod loops {
     pub mod reconcile;
     pub mod warm;
 }
+pub mod netpol;
 pub mod node;
 pub mod obs {
     //! What the agent shows of itself: Prometheus metrics and the HTTP endpoints.
