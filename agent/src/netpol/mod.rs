@@ -3,5 +3,8 @@
 //!
 //! * [`view`] — the in-memory view of Pods, Namespaces and NetworkPolicies (pure: the
 //!   watches' events applied to it).
+//! * [`watch`] — list+watch of one kind of object into the view's events (resume on
+//!   resourceVersion, re-list on 410).
 
 pub mod view;
+pub mod watch;
