@@ -142,11 +142,12 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     runtime()?.block_on(async move {
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         audit_host(&net, &args, &store, &pool).await?;
+        let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -161,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 })
                 .await?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -175,12 +176,22 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     node_max_pods(&mut args, &mut pool, &ds).await;
                 }
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
         }
     })?;
     drop(socket_lock);
     Ok(())
+}
+
+/// `--network-policy=true`: a client of the API server (`--kubeconfig` or the in-cluster
+/// service account, whatever `--datastore`) for the policy watches; `None` when off.
+async fn policy_source(args: &RunArgs) -> Result<Option<netpol::enforce::Source>, AgentError> {
+    if !args.network_policy {
+        return Ok(None);
+    }
+    let (client, server) = datastore::kubernetes::client(args.kubeconfig.as_deref()).await?;
+    Ok(Some(netpol::enforce::Source { client, server }))
 }
 
 /// `--max-pods` unset with the Kubernetes datastore: the kubelet's `maxPods` as the Node's
@@ -305,6 +316,7 @@ async fn serve<D: Datastore>(
     mut store: Store,
     pool: Pool,
     net: rtnetlink::Handle,
+    policy: Option<netpol::enforce::Source>,
 ) -> Result<(), AgentError> {
     // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
     // format in the checksummed one).
@@ -386,6 +398,12 @@ async fn serve<D: Datastore>(
         let every = args.peer_sync_interval;
         async move { peers::run(&node, every).await }
     });
+    if let Some(source) = policy {
+        tasks.spawn(
+            Task::NetworkPolicy,
+            netpol::enforce::run(node.clone(), source),
+        );
+    }
     if !args.cni_conf_dir.is_empty() {
         let target = cni_conf::ConfTarget {
             dir: args.cni_conf_dir.clone().into(),

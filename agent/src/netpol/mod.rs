@@ -5,6 +5,9 @@
 //!   watches' events applied to it).
 //! * [`watch`] — list+watch of one kind of object into the view's events (resume on
 //!   resourceVersion, re-list on 410).
+//! * [`enforce`] — the loop: the three watches into the view, compile, render, apply when
+//!   the ruleset changed.
 
+pub mod enforce;
 pub mod view;
 pub mod watch;
