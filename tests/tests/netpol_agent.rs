@@ -11,6 +11,9 @@ use std::time::Duration;
 use serde_json::json;
 use vpcnet_tests::{cni, in_netns, sh, Lab};
 
+/// The agent's metrics address inside the lab's own namespace.
+const METRICS: &str = "127.0.0.1:9961";
+
 #[path = "datastore_contract/fake_kube.rs"]
 mod fake_kube;
 
@@ -44,6 +47,30 @@ fn add_pod(lab: &Lab, cid: &str, netns: &str, namespace: &str, name: &str) -> St
     out.ip().expect("ADD result has an address").to_string()
 }
 
+/// A sample of the agent's /metrics (`name` with its labels, e.g. `x_total{result="ok"}`).
+fn metric(host: &str, name: &str) -> Option<f64> {
+    let (code, body) = vpcnet_tests::http::get(host, METRICS.parse().expect("addr"), "/metrics");
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Writes a kubeconfig for the fake API server at `port` into the lab's dir.
+fn kubeconfig(lab: &Lab, port: u16) -> String {
+    let path = lab.dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
+             users:\n- name: u\n  user:\n    token: t\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path.display().to_string()
+}
+
 fn pod_object(namespace: &str, name: &str, node: &str, ip: &str) -> serde_json::Value {
     json!({
         "metadata": {"namespace": namespace, "name": name, "labels": {"pod": name}},
@@ -63,19 +90,14 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
         json!({"metadata": {"name": "x", "labels": {"ns": "x"}}}),
     );
     let port = serve_in(&host, api.clone());
-    let kubeconfig = lab.dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: u\n  user:\n    token: t\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
-        ),
-    )
-    .expect("kubeconfig");
-    let kc = kubeconfig.display().to_string();
-    lab.start_agent(&["--network-policy=true", "--kubeconfig", &kc]);
+    let kc = kubeconfig(&lab, port);
+    lab.start_agent(&[
+        "--network-policy=true",
+        "--kubeconfig",
+        &kc,
+        "--metrics-addr",
+        METRICS,
+    ]);
 
     let pa = lab.pod(0);
     let pb = lab.pod(1);
@@ -92,7 +114,7 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
     };
     let table = |host: &str| {
         sh(&format!(
-            "ip netns exec {host} nft list table inet vpcnet-policy 2>&1"
+            "ip netns exec {host} nft list table inet vpcnet-policy 2>&1 || true"
         ))
     };
     // In sync and applied (an empty table: no policy yet), and the pods reach each other.
@@ -128,6 +150,27 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
         "no ingress dispatch for the pods: {t}"
     );
 
+    assert_eq!(metric(&host, "vpcnet_network_policies"), Some(1.0));
+    assert_eq!(metric(&host, "vpcnet_network_policy_pods"), Some(2.0));
+    let applied = metric(&host, "vpcnet_network_policy_applies_total{result=\"ok\"}");
+    assert!(
+        applied >= Some(2.0),
+        "empty table, then the deny: {applied:?}"
+    );
+    assert_eq!(
+        metric(
+            &host,
+            "vpcnet_network_policy_applies_total{result=\"error\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(
+        metric(
+            &host,
+            "vpcnet_network_policy_change_to_kernel_seconds_count"
+        ) >= Some(2.0)
+    );
+
     // Deleted: both directions work again.
     assert!(api.remove("NetworkPolicy", "x", "deny-ingress"));
     assert!(
@@ -139,6 +182,47 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
     assert!(lab.ping(&pb, &ip_a), "b -> a after the policy was deleted");
     assert!(!table(&host).contains("jump ingress_"), "{}", table(&host));
 
+    for (cid, ns) in [("cid-a", &pa), ("cid-b", &pb)] {
+        lab.del(cid, ns).expect_ok("DEL");
+    }
+}
+
+#[test]
+fn without_the_flag_the_agent_neither_watches_nor_filters() {
+    let mut lab = Lab::new("10.237.0.0/16");
+    let host = lab.host();
+    let api = FakeApiServer::new();
+    api.put(
+        "NetworkPolicy",
+        json!({"metadata": {"namespace": "x", "name": "deny-ingress"},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    let port = serve_in(&host, api.clone());
+    let kc = kubeconfig(&lab, port);
+    // --kubeconfig given, --network-policy left at its default.
+    lab.start_agent(&["--kubeconfig", &kc, "--metrics-addr", METRICS]);
+    let pa = lab.pod(0);
+    let pb = lab.pod(1);
+    let ip_a = add_pod(&lab, "cid-a", &pa, "x", "a");
+    let ip_b = add_pod(&lab, "cid-b", &pb, "x", "b");
+    assert!(lab.ping(&pa, &ip_b), "a -> b");
+    assert!(lab.ping(&pb, &ip_a), "b -> a");
+    let t = sh(&format!(
+        "ip netns exec {host} nft list table inet vpcnet-policy 2>&1 || true"
+    ));
+    assert!(
+        !t.contains("ingress_dispatch"),
+        "a policy table without the flag: {t}"
+    );
+    assert_eq!(
+        metric(&host, "vpcnet_network_policy_applies_total{result=\"ok\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        api.policy_requests(),
+        0,
+        "the agent watched the API without the flag"
+    );
     for (cid, ns) in [("cid-a", &pa), ("cid-b", &pb)] {
         lab.del(cid, ns).expect_ok("DEL");
     }

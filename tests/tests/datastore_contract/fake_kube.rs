@@ -88,6 +88,8 @@ struct State {
     compacted: u64,
     /// LISTs of the claims served.
     lists: u64,
+    /// LISTs and WATCHes of [`POLICY_KINDS`] served.
+    policy_requests: u64,
 }
 
 #[derive(Debug)]
@@ -162,6 +164,11 @@ impl FakeApiServer {
         let _ = self.events.send(Event::Down);
     }
 
+    /// How many LISTs and WATCHes of Pods, Namespaces or NetworkPolicies were served.
+    pub fn policy_requests(&self) -> u64 {
+        self.state.lock().expect("state").policy_requests
+    }
+
     /// How many LISTs of the claims were served.
     pub fn lists(&self) -> u64 {
         self.state.lock().expect("state").lists
@@ -230,6 +237,7 @@ impl FakeApiServer {
                 _ => status(405, "MethodNotAllowed", "nodes: only GET"),
             }
         } else if let Some((_, coll)) = POLICY_KINDS.iter().find(|(_, c)| *c == path) {
+            self.state.lock().expect("state").policy_requests += 1;
             match *method {
                 Method::GET if query.get("watch") == Some(&"true") => {
                     let from = query
