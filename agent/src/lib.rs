@@ -479,6 +479,9 @@ async fn start_up<D: Datastore>(
     } else {
         snat::remove()?;
     }
+    if !args.network_policy {
+        remove_policy_table();
+    }
     let report = reconcile::run(node, grace)
         .await
         .map_err(AgentError::netlink("start-up reconcile"))?;
@@ -490,6 +493,18 @@ async fn start_up<D: Datastore>(
     }
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
+}
+
+/// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on
+/// filtering with rules nobody updates; it goes. Without `nft` there can be no table.
+/// (With the flag on, the table stays across restarts: the loop replaces it once in sync.)
+fn remove_policy_table() {
+    if !snat::nft_found() {
+        return;
+    }
+    if let Err(e) = vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()) {
+        tracing::warn!("removing a network policy table left by an earlier run: {e}");
+    }
 }
 
 async fn reconcile_every<D: Datastore>(node: &Node<D>, every: Duration, grace: u64) {

@@ -188,7 +188,7 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
 }
 
 #[test]
-fn without_the_flag_the_agent_neither_watches_nor_filters() {
+fn without_the_flag_the_agent_neither_watches_nor_filters_and_drops_a_stale_table() {
     let mut lab = Lab::new("10.237.0.0/16");
     let host = lab.host();
     let api = FakeApiServer::new();
@@ -199,6 +199,11 @@ fn without_the_flag_the_agent_neither_watches_nor_filters() {
     );
     let port = serve_in(&host, api.clone());
     let kc = kubeconfig(&lab, port);
+    // A table an earlier run with the flag on left behind, denying all ingress.
+    let stale = "table inet vpcnet-policy { chain forward { type filter hook forward priority filter; policy drop; }; }";
+    sh(&format!(
+        "ip netns exec {host} nft -f - <<'EOF'\n{stale}\nEOF"
+    ));
     // --kubeconfig given, --network-policy left at its default.
     lab.start_agent(&["--kubeconfig", &kc, "--metrics-addr", METRICS]);
     let pa = lab.pod(0);
