@@ -44,7 +44,7 @@ pub enum Command {
     /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
     /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
     RebuildState,
-    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft table,
+    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft tables,
     /// every proto 171 route, the state dir, socket and locks — nothing else. Refuses while
     /// pods still have vpcnet addresses unless --force. Takes the run flags (--socket,
     /// --state-dir, --cni-conf-dir, --cni-conf-name) before the subcommand, or their env.
