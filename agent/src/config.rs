@@ -44,7 +44,7 @@ pub enum Command {
     /// vpcnet host veth becomes an allocation (run in the agent's network namespace with the
     /// agent's flags, agent stopped; the old state files are kept as `*.bad-<time>`).
     RebuildState,
-    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft table,
+    /// Take vpcnet off this node (agent stopped): its conflist, plugin binary, nft tables,
     /// every proto 171 route, the state dir, socket and locks — nothing else. Refuses while
     /// pods still have vpcnet addresses unless --force. Takes the run flags (--socket,
     /// --state-dir, --cni-conf-dir, --cni-conf-name) before the subcommand, or their env.
@@ -170,6 +170,12 @@ pub struct RunArgs {
     /// kubeconfig file for `--datastore kubernetes` (default: the in-cluster service account).
     #[arg(long, env = "VPCNET_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Enforce Kubernetes NetworkPolicy for this node's pods (nftables table
+    /// `inet vpcnet-policy`, fed by watches of Pods, Namespaces and NetworkPolicies through the
+    /// Kubernetes API: `--kubeconfig` or the in-cluster service account, whatever
+    /// `--datastore`). Off: no table, no watches.
+    #[arg(long, env = "VPCNET_NETWORK_POLICY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub network_policy: bool,
     /// Masquerade pod traffic to destinations outside the VPC with the node's address.
     #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
     pub snat: bool,
@@ -485,6 +491,22 @@ mod tests {
             ),
             vec!["VPCNET_MAX_POD".to_string()]
         );
+    }
+
+    #[test]
+    fn network_policy_is_off_unless_asked_for() {
+        let base = ["vpcnetd", "--vpc-cidr", "10.0.0.0/16"];
+        let with = |extra: &[&str]| Cli::try_parse_from(base.iter().chain(extra));
+        assert!(!with(&[]).unwrap().run.network_policy);
+        assert!(with(&["--network-policy=true"]).unwrap().run.network_policy);
+        assert!(
+            !with(&["--network-policy", "false"])
+                .unwrap()
+                .run
+                .network_policy
+        );
+        assert!(with(&["--network-policy=maybe"]).is_err());
+        assert!(known_env_vars().contains(&"VPCNET_NETWORK_POLICY".to_string()));
     }
 
     #[test]

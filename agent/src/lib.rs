@@ -7,6 +7,7 @@
 //! * [`server`] — the plugin's socket: decodes requests, calls [`node`], maps errors to CNI codes.
 //! * [`datastore`] — where nodes meet: prefix claims in a local file, etcd or Kubernetes.
 //! * [`loops`] — what runs beside the server: warm pool, reconcile, peer routes, veth reaper.
+//! * [`netpol`] — NetworkPolicy (`--network-policy`): the API's view, compile, apply.
 //! * [`obs`] — metrics and the HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, `/pool`).
 //! * [`cni_conf`], [`snat`], [`config`] — the conflist, the SNAT rules, the flags.
 //! * [`cli`] — the other subcommands: `status`, `install-cni`.
@@ -30,6 +31,7 @@ pub mod loops {
     pub mod reconcile;
     pub mod warm;
 }
+pub mod netpol;
 pub mod node;
 pub mod obs {
     //! What the agent shows of itself: Prometheus metrics and the HTTP endpoints.
@@ -140,11 +142,12 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     runtime()?.block_on(async move {
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         audit_host(&net, &args, &store, &pool).await?;
+        let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -159,7 +162,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 })
                 .await?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -173,12 +176,22 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     node_max_pods(&mut args, &mut pool, &ds).await;
                 }
                 let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
-                serve(args, ds, store, pool, net).await
+                serve(args, ds, store, pool, net, policy).await
             }
         }
     })?;
     drop(socket_lock);
     Ok(())
+}
+
+/// `--network-policy=true`: a client of the API server (`--kubeconfig` or the in-cluster
+/// service account, whatever `--datastore`) for the policy watches; `None` when off.
+async fn policy_source(args: &RunArgs) -> Result<Option<netpol::enforce::Source>, AgentError> {
+    if !args.network_policy {
+        return Ok(None);
+    }
+    let (client, server) = datastore::kubernetes::client(args.kubeconfig.as_deref()).await?;
+    Ok(Some(netpol::enforce::Source { client, server }))
 }
 
 /// `--max-pods` unset with the Kubernetes datastore: the kubelet's `maxPods` as the Node's
@@ -303,6 +316,7 @@ async fn serve<D: Datastore>(
     mut store: Store,
     pool: Pool,
     net: rtnetlink::Handle,
+    policy: Option<netpol::enforce::Source>,
 ) -> Result<(), AgentError> {
     // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
     // format in the checksummed one).
@@ -384,6 +398,12 @@ async fn serve<D: Datastore>(
         let every = args.peer_sync_interval;
         async move { peers::run(&node, every).await }
     });
+    if let Some(source) = policy {
+        tasks.spawn(
+            Task::NetworkPolicy,
+            netpol::enforce::run(node.clone(), source),
+        );
+    }
     if !args.cni_conf_dir.is_empty() {
         let target = cni_conf::ConfTarget {
             dir: args.cni_conf_dir.clone().into(),
@@ -459,6 +479,9 @@ async fn start_up<D: Datastore>(
     } else {
         snat::remove()?;
     }
+    if !args.network_policy {
+        remove_policy_table();
+    }
     let report = reconcile::run(node, grace)
         .await
         .map_err(AgentError::netlink("start-up reconcile"))?;
@@ -470,6 +493,18 @@ async fn start_up<D: Datastore>(
     }
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
+}
+
+/// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on
+/// filtering with rules nobody updates; it goes. Without `nft` there can be no table.
+/// (With the flag on, the table stays across restarts: the loop replaces it once in sync.)
+fn remove_policy_table() {
+    if !snat::nft_found() {
+        return;
+    }
+    if let Err(e) = vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()) {
+        tracing::warn!("removing a network policy table left by an earlier run: {e}");
+    }
 }
 
 async fn reconcile_every<D: Datastore>(node: &Node<D>, every: Duration, grace: u64) {

@@ -28,6 +28,8 @@ pub enum Task {
     Reconcile,
     Peers,
     Conflist,
+    /// `--network-policy`: the API watches and the nftables ruleset.
+    NetworkPolicy,
 }
 
 impl Task {
@@ -40,6 +42,7 @@ impl Task {
             Task::Reconcile => "reconcile loop",
             Task::Peers => "peer routes loop",
             Task::Conflist => "conflist writer",
+            Task::NetworkPolicy => "network policy loop",
         }
     }
 

@@ -1010,7 +1010,8 @@ fn rbac_is_least_privilege() {
                 "{file}: {r}"
             );
         }
-        // Its own Node: get (the ownerReference's uid); claims: no update/patch (immutable).
+        // Its own Node: get (the ownerReference's uid); claims: no update/patch (immutable);
+        // pods, namespaces, networkpolicies: read-only (NetworkPolicy).
         let want: BTreeSet<String> = ["get"]
             .iter()
             .map(|v| format!("/nodes:{v}"))
@@ -1018,6 +1019,16 @@ fn rbac_is_least_privilege() {
                 ["get", "list", "watch", "create", "delete"]
                     .iter()
                     .map(|v| format!("vpcnet.io/prefixclaims:{v}")),
+            )
+            // NetworkPolicy's inputs: read-only, exactly get/list/watch.
+            .chain(
+                ["/pods", "/namespaces", "networking.k8s.io/networkpolicies"]
+                    .iter()
+                    .flat_map(|r| {
+                        ["get", "list", "watch"]
+                            .iter()
+                            .map(move |v| format!("{r}:{v}"))
+                    }),
             )
             .collect();
         assert_eq!(got, want, "{file}: ClusterRole rules");

@@ -325,6 +325,11 @@ fn uninstall_restores_the_node_exactly_refuses_with_pods_and_runs_twice() {
     assert!(lab.wait_for(Duration::from_secs(10), || lab.host_veths().is_empty()));
     stop_agent(&mut lab);
     assert!(!lab.proto_routes().is_empty(), "routes of ours to remove");
+    // A network policy table (an agent with --network-policy=true leaves it across restarts).
+    sh(&format!(
+        "ip netns exec {} nft add table inet vpcnet-policy",
+        lab.host()
+    ));
 
     let r = uninstall(&lab, &paths, false);
     assert_eq!(r.code, 0, "uninstall: {}{}", r.out, r.err);
@@ -335,6 +340,7 @@ fn uninstall_restores_the_node_exactly_refuses_with_pods_and_runs_twice() {
         "unreachable 10.231.",
         "table 100 proto 171",
         "table ip vpcnet",
+        "table inet vpcnet-policy",
     ] {
         assert!(r.out.contains(what), "report mentions {what}: {}", r.out);
     }

@@ -497,6 +497,16 @@ pub fn uninstall(t: &Targets, force: bool) -> Result<Report, UninstallError> {
             "deleted nftables table ip {} (if present)",
             snat::TABLE
         ));
+        vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()).map_err(|e| {
+            UninstallError::Kernel {
+                what: "nftables".into(),
+                msg: e.to_string(),
+            }
+        })?;
+        report.note(format!(
+            "deleted nftables table inet {} (network policy, if present)",
+            vpcnet_policy::render::TABLE
+        ));
     } else {
         report.note("nft not found: no nftables table to delete (the agent cannot have made one)");
     }

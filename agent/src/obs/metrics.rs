@@ -100,6 +100,10 @@ pub struct Metrics {
     reconcile_runs: Family<[Label; 1], Counter>,
     peer_updates: Family<[Label; 1], Counter>,
     waiting: Gauge,
+    policy_objects: Gauge,
+    policy_pods: Gauge,
+    policy_applies: Family<[Label; 1], Counter>,
+    policy_apply_seconds: Histogram,
 }
 
 /// The process's metrics.
@@ -255,6 +259,32 @@ impl Metrics {
             "pool_waiting_for_prefix",
             "1 while the last claim lost every race (waiting for a prefix, not exhausted)",
         );
+        let policy_objects = gauge(
+            &mut r,
+            "network_policies",
+            "NetworkPolicy objects in the agent's view of the cluster (--network-policy)",
+        );
+        let policy_pods = gauge(
+            &mut r,
+            "network_policy_pods",
+            "This node's pods some NetworkPolicy selects, as last applied to the kernel",
+        );
+        let policy_applies = Family::<[Label; 1], Counter>::default();
+        r.register(
+            "network_policy_applies",
+            "Rulesets handed to the kernel (table inet vpcnet-policy), by result: ok, error",
+            policy_applies.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = policy_applies.get_or_create(&[("result", result)]);
+        }
+        // 1 ms … ~16 s.
+        let policy_apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        r.register(
+            "network_policy_change_to_kernel_seconds",
+            "From a change the policy view saw (API event, pod attached or gone) to its ruleset in the kernel",
+            policy_apply_seconds.clone(),
+        );
         let build_info = Family::<[Label; 1], Gauge>::default();
         r.register(
             "build_info",
@@ -293,12 +323,37 @@ impl Metrics {
             reconcile_runs,
             peer_updates,
             waiting,
+            policy_objects,
+            policy_pods,
+            policy_applies,
+            policy_apply_seconds,
         }
     }
 
     /// Peer routing work: `delta` (one route for one watch delta) or `replan`.
     pub fn peer_update(&self, how: &'static str) {
         self.peer_updates.get_or_create(&[("how", how)]).inc();
+    }
+
+    /// NetworkPolicy: how many objects the view holds.
+    pub fn network_policies(&self, n: usize) {
+        self.policy_objects
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// NetworkPolicy: one ruleset handed to the kernel: `Some` on success, with how many
+    /// local pods it isolates and how long since the change it carries was seen; `None` when
+    /// the kernel (or nft) refused it.
+    pub fn network_policy_applied(&self, ok: Option<(usize, Duration)>) {
+        let label = if ok.is_some() { "ok" } else { "error" };
+        self.policy_applies
+            .get_or_create(&[("result", label)])
+            .inc();
+        if let Some((pods, took)) = ok {
+            self.policy_pods
+                .set(i64::try_from(pods).unwrap_or(i64::MAX));
+            self.policy_apply_seconds.observe(took.as_secs_f64());
+        }
     }
 
     /// Whether the node is waiting for a prefix (lost every race of its last claim).

@@ -18,9 +18,19 @@
 //!   a server that is down) and ends the open watches; [`FakeApiServer::start`] serves
 //!   again with the same data.
 //!
-//! Not supported: updates (`PUT`/`PATCH`, so no `MODIFIED` events), bookmarks, label/field
-//! selectors, `timeoutSeconds`, and garbage collection (deleting a Node does nothing to the
-//! claims it owns).
+//! - NetworkPolicy's inputs, read-only over the API (`LIST` and `WATCH` of all namespaces):
+//!   `/api/v1/pods`, `/api/v1/namespaces`, `/apis/networking.k8s.io/v1/networkpolicies`.
+//!   The test changes them directly ([`FakeApiServer::put`] = `ADDED`/`MODIFIED`,
+//!   [`FakeApiServer::remove`] = `DELETED`), as controllers and users would.
+//! - [`serve_http`]: the same server over plain HTTP/1.1 on a TCP listener, for a real
+//!   `vpcnetd` process (`--kubeconfig` pointing at `http://<addr>`).
+//!
+//! Not supported: updates of claims (`PUT`/`PATCH`), bookmarks, label/field selectors,
+//! `timeoutSeconds`, and garbage collection (deleting a Node does nothing to the claims it
+//! owns).
+//!
+//! Shared by several test files, each using part of it.
+#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -42,13 +52,22 @@ use tokio::sync::broadcast;
 pub const URL: &str = "https://fake-apiserver.test:6443";
 const CLAIMS: &str = "/apis/vpcnet.io/v1alpha1/prefixclaims";
 const NODES: &str = "/api/v1/nodes/";
+/// The read-only kinds NetworkPolicy watches: (kind, collection path).
+pub const POLICY_KINDS: [(&str, &str); 3] = [
+    ("Pod", "/api/v1/pods"),
+    ("Namespace", "/api/v1/namespaces"),
+    (
+        "NetworkPolicy",
+        "/apis/networking.k8s.io/v1/networkpolicies",
+    ),
+];
 
 type RespBody = UnsyncBoxBody<Bytes, Infallible>;
 
 #[derive(Clone, Debug)]
 enum Event {
-    /// One watch event line (JSON + `\n`) at this resourceVersion.
-    Line(u64, Bytes),
+    /// One watch event line (JSON + `\n`) of a collection (its path) at this resourceVersion.
+    Line(u64, &'static str, Bytes),
     /// The server stops: open watches end.
     Down,
 }
@@ -60,12 +79,17 @@ struct State {
     next_uid: u64,
     /// name → object.
     claims: BTreeMap<String, Value>,
-    /// Every change, oldest first, for watches that resume from a resourceVersion.
-    history: Vec<(u64, Bytes)>,
+    /// (collection path, namespace, name) → object, of [`POLICY_KINDS`].
+    objects: BTreeMap<(&'static str, String, String), Value>,
+    /// Every change (collection path, line), oldest first, for watches that resume from a
+    /// resourceVersion.
+    history: Vec<(u64, &'static str, Bytes)>,
     /// Watches from an older resourceVersion are answered `410 Gone` ([`FakeApiServer::compact`]).
     compacted: u64,
     /// LISTs of the claims served.
     lists: u64,
+    /// LISTs and WATCHes of [`POLICY_KINDS`] served.
+    policy_requests: u64,
 }
 
 #[derive(Debug)]
@@ -140,6 +164,11 @@ impl FakeApiServer {
         let _ = self.events.send(Event::Down);
     }
 
+    /// How many LISTs and WATCHes of Pods, Namespaces or NetworkPolicies were served.
+    pub fn policy_requests(&self) -> u64 {
+        self.state.lock().expect("state").policy_requests
+    }
+
     /// How many LISTs of the claims were served.
     pub fn lists(&self) -> u64 {
         self.state.lock().expect("state").lists
@@ -207,6 +236,19 @@ impl FakeApiServer {
                 ),
                 _ => status(405, "MethodNotAllowed", "nodes: only GET"),
             }
+        } else if let Some((_, coll)) = POLICY_KINDS.iter().find(|(_, c)| *c == path) {
+            self.state.lock().expect("state").policy_requests += 1;
+            match *method {
+                Method::GET if query.get("watch") == Some(&"true") => {
+                    let from = query
+                        .get("resourceVersion")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    self.watch(coll, from)
+                }
+                Method::GET => self.list_objects(coll),
+                _ => status(405, "MethodNotAllowed", "read-only here"),
+            }
         } else if path == CLAIMS {
             match *method {
                 Method::GET if query.get("watch") == Some(&"true") => {
@@ -214,7 +256,7 @@ impl FakeApiServer {
                         .get("resourceVersion")
                         .and_then(|v| v.parse().ok())
                         .unwrap_or(0);
-                    self.watch(from)
+                    self.watch(CLAIMS, from)
                 }
                 Method::GET => self.list(),
                 Method::POST => self.create(body),
@@ -237,12 +279,89 @@ impl FakeApiServer {
     }
 
     /// Records a change (under the state lock, so watchers see changes in order).
-    fn record(&self, st: &mut State, kind: &str, obj: &Value) {
+    fn record(&self, st: &mut State, coll: &'static str, kind: &str, obj: &Value) {
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": obj})).expect("JSON");
         line.push(b'\n');
         let line = Bytes::from(line);
-        st.history.push((st.rv, line.clone()));
-        let _ = self.events.send(Event::Line(st.rv, line));
+        st.history.push((st.rv, coll, line.clone()));
+        let _ = self.events.send(Event::Line(st.rv, coll, line));
+    }
+
+    /// The collection path of `kind` (`Pod`, `Namespace`, `NetworkPolicy`).
+    fn coll(kind: &str) -> &'static str {
+        POLICY_KINDS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, c)| *c)
+            .unwrap_or_else(|| panic!("the fake serves no kind {kind}"))
+    }
+
+    /// Creates or replaces an object of [`POLICY_KINDS`] (`ADDED` / `MODIFIED`): `obj` needs
+    /// `metadata.name` (and `metadata.namespace` unless a Namespace); kind and apiVersion are
+    /// filled in.
+    pub fn put(&self, kind: &str, mut obj: Value) {
+        let coll = Self::coll(kind);
+        let api_version = if kind == "NetworkPolicy" {
+            "networking.k8s.io/v1"
+        } else {
+            "v1"
+        };
+        obj["kind"] = json!(kind);
+        obj["apiVersion"] = json!(api_version);
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .expect("metadata.name")
+            .to_string();
+        let mut st = self.state.lock().expect("state");
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        let key = (coll, ns, name);
+        let ev = if st.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        st.objects.insert(key, obj.clone());
+        self.record(&mut st, coll, ev, &obj);
+    }
+
+    /// Deletes an object of [`POLICY_KINDS`] (`DELETED`); `namespace` is "" for a Namespace.
+    /// Returns whether it existed.
+    pub fn remove(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let coll = Self::coll(kind);
+        let mut st = self.state.lock().expect("state");
+        let Some(mut obj) = st
+            .objects
+            .remove(&(coll, namespace.to_string(), name.to_string()))
+        else {
+            return false;
+        };
+        st.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+        self.record(&mut st, coll, "DELETED", &obj);
+        true
+    }
+
+    fn list_objects(&self, coll: &'static str) -> Response<RespBody> {
+        let st = self.state.lock().expect("state");
+        let items: Vec<&Value> = st
+            .objects
+            .iter()
+            .filter(|((c, _, _), _)| *c == coll)
+            .map(|(_, o)| o)
+            .collect();
+        json_response(
+            200,
+            &json!({
+                "apiVersion": "v1", "kind": "List",
+                "metadata": {"resourceVersion": st.rv.to_string()},
+                "items": items,
+            }),
+        )
     }
 
     fn create(&self, mut obj: Value) -> Response<RespBody> {
@@ -269,7 +388,7 @@ impl FakeApiServer {
         // Fixed: the contract does not look at claimedAt.
         meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         st.claims.insert(name, obj.clone());
-        self.record(&mut st, "ADDED", &obj);
+        self.record(&mut st, CLAIMS, "ADDED", &obj);
         json_response(201, &obj)
     }
 
@@ -322,13 +441,13 @@ impl FakeApiServer {
         let mut obj = st.claims.remove(name).expect("present");
         st.rv += 1;
         obj["metadata"]["resourceVersion"] = json!(st.rv.to_string());
-        self.record(&mut st, "DELETED", &obj);
+        self.record(&mut st, CLAIMS, "DELETED", &obj);
         json_response(200, &obj)
     }
 
-    /// Every change after `from`, then the new ones as they happen, until the server stops
-    /// or the client drops the stream.
-    fn watch(&self, from: u64) -> Response<RespBody> {
+    /// Every change of collection `coll` after `from`, then the new ones as they happen,
+    /// until the server stops or the client drops the stream.
+    fn watch(&self, coll: &'static str, from: u64) -> Response<RespBody> {
         let (backlog, rx) = {
             let st = self.state.lock().expect("state");
             if from < st.compacted {
@@ -341,8 +460,8 @@ impl FakeApiServer {
             let backlog: Vec<Bytes> = st
                 .history
                 .iter()
-                .filter(|(rv, _)| *rv > from)
-                .map(|(_, line)| line.clone())
+                .filter(|(rv, c, _)| *rv > from && *c == coll)
+                .map(|(_, _, line)| line.clone())
                 .collect();
             // Subscribed under the lock: nothing falls between the backlog and the stream.
             (backlog, self.events.subscribe())
@@ -350,7 +469,9 @@ impl FakeApiServer {
         let live = futures::stream::unfold(rx, move |mut rx| async move {
             loop {
                 match rx.recv().await {
-                    Ok(Event::Line(rv, line)) if rv > from => return Some((line, rx)),
+                    Ok(Event::Line(rv, c, line)) if rv > from && c == coll => {
+                        return Some((line, rx))
+                    }
                     Ok(Event::Line(..)) => continue,
                     // Stopped, or lagged behind: end the stream (the client resumes).
                     Ok(Event::Down) | Err(_) => return None,
@@ -366,4 +487,93 @@ impl FakeApiServer {
             .body(StreamBody::new(frames).boxed_unsync())
             .expect("response")
     }
+}
+
+/// Serves `server` over plain HTTP/1.1 on `listener` (already bound: a test binds it inside
+/// a lab's namespace so the lab's `vpcnetd` reaches it), one request per connection
+/// (`Connection: close`), responses chunked so watches stream. Runs until its runtime stops.
+/// While the server is [stopped](FakeApiServer::stop) connections are closed unanswered.
+pub async fn serve_http(server: Arc<FakeApiServer>, listener: std::net::TcpListener) {
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
+    let l = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    loop {
+        let Ok((sock, _)) = l.accept().await else {
+            continue;
+        };
+        tokio::spawn(serve_conn(server.clone(), sock));
+    }
+}
+
+async fn serve_conn(server: Arc<FakeApiServer>, mut sock: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..head_end]) else {
+        return;
+    };
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (Some(method), Some(target)) = (first.next(), first.next()) else {
+        return;
+    };
+    let (method, target) = (method.to_string(), target.to_string());
+    let len: usize = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while body.len() < len {
+        match sock.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let Ok(req) = Request::builder()
+        .method(method.as_str())
+        .uri(target)
+        .body(Body::from(body))
+    else {
+        return;
+    };
+    let Ok(resp) = server.handle(req).await else {
+        return; // stopped: as if nobody answered
+    };
+    let code = resp.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
+        code.as_u16(),
+        code.canonical_reason().unwrap_or("")
+    );
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut body = resp.into_body();
+    while let Some(Ok(frame)) = body.frame().await {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+        out.extend_from_slice(&data);
+        out.extend_from_slice(b"\r\n");
+        if sock.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+    let _ = sock.write_all(b"0\r\n\r\n").await;
+    let _ = sock.shutdown().await;
 }

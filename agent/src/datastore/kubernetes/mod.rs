@@ -140,6 +140,46 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
     api_error(e).is_some_and(|r| r.code == code)
 }
 
+/// A client of the API server from a kubeconfig file, or (`None`) the in-cluster service
+/// account; and the server's URL, for messages. Never waits for the server (the client
+/// connects lazily; connects time out after [`CONNECT_TIMEOUT`]). Fails only on
+/// configuration errors.
+pub async fn client(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<(Client, String), DatastoreError> {
+    let mut config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path)
+                .map_err(|e| invalid(format!("reading --kubeconfig {}: {e}", path.display())))?;
+            match tokio::time::timeout(
+                OP_TIMEOUT,
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()),
+            )
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(invalid(format!("--kubeconfig {}: {e}", path.display()))),
+                Err(_) => {
+                    return Err(invalid(format!(
+                        "--kubeconfig {}: no answer within {OP_TIMEOUT:?}",
+                        path.display()
+                    )))
+                }
+            }
+        }
+        None => Config::incluster().map_err(|e| {
+            invalid(format!(
+                "in-cluster config (service account; outside a pod pass --kubeconfig): {e}"
+            ))
+        })?,
+    };
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    let server = config.cluster_url.to_string();
+    let client = Client::try_from(config)
+        .map_err(|e| invalid(format!("building a client for {server}: {e}")))?;
+    Ok((client, server))
+}
+
 impl Cluster<KubernetesBackend> {
     /// Builds the client from `--kubeconfig` or the in-cluster service account and starts the
     /// watch. Never waits for the API server: while it is unreachable operations fail fast
@@ -149,39 +189,7 @@ impl Cluster<KubernetesBackend> {
         if cfg.node.is_empty() {
             return Err(invalid("no node name (--node-name)"));
         }
-        let mut config = match &cfg.kubeconfig {
-            Some(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|e| {
-                    invalid(format!("reading --kubeconfig {}: {e}", path.display()))
-                })?;
-                match tokio::time::timeout(
-                    OP_TIMEOUT,
-                    Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()),
-                )
-                .await
-                {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        return Err(invalid(format!("--kubeconfig {}: {e}", path.display())))
-                    }
-                    Err(_) => {
-                        return Err(invalid(format!(
-                            "--kubeconfig {}: no answer within {OP_TIMEOUT:?}",
-                            path.display()
-                        )))
-                    }
-                }
-            }
-            None => Config::incluster().map_err(|e| {
-                invalid(format!(
-                    "in-cluster config (service account; outside a pod pass --kubeconfig): {e}"
-                ))
-            })?,
-        };
-        config.connect_timeout = Some(CONNECT_TIMEOUT);
-        let server = config.cluster_url.to_string();
-        let client = Client::try_from(config)
-            .map_err(|e| invalid(format!("building a client for {server}: {e}")))?;
+        let (client, server) = client(cfg.kubeconfig.as_deref()).await?;
         Ok(KubernetesDatastore::with_client(client, server, cfg.node))
     }
 

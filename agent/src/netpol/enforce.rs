@@ -1,0 +1,355 @@
+//! The enforcement loop (`--network-policy=true`): three watches (Pods, Namespaces,
+//! NetworkPolicies, all namespaces) feed one [`View`]; after each batch of events, and every
+//! [`RECHECK`] (this node's pods come and go with ADD/DEL), the policy of this node's pods is
+//! compiled, rendered, and applied as one nftables transaction — only when the rendered
+//! ruleset differs from the one last applied (the renderer is deterministic).
+//!
+//! * Nothing is applied before all three kinds are listed once: a view without the
+//!   policies would allow everything, one without the pods would deny every peer.
+//! * This node's pods are the pool's allocations that carry a pod namespace and name (the
+//!   plugin passes `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), with the address the pool gave and
+//!   the host veth named as the plugin names it.
+//! * `nft` runs on tokio's blocking pool, in the network namespace the agent runs in (the
+//!   host's); nothing here enters another namespace.
+//! * A ruleset the kernel refuses is counted and logged, and retried at the next pass; the
+//!   table keeps the last one applied (one transaction: all or nothing).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use vpcnet_policy::{compile, render, LocalPod};
+
+use super::view::{Event, Kind, View};
+use super::watch;
+use crate::datastore::Datastore;
+use crate::node::Node;
+use crate::obs::metrics;
+
+/// How often this node's pods are compared with the last compiled set even without an API
+/// event (a pod's own MODIFIED event with its address normally comes sooner).
+pub const RECHECK: Duration = Duration::from_secs(1);
+
+/// Where the inputs come from: a client of the API server, and its URL for the log.
+#[derive(Clone)]
+pub struct Source {
+    pub client: kube::Client,
+    pub server: String,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One watch event, of any of the three kinds (boxed: a Pod is large).
+#[derive(Debug)]
+pub enum Input {
+    Pods(Box<Event<Pod>>),
+    Namespaces(Box<Event<Namespace>>),
+    Policies(Box<Event<NetworkPolicy>>),
+}
+
+/// The loop's state: the view, and what was last compiled and applied.
+#[derive(Debug, Default)]
+pub struct Enforcer {
+    view: View,
+    /// The view changed since the last ruleset was applied (or found unchanged).
+    dirty: bool,
+    /// When the oldest change not yet in the kernel was seen.
+    since: Option<Instant>,
+    /// The local pods of the last pass.
+    local: Vec<LocalPod>,
+    /// The ruleset last applied, as sent.
+    applied: Option<String>,
+    /// The compiler's warnings last logged.
+    warnings: Vec<String>,
+}
+
+/// What a pass decided to hand to the kernel.
+#[derive(Debug)]
+pub struct Plan {
+    pub ruleset: Value,
+    pub text: String,
+    /// Local pods isolated in at least one direction.
+    pub pods: usize,
+}
+
+impl Enforcer {
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+
+    /// Applies one event to the view.
+    pub fn input(&mut self, input: Input) {
+        let changed = match input {
+            Input::Pods(e) => self.view.pods(*e),
+            Input::Namespaces(e) => self.view.namespaces(*e),
+            Input::Policies(e) => self.view.policies(*e),
+        };
+        if changed {
+            self.dirty = true;
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// What to apply for this node's pods `local` (sorted), or `None`: not synced yet, or
+    /// nothing changed, or the ruleset renders to the same bytes as the one in force.
+    pub fn plan(&mut self, local: Vec<LocalPod>) -> Option<Plan> {
+        if local != self.local {
+            self.local = local;
+            self.dirty = true;
+            self.since.get_or_insert_with(Instant::now);
+        }
+        if !self.view.synced() || !self.dirty {
+            return None;
+        }
+        let compiled = compile(&self.view.cluster(), &self.local);
+        if compiled.warnings != self.warnings {
+            for w in compiled
+                .warnings
+                .iter()
+                .filter(|w| !self.warnings.contains(w))
+            {
+                tracing::warn!(warning = %w, "network policy: skipped");
+            }
+            self.warnings = compiled.warnings.clone();
+        }
+        let ruleset = render::render(&compiled);
+        let text = ruleset.to_string();
+        if self.applied.as_deref() == Some(text.as_str()) {
+            self.dirty = false;
+            self.since = None;
+            return None;
+        }
+        Some(Plan {
+            ruleset,
+            text,
+            pods: compiled
+                .pods
+                .iter()
+                .filter(|p| p.ingress.is_some() || p.egress.is_some())
+                .count(),
+        })
+    }
+
+    /// The kernel took `plan`: it is in force. Returns how long the change took to get there.
+    pub fn applied(&mut self, plan: Plan) -> Duration {
+        self.applied = Some(plan.text);
+        self.dirty = false;
+        self.since.take().map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// This node's pods: the pool's allocations with a pod namespace and name, sorted.
+fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
+    let st = node.state();
+    let mut v: Vec<LocalPod> = st
+        .pool
+        .allocations()
+        .filter_map(|a| {
+            let ns = a.meta.namespace.as_deref()?;
+            let name = a.meta.name.as_deref()?;
+            Some(LocalPod::new(ns, name, a.ip, &a.key))
+        })
+        .collect();
+    v.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
+    v
+}
+
+/// Runs the watches and enforces what they show, until the agent stops.
+pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Aborted when this future is dropped (the agent stops).
+    let mut watches = JoinSet::new();
+    let c = &source.client;
+    watches.spawn(watch::run(
+        Api::<Pod>::all(c.clone()),
+        Kind::Pods,
+        source.server.clone(),
+        tx.clone(),
+        |e| Input::Pods(Box::new(e)),
+    ));
+    watches.spawn(watch::run(
+        Api::<Namespace>::all(c.clone()),
+        Kind::Namespaces,
+        source.server.clone(),
+        tx.clone(),
+        |e| Input::Namespaces(Box::new(e)),
+    ));
+    watches.spawn(watch::run(
+        Api::<NetworkPolicy>::all(c.clone()),
+        Kind::Policies,
+        source.server.clone(),
+        tx,
+        |e| Input::Policies(Box::new(e)),
+    ));
+    tracing::info!(server = %source.server, "network policy: watching pods, namespaces, networkpolicies");
+    let mut e = Enforcer::default();
+    let mut tick = tokio::time::interval(RECHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    let mut was_synced = false;
+    loop {
+        tokio::select! {
+            input = rx.recv() => match input {
+                Some(i) => {
+                    e.input(i);
+                    // The whole batch that arrived together: one compile.
+                    while let Ok(i) = rx.try_recv() {
+                        e.input(i);
+                    }
+                }
+                None => {
+                    tracing::error!("network policy: every watch ended");
+                    return;
+                }
+            },
+            _ = tick.tick() => {}
+        }
+        metrics::get().network_policies(e.view().policy_count());
+        if !was_synced && e.view().synced() {
+            was_synced = true;
+            tracing::info!(
+                pods = e.view().pod_count(),
+                namespaces = e.view().namespace_count(),
+                policies = e.view().policy_count(),
+                "network policy: view in sync"
+            );
+        }
+        let Some(plan) = e.plan(local_pods(&node)) else {
+            continue;
+        };
+        let ruleset = plan.ruleset.clone();
+        let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
+        match r {
+            Ok(Ok(())) => {
+                let pods = plan.pods;
+                let took = e.applied(plan);
+                metrics::get().network_policy_applied(Some((pods, took)));
+                if last_error.take().is_some() {
+                    tracing::info!("network policy: applying rulesets again");
+                }
+                tracing::debug!(pods, took = ?took, "network policy: ruleset applied");
+            }
+            Ok(Err(err)) => {
+                metrics::get().network_policy_applied(None);
+                let msg = err.to_string();
+                if last_error.as_deref() != Some(msg.as_str()) {
+                    tracing::error!(error = %msg, "network policy: the ruleset was not applied (retrying; the previous one stays in force)");
+                    last_error = Some(msg);
+                }
+            }
+            Err(join) => {
+                metrics::get().network_policy_applied(None);
+                tracing::error!(error = %join, "network policy: applying panicked");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(ns: &str, name: &str, ip: &str) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": {"pod": name}},
+            "spec": {"containers": []},
+            "status": {"podIP": ip},
+        }))
+        .unwrap()
+    }
+
+    fn np(ns: &str, name: &str) -> NetworkPolicy {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]},
+        }))
+        .unwrap()
+    }
+
+    fn local(ns: &str, name: &str, ip: &str, cid: &str) -> LocalPod {
+        let key = vpcnet_pool::AllocKey {
+            network: "vpcnet".into(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        };
+        LocalPod::new(ns, name, ip.parse().unwrap(), &key)
+    }
+
+    fn synced(e: &mut Enforcer) {
+        e.input(Input::Pods(Box::new(Event::Listed(vec![pod(
+            "x", "a", "10.0.0.1",
+        )]))));
+        e.input(Input::Namespaces(Box::new(Event::Listed(vec![]))));
+        e.input(Input::Policies(Box::new(Event::Listed(vec![]))));
+    }
+
+    #[test]
+    fn nothing_is_applied_before_every_kind_is_listed() {
+        let mut e = Enforcer::default();
+        e.input(Input::Pods(Box::new(Event::Listed(vec![pod(
+            "x", "a", "10.0.0.1",
+        )]))));
+        e.input(Input::Policies(Box::new(Event::Put(np("x", "deny")))));
+        assert!(e.plan(vec![local("x", "a", "10.0.0.1", "c1")]).is_none());
+        e.input(Input::Namespaces(Box::new(Event::Listed(vec![]))));
+        assert!(e.plan(vec![local("x", "a", "10.0.0.1", "c1")]).is_none());
+        e.input(Input::Policies(Box::new(Event::Listed(vec![np(
+            "x", "deny",
+        )]))));
+        let p = e.plan(vec![local("x", "a", "10.0.0.1", "c1")]).unwrap();
+        assert_eq!(p.pods, 1);
+    }
+
+    #[test]
+    fn applies_only_what_changed_the_ruleset() {
+        let mut e = Enforcer::default();
+        synced(&mut e);
+        let a = vec![local("x", "a", "10.0.0.1", "c1")];
+        // No policy: an empty table still goes in once (replacing whatever was there).
+        let p = e.plan(a.clone()).unwrap();
+        assert_eq!(p.pods, 0);
+        e.applied(p);
+        assert!(e.plan(a.clone()).is_none(), "nothing changed");
+        // A policy selecting a.
+        e.input(Input::Policies(Box::new(Event::Put(np("x", "deny")))));
+        let p = e.plan(a.clone()).unwrap();
+        assert_eq!(p.pods, 1);
+        assert!(p.text.contains("jump"), "{}", p.text);
+        let took = e.applied(p);
+        assert!(took < Duration::from_secs(5));
+        // An event that changes nothing the compiler reads: no pass at all.
+        e.input(Input::Policies(Box::new(Event::Put(np("x", "deny")))));
+        assert!(e.plan(a.clone()).is_none());
+        // A pod on another node changes the view but not this node's ruleset.
+        e.input(Input::Pods(Box::new(Event::Put(pod("y", "z", "10.9.0.1")))));
+        assert!(e.plan(a.clone()).is_none(), "same bytes: not applied again");
+        // This node gets a second pod: new chains.
+        let ab = vec![
+            local("x", "a", "10.0.0.1", "c1"),
+            local("x", "b", "10.0.0.2", "c2"),
+        ];
+        let p = e.plan(ab.clone()).unwrap();
+        assert_eq!(p.pods, 2);
+        // Not applied (the kernel refused): the next pass offers it again.
+        let p = e.plan(ab.clone()).unwrap();
+        e.applied(p);
+        // The policy is deleted: the pods are no longer isolated.
+        e.input(Input::Policies(Box::new(Event::Deleted(np("x", "deny")))));
+        let p = e.plan(ab).unwrap();
+        assert_eq!(p.pods, 0);
+        assert!(!p.text.contains("jump"), "{}", p.text);
+    }
+}
