@@ -44,7 +44,7 @@ run_one() {
   d=$OUT/$name/run$R; mkdir -p "$d"
   cleanup
   ip netns add $HOST; ip -n $HOST link set lo up
-  ip netns exec $HOST sysctl -qw net.ipv4.ip_forward=1
+  ip netns exec $HOST sh -c "echo 1 > /proc/sys/net/ipv4/ip_forward"
   for i in $(seq 1 $((LIVE + STEPS))); do ip netns add "$PFX$i"; done
   echo "$pjson" | jq -c --arg d "$d" '. + {cniVersion: "1.0.0", name: "hxchurn"}
     | if .ipam.type == "host-local" then .ipam.dataDir = ($d + "/ipam") else . end

@@ -155,18 +155,19 @@ fn world() -> World {
     ];
     let pod_ns: Vec<String> = (0..specs.len()).map(|i| format!("{p}p{i}")).collect();
     nss.add_batch(std::iter::once(node.as_str()).chain(pod_ns.iter().map(String::as_str)));
-    let sysctl = std::process::Command::new("ip")
+    // Through /proc, not the `sysctl` tool (procps is not on a fresh machine).
+    let forwarding = std::process::Command::new("ip")
         .args([
             "netns",
             "exec",
             &node,
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
         ])
         .status()
-        .expect("sysctl");
-    assert!(sysctl.success(), "ip_forward in {node}");
+        .expect("ip netns exec");
+    assert!(forwarding.success(), "ip_forward in {node}");
     ip_ok(&node, "link set lo up");
     // The node's own address (what kubelet's probes come from).
     ip_ok(&node, "addr add 192.168.77.1/32 dev lo");
