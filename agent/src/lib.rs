@@ -143,7 +143,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Etcd => {
@@ -158,7 +158,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     key: args.etcd_key.clone(),
                 })
                 .await?;
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
             DatastoreKind::Kubernetes => {
@@ -172,7 +172,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 if args.max_pods.is_none() {
                     node_max_pods(&mut args, &mut pool, &ds).await;
                 }
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net).await
             }
         }
@@ -453,7 +453,7 @@ async fn start_up<D: Datastore>(
     }
     if args.snat {
         snat::apply(&snat::SnatConfig {
-            vpc_cidrs: args.vpc_cidrs.clone(),
+            vpc_cidrs: args.vpc_cidrs_v4(),
             exclude: args.snat_exclude.clone(),
         })?;
     } else {
