@@ -17,6 +17,13 @@
 //!   number with other content, is damage: [`StoreError::Corrupt`] names the file and line,
 //!   and the agent refuses to start. An exact repeat of a record already applied is skipped.
 //!
+//! A record holds one state change: one IPv4 event (`{"seq":…,"ev":…}`, the only shape an
+//! IPv4-only node writes, so its journal stays readable by the previous version), or the
+//! events of a change touching IPv6 — both families of one dual-stack attachment —
+//! (`{"seq":…,"evs":[{"v4":…},{"v6":…}]}`, [`journal_record`]). Either is one line with one
+//! checksum, so it is durable, torn or damaged as a whole, and replay applies it whole or
+//! refuses the load ([`replay_dual`]).
+//!
 //! Journals written before checksums (every line plain JSON) are still read, with the old
 //! rules (no damage detection); the start-up compaction rewrites them in the new format. A
 //! journal mixing both kinds of line is damage.
@@ -37,13 +44,56 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use vpcnet_pool::{Pool, PoolConfig, PoolEvent};
+use vpcnet_pool::{Pool, Pool6, PoolConfig, PoolEvent, PoolEvent6};
 
+/// A record of one IPv4 event: `{"seq":…,"ev":…}` (the only shape before dual-stack, and
+/// still the only one an IPv4-only node writes).
 #[derive(Serialize, Deserialize)]
 struct Record<E> {
     seq: u64,
     #[serde(flatten)]
     event: E,
+}
+
+/// One event of a record holding several, tagged with its family:
+/// `{"v4":{"ev":…}}` or `{"v6":{"ev":…}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyEvent {
+    V4(PoolEvent),
+    V6(PoolEvent6),
+}
+
+/// A record of one state change touching IPv6 (dual-stack: both families of one
+/// attachment): `{"seq":…,"evs":[…]}`, one line, one checksum, applied all-or-nothing.
+#[derive(Serialize, Deserialize)]
+struct MultiRecord<E> {
+    seq: u64,
+    evs: E,
+}
+
+/// Which shape a record has (serde ignores the other fields here).
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(default)]
+    evs: Option<serde::de::IgnoredAny>,
+}
+
+/// A journal record as read back.
+enum Entry {
+    One(PoolEvent),
+    Many(Vec<FamilyEvent>),
+}
+
+fn parse_record(json: &[u8]) -> Result<(u64, Entry), serde_json::Error> {
+    let shape: Shape = serde_json::from_slice(json)?;
+    if shape.evs.is_some() {
+        let r: MultiRecord<Vec<FamilyEvent>> = serde_json::from_slice(json)?;
+        Ok((r.seq, Entry::Many(r.evs)))
+    } else {
+        let r: Record<PoolEvent> = serde_json::from_slice(json)?;
+        Ok((r.seq, Entry::One(r.event)))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -242,6 +292,22 @@ pub fn journal_line(seq: u64, ev: &PoolEvent, out: &mut Vec<u8>) -> Result<(), S
     Ok(())
 }
 
+/// One journal line for one state change: a single IPv4 event is written exactly as
+/// [`journal_line`] writes it (an IPv4-only node's journal stays readable by the previous
+/// version); anything else (an IPv6 event, or the events of both families of one dual-stack
+/// attachment) as one `{"seq":…,"evs":[…]}` record with one checksum.
+pub fn journal_record(seq: u64, evs: &[FamilyEvent], out: &mut Vec<u8>) -> Result<(), StoreError> {
+    if let [FamilyEvent::V4(ev)] = evs {
+        return journal_line(seq, ev, out);
+    }
+    let json = serde_json::to_vec(&MultiRecord { seq, evs })
+        .map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    write!(out, "{:08x} ", crc32(&json)).map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    Ok(())
+}
+
 /// What [`replay`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replayed {
@@ -254,9 +320,9 @@ pub struct Replayed {
 }
 
 /// A line's record with its checksum, verified; `true`: a legacy (plain JSON) line.
-fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
+fn parse_line(line: &[u8]) -> Result<((u64, Entry), u32, bool), String> {
     if line.first() == Some(&b'{') {
-        let rec = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        let rec = parse_record(line).map_err(|e| e.to_string())?;
         return Ok((rec, crc32(line), true));
     }
     let (head, json) = match (line.get(..8), line.get(8), line.get(9..)) {
@@ -275,13 +341,27 @@ fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
     if crc32(json) != want {
         return Err("checksum mismatch".into());
     }
-    let rec = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let rec = parse_record(json).map_err(|e| e.to_string())?;
     Ok((rec, want, false))
 }
 
 /// Applies the journal `bytes` newer than `snap_seq` to `pool` (see the module doc for what
-/// is a torn write and what is damage). Pure: the property tests drive it directly.
+/// is a torn write and what is damage). Pure: the property tests drive it directly. An IPv4
+/// pool alone: a record holding an IPv6 event is refused (see [`replay_dual`]).
 pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, StoreError> {
+    replay_dual(bytes, pool, None, snap_seq)
+}
+
+/// [`replay`] for both families: IPv4 events go to `pool`, IPv6 ones to `pool6`. A record is
+/// applied all-or-nothing: if any of its events does not apply, or it holds an IPv6 event
+/// and there is no IPv6 pool (no IPv6 `--vpc-cidr`), the whole load fails naming the line
+/// (the caller discards the pools: nothing half-applied is ever used).
+pub fn replay_dual(
+    bytes: &[u8],
+    pool: &mut Pool,
+    mut pool6: Option<&mut Pool6>,
+    snap_seq: u64,
+) -> Result<Replayed, StoreError> {
     let mut last = snap_seq;
     let mut applied = 0;
     // Checksums of the records applied, by sequence number (to tell a repeat from damage).
@@ -314,7 +394,7 @@ pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, 
         if line.is_empty() {
             continue;
         }
-        let (rec, crc, is_legacy) =
+        let ((rec_seq, entry), crc, is_legacy) =
             parse_line(line).map_err(|msg| corrupt(JOURNAL, line_no, msg))?;
         if *legacy.get_or_insert(is_legacy) != is_legacy {
             return Err(corrupt(
@@ -323,31 +403,50 @@ pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, 
                 "checksummed and plain records mixed",
             ));
         }
-        if rec.seq <= snap_seq {
+        if rec_seq <= snap_seq {
             // Already in the snapshot (a crash fell between snapshot and truncate).
             continue;
         }
-        if rec.seq <= last {
-            if seen.get(&rec.seq) == Some(&crc) {
+        if rec_seq <= last {
+            if seen.get(&rec_seq) == Some(&crc) {
                 continue; // an exact repeat of a record applied
             }
             return Err(corrupt(
                 JOURNAL,
                 line_no,
-                format!("sequence number {} after {last}", rec.seq),
+                format!("sequence number {rec_seq} after {last}"),
             ));
         }
-        if rec.seq != last + 1 {
+        if rec_seq != last + 1 {
             return Err(corrupt(
                 JOURNAL,
                 line_no,
-                format!("sequence number {} after {last}: records missing", rec.seq),
+                format!("sequence number {rec_seq} after {last}: records missing"),
             ));
         }
-        pool.apply(&rec.event)
-            .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?;
-        seen.insert(rec.seq, crc);
-        last = rec.seq;
+        match entry {
+            Entry::One(ev) => pool
+                .apply(&ev)
+                .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?,
+            Entry::Many(evs) => {
+                for ev in &evs {
+                    match (ev, pool6.as_deref_mut()) {
+                        (FamilyEvent::V4(ev), _) => pool.apply(ev),
+                        (FamilyEvent::V6(ev), Some(p6)) => p6.apply(ev),
+                        (FamilyEvent::V6(_), None) => {
+                            return Err(corrupt(
+                                JOURNAL,
+                                line_no,
+                                "an IPv6 record, but no IPv6 --vpc-cidr is set",
+                            ))
+                        }
+                    }
+                    .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?;
+                }
+            }
+        }
+        seen.insert(rec_seq, crc);
+        last = rec_seq;
         applied += 1;
     }
     Ok(Replayed {
@@ -607,6 +706,136 @@ mod tests {
             load(None, &dup, cfg()).unwrap().0,
             load(None, &j, cfg()).unwrap().0
         );
+    }
+
+    /// The IPv4 journal format, byte for byte (an IPv4-only node must keep writing exactly
+    /// this, so that the previous version can read its journal after a rollback), whether
+    /// written as an event or as a one-event change.
+    #[test]
+    fn ipv4_lines_are_pinned_byte_for_byte() {
+        let evs = events();
+        let mut out = Vec::new();
+        journal_line(1, &evs[0], &mut out).unwrap();
+        journal_line(2, &evs[1], &mut out).unwrap();
+        let want = concat!(
+            r#"2ef8fb0d {"seq":1,"ev":"prefixAdded","prefix":"10.0.0.0/28","at":1}"#,
+            "\n",
+            r#"f1b83607 {"seq":2,"ev":"assigned","alloc":{"ip":"10.0.0.1","key":{"network":"n","#,
+            r#""container_id":"c1","ifname":"eth0"},"meta":{"namespace":null,"name":null,"#,
+            r#""uid":null,"netns":null},"assigned_at":2}}"#,
+            "\n",
+        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), want);
+        let mut rec = Vec::new();
+        journal_record(1, &[FamilyEvent::V4(evs[0].clone())], &mut rec).unwrap();
+        journal_record(2, &[FamilyEvent::V4(evs[1].clone())], &mut rec).unwrap();
+        assert_eq!(rec, out);
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn cfg6() -> vpcnet_pool::PoolConfig6 {
+        vpcnet_pool::PoolConfig6 {
+            vpc_cidrs: vec!["fd00:10::/64".parse().unwrap()],
+            prefix_len: 80,
+            ..Default::default()
+        }
+    }
+
+    /// A dual-stack history: prefixes of both families, then attachments that each take one
+    /// address of each family in one record.
+    fn dual_records() -> (Vec<Vec<FamilyEvent>>, Pool, Pool6) {
+        let mut p4 = Pool::new(cfg());
+        let mut p6 = Pool6::new(cfg6());
+        let mut recs = vec![vec![
+            FamilyEvent::V4(p4.add_prefix("10.0.0.16/28".parse().unwrap(), 1).unwrap()),
+            FamilyEvent::V6(p6.add_prefix("fd00:10::/80".parse().unwrap(), 1).unwrap()),
+        ]];
+        for c in ["a", "b", "c"] {
+            let (_, e4) = p4.assign(key(c), PodMeta::default(), 2).unwrap();
+            let (_, e6) = p6.assign(key(c), PodMeta::default(), 2).unwrap();
+            recs.push(vec![
+                FamilyEvent::V4(e4.unwrap()),
+                FamilyEvent::V6(e6.unwrap()),
+            ]);
+        }
+        let r4 = p4.release(&key("b"), 3).unwrap();
+        let r6 = p6.release(&key("b"), 3).unwrap();
+        recs.push(vec![FamilyEvent::V4(r4), FamilyEvent::V6(r6)]);
+        (recs, p4, p6)
+    }
+
+    fn dual_journal(recs: &[Vec<FamilyEvent>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            journal_record(i as u64 + 1, r, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_dual_stack_change_is_one_record_applied_whole() {
+        let (recs, want4, want6) = dual_records();
+        let j = dual_journal(&recs);
+        // One line per change, holding both families.
+        let text = String::from_utf8(j.clone()).unwrap();
+        assert_eq!(text.lines().count(), recs.len());
+        for line in text.lines() {
+            assert!(line[9..].starts_with(r#"{"seq":"#), "{line}");
+            assert!(line.contains(r#""evs":[{"v4":{"ev":"#), "{line}");
+            assert!(line.contains(r#"{"v6":{"ev":"#), "{line}");
+        }
+        let replay_both = |bytes: &[u8]| {
+            let mut p4 = Pool::new(cfg());
+            let mut p6 = Pool6::new(cfg6());
+            replay_dual(bytes, &mut p4, Some(&mut p6), 0).map(|r| (p4, p6, r))
+        };
+        let (p4, p6, r) = replay_both(&j).unwrap();
+        assert_eq!((p4, p6), (want4.clone(), want6.clone()));
+        assert_eq!((r.seq, r.applied), (recs.len() as u64, recs.len()));
+        assert_eq!(want4.allocations().count(), 2);
+        assert_eq!(want6.allocations().count(), 2);
+        // A torn last record: neither family of it is applied.
+        let (p4, p6, r) = replay_both(&j[..j.len() - 3]).unwrap();
+        assert_eq!(r.applied, recs.len() - 1);
+        assert!(p4.get(&key("b")).is_some() && p6.get(&key("b")).is_some());
+        // One byte of the IPv6 half damaged: the record (and the load) is refused.
+        let mut d = j.clone();
+        let at = text.rfind("fd00:10::").unwrap() + 5;
+        d[at] ^= 0x01;
+        let e = replay_both(&d).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("checksum"), "{e}");
+        // A record whose IPv6 half cannot apply (its prefix was never added), checksum
+        // intact: refused as a whole, naming the line.
+        let mut bad = recs[1..2].to_vec();
+        bad.insert(0, vec![recs[0][0].clone()]);
+        let e = replay_both(&dual_journal(&bad)).unwrap_err().to_string();
+        assert!(e.contains("pool.journal line 2"), "{e}");
+        // An IPv4-only agent (no IPv6 pool) refuses a journal holding IPv6 records.
+        let mut p4 = Pool::new(cfg());
+        let e = replay(&j, &mut p4, 0).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("--vpc-cidr"), "{e}");
+        // IPv4 records written one event at a time and dual records mix in one journal.
+        let mut mixed = Vec::new();
+        journal_record(1, &recs[0][..1], &mut mixed).unwrap();
+        journal_record(2, &recs[0][1..], &mut mixed).unwrap();
+        for (i, r) in recs[1..].iter().enumerate() {
+            journal_record(i as u64 + 3, r, &mut mixed).unwrap();
+        }
+        let (p4, p6, _) = replay_both(&mixed).unwrap();
+        assert_eq!((p4, p6), (want4, want6));
+        assert!(!String::from_utf8(mixed)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .contains("evs"));
     }
 
     #[test]
