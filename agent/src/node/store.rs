@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use vpcnet_pool::{Pool, Pool6, PoolConfig, PoolEvent, PoolEvent6};
+use vpcnet_pool::{Pool, Pool6, PoolConfig, PoolConfig6, PoolEvent, PoolEvent6};
 
 /// A record of one IPv4 event: `{"seq":…,"ev":…}` (the only shape before dual-stack, and
 /// still the only one an IPv4-only node writes).
@@ -97,12 +97,25 @@ fn parse_record(json: &[u8]) -> Result<(u64, Entry), serde_json::Error> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct Snapshot<P> {
+struct Snapshot<P, P6> {
     seq: u64,
-    /// CRC-32 of `serde_json::to_vec(&(seq, pool))`; absent in snapshots written before it.
+    /// CRC-32 of `serde_json::to_vec(&(seq, pool))`, or of `(seq, pool, pool6)` when there
+    /// is an IPv6 pool; absent in snapshots written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     crc: Option<u32>,
     pool: P,
+    /// The IPv6 pool (IPv6-only and dual-stack nodes); absent on IPv4-only nodes, whose
+    /// snapshot is byte-identical to the previous version's. (Missing: `None`, as serde reads
+    /// an absent `Option`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool6: Option<P6>,
+}
+
+fn snapshot_body(seq: u64, pool: &Pool, pool6: Option<&Pool6>) -> serde_json::Result<Vec<u8>> {
+    match pool6 {
+        None => serde_json::to_vec(&(seq, pool)),
+        Some(p6) => serde_json::to_vec(&(seq, pool, p6)),
+    }
 }
 
 pub const SNAPSHOT: &str = "pool.json";
@@ -256,28 +269,51 @@ fn corrupt(file: &str, line: usize, msg: impl Into<String>) -> StoreError {
     }
 }
 
-/// Parses a snapshot and checks its checksum; returns the pool and its sequence number.
+/// Parses a snapshot and checks its checksum; returns the pool and its sequence number. An
+/// IPv4 pool alone: a snapshot holding an IPv6 pool is refused (see [`parse_snapshot_dual`]).
 pub fn parse_snapshot(bytes: &[u8]) -> Result<(Pool, u64), StoreError> {
-    let snap: Snapshot<Pool> = serde_json::from_slice(bytes)
+    match parse_snapshot_dual(bytes)? {
+        (pool, None, seq) => Ok((pool, seq)),
+        (_, Some(_), _) => Err(corrupt(
+            SNAPSHOT,
+            1,
+            "an IPv6 pool, but no IPv6 --vpc-cidr is set",
+        )),
+    }
+}
+
+/// Parses a snapshot of one or both families and checks its checksum.
+pub fn parse_snapshot_dual(bytes: &[u8]) -> Result<(Pool, Option<Pool6>, u64), StoreError> {
+    let snap: Snapshot<Pool, Pool6> = serde_json::from_slice(bytes)
         .map_err(|err| corrupt(SNAPSHOT, err.line(), err.to_string()))?;
     if let Some(crc) = snap.crc {
-        let body = serde_json::to_vec(&(snap.seq, &snap.pool))
+        let body = snapshot_body(snap.seq, &snap.pool, snap.pool6.as_ref())
             .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
         if crc32(&body) != crc {
             return Err(corrupt(SNAPSHOT, 1, "checksum mismatch"));
         }
     }
-    Ok((snap.pool, snap.seq))
+    Ok((snap.pool, snap.pool6, snap.seq))
 }
 
 /// A snapshot file holding `pool` as of journal record `seq`.
 pub fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
+    snapshot_bytes_dual(seq, pool, None)
+}
+
+/// A snapshot file holding both pools (without `pool6`: exactly [`snapshot_bytes`]).
+pub fn snapshot_bytes_dual(
+    seq: u64,
+    pool: &Pool,
+    pool6: Option<&Pool6>,
+) -> Result<Vec<u8>, StoreError> {
     let body =
-        serde_json::to_vec(&(seq, pool)).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
+        snapshot_body(seq, pool, pool6).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
     serde_json::to_vec(&Snapshot {
         seq,
         crc: Some(crc32(&body)),
         pool,
+        pool6,
     })
     .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))
 }
@@ -462,16 +498,44 @@ pub fn load(
     journal: &[u8],
     cfg: PoolConfig,
 ) -> Result<(Pool, Replayed), StoreError> {
-    let (mut pool, snap_seq) = match snapshot {
-        Some(bytes) => {
-            let (mut p, seq) = parse_snapshot(bytes)?;
-            p.set_config(cfg);
-            (p, seq)
-        }
-        None => (Pool::new(cfg), 0),
-    };
-    let r = replay(journal, &mut pool, snap_seq)?;
+    let (pool, _, r) = load_dual(snapshot, journal, cfg, None)?;
     Ok((pool, r))
+}
+
+/// [`load`] for both families: with `cfg6` (an IPv6 `--vpc-cidr` is set) the IPv6 pool is
+/// loaded too (empty if the state has none yet: a node that turns dual-stack keeps its IPv4
+/// state); without it, IPv6 state on disk is refused naming the flag. Pure.
+pub fn load_dual(
+    snapshot: Option<&[u8]>,
+    journal: &[u8],
+    cfg: PoolConfig,
+    cfg6: Option<PoolConfig6>,
+) -> Result<(Pool, Option<Pool6>, Replayed), StoreError> {
+    let (mut pool, pool6, snap_seq) = match snapshot {
+        Some(bytes) => {
+            let (mut p, p6, seq) = parse_snapshot_dual(bytes)?;
+            p.set_config(cfg);
+            (p, p6, seq)
+        }
+        None => (Pool::new(cfg), None, 0),
+    };
+    let mut pool6 = match (pool6, cfg6) {
+        (Some(mut p6), Some(c6)) => {
+            p6.set_config(c6);
+            Some(p6)
+        }
+        (None, Some(c6)) => Some(Pool6::new(c6)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(corrupt(
+                SNAPSHOT,
+                1,
+                "an IPv6 pool, but no IPv6 --vpc-cidr is set",
+            ))
+        }
+    };
+    let r = replay_dual(journal, &mut pool, pool6.as_mut(), snap_seq)?;
+    Ok((pool, pool6, r))
 }
 
 fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -492,14 +556,34 @@ impl Store {
 
     /// [`Store::open`] on a directory already locked.
     pub fn load(dir: StateDir, cfg: PoolConfig) -> Result<(Store, Pool), StoreError> {
+        let (store, pool, _) = Store::load_dual(dir, cfg, None)?;
+        Ok((store, pool))
+    }
+
+    /// [`Store::open`] for both families ([`load_dual`]): with `cfg6`, the IPv6 pool too.
+    pub fn open_dual(
+        dir: &Path,
+        cfg: PoolConfig,
+        cfg6: Option<PoolConfig6>,
+    ) -> Result<(Store, Pool, Option<Pool6>), StoreError> {
+        Store::load_dual(StateDir::lock(dir)?, cfg, cfg6)
+    }
+
+    /// [`Store::open_dual`] on a directory already locked.
+    pub fn load_dual(
+        dir: StateDir,
+        cfg: PoolConfig,
+        cfg6: Option<PoolConfig6>,
+    ) -> Result<(Store, Pool, Option<Pool6>), StoreError> {
         let d = dir.path().to_path_buf();
         let e = io_err(&d);
         let snap = read_optional(&d.join(SNAPSHOT)).map_err(&e)?;
         let journal_bytes = read_optional(&d.join(JOURNAL)).map_err(&e)?;
-        let (pool, r) = load(
+        let (pool, pool6, r) = load_dual(
             snap.as_deref(),
             journal_bytes.as_deref().unwrap_or_default(),
             cfg,
+            cfg6,
         )?;
         let fresh = snap.is_none() && r.applied == 0;
         let journal = OpenOptions::new()
@@ -525,6 +609,7 @@ impl Store {
                 broken: false,
             },
             pool,
+            pool6,
         ))
     }
 
@@ -551,6 +636,28 @@ impl Store {
         self.append_all(evs)
     }
 
+    /// Makes one state change durable as one record ([`journal_record`]): the events of
+    /// both families of a dual-stack attachment (already applied to `pool` and `pool6`). On
+    /// error nothing of them is durable and the caller must undo them in memory, in both
+    /// pools. A store holding IPv6 state must be compacted with [`Store::compact_dual`].
+    pub fn persist_change(
+        &mut self,
+        evs: &[FamilyEvent],
+        pool: &Pool,
+        pool6: Option<&Pool6>,
+    ) -> Result<(), StoreError> {
+        if evs.is_empty() {
+            return Ok(());
+        }
+        if self.broken {
+            self.compact_dual(pool, pool6)?;
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        journal_record(self.seq + 1, evs, &mut buf)?;
+        self.append_buf(&buf, self.seq + 1, 1)
+    }
+
     /// Appends several events with a single sync. A failed write is cut back off the file.
     fn append_all(&mut self, evs: &[PoolEvent]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
@@ -559,11 +666,17 @@ impl Store {
             seq += 1;
             journal_line(seq, ev, &mut buf)?;
         }
+        self.append_buf(&buf, seq, evs.len())
+    }
+
+    /// Appends `buf` (`records` whole records, the last numbered `seq`) with a single sync.
+    /// A failed write is cut back off the file.
+    fn append_buf(&mut self, buf: &[u8], seq: u64, records: usize) -> Result<(), StoreError> {
         let d = self.dir.path().to_path_buf();
         let e = io_err(&d);
         let written = self
             .journal
-            .write_all(&buf)
+            .write_all(buf)
             .and_then(|()| self.journal.sync_data());
         if let Err(err) = written {
             // Cut the failed write back off. If that cannot be made durable either, the
@@ -586,7 +699,7 @@ impl Store {
         }
         self.len += u64::try_from(buf.len()).unwrap_or(u64::MAX);
         self.seq = seq;
-        self.since_compact += evs.len();
+        self.since_compact += records;
         Ok(())
     }
 
@@ -598,9 +711,14 @@ impl Store {
     /// records the last sequence number it holds, so a crash before the truncate is harmless.
     /// Ok only when both happened: a broken store is repaired only then.
     pub fn compact(&mut self, pool: &Pool) -> Result<(), StoreError> {
+        self.compact_dual(pool, None)
+    }
+
+    /// [`Store::compact`] of both pools (without `pool6`: exactly [`Store::compact`]).
+    pub fn compact_dual(&mut self, pool: &Pool, pool6: Option<&Pool6>) -> Result<(), StoreError> {
         let d = self.dir.path().to_path_buf();
         let e = io_err(&d);
-        let bytes = snapshot_bytes(self.seq, pool)?;
+        let bytes = snapshot_bytes_dual(self.seq, pool, pool6)?;
         write_atomic(&d, SNAPSHOT, &bytes).map_err(&e)?;
         self.journal.set_len(0).map_err(&e)?;
         self.journal.sync_all().map_err(&e)?;
@@ -836,6 +954,97 @@ mod tests {
             .next()
             .unwrap()
             .contains("evs"));
+    }
+
+    /// The store with both families: each change one record, durable across reopen and
+    /// compaction; a failed write leaves nothing of either family and the broken store is
+    /// repaired by a snapshot holding both pools; IPv6 state without an IPv6 pool is refused.
+    #[test]
+    fn store_keeps_both_families() {
+        let dir = Scratch::new("dual");
+        let (recs, want4, want6) = dual_records();
+        let (mut store, mut p4, p6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        let mut p6 = p6.unwrap();
+        assert!(store.fresh());
+        let apply = |p4: &mut Pool, p6: &mut Pool6, r: &[FamilyEvent]| {
+            for ev in r {
+                match ev {
+                    FamilyEvent::V4(e) => p4.apply(e).unwrap(),
+                    FamilyEvent::V6(e) => p6.apply(e).unwrap(),
+                }
+            }
+        };
+        let (last, first) = recs.split_last().unwrap();
+        for r in first {
+            apply(&mut p4, &mut p6, r);
+            store.persist_change(r, &p4, Some(&p6)).unwrap();
+        }
+        // The last change fails to write (disk full, cannot be cut back): broken.
+        let real = std::mem::replace(
+            &mut store.journal,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        let (mut n4, mut n6) = (p4.clone(), p6.clone());
+        apply(&mut n4, &mut n6, last);
+        let err = store.persist_change(last, &n4, Some(&n6)).unwrap_err();
+        assert!(err.is_disk_full() && store.broken, "{err}");
+        store.journal = real;
+        drop(store);
+        // What was acknowledged, in both families.
+        let (mut store, l4, l6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!((&l4, l6.as_ref()), (&p4, Some(&p6)));
+        assert_eq!(
+            fs::read_to_string(dir.0.join(JOURNAL))
+                .unwrap()
+                .lines()
+                .count(),
+            first.len()
+        );
+        // Broken again, then repaired by a snapshot of both pools.
+        store.broken = true;
+        store.persist_change(last, &n4, Some(&n6)).unwrap();
+        assert!(!store.broken);
+        assert!(fs::read(dir.0.join(JOURNAL)).unwrap().is_empty());
+        drop(store);
+        let (store, l4, l6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!((&l4, l6.as_ref()), (&want4, Some(&want6)));
+        assert!(!store.fresh());
+        drop(store);
+        // The IPv6 VPC gone from the flags, IPv6 state on disk: refused, naming the flag.
+        let e = Store::open(&dir.0, cfg()).unwrap_err().to_string();
+        assert!(e.contains("pool.json") && e.contains("--vpc-cidr"), "{e}");
+        // One byte of the IPv6 pool in the snapshot damaged: refused.
+        let snap = fs::read(dir.0.join(SNAPSHOT)).unwrap();
+        let text = String::from_utf8(snap.clone()).unwrap();
+        let at = text.find("\"pool6\"").unwrap()
+            + text[text.find("\"pool6\"").unwrap()..]
+                .find("fd00:10::")
+                .unwrap()
+            + 6;
+        let mut bad = snap.clone();
+        bad[at] ^= 0x01;
+        assert!(parse_snapshot_dual(&bad).is_err());
+        assert_eq!(parse_snapshot_dual(&snap).unwrap().1.as_ref(), Some(&want6));
+    }
+
+    /// An IPv4-only snapshot is what the previous version wrote (no `pool6`), and an IPv4
+    /// state opened by a node that turns dual-stack keeps its IPv4 pool, IPv6 empty.
+    #[test]
+    fn ipv4_state_unchanged_and_turning_dual_keeps_it() {
+        let dir = Scratch::new("v4dual");
+        let (mut store, mut pool) = Store::open(&dir.0, cfg()).unwrap();
+        for ev in &events() {
+            pool.apply(ev).unwrap();
+            store.persist(std::slice::from_ref(ev), &pool).unwrap();
+        }
+        store.compact(&pool).unwrap();
+        drop(store);
+        let snap = fs::read(dir.0.join(SNAPSHOT)).unwrap();
+        assert_eq!(snap, snapshot_bytes(4, &pool).unwrap());
+        assert!(!String::from_utf8_lossy(&snap).contains("pool6"));
+        let (_store, p4, p6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!(p4, pool);
+        assert_eq!(p6.unwrap(), Pool6::new(cfg6()));
     }
 
     #[test]
