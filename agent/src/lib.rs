@@ -314,7 +314,11 @@ async fn serve<D: Datastore>(
     let node = Arc::new(Node::new(NodeParts {
         name: args.node_name(),
         ip: args.node_ip,
-        state: State { pool, store },
+        state: State {
+            pool,
+            pool6: None,
+            store,
+        },
         mtu: uplink_mtu(&net).await,
         datastore: ds,
         net: net.clone(),
