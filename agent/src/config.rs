@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::obs::log::LogFormat;
-use vpcnet_pool::PoolConfig;
+use vpcnet_pool::{PoolConfig, PoolConfig6};
 use vpcnet_proto::api::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
@@ -442,6 +442,24 @@ impl RunArgs {
         }
     }
 
+    /// The IPv6 pool's configuration, when an IPv6 `--vpc-cidr` is set: the pool policy with
+    /// the warm targets off (docs/dual-stack.md): it claims a prefix only when it has no free
+    /// address (one /80 per node in practice) and releases a wholly-free one only while
+    /// another still has room. Max-pods, cooldown and prefix age as for IPv4.
+    pub fn pool_config6(&self) -> Option<PoolConfig6> {
+        let vpc_cidrs = self.vpc_cidrs_v6();
+        (!vpc_cidrs.is_empty()).then(|| PoolConfig6 {
+            vpc_cidrs,
+            prefix_len: self.prefix_len_v6,
+            warm_ip_target: 0,
+            minimum_ip_target: 0,
+            warm_prefix_target: 0,
+            max_pods: self.max_pods.unwrap_or(DEFAULT_MAX_PODS),
+            cooldown_ms: millis(self.ip_cooldown),
+            min_prefix_age_ms: millis(self.min_prefix_age),
+        })
+    }
+
     pub fn node_name(&self) -> String {
         self.node_name.clone().unwrap_or_else(|| {
             nix::unistd::gethostname()
@@ -595,6 +613,66 @@ mod tests {
             "120",
         ]);
         assert!(a.validate_flags().is_ok());
+        // The IPv6 pool: only with an IPv6 VPC; warm targets off whatever the flags say.
+        assert_eq!(parse(&["--vpc-cidr", "10.0.0.0/16"]).pool_config6(), None);
+        let a = parse(&[
+            "--vpc-cidr",
+            "10.0.0.0/16,fd00:10::/64",
+            "--warm-ip-target",
+            "5",
+            "--minimum-ip-target",
+            "9",
+            "--warm-prefix-target",
+            "2",
+            "--max-pods",
+            "30",
+        ]);
+        let c6 = a.pool_config6().unwrap();
+        assert_eq!(c6.vpc_cidrs, a.vpc_cidrs_v6());
+        assert_eq!(c6.prefix_len, 80);
+        assert_eq!(
+            (
+                c6.warm_ip_target,
+                c6.minimum_ip_target,
+                c6.warm_prefix_target
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(c6.max_pods, 30);
+        assert_eq!(a.pool_config().warm_prefix_target, 2);
+        // What that policy does: one prefix when empty, then steady while it has room; a
+        // second, wholly-free prefix is released, the last one never.
+        let mut p6 = vpcnet_pool::Pool6::new(PoolConfig6 {
+            min_prefix_age_ms: 0,
+            ..c6
+        });
+        assert!(matches!(
+            p6.plan(0),
+            vpcnet_pool::PoolPlan6::Grow { prefixes: 1, .. }
+        ));
+        p6.add_prefix("fd00:10::/80".parse().unwrap(), 0).unwrap();
+        assert_eq!(p6.plan(1), vpcnet_pool::PoolPlan6::Steady);
+        for i in 0..30 {
+            let key = vpcnet_pool::AllocKey {
+                network: "n".into(),
+                container_id: format!("c{i}"),
+                ifname: "eth0".into(),
+            };
+            p6.assign(key, vpcnet_pool::PodMeta::default(), 1).unwrap();
+        }
+        assert_eq!(
+            p6.plan(1),
+            vpcnet_pool::PoolPlan6::Steady,
+            "max-pods reached"
+        );
+        let second = "fd00:10:0:0:1::/80".parse().unwrap();
+        p6.add_prefix(second, 0).unwrap();
+        assert_eq!(
+            p6.plan(1),
+            vpcnet_pool::PoolPlan6::Shrink {
+                prefixes: vec![second]
+            }
+        );
         // Bad text names the flag (clap).
         let e = Cli::try_parse_from(["vpcnetd", "--vpc-cidr", "fd00::zz/64"]).unwrap_err();
         assert!(e.to_string().contains("--vpc-cidr"), "{e}");
