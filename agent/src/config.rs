@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::obs::log::LogFormat;
-use vpcnet_pool::PoolConfig;
+use vpcnet_pool::{PoolConfig, PoolConfig6};
 use vpcnet_proto::api::DEFAULT_SOCKET;
 
 #[derive(Debug, Parser)]
@@ -106,11 +106,17 @@ pub struct RunArgs {
     #[arg(long, env = "VPCNET_STATE_DIR", default_value = "/var/lib/vpcnet")]
     pub state_dir: PathBuf,
     /// The VPC: CIDRs prefixes are claimed from (repeatable; comma-separated in the env).
+    /// IPv4 and IPv6 CIDRs, any mix: the families present decide the mode (IPv4-only,
+    /// IPv6-only or dual-stack; docs/dual-stack.md).
     #[arg(long = "vpc-cidr", env = "VPCNET_VPC_CIDR", value_delimiter = ',')]
-    pub vpc_cidrs: Vec<Ipv4Network>,
-    /// Length of the prefixes a node claims (28 = 16 addresses).
+    pub vpc_cidrs: Vec<IpNetwork>,
+    /// Length of the IPv4 prefixes a node claims (28 = 16 addresses).
     #[arg(long, env = "VPCNET_PREFIX_LEN", default_value_t = 28)]
     pub prefix_len: u8,
+    /// Length of the IPv6 prefixes a node claims (64..=120; 80 = what EC2 delegates per
+    /// interface: one prefix per node is the normal case).
+    #[arg(long, env = "VPCNET_PREFIX_LEN_V6", default_value_t = 80)]
+    pub prefix_len_v6: u8,
     /// Keep at least this many free addresses (0 = off).
     #[arg(long, env = "VPCNET_WARM_IP_TARGET", default_value_t = 0)]
     pub warm_ip_target: u32,
@@ -270,13 +276,81 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Which address families pods get, decided by the families of `--vpc-cidr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackMode {
+    /// Only IPv4 VPC CIDRs: today's behaviour.
+    V4,
+    /// Only IPv6 VPC CIDRs.
+    V6,
+    /// Both: every pod gets one address of each family.
+    Dual,
+}
+
+impl StackMode {
+    pub fn has_v4(self) -> bool {
+        matches!(self, StackMode::V4 | StackMode::Dual)
+    }
+    pub fn has_v6(self) -> bool {
+        matches!(self, StackMode::V6 | StackMode::Dual)
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RunArgs {
-    /// Checks what clap cannot: returns a message naming the flag.
+    /// The IPv4 `--vpc-cidr`s, in the order given.
+    pub fn vpc_cidrs_v4(&self) -> Vec<Ipv4Network> {
+        self.vpc_cidrs
+            .iter()
+            .filter_map(|c| match c {
+                IpNetwork::V4(n) => Some(*n),
+                IpNetwork::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The IPv6 `--vpc-cidr`s, in the order given.
+    pub fn vpc_cidrs_v6(&self) -> Vec<Ipv6Network> {
+        self.vpc_cidrs
+            .iter()
+            .filter_map(|c| match c {
+                IpNetwork::V6(n) => Some(*n),
+                IpNetwork::V4(_) => None,
+            })
+            .collect()
+    }
+
+    /// The mode the `--vpc-cidr` families decide; `None` without any `--vpc-cidr`.
+    pub fn mode(&self) -> Option<StackMode> {
+        let v4 = self.vpc_cidrs.iter().any(IpNetwork::is_ipv4);
+        let v6 = self.vpc_cidrs.iter().any(IpNetwork::is_ipv6);
+        match (v4, v6) {
+            (true, true) => Some(StackMode::Dual),
+            (true, false) => Some(StackMode::V4),
+            (false, true) => Some(StackMode::V6),
+            (false, false) => None,
+        }
+    }
+
+    /// Checks what clap cannot (returns a message naming the flag), and refuses what this
+    /// build does not serve yet: IPv6 pod addresses (issue 11 is built in steps; the flags
+    /// are accepted and checked by [`RunArgs::validate_flags`], the agent does not use them).
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_flags()?;
+        if let Some(c) = self.vpc_cidrs_v6().first() {
+            return Err(format!(
+                "--vpc-cidr {c}: IPv6 pod addresses are not served by this version yet \
+                 (docs/dual-stack.md); give IPv4 --vpc-cidr only"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every check of the flags, IPv6 ones included, with a message naming the flag.
+    pub fn validate_flags(&self) -> Result<(), String> {
         if self.vpc_cidrs.is_empty() {
             return Err("--vpc-cidr is required (the CIDR pods get addresses from)".into());
         }
@@ -286,7 +360,7 @@ impl RunArgs {
                 self.prefix_len
             ));
         }
-        for c in &self.vpc_cidrs {
+        for c in self.vpc_cidrs_v4() {
             if c.prefix() > self.prefix_len {
                 return Err(format!(
                     "--vpc-cidr {c} is smaller than one /{} prefix (--prefix-len)",
@@ -294,9 +368,30 @@ impl RunArgs {
                 ));
             }
         }
+        for c in self.vpc_cidrs_v6() {
+            if c.prefix() > self.prefix_len_v6 {
+                return Err(format!(
+                    "--prefix-len-v6 {}: shorter than /{} (--vpc-cidr {c}): a node's prefix \
+                     must fit in the VPC",
+                    self.prefix_len_v6,
+                    c.prefix()
+                ));
+            }
+        }
+        if !(64..=120).contains(&self.prefix_len_v6) {
+            return Err(format!(
+                "--prefix-len-v6 {} must be within 64..=120",
+                self.prefix_len_v6
+            ));
+        }
         for (i, a) in self.vpc_cidrs.iter().enumerate() {
             for b in &self.vpc_cidrs[i + 1..] {
-                if a.overlaps(*b) {
+                let overlap = match (a, b) {
+                    (IpNetwork::V4(a), IpNetwork::V4(b)) => a.overlaps(*b),
+                    (IpNetwork::V6(a), IpNetwork::V6(b)) => a.overlaps(*b),
+                    _ => false,
+                };
+                if overlap {
                     return Err(format!("--vpc-cidr {a} overlaps --vpc-cidr {b}"));
                 }
             }
@@ -342,7 +437,7 @@ impl RunArgs {
 
     pub fn pool_config(&self) -> PoolConfig {
         PoolConfig {
-            vpc_cidrs: self.vpc_cidrs.clone(),
+            vpc_cidrs: self.vpc_cidrs_v4(),
             prefix_len: self.prefix_len,
             warm_ip_target: self.warm_ip_target,
             minimum_ip_target: self.minimum_ip_target,
@@ -351,6 +446,24 @@ impl RunArgs {
             cooldown_ms: millis(self.ip_cooldown),
             min_prefix_age_ms: millis(self.min_prefix_age),
         }
+    }
+
+    /// The IPv6 pool's configuration, when an IPv6 `--vpc-cidr` is set: the pool policy with
+    /// the warm targets off (docs/dual-stack.md): it claims a prefix only when it has no free
+    /// address (one /80 per node in practice) and releases a wholly-free one only while
+    /// another still has room. Max-pods, cooldown and prefix age as for IPv4.
+    pub fn pool_config6(&self) -> Option<PoolConfig6> {
+        let vpc_cidrs = self.vpc_cidrs_v6();
+        (!vpc_cidrs.is_empty()).then(|| PoolConfig6 {
+            vpc_cidrs,
+            prefix_len: self.prefix_len_v6,
+            warm_ip_target: 0,
+            minimum_ip_target: 0,
+            warm_prefix_target: 0,
+            max_pods: self.max_pods.unwrap_or(DEFAULT_MAX_PODS),
+            cooldown_ms: millis(self.ip_cooldown),
+            min_prefix_age_ms: millis(self.min_prefix_age),
+        })
     }
 
     pub fn node_name(&self) -> String {
@@ -418,6 +531,157 @@ mod tests {
             "off",
         ]);
         assert!(cli.run.validate().is_ok());
+    }
+
+    #[test]
+    fn vpc_cidr_families_decide_the_mode_and_ipv6_flags_are_checked() {
+        let parse = |args: &[&str]| Cli::parse_from(["vpcnetd"].iter().chain(args)).run;
+        // IPv4-only: as before; the IPv6 prefix length has its default and changes nothing.
+        let a = parse(&["--vpc-cidr", "10.0.0.0/16"]);
+        assert_eq!(a.mode(), Some(StackMode::V4));
+        assert_eq!(a.prefix_len_v6, 80);
+        assert!(a.validate().is_ok());
+        assert_eq!(a.pool_config().vpc_cidrs, a.vpc_cidrs_v4());
+        assert_eq!(parse(&[]).mode(), None);
+        // IPv6-only and dual: repeatable, comma list, any order.
+        let a = parse(&["--vpc-cidr", "fd00:10::/64"]);
+        assert_eq!(a.mode(), Some(StackMode::V6));
+        assert!(a.validate_flags().is_ok());
+        let a = parse(&[
+            "--vpc-cidr",
+            "fd00:10::/64,10.0.0.0/16",
+            "--vpc-cidr",
+            "fd00:20::/56",
+        ]);
+        assert_eq!(a.mode(), Some(StackMode::Dual));
+        assert!(a.validate_flags().is_ok());
+        assert_eq!(
+            a.vpc_cidrs_v4(),
+            vec!["10.0.0.0/16".parse::<Ipv4Network>().unwrap()]
+        );
+        assert_eq!(
+            a.vpc_cidrs_v6(),
+            vec![
+                "fd00:10::/64".parse::<Ipv6Network>().unwrap(),
+                "fd00:20::/56".parse::<Ipv6Network>().unwrap()
+            ]
+        );
+        // The IPv4 pool never sees an IPv6 CIDR.
+        assert_eq!(a.pool_config().vpc_cidrs, a.vpc_cidrs_v4());
+        // Not served yet: `run` and `check-config` refuse it naming the flag.
+        let e = a.validate().unwrap_err();
+        assert!(
+            e.contains("--vpc-cidr fd00:10::/64") && e.contains("IPv6"),
+            "{e}"
+        );
+        // --prefix-len-v6: range, and not shorter than any IPv6 VPC CIDR.
+        for (args, want) in [
+            (
+                &["--vpc-cidr", "fd00::/64", "--prefix-len-v6", "63"][..],
+                "--prefix-len-v6 63: shorter than /64 (--vpc-cidr fd00::/64)",
+            ),
+            (
+                &["--vpc-cidr", "fd00::/48", "--prefix-len-v6", "60"][..],
+                "--prefix-len-v6 60 must be within 64..=120",
+            ),
+            (
+                &["--vpc-cidr", "fd00::/48", "--prefix-len-v6", "121"][..],
+                "--prefix-len-v6 121 must be within 64..=120",
+            ),
+            (
+                &["--vpc-cidr", "10.0.0.0/16", "--prefix-len-v6", "200"][..],
+                "--prefix-len-v6 200 must be within 64..=120",
+            ),
+            (
+                &["--vpc-cidr", "fd00::/48", "--vpc-cidr", "fd00:0:0:1::/64"][..],
+                "--vpc-cidr fd00::/48 overlaps --vpc-cidr fd00:0:0:1::/64",
+            ),
+            (
+                // The IPv4 prefix length applies to IPv4 CIDRs only.
+                &["--vpc-cidr", "fd00::/64", "--vpc-cidr", "10.0.0.0/30"][..],
+                "--vpc-cidr 10.0.0.0/30 is smaller than one /28 prefix (--prefix-len)",
+            ),
+        ] {
+            let e = parse(args).validate_flags().unwrap_err();
+            assert!(e.starts_with(want), "{args:?}: {e}");
+            assert_eq!(parse(args).validate().unwrap_err(), e, "{args:?}");
+        }
+        // Bounds are inclusive; /64 VPC with /64 prefixes is one prefix, allowed.
+        for len in ["64", "120"] {
+            let a = parse(&["--vpc-cidr", "fd00::/64", "--prefix-len-v6", len]);
+            assert!(a.validate_flags().is_ok(), "{len}");
+        }
+        // The two families never overlap each other (::ffff:10.0.0.0 is not 10.0.0.0).
+        let a = parse(&[
+            "--vpc-cidr",
+            "10.0.0.0/16,::ffff:10.0.0.0/112",
+            "--prefix-len-v6",
+            "120",
+        ]);
+        assert!(a.validate_flags().is_ok());
+        // The IPv6 pool: only with an IPv6 VPC; warm targets off whatever the flags say.
+        assert_eq!(parse(&["--vpc-cidr", "10.0.0.0/16"]).pool_config6(), None);
+        let a = parse(&[
+            "--vpc-cidr",
+            "10.0.0.0/16,fd00:10::/64",
+            "--warm-ip-target",
+            "5",
+            "--minimum-ip-target",
+            "9",
+            "--warm-prefix-target",
+            "2",
+            "--max-pods",
+            "30",
+        ]);
+        let c6 = a.pool_config6().unwrap();
+        assert_eq!(c6.vpc_cidrs, a.vpc_cidrs_v6());
+        assert_eq!(c6.prefix_len, 80);
+        assert_eq!(
+            (
+                c6.warm_ip_target,
+                c6.minimum_ip_target,
+                c6.warm_prefix_target
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(c6.max_pods, 30);
+        assert_eq!(a.pool_config().warm_prefix_target, 2);
+        // What that policy does: one prefix when empty, then steady while it has room; a
+        // second, wholly-free prefix is released, the last one never.
+        let mut p6 = vpcnet_pool::Pool6::new(PoolConfig6 {
+            min_prefix_age_ms: 0,
+            ..c6
+        });
+        assert!(matches!(
+            p6.plan(0),
+            vpcnet_pool::PoolPlan6::Grow { prefixes: 1, .. }
+        ));
+        p6.add_prefix("fd00:10::/80".parse().unwrap(), 0).unwrap();
+        assert_eq!(p6.plan(1), vpcnet_pool::PoolPlan6::Steady);
+        for i in 0..30 {
+            let key = vpcnet_pool::AllocKey {
+                network: "n".into(),
+                container_id: format!("c{i}"),
+                ifname: "eth0".into(),
+            };
+            p6.assign(key, vpcnet_pool::PodMeta::default(), 1).unwrap();
+        }
+        assert_eq!(
+            p6.plan(1),
+            vpcnet_pool::PoolPlan6::Steady,
+            "max-pods reached"
+        );
+        let second = "fd00:10:0:0:1::/80".parse().unwrap();
+        p6.add_prefix(second, 0).unwrap();
+        assert_eq!(
+            p6.plan(1),
+            vpcnet_pool::PoolPlan6::Shrink {
+                prefixes: vec![second]
+            }
+        );
+        // Bad text names the flag (clap).
+        let e = Cli::try_parse_from(["vpcnetd", "--vpc-cidr", "fd00::zz/64"]).unwrap_err();
+        assert!(e.to_string().contains("--vpc-cidr"), "{e}");
     }
 
     #[test]

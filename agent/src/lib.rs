@@ -146,7 +146,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Etcd => {
@@ -161,7 +161,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     key: args.etcd_key.clone(),
                 })
                 .await?;
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net, policy).await
             }
             DatastoreKind::Kubernetes => {
@@ -175,7 +175,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 if args.max_pods.is_none() {
                     node_max_pods(&mut args, &mut pool, &ds).await;
                 }
-                let ds = counted::Counted::new(ds, args.vpc_cidrs.clone(), args.prefix_len);
+                let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, pool, net, policy).await
             }
         }
@@ -328,7 +328,11 @@ async fn serve<D: Datastore>(
     let node = Arc::new(Node::new(NodeParts {
         name: args.node_name(),
         ip: args.node_ip,
-        state: State { pool, store },
+        state: State {
+            pool,
+            pool6: None,
+            store,
+        },
         mtu: uplink_mtu(&net).await,
         datastore: ds,
         net: net.clone(),
@@ -473,7 +477,7 @@ async fn start_up<D: Datastore>(
     }
     if args.snat {
         snat::apply(&snat::SnatConfig {
-            vpc_cidrs: args.vpc_cidrs.clone(),
+            vpc_cidrs: args.vpc_cidrs_v4(),
             exclude: args.snat_exclude.clone(),
         })?;
     } else {

@@ -186,6 +186,42 @@ fn the_policy_holds_one_prefix_and_claims_another_only_when_full() {
     );
 }
 
+/// At the real size (/80: 2^48 addresses, more than `PoolStats` can count) a second,
+/// wholly-free prefix is still released and the last one kept: the policy's arithmetic does
+/// not saturate (it once subtracted a saturated prefix size from a saturated total and
+/// believed the pool empty, so it never released an IPv6 prefix).
+#[test]
+fn a_second_wholly_free_80_is_released_at_real_sizes() {
+    let mut pool = Pool6::new(cfg());
+    pool.add_prefix(net("fd00:10::/80"), 0).expect("prefix");
+    assert_eq!(pool.plan(1), PoolPlan6::Steady, "the only prefix stays");
+    assign(&mut pool, 1, 0);
+    pool.add_prefix(net("fd00:10:0:0:1::/80"), 0)
+        .expect("second");
+    assert_eq!(pool.stats(1).total, u32::MAX, "counts saturate");
+    assert_eq!(
+        pool.plan(1),
+        PoolPlan6::Shrink {
+            prefixes: vec![net("fd00:10:0:0:1::/80")]
+        }
+    );
+    // Max-pods reached: the wholly-free one still goes (growing would not help anyway).
+    let mut full = Pool6::new(PoolConfig6 {
+        max_pods: 1,
+        ..cfg()
+    });
+    full.add_prefix(net("fd00:10::/80"), 0).expect("prefix");
+    full.assign(key(1), PodMeta::default(), 0).expect("assign");
+    full.add_prefix(net("fd00:10:0:0:1::/80"), 0)
+        .expect("second");
+    assert_eq!(
+        full.plan(1),
+        PoolPlan6::Shrink {
+            prefixes: vec![net("fd00:10:0:0:1::/80")]
+        }
+    );
+}
+
 #[test]
 fn claim_candidates_and_prefix_count_at_ipv6_sizes() {
     let pool = Pool6::new(PoolConfig6 {

@@ -2,7 +2,9 @@
 //!
 //! * the agent's log (`--log-format`, `--log-level`): JSON lines only on stderr, each with
 //!   level, target and message, from the start-up line to the last; `warn` hides the info
-//!   start-up line; `check-config` refuses bad values naming the flag;
+//!   start-up line; `check-config` refuses bad values naming the flag (the IPv6 ones of
+//!   issue 11 too), and `run` refuses an IPv6 `--vpc-cidr` this version does not serve yet
+//!   before touching anything;
 //! * SIGTERM: the socket goes at once, a request already accepted is still answered, then the
 //!   agent exits 0 within a bound;
 //! * the plugin's log: rotated to `<logFile>.1` at `logMaxBytes` (also under concurrent
@@ -189,6 +191,81 @@ fn check_config_refuses_bad_log_flags_naming_them() {
         &[("VPCNET_LOG_LEVEL", "info,vpcnet_agent::loops=debug")],
     );
     assert!(ok, "{err}");
+}
+
+/// `--vpc-cidr` takes IPv6 (the family decides the mode) and `--prefix-len-v6` is checked:
+/// bad values name the flag. The agent does not serve IPv6 pods yet (docs/dual-stack.md,
+/// step 3), so a valid IPv6 configuration is refused too, naming `--vpc-cidr`.
+#[test]
+fn check_config_checks_the_ipv6_flags_naming_them() {
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let out = Command::new(bin("vpcnetd"))
+            .args(args)
+            .arg("check-config")
+            .env_remove("VPCNET_VPC_CIDR")
+            .env_remove("VPCNET_PREFIX_LEN_V6")
+            .envs(env.iter().copied())
+            .output()
+            .expect("vpcnetd check-config");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // IPv4-only: unchanged, whatever the (valid) IPv6 prefix length.
+    let (ok, err) = check(&["--vpc-cidr", "10.0.0.0/16", "--prefix-len-v6", "96"], &[]);
+    assert!(ok, "{err}");
+    let (ok, err) = check(&["--vpc-cidr", "fd00::/64", "--prefix-len-v6", "60"], &[]);
+    assert!(
+        !ok && err.contains("--prefix-len-v6 60: shorter than /64"),
+        "{err}"
+    );
+    let (ok, err) = check(
+        &["--vpc-cidr", "10.0.0.0/16"],
+        &[("VPCNET_PREFIX_LEN_V6", "121")],
+    );
+    assert!(!ok && err.contains("--prefix-len-v6 121"), "{err}");
+    let (ok, err) = check(&["--vpc-cidr", "fd00::1::/64"], &[]);
+    assert!(!ok && err.contains("--vpc-cidr"), "{err}");
+    // Valid dual-stack flags, from the environment as the DaemonSet sets them: refused for
+    // now, naming the IPv6 CIDR.
+    let (ok, err) = check(&[], &[("VPCNET_VPC_CIDR", "10.0.0.0/16,fd00:10::/64")]);
+    assert!(
+        !ok && err.contains("--vpc-cidr fd00:10::/64") && err.contains("IPv6"),
+        "{err}"
+    );
+}
+
+/// `run` with an IPv6 `--vpc-cidr` exits 1 naming it, before any lock, socket or state file.
+#[test]
+fn run_refuses_an_ipv6_vpc_before_touching_anything() {
+    let lab = Lab::new("10.244.0.0/16");
+    let mut child = Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", lab.host()))
+        .arg(bin("vpcnetd"))
+        .args(["--socket", &lab.socket().display().to_string()])
+        .args(["--state-dir", &lab.state_dir().display().to_string()])
+        .args(["--vpc-cidr", &lab.vpc, "--vpc-cidr", "fd00:44::/64"])
+        .args(["--metrics-addr", "off", "--node-name", "v6-node"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vpcnetd");
+    let exited = wait_until(Duration::from_secs(10), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().expect("vpcnetd output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(exited, "vpcnetd kept running with an IPv6 VPC: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--vpc-cidr fd00:44::/64"), "{err}");
+    assert!(!lab.socket().exists(), "socket created");
+    assert!(!lab.state_dir().exists(), "state dir created");
+    assert!(lab.proto_routes().is_empty(), "{:?}", lab.proto_routes());
 }
 
 #[test]

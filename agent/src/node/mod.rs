@@ -18,7 +18,7 @@ pub mod ops;
 pub mod store;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -27,8 +27,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::datastore::Datastore;
 use crate::loops::reap::Activity;
-use crate::node::store::{Store, StoreError};
-use vpcnet_pool::{AllocKey, Millis, Pool, PoolEvent};
+use crate::node::store::{FamilyEvent, Store, StoreError};
+use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, Pool6, PoolError, PoolEvent};
 use vpcnet_proto::naming;
 
 pub use error::NodeError;
@@ -55,11 +55,70 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
-/// Pool and its journal, always changed together under one lock.
+/// Pools and their journal, always changed together under one lock.
 #[derive(Debug)]
 pub struct State {
+    /// The IPv4 pool (empty, without VPC CIDRs, on an IPv6-only node).
     pub pool: Pool,
+    /// The IPv6 pool, when an IPv6 `--vpc-cidr` is set (docs/dual-stack.md).
+    pub pool6: Option<Pool6>,
     pub store: Store,
+}
+
+/// Which family of a dual-stack assignment failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// One address of each family present for `key`, as one change: the IPv4 address (when the
+/// node has IPv4 VPC CIDRs), then the IPv6 one (when it has an IPv6 pool). If the second
+/// fails, the first is undone in memory (the pool exactly as before) and no event is
+/// returned: nothing is written. Idempotent like [`Pool::assign`] (an existing assignment
+/// is returned again, without events).
+#[allow(clippy::type_complexity)]
+pub fn assign_both(
+    pool: &mut Pool,
+    pool6: Option<&mut Pool6>,
+    key: AllocKey,
+    meta: PodMeta,
+    now: Millis,
+) -> Result<((Option<Ipv4Addr>, Option<Ipv6Addr>), Vec<FamilyEvent>), (Family, PoolError)> {
+    let mut evs = Vec::new();
+    let before = pool.clone();
+    let ip4 = if pool.config().vpc_cidrs.is_empty() {
+        None
+    } else {
+        let (ip, ev) = pool
+            .assign(key.clone(), meta.clone(), now)
+            .map_err(|e| (Family::V4, e))?;
+        evs.extend(ev.map(FamilyEvent::V4));
+        Some(ip)
+    };
+    let ip6 = match pool6 {
+        None => None,
+        Some(p6) => match p6.assign(key, meta, now) {
+            Ok((ip, ev)) => {
+                evs.extend(ev.map(FamilyEvent::V6));
+                Some(ip)
+            }
+            Err(e) => {
+                *pool = before;
+                return Err((Family::V6, e));
+            }
+        },
+    };
+    Ok(((ip4, ip6), evs))
 }
 
 impl State {
@@ -78,19 +137,65 @@ impl State {
     ) -> Result<T, StoreError> {
         let before = self.pool.clone();
         let (out, evs) = f(&mut self.pool);
-        if let Err(e) = self.store.persist(&evs, &self.pool) {
+        let written = match &self.pool6 {
+            // IPv4-only: one line per event, exactly as before dual-stack.
+            None => self.store.persist(&evs, &self.pool),
+            // With an IPv6 pool: one record, and a broken store's repair snapshot holds both.
+            Some(p6) => {
+                let fevs: Vec<FamilyEvent> = evs.iter().cloned().map(FamilyEvent::V4).collect();
+                self.store.persist_change(&fevs, &self.pool, Some(p6))
+            }
+        };
+        if let Err(e) = written {
             self.pool = before;
             tracing::error!(events = evs.len(), error = %e, "cannot persist pool change");
             return Err(e);
         }
+        self.compact_if_due();
+        Ok(out)
+    }
+
+    /// [`State::change`] of both pools: `f` gets the IPv4 pool and the IPv6 one (if any) and
+    /// returns the events of both families; they are made durable as one record (one line,
+    /// one checksum, replayed all-or-nothing) before anyone acts on them. If that fails,
+    /// both pools are put back exactly as they were.
+    pub fn change_both<T>(
+        &mut self,
+        f: impl FnOnce(&mut Pool, Option<&mut Pool6>) -> (T, Vec<FamilyEvent>),
+    ) -> Result<T, StoreError> {
+        let before = (self.pool.clone(), self.pool6.clone());
+        let (out, evs) = f(&mut self.pool, self.pool6.as_mut());
+        let written = match &self.pool6 {
+            // IPv4-only (`f` had no IPv6 pool to change): today's lines.
+            None => {
+                let v4: Vec<PoolEvent> = evs
+                    .iter()
+                    .filter_map(|e| match e {
+                        FamilyEvent::V4(e) => Some(e.clone()),
+                        FamilyEvent::V6(_) => None,
+                    })
+                    .collect();
+                self.store.persist(&v4, &self.pool)
+            }
+            Some(p6) => self.store.persist_change(&evs, &self.pool, Some(p6)),
+        };
+        if let Err(e) = written {
+            (self.pool, self.pool6) = before;
+            tracing::error!(events = evs.len(), error = %e, "cannot persist pool change");
+            return Err(e);
+        }
+        self.compact_if_due();
+        Ok(out)
+    }
+
+    fn compact_if_due(&mut self) {
         if self.store.needs_compaction() {
             // The events are durable in the journal already; a failed compaction only
             // leaves the journal longer. Retried after the next change.
-            if let Err(e) = self.store.compact(&self.pool) {
+            if let Err(e) = self.store.compact_dual(&self.pool, self.pool6.as_ref()) {
                 tracing::warn!(error = %e, "compacting state (retrying later)");
             }
         }
-        Ok(out)
     }
 
     /// Releases every allocation of `keys` (cooling down) in one durable change; returns
@@ -296,6 +401,189 @@ mod tests {
     use crate::node::store::Store;
     use vpcnet_pool::PoolConfig;
 
+    /// A scratch state directory, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let p = std::env::temp_dir()
+                .join(format!("vpcnet-state-test-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            Scratch(p)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn cfgs(v4: bool) -> (PoolConfig, vpcnet_pool::PoolConfig6) {
+        let cfg = PoolConfig {
+            vpc_cidrs: if v4 {
+                vec!["10.0.0.0/27".parse().expect("cidr")]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        };
+        let cfg6 = vpcnet_pool::PoolConfig6 {
+            vpc_cidrs: vec!["fd00:10::/64".parse().expect("cidr6")],
+            prefix_len: 80,
+            ..Default::default()
+        };
+        (cfg, cfg6)
+    }
+
+    fn open(dir: &Path, v4: bool, v6: bool) -> State {
+        let (cfg, cfg6) = cfgs(v4);
+        let (store, pool, pool6) = Store::open_dual(dir, cfg, v6.then_some(cfg6)).expect("store");
+        State { pool, pool6, store }
+    }
+
+    fn journal_lines(dir: &Path) -> Vec<String> {
+        std::fs::read_to_string(dir.join(store::JOURNAL))
+            .expect("journal")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Dual-stack: one assignment takes an address of each family in one record; if the
+    /// IPv6 half fails the IPv4 half is undone and nothing is written; release frees both;
+    /// all of it survives a reopen.
+    #[test]
+    fn dual_assignment_is_one_change_of_both_pools() {
+        let dir = Scratch::new("dual");
+        let mut st = open(&dir.0, true, true);
+        st.change(|p| {
+            let ev = p.add_prefix("10.0.0.16/28".parse().expect("p"), 1);
+            ((), ev.into_iter().collect())
+        })
+        .expect("v4 prefix");
+        // No IPv6 prefix yet: the IPv6 half fails, the IPv4 half is rolled back, no record.
+        let (before4, lines_before) = (st.pool.clone(), journal_lines(&dir.0));
+        let r = st
+            .change_both(
+                |p, p6| match assign_both(p, p6, key("a"), PodMeta::default(), 2) {
+                    Ok((ips, evs)) => (Ok(ips), evs),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+            )
+            .expect("nothing to write");
+        assert!(
+            matches!(r, Err((Family::V6, PoolError::Exhausted { .. }))),
+            "{r:?}"
+        );
+        assert_eq!(st.pool, before4);
+        assert_eq!(journal_lines(&dir.0), lines_before);
+        // With an IPv6 prefix: both addresses, one line holding both events.
+        st.change_both(|_, p6| {
+            let p6 = p6.expect("ipv6 pool");
+            let ev = p6.add_prefix("fd00:10::/80".parse().expect("p6"), 1);
+            ((), ev.into_iter().map(FamilyEvent::V6).collect())
+        })
+        .expect("v6 prefix");
+        let assign = |st: &mut State, c: &str| {
+            st.change_both(
+                |p, p6| match assign_both(p, p6, key(c), PodMeta::default(), 3) {
+                    Ok((ips, evs)) => (Ok(ips), evs),
+                    Err(e) => (Err(e), Vec::new()),
+                },
+            )
+            .expect("persist")
+        };
+        let (ip4, ip6) = assign(&mut st, "a").expect("assigned");
+        assert_eq!(ip4, Some("10.0.0.16".parse().expect("ip")));
+        assert_eq!(ip6, Some("fd00:10::1".parse().expect("ip6")));
+        let lines = journal_lines(&dir.0);
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let last = lines.last().expect("line");
+        assert!(
+            last.contains(r#""evs":[{"v4":{"ev":"assigned""#)
+                && last.contains(r#"{"v6":{"ev":"assigned""#),
+            "{last}"
+        );
+        // Idempotent: the same key again, the same addresses, nothing written.
+        assert_eq!(assign(&mut st, "a").expect("again"), (ip4, ip6));
+        assert_eq!(journal_lines(&dir.0).len(), 3);
+        let _ = assign(&mut st, "b").expect("b");
+        // Release of both families, one record.
+        st.change_both(|p, p6| {
+            let mut evs: Vec<FamilyEvent> = p
+                .release(&key("a"), 4)
+                .map(FamilyEvent::V4)
+                .into_iter()
+                .collect();
+            evs.extend(
+                p6.and_then(|p6| p6.release(&key("a"), 4))
+                    .map(FamilyEvent::V6),
+            );
+            ((), evs)
+        })
+        .expect("release");
+        assert_eq!(journal_lines(&dir.0).len(), 5);
+        let (p4, p6) = (st.pool.clone(), st.pool6.clone());
+        drop(st);
+        let st = open(&dir.0, true, true);
+        assert_eq!((&st.pool, &st.pool6), (&p4, &p6));
+        assert!(st.pool.get(&key("a")).is_none() && st.pool.get(&key("b")).is_some());
+        let p6 = st.pool6.as_ref().expect("pool6");
+        assert!(p6.get(&key("a")).is_none() && p6.get(&key("b")).is_some());
+    }
+
+    /// IPv4-only: `assign_both` is today's assignment and the journal today's lines; an
+    /// IPv6-only node gets an IPv6 address alone.
+    #[test]
+    fn single_family_assignments() {
+        let dir = Scratch::new("v4");
+        let mut st = open(&dir.0, true, false);
+        st.change(|p| {
+            let ev = p.add_prefix("10.0.0.0/28".parse().expect("p"), 1);
+            ((), ev.into_iter().collect())
+        })
+        .expect("prefix");
+        let r = st
+            .change_both(|p, p6| {
+                let (ips, evs) =
+                    assign_both(p, p6, key("a"), PodMeta::default(), 2).expect("assign");
+                (ips, evs)
+            })
+            .expect("persist");
+        assert_eq!(r, (Some("10.0.0.1".parse().expect("ip")), None));
+        for line in journal_lines(&dir.0) {
+            assert!(
+                !line.contains("evs") && line.contains(r#"{"seq":"#),
+                "{line}"
+            );
+        }
+        let dir = Scratch::new("v6");
+        let mut st = open(&dir.0, false, true);
+        st.change_both(|_, p6| {
+            let ev = p6
+                .expect("p6")
+                .add_prefix("fd00:10::/80".parse().expect("p6"), 1);
+            ((), ev.into_iter().map(FamilyEvent::V6).collect())
+        })
+        .expect("prefix");
+        let r = st
+            .change_both(|p, p6| {
+                assign_both(p, p6, key("a"), PodMeta::default(), 2).expect("assign")
+            })
+            .expect("persist");
+        assert_eq!(r, (None, Some("fd00:10::1".parse().expect("ip6"))));
+        assert_eq!(st.pool.allocations().count(), 0);
+    }
+
     /// `list` answers a stale view (every prefix of the VPC claimed by another node, as a
     /// lagging cache might); `list_fresh` answers the truth (`fresh`).
     #[derive(Default)]
@@ -363,7 +651,11 @@ mod tests {
         Node::new(NodeParts {
             name: "me".into(),
             ip: None,
-            state: State { pool, store },
+            state: State {
+                pool,
+                pool6: None,
+                store,
+            },
             mtu: None,
             datastore: ds,
             net,

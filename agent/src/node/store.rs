@@ -17,6 +17,13 @@
 //!   number with other content, is damage: [`StoreError::Corrupt`] names the file and line,
 //!   and the agent refuses to start. An exact repeat of a record already applied is skipped.
 //!
+//! A record holds one state change: one IPv4 event (`{"seq":…,"ev":…}`, the only shape an
+//! IPv4-only node writes, so its journal stays readable by the previous version), or the
+//! events of a change touching IPv6 — both families of one dual-stack attachment —
+//! (`{"seq":…,"evs":[{"v4":…},{"v6":…}]}`, [`journal_record`]). Either is one line with one
+//! checksum, so it is durable, torn or damaged as a whole, and replay applies it whole or
+//! refuses the load ([`replay_dual`]).
+//!
 //! Journals written before checksums (every line plain JSON) are still read, with the old
 //! rules (no damage detection); the start-up compaction rewrites them in the new format. A
 //! journal mixing both kinds of line is damage.
@@ -37,8 +44,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use vpcnet_pool::{Pool, PoolConfig, PoolEvent};
+use vpcnet_pool::{Pool, Pool6, PoolConfig, PoolConfig6, PoolEvent, PoolEvent6};
 
+/// A record of one IPv4 event: `{"seq":…,"ev":…}` (the only shape before dual-stack, and
+/// still the only one an IPv4-only node writes).
 #[derive(Serialize, Deserialize)]
 struct Record<E> {
     seq: u64,
@@ -46,13 +55,67 @@ struct Record<E> {
     event: E,
 }
 
+/// One event of a record holding several, tagged with its family:
+/// `{"v4":{"ev":…}}` or `{"v6":{"ev":…}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FamilyEvent {
+    V4(PoolEvent),
+    V6(PoolEvent6),
+}
+
+/// A record of one state change touching IPv6 (dual-stack: both families of one
+/// attachment): `{"seq":…,"evs":[…]}`, one line, one checksum, applied all-or-nothing.
 #[derive(Serialize, Deserialize)]
-struct Snapshot<P> {
+struct MultiRecord<E> {
     seq: u64,
-    /// CRC-32 of `serde_json::to_vec(&(seq, pool))`; absent in snapshots written before it.
+    evs: E,
+}
+
+/// Which shape a record has (serde ignores the other fields here).
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(default)]
+    evs: Option<serde::de::IgnoredAny>,
+}
+
+/// A journal record as read back.
+enum Entry {
+    One(PoolEvent),
+    Many(Vec<FamilyEvent>),
+}
+
+fn parse_record(json: &[u8]) -> Result<(u64, Entry), serde_json::Error> {
+    let shape: Shape = serde_json::from_slice(json)?;
+    if shape.evs.is_some() {
+        let r: MultiRecord<Vec<FamilyEvent>> = serde_json::from_slice(json)?;
+        Ok((r.seq, Entry::Many(r.evs)))
+    } else {
+        let r: Record<PoolEvent> = serde_json::from_slice(json)?;
+        Ok((r.seq, Entry::One(r.event)))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot<P, P6> {
+    seq: u64,
+    /// CRC-32 of `serde_json::to_vec(&(seq, pool))`, or of `(seq, pool, pool6)` when there
+    /// is an IPv6 pool; absent in snapshots written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     crc: Option<u32>,
     pool: P,
+    /// The IPv6 pool (IPv6-only and dual-stack nodes); absent on IPv4-only nodes, whose
+    /// snapshot is byte-identical to the previous version's. (Missing: `None`, as serde reads
+    /// an absent `Option`.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool6: Option<P6>,
+}
+
+fn snapshot_body(seq: u64, pool: &Pool, pool6: Option<&Pool6>) -> serde_json::Result<Vec<u8>> {
+    match pool6 {
+        None => serde_json::to_vec(&(seq, pool)),
+        Some(p6) => serde_json::to_vec(&(seq, pool, p6)),
+    }
 }
 
 pub const SNAPSHOT: &str = "pool.json";
@@ -206,28 +269,51 @@ fn corrupt(file: &str, line: usize, msg: impl Into<String>) -> StoreError {
     }
 }
 
-/// Parses a snapshot and checks its checksum; returns the pool and its sequence number.
+/// Parses a snapshot and checks its checksum; returns the pool and its sequence number. An
+/// IPv4 pool alone: a snapshot holding an IPv6 pool is refused (see [`parse_snapshot_dual`]).
 pub fn parse_snapshot(bytes: &[u8]) -> Result<(Pool, u64), StoreError> {
-    let snap: Snapshot<Pool> = serde_json::from_slice(bytes)
+    match parse_snapshot_dual(bytes)? {
+        (pool, None, seq) => Ok((pool, seq)),
+        (_, Some(_), _) => Err(corrupt(
+            SNAPSHOT,
+            1,
+            "an IPv6 pool, but no IPv6 --vpc-cidr is set",
+        )),
+    }
+}
+
+/// Parses a snapshot of one or both families and checks its checksum.
+pub fn parse_snapshot_dual(bytes: &[u8]) -> Result<(Pool, Option<Pool6>, u64), StoreError> {
+    let snap: Snapshot<Pool, Pool6> = serde_json::from_slice(bytes)
         .map_err(|err| corrupt(SNAPSHOT, err.line(), err.to_string()))?;
     if let Some(crc) = snap.crc {
-        let body = serde_json::to_vec(&(snap.seq, &snap.pool))
+        let body = snapshot_body(snap.seq, &snap.pool, snap.pool6.as_ref())
             .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
         if crc32(&body) != crc {
             return Err(corrupt(SNAPSHOT, 1, "checksum mismatch"));
         }
     }
-    Ok((snap.pool, snap.seq))
+    Ok((snap.pool, snap.pool6, snap.seq))
 }
 
 /// A snapshot file holding `pool` as of journal record `seq`.
 pub fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
+    snapshot_bytes_dual(seq, pool, None)
+}
+
+/// A snapshot file holding both pools (without `pool6`: exactly [`snapshot_bytes`]).
+pub fn snapshot_bytes_dual(
+    seq: u64,
+    pool: &Pool,
+    pool6: Option<&Pool6>,
+) -> Result<Vec<u8>, StoreError> {
     let body =
-        serde_json::to_vec(&(seq, pool)).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
+        snapshot_body(seq, pool, pool6).map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))?;
     serde_json::to_vec(&Snapshot {
         seq,
         crc: Some(crc32(&body)),
         pool,
+        pool6,
     })
     .map_err(|err| corrupt(SNAPSHOT, 0, err.to_string()))
 }
@@ -235,6 +321,22 @@ pub fn snapshot_bytes(seq: u64, pool: &Pool) -> Result<Vec<u8>, StoreError> {
 /// One journal line: `<crc32 8 hex> <json>\n`, appended to `out`.
 pub fn journal_line(seq: u64, ev: &PoolEvent, out: &mut Vec<u8>) -> Result<(), StoreError> {
     let json = serde_json::to_vec(&Record { seq, event: ev })
+        .map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    write!(out, "{:08x} ", crc32(&json)).map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// One journal line for one state change: a single IPv4 event is written exactly as
+/// [`journal_line`] writes it (an IPv4-only node's journal stays readable by the previous
+/// version); anything else (an IPv6 event, or the events of both families of one dual-stack
+/// attachment) as one `{"seq":…,"evs":[…]}` record with one checksum.
+pub fn journal_record(seq: u64, evs: &[FamilyEvent], out: &mut Vec<u8>) -> Result<(), StoreError> {
+    if let [FamilyEvent::V4(ev)] = evs {
+        return journal_line(seq, ev, out);
+    }
+    let json = serde_json::to_vec(&MultiRecord { seq, evs })
         .map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
     write!(out, "{:08x} ", crc32(&json)).map_err(|err| corrupt(JOURNAL, 0, err.to_string()))?;
     out.extend_from_slice(&json);
@@ -254,9 +356,9 @@ pub struct Replayed {
 }
 
 /// A line's record with its checksum, verified; `true`: a legacy (plain JSON) line.
-fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
+fn parse_line(line: &[u8]) -> Result<((u64, Entry), u32, bool), String> {
     if line.first() == Some(&b'{') {
-        let rec = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+        let rec = parse_record(line).map_err(|e| e.to_string())?;
         return Ok((rec, crc32(line), true));
     }
     let (head, json) = match (line.get(..8), line.get(8), line.get(9..)) {
@@ -275,13 +377,27 @@ fn parse_line(line: &[u8]) -> Result<(Record<PoolEvent>, u32, bool), String> {
     if crc32(json) != want {
         return Err("checksum mismatch".into());
     }
-    let rec = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let rec = parse_record(json).map_err(|e| e.to_string())?;
     Ok((rec, want, false))
 }
 
 /// Applies the journal `bytes` newer than `snap_seq` to `pool` (see the module doc for what
-/// is a torn write and what is damage). Pure: the property tests drive it directly.
+/// is a torn write and what is damage). Pure: the property tests drive it directly. An IPv4
+/// pool alone: a record holding an IPv6 event is refused (see [`replay_dual`]).
 pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, StoreError> {
+    replay_dual(bytes, pool, None, snap_seq)
+}
+
+/// [`replay`] for both families: IPv4 events go to `pool`, IPv6 ones to `pool6`. A record is
+/// applied all-or-nothing: if any of its events does not apply, or it holds an IPv6 event
+/// and there is no IPv6 pool (no IPv6 `--vpc-cidr`), the whole load fails naming the line
+/// (the caller discards the pools: nothing half-applied is ever used).
+pub fn replay_dual(
+    bytes: &[u8],
+    pool: &mut Pool,
+    mut pool6: Option<&mut Pool6>,
+    snap_seq: u64,
+) -> Result<Replayed, StoreError> {
     let mut last = snap_seq;
     let mut applied = 0;
     // Checksums of the records applied, by sequence number (to tell a repeat from damage).
@@ -314,7 +430,7 @@ pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, 
         if line.is_empty() {
             continue;
         }
-        let (rec, crc, is_legacy) =
+        let ((rec_seq, entry), crc, is_legacy) =
             parse_line(line).map_err(|msg| corrupt(JOURNAL, line_no, msg))?;
         if *legacy.get_or_insert(is_legacy) != is_legacy {
             return Err(corrupt(
@@ -323,31 +439,50 @@ pub fn replay(bytes: &[u8], pool: &mut Pool, snap_seq: u64) -> Result<Replayed, 
                 "checksummed and plain records mixed",
             ));
         }
-        if rec.seq <= snap_seq {
+        if rec_seq <= snap_seq {
             // Already in the snapshot (a crash fell between snapshot and truncate).
             continue;
         }
-        if rec.seq <= last {
-            if seen.get(&rec.seq) == Some(&crc) {
+        if rec_seq <= last {
+            if seen.get(&rec_seq) == Some(&crc) {
                 continue; // an exact repeat of a record applied
             }
             return Err(corrupt(
                 JOURNAL,
                 line_no,
-                format!("sequence number {} after {last}", rec.seq),
+                format!("sequence number {rec_seq} after {last}"),
             ));
         }
-        if rec.seq != last + 1 {
+        if rec_seq != last + 1 {
             return Err(corrupt(
                 JOURNAL,
                 line_no,
-                format!("sequence number {} after {last}: records missing", rec.seq),
+                format!("sequence number {rec_seq} after {last}: records missing"),
             ));
         }
-        pool.apply(&rec.event)
-            .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?;
-        seen.insert(rec.seq, crc);
-        last = rec.seq;
+        match entry {
+            Entry::One(ev) => pool
+                .apply(&ev)
+                .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?,
+            Entry::Many(evs) => {
+                for ev in &evs {
+                    match (ev, pool6.as_deref_mut()) {
+                        (FamilyEvent::V4(ev), _) => pool.apply(ev),
+                        (FamilyEvent::V6(ev), Some(p6)) => p6.apply(ev),
+                        (FamilyEvent::V6(_), None) => {
+                            return Err(corrupt(
+                                JOURNAL,
+                                line_no,
+                                "an IPv6 record, but no IPv6 --vpc-cidr is set",
+                            ))
+                        }
+                    }
+                    .map_err(|err| corrupt(JOURNAL, line_no, err.to_string()))?;
+                }
+            }
+        }
+        seen.insert(rec_seq, crc);
+        last = rec_seq;
         applied += 1;
     }
     Ok(Replayed {
@@ -363,16 +498,44 @@ pub fn load(
     journal: &[u8],
     cfg: PoolConfig,
 ) -> Result<(Pool, Replayed), StoreError> {
-    let (mut pool, snap_seq) = match snapshot {
-        Some(bytes) => {
-            let (mut p, seq) = parse_snapshot(bytes)?;
-            p.set_config(cfg);
-            (p, seq)
-        }
-        None => (Pool::new(cfg), 0),
-    };
-    let r = replay(journal, &mut pool, snap_seq)?;
+    let (pool, _, r) = load_dual(snapshot, journal, cfg, None)?;
     Ok((pool, r))
+}
+
+/// [`load`] for both families: with `cfg6` (an IPv6 `--vpc-cidr` is set) the IPv6 pool is
+/// loaded too (empty if the state has none yet: a node that turns dual-stack keeps its IPv4
+/// state); without it, IPv6 state on disk is refused naming the flag. Pure.
+pub fn load_dual(
+    snapshot: Option<&[u8]>,
+    journal: &[u8],
+    cfg: PoolConfig,
+    cfg6: Option<PoolConfig6>,
+) -> Result<(Pool, Option<Pool6>, Replayed), StoreError> {
+    let (mut pool, pool6, snap_seq) = match snapshot {
+        Some(bytes) => {
+            let (mut p, p6, seq) = parse_snapshot_dual(bytes)?;
+            p.set_config(cfg);
+            (p, p6, seq)
+        }
+        None => (Pool::new(cfg), None, 0),
+    };
+    let mut pool6 = match (pool6, cfg6) {
+        (Some(mut p6), Some(c6)) => {
+            p6.set_config(c6);
+            Some(p6)
+        }
+        (None, Some(c6)) => Some(Pool6::new(c6)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(corrupt(
+                SNAPSHOT,
+                1,
+                "an IPv6 pool, but no IPv6 --vpc-cidr is set",
+            ))
+        }
+    };
+    let r = replay_dual(journal, &mut pool, pool6.as_mut(), snap_seq)?;
+    Ok((pool, pool6, r))
 }
 
 fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
@@ -393,14 +556,34 @@ impl Store {
 
     /// [`Store::open`] on a directory already locked.
     pub fn load(dir: StateDir, cfg: PoolConfig) -> Result<(Store, Pool), StoreError> {
+        let (store, pool, _) = Store::load_dual(dir, cfg, None)?;
+        Ok((store, pool))
+    }
+
+    /// [`Store::open`] for both families ([`load_dual`]): with `cfg6`, the IPv6 pool too.
+    pub fn open_dual(
+        dir: &Path,
+        cfg: PoolConfig,
+        cfg6: Option<PoolConfig6>,
+    ) -> Result<(Store, Pool, Option<Pool6>), StoreError> {
+        Store::load_dual(StateDir::lock(dir)?, cfg, cfg6)
+    }
+
+    /// [`Store::open_dual`] on a directory already locked.
+    pub fn load_dual(
+        dir: StateDir,
+        cfg: PoolConfig,
+        cfg6: Option<PoolConfig6>,
+    ) -> Result<(Store, Pool, Option<Pool6>), StoreError> {
         let d = dir.path().to_path_buf();
         let e = io_err(&d);
         let snap = read_optional(&d.join(SNAPSHOT)).map_err(&e)?;
         let journal_bytes = read_optional(&d.join(JOURNAL)).map_err(&e)?;
-        let (pool, r) = load(
+        let (pool, pool6, r) = load_dual(
             snap.as_deref(),
             journal_bytes.as_deref().unwrap_or_default(),
             cfg,
+            cfg6,
         )?;
         let fresh = snap.is_none() && r.applied == 0;
         let journal = OpenOptions::new()
@@ -426,6 +609,7 @@ impl Store {
                 broken: false,
             },
             pool,
+            pool6,
         ))
     }
 
@@ -452,6 +636,28 @@ impl Store {
         self.append_all(evs)
     }
 
+    /// Makes one state change durable as one record ([`journal_record`]): the events of
+    /// both families of a dual-stack attachment (already applied to `pool` and `pool6`). On
+    /// error nothing of them is durable and the caller must undo them in memory, in both
+    /// pools. A store holding IPv6 state must be compacted with [`Store::compact_dual`].
+    pub fn persist_change(
+        &mut self,
+        evs: &[FamilyEvent],
+        pool: &Pool,
+        pool6: Option<&Pool6>,
+    ) -> Result<(), StoreError> {
+        if evs.is_empty() {
+            return Ok(());
+        }
+        if self.broken {
+            self.compact_dual(pool, pool6)?;
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        journal_record(self.seq + 1, evs, &mut buf)?;
+        self.append_buf(&buf, self.seq + 1, 1)
+    }
+
     /// Appends several events with a single sync. A failed write is cut back off the file.
     fn append_all(&mut self, evs: &[PoolEvent]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
@@ -460,11 +666,17 @@ impl Store {
             seq += 1;
             journal_line(seq, ev, &mut buf)?;
         }
+        self.append_buf(&buf, seq, evs.len())
+    }
+
+    /// Appends `buf` (`records` whole records, the last numbered `seq`) with a single sync.
+    /// A failed write is cut back off the file.
+    fn append_buf(&mut self, buf: &[u8], seq: u64, records: usize) -> Result<(), StoreError> {
         let d = self.dir.path().to_path_buf();
         let e = io_err(&d);
         let written = self
             .journal
-            .write_all(&buf)
+            .write_all(buf)
             .and_then(|()| self.journal.sync_data());
         if let Err(err) = written {
             // Cut the failed write back off. If that cannot be made durable either, the
@@ -487,7 +699,7 @@ impl Store {
         }
         self.len += u64::try_from(buf.len()).unwrap_or(u64::MAX);
         self.seq = seq;
-        self.since_compact += evs.len();
+        self.since_compact += records;
         Ok(())
     }
 
@@ -499,9 +711,14 @@ impl Store {
     /// records the last sequence number it holds, so a crash before the truncate is harmless.
     /// Ok only when both happened: a broken store is repaired only then.
     pub fn compact(&mut self, pool: &Pool) -> Result<(), StoreError> {
+        self.compact_dual(pool, None)
+    }
+
+    /// [`Store::compact`] of both pools (without `pool6`: exactly [`Store::compact`]).
+    pub fn compact_dual(&mut self, pool: &Pool, pool6: Option<&Pool6>) -> Result<(), StoreError> {
         let d = self.dir.path().to_path_buf();
         let e = io_err(&d);
-        let bytes = snapshot_bytes(self.seq, pool)?;
+        let bytes = snapshot_bytes_dual(self.seq, pool, pool6)?;
         write_atomic(&d, SNAPSHOT, &bytes).map_err(&e)?;
         self.journal.set_len(0).map_err(&e)?;
         self.journal.sync_all().map_err(&e)?;
@@ -607,6 +824,227 @@ mod tests {
             load(None, &dup, cfg()).unwrap().0,
             load(None, &j, cfg()).unwrap().0
         );
+    }
+
+    /// The IPv4 journal format, byte for byte (an IPv4-only node must keep writing exactly
+    /// this, so that the previous version can read its journal after a rollback), whether
+    /// written as an event or as a one-event change.
+    #[test]
+    fn ipv4_lines_are_pinned_byte_for_byte() {
+        let evs = events();
+        let mut out = Vec::new();
+        journal_line(1, &evs[0], &mut out).unwrap();
+        journal_line(2, &evs[1], &mut out).unwrap();
+        let want = concat!(
+            r#"2ef8fb0d {"seq":1,"ev":"prefixAdded","prefix":"10.0.0.0/28","at":1}"#,
+            "\n",
+            r#"f1b83607 {"seq":2,"ev":"assigned","alloc":{"ip":"10.0.0.1","key":{"network":"n","#,
+            r#""container_id":"c1","ifname":"eth0"},"meta":{"namespace":null,"name":null,"#,
+            r#""uid":null,"netns":null},"assigned_at":2}}"#,
+            "\n",
+        );
+        assert_eq!(String::from_utf8(out.clone()).unwrap(), want);
+        let mut rec = Vec::new();
+        journal_record(1, &[FamilyEvent::V4(evs[0].clone())], &mut rec).unwrap();
+        journal_record(2, &[FamilyEvent::V4(evs[1].clone())], &mut rec).unwrap();
+        assert_eq!(rec, out);
+    }
+
+    fn key(c: &str) -> AllocKey {
+        AllocKey {
+            network: "n".into(),
+            container_id: c.into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    fn cfg6() -> vpcnet_pool::PoolConfig6 {
+        vpcnet_pool::PoolConfig6 {
+            vpc_cidrs: vec!["fd00:10::/64".parse().unwrap()],
+            prefix_len: 80,
+            ..Default::default()
+        }
+    }
+
+    /// A dual-stack history: prefixes of both families, then attachments that each take one
+    /// address of each family in one record.
+    fn dual_records() -> (Vec<Vec<FamilyEvent>>, Pool, Pool6) {
+        let mut p4 = Pool::new(cfg());
+        let mut p6 = Pool6::new(cfg6());
+        let mut recs = vec![vec![
+            FamilyEvent::V4(p4.add_prefix("10.0.0.16/28".parse().unwrap(), 1).unwrap()),
+            FamilyEvent::V6(p6.add_prefix("fd00:10::/80".parse().unwrap(), 1).unwrap()),
+        ]];
+        for c in ["a", "b", "c"] {
+            let (_, e4) = p4.assign(key(c), PodMeta::default(), 2).unwrap();
+            let (_, e6) = p6.assign(key(c), PodMeta::default(), 2).unwrap();
+            recs.push(vec![
+                FamilyEvent::V4(e4.unwrap()),
+                FamilyEvent::V6(e6.unwrap()),
+            ]);
+        }
+        let r4 = p4.release(&key("b"), 3).unwrap();
+        let r6 = p6.release(&key("b"), 3).unwrap();
+        recs.push(vec![FamilyEvent::V4(r4), FamilyEvent::V6(r6)]);
+        (recs, p4, p6)
+    }
+
+    fn dual_journal(recs: &[Vec<FamilyEvent>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, r) in recs.iter().enumerate() {
+            journal_record(i as u64 + 1, r, &mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn a_dual_stack_change_is_one_record_applied_whole() {
+        let (recs, want4, want6) = dual_records();
+        let j = dual_journal(&recs);
+        // One line per change, holding both families.
+        let text = String::from_utf8(j.clone()).unwrap();
+        assert_eq!(text.lines().count(), recs.len());
+        for line in text.lines() {
+            assert!(line[9..].starts_with(r#"{"seq":"#), "{line}");
+            assert!(line.contains(r#""evs":[{"v4":{"ev":"#), "{line}");
+            assert!(line.contains(r#"{"v6":{"ev":"#), "{line}");
+        }
+        let replay_both = |bytes: &[u8]| {
+            let mut p4 = Pool::new(cfg());
+            let mut p6 = Pool6::new(cfg6());
+            replay_dual(bytes, &mut p4, Some(&mut p6), 0).map(|r| (p4, p6, r))
+        };
+        let (p4, p6, r) = replay_both(&j).unwrap();
+        assert_eq!((p4, p6), (want4.clone(), want6.clone()));
+        assert_eq!((r.seq, r.applied), (recs.len() as u64, recs.len()));
+        assert_eq!(want4.allocations().count(), 2);
+        assert_eq!(want6.allocations().count(), 2);
+        // A torn last record: neither family of it is applied.
+        let (p4, p6, r) = replay_both(&j[..j.len() - 3]).unwrap();
+        assert_eq!(r.applied, recs.len() - 1);
+        assert!(p4.get(&key("b")).is_some() && p6.get(&key("b")).is_some());
+        // One byte of the IPv6 half damaged: the record (and the load) is refused.
+        let mut d = j.clone();
+        let at = text.rfind("fd00:10::").unwrap() + 5;
+        d[at] ^= 0x01;
+        let e = replay_both(&d).unwrap_err().to_string();
+        assert!(e.contains("line 5") && e.contains("checksum"), "{e}");
+        // A record whose IPv6 half cannot apply (its prefix was never added), checksum
+        // intact: refused as a whole, naming the line.
+        let mut bad = recs[1..2].to_vec();
+        bad.insert(0, vec![recs[0][0].clone()]);
+        let e = replay_both(&dual_journal(&bad)).unwrap_err().to_string();
+        assert!(e.contains("pool.journal line 2"), "{e}");
+        // An IPv4-only agent (no IPv6 pool) refuses a journal holding IPv6 records.
+        let mut p4 = Pool::new(cfg());
+        let e = replay(&j, &mut p4, 0).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("--vpc-cidr"), "{e}");
+        // IPv4 records written one event at a time and dual records mix in one journal.
+        let mut mixed = Vec::new();
+        journal_record(1, &recs[0][..1], &mut mixed).unwrap();
+        journal_record(2, &recs[0][1..], &mut mixed).unwrap();
+        for (i, r) in recs[1..].iter().enumerate() {
+            journal_record(i as u64 + 3, r, &mut mixed).unwrap();
+        }
+        let (p4, p6, _) = replay_both(&mixed).unwrap();
+        assert_eq!((p4, p6), (want4, want6));
+        assert!(!String::from_utf8(mixed)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .contains("evs"));
+    }
+
+    /// The store with both families: each change one record, durable across reopen and
+    /// compaction; a failed write leaves nothing of either family and the broken store is
+    /// repaired by a snapshot holding both pools; IPv6 state without an IPv6 pool is refused.
+    #[test]
+    fn store_keeps_both_families() {
+        let dir = Scratch::new("dual");
+        let (recs, want4, want6) = dual_records();
+        let (mut store, mut p4, p6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        let mut p6 = p6.unwrap();
+        assert!(store.fresh());
+        let apply = |p4: &mut Pool, p6: &mut Pool6, r: &[FamilyEvent]| {
+            for ev in r {
+                match ev {
+                    FamilyEvent::V4(e) => p4.apply(e).unwrap(),
+                    FamilyEvent::V6(e) => p6.apply(e).unwrap(),
+                }
+            }
+        };
+        let (last, first) = recs.split_last().unwrap();
+        for r in first {
+            apply(&mut p4, &mut p6, r);
+            store.persist_change(r, &p4, Some(&p6)).unwrap();
+        }
+        // The last change fails to write (disk full, cannot be cut back): broken.
+        let real = std::mem::replace(
+            &mut store.journal,
+            OpenOptions::new().append(true).open("/dev/full").unwrap(),
+        );
+        let (mut n4, mut n6) = (p4.clone(), p6.clone());
+        apply(&mut n4, &mut n6, last);
+        let err = store.persist_change(last, &n4, Some(&n6)).unwrap_err();
+        assert!(err.is_disk_full() && store.broken, "{err}");
+        store.journal = real;
+        drop(store);
+        // What was acknowledged, in both families.
+        let (mut store, l4, l6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!((&l4, l6.as_ref()), (&p4, Some(&p6)));
+        assert_eq!(
+            fs::read_to_string(dir.0.join(JOURNAL))
+                .unwrap()
+                .lines()
+                .count(),
+            first.len()
+        );
+        // Broken again, then repaired by a snapshot of both pools.
+        store.broken = true;
+        store.persist_change(last, &n4, Some(&n6)).unwrap();
+        assert!(!store.broken);
+        assert!(fs::read(dir.0.join(JOURNAL)).unwrap().is_empty());
+        drop(store);
+        let (store, l4, l6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!((&l4, l6.as_ref()), (&want4, Some(&want6)));
+        assert!(!store.fresh());
+        drop(store);
+        // The IPv6 VPC gone from the flags, IPv6 state on disk: refused, naming the flag.
+        let e = Store::open(&dir.0, cfg()).unwrap_err().to_string();
+        assert!(e.contains("pool.json") && e.contains("--vpc-cidr"), "{e}");
+        // One byte of the IPv6 pool in the snapshot damaged: refused.
+        let snap = fs::read(dir.0.join(SNAPSHOT)).unwrap();
+        let text = String::from_utf8(snap.clone()).unwrap();
+        let at = text.find("\"pool6\"").unwrap()
+            + text[text.find("\"pool6\"").unwrap()..]
+                .find("fd00:10::")
+                .unwrap()
+            + 6;
+        let mut bad = snap.clone();
+        bad[at] ^= 0x01;
+        assert!(parse_snapshot_dual(&bad).is_err());
+        assert_eq!(parse_snapshot_dual(&snap).unwrap().1.as_ref(), Some(&want6));
+    }
+
+    /// An IPv4-only snapshot is what the previous version wrote (no `pool6`), and an IPv4
+    /// state opened by a node that turns dual-stack keeps its IPv4 pool, IPv6 empty.
+    #[test]
+    fn ipv4_state_unchanged_and_turning_dual_keeps_it() {
+        let dir = Scratch::new("v4dual");
+        let (mut store, mut pool) = Store::open(&dir.0, cfg()).unwrap();
+        for ev in &events() {
+            pool.apply(ev).unwrap();
+            store.persist(std::slice::from_ref(ev), &pool).unwrap();
+        }
+        store.compact(&pool).unwrap();
+        drop(store);
+        let snap = fs::read(dir.0.join(SNAPSHOT)).unwrap();
+        assert_eq!(snap, snapshot_bytes(4, &pool).unwrap());
+        assert!(!String::from_utf8_lossy(&snap).contains("pool6"));
+        let (_store, p4, p6) = Store::open_dual(&dir.0, cfg(), Some(cfg6())).unwrap();
+        assert_eq!(p4, pool);
+        assert_eq!(p6.unwrap(), Pool6::new(cfg6()));
     }
 
     #[test]

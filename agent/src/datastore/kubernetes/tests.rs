@@ -890,7 +890,11 @@ async fn max_pods_comes_from_the_node_capacity_when_unset() {
     let node = crate::node::Node::new(crate::node::NodeParts {
         name: "node-a".into(),
         ip: None,
-        state: crate::node::State { pool, store },
+        state: crate::node::State {
+            pool,
+            pool6: None,
+            store,
+        },
         mtu: None,
         datastore: ds,
         net,
