@@ -160,7 +160,8 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
         Request::Assign { key, meta } => m.cni_reply(
             Op::Add,
             reply(node.assign(key, meta).await.map(|a| Reply::Assigned {
-                ip: a.ip,
+                ip: Some(a.ip),
+                ip6: None,
                 existing: a.existing,
                 mtu: a.mtu,
             })),
@@ -170,18 +171,22 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
             reply(
                 node.release(&key, unused)
                     .await
-                    .map(|ip| Reply::Released { ip }),
+                    .map(|ip| Reply::Released { ip, ip6: None }),
             ),
         ),
         Request::Get { key } => Reply::Allocation {
             allocation: node.get(&key),
+            allocation6: None,
         },
         Request::Gc { network, valid } => m.cni_reply(
             Op::Gc,
             reply(
                 node.gc(&network, &valid)
                     .await
-                    .map(|released| Reply::Collected { released }),
+                    .map(|released| Reply::Collected {
+                        released,
+                        released6: Vec::new(),
+                    }),
             ),
         ),
         Request::Observed { verb, micros, ok } => {

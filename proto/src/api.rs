@@ -2,12 +2,12 @@
 //! over the agent's unix socket. Versioned: the agent refuses a request whose `v` it does not
 //! speak, with a message that says which versions it does.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
 use crate::codes::CniCode;
-use vpcnet_pool::{AllocKey, Allocation, PodMeta, PoolStats, PrefixInfo};
+use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolStats, PrefixInfo};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -90,21 +90,34 @@ impl ObservedOp {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Reply {
+    /// One address per family the node serves (dual-stack, issue 11): `ip` (IPv4) and `ip6`
+    /// (IPv6); at least one is set. An IPv4-only agent writes exactly the bytes it wrote
+    /// before dual-stack (`ip6` absent), so an older plugin still reads the reply.
+    ///
     /// `mtu`: the MTU the agent measured on the node's default-route interface, used when
     /// the netconf names none.
     Assigned {
-        ip: Ipv4Addr,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<Ipv6Addr>,
         existing: bool,
         mtu: Option<u32>,
     },
     Released {
         ip: Option<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<Ipv6Addr>,
     },
     Allocation {
         allocation: Option<Allocation>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        allocation6: Option<Allocation6>,
     },
     Collected {
         released: Vec<Ipv4Addr>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        released6: Vec<Ipv6Addr>,
     },
     Status(Box<AgentStatus>),
     /// [`Request::Observed`] recorded.
@@ -141,5 +154,63 @@ impl Reply {
             code: code.as_u32(),
             msg: msg.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IPv4-only agent's replies keep the bytes they had before dual-stack, so a plugin of
+    /// the previous release (which knows no `ip6`) reads them during a rolling upgrade.
+    #[test]
+    fn ipv4_only_replies_keep_their_bytes() {
+        let r = Reply::Assigned {
+            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            ip6: None,
+            existing: false,
+            mtu: Some(1500),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"assigned":{"ip":"10.0.0.5","existing":false,"mtu":1500}}"#
+        );
+        let r = Reply::Collected {
+            released: vec![Ipv4Addr::new(10, 0, 0, 6)],
+            released6: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"collected":{"released":["10.0.0.6"]}}"#
+        );
+        let r = Reply::Released {
+            ip: None,
+            ip6: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"released":{"ip":null}}"#
+        );
+    }
+
+    #[test]
+    fn dual_stack_reply_round_trips_and_old_replies_still_parse() {
+        let r = Reply::Assigned {
+            ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
+            ip6: Some("fd00::5".parse().unwrap()),
+            existing: true,
+            mtu: None,
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert!(s.contains(r#""ip6":"fd00::5""#), "{s}");
+        assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), r);
+        let old = r#"{"allocation":{"allocation":null}}"#;
+        assert_eq!(
+            serde_json::from_str::<Reply>(old).unwrap(),
+            Reply::Allocation {
+                allocation: None,
+                allocation6: None
+            }
+        );
     }
 }

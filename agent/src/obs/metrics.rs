@@ -499,7 +499,10 @@ mod tests {
         let m = Metrics::new();
         m.cni_reply(
             Op::Add,
-            Reply::Released { ip: None }, // any non-error reply counts as ok
+            Reply::Released {
+                ip: None,
+                ip6: None,
+            }, // any non-error reply counts as ok
         );
         m.cni_reply(
             Op::Add,

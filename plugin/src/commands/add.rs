@@ -69,7 +69,14 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let t_agent = ms(t0);
     failpoint_stall_after_assign();
     let (ip, mtu, existing) = match reply {
-        Ok(Reply::Assigned { ip, mtu, existing }) => (ip, conf.mtu.or(mtu), existing),
+        // IPv6 (issue 11) is not wired in the plugin yet: an agent that serves only IPv6
+        // gets a clear error rather than a half-built pod.
+        Ok(Reply::Assigned {
+            ip: Some(ip),
+            mtu,
+            existing,
+            ..
+        }) => (ip, conf.mtu.or(mtu), existing),
         Ok(other) => {
             undo_veth(&rt, &host, early_veth);
             return Err(agent::unexpected(&other));

@@ -37,7 +37,7 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<(), CniError> {
             key: super::key(conf, env),
         },
     )?;
-    let Reply::Allocation { allocation } = reply else {
+    let Reply::Allocation { allocation, .. } = reply else {
         return Err(agent::unexpected(&reply));
     };
     match allocation {

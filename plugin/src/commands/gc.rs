@@ -16,7 +16,7 @@ pub fn run(conf: &NetConf) -> Result<Vec<std::net::Ipv4Addr>, CniError> {
         },
     )?;
     match reply {
-        Reply::Collected { released } => Ok(released),
+        Reply::Collected { released, .. } => Ok(released),
         other => Err(agent::unexpected(&other)),
     }
 }
