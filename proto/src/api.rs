@@ -112,7 +112,7 @@ pub enum Reply {
     Allocation {
         allocation: Option<Allocation>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        allocation6: Option<Allocation6>,
+        allocation6: Option<Box<Allocation6>>,
     },
     Collected {
         released: Vec<Ipv4Addr>,
