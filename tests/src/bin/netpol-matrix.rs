@@ -1,0 +1,909 @@
+//! The NetworkPolicy truth-table lab (issue 13), driven by `scripts/netpol-matrix.sh`:
+//!
+//! ```text
+//! netpol-matrix [--json] CASE_OR_DIR...
+//! ```
+//!
+//! Builds the lab once — the multi-node [`Cluster`] (a switch, 3 node namespaces, etcd), one
+//! fake Kubernetes API server (`tests/datastore_contract/fake_kube.rs`, served over HTTP on
+//! the switch), the real `vpcnetd --network-policy=true` on every node reading it, and nine
+//! pods `x/a … z/c` spread over the nodes, ADDed by the real plugin and published to the API
+//! as a kubelet would (labels, `spec.nodeName`, named container ports, `status.podIP`). Every
+//! pod runs `netpol-probe serve` (TCP and UDP on 80 and 81). Then, per case (a YAML file, see
+//! `docs/network-policy.md`): the API objects are reset to the case's, the run waits until
+//! every node's agent has the case's policies in its view and its applied ruleset has been
+//! stable for [`SETTLE`], every pod probes every pod on tcp/80, tcp/81, udp/80, udp/81, and the
+//! observed matrix is printed against `expect:`. Cells that differ are probed once more (a
+//! probe can time out on a loaded machine); the second result counts, and how many cells
+//! were re-probed is printed.
+//!
+//! Exit status: 0 every case matched, 1 a difference (or a case could not run), 2 bad usage
+//! or a case file that does not parse. The namespaces and processes go when the lab is
+//! dropped; the script's trap removes them when this process is killed.
+
+#[path = "../../tests/datastore_contract/fake_kube.rs"]
+mod fake_kube;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::BufRead;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fake_kube::FakeApiServer;
+use serde_json::{json, Map, Value};
+use vpcnet_tests::cluster::{Cluster, CNI_TIMEOUT_S, SWITCH_IP};
+use vpcnet_tests::{bin, cni, in_netns, netns, par_map, Proc};
+
+/// The nine pods, `namespace/name`.
+const PODS: [&str; 9] = [
+    "x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c",
+];
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// The probed (protocol, port)s, as `expect:` keys.
+const PORTS: [(&str, &str, u16); 4] = [
+    ("tcp/80", "tcp", 80),
+    ("tcp/81", "tcp", 81),
+    ("udp/80", "udp", 80),
+    ("udp/81", "udp", 81),
+];
+const NODES: usize = 3;
+const VPC: &str = "10.240.0.0/16";
+/// Every agent's /metrics, inside its node's namespace.
+const METRICS: &str = "127.0.0.1:9961";
+/// How long each probe may take (TCP connect + reply; UDP echo, datagram resent every 250 ms).
+const PROBE_TIMEOUT_MS: u64 = 1500;
+/// A node's ruleset counts as applied once its view has the case's policies and its apply
+/// counters have not moved for this long (the agent applies within milliseconds of an event,
+/// and re-checks every second).
+const SETTLE: Duration = Duration::from_millis(1500);
+/// Longest a case may take to settle.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+const CASE_KEYS: [&str; 5] = [
+    "description",
+    "policies",
+    "namespaceLabels",
+    "podLabels",
+    "expect",
+];
+
+/// The node (1-based) pod `i` of [`PODS`] lives on: every node gets one pod of each
+/// namespace and one of each name, so the matrix has same-node and cross-node pairs.
+fn node_of(i: usize) -> usize {
+    (i / 3 + i % 3) % NODES + 1
+}
+
+fn pod_index(name: &str) -> Option<usize> {
+    PODS.iter().position(|p| *p == name)
+}
+
+// ---- cases ----
+
+/// One case file, checked.
+#[derive(Debug)]
+struct Case {
+    name: String,
+    path: PathBuf,
+    policies: Vec<Value>,
+    ns_labels: BTreeMap<String, Map<String, Value>>,
+    pod_labels: BTreeMap<String, Map<String, Value>>,
+    /// port key → from → to → allow?
+    expect: BTreeMap<String, BTreeMap<String, BTreeMap<String, bool>>>,
+}
+
+impl Case {
+    /// Expected verdict: the exact pair; else (a pod to itself: allow); else `from → "*"`,
+    /// `"*" → to`, `"*" → "*"`; else allow.
+    fn expected(&self, port: &str, from: &str, to: &str) -> bool {
+        let Some(m) = self.expect.get(port) else {
+            return true;
+        };
+        let look = |f: &str, t: &str| m.get(f).and_then(|r| r.get(t)).copied();
+        if let Some(v) = look(from, to) {
+            return v;
+        }
+        if from == to {
+            return true;
+        }
+        look(from, "*")
+            .or_else(|| look("*", to))
+            .or_else(|| look("*", "*"))
+            .unwrap_or(true)
+    }
+}
+
+/// Label values as strings (YAML may read `1` or `true` as numbers/bools).
+fn labels(v: &Value, what: &str) -> Result<Map<String, Value>, String> {
+    let m = v
+        .as_object()
+        .ok_or_else(|| format!("{what}: a mapping of labels"))?;
+    m.iter()
+        .map(|(k, v)| {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                Value::Bool(b) => b.to_string(),
+                _ => return Err(format!("{what}.{k}: a label value is a string")),
+            };
+            Ok((k.clone(), Value::String(s)))
+        })
+        .collect()
+}
+
+fn load_case(path: &Path) -> Result<Case, String> {
+    let p = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{p}: {e}"))?;
+    let v: Value = serde_norway::from_str(&text).map_err(|e| format!("{p}: {e}"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| format!("{p}: the case is a mapping"))?;
+    if let Some(k) = obj.keys().find(|k| !CASE_KEYS.contains(&k.as_str())) {
+        return Err(format!("{p}: unknown key {k:?} (known: {CASE_KEYS:?})"));
+    }
+    let policies = match obj.get("policies") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.clone(),
+        Some(_) => return Err(format!("{p}: policies: a list of NetworkPolicy objects")),
+    };
+    for (i, pol) in policies.iter().enumerate() {
+        let meta = &pol["metadata"];
+        let ns = meta["namespace"].as_str();
+        if !ns.is_some_and(|n| NAMESPACES.contains(&n)) || meta["name"].as_str().is_none() {
+            return Err(format!(
+                "{p}: policies[{i}]: metadata.name and metadata.namespace (x, y or z) are required"
+            ));
+        }
+        if !pol["spec"].is_object() {
+            return Err(format!("{p}: policies[{i}]: spec is required"));
+        }
+    }
+    let mut ns_labels = BTreeMap::new();
+    if let Some(m) = obj.get("namespaceLabels").and_then(Value::as_object) {
+        for (ns, l) in m {
+            if !NAMESPACES.contains(&ns.as_str()) {
+                return Err(format!("{p}: namespaceLabels: no namespace {ns:?} (x, y, z)"));
+            }
+            ns_labels.insert(ns.clone(), labels(l, &format!("namespaceLabels.{ns}"))?);
+        }
+    }
+    let mut pod_labels = BTreeMap::new();
+    if let Some(m) = obj.get("podLabels").and_then(Value::as_object) {
+        for (pod, l) in m {
+            if pod_index(pod).is_none() {
+                return Err(format!("{p}: podLabels: no pod {pod:?} (x/a … z/c)"));
+            }
+            pod_labels.insert(pod.clone(), labels(l, &format!("podLabels.{pod}"))?);
+        }
+    }
+    let mut expect = BTreeMap::new();
+    if let Some(e) = obj.get("expect") {
+        let e = e
+            .as_object()
+            .ok_or_else(|| format!("{p}: expect: a mapping of tcp/80, tcp/81, udp/80, udp/81"))?;
+        for (port, rows) in e {
+            if !PORTS.iter().any(|(k, _, _)| k == port) {
+                return Err(format!(
+                    "{p}: expect: no port {port:?} (tcp/80, tcp/81, udp/80, udp/81)"
+                ));
+            }
+            let mut m = BTreeMap::new();
+            for (from, row) in rows
+                .as_object()
+                .ok_or_else(|| format!("{p}: expect.{port}: {{from: {{to: allow|deny}}}}"))?
+            {
+                if from != "*" && pod_index(from).is_none() {
+                    return Err(format!("{p}: expect.{port}: no pod {from:?}"));
+                }
+                let mut r = BTreeMap::new();
+                for (to, verdict) in row
+                    .as_object()
+                    .ok_or_else(|| format!("{p}: expect.{port}.{from}: {{to: allow|deny}}"))?
+                {
+                    if to != "*" && pod_index(to).is_none() {
+                        return Err(format!("{p}: expect.{port}.{from}: no pod {to:?}"));
+                    }
+                    let allow = match verdict.as_str() {
+                        Some("allow") => true,
+                        Some("deny") => false,
+                        _ => {
+                            return Err(format!(
+                                "{p}: expect.{port}.{from}.{to}: allow or deny, not {verdict}"
+                            ))
+                        }
+                    };
+                    r.insert(to.clone(), allow);
+                }
+                m.insert(from.clone(), r);
+            }
+            expect.insert(port.clone(), m);
+        }
+    }
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| p.to_string());
+    Ok(Case {
+        name,
+        path: path.to_path_buf(),
+        policies,
+        ns_labels,
+        pod_labels,
+        expect,
+    })
+}
+
+/// The case files named on the command line (a directory: its `*.yaml`, sorted).
+fn case_files(args: &[String]) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    for a in args {
+        let p = PathBuf::from(a);
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(&p)
+                .map_err(|e| format!("{a}: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml")
+                })
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(format!("{a}: no *.yaml case in it"));
+            }
+            out.extend(v);
+        } else if p.is_file() {
+            out.push(p);
+        } else {
+            return Err(format!("{a}: no such case file or directory"));
+        }
+    }
+    Ok(out)
+}
+
+/// Replaces `${x/a}` (that pod's address) and `${vpc}` (the VPC CIDR) in every string.
+fn substitute(v: &Value, vars: &BTreeMap<String, String>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("${") {
+                out.push_str(&rest[..i]);
+                let after = &rest[i + 2..];
+                let end = after
+                    .find('}')
+                    .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+                let key = &after[..end];
+                out.push_str(
+                    vars.get(key)
+                        .ok_or_else(|| format!("unknown ${{{key}}} in {s:?} (a pod x/a … z/c, or vpc)"))?,
+                );
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| substitute(x, vars))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| Ok((k.clone(), substitute(x, vars)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+// ---- the lab ----
+
+#[derive(Debug)]
+struct LabPod {
+    /// `x/a`.
+    name: &'static str,
+    namespace: &'static str,
+    pod: &'static str,
+    node: usize,
+    netns: String,
+    ip: Ipv4Addr,
+}
+
+/// Fields drop in order: the servers first, then the cluster (agents, etcd, namespaces).
+#[derive(Debug)]
+struct MatrixLab {
+    servers: Vec<Proc>,
+    pods: Vec<LabPod>,
+    api: Arc<FakeApiServer>,
+    cluster: Cluster,
+    /// Policies in the API now: (namespace, name).
+    policies: BTreeSet<(String, String)>,
+    /// Probe rounds so far (each uses its own block of client source ports).
+    rounds: u32,
+}
+
+fn pod_object(p: &LabPod, node: &str, labels: &Map<String, Value>) -> Value {
+    let ports: Vec<Value> = PORTS
+        .iter()
+        .map(|(_, proto, port)| {
+            json!({"name": format!("serve-{port}-{proto}"), "containerPort": port,
+                   "protocol": proto.to_uppercase()})
+        })
+        .collect();
+    json!({
+        "metadata": {"namespace": p.namespace, "name": p.pod, "labels": labels},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports}]},
+        "status": {"phase": "Running", "podIP": p.ip.to_string(),
+                   "podIPs": [{"ip": p.ip.to_string()}]},
+    })
+}
+
+fn default_ns_labels(ns: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("ns".into(), json!(ns));
+    m
+}
+
+fn default_pod_labels(pod: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("pod".into(), json!(pod));
+    m
+}
+
+impl MatrixLab {
+    fn build() -> MatrixLab {
+        let t0 = Instant::now();
+        let cluster = Cluster::new(NODES, VPC);
+        let api = FakeApiServer::new();
+        let sw = cluster.switch_ns().to_string();
+        let listener = in_netns(Some(&sw), || std::net::TcpListener::bind((SWITCH_IP, 0)))
+            .expect("binding the fake API server on the switch");
+        let port = listener.local_addr().expect("addr").port();
+        let server = api.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(fake_kube::serve_http(server, listener));
+        });
+        let kc = cluster.dir.join("kubeconfig");
+        std::fs::write(
+            &kc,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+                 clusters:\n- name: fake\n  cluster:\n    server: http://{SWITCH_IP}:{port}\n\
+                 users:\n- name: u\n  user:\n    token: t\n\
+                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
+            ),
+        )
+        .expect("kubeconfig");
+        for ns in NAMESPACES {
+            api.put(
+                "Namespace",
+                json!({"metadata": {"name": ns, "labels": default_ns_labels(ns)}}),
+            );
+        }
+        let mut lab = MatrixLab {
+            servers: Vec::new(),
+            pods: Vec::new(),
+            api,
+            cluster,
+            policies: BTreeSet::new(),
+            rounds: 0,
+        };
+        let kc = kc.display().to_string();
+        lab.cluster.start_agents(&[
+            "--peer-sync-interval",
+            "1s",
+            "--network-policy=true",
+            "--kubeconfig",
+            &kc,
+            "--metrics-addr",
+            METRICS,
+        ]);
+        // Pod namespaces, then every ADD through the real plugin at once.
+        let slots: Vec<(usize, String)> = (0..PODS.len())
+            .map(|i| {
+                let k = node_of(i);
+                let (ns, _) = lab
+                    .cluster
+                    .new_pod_namespaces(k, 1)
+                    .pop()
+                    .expect("one namespace");
+                (i, ns)
+            })
+            .collect();
+        let c = &lab.cluster;
+        let ips = par_map(&slots, PODS.len(), |(i, netns)| {
+            let (namespace, pod) = PODS[*i].split_once('/').expect("ns/pod");
+            let n = c.node(node_of(*i));
+            let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={pod}");
+            let path = netns::path(netns);
+            let cid = format!("np-{namespace}-{pod}");
+            let mut env = cni::env("ADD", &cid, "eth0", &path).to_vec();
+            env.push(("CNI_ARGS", &args));
+            let out = cni::invoke(
+                &n.ns,
+                n.conf().to_string().as_bytes(),
+                &env,
+                Some(CNI_TIMEOUT_S),
+            );
+            out.expect_ok(&format!("ADD {} on {}", PODS[*i], n.name));
+            out.ip().expect("ADD result has an address")
+        });
+        for ((i, netns), ip) in slots.into_iter().zip(ips) {
+            let (namespace, pod) = PODS[i].split_once('/').expect("ns/pod");
+            lab.pods.push(LabPod {
+                name: PODS[i],
+                namespace,
+                pod,
+                node: node_of(i),
+                netns,
+                ip,
+            });
+        }
+        for p in &lab.pods {
+            let node = &lab.cluster.node(p.node).name;
+            lab.api
+                .put("Pod", pod_object(p, node, &default_pod_labels(p.pod)));
+        }
+        if let Err(e) = lab.cluster.wait_consistent(Duration::from_secs(30)) {
+            panic!("the nodes' routes did not converge: {e}");
+        }
+        let probe = bin("netpol-probe");
+        for p in &lab.pods {
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &p.netns])
+                .arg(&probe)
+                .args(["serve", p.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawning netpol-probe serve");
+            let out = child.stdout.take().expect("stdout");
+            let mut proc = Proc::default();
+            proc.set(child);
+            lab.servers.push(proc);
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+            assert_eq!(line.trim(), "ready", "netpol-probe serve in {}", p.netns);
+        }
+        // Every node's agent in sync with the API (its first ruleset in the kernel).
+        for k in 1..=NODES {
+            let ns = lab.cluster.node(k).ns.clone();
+            let ok = vpcnet_tests::wait_until(Duration::from_secs(30), || {
+                table(&ns).contains("ingress_dispatch")
+            });
+            if !ok {
+                lab.cluster.dump_logs(30);
+                panic!("node{k}: no vpcnet-policy table after 30 s");
+            }
+        }
+        eprintln!(
+            "lab ready in {:.1} s: {}",
+            t0.elapsed().as_secs_f64(),
+            lab.pods
+                .iter()
+                .map(|p| format!("{} node{} {}", p.name, p.node, p.ip))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        lab
+    }
+
+    /// `${x/a}` … and `${vpc}`.
+    fn vars(&self) -> BTreeMap<String, String> {
+        let mut m: BTreeMap<String, String> = self
+            .pods
+            .iter()
+            .map(|p| (p.name.to_string(), p.ip.to_string()))
+            .collect();
+        m.insert("vpc".into(), VPC.into());
+        m
+    }
+
+    /// The API objects become the case's: namespace and pod labels (defaults unless the case
+    /// says otherwise), policies not in the case deleted, the case's put in order.
+    fn reset(&mut self, case: &Case) -> Result<(), String> {
+        let vars = self.vars();
+        let policies: Vec<Value> = case
+            .policies
+            .iter()
+            .map(|p| substitute(p, &vars))
+            .collect::<Result<_, _>>()?;
+        for ns in NAMESPACES {
+            let l = case
+                .ns_labels
+                .get(ns)
+                .cloned()
+                .unwrap_or_else(|| default_ns_labels(ns));
+            self.api
+                .put("Namespace", json!({"metadata": {"name": ns, "labels": l}}));
+        }
+        for p in &self.pods {
+            let l = case
+                .pod_labels
+                .get(p.name)
+                .cloned()
+                .unwrap_or_else(|| default_pod_labels(p.pod));
+            let node = &self.cluster.node(p.node).name;
+            self.api.put("Pod", pod_object(p, node, &l));
+        }
+        let keep: BTreeSet<(String, String)> = policies.iter().map(policy_key).collect();
+        for (ns, name) in std::mem::take(&mut self.policies) {
+            if !keep.contains(&(ns.clone(), name.clone())) {
+                self.api.remove("NetworkPolicy", &ns, &name);
+            }
+        }
+        for p in policies {
+            self.api.put("NetworkPolicy", p);
+        }
+        self.policies = keep;
+        Ok(())
+    }
+
+    /// Per node: (policies in its view, applies ok, applies error).
+    fn sample(&self) -> Result<Vec<(f64, f64, f64)>, String> {
+        (1..=NODES)
+            .map(|k| {
+                let text = self.cluster.http_get(k, METRICS, "/metrics")?;
+                let m = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                        .ok_or_else(|| format!("node{k}: no {name} in /metrics"))
+                };
+                Ok((
+                    m("vpcnet_network_policies")?,
+                    m("vpcnet_network_policy_applies_total{result=\"ok\"}")?,
+                    m("vpcnet_network_policy_applies_total{result=\"error\"}")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Waits until every node's view has the case's policies and its apply counters stood
+    /// still for [`SETTLE`]; an apply error is a failure.
+    fn settle(&self) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let want = self.policies.len() as f64;
+        let first = self.sample()?;
+        let mut last = first.clone();
+        let mut since = Instant::now();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let s = self.sample()?;
+            if let Some(k) = s.iter().zip(&first).position(|(a, b)| a.2 > b.2) {
+                return Err(format!("node{}: the kernel refused a ruleset", k + 1));
+            }
+            if s != last {
+                last = s;
+                since = Instant::now();
+            } else if last.iter().all(|x| x.0 == want) && since.elapsed() >= SETTLE {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > SETTLE_TIMEOUT {
+                return Err(format!(
+                    "not settled after {SETTLE_TIMEOUT:?}: per node (policies in view, applies ok, errors) {last:?}, want {want} policies"
+                ));
+            }
+        }
+    }
+
+    /// Probes `cells` ((from, to, port) indexes), all at once: one `netpol-probe probe` per
+    /// source pod. Returns allow? per cell.
+    fn probe(&mut self, cells: &[(usize, usize, usize)]) -> Vec<bool> {
+        self.rounds += 1;
+        let base = 20000 + (self.rounds % 1000) * 40;
+        let base = u16::try_from(base).expect("below 60000");
+        let target = |to: usize, port: usize| {
+            let (_, proto, p) = PORTS[port];
+            format!("{proto}:{}:{p}", self.pods[to].ip)
+        };
+        let by_from: Vec<(usize, Vec<String>)> = (0..PODS.len())
+            .map(|f| {
+                let t: Vec<String> = cells
+                    .iter()
+                    .filter(|c| c.0 == f)
+                    .map(|c| target(c.1, c.2))
+                    .collect();
+                (f, t)
+            })
+            .filter(|(_, t)| !t.is_empty())
+            .collect();
+        let probe = bin("netpol-probe");
+        let pods = &self.pods;
+        let replies: Vec<BTreeMap<String, String>> = par_map(&by_from, by_from.len(), |(f, t)| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &pods[*f].netns])
+                .arg(&probe)
+                .args(["probe", &PROBE_TIMEOUT_MS.to_string(), &base.to_string()])
+                .args(t)
+                .stdin(Stdio::null())
+                .output()
+                .expect("running netpol-probe probe");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        });
+        let replies: BTreeMap<usize, BTreeMap<String, String>> = by_from
+            .iter()
+            .map(|(f, _)| *f)
+            .zip(replies)
+            .collect();
+        cells
+            .iter()
+            .map(|&(f, to, port)| {
+                replies
+                    .get(&f)
+                    .and_then(|r| r.get(&target(to, port)))
+                    .is_some_and(|reply| reply == self.pods[to].name)
+            })
+            .collect()
+    }
+
+    fn run_case(&mut self, case: &Case) -> CaseResult {
+        let t0 = Instant::now();
+        let mut res = CaseResult {
+            name: case.name.clone(),
+            file: case.path.display().to_string(),
+            error: None,
+            observed: BTreeMap::new(),
+            differences: Vec::new(),
+            reprobed: 0,
+            flipped: 0,
+            settle_s: 0.0,
+            seconds: 0.0,
+        };
+        let settled = self.reset(case).and_then(|()| self.settle());
+        match settled {
+            Ok(d) => res.settle_s = d.as_secs_f64(),
+            Err(e) => {
+                res.error = Some(e);
+                self.cluster.dump_logs(20);
+                res.seconds = t0.elapsed().as_secs_f64();
+                return res;
+            }
+        }
+        let cells: Vec<(usize, usize, usize)> = (0..PODS.len())
+            .flat_map(|f| (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p))))
+            .collect();
+        let mut allow = self.probe(&cells);
+        let expected = |&(f, t, p): &(usize, usize, usize)| case.expected(PORTS[p].0, PODS[f], PODS[t]);
+        let differing: Vec<usize> = (0..cells.len())
+            .filter(|&i| allow[i] != expected(&cells[i]))
+            .collect();
+        if !differing.is_empty() {
+            let again: Vec<(usize, usize, usize)> = differing.iter().map(|&i| cells[i]).collect();
+            let second = self.probe(&again);
+            res.reprobed = differing.len();
+            for (&i, a) in differing.iter().zip(second) {
+                if a != allow[i] {
+                    res.flipped += 1;
+                }
+                allow[i] = a;
+            }
+        }
+        for (i, c) in cells.iter().enumerate() {
+            let (f, t, p) = *c;
+            let verdict = if allow[i] { "allow" } else { "deny" };
+            res.observed
+                .entry(PORTS[p].0.to_string())
+                .or_default()
+                .entry(PODS[f].to_string())
+                .or_default()
+                .insert(PODS[t].to_string(), verdict.to_string());
+            let exp = expected(c);
+            if allow[i] != exp {
+                res.differences.push(Difference {
+                    port: PORTS[p].0,
+                    from: PODS[f],
+                    to: PODS[t],
+                    expected: if exp { "allow" } else { "deny" },
+                    observed: verdict,
+                });
+            }
+        }
+        res.seconds = t0.elapsed().as_secs_f64();
+        res
+    }
+}
+
+fn policy_key(p: &Value) -> (String, String) {
+    let m = &p["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or_default().to_string(),
+        m["name"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// `nft list table inet vpcnet-policy` in namespace `ns` (empty when absent).
+fn table(ns: &str) -> String {
+    Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", "vpcnet-policy"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+// ---- results ----
+
+#[derive(Debug)]
+struct Difference {
+    port: &'static str,
+    from: &'static str,
+    to: &'static str,
+    expected: &'static str,
+    observed: &'static str,
+}
+
+#[derive(Debug)]
+struct CaseResult {
+    name: String,
+    file: String,
+    /// The case could not run (its objects did not settle, a ruleset was refused).
+    error: Option<String>,
+    /// port → from → to → allow|deny.
+    observed: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    differences: Vec<Difference>,
+    /// Cells that differed on the first probe and were probed again.
+    reprobed: usize,
+    /// Of those, how many gave another answer the second time.
+    flipped: usize,
+    settle_s: f64,
+    seconds: f64,
+}
+
+impl CaseResult {
+    fn ok(&self) -> bool {
+        self.error.is_none() && self.differences.is_empty()
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "file": self.file,
+            "ok": self.ok(),
+            "error": self.error,
+            "seconds": (self.seconds * 10.0).round() / 10.0,
+            "settleSeconds": (self.settle_s * 10.0).round() / 10.0,
+            "reprobed": self.reprobed,
+            "flipped": self.flipped,
+            "differences": self.differences.iter().map(|d| json!({
+                "port": d.port, "from": d.from, "to": d.to,
+                "expected": d.expected, "observed": d.observed,
+            })).collect::<Vec<_>>(),
+            "observed": self.observed,
+        })
+    }
+
+    /// The matrices (rows: from, columns: to), ports with identical grids printed together:
+    /// `.` allow, `X` deny, `!` after a cell that differs from `expect:`.
+    fn print(&self, case: &Case) {
+        let status = match (&self.error, self.differences.len()) {
+            (Some(e), _) => format!("ERROR: {e}"),
+            (None, 0) => "ok".to_string(),
+            (None, n) => format!("{n} DIFFERENCES"),
+        };
+        println!(
+            "== {} ({}): {status} [{:.1} s, settled in {:.1} s, {} re-probed, {} flipped]",
+            self.name, self.file, self.seconds, self.settle_s, self.reprobed, self.flipped
+        );
+        if self.error.is_some() {
+            return;
+        }
+        let grid = |port: &str| -> Vec<String> {
+            PODS.iter()
+                .map(|f| {
+                    let cells: Vec<String> = PODS
+                        .iter()
+                        .map(|t| {
+                            let obs = self.observed[port][*f][*t] == "allow";
+                            let mark = if obs { "." } else { "X" };
+                            let diff = if obs != case.expected(port, f, t) { "!" } else { " " };
+                            format!(" {mark}{diff} ")
+                        })
+                        .collect();
+                    format!("{f:<6}{}", cells.concat())
+                })
+                .collect()
+        };
+        let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
+        for (port, _, _) in PORTS {
+            let g = grid(port);
+            match groups.iter_mut().find(|(_, og)| *og == g) {
+                Some((ports, _)) => ports.push(port),
+                None => groups.push((vec![port], g)),
+            }
+        }
+        for (ports, g) in groups {
+            println!("{}", ports.join(" "));
+            println!(
+                "{:<6}{}",
+                "",
+                PODS.iter().map(|p| format!("{p:<4}")).collect::<String>()
+            );
+            for row in g {
+                println!("{row}");
+            }
+        }
+        for d in &self.differences {
+            println!(
+                "  DIFFERENT {} {} -> {}: expected {}, observed {}",
+                d.port, d.from, d.to, d.expected, d.observed
+            );
+        }
+        println!();
+    }
+}
+
+fn main() -> ExitCode {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let json_out = args.first().is_some_and(|a| a == "--json");
+    if json_out {
+        args.remove(0);
+    }
+    if args.is_empty() || args.iter().any(|a| a.starts_with('-')) {
+        eprintln!("usage: netpol-matrix [--json] CASE_OR_DIR...");
+        return ExitCode::from(2);
+    }
+    let cases = match case_files(&args).and_then(|files| {
+        files
+            .iter()
+            .map(|f| load_case(f))
+            .collect::<Result<Vec<_>, _>>()
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("netpol-matrix: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let t0 = Instant::now();
+    let mut lab = MatrixLab::build();
+    let mut results = Vec::new();
+    for case in &cases {
+        eprintln!("case {} …", case.name);
+        let r = lab.run_case(case);
+        if !json_out {
+            r.print(case);
+        }
+        results.push(r);
+    }
+    drop(lab);
+    let failed: Vec<&str> = results
+        .iter()
+        .filter(|r| !r.ok())
+        .map(|r| r.name.as_str())
+        .collect();
+    if json_out {
+        let v = json!({
+            "ok": failed.is_empty(),
+            "seconds": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "cases": results.iter().map(CaseResult::json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    } else {
+        println!(
+            "{} case(s), {} failed{} in {:.1} s",
+            results.len(),
+            failed.len(),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", failed.join(", "))
+            },
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
