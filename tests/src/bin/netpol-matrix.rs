@@ -163,7 +163,9 @@ fn load_case(path: &Path) -> Result<Case, String> {
     if let Some(m) = obj.get("namespaceLabels").and_then(Value::as_object) {
         for (ns, l) in m {
             if !NAMESPACES.contains(&ns.as_str()) {
-                return Err(format!("{p}: namespaceLabels: no namespace {ns:?} (x, y, z)"));
+                return Err(format!(
+                    "{p}: namespaceLabels: no namespace {ns:?} (x, y, z)"
+                ));
             }
             ns_labels.insert(ns.clone(), labels(l, &format!("namespaceLabels.{ns}"))?);
         }
@@ -243,10 +245,7 @@ fn case_files(args: &[String]) -> Result<Vec<PathBuf>, String> {
             let mut v: Vec<PathBuf> = std::fs::read_dir(&p)
                 .map_err(|e| format!("{a}: {e}"))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|f| {
-                    f.extension()
-                        .is_some_and(|x| x == "yaml" || x == "yml")
-                })
+                .filter(|f| f.extension().is_some_and(|x| x == "yaml" || x == "yml"))
                 .collect();
             v.sort();
             if v.is_empty() {
@@ -275,10 +274,9 @@ fn substitute(v: &Value, vars: &BTreeMap<String, String>) -> Result<Value, Strin
                     .find('}')
                     .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
                 let key = &after[..end];
-                out.push_str(
-                    vars.get(key)
-                        .ok_or_else(|| format!("unknown ${{{key}}} in {s:?} (a pod x/a … z/c, or vpc)"))?,
-                );
+                out.push_str(vars.get(key).ok_or_else(|| {
+                    format!("unknown ${{{key}}} in {s:?} (a pod x/a … z/c, or vpc)")
+                })?);
                 rest = &after[end + 1..];
             }
             out.push_str(rest);
@@ -630,11 +628,8 @@ impl MatrixLab {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect()
         });
-        let replies: BTreeMap<usize, BTreeMap<String, String>> = by_from
-            .iter()
-            .map(|(f, _)| *f)
-            .zip(replies)
-            .collect();
+        let replies: BTreeMap<usize, BTreeMap<String, String>> =
+            by_from.iter().map(|(f, _)| *f).zip(replies).collect();
         cells
             .iter()
             .map(|&(f, to, port)| {
@@ -670,10 +665,13 @@ impl MatrixLab {
             }
         }
         let cells: Vec<(usize, usize, usize)> = (0..PODS.len())
-            .flat_map(|f| (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p))))
+            .flat_map(|f| {
+                (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p)))
+            })
             .collect();
         let mut allow = self.probe(&cells);
-        let expected = |&(f, t, p): &(usize, usize, usize)| case.expected(PORTS[p].0, PODS[f], PODS[t]);
+        let expected =
+            |&(f, t, p): &(usize, usize, usize)| case.expected(PORTS[p].0, PODS[f], PODS[t]);
         let differing: Vec<usize> = (0..cells.len())
             .filter(|&i| allow[i] != expected(&cells[i]))
             .collect();
@@ -724,7 +722,16 @@ fn policy_key(p: &Value) -> (String, String) {
 /// `nft list table inet vpcnet-policy` in namespace `ns` (empty when absent).
 fn table(ns: &str) -> String {
     Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "list", "table", "inet", "vpcnet-policy"])
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "vpcnet-policy",
+        ])
         .stderr(Stdio::null())
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -805,7 +812,11 @@ impl CaseResult {
                         .map(|t| {
                             let obs = self.observed[port][*f][*t] == "allow";
                             let mark = if obs { "." } else { "X" };
-                            let diff = if obs != case.expected(port, f, t) { "!" } else { " " };
+                            let diff = if obs != case.expected(port, f, t) {
+                                "!"
+                            } else {
+                                " "
+                            };
                             format!(" {mark}{diff} ")
                         })
                         .collect();

@@ -148,7 +148,8 @@ fn bound(ty: Type, proto: Protocol, src: u16) -> Option<Socket> {
 fn probe_tcp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
     let start = Instant::now();
     let s = bound(Type::STREAM, Protocol::TCP, src)?;
-    s.connect_timeout(&SocketAddr::V4(to).into(), timeout).ok()?;
+    s.connect_timeout(&SocketAddr::V4(to).into(), timeout)
+        .ok()?;
     let left = timeout.checked_sub(start.elapsed())?;
     let mut stream: std::net::TcpStream = s.into();
     stream
