@@ -1,7 +1,7 @@
 //! The NetworkPolicy truth-table lab (issue 13) run as the CI runs it: `scripts/netpol-matrix.sh
 //! --json` over every case of `tests/netpol/` (3 nodes, the real `vpcnetd
 //! --network-policy=true` on each, one fake API server, 9 pods, TCP/UDP 80/81 between every
-//! pair) must find no difference; and over `tests/netpol-selftest/wrong-expectation.yaml`, whose
+//! pair, and each node to its own pods, always allowed) must find no difference; and over `tests/netpol-selftest/wrong-expectation.yaml`, whose
 //! expectation is wrong in exactly two cells (one each way), it must exit 1 naming exactly
 //! those two — the harness can fail.
 
@@ -103,6 +103,25 @@ fn every_case_of_tests_netpol_matches_its_truth_table() {
             })
             .sum();
         assert_eq!(cells, 9 * 9 * 4, "{}: {obs:#}", c["name"]);
+        // Node to pod is always allowed: each node probed its own 3 pods on the 4 ports.
+        let n2p: Vec<&Value> = c["nodeToPod"]
+            .as_object()
+            .map(|ports| {
+                ports
+                    .values()
+                    .filter_map(Value::as_object)
+                    .flat_map(|rows| rows.values().filter_map(Value::as_object))
+                    .flat_map(|r| r.values())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(n2p.len(), 3 * 3 * 4, "{}: {:#}", c["name"], c["nodeToPod"]);
+        assert!(
+            n2p.iter().all(|v| *v == "allow"),
+            "{}: {:#}",
+            c["name"],
+            c["nodeToPod"]
+        );
     }
     let deny_all = cases
         .iter()

@@ -50,6 +50,8 @@ const PORTS: [(&str, &str, u16); 4] = [
     ("udp/81", "udp", 81),
 ];
 const NODES: usize = 3;
+/// The nodes as sources of node-to-pod probes (cell source index `PODS.len() + k - 1`).
+const NODE_NAMES: [&str; NODES] = ["node1", "node2", "node3"];
 const VPC: &str = "10.240.0.0/16";
 /// Every agent's /metrics, inside its node's namespace.
 const METRICS: &str = "127.0.0.1:9961";
@@ -590,8 +592,17 @@ impl MatrixLab {
         }
     }
 
-    /// Probes `cells` ((from, to, port) indexes), all at once: one `netpol-probe probe` per
-    /// source pod. Returns allow? per cell.
+    /// The namespace of probe source `f`: pod `f` of [`PODS`], or node `f - PODS.len() + 1`.
+    fn source_ns(&self, f: usize) -> String {
+        match self.pods.get(f) {
+            Some(p) => p.netns.clone(),
+            None => self.cluster.node(f - PODS.len() + 1).ns.clone(),
+        }
+    }
+
+    /// Probes `cells` ((from, to, port) indexes; from: a pod or a node, see
+    /// [`MatrixLab::source_ns`]), all at once: one `netpol-probe probe` per source. Returns
+    /// allow? per cell.
     fn probe(&mut self, cells: &[(usize, usize, usize)]) -> Vec<bool> {
         self.rounds += 1;
         let base = 20000 + (self.rounds % 1000) * 40;
@@ -600,36 +611,36 @@ impl MatrixLab {
             let (_, proto, p) = PORTS[port];
             format!("{proto}:{}:{p}", self.pods[to].ip)
         };
-        let by_from: Vec<(usize, Vec<String>)> = (0..PODS.len())
+        let by_from: Vec<(String, usize, Vec<String>)> = (0..PODS.len() + NODES)
             .map(|f| {
                 let t: Vec<String> = cells
                     .iter()
                     .filter(|c| c.0 == f)
                     .map(|c| target(c.1, c.2))
                     .collect();
-                (f, t)
+                (self.source_ns(f), f, t)
             })
-            .filter(|(_, t)| !t.is_empty())
+            .filter(|(_, _, t)| !t.is_empty())
             .collect();
         let probe = bin("netpol-probe");
-        let pods = &self.pods;
-        let replies: Vec<BTreeMap<String, String>> = par_map(&by_from, by_from.len(), |(f, t)| {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &pods[*f].netns])
-                .arg(&probe)
-                .args(["probe", &PROBE_TIMEOUT_MS.to_string(), &base.to_string()])
-                .args(t)
-                .stdin(Stdio::null())
-                .output()
-                .expect("running netpol-probe probe");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.split_once(' '))
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        });
+        let replies: Vec<BTreeMap<String, String>> =
+            par_map(&by_from, by_from.len(), |(ns, _, t)| {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .arg(&probe)
+                    .args(["probe", &PROBE_TIMEOUT_MS.to_string(), &base.to_string()])
+                    .args(t)
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("running netpol-probe probe");
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect()
+            });
         let replies: BTreeMap<usize, BTreeMap<String, String>> =
-            by_from.iter().map(|(f, _)| *f).zip(replies).collect();
+            by_from.iter().map(|(_, f, _)| *f).zip(replies).collect();
         cells
             .iter()
             .map(|&(f, to, port)| {
@@ -648,6 +659,7 @@ impl MatrixLab {
             file: case.path.display().to_string(),
             error: None,
             observed: BTreeMap::new(),
+            node_to_pod: BTreeMap::new(),
             differences: Vec::new(),
             reprobed: 0,
             flipped: 0,
@@ -664,14 +676,24 @@ impl MatrixLab {
                 return res;
             }
         }
-        let cells: Vec<(usize, usize, usize)> = (0..PODS.len())
+        // Every pod to every pod, and every node to each of its own pods (always allowed).
+        let mut cells: Vec<(usize, usize, usize)> = (0..PODS.len())
             .flat_map(|f| {
                 (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p)))
             })
             .collect();
+        for (t, pod) in self.pods.iter().enumerate() {
+            cells.extend((0..PORTS.len()).map(|p| (PODS.len() + pod.node - 1, t, p)));
+        }
         let mut allow = self.probe(&cells);
-        let expected =
-            |&(f, t, p): &(usize, usize, usize)| case.expected(PORTS[p].0, PODS[f], PODS[t]);
+        let from_name = |f: usize| {
+            PODS.get(f)
+                .copied()
+                .unwrap_or_else(|| NODE_NAMES[f - PODS.len()])
+        };
+        let expected = |&(f, t, p): &(usize, usize, usize)| {
+            f >= PODS.len() || case.expected(PORTS[p].0, PODS[f], PODS[t])
+        };
         let differing: Vec<usize> = (0..cells.len())
             .filter(|&i| allow[i] != expected(&cells[i]))
             .collect();
@@ -689,17 +711,22 @@ impl MatrixLab {
         for (i, c) in cells.iter().enumerate() {
             let (f, t, p) = *c;
             let verdict = if allow[i] { "allow" } else { "deny" };
-            res.observed
+            let table = if f < PODS.len() {
+                &mut res.observed
+            } else {
+                &mut res.node_to_pod
+            };
+            table
                 .entry(PORTS[p].0.to_string())
                 .or_default()
-                .entry(PODS[f].to_string())
+                .entry(from_name(f).to_string())
                 .or_default()
                 .insert(PODS[t].to_string(), verdict.to_string());
             let exp = expected(c);
             if allow[i] != exp {
                 res.differences.push(Difference {
                     port: PORTS[p].0,
-                    from: PODS[f],
+                    from: from_name(f),
                     to: PODS[t],
                     expected: if exp { "allow" } else { "deny" },
                     observed: verdict,
@@ -757,6 +784,8 @@ struct CaseResult {
     error: Option<String>,
     /// port → from → to → allow|deny.
     observed: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    /// port → node → its own pod → allow|deny (always expected allow).
+    node_to_pod: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
     differences: Vec<Difference>,
     /// Cells that differed on the first probe and were probed again.
     reprobed: usize,
@@ -786,6 +815,7 @@ impl CaseResult {
                 "expected": d.expected, "observed": d.observed,
             })).collect::<Vec<_>>(),
             "observed": self.observed,
+            "nodeToPod": self.node_to_pod,
         })
     }
 
@@ -843,6 +873,16 @@ impl CaseResult {
                 println!("{row}");
             }
         }
+        let n2p: Vec<&String> = self
+            .node_to_pod
+            .values()
+            .flat_map(|rows| rows.values().flat_map(|r| r.values()))
+            .collect();
+        println!(
+            "node -> its own pods ({} probes): {} allowed",
+            n2p.len(),
+            n2p.iter().filter(|v| v.as_str() == "allow").count()
+        );
         for d in &self.differences {
             println!(
                 "  DIFFERENT {} {} -> {}: expected {}, observed {}",
