@@ -63,12 +63,22 @@ const PROBE_TIMEOUT_MS: u64 = 1500;
 const SETTLE: Duration = Duration::from_millis(1500);
 /// Longest a case may take to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
-const CASE_KEYS: [&str; 5] = [
+const CASE_KEYS: [&str; 6] = [
     "description",
     "policies",
     "namespaceLabels",
     "podLabels",
     "expect",
+    "steps",
+];
+const STEP_KEYS: [&str; 7] = [
+    "name",
+    "policies",
+    "namespaceLabels",
+    "podLabels",
+    "expect",
+    "recreate",
+    "held",
 ];
 
 /// The node (1-based) pod `i` of [`PODS`] lives on: every node gets one pod of each
@@ -83,37 +93,62 @@ fn pod_index(name: &str) -> Option<usize> {
 
 // ---- cases ----
 
+/// namespace (or `x/a`) → labels.
+type Labels = BTreeMap<String, Map<String, Value>>;
+/// port key → from → to → allow? (`*` wildcards; see [`expected`]).
+type Expect = BTreeMap<String, BTreeMap<String, BTreeMap<String, bool>>>;
+/// (from pod, to pod, port) indexes into [`PODS`] and [`PORTS`].
+type Cell = (usize, usize, usize);
+
+/// What the API holds during a phase.
+#[derive(Debug, Clone, Default)]
+struct State {
+    policies: Vec<Value>,
+    ns_labels: Labels,
+    pod_labels: Labels,
+}
+
+/// The case's own state and expectation (phase 0), or one of its `steps:`.
+#[derive(Debug)]
+struct Phase {
+    /// "" for the case's own, else the step's `name` (default `step N`).
+    name: String,
+    state: State,
+    expect: Expect,
+    /// Pods DELeted and ADDed again after the state settled (a new pod of the same name and
+    /// labels): the cells to and from them are probed right after ADD returns, before the
+    /// pod's address is published — its first packets — and again once settled.
+    recreate: Vec<usize>,
+    /// TCP connections opened before this phase's change (under the previous phase's rules)
+    /// and held open: after the change, does each still carry data?
+    held: Vec<(Cell, bool)>,
+}
+
 /// One case file, checked.
 #[derive(Debug)]
 struct Case {
     name: String,
     path: PathBuf,
-    policies: Vec<Value>,
-    ns_labels: BTreeMap<String, Map<String, Value>>,
-    pod_labels: BTreeMap<String, Map<String, Value>>,
-    /// port key → from → to → allow?
-    expect: BTreeMap<String, BTreeMap<String, BTreeMap<String, bool>>>,
+    phases: Vec<Phase>,
 }
 
-impl Case {
-    /// Expected verdict: the exact pair; else (a pod to itself: allow); else `from → "*"`,
-    /// `"*" → to`, `"*" → "*"`; else allow.
-    fn expected(&self, port: &str, from: &str, to: &str) -> bool {
-        let Some(m) = self.expect.get(port) else {
-            return true;
-        };
-        let look = |f: &str, t: &str| m.get(f).and_then(|r| r.get(t)).copied();
-        if let Some(v) = look(from, to) {
-            return v;
-        }
-        if from == to {
-            return true;
-        }
-        look(from, "*")
-            .or_else(|| look("*", to))
-            .or_else(|| look("*", "*"))
-            .unwrap_or(true)
+/// Expected verdict: the exact pair; else (a pod to itself: allow); else `from → "*"`,
+/// `"*" → to`, `"*" → "*"`; else allow.
+fn expected(expect: &Expect, port: &str, from: &str, to: &str) -> bool {
+    let Some(m) = expect.get(port) else {
+        return true;
+    };
+    let look = |f: &str, t: &str| m.get(f).and_then(|r| r.get(t)).copied();
+    if let Some(v) = look(from, to) {
+        return v;
     }
+    if from == to {
+        return true;
+    }
+    look(from, "*")
+        .or_else(|| look("*", to))
+        .or_else(|| look("*", "*"))
+        .unwrap_or(true)
 }
 
 /// Label values as strings (YAML may read `1` or `true` as numbers/bools).
@@ -134,8 +169,117 @@ fn labels(v: &Value, what: &str) -> Result<Map<String, Value>, String> {
         .collect()
 }
 
+fn verdict(v: &Value, what: &str) -> Result<bool, String> {
+    match v.as_str() {
+        Some("allow") => Ok(true),
+        Some("deny") => Ok(false),
+        _ => Err(format!("{what}: allow or deny, not {v}")),
+    }
+}
+
+fn parse_policies(v: &Value, p: &str) -> Result<Vec<Value>, String> {
+    let policies = match v {
+        Value::Null => Vec::new(),
+        Value::Array(a) => a.clone(),
+        _ => return Err(format!("{p}: a list of NetworkPolicy objects")),
+    };
+    for (i, pol) in policies.iter().enumerate() {
+        let meta = &pol["metadata"];
+        let ns = meta["namespace"].as_str();
+        if !ns.is_some_and(|n| NAMESPACES.contains(&n)) || meta["name"].as_str().is_none() {
+            return Err(format!(
+                "{p}[{i}]: metadata.name and metadata.namespace (x, y or z) are required"
+            ));
+        }
+        if !pol["spec"].is_object() {
+            return Err(format!("{p}[{i}]: spec is required"));
+        }
+    }
+    Ok(policies)
+}
+
+fn parse_ns_labels(v: &Value, p: &str) -> Result<Labels, String> {
+    let mut out = BTreeMap::new();
+    for (ns, l) in v
+        .as_object()
+        .ok_or_else(|| format!("{p}: {{ns: {{k: v}}}}"))?
+    {
+        if !NAMESPACES.contains(&ns.as_str()) {
+            return Err(format!("{p}: no namespace {ns:?} (x, y, z)"));
+        }
+        out.insert(ns.clone(), labels(l, &format!("{p}.{ns}"))?);
+    }
+    Ok(out)
+}
+
+fn parse_pod_labels(v: &Value, p: &str) -> Result<Labels, String> {
+    let mut out = BTreeMap::new();
+    for (pod, l) in v
+        .as_object()
+        .ok_or_else(|| format!("{p}: {{ns/pod: {{k: v}}}}"))?
+    {
+        if pod_index(pod).is_none() {
+            return Err(format!("{p}: no pod {pod:?} (x/a … z/c)"));
+        }
+        out.insert(pod.clone(), labels(l, &format!("{p}.{pod}"))?);
+    }
+    Ok(out)
+}
+
+fn parse_expect(e: &Value, p: &str) -> Result<Expect, String> {
+    let mut expect = BTreeMap::new();
+    let e = e
+        .as_object()
+        .ok_or_else(|| format!("{p}: a mapping of tcp/80, tcp/81, udp/80, udp/81"))?;
+    for (port, rows) in e {
+        if !PORTS.iter().any(|(k, _, _)| k == port) {
+            return Err(format!(
+                "{p}: no port {port:?} (tcp/80, tcp/81, udp/80, udp/81)"
+            ));
+        }
+        let mut m = BTreeMap::new();
+        for (from, row) in rows
+            .as_object()
+            .ok_or_else(|| format!("{p}.{port}: {{from: {{to: allow|deny}}}}"))?
+        {
+            if from != "*" && pod_index(from).is_none() {
+                return Err(format!("{p}.{port}: no pod {from:?}"));
+            }
+            let mut r = BTreeMap::new();
+            for (to, v) in row
+                .as_object()
+                .ok_or_else(|| format!("{p}.{port}.{from}: {{to: allow|deny}}"))?
+            {
+                if to != "*" && pod_index(to).is_none() {
+                    return Err(format!("{p}.{port}.{from}: no pod {to:?}"));
+                }
+                r.insert(to.clone(), verdict(v, &format!("{p}.{port}.{from}.{to}"))?);
+            }
+            m.insert(from.clone(), r);
+        }
+        expect.insert(port.clone(), m);
+    }
+    Ok(expect)
+}
+
+/// `"x/b -> x/a tcp/80"` (TCP only: a held connection).
+fn parse_connection(k: &str, p: &str) -> Result<Cell, String> {
+    let bad = || format!("{p}: {k:?} is not \"<from> -> <to> tcp/80|tcp/81\"");
+    let w: Vec<&str> = k.split_whitespace().collect();
+    let [from, "->", to, port] = w.as_slice() else {
+        return Err(bad());
+    };
+    let f = pod_index(from).ok_or_else(bad)?;
+    let t = pod_index(to).ok_or_else(bad)?;
+    let port = PORTS
+        .iter()
+        .position(|(key, proto, _)| key == port && *proto == "tcp")
+        .ok_or_else(bad)?;
+    Ok((f, t, port))
+}
+
 fn load_case(path: &Path) -> Result<Case, String> {
-    let p = path.display();
+    let p = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{p}: {e}"))?;
     let v: Value = serde_norway::from_str(&text).map_err(|e| format!("{p}: {e}"))?;
     let obj = v
@@ -144,97 +288,96 @@ fn load_case(path: &Path) -> Result<Case, String> {
     if let Some(k) = obj.keys().find(|k| !CASE_KEYS.contains(&k.as_str())) {
         return Err(format!("{p}: unknown key {k:?} (known: {CASE_KEYS:?})"));
     }
-    let policies = match obj.get("policies") {
+    let mut state = State::default();
+    if let Some(v) = obj.get("policies") {
+        state.policies = parse_policies(v, &format!("{p}: policies"))?;
+    }
+    if let Some(v) = obj.get("namespaceLabels") {
+        state.ns_labels = parse_ns_labels(v, &format!("{p}: namespaceLabels"))?;
+    }
+    if let Some(v) = obj.get("podLabels") {
+        state.pod_labels = parse_pod_labels(v, &format!("{p}: podLabels"))?;
+    }
+    let expect = match obj.get("expect") {
+        Some(e) => parse_expect(e, &format!("{p}: expect"))?,
+        None => BTreeMap::new(),
+    };
+    let mut phases = vec![Phase {
+        name: String::new(),
+        state: state.clone(),
+        expect,
+        recreate: Vec::new(),
+        held: Vec::new(),
+    }];
+    let steps = match obj.get("steps") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a.clone(),
-        Some(_) => return Err(format!("{p}: policies: a list of NetworkPolicy objects")),
+        Some(_) => return Err(format!("{p}: steps: a list")),
     };
-    for (i, pol) in policies.iter().enumerate() {
-        let meta = &pol["metadata"];
-        let ns = meta["namespace"].as_str();
-        if !ns.is_some_and(|n| NAMESPACES.contains(&n)) || meta["name"].as_str().is_none() {
-            return Err(format!(
-                "{p}: policies[{i}]: metadata.name and metadata.namespace (x, y or z) are required"
-            ));
+    for (i, step) in steps.iter().enumerate() {
+        let sp = format!("{p}: steps[{i}]");
+        let o = step.as_object().ok_or_else(|| format!("{sp}: a mapping"))?;
+        if let Some(k) = o.keys().find(|k| !STEP_KEYS.contains(&k.as_str())) {
+            return Err(format!("{sp}: unknown key {k:?} (known: {STEP_KEYS:?})"));
         }
-        if !pol["spec"].is_object() {
-            return Err(format!("{p}: policies[{i}]: spec is required"));
+        // Keys a step leaves out keep the previous phase's value.
+        if let Some(v) = o.get("policies") {
+            state.policies = parse_policies(v, &format!("{sp}.policies"))?;
         }
-    }
-    let mut ns_labels = BTreeMap::new();
-    if let Some(m) = obj.get("namespaceLabels").and_then(Value::as_object) {
-        for (ns, l) in m {
-            if !NAMESPACES.contains(&ns.as_str()) {
-                return Err(format!(
-                    "{p}: namespaceLabels: no namespace {ns:?} (x, y, z)"
-                ));
-            }
-            ns_labels.insert(ns.clone(), labels(l, &format!("namespaceLabels.{ns}"))?);
+        if let Some(v) = o.get("namespaceLabels") {
+            state.ns_labels = parse_ns_labels(v, &format!("{sp}.namespaceLabels"))?;
         }
-    }
-    let mut pod_labels = BTreeMap::new();
-    if let Some(m) = obj.get("podLabels").and_then(Value::as_object) {
-        for (pod, l) in m {
-            if pod_index(pod).is_none() {
-                return Err(format!("{p}: podLabels: no pod {pod:?} (x/a … z/c)"));
-            }
-            pod_labels.insert(pod.clone(), labels(l, &format!("podLabels.{pod}"))?);
+        if let Some(v) = o.get("podLabels") {
+            state.pod_labels = parse_pod_labels(v, &format!("{sp}.podLabels"))?;
         }
-    }
-    let mut expect = BTreeMap::new();
-    if let Some(e) = obj.get("expect") {
-        let e = e
-            .as_object()
-            .ok_or_else(|| format!("{p}: expect: a mapping of tcp/80, tcp/81, udp/80, udp/81"))?;
-        for (port, rows) in e {
-            if !PORTS.iter().any(|(k, _, _)| k == port) {
-                return Err(format!(
-                    "{p}: expect: no port {port:?} (tcp/80, tcp/81, udp/80, udp/81)"
-                ));
-            }
-            let mut m = BTreeMap::new();
-            for (from, row) in rows
-                .as_object()
-                .ok_or_else(|| format!("{p}: expect.{port}: {{from: {{to: allow|deny}}}}"))?
+        let expect = parse_expect(
+            o.get("expect")
+                .ok_or_else(|| format!("{sp}: expect is required in a step"))?,
+            &format!("{sp}.expect"),
+        )?;
+        let mut recreate = Vec::new();
+        if let Some(v) = o.get("recreate") {
+            for pod in v
+                .as_array()
+                .ok_or_else(|| format!("{sp}.recreate: a list of pods"))?
             {
-                if from != "*" && pod_index(from).is_none() {
-                    return Err(format!("{p}: expect.{port}: no pod {from:?}"));
-                }
-                let mut r = BTreeMap::new();
-                for (to, verdict) in row
-                    .as_object()
-                    .ok_or_else(|| format!("{p}: expect.{port}.{from}: {{to: allow|deny}}"))?
-                {
-                    if to != "*" && pod_index(to).is_none() {
-                        return Err(format!("{p}: expect.{port}.{from}: no pod {to:?}"));
-                    }
-                    let allow = match verdict.as_str() {
-                        Some("allow") => true,
-                        Some("deny") => false,
-                        _ => {
-                            return Err(format!(
-                                "{p}: expect.{port}.{from}.{to}: allow or deny, not {verdict}"
-                            ))
-                        }
-                    };
-                    r.insert(to.clone(), allow);
-                }
-                m.insert(from.clone(), r);
+                let i = pod
+                    .as_str()
+                    .and_then(pod_index)
+                    .ok_or_else(|| format!("{sp}.recreate: no pod {pod}"))?;
+                recreate.push(i);
             }
-            expect.insert(port.clone(), m);
         }
+        let mut held = Vec::new();
+        if let Some(v) = o.get("held") {
+            for (k, v) in v
+                .as_object()
+                .ok_or_else(|| format!("{sp}.held: {{\"<from> -> <to> tcp/80\": allow|deny}}"))?
+            {
+                let cell = parse_connection(k, &format!("{sp}.held"))?;
+                held.push((cell, verdict(v, &format!("{sp}.held.{k}"))?));
+            }
+        }
+        let name = o
+            .get("name")
+            .and_then(Value::as_str)
+            .map_or_else(|| format!("step {}", i + 1), str::to_string);
+        phases.push(Phase {
+            name,
+            state: state.clone(),
+            expect,
+            recreate,
+            held,
+        });
     }
     let name = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| p.to_string());
+        .unwrap_or_else(|| p.clone());
     Ok(Case {
         name,
         path: path.to_path_buf(),
-        policies,
-        ns_labels,
-        pod_labels,
-        expect,
+        phases,
     })
 }
 
@@ -309,6 +452,9 @@ struct LabPod {
     node: usize,
     netns: String,
     ip: Ipv4Addr,
+    /// Its container ID: `np-<ns>-<pod>`, then `…-<n>` once recreated (a new pod: a new ID,
+    /// so a new host veth).
+    cid: String,
 }
 
 /// Fields drop in order: the servers first, then the cluster (agents, etcd, namespaces).
@@ -322,6 +468,10 @@ struct MatrixLab {
     policies: BTreeSet<(String, String)>,
     /// Probe rounds so far (each uses its own block of client source ports).
     rounds: u32,
+    /// Held connections opened so far (each binds its own client source port).
+    holds: u32,
+    /// Pods recreated so far (numbers their new container IDs).
+    recreated: u32,
 }
 
 fn pod_object(p: &LabPod, node: &str, labels: &Map<String, Value>) -> Value {
@@ -393,6 +543,8 @@ impl MatrixLab {
             cluster,
             policies: BTreeSet::new(),
             rounds: 0,
+            holds: 0,
+            recreated: 0,
         };
         let kc = kc.display().to_string();
         lab.cluster.start_agents(&[
@@ -443,6 +595,7 @@ impl MatrixLab {
                 node: node_of(i),
                 netns,
                 ip,
+                cid: format!("np-{namespace}-{pod}"),
             });
         }
         for p in &lab.pods {
@@ -453,23 +606,9 @@ impl MatrixLab {
         if let Err(e) = lab.cluster.wait_consistent(Duration::from_secs(30)) {
             panic!("the nodes' routes did not converge: {e}");
         }
-        let probe = bin("netpol-probe");
         for p in &lab.pods {
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &p.netns])
-                .arg(&probe)
-                .args(["serve", p.name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("spawning netpol-probe serve");
-            let out = child.stdout.take().expect("stdout");
-            let mut proc = Proc::default();
-            proc.set(child);
-            lab.servers.push(proc);
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(out).read_line(&mut line);
-            assert_eq!(line.trim(), "ready", "netpol-probe serve in {}", p.netns);
+            let server = start_server(&p.netns, p.name).unwrap_or_else(|e| panic!("{e}"));
+            lab.servers.push(server);
         }
         // Every node's agent in sync with the API (its first ruleset in the kernel).
         for k in 1..=NODES {
@@ -505,9 +644,9 @@ impl MatrixLab {
         m
     }
 
-    /// The API objects become the case's: namespace and pod labels (defaults unless the case
+    /// The API objects become `case`'s: namespace and pod labels (defaults unless the case
     /// says otherwise), policies not in the case deleted, the case's put in order.
-    fn reset(&mut self, case: &Case) -> Result<(), String> {
+    fn reset(&mut self, case: &State) -> Result<(), String> {
         let vars = self.vars();
         let policies: Vec<Value> = case
             .policies
@@ -652,53 +791,196 @@ impl MatrixLab {
             .collect()
     }
 
+    /// The pod objects of `pods` as the API shows a pod scheduled but not running yet: the
+    /// same labels and node, no address.
+    fn unpublish(&self, pods: &[usize], state: &State) {
+        for &i in pods {
+            let p = &self.pods[i];
+            let l = state
+                .pod_labels
+                .get(p.name)
+                .cloned()
+                .unwrap_or_else(|| default_pod_labels(p.pod));
+            let mut obj = pod_object(p, &self.cluster.node(p.node).name, &l);
+            obj["status"] = json!({"phase": "Pending"});
+            self.api.put("Pod", obj);
+        }
+    }
+
+    /// DEL pod `i` and ADD it again through the real plugin, as a new pod of the same name:
+    /// a new network namespace (its server started there) and a new container ID, so a new
+    /// host veth; its new address replaces the old one.
+    fn recreate(&mut self, i: usize) -> Result<(), String> {
+        let k = self.pods[i].node;
+        let (new_netns, _) = self
+            .cluster
+            .new_pod_namespaces(k, 1)
+            .pop()
+            .ok_or("no namespace")?;
+        let p = &self.pods[i];
+        let name = p.name;
+        let n = self.cluster.node(p.node);
+        let node_ns = n.ns.clone();
+        let args = format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
+            p.namespace, p.pod
+        );
+        let old_path = netns::path(&p.netns);
+        let new_path = netns::path(&new_netns);
+        self.recreated += 1;
+        let new_cid = format!("np-{}-{}-{}", p.namespace, p.pod, self.recreated);
+        let old_cid = p.cid.clone();
+        let conf = n.conf().to_string();
+        for (verb, cid, path) in [("DEL", &old_cid, &old_path), ("ADD", &new_cid, &new_path)] {
+            let mut env = cni::env(verb, cid, "eth0", path).to_vec();
+            env.push(("CNI_ARGS", &args));
+            let out = cni::invoke(&node_ns, conf.as_bytes(), &env, Some(CNI_TIMEOUT_S));
+            if !out.ok() {
+                return Err(format!("{verb} {name}: {}", out.msg()));
+            }
+            if verb == "ADD" {
+                let ip = out.ip().ok_or_else(|| format!("ADD {name}: no address"))?;
+                self.pods[i].ip = ip;
+                self.pods[i].cid = new_cid.clone();
+                self.pods[i].netns = new_netns.clone();
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a TCP connection for `cell` from its source pod and holds it (`netpol-probe
+    /// hold`); Err when it cannot be opened.
+    fn hold(&mut self, (f, t, port): Cell) -> Result<Held, String> {
+        self.holds += 1;
+        let src = u16::try_from(10000 + self.holds % 9000).expect("below 19000");
+        let (key, _, p) = PORTS[port];
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.pods[f].netns])
+            .arg(bin("netpol-probe"))
+            .args([
+                "hold",
+                &PROBE_TIMEOUT_MS.to_string(),
+                &src.to_string(),
+                &format!("{}:{p}", self.pods[t].ip),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("netpol-probe hold: {e}"))?;
+        let stdin = child.stdin.take().expect("stdin");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut proc = Proc::default();
+        proc.set(child);
+        let mut line = String::new();
+        let _ = stdout.read_line(&mut line);
+        let what = format!("{} -> {} {key}", PODS[f], PODS[t]);
+        if line.trim() != format!("open {}", PODS[t]) {
+            return Err(format!(
+                "held connection {what} could not be opened: {line:?}"
+            ));
+        }
+        Ok(Held {
+            cell: (f, t, port),
+            _proc: proc,
+            stdin,
+            stdout,
+        })
+    }
+
     fn run_case(&mut self, case: &Case) -> CaseResult {
         let t0 = Instant::now();
         let mut res = CaseResult {
             name: case.name.clone(),
             file: case.path.display().to_string(),
             error: None,
-            observed: BTreeMap::new(),
-            node_to_pod: BTreeMap::new(),
-            differences: Vec::new(),
-            reprobed: 0,
-            flipped: 0,
-            settle_s: 0.0,
+            phases: Vec::new(),
             seconds: 0.0,
         };
-        let settled = self.reset(case).and_then(|()| self.settle());
-        match settled {
-            Ok(d) => res.settle_s = d.as_secs_f64(),
-            Err(e) => {
-                res.error = Some(e);
+        let mut held: Vec<Held> = Vec::new();
+        for phase in &case.phases {
+            let mut pr = PhaseResult {
+                name: phase.name.clone(),
+                ..PhaseResult::default()
+            };
+            let r = self.run_phase(phase, &mut pr, &mut held);
+            res.phases.push(pr);
+            if let Err(e) = r {
+                let at = if phase.name.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", phase.name)
+                };
+                res.error = Some(format!("{at}{e}"));
                 self.cluster.dump_logs(20);
-                res.seconds = t0.elapsed().as_secs_f64();
-                return res;
+                break;
             }
         }
+        res.seconds = t0.elapsed().as_secs_f64();
+        res
+    }
+
+    /// One phase: open the connections the phase holds (under the rules in force), apply its
+    /// state and settle, recreate its pods (probing their first packets), then probe the
+    /// whole matrix and the held connections.
+    fn run_phase(
+        &mut self,
+        phase: &Phase,
+        res: &mut PhaseResult,
+        held: &mut Vec<Held>,
+    ) -> Result<(), String> {
+        held.clear();
+        for &(cell, _) in &phase.held {
+            held.push(self.hold(cell)?);
+        }
+        self.reset(&phase.state)?;
+        res.settle_s = self.settle()?.as_secs_f64();
+        let expect = |&(f, t, p): &Cell| {
+            f >= PODS.len() || expected(&phase.expect, PORTS[p].0, PODS[f], PODS[t])
+        };
+        if !phase.recreate.is_empty() {
+            self.unpublish(&phase.recreate, &phase.state);
+            for &i in &phase.recreate {
+                self.recreate(i)?;
+                // Its server, listening before anything probes it.
+                self.servers[i] = start_server(&self.pods[i].netns, self.pods[i].name)?;
+            }
+            // Right after ADD returned: every cell to or from a recreated pod, once (no
+            // second chance: a first packet that got through is the finding).
+            let cells: Vec<Cell> = all_cells()
+                .into_iter()
+                .filter(|c| phase.recreate.contains(&c.0) || phase.recreate.contains(&c.1))
+                .collect();
+            let allow = self.probe(&cells);
+            for (c, a) in cells.iter().zip(allow) {
+                if a != expect(c) {
+                    res.differences
+                        .push(Difference::new("first packets", *c, expect(c), a));
+                }
+            }
+            for &i in &phase.recreate {
+                let p = &self.pods[i];
+                let l = phase
+                    .state
+                    .pod_labels
+                    .get(p.name)
+                    .cloned()
+                    .unwrap_or_else(|| default_pod_labels(p.pod));
+                let obj = pod_object(p, &self.cluster.node(p.node).name, &l);
+                self.api.put("Pod", obj);
+            }
+            res.settle_s += self.settle()?.as_secs_f64();
+        }
         // Every pod to every pod, and every node to each of its own pods (always allowed).
-        let mut cells: Vec<(usize, usize, usize)> = (0..PODS.len())
-            .flat_map(|f| {
-                (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p)))
-            })
-            .collect();
+        let mut cells = all_cells();
         for (t, pod) in self.pods.iter().enumerate() {
             cells.extend((0..PORTS.len()).map(|p| (PODS.len() + pod.node - 1, t, p)));
         }
         let mut allow = self.probe(&cells);
-        let from_name = |f: usize| {
-            PODS.get(f)
-                .copied()
-                .unwrap_or_else(|| NODE_NAMES[f - PODS.len()])
-        };
-        let expected = |&(f, t, p): &(usize, usize, usize)| {
-            f >= PODS.len() || case.expected(PORTS[p].0, PODS[f], PODS[t])
-        };
         let differing: Vec<usize> = (0..cells.len())
-            .filter(|&i| allow[i] != expected(&cells[i]))
+            .filter(|&i| allow[i] != expect(&cells[i]))
             .collect();
         if !differing.is_empty() {
-            let again: Vec<(usize, usize, usize)> = differing.iter().map(|&i| cells[i]).collect();
+            let again: Vec<Cell> = differing.iter().map(|&i| cells[i]).collect();
             let second = self.probe(&again);
             res.reprobed = differing.len();
             for (&i, a) in differing.iter().zip(second) {
@@ -710,7 +992,6 @@ impl MatrixLab {
         }
         for (i, c) in cells.iter().enumerate() {
             let (f, t, p) = *c;
-            let verdict = if allow[i] { "allow" } else { "deny" };
             let table = if f < PODS.len() {
                 &mut res.observed
             } else {
@@ -719,22 +1000,93 @@ impl MatrixLab {
             table
                 .entry(PORTS[p].0.to_string())
                 .or_default()
-                .entry(from_name(f).to_string())
+                .entry(source_name(f).to_string())
                 .or_default()
-                .insert(PODS[t].to_string(), verdict.to_string());
-            let exp = expected(c);
-            if allow[i] != exp {
-                res.differences.push(Difference {
-                    port: PORTS[p].0,
-                    from: from_name(f),
-                    to: PODS[t],
-                    expected: if exp { "allow" } else { "deny" },
-                    observed: verdict,
-                });
+                .insert(PODS[t].to_string(), verdict_str(allow[i]).to_string());
+            if allow[i] != expect(c) {
+                res.differences
+                    .push(Difference::new("matrix", *c, expect(c), allow[i]));
             }
         }
-        res.seconds = t0.elapsed().as_secs_f64();
-        res
+        // The held connections, after the change.
+        for (h, &(cell, want)) in held.iter_mut().zip(&phase.held) {
+            let got = h.ping();
+            let (f, t, p) = cell;
+            res.held.push((
+                format!("{} -> {} {}", PODS[f], PODS[t], PORTS[p].0),
+                verdict_str(got),
+            ));
+            if got != want {
+                res.differences
+                    .push(Difference::new("held connection", h.cell, want, got));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Starts `netpol-probe serve NAME` in namespace `ns`; returns once it listens.
+fn start_server(ns: &str, name: &str) -> Result<Proc, String> {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(bin("netpol-probe"))
+        .args(["serve", name])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawning netpol-probe serve: {e}"))?;
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let mut proc = Proc::default();
+    proc.set(child);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(out).read_line(&mut line);
+    if line.trim() != "ready" {
+        return Err(format!("netpol-probe serve in {ns}: {line:?}"));
+    }
+    Ok(proc)
+}
+
+/// A TCP connection held open by `netpol-probe hold` (killed when dropped).
+#[derive(Debug)]
+struct Held {
+    cell: Cell,
+    _proc: Proc,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Held {
+    /// Sends one byte over the held connection: did the echo come back?
+    fn ping(&mut self) -> bool {
+        use std::io::Write;
+        if writeln!(self.stdin, "ping").is_err() || self.stdin.flush().is_err() {
+            return false;
+        }
+        let mut line = String::new();
+        let _ = self.stdout.read_line(&mut line);
+        line.trim() == "ok"
+    }
+}
+
+/// Every pod-to-pod cell.
+fn all_cells() -> Vec<Cell> {
+    (0..PODS.len())
+        .flat_map(|f| (0..PODS.len()).flat_map(move |t| (0..PORTS.len()).map(move |p| (f, t, p))))
+        .collect()
+}
+
+/// A probe source's name: a pod (`x/a`) or a node (`node1`).
+fn source_name(f: usize) -> &'static str {
+    PODS.get(f)
+        .copied()
+        .unwrap_or_else(|| NODE_NAMES[f - PODS.len()])
+}
+
+fn verdict_str(allow: bool) -> &'static str {
+    if allow {
+        "allow"
+    } else {
+        "deny"
     }
 }
 
@@ -769,6 +1121,9 @@ fn table(ns: &str) -> String {
 
 #[derive(Debug)]
 struct Difference {
+    /// `matrix` (settled), `first packets` (right after a recreated pod's ADD returned),
+    /// `held connection` (opened before the change).
+    kind: &'static str,
     port: &'static str,
     from: &'static str,
     to: &'static str,
@@ -776,62 +1131,59 @@ struct Difference {
     observed: &'static str,
 }
 
-#[derive(Debug)]
-struct CaseResult {
+impl Difference {
+    fn new(kind: &'static str, (f, t, p): Cell, expected: bool, observed: bool) -> Difference {
+        Difference {
+            kind,
+            port: PORTS[p].0,
+            from: source_name(f),
+            to: PODS[t],
+            expected: verdict_str(expected),
+            observed: verdict_str(observed),
+        }
+    }
+}
+
+/// port → from → to → allow|deny.
+type Observed = BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>;
+
+#[derive(Debug, Default)]
+struct PhaseResult {
     name: String,
-    file: String,
-    /// The case could not run (its objects did not settle, a ruleset was refused).
-    error: Option<String>,
-    /// port → from → to → allow|deny.
-    observed: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    observed: Observed,
     /// port → node → its own pod → allow|deny (always expected allow).
-    node_to_pod: BTreeMap<String, BTreeMap<String, BTreeMap<String, String>>>,
+    node_to_pod: Observed,
+    /// The held connections after the change: ("x/b -> x/a tcp/80", allow|deny).
+    held: Vec<(String, &'static str)>,
     differences: Vec<Difference>,
     /// Cells that differed on the first probe and were probed again.
     reprobed: usize,
     /// Of those, how many gave another answer the second time.
     flipped: usize,
     settle_s: f64,
-    seconds: f64,
 }
 
-impl CaseResult {
-    fn ok(&self) -> bool {
-        self.error.is_none() && self.differences.is_empty()
-    }
-
+impl PhaseResult {
     fn json(&self) -> Value {
         json!({
             "name": self.name,
-            "file": self.file,
-            "ok": self.ok(),
-            "error": self.error,
-            "seconds": (self.seconds * 10.0).round() / 10.0,
             "settleSeconds": (self.settle_s * 10.0).round() / 10.0,
             "reprobed": self.reprobed,
             "flipped": self.flipped,
             "differences": self.differences.iter().map(|d| json!({
-                "port": d.port, "from": d.from, "to": d.to,
+                "kind": d.kind, "port": d.port, "from": d.from, "to": d.to,
                 "expected": d.expected, "observed": d.observed,
             })).collect::<Vec<_>>(),
             "observed": self.observed,
             "nodeToPod": self.node_to_pod,
+            "held": self.held.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<_, _>>(),
         })
     }
 
     /// The matrices (rows: from, columns: to), ports with identical grids printed together:
     /// `.` allow, `X` deny, `!` after a cell that differs from `expect:`.
-    fn print(&self, case: &Case) {
-        let status = match (&self.error, self.differences.len()) {
-            (Some(e), _) => format!("ERROR: {e}"),
-            (None, 0) => "ok".to_string(),
-            (None, n) => format!("{n} DIFFERENCES"),
-        };
-        println!(
-            "== {} ({}): {status} [{:.1} s, settled in {:.1} s, {} re-probed, {} flipped]",
-            self.name, self.file, self.seconds, self.settle_s, self.reprobed, self.flipped
-        );
-        if self.error.is_some() {
+    fn print(&self, expect: &Expect) {
+        if self.observed.is_empty() {
             return;
         }
         let grid = |port: &str| -> Vec<String> {
@@ -842,7 +1194,7 @@ impl CaseResult {
                         .map(|t| {
                             let obs = self.observed[port][*f][*t] == "allow";
                             let mark = if obs { "." } else { "X" };
-                            let diff = if obs != case.expected(port, f, t) {
+                            let diff = if obs != expected(expect, port, f, t) {
                                 "!"
                             } else {
                                 " "
@@ -883,11 +1235,90 @@ impl CaseResult {
             n2p.len(),
             n2p.iter().filter(|v| v.as_str() == "allow").count()
         );
+        for (k, v) in &self.held {
+            println!("held connection {k}: {v}");
+        }
         for d in &self.differences {
             println!(
-                "  DIFFERENT {} {} -> {}: expected {}, observed {}",
-                d.port, d.from, d.to, d.expected, d.observed
+                "  DIFFERENT {}{} {} -> {}: expected {}, observed {}",
+                if d.kind == "matrix" {
+                    String::new()
+                } else {
+                    format!("({}) ", d.kind)
+                },
+                d.port,
+                d.from,
+                d.to,
+                d.expected,
+                d.observed
             );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CaseResult {
+    name: String,
+    file: String,
+    /// The case could not run (its objects did not settle, a ruleset was refused, a held
+    /// connection could not be opened, a recreated pod's ADD failed).
+    error: Option<String>,
+    /// The case's own (first), then its steps, as far as they ran.
+    phases: Vec<PhaseResult>,
+    seconds: f64,
+}
+
+impl CaseResult {
+    fn differences(&self) -> usize {
+        self.phases.iter().map(|p| p.differences.len()).sum()
+    }
+
+    fn ok(&self) -> bool {
+        self.error.is_none() && self.differences() == 0
+    }
+
+    /// The case's own phase at the top level (`observed`, `nodeToPod`, `differences`…),
+    /// its steps under `steps`.
+    fn json(&self) -> Value {
+        let mut v = self
+            .phases
+            .first()
+            .map_or_else(|| json!({}), PhaseResult::json);
+        v["name"] = json!(self.name);
+        v["file"] = json!(self.file);
+        v["ok"] = json!(self.ok());
+        v["error"] = json!(self.error);
+        v["seconds"] = json!((self.seconds * 10.0).round() / 10.0);
+        v["steps"] = json!(self
+            .phases
+            .iter()
+            .skip(1)
+            .map(PhaseResult::json)
+            .collect::<Vec<_>>());
+        v
+    }
+
+    fn print(&self, case: &Case) {
+        let status = match (&self.error, self.differences()) {
+            (Some(e), _) => format!("ERROR: {e}"),
+            (None, 0) => "ok".to_string(),
+            (None, n) => format!("{n} DIFFERENCES"),
+        };
+        let first = self.phases.first();
+        println!(
+            "== {} ({}): {status} [{:.1} s, settled in {:.1} s, {} re-probed, {} flipped]",
+            self.name,
+            self.file,
+            self.seconds,
+            first.map_or(0.0, |p| p.settle_s),
+            self.phases.iter().map(|p| p.reprobed).sum::<usize>(),
+            self.phases.iter().map(|p| p.flipped).sum::<usize>(),
+        );
+        for (phase, r) in case.phases.iter().zip(&self.phases) {
+            if !phase.name.is_empty() {
+                println!("-- {}", phase.name);
+            }
+            r.print(&phase.expect);
         }
         println!();
     }

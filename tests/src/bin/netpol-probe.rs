@@ -10,9 +10,14 @@
 //!                                        is bound to source port SRC_PORT_BASE + i; prints
 //!                                        one line per target: "TARGET REPLY" (REPLY is the
 //!                                        server's NAME, or "-" when nothing came back in time)
+//! netpol-probe hold TIMEOUT_MS SRC_PORT IP:PORT
+//!                                        opens one TCP connection and holds it: prints
+//!                                        "open NAME" (or "-"), then for every "ping" line on
+//!                                        stdin sends a byte and prints "ok" when the server
+//!                                        echoed it within TIMEOUT_MS, else "-"
 //! ```
 //!
-//! TCP "allow" = connected and read the name; UDP "allow" = the echo came back (the datagram
+//! TCP "allow" = connected and read the name (the server then echoes whatever it gets); UDP "allow" = the echo came back (the datagram
 //! is resent every 250 ms until the timeout). A fixed source port per probe round keeps the
 //! 5-tuples of consecutive cases apart, so no conntrack entry of an earlier case (whose
 //! ruleset allowed more) answers for this one.
@@ -26,7 +31,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: netpol-probe serve NAME [PORT...]\n       netpol-probe probe TIMEOUT_MS SRC_PORT_BASE TARGET..."
+        "usage: netpol-probe serve NAME [PORT...]\n       netpol-probe probe TIMEOUT_MS SRC_PORT_BASE TARGET...\n       netpol-probe hold TIMEOUT_MS SRC_PORT IP:PORT"
     );
     ExitCode::from(2)
 }
@@ -35,6 +40,16 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("serve") if args.len() >= 2 => serve(&args[1], &args[2..]),
+        Some("hold") if args.len() == 4 => {
+            let (Ok(ms), Ok(src), Ok(to)) = (
+                args[1].parse::<u64>(),
+                args[2].parse::<u16>(),
+                args[3].parse::<SocketAddrV4>(),
+            ) else {
+                return usage();
+            };
+            hold(Duration::from_millis(ms), src, to)
+        }
         Some("probe") if args.len() >= 3 => {
             let (Ok(ms), Ok(base)) = (args[1].parse::<u64>(), args[2].parse::<u16>()) else {
                 return usage();
@@ -67,7 +82,19 @@ fn serve(name: &str, ports: &[String]) -> ExitCode {
         let reply = name.as_bytes().to_vec();
         handles.push(std::thread::spawn(move || {
             for mut conn in tcp.incoming().flatten() {
-                let _ = conn.write_all(&reply);
+                let reply = reply.clone();
+                // The name, then an echo of whatever comes, until the client closes.
+                std::thread::spawn(move || {
+                    if conn.write_all(&reply).is_err() {
+                        return;
+                    }
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = conn.read(&mut buf) {
+                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
             }
         }));
         let reply = name.as_bytes().to_vec();
@@ -155,9 +182,49 @@ fn probe_tcp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
     stream
         .set_read_timeout(Some(left.max(Duration::from_millis(1))))
         .ok()?;
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).ok()?;
-    (!reply.is_empty()).then_some(reply)
+    // The server writes its name in one segment, then echoes: one read.
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+fn hold(timeout: Duration, src: u16, to: SocketAddrV4) -> ExitCode {
+    let start = Instant::now();
+    let open = || -> Option<(std::net::TcpStream, String)> {
+        let s = bound(Type::STREAM, Protocol::TCP, src)?;
+        s.connect_timeout(&SocketAddr::V4(to).into(), timeout)
+            .ok()?;
+        let mut stream: std::net::TcpStream = s.into();
+        let left = timeout.checked_sub(start.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .ok()?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).ok()?;
+        (n > 0).then(|| (stream, String::from_utf8_lossy(&buf[..n]).into_owned()))
+    };
+    let mut out = std::io::stdout();
+    let Some((mut stream, name)) = open() else {
+        let _ = writeln!(out, "-");
+        return ExitCode::FAILURE;
+    };
+    let _ = writeln!(out, "open {name}");
+    let _ = out.flush();
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return ExitCode::FAILURE;
+    }
+    for line in std::io::stdin().lines() {
+        let Ok(line) = line else { break };
+        if line.trim() != "ping" {
+            continue;
+        }
+        let mut buf = [0u8; 1];
+        let ok = stream.write_all(b"p").is_ok()
+            && matches!(stream.read(&mut buf), Ok(1) if buf[0] == b'p');
+        let _ = writeln!(out, "{}", if ok { "ok" } else { "-" });
+        let _ = out.flush();
+    }
+    ExitCode::SUCCESS
 }
 
 fn probe_udp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
