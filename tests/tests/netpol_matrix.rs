@@ -1,9 +1,10 @@
 //! The NetworkPolicy truth-table lab (issue 13) run as the CI runs it: `scripts/netpol-matrix.sh
 //! --json` over every case of `tests/netpol/` (3 nodes, the real `vpcnetd
 //! --network-policy=true` on each, one fake API server, 9 pods, TCP/UDP 80/81 between every
-//! pair, and each node to its own pods, always allowed) must find no difference; and over `tests/netpol-selftest/wrong-expectation.yaml`, whose
-//! expectation is wrong in exactly two cells (one each way), it must exit 1 naming exactly
-//! those two — the harness can fail.
+//! pair, and each node to its own pods, always allowed) must find no difference; and over
+//! `tests/netpol-selftest/`, whose expectations are deliberately wrong in a few cells (the
+//! matrix one each way; a recreated pod's first packets; a held connection), it must exit 1
+//! naming exactly those — the harness can fail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,24 +36,19 @@ fn run(cases: &str) -> (Option<i32>, Value, String) {
     (out.status.code(), report, stderr)
 }
 
-/// (port, from, to, expected, observed) of every difference of `case`.
-fn differences(case: &Value) -> Vec<(String, String, String, String, String)> {
-    let s = |d: &Value, k: &str| d[k].as_str().unwrap_or_default().to_string();
+type Diff = (String, String, String, String, String);
+
+/// (port, from, to, expected, observed) of one difference.
+fn diff(d: &Value) -> Diff {
+    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+    (s("port"), s("from"), s("to"), s("expected"), s("observed"))
+}
+
+/// Every difference of `case` (or of one of its steps).
+fn differences(case: &Value) -> Vec<Diff> {
     case["differences"]
         .as_array()
-        .map(|v| {
-            v.iter()
-                .map(|d| {
-                    (
-                        s(d, "port"),
-                        s(d, "from"),
-                        s(d, "to"),
-                        s(d, "expected"),
-                        s(d, "observed"),
-                    )
-                })
-                .collect()
-        })
+        .map(|v| v.iter().map(diff).collect())
         .unwrap_or_default()
 }
 
@@ -133,25 +129,66 @@ fn every_case_of_tests_netpol_matches_its_truth_table() {
 }
 
 #[test]
-fn a_wrong_expectation_makes_the_harness_fail_naming_the_cells() {
-    let (code, report, stderr) = run("tests/netpol-selftest/wrong-expectation.yaml");
+fn wrong_expectations_make_the_harness_fail_naming_the_cells() {
+    let (code, report, stderr) = run("tests/netpol-selftest");
     assert_eq!(code, Some(1), "{report:#}\n{stderr}");
     assert_eq!(report["ok"], false);
-    let case = &report["cases"][0];
-    assert_eq!(case["error"], Value::Null, "{case:#}");
-    let mut d = differences(case);
-    d.sort();
+    let case = |name: &str| -> &Value {
+        report["cases"]
+            .as_array()
+            .and_then(|v| v.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no case {name}: {report:#}"))
+    };
     let cell = |p: &str, f: &str, t: &str, e: &str, o: &str| {
         (p.into(), f.into(), t.into(), e.into(), o.into())
     };
+
+    // The matrix: one wrong cell each way.
+    let wrong = case("wrong-expectation");
+    assert_eq!(wrong["error"], Value::Null, "{wrong:#}");
+    assert_eq!(wrong["ok"], false);
+    let mut d = differences(wrong);
+    d.sort();
     assert_eq!(
         d,
         vec![
             cell("tcp/80", "y/a", "x/b", "allow", "deny"),
             cell("udp/81", "z/a", "y/c", "deny", "allow"),
         ],
-        "{case:#}"
+        "{wrong:#}"
     );
     // Both cells were probed twice (a difference is confirmed before it is reported).
-    assert_eq!(case["reprobed"], 2, "{case:#}");
+    assert_eq!(wrong["reprobed"], 2, "{wrong:#}");
+
+    // steps: a recreated pod's first packets, the settled matrix, a held connection.
+    let steps = case("wrong-steps");
+    assert_eq!(steps["error"], Value::Null, "{steps:#}");
+    assert!(differences(steps).is_empty(), "{steps:#}");
+    let step = &steps["steps"][0];
+    let mut d: Vec<(String, Diff)> = step["differences"]
+        .as_array()
+        .expect("differences")
+        .iter()
+        .map(|x| (x["kind"].as_str().unwrap_or_default().to_string(), diff(x)))
+        .collect();
+    d.sort();
+    assert_eq!(
+        d,
+        vec![
+            (
+                "first packets".to_string(),
+                cell("tcp/81", "z/c", "x/b", "deny", "allow")
+            ),
+            (
+                "held connection".to_string(),
+                cell("tcp/80", "y/a", "x/b", "allow", "deny")
+            ),
+            (
+                "matrix".to_string(),
+                cell("tcp/81", "z/c", "x/b", "deny", "allow")
+            ),
+        ],
+        "{step:#}"
+    );
+    assert_eq!(step["held"]["y/a -> x/b tcp/80"], "deny", "{step:#}");
 }
