@@ -13,9 +13,12 @@
 //! `docs/network-policy.md`): the API objects are reset to the case's, the run waits until
 //! every node's agent has the case's policies in its view and its applied ruleset has been
 //! stable for [`SETTLE`], every pod probes every pod on tcp/80, tcp/81, udp/80, udp/81, and the
-//! observed matrix is printed against `expect:`. Cells that differ are probed once more (a
-//! probe can time out on a loaded machine); the second result counts, and how many cells
-//! were re-probed is printed.
+//! observed matrix is printed against `expect:`; every node also probes its own pods (always
+//! allowed). Cells that differ are probed once more (a probe can time out on a loaded
+//! machine); the second result counts, and how many cells were re-probed is printed. A case's
+//! `steps:` are later phases run the same way, with TCP connections held across a change
+//! (`held:`) and pods recreated with their first packets probed right after ADD
+//! (`recreate:`).
 //!
 //! Exit status: 0 every case matched, 1 a difference (or a case could not run), 2 bad usage
 //! or a case file that does not parse. The namespaces and processes go when the lab is
