@@ -11,7 +11,7 @@ use common::{mac_str, Ns};
 use vpcnet_netlink::route::{RouteV6, RTN_UNICAST, RT_TABLE_MAIN};
 use vpcnet_netlink::veth::VethSpec;
 use vpcnet_netlink::RTPROT_VPCNET;
-use vpcnet_netlink::{address, link, neighbour, netns, route, sysctl, veth, NetlinkError};
+use vpcnet_netlink::{address, link, neighbour, netns, route, rule, sysctl, veth, NetlinkError};
 
 const HOST_MAC: [u8; 6] = [0x02, 0x11, 0x22, 0x33, 0x44, 0x66];
 const PEER_MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xef];
@@ -246,4 +246,31 @@ fn accept_ra_off_in_another_namespace() {
         sysctl::ipv6_conf("a/b", "accept_ra"),
         Err(NetlinkError::InvalidArgument(_))
     ));
+}
+
+#[test]
+fn rule_from_v6() {
+    let ns = Ns::new();
+    let (had, has, other_table, v4_same_bits) = ns
+        .run(|h| async move {
+            let had = rule::has_from_v6(&h, POD6, 10_007).await?;
+            rule::add_from_v6(&h, POD6, 10_007, 1_000).await?;
+            rule::add_from_v6(&h, POD6, 10_007, 1_000).await?; // identical: success
+            let has = rule::has_from_v6(&h, POD6, 10_007).await?;
+            let other_table = rule::has_from_v6(&h, POD6, 10_008).await?;
+            let v4_same_bits =
+                rule::has_from(&h, std::net::Ipv4Addr::new(253, 0, 0, 16), 10_007).await?;
+            Ok::<_, NetlinkError>((had, has, other_table, v4_same_bits))
+        })
+        .expect("rule ops");
+    assert!(!had);
+    assert!(has);
+    assert!(!other_table);
+    assert!(!v4_same_bits);
+    let out = ns.ip(&["-6", "rule", "show"]);
+    assert!(
+        out.contains("1000:\tfrom fd00:10::5 lookup 10007"),
+        "{out:?}"
+    );
+    assert!(!ns.ip(&["-4", "rule", "show"]).contains("10007"));
 }
