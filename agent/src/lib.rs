@@ -177,8 +177,13 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 .await?;
                 let mut args = args;
                 let mut pool = pool;
+                let mut pool6 = pool6;
                 if args.max_pods.is_none() {
                     node_max_pods(&mut args, &mut pool, &ds).await;
+                    // The IPv6 pool has the same limit (one pod, one address per family).
+                    if let (Some(p6), Some(cfg6)) = (pool6.as_mut(), args.pool_config6()) {
+                        p6.set_config(cfg6);
+                    }
                 }
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, (pool, pool6), net, policy).await

@@ -281,6 +281,13 @@ fn ipv6_only_agent_assigns_ipv6_alone() {
         routes6(&lab)
     );
     assert_eq!(sysctl(&lab, "net/ipv6/conf/all/forwarding"), "1");
+    // Ready to serve pods: the (empty, never growing) IPv4 pool does not count.
+    let st = lab.status();
+    assert_eq!(
+        (st["ready"].as_bool(), st["canAssign"].as_bool()),
+        (Some(true), Some(true)),
+        "{st}"
+    );
 }
 
 #[test]

@@ -181,8 +181,11 @@ impl<D: Datastore> Node<D> {
         let h = self.health();
         // Growing needs a prefix of the VPC this node does not hold yet (other nodes' claims
         // are only learnt on a claim attempt: that is what the "pool" degradation records).
-        let can_grow =
-            !h.degraded.contains_key(&Area::Pool) && st.pool.unheld_prefixes().next().is_some();
+        // Every family the node serves must be able to give an address (an ADD takes one of
+        // each); an IPv6-only node has an empty IPv4 pool that never grows, and that is fine.
+        let can_assign = Family::BOTH.into_iter().filter(|f| st.serves(*f)).all(|f| {
+            st.available(f, now) > 0 || (!h.degraded.contains_key(&Area::Pool) && st.can_grow(f))
+        });
         AgentStatus {
             node: self.name.clone(),
             datastore: self.datastore.name().to_string(),
@@ -190,7 +193,7 @@ impl<D: Datastore> Node<D> {
             // A node at max-pods is full, not broken: STATUS must not mark its network
             // NotReady for that (the scheduler already stops at max-pods), so max-pods is
             // not part of this.
-            can_assign: stats.available > 0 || can_grow,
+            can_assign,
             degraded: h
                 .degraded
                 .iter()
