@@ -2,7 +2,7 @@
 //! thread that opens them, so call these inside [`crate::netns::run_in`] to touch a pod's.
 
 use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -71,6 +71,42 @@ pub fn set_in(ns: BorrowedFd<'_>, path: &str, value: &str) -> Result<(), Netlink
 pub fn ipv6_conf(ifname: &str, key: &str) -> Result<String, NetlinkError> {
     crate::link::check_name(ifname)?;
     Ok(format!("net/ipv6/conf/{ifname}/{key}"))
+}
+
+/// Writes `value` to `path` without reading it first (one open and one write): for knobs
+/// whose wanted value is known and whose write is idempotent.
+pub fn write(path: &str, value: &str) -> Result<(), NetlinkError> {
+    let full = full_path(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(full)
+        .map_err(NetlinkError::Io)?;
+    f.write_all(value.as_bytes()).map_err(NetlinkError::Io)
+}
+
+/// [`write`] inside the network namespace `ns`, on a new OS thread that enters it, started
+/// at once: the caller goes on (e.g. with its own netlink work) and joins the handle for the
+/// outcome. The thread owns `ns` (a duplicate of the caller's descriptor is fine) and ends
+/// after the one write; the caller's thread never changes namespace.
+pub fn write_in_spawned(
+    ns: OwnedFd,
+    path: String,
+    value: &'static str,
+) -> Result<std::thread::JoinHandle<Result<(), NetlinkError>>, NetlinkError> {
+    full_path(&path)?;
+    std::thread::Builder::new()
+        .name("vpcnet-sysctl".to_owned())
+        .spawn(move || {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetlinkError::Io(e.into()))?;
+            write(&path, value)
+        })
+        .map_err(NetlinkError::Io)
+}
+
+/// Joins a [`write_in_spawned`] thread.
+pub fn join(handle: std::thread::JoinHandle<Result<(), NetlinkError>>) -> Result<(), NetlinkError> {
+    handle.join().map_err(|_| NetlinkError::ThreadPanicked)?
 }
 
 /// `accept_ra=0` on `ifname` in the namespace `ns` (see [`set_in`]): the interface ignores

@@ -274,3 +274,47 @@ fn rule_from_v6() {
     );
     assert!(!ns.ip(&["-4", "rule", "show"]).contains("10007"));
 }
+
+#[test]
+fn write_in_spawned_thread_lands_in_that_namespace() {
+    let host = Ns::new();
+    let pod = Ns::new();
+    let peer = format!("vrb{}", std::process::id() % 1_000_000);
+    make_veth(&host, &pod, &peer, false);
+    let file = format!("/proc/sys/net/ipv6/conf/{peer}/accept_ra");
+    let read = || common::run("ip", &["netns", "exec", &pod.name, "cat", &file]);
+    common::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pod.name,
+            "sh",
+            "-c",
+            &format!("echo 1 > {file}"),
+        ],
+    );
+    assert_eq!(read().trim(), "1");
+    let me = netns::id_of_path(std::path::Path::new("/proc/thread-self/ns/net")).expect("id");
+    let ns = pod.fd.try_clone().expect("dup netns fd");
+    let knob = sysctl::ipv6_conf(&peer, "accept_ra").expect("path");
+    let handle = sysctl::write_in_spawned(ns, knob, "0").expect("spawn");
+    sysctl::join(handle).expect("written");
+    assert_eq!(read().trim(), "0");
+    assert_eq!(
+        me,
+        netns::id_of_path(std::path::Path::new("/proc/thread-self/ns/net")).expect("id")
+    );
+    // The same knob name in another namespace (the host's, where no such link is): an error.
+    let ns = host.fd.try_clone().expect("dup netns fd");
+    let knob = sysctl::ipv6_conf(&peer, "accept_ra").expect("path");
+    let err = sysctl::join(sysctl::write_in_spawned(ns, knob, "0").expect("spawn"))
+        .expect_err("no such link in the host namespace");
+    assert!(err.is_not_found(), "{err:?}");
+    // A bad path is refused before any thread starts.
+    let ns = pod.fd.try_clone().expect("dup netns fd");
+    assert!(matches!(
+        sysctl::write_in_spawned(ns, "../x".into(), "0"),
+        Err(NetlinkError::InvalidArgument(_))
+    ));
+}

@@ -300,10 +300,20 @@ pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
 pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(), CniError> {
     let ifname = plan.ifname;
     let ips = plan.ips;
+    // The pod end's accept_ra=0 is written by a thread of its own that enters the pod
+    // namespace; it runs while this thread opens the pod's netlink socket and writes the host
+    // end's, and is joined before anything is sent that could bring the pod end UP.
+    let pod_ra = match ips.v6 {
+        Some(_) => Some(spawn_no_accept_ra(ifname, plan.netns)?),
+        None => None,
+    };
     let pod = netns::connect_in(plan.netns.as_fd())
         .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
-    if ips.v6.is_some() {
-        no_router_advertisements(&veth.name, ifname, plan.netns)?;
+    if let Some(pod_ra) = pod_ra {
+        no_accept_ra_host(&veth.name)?;
+        sysctl::join(pod_ra).map_err(|e| {
+            CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e)
+        })?;
     }
     let pod_mac = naming::pod_mac(plan.container_id, ifname);
     let (host_route, host_route6, host_neigh6, pod_side) = futures::join!(
@@ -356,20 +366,26 @@ pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(),
     pod_side
 }
 
-/// `accept_ra=0` on both veth ends: the host end here (this thread is in the host
-/// namespace), the pod end from a thread that enters the pod namespace (a `/proc/sys/net`
-/// file belongs to the namespace of the thread that opens it).
-fn no_router_advertisements(
-    host_veth: &str,
+/// Starts writing `accept_ra=0` for the pod end `ifname` from a thread in the pod namespace
+/// (a `/proc/sys/net` file belongs to the namespace of the thread that opens it).
+fn spawn_no_accept_ra(
     ifname: &str,
     netns: &OwnedFd,
-) -> Result<(), CniError> {
-    let host_knob = sysctl::ipv6_conf(host_veth, "accept_ra")
-        .map_err(|e| CniError::dataplane("naming the host veth's accept_ra", e))?;
-    sysctl::set(&host_knob, "0")
-        .map_err(|e| CniError::dataplane(&format!("setting accept_ra=0 on {host_veth}"), e))?;
-    sysctl::no_accept_ra_in(netns.as_fd(), ifname)
-        .map_err(|e| CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e))
+) -> Result<std::thread::JoinHandle<Result<(), NetlinkError>>, CniError> {
+    let fail = |e| CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e);
+    let knob = sysctl::ipv6_conf(ifname, "accept_ra").map_err(fail)?;
+    let ns = netns.try_clone().map_err(|e| fail(NetlinkError::Io(e)))?;
+    sysctl::write_in_spawned(ns, knob, "0").map_err(fail)
+}
+
+/// `accept_ra=0` on the host end (this thread is in the host namespace).
+fn no_accept_ra_host(host_veth: &str) -> Result<(), CniError> {
+    let fail = |e| CniError::dataplane(&format!("setting accept_ra=0 on {host_veth}"), e);
+    sysctl::write(
+        &sysctl::ipv6_conf(host_veth, "accept_ra").map_err(fail)?,
+        "0",
+    )
+    .map_err(fail)
 }
 
 /// Wires a veth this ADD created; removes it on failure.
