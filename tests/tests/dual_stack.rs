@@ -634,3 +634,69 @@ fn secondary_interface_gets_its_own_ipv6_table() {
     // eth0 is untouched by all this.
     assert!(check(&lab, &a).ok());
 }
+
+/// Every cniVersion with `ips` gets both addresses on the pod interface and both default
+/// routes from the real plugin and agent (0.3.x/0.4.0 tag each with its family); CHECK
+/// compares prevResult with the agent per family and names an address the result lacks.
+#[test]
+fn every_version_lists_both_families_and_check_compares_them() {
+    let mut lab = lab(Mode::Dual, &[]);
+    for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let ns = lab.pod(i);
+        let mut conf = lab.conf();
+        conf["cniVersion"] = (*v).into();
+        let cid = format!("v{i}");
+        let out = lab.cni("ADD", &cid, "eth0", &Lab::netns_path(&ns), &conf);
+        out.expect_ok(&format!("ADD {v}"));
+        assert_eq!(out.json["cniVersion"], *v);
+        let ips = out.json["ips"].as_array().cloned().unwrap_or_default();
+        assert_eq!(ips.len(), 2, "{v}: {}", out.stdout);
+        assert!(
+            ips.iter().all(|ip| ip["interface"] == 1),
+            "{v}: {}",
+            out.stdout
+        );
+        assert_eq!(ips[1]["gateway"], GATEWAY6, "{v}");
+        let versions: Vec<&str> = ips.iter().filter_map(|ip| ip["version"].as_str()).collect();
+        if v.starts_with('0') {
+            assert_eq!(versions, ["4", "6"], "{v}: {}", out.stdout);
+        } else {
+            assert!(versions.is_empty(), "{v}: {}", out.stdout);
+        }
+        assert_eq!(
+            out.json["routes"],
+            serde_json::json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}, {"dst": "::/0", "gw": GATEWAY6}]),
+            "{v}"
+        );
+        let (v4, v6) = result_ips(&out);
+        let (v4, v6) = (v4.expect("IPv4"), v6.expect("IPv6"));
+        if *v == "0.4.0" || v.starts_with('1') {
+            conf["prevResult"] = out.json.clone();
+            let c = lab.cni("CHECK", &cid, "eth0", &Lab::netns_path(&ns), &conf);
+            assert!(c.ok(), "CHECK {v}: {}", c.stdout);
+            // A prevResult without the IPv6 address: the agent holds one, CHECK says so.
+            let mut only4 = out.json.clone();
+            only4["ips"] = serde_json::json!([ips[0].clone()]);
+            conf["prevResult"] = only4;
+            let c = lab.cni("CHECK", &cid, "eth0", &Lab::netns_path(&ns), &conf);
+            assert_eq!(c.code(), Some(110), "{v}: {}", c.stdout);
+            assert!(c.msg().contains(&v6.to_string()), "{v}: {}", c.msg());
+            // Another IPv4 address than the agent's: named too.
+            let mut wrong = out.json.clone();
+            wrong["ips"][0]["address"] = "10.240.255.254/32".into();
+            conf["prevResult"] = wrong;
+            let c = lab.cni("CHECK", &cid, "eth0", &Lab::netns_path(&ns), &conf);
+            assert_eq!(c.code(), Some(110), "{v}: {}", c.stdout);
+            assert!(
+                c.msg().contains(&v4.to_string()) && c.msg().contains("10.240.255.254"),
+                "{v}: {}",
+                c.msg()
+            );
+        }
+        lab.cni("DEL", &cid, "eth0", &Lab::netns_path(&ns), &lab.conf())
+            .expect_ok(&format!("DEL {v}"));
+    }
+}
