@@ -305,7 +305,10 @@ fn ipv6_vpc_with_many_nodes_needs_an_ipv6_node_ip() {
         ]
         .map(String::from),
     );
-    let o = Command::new("nsenter")
+    // `timeout`: an agent that wrongly starts must not hang the test.
+    let o = Command::new("timeout")
+        .arg("10")
+        .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
         .arg(bin("vpcnetd"))
         .args(&args)
@@ -378,4 +381,44 @@ fn reconcile_and_release_handle_the_ipv6_host_route() {
         !r4.lines().any(|l| l.starts_with(&format!("{ip} "))),
         "{r4}"
     );
+}
+
+/// The start-up audit sees IPv6 pods too: a `/128` pod route of ours whose address the state
+/// does not know makes the agent refuse to start (nothing touched), as a `/32` does.
+#[test]
+fn start_up_audit_refuses_an_unknown_ipv6_pod_route() {
+    let mut lab = Lab::new("10.240.0.0/16,fd00:50::/64");
+    lab.start_agent(&[]);
+    let (_, ip6) = assign(&lab, "known0");
+    assert!(ip6.is_some());
+    lab.agent.as_mut().expect("agent").kill();
+    let h = lab.host();
+    let veth = vpcnet_proto::naming::host_veth_name("stray0", "eth0");
+    let mac =
+        vpcnet_proto::naming::format_mac(&vpcnet_proto::naming::host_veth_mac("stray0", "eth0"));
+    let stray = "fd00:50::ab:cd";
+    sh(&format!(
+        "ip -n {h} link add {veth} address {mac} type veth peer name {p}s && \
+         ip -n {h} link set {veth} up && ip -n {h} link set {p}s up && \
+         ip -n {h} -6 route add {stray}/128 dev {veth} proto 171",
+        p = lab.prefix
+    ));
+    let o = Command::new("timeout")
+        .arg("10")
+        .arg("nsenter")
+        .arg(format!("--net=/var/run/netns/{h}"))
+        .arg(bin("vpcnetd"))
+        .args(lab.agent_flags())
+        .output()
+        .expect("run vpcnetd");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "route {stray}/128 dev {veth} (address not in the state)"
+        )),
+        "{err}"
+    );
+    // Nothing touched: the stray route is still there.
+    assert!(routes6(&lab).contains(stray), "{}", routes6(&lab));
 }
