@@ -160,6 +160,26 @@ fn dual_stack_agent_assigns_both_families_durably_and_uninstall_restores_sysctls
     );
     let status = lab.status();
     assert!(status["ready"].as_bool().unwrap_or(false), "{status}");
+    // Status shows each family: the IPv4 pool as before, the IPv6 one in `pool6`.
+    assert_eq!(status["stats"]["assigned"], 30, "{status}");
+    assert_eq!(status["pool6"]["stats"]["assigned"], 30, "{status}");
+    assert_eq!(status["pool6"]["stats"]["prefixes"], 1, "{status}");
+    assert_eq!(
+        status["pool6"]["prefixes"][0]["prefix"], "fd00:10::/80",
+        "{status}"
+    );
+    let text = sh(&format!(
+        "ip netns exec {} {} status --socket {}",
+        lab.host(),
+        bin("vpcnetd").display(),
+        lab.socket().display()
+    ));
+    assert!(
+        text.contains("IPv6 addresses: very many total, 30 assigned, 0 cooling")
+            && text.contains("IPv6 prefixes:  1 held, 0 wholly free")
+            && text.lines().any(|l| l.starts_with("fd00:10::/80")),
+        "{text}"
+    );
 
     // kill -9 and restart: the same allocations, both families.
     lab.agent.as_mut().expect("agent").kill();
