@@ -1,7 +1,7 @@
 //! `vpcnetd` command line. Every flag can also be set as `VPCNET_<FLAG>` in the environment
 //! (the DaemonSet sets them that way).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -152,9 +152,11 @@ pub struct RunArgs {
     /// This node's name in the datastore (default: the hostname).
     #[arg(long, env = "VPCNET_NODE_NAME")]
     pub node_name: Option<String>,
-    /// This node's address, which peers route its prefixes via.
-    #[arg(long, env = "VPCNET_NODE_IP")]
-    pub node_ip: Option<Ipv4Addr>,
+    /// This node's address, which peers route its prefixes via. Repeatable (or a comma
+    /// list), one per family: IPv4 prefixes are routed via the IPv4 one, IPv6 prefixes via
+    /// the IPv6 one (docs/dual-stack.md).
+    #[arg(long = "node-ip", env = "VPCNET_NODE_IP", value_delimiter = ',')]
+    pub node_ips: Vec<IpAddr>,
     /// etcd endpoints (comma-separated), e.g. http://10.0.0.2:2379.
     #[arg(long, env = "VPCNET_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
@@ -340,19 +342,52 @@ impl RunArgs {
     /// are accepted and checked by [`RunArgs::validate_flags`], the agent does not use them).
     pub fn validate(&self) -> Result<(), String> {
         self.validate_flags()?;
+        // Many nodes (a shared datastore): peers route our IPv6 prefixes via our IPv6
+        // address; without one they could not, so refuse rather than serve unroutable pods.
         if let Some(c) = self.vpc_cidrs_v6().first() {
-            return Err(format!(
-                "--vpc-cidr {c}: IPv6 pod addresses are not served by this version yet \
-                 (docs/dual-stack.md); give IPv4 --vpc-cidr only"
-            ));
+            if self.datastore != DatastoreKind::Local && self.node_ip6().is_none() {
+                return Err(format!(
+                    "--node-ip: an IPv6 --vpc-cidr ({c}) with --datastore {:?} (many nodes) needs \
+                     this node's IPv6 address as --node-ip (peers route its IPv6 prefixes via \
+                     it)",
+                    self.datastore
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The IPv4 `--node-ip`, if given.
+    pub fn node_ip(&self) -> Option<Ipv4Addr> {
+        self.node_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(ip) => Some(*ip),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    /// The IPv6 `--node-ip`, if given.
+    pub fn node_ip6(&self) -> Option<Ipv6Addr> {
+        self.node_ips.iter().find_map(|ip| match ip {
+            IpAddr::V6(ip) => Some(*ip),
+            IpAddr::V4(_) => None,
+        })
     }
 
     /// Every check of the flags, IPv6 ones included, with a message naming the flag.
     pub fn validate_flags(&self) -> Result<(), String> {
         if self.vpc_cidrs.is_empty() {
             return Err("--vpc-cidr is required (the CIDR pods get addresses from)".into());
+        }
+        for (i, a) in self.node_ips.iter().enumerate() {
+            if let Some(b) = self.node_ips[i + 1..]
+                .iter()
+                .find(|b| b.is_ipv4() == a.is_ipv4())
+            {
+                return Err(format!(
+                    "--node-ip {a} and --node-ip {b} are of one family: give at most one per \
+                     family"
+                ));
+            }
         }
         if !(16..=32).contains(&self.prefix_len) {
             return Err(format!(
@@ -534,6 +569,70 @@ mod tests {
     }
 
     #[test]
+    fn node_ip_is_one_per_family_and_ipv6_many_nodes_need_one() {
+        let parse = |args: &[&str]| Cli::parse_from(["vpcnetd"].iter().chain(args)).run;
+        let a = parse(&[
+            "--vpc-cidr",
+            "10.0.0.0/16,fd00:10::/64",
+            "--node-ip",
+            "192.0.2.7",
+            "--node-ip",
+            "fd00:1::7",
+            "--datastore",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:2379",
+        ]);
+        assert_eq!(a.node_ip(), Some(Ipv4Addr::new(192, 0, 2, 7)));
+        assert_eq!(a.node_ip6(), Some("fd00:1::7".parse().unwrap()));
+        assert!(a.validate().is_ok());
+        // A comma list works too; IPv4 only: no IPv6 address.
+        let a = parse(&["--vpc-cidr", "10.0.0.0/16", "--node-ip", "192.0.2.7"]);
+        assert_eq!(
+            (a.node_ip(), a.node_ip6()),
+            (Some(Ipv4Addr::new(192, 0, 2, 7)), None)
+        );
+        // Two of one family: refused naming the flag.
+        let e = parse(&[
+            "--vpc-cidr",
+            "10.0.0.0/16",
+            "--node-ip",
+            "192.0.2.7,192.0.2.8",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(
+            e.starts_with("--node-ip 192.0.2.7 and --node-ip 192.0.2.8"),
+            "{e}"
+        );
+        // Many nodes with an IPv6 VPC and no IPv6 --node-ip: refused naming the flag.
+        for ds in [
+            &[
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                "http://127.0.0.1:2379",
+            ][..],
+            &["--datastore", "kubernetes"][..],
+        ] {
+            let mut args = vec![
+                "--vpc-cidr",
+                "10.0.0.0/16,fd00:10::/64",
+                "--node-ip",
+                "192.0.2.7",
+            ];
+            args.extend_from_slice(ds);
+            let e = parse(&args).validate().unwrap_err();
+            assert!(
+                e.starts_with("--node-ip: an IPv6 --vpc-cidr (fd00:10::/64)"),
+                "{e}"
+            );
+        }
+        // One node (local): fine without.
+        assert!(parse(&["--vpc-cidr", "fd00:10::/64"]).validate().is_ok());
+    }
+
+    #[test]
     fn vpc_cidr_families_decide_the_mode_and_ipv6_flags_are_checked() {
         let parse = |args: &[&str]| Cli::parse_from(["vpcnetd"].iter().chain(args)).run;
         // IPv4-only: as before; the IPv6 prefix length has its default and changes nothing.
@@ -568,12 +667,9 @@ mod tests {
         );
         // The IPv4 pool never sees an IPv6 CIDR.
         assert_eq!(a.pool_config().vpc_cidrs, a.vpc_cidrs_v4());
-        // Not served yet: `run` and `check-config` refuse it naming the flag.
-        let e = a.validate().unwrap_err();
-        assert!(
-            e.contains("--vpc-cidr fd00:10::/64") && e.contains("IPv6"),
-            "{e}"
-        );
+        // Served: a single node (local datastore) needs no --node-ip.
+        assert!(a.validate().is_ok());
+        assert!(parse(&["--vpc-cidr", "fd00:10::/64"]).validate().is_ok());
         // --prefix-len-v6: range, and not shorter than any IPv6 VPC CIDR.
         for (args, want) in [
             (

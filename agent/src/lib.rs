@@ -24,6 +24,7 @@ pub mod cni_conf;
 pub mod config;
 pub mod datastore;
 pub mod error;
+pub mod ipv6_forwarding;
 pub mod loops {
     //! The agent's background loops, each beside the socket server.
     pub mod peers;
@@ -65,7 +66,7 @@ use crate::node::store::{self, StateDir, Store, StoreError};
 use crate::node::{Area, Node, NodeParts, State};
 use crate::obs::{counted, http, metrics};
 use crate::tasks::{Task, Tasks};
-use vpcnet_pool::Pool;
+use vpcnet_pool::{Pool, Pool6};
 
 /// The flock that makes a vpcnetd the only one on its socket, held for the process's life.
 #[derive(Debug)]
@@ -108,14 +109,18 @@ pub fn lock_socket(socket: &Path) -> Result<SocketLock, AgentError> {
     Ok(SocketLock { _lock: lock })
 }
 
-fn open_state(args: &RunArgs) -> Result<(Store, Pool), AgentError> {
-    Store::open(&args.state_dir, args.pool_config()).map_err(|e| match e {
-        StoreError::Corrupt { .. } => AgentError::StateRefused {
-            dir: args.state_dir.clone(),
-            what: e.to_string(),
+/// The state of both families: the IPv4 pool (empty without IPv4 VPC CIDRs) and, with an
+/// IPv6 `--vpc-cidr`, the IPv6 pool (docs/dual-stack.md).
+fn open_state(args: &RunArgs) -> Result<(Store, Pool, Option<Pool6>), AgentError> {
+    Store::open_dual(&args.state_dir, args.pool_config(), args.pool_config6()).map_err(
+        |e| match e {
+            StoreError::Corrupt { .. } => AgentError::StateRefused {
+                dir: args.state_dir.clone(),
+                what: e.to_string(),
+            },
+            e => e.into(),
         },
-        e => e.into(),
-    })
+    )
 }
 
 /// One thread: the agent's work is a few syscalls per request; a small footprint matters
@@ -138,16 +143,16 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     );
     // Proof of being the only agent comes first (item 1), the state second (item 3).
     let socket_lock = lock_socket(&args.socket)?;
-    let (store, pool) = open_state(&args)?;
+    let (store, pool, pool6) = open_state(&args)?;
     runtime()?.block_on(async move {
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
-        audit_host(&net, &args, &store, &pool).await?;
+        audit_host(&net, &args, &store, &pool, pool6.as_ref()).await?;
         let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
                 let ds = LocalDatastore::open(&args.state_dir)?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
-                serve(args, ds, store, pool, net, policy).await
+                serve(args, ds, store, (pool, pool6), net, policy).await
             }
             DatastoreKind::Etcd => {
                 let ds = EtcdDatastore::connect(EtcdConfig {
@@ -162,7 +167,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 })
                 .await?;
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
-                serve(args, ds, store, pool, net, policy).await
+                serve(args, ds, store, (pool, pool6), net, policy).await
             }
             DatastoreKind::Kubernetes => {
                 let ds = KubernetesDatastore::connect(KubernetesConfig {
@@ -172,11 +177,16 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                 .await?;
                 let mut args = args;
                 let mut pool = pool;
+                let mut pool6 = pool6;
                 if args.max_pods.is_none() {
                     node_max_pods(&mut args, &mut pool, &ds).await;
+                    // The IPv6 pool has the same limit (one pod, one address per family).
+                    if let (Some(p6), Some(cfg6)) = (pool6.as_mut(), args.pool_config6()) {
+                        p6.set_config(cfg6);
+                    }
                 }
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
-                serve(args, ds, store, pool, net, policy).await
+                serve(args, ds, store, (pool, pool6), net, policy).await
             }
         }
     })?;
@@ -217,6 +227,15 @@ pub async fn node_max_pods(args: &mut RunArgs, pool: &mut Pool, ds: &KubernetesD
 /// state with one built from the kernel's pod routes and host veths ([`audit::rebuild`]).
 pub fn rebuild_state(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
+    if args.pool_config6().is_some() {
+        // It rebuilds the IPv4 pool from the kernel and replaces the whole state: it would
+        // drop every IPv6 allocation. Refused until it rebuilds both families.
+        return Err(AgentError::Config(
+            "rebuild-state does not rebuild IPv6 allocations yet: it cannot run with an IPv6 \
+             --vpc-cidr (it would drop them)"
+                .into(),
+        ));
+    }
     let _socket_lock = lock_socket(&args.socket)?;
     let dir = StateDir::lock(&args.state_dir)?;
     let (routes, links) = runtime()?.block_on(async {
@@ -287,6 +306,7 @@ async fn audit_host(
     args: &RunArgs,
     store: &Store,
     pool: &Pool,
+    pool6: Option<&Pool6>,
 ) -> Result<(), AgentError> {
     let links = link::list(net)
         .await
@@ -294,7 +314,13 @@ async fn audit_host(
     let routes = route::list_v4(net, Some(vpcnet_netlink::RTPROT_VPCNET))
         .await
         .map_err(AgentError::netlink("listing routes"))?;
-    let missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    let mut missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    if let Some(p6) = pool6 {
+        let routes6 = route::list_v6(net, Some(vpcnet_netlink::RTPROT_VPCNET))
+            .await
+            .map_err(AgentError::netlink("listing IPv6 routes"))?;
+        missing.extend(audit::unaccounted6(p6, &routes6, &links));
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -314,25 +340,25 @@ async fn serve<D: Datastore>(
     args: RunArgs,
     ds: D,
     mut store: Store,
-    pool: Pool,
+    (pool, pool6): (Pool, Option<Pool6>),
     net: rtnetlink::Handle,
     policy: Option<netpol::enforce::Source>,
 ) -> Result<(), AgentError> {
     // Fold the journal into a fresh snapshot (this also rewrites a journal of an older
     // format in the checksummed one).
-    store.compact(&pool)?;
+    store.compact_dual(&pool, pool6.as_ref())?;
     // Pods route through this namespace.
     sysctl::set("net/ipv4/ip_forward", "1").map_err(AgentError::netlink("enabling ip_forward"))?;
+    if pool6.is_some() {
+        ipv6_forwarding::enable(&args.state_dir)?;
+    }
     let (reaper_tx, reaper_rx) = mpsc::unbounded_channel();
     let activity = Arc::new(reap::Activity::default());
     let node = Arc::new(Node::new(NodeParts {
         name: args.node_name(),
-        ip: args.node_ip,
-        state: State {
-            pool,
-            pool6: None,
-            store,
-        },
+        ip: args.node_ip(),
+        ip6: args.node_ip6(),
+        state: State { pool, pool6, store },
         mtu: uplink_mtu(&net).await,
         datastore: ds,
         net: net.clone(),

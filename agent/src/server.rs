@@ -160,8 +160,8 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
         Request::Assign { key, meta } => m.cni_reply(
             Op::Add,
             reply(node.assign(key, meta).await.map(|a| Reply::Assigned {
-                ip: Some(a.ip),
-                ip6: None,
+                ip: a.ip,
+                ip6: a.ip6,
                 existing: a.existing,
                 mtu: a.mtu,
             })),
@@ -171,21 +171,24 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
             reply(
                 node.release(&key, unused)
                     .await
-                    .map(|ip| Reply::Released { ip, ip6: None }),
+                    .map(|(ip, ip6)| Reply::Released { ip, ip6 }),
             ),
         ),
-        Request::Get { key } => Reply::Allocation {
-            allocation: node.get(&key),
-            allocation6: None,
-        },
+        Request::Get { key } => {
+            let (allocation, allocation6) = node.get(&key);
+            Reply::Allocation {
+                allocation,
+                allocation6: allocation6.map(Box::new),
+            }
+        }
         Request::Gc { network, valid } => m.cni_reply(
             Op::Gc,
             reply(
                 node.gc(&network, &valid)
                     .await
-                    .map(|released| Reply::Collected {
+                    .map(|(released, released6)| Reply::Collected {
                         released,
-                        released6: Vec::new(),
+                        released6,
                     }),
             ),
         ),
@@ -209,6 +212,7 @@ pub fn code(e: &NodeError) -> CniCode {
         // The change is not durable: the runtime retries the request.
         NodeError::Persist(_) | NodeError::ClaimNotRecorded { .. } => CniCode::Io,
         NodeError::Pool(_)
+        | NodeError::Pool6(_)
         | NodeError::Datastore(_)
         | NodeError::VpcExhausted(_)
         | NodeError::ClaimRacesLost { .. } => CniCode::TryAgainLater,

@@ -1,5 +1,5 @@
 //! The kernel objects vpcnet touches, one module per object, each a small typed
-//! function over an [`rtnetlink::Handle`]. IPv4 only for now.
+//! function over an [`rtnetlink::Handle`]. IPv4, and the IPv6 objects of a pod attachment.
 //!
 //! Every function works in the network namespace its handle's socket was created in.
 //! To work inside another namespace use [`netns::run_in`], which enters it on a

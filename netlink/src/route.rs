@@ -1,6 +1,6 @@
-//! IPv4 routes of the main table (RTM_*ROUTE).
+//! Routes (RTM_*ROUTE): IPv4 ([`RouteV4`]) and IPv6 ([`RouteV6`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -261,6 +261,157 @@ pub async fn delete(handle: &Handle, route: &RouteV4) -> Result<bool, NetlinkErr
         handle,
         "RTM_DELROUTE",
         RouteNetlinkMessage::DelRoute(msg),
+        0,
+    )
+    .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// One IPv6 route as this crate reports and deletes it. The kernel keeps no scope for IPv6
+/// routes (it reports every one as universe), so there is none here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RouteV6 {
+    /// Destination network (`::` with `dst_len` 0 for the default route).
+    pub dst: Ipv6Addr,
+    /// Destination prefix length.
+    pub dst_len: u8,
+    /// Next hop (RTA_GATEWAY), e.g. a link-local `fe80::1` with [`RouteV6::oif`] set.
+    pub gateway: Option<Ipv6Addr>,
+    /// Output interface (RTA_OIF).
+    pub oif: Option<u32>,
+    /// Route protocol (`proto`), e.g. [`crate::RTPROT_VPCNET`].
+    pub protocol: u8,
+    /// Route type: [`RTN_UNICAST`], [`RTN_BLACKHOLE`], [`RTN_UNREACHABLE`], ...
+    pub kind: u8,
+    /// Routing table id.
+    pub table: u32,
+}
+
+fn check_prefix_v6(dst: Ipv6Addr, dst_len: u8) -> Result<(), NetlinkError> {
+    if dst_len > 128 {
+        return Err(NetlinkError::InvalidArgument(format!(
+            "IPv6 prefix length {dst_len}"
+        )));
+    }
+    let mask = u128::MAX.checked_shl(128 - u32::from(dst_len)).unwrap_or(0);
+    if u128::from(dst) & !mask != 0 {
+        return Err(NetlinkError::InvalidArgument(format!(
+            "{dst}/{dst_len} has host bits set"
+        )));
+    }
+    Ok(())
+}
+
+fn base_message_v6(route: &RouteV6) -> RouteMessage {
+    let mut msg = RouteMessage::default();
+    msg.header.address_family = AddressFamily::Inet6;
+    msg.header.destination_prefix_length = route.dst_len;
+    msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    msg.header.protocol = RouteProtocol::from(route.protocol);
+    msg.header.scope = RouteScope::Universe;
+    msg.header.kind = RouteType::from(route.kind);
+    if route.dst_len > 0 {
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet6(route.dst)));
+    }
+    if route.table > 255 {
+        msg.attributes.push(RouteAttribute::Table(route.table));
+    }
+    if let Some(gw) = route.gateway {
+        msg.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
+    }
+    if let Some(oif) = route.oif {
+        msg.attributes.push(RouteAttribute::Oif(oif));
+    }
+    msg
+}
+
+/// `ip -6 route add|replace` of exactly `route` (any table). A gateway that is link-local
+/// (`fe80::/10`) needs [`RouteV6::oif`]; the kernel takes it as on-link without a route to it.
+pub async fn add_route_v6(
+    handle: &Handle,
+    route: &RouteV6,
+    replace: bool,
+) -> Result<(), NetlinkError> {
+    check_prefix_v6(route.dst, route.dst_len)?;
+    let flags = if replace {
+        nl::CREATE_REPLACE
+    } else {
+        nl::CREATE_EXCL
+    };
+    nl::request(
+        handle,
+        "RTM_NEWROUTE",
+        RouteNetlinkMessage::NewRoute(base_message_v6(route)),
+        flags,
+    )
+    .await?;
+    Ok(())
+}
+
+fn from_message_v6(msg: &RouteMessage) -> Option<RouteV6> {
+    if msg.header.address_family != AddressFamily::Inet6 {
+        return None;
+    }
+    let mut route = RouteV6 {
+        dst: Ipv6Addr::UNSPECIFIED,
+        dst_len: msg.header.destination_prefix_length,
+        gateway: None,
+        oif: None,
+        protocol: msg.header.protocol.into(),
+        kind: msg.header.kind.into(),
+        table: u32::from(msg.header.table),
+    };
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => route.dst = *ip,
+            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(*ip),
+            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
+            RouteAttribute::Table(t) => route.table = *t,
+            _ => {}
+        }
+    }
+    Some(route)
+}
+
+/// `ip -6 route show table TABLE [proto PROTO]`: the IPv6 routes of routing table `table`,
+/// only those with `protocol` when it is `Some`.
+pub async fn list_v6_in(
+    handle: &Handle,
+    table: u32,
+    protocol: Option<u8>,
+) -> Result<Vec<RouteV6>, NetlinkError> {
+    let mut req = RouteMessage::default();
+    req.header.address_family = AddressFamily::Inet6;
+    let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
+    Ok(replies
+        .iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => from_message_v6(r),
+            _ => None,
+        })
+        .filter(|r| r.table == table && protocol.is_none_or(|p| p == r.protocol))
+        .collect())
+}
+
+/// `ip -6 route show table main [proto PROTO]`.
+pub async fn list_v6(handle: &Handle, protocol: Option<u8>) -> Result<Vec<RouteV6>, NetlinkError> {
+    list_v6_in(handle, RT_TABLE_MAIN, protocol).await
+}
+
+/// `ip -6 route del` of exactly this route (dst/len, protocol, oif, gateway, type, table).
+/// `Ok(false)` when it was already gone (ESRCH).
+pub async fn delete_v6(handle: &Handle, route: &RouteV6) -> Result<bool, NetlinkError> {
+    check_prefix_v6(route.dst, route.dst_len)?;
+    match nl::request(
+        handle,
+        "RTM_DELROUTE",
+        RouteNetlinkMessage::DelRoute(base_message_v6(route)),
         0,
     )
     .await

@@ -2,7 +2,10 @@
 //! thread that opens them, so call these inside [`crate::netns::run_in`] to touch a pod's.
 
 use std::io::Write;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+
+use nix::sched::CloneFlags;
 
 use crate::NetlinkError;
 
@@ -40,4 +43,74 @@ pub fn set(path: &str, value: &str) -> Result<(), NetlinkError> {
         .open(full)
         .map_err(NetlinkError::Io)?;
     f.write_all(value.as_bytes()).map_err(NetlinkError::Io)
+}
+
+/// [`set`] inside the network namespace `ns`, from a short-lived OS thread that entered it
+/// (setns changes only the calling thread, and a `/proc/sys/net` file belongs to the
+/// namespace of the thread that opens it). The calling thread never changes namespace, so
+/// this is safe from any thread, including a tokio worker; it blocks for the thread's life
+/// (tens of microseconds).
+pub fn set_in(ns: BorrowedFd<'_>, path: &str, value: &str) -> Result<(), NetlinkError> {
+    full_path(path)?;
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("vpcnet-sysctl".to_owned())
+            .spawn_scoped(scope, move || {
+                nix::sched::setns(ns, CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetlinkError::Io(e.into()))?;
+                set(path, value)
+            })
+            .map_err(NetlinkError::Io)?;
+        worker.join().map_err(|_| NetlinkError::ThreadPanicked)?
+    })
+}
+
+/// The `/proc/sys` path of IPv6 knob `key` of interface `ifname`
+/// (`net/ipv6/conf/IFNAME/KEY`), for [`set`] and [`set_in`]; refuses a name that is not a
+/// valid interface name.
+pub fn ipv6_conf(ifname: &str, key: &str) -> Result<String, NetlinkError> {
+    crate::link::check_name(ifname)?;
+    Ok(format!("net/ipv6/conf/{ifname}/{key}"))
+}
+
+/// Writes `value` to `path` without reading it first (one open and one write): for knobs
+/// whose wanted value is known and whose write is idempotent.
+pub fn write(path: &str, value: &str) -> Result<(), NetlinkError> {
+    let full = full_path(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(full)
+        .map_err(NetlinkError::Io)?;
+    f.write_all(value.as_bytes()).map_err(NetlinkError::Io)
+}
+
+/// [`write`] inside the network namespace `ns`, on a new OS thread that enters it, started
+/// at once: the caller goes on (e.g. with its own netlink work) and joins the handle for the
+/// outcome. The thread owns `ns` (a duplicate of the caller's descriptor is fine) and ends
+/// after the one write; the caller's thread never changes namespace.
+pub fn write_in_spawned(
+    ns: OwnedFd,
+    path: String,
+    value: &'static str,
+) -> Result<std::thread::JoinHandle<Result<(), NetlinkError>>, NetlinkError> {
+    full_path(&path)?;
+    std::thread::Builder::new()
+        .name("vpcnet-sysctl".to_owned())
+        .spawn(move || {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetlinkError::Io(e.into()))?;
+            write(&path, value)
+        })
+        .map_err(NetlinkError::Io)
+}
+
+/// Joins a [`write_in_spawned`] thread.
+pub fn join(handle: std::thread::JoinHandle<Result<(), NetlinkError>>) -> Result<(), NetlinkError> {
+    handle.join().map_err(|_| NetlinkError::ThreadPanicked)?
+}
+
+/// `accept_ra=0` on `ifname` in the namespace `ns` (see [`set_in`]): the interface ignores
+/// router advertisements, so no router or prefix it did not get from us ever lands on it.
+pub fn no_accept_ra_in(ns: BorrowedFd<'_>, ifname: &str) -> Result<(), NetlinkError> {
+    set_in(ns, &ipv6_conf(ifname, "accept_ra")?, "0")
 }

@@ -6,22 +6,46 @@
 //! `169.254.1.1 dev $IFNAME scope link` and `default via 169.254.1.1`.
 //! Host namespace: host veth up, no address; `IP/32 dev <host veth> scope link proto 171`.
 //!
+//! IPv6 (dual-stack, issue 11; docs/dual-stack.md), when the agent gave an IPv6 address: both
+//! veth ends `accept_ra=0` before the pair has carrier; pod: `IP/128` with `IFA_F_NODAD` (never
+//! tentative), permanent neighbour `fe80::1 → host veth MAC` and, for `eth0`, `default via
+//! fe80::1 dev eth0`; host: `IP/128 dev <host veth> proto 171` and a permanent neighbour
+//! `IP → pod veth MAC`. Neither side ever sends NDP and no link-local address is needed.
+//!
 //! The veth is created in one request with the peer born in the pod namespace (no link moves,
 //! no rtnl_lock contention from moving). The pod side is configured on a dedicated thread that
 //! entered the pod namespace (setns is per thread) while the host route goes in from this one.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsFd, OwnedFd};
 
 use rtnetlink::Handle;
 use vpcnet_netlink::{
-    address, link, neighbour, netns, route, rule, veth, NetlinkError, RTPROT_VPCNET,
+    address, link, neighbour, netns, route, rule, sysctl, veth, NetlinkError, RTPROT_VPCNET,
 };
 use vpcnet_proto::naming;
 
 use crate::error::CniError;
 use crate::result::Wired;
-use vpcnet_proto::attachment::{self, GATEWAY};
+use vpcnet_proto::attachment::{self, GATEWAY, GATEWAY6, POD_PREFIX_LEN6};
+
+/// A pod attachment's addresses: one per family the agent serves, at least one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodIps {
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl std::fmt::Display for PodIps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.v4, self.v6) {
+            (Some(a), Some(b)) => write!(f, "{a} and {b}"),
+            (Some(a), None) => write!(f, "{a}"),
+            (None, Some(b)) => write!(f, "{b}"),
+            (None, None) => write!(f, "no address"),
+        }
+    }
+}
 
 /// What a new attachment needs.
 #[derive(Debug)]
@@ -30,7 +54,7 @@ pub struct Plan<'a> {
     pub ifname: &'a str,
     pub netns_path: &'a str,
     pub netns: &'a OwnedFd,
-    pub ip: Ipv4Addr,
+    pub ips: PodIps,
     pub mtu: Option<u32>,
 }
 
@@ -155,10 +179,42 @@ fn secondary_routes(index: u32) -> [route::RouteV4; 2] {
     ]
 }
 
-/// Secondary interface: its table's routes, then the `from` rule that selects the table.
-/// (Deleting the interface takes the table's routes with it; the rule then finds an empty
-/// table and falls through to the main one, and dies with the pod's namespace.)
-async fn route_secondary(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<(), CniError> {
+/// The IPv6 default route of a pod interface in `table` (`default via fe80::1 dev <index>`).
+fn default_route6(index: u32, table: u32) -> route::RouteV6 {
+    route::RouteV6 {
+        dst: Ipv6Addr::UNSPECIFIED,
+        dst_len: 0,
+        gateway: Some(GATEWAY6),
+        oif: Some(index),
+        protocol: RTPROT_VPCNET,
+        kind: route::RTN_UNICAST,
+        table,
+    }
+}
+
+/// Secondary interface: its table's routes, then the `from` rule that selects the table, per
+/// family. (Deleting the interface takes the table's routes with it; the rule then finds an
+/// empty table and falls through to the main one, and dies with the pod's namespace.)
+async fn route_secondary(h: &Handle, index: u32, ips: PodIps) -> Result<(), CniError> {
+    if let Some(ip) = ips.v4 {
+        route_secondary_v4(h, index, ip).await?;
+    }
+    if let Some(ip6) = ips.v6 {
+        route::add_route_v6(h, &default_route6(index, secondary_table(index)), true)
+            .await
+            .map_err(|e| {
+                CniError::dataplane("adding the secondary interface's IPv6 default route", e)
+            })?;
+        rule::add_from_v6(h, ip6, secondary_table(index), SECONDARY_RULE_PRIORITY)
+            .await
+            .map_err(|e| {
+                CniError::dataplane("adding the secondary interface's IPv6 source rule", e)
+            })?;
+    }
+    Ok(())
+}
+
+async fn route_secondary_v4(h: &Handle, index: u32, ip: Ipv4Addr) -> Result<(), CniError> {
     let [gw, default] = secondary_routes(index);
     route::add_route(h, &gw, true)
         .await
@@ -236,27 +292,105 @@ pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
 ///
 /// The pod side goes through a netlink socket created inside the pod namespace (see
 /// [`netns::connect_in`]), so both sides' requests run concurrently from this one thread.
-pub async fn wire(
-    host: &Handle,
-    veth: &HostVeth,
+///
+/// IPv6: `accept_ra=0` goes on both ends first, while the pair has no carrier yet (the pod
+/// end is still down; [`configure_pod`] sets it UP), each from a thread in that end's
+/// namespace. The host side's IPv6 route and neighbour ride in the same pipeline as the IPv4
+/// route, so a dual-stack ADD costs no extra round trip on either socket.
+pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(), CniError> {
+    let ifname = plan.ifname;
+    let ips = plan.ips;
+    // The pod end's accept_ra=0 is written by a thread of its own that enters the pod
+    // namespace; it runs while this thread opens the pod's netlink socket and writes the host
+    // end's, and is joined before anything is sent that could bring the pod end UP.
+    let pod_ra = match ips.v6 {
+        Some(_) => Some(spawn_no_accept_ra(ifname, plan.netns)?),
+        None => None,
+    };
+    let pod = netns::connect_in(plan.netns.as_fd())
+        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+    if let Some(pod_ra) = pod_ra {
+        no_accept_ra_host(&veth.name)?;
+        sysctl::join(pod_ra).map_err(|e| {
+            CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e)
+        })?;
+    }
+    let pod_mac = naming::pod_mac(plan.container_id, ifname);
+    let (host_route, host_route6, host_neigh6, pod_side) = futures::join!(
+        async {
+            match ips.v4 {
+                Some(ip) => {
+                    route::add_route(host, &attachment::host_route(ip, Some(veth.index)), true)
+                        .await
+                        .map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))
+                }
+                None => Ok(()),
+            }
+        },
+        async {
+            match ips.v6 {
+                Some(ip6) => {
+                    route::add_route_v6(host, &attachment::host_route6(ip6, Some(veth.index)), true)
+                        .await
+                        .map_err(|e| {
+                            CniError::dataplane(
+                                &format!(
+                                    "adding host route {ip6}/{POD_PREFIX_LEN6} dev {}",
+                                    veth.name
+                                ),
+                                e,
+                            )
+                        })
+                }
+                None => Ok(()),
+            }
+        },
+        async {
+            match ips.v6 {
+                Some(ip6) => neighbour::add_permanent_v6(host, veth.index, ip6, pod_mac)
+                    .await
+                    .map_err(|e| {
+                        CniError::dataplane(
+                            &format!("adding host neighbour {ip6} dev {}", veth.name),
+                            e,
+                        )
+                    }),
+                None => Ok(()),
+            }
+        },
+        configure_pod(&pod, ifname, ips, veth.mac),
+    );
+    host_route?;
+    host_route6?;
+    host_neigh6?;
+    pod_side
+}
+
+/// Starts writing `accept_ra=0` for the pod end `ifname` from a thread in the pod namespace
+/// (a `/proc/sys/net` file belongs to the namespace of the thread that opens it).
+fn spawn_no_accept_ra(
     ifname: &str,
     netns: &OwnedFd,
-    ip: Ipv4Addr,
-) -> Result<(), CniError> {
-    let pod = netns::connect_in(netns.as_fd())
-        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
-    let wanted_route = attachment::host_route(ip, Some(veth.index));
-    let (host_route, pod_side) = futures::join!(
-        route::add_route(host, &wanted_route, true),
-        configure_pod(&pod, ifname, ip, veth.mac),
-    );
-    host_route.map_err(|e| CniError::dataplane(&format!("adding host route {ip}/32"), e))?;
-    pod_side
+) -> Result<std::thread::JoinHandle<Result<(), NetlinkError>>, CniError> {
+    let fail = |e| CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e);
+    let knob = sysctl::ipv6_conf(ifname, "accept_ra").map_err(fail)?;
+    let ns = netns.try_clone().map_err(|e| fail(NetlinkError::Io(e)))?;
+    sysctl::write_in_spawned(ns, knob, "0").map_err(fail)
+}
+
+/// `accept_ra=0` on the host end (this thread is in the host namespace).
+fn no_accept_ra_host(host_veth: &str) -> Result<(), CniError> {
+    let fail = |e| CniError::dataplane(&format!("setting accept_ra=0 on {host_veth}"), e);
+    sysctl::write(
+        &sysctl::ipv6_conf(host_veth, "accept_ra").map_err(fail)?,
+        "0",
+    )
+    .map_err(fail)
 }
 
 /// Wires a veth this ADD created; removes it on failure.
 pub async fn finish(host: &Handle, plan: &Plan<'_>, veth: HostVeth) -> Result<Wired, CniError> {
-    if let Err(e) = wire(host, &veth, plan.ifname, plan.netns, plan.ip).await {
+    if let Err(e) = wire(host, &veth, plan).await {
         remove_veth(host, &veth).await;
         return Err(e);
     }
@@ -270,7 +404,8 @@ fn wired(plan: &Plan<'_>, host_veth: String, host_mac: [u8; 6]) -> Wired {
         ifname: plan.ifname.to_string(),
         pod_mac: naming::pod_mac(plan.container_id, plan.ifname),
         netns: plan.netns_path.to_string(),
-        ip: plan.ip,
+        ip: plan.ips.v4,
+        ip6: plan.ips.v6,
         mtu: plan.mtu,
         default_route: owns_default_route(plan.ifname),
     }
@@ -315,7 +450,7 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
                 mac: naming::host_veth_mac(plan.container_id, plan.ifname),
             };
             // Nothing here was created by this ADD: on failure nothing is undone.
-            wire(host, &veth, plan.ifname, plan.netns, plan.ip).await?;
+            wire(host, &veth, plan).await?;
             Ok(wired(plan, veth.name, veth.mac))
         }
         Some(_) if held => Err(CniError::env(
@@ -323,7 +458,7 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
             format!(
                 "container {} already has {} attached with {} (host veth {name}) in another \
                  network namespace than {}: DEL it first; nothing was changed",
-                plan.container_id, plan.ifname, plan.ip, plan.netns_path
+                plan.container_id, plan.ifname, plan.ips, plan.netns_path
             ),
         )),
         Some(_) if pod_link.is_some() && !ours_here => Err(taken_in_pod()),
@@ -402,7 +537,7 @@ async fn retire_stale(
 async fn configure_pod(
     h: &Handle,
     ifname: &str,
-    ip: Ipv4Addr,
+    ips: PodIps,
     host_mac: [u8; 6],
 ) -> Result<(), CniError> {
     let index = link::index_by_name(h, ifname)
@@ -413,39 +548,75 @@ async fn configure_pod(
     // requests in order, so the gateway route exists before the default route that uses it.
     // Only the default interface gets routes (see `owns_default_route`).
     let routes = owns_default_route(ifname);
+    let v4 = ips.v4.map(|ip| (ip, routes));
+    let v6 = ips.v6.map(|ip| (ip, routes));
     // First, in the same pipeline: no IPv6 link-local on the pod end, then UP (the pair's
     // carrier comes on now; the host end's mode was set before it went UP). Without this,
     // every new veth pair generated two link-local addresses and started DAD, MLD and router
     // solicitations: kernel work under rtnl_lock that stalled the next ADDs under churn
     // (issue 14). Best effort: a kernel without IPv6 refuses it and needs none. Static IPv6
     // addresses and neighbours (dual stack) are not affected.
-    let (_mode, up, addr, lo, neigh, gw, default) = futures::join!(
+    // The IPv6 objects follow the IPv4 ones in the same pipeline (after UP: the kernel refuses
+    // an IPv6 route through a device that is down); a family the pod has not costs nothing.
+    let (_mode, up, addr, lo, neigh, gw, default, addr6, neigh6, default6) = futures::join!(
         link::no_ipv6_link_local(h, link::Which::Index(index)),
         link::set_up(h, index),
-        address::add(h, index, ip, 32),
-        link::set_up(h, LOOPBACK_INDEX),
-        neighbour::add_permanent(h, index, GATEWAY, host_mac),
         async {
-            if routes {
-                route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true).await
-            } else {
-                Ok(())
+            match v4 {
+                Some((ip, _)) => address::add(h, index, ip, 32).await,
+                None => Ok(()),
+            }
+        },
+        link::set_up(h, LOOPBACK_INDEX),
+        async {
+            match v4 {
+                Some(_) => neighbour::add_permanent(h, index, GATEWAY, host_mac).await,
+                None => Ok(()),
             }
         },
         async {
-            if routes {
-                route::add_via(
-                    h,
-                    Ipv4Addr::UNSPECIFIED,
-                    0,
-                    GATEWAY,
-                    Some(index),
-                    RTPROT_VPCNET,
-                    true,
-                )
-                .await
-            } else {
-                Ok(())
+            match v4 {
+                Some((_, true)) => {
+                    route::add_link_scope(h, GATEWAY, 32, index, RTPROT_VPCNET, true).await
+                }
+                _ => Ok(()),
+            }
+        },
+        async {
+            match v4 {
+                Some((_, true)) => {
+                    route::add_via(
+                        h,
+                        Ipv4Addr::UNSPECIFIED,
+                        0,
+                        GATEWAY,
+                        Some(index),
+                        RTPROT_VPCNET,
+                        true,
+                    )
+                    .await
+                }
+                _ => Ok(()),
+            }
+        },
+        async {
+            match v6 {
+                Some((ip6, _)) => address::add_v6_nodad(h, index, ip6, POD_PREFIX_LEN6).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match v6 {
+                Some(_) => neighbour::add_permanent_v6(h, index, GATEWAY6, host_mac).await,
+                None => Ok(()),
+            }
+        },
+        async {
+            match v6 {
+                Some((_, true)) => {
+                    route::add_route_v6(h, &default_route6(index, route::RT_TABLE_MAIN), true).await
+                }
+                _ => Ok(()),
             }
         },
     );
@@ -453,10 +624,11 @@ async fn configure_pod(
     match addr {
         // A repeat ADD in place: the address is there already.
         Err(e) if !e.is_exists() => {
+            let ip = ips.v4.map(|ip| ip.to_string()).unwrap_or_default();
             return Err(CniError::dataplane(
                 &format!("adding {ip}/32 to {ifname}"),
                 e,
-            ))
+            ));
         }
         _ => {}
     }
@@ -464,8 +636,21 @@ async fn configure_pod(
     neigh.map_err(|e| CniError::dataplane("adding gateway neighbour", e))?;
     gw.map_err(|e| CniError::dataplane("adding gateway route", e))?;
     default.map_err(|e| CniError::dataplane("adding default route", e))?;
+    match addr6 {
+        // A repeat ADD in place: the address is there already.
+        Err(e) if !e.is_exists() => {
+            let ip6 = ips.v6.map(|ip| ip.to_string()).unwrap_or_default();
+            return Err(CniError::dataplane(
+                &format!("adding {ip6}/{POD_PREFIX_LEN6} to {ifname}"),
+                e,
+            ));
+        }
+        _ => {}
+    }
+    neigh6.map_err(|e| CniError::dataplane("adding IPv6 gateway neighbour fe80::1", e))?;
+    default6.map_err(|e| CniError::dataplane("adding IPv6 default route via fe80::1", e))?;
     if !routes {
-        route_secondary(h, index, ip).await?;
+        route_secondary(h, index, ips).await?;
     }
     Ok(())
 }
@@ -477,13 +662,14 @@ pub async fn teardown_host(host: &Handle, host_veth: &str) -> Result<(), Netlink
     link::delete_by_name(host, host_veth).await.map(|_| ())
 }
 
-/// CHECK: compares the kernel with what ADD set up; names the first missing piece.
+/// CHECK: compares the kernel with what ADD set up, for each family the pod has; names the
+/// first missing piece.
 pub async fn check(
     host: &Handle,
     netns_fd: &OwnedFd,
     container_id: &str,
     ifname: &str,
-    ip: Ipv4Addr,
+    ips: PodIps,
 ) -> Result<(), CniError> {
     let host_veth = naming::host_veth_name(container_id, ifname);
     let fail = |what: String| CniError::CheckFailed(what);
@@ -494,27 +680,52 @@ pub async fn check(
     if !hl.up {
         return Err(fail(format!("host veth {host_veth} is down")));
     }
-    let routes = route::list_v4(host, Some(RTPROT_VPCNET))
-        .await
-        .map_err(nl)?;
-    if !routes
-        .iter()
-        .any(|r| r.dst == ip && attachment::is_host_route_shape(r) && r.oif == Some(hl.index))
-    {
-        return Err(fail(format!(
-            "host route {ip}/32 dev {host_veth} is missing"
-        )));
+    if let Some(ip) = ips.v4 {
+        let routes = route::list_v4(host, Some(RTPROT_VPCNET))
+            .await
+            .map_err(nl)?;
+        if !routes
+            .iter()
+            .any(|r| r.dst == ip && attachment::is_host_route_shape(r) && r.oif == Some(hl.index))
+        {
+            return Err(fail(format!(
+                "host route {ip}/32 dev {host_veth} is missing"
+            )));
+        }
+    }
+    if let Some(ip6) = ips.v6 {
+        let routes = route::list_v6(host, Some(RTPROT_VPCNET))
+            .await
+            .map_err(nl)?;
+        if !routes
+            .iter()
+            .any(|r| r.dst == ip6 && attachment::is_host_route6_shape(r) && r.oif == Some(hl.index))
+        {
+            return Err(fail(format!(
+                "host route {ip6}/{POD_PREFIX_LEN6} dev {host_veth} is missing"
+            )));
+        }
+        let pod_mac = naming::pod_mac(container_id, ifname);
+        match neighbour::get_v6(host, hl.index, ip6).await.map_err(nl)? {
+            Some((mac, state)) if mac == pod_mac && state == neighbour::NUD_PERMANENT => {}
+            _ => {
+                return Err(fail(format!(
+                    "host neighbour {ip6} lladdr {} PERMANENT dev {host_veth} is missing",
+                    naming::format_mac(&pod_mac)
+                )))
+            }
+        }
     }
     let host_mac = naming::host_veth_mac(container_id, ifname);
     let pod = netns::connect_in(netns_fd.as_fd())
         .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
-    check_pod(&pod, ifname, ip, host_mac).await
+    check_pod(&pod, ifname, ips, host_mac).await
 }
 
 async fn check_pod(
     h: &Handle,
     ifname: &str,
-    ip: Ipv4Addr,
+    ips: PodIps,
     host_mac: [u8; 6],
 ) -> Result<(), CniError> {
     let fail = |what: String| CniError::CheckFailed(what);
@@ -525,14 +736,32 @@ async fn check_pod(
     if !l.up {
         return Err(fail(format!("pod interface {ifname} is down")));
     }
-    let addrs = address::list_v4(h, l.index).await.map_err(nl)?;
+    if let Some(ip) = ips.v4 {
+        check_pod_v4(h, ifname, l.index, ip, host_mac).await?;
+    }
+    if let Some(ip6) = ips.v6 {
+        check_pod_v6(h, ifname, l.index, ip6, host_mac).await?;
+    }
+    Ok(())
+}
+
+async fn check_pod_v4(
+    h: &Handle,
+    ifname: &str,
+    index: u32,
+    ip: Ipv4Addr,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
+    let fail = |what: String| CniError::CheckFailed(what);
+    let nl = |e: NetlinkError| CniError::dataplane("reading pod state", e);
+    let addrs = address::list_v4(h, index).await.map_err(nl)?;
     if !addrs.contains(&(ip, 32)) {
         return Err(fail(format!("pod address {ip}/32 on {ifname} is missing")));
     }
     if owns_default_route(ifname) {
         let routes = route::list_v4(h, None).await.map_err(nl)?;
         if !routes.iter().any(|r| {
-            r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(l.index) && r.gateway.is_none()
+            r.dst == GATEWAY && r.dst_len == 32 && r.oif == Some(index) && r.gateway.is_none()
         }) {
             return Err(fail(format!(
                 "pod route {GATEWAY} dev {ifname} scope link is missing"
@@ -540,16 +769,16 @@ async fn check_pod(
         }
         if !routes
             .iter()
-            .any(|r| r.dst_len == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(l.index))
+            .any(|r| r.dst_len == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(index))
         {
             return Err(fail(format!(
                 "pod default route via {GATEWAY} dev {ifname} is missing"
             )));
         }
     } else {
-        let table = secondary_table(l.index);
+        let table = secondary_table(index);
         let routes = route::list_v4_in(h, table, None).await.map_err(nl)?;
-        for want in secondary_routes(l.index) {
+        for want in secondary_routes(index) {
             if !routes.iter().any(|r| {
                 r.dst == want.dst
                     && r.dst_len == want.dst_len
@@ -568,10 +797,69 @@ async fn check_pod(
             )));
         }
     }
-    match neighbour::get_v4(h, l.index, GATEWAY).await.map_err(nl)? {
+    match neighbour::get_v4(h, index, GATEWAY).await.map_err(nl)? {
         Some((mac, _)) if mac == host_mac => Ok(()),
         _ => Err(fail(format!(
             "pod neighbour {GATEWAY} lladdr {} is missing",
+            naming::format_mac(&host_mac)
+        ))),
+    }
+}
+
+async fn check_pod_v6(
+    h: &Handle,
+    ifname: &str,
+    index: u32,
+    ip6: Ipv6Addr,
+    host_mac: [u8; 6],
+) -> Result<(), CniError> {
+    let fail = |what: String| CniError::CheckFailed(what);
+    let nl = |e: NetlinkError| CniError::dataplane("reading pod state", e);
+    let addrs = address::list_v6(h, index).await.map_err(nl)?;
+    match addrs
+        .iter()
+        .find(|a| a.ip == ip6 && a.prefix_len == POD_PREFIX_LEN6)
+    {
+        None => {
+            return Err(fail(format!(
+                "pod address {ip6}/{POD_PREFIX_LEN6} on {ifname} is missing"
+            )))
+        }
+        Some(a) if a.is_tentative() => {
+            return Err(fail(format!(
+                "pod address {ip6}/{POD_PREFIX_LEN6} on {ifname} is tentative (DAD)"
+            )))
+        }
+        Some(_) => {}
+    }
+    let table = if owns_default_route(ifname) {
+        route::RT_TABLE_MAIN
+    } else {
+        secondary_table(index)
+    };
+    let want = default_route6(index, table);
+    let routes = route::list_v6_in(h, table, None).await.map_err(nl)?;
+    if !routes.iter().any(|r| {
+        r.dst_len == 0 && r.gateway == want.gateway && r.oif == want.oif && r.kind == want.kind
+    }) {
+        let in_table = if table == route::RT_TABLE_MAIN {
+            String::new()
+        } else {
+            format!(" table {table}")
+        };
+        return Err(fail(format!(
+            "pod IPv6 default route via {GATEWAY6} dev {ifname}{in_table} is missing"
+        )));
+    }
+    if table != route::RT_TABLE_MAIN && !rule::has_from_v6(h, ip6, table).await.map_err(nl)? {
+        return Err(fail(format!(
+            "pod rule from {ip6} lookup {table} is missing"
+        )));
+    }
+    match neighbour::get_v6(h, index, GATEWAY6).await.map_err(nl)? {
+        Some((mac, state)) if mac == host_mac && state == neighbour::NUD_PERMANENT => Ok(()),
+        _ => Err(fail(format!(
+            "pod neighbour {GATEWAY6} lladdr {} PERMANENT is missing",
             naming::format_mac(&host_mac)
         ))),
     }

@@ -6,7 +6,7 @@
 //! with their unique prefix ([`crate::unique_prefix`]).
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -168,9 +168,15 @@ pub struct OneShotListener {
 }
 
 impl OneShotListener {
-    /// Binds `ip:port` (port 0 = any) inside `ns`; the accept waits at most `timeout`.
-    pub fn start(ns: &str, ip: Ipv4Addr, timeout: Duration) -> std::io::Result<OneShotListener> {
+    /// Binds `ip:port` (port 0 = any; either family) inside `ns`; the accept waits at most
+    /// `timeout`.
+    pub fn start(
+        ns: &str,
+        ip: impl Into<IpAddr>,
+        timeout: Duration,
+    ) -> std::io::Result<OneShotListener> {
         let ns = ns.to_string();
+        let ip: IpAddr = ip.into();
         let (tx, rx) = std::sync::mpsc::channel();
         // Its own thread: it enters `ns` and stays there until the one accept is done.
         let handle = std::thread::spawn(move || -> std::io::Result<SocketAddr> {

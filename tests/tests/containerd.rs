@@ -38,6 +38,12 @@ struct CriLab {
 impl CriLab {
     /// `None` when the prerequisites are missing and VPCNET_SKIP_CONTAINERD=1.
     fn up() -> Option<CriLab> {
+        CriLab::up_with("", &[])
+    }
+
+    /// [`CriLab::up`] with `agent_flags` added to vpcnetd's; `tag` tells this lab's directory
+    /// and namespace from another test's in the same process.
+    fn up_with(tag: &str, agent_flags: &[&str]) -> Option<CriLab> {
         let lab_sh = cri_dir().join("lab.sh");
         let check = Command::new(&lab_sh)
             .arg("check")
@@ -61,14 +67,15 @@ impl CriLab {
         let root = std::env::temp_dir().join("vpcnet-cri");
         // Labs of killed earlier runs (their owner process is gone).
         let _ = Command::new(&lab_sh).arg("reap").arg(&root).status();
-        let dir = root.join(format!("t{}", std::process::id()));
+        let dir = root.join(format!("t{}{tag}", std::process::id()));
         let out = Command::new(&lab_sh)
             .arg("up")
             .arg(&dir)
             .arg("vpcnet")
+            .args(agent_flags)
             .env("VPCNET_BIN_DIR", bin("vpcnet").parent().expect("bin dir"))
             .env("LAB_VPC_CIDR", VPC)
-            .env("LAB_NETNS", format!("vt{}xcri", std::process::id()))
+            .env("LAB_NETNS", format!("vt{}xcri{tag}", std::process::id()))
             .env("LAB_OWNER_PID", std::process::id().to_string())
             .output()
             .expect("run lab.sh up");
@@ -422,4 +429,63 @@ fn containerd_cri_runs_pods_on_vpcnet() {
     let errors: Vec<&str> = log.lines().filter(|l| l.contains(" ERROR ")).collect();
     assert!(errors.is_empty(), "errors in the plugin log: {errors:#?}");
     eprintln!("containerd test done in {:?}", started.elapsed());
+}
+
+/// Dual-stack (issue 11): a sandbox of a node serving both families reports both addresses
+/// through CRI, as kubelet reads them (PodSandboxStatus `ip` = the IPv4 one, `additional_ips`
+/// = the IPv6 one); both are wired in the sandbox, and RemovePodSandbox takes both routes.
+#[test]
+fn containerd_dual_stack_sandbox_reports_both_ips() {
+    const VPC6: &str = "fd00:45::/64";
+    let Some(lab) = CriLab::up_with("d", &["--vpc-cidr", VPC6]) else {
+        return;
+    };
+    let r = lab.cri(&["run", "dual-1", POD_NS]);
+    let id = r["id"].as_str().expect("sandbox id").to_string();
+    let st = lab.cri(&["podstatus", &id]);
+    assert_eq!(st["state"], "SANDBOX_READY", "{st}");
+    let ip: std::net::Ipv4Addr = st["ip"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no IPv4 as the primary IP: {st}"));
+    let vpc: ipnetwork::Ipv4Network = VPC.parse().expect("vpc");
+    assert!(vpc.contains(ip), "{ip} not in {VPC}: {st}");
+    let extra = st["additional_ips"].as_array().cloned().unwrap_or_default();
+    assert_eq!(extra.len(), 1, "want one additional IP: {st}");
+    let ip6: std::net::Ipv6Addr = extra[0]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("additional IP is not IPv6: {st}"));
+    let vpc6: ipnetwork::Ipv6Network = VPC6.parse().expect("vpc6");
+    assert!(vpc6.contains(ip6), "{ip6} not in {VPC6}: {st}");
+    let netns = st["netns"].as_str().expect("netns path").to_string();
+    let eth0 = sh(&format!("nsenter --net={netns} ip -o addr show dev eth0"));
+    assert!(eth0.contains(&format!("inet {ip}/32")), "{eth0}");
+    assert!(
+        eth0.contains(&format!("inet6 {ip6}/128")) && !eth0.contains("tentative"),
+        "{eth0}"
+    );
+    let veth = host_veth_name(&id, "eth0");
+    let r6 = lab.node(&format!("ip -6 route show {ip6}/128 proto 171"));
+    assert!(r6.contains(&format!("dev {veth}")), "IPv6 route: {r6:?}");
+    // The node reaches the sandbox over IPv6 (a node address of its own on lo: private ns).
+    lab.node("ip -6 addr add fd00:ffff::1/128 dev lo nodad");
+    assert!(
+        (0..3).any(|_| sh_ok(&format!(
+            "ip netns exec {} ping -c1 -W2 -q {ip6}",
+            lab.var("NETNS")
+        ))),
+        "node cannot ping the sandbox at {ip6}"
+    );
+    lab.cri(&["stop", &id]);
+    lab.cri(&["rm", &id]);
+    assert!(
+        lab.plugin_calls("Del", &id).iter().all(|ok| *ok),
+        "{}",
+        lab.plugin_log()
+    );
+    let left6 = lab.node(&format!("ip -6 route show {ip6}/128"));
+    assert!(left6.trim().is_empty(), "IPv6 route left: {left6}");
+    let status = lab.agent_status();
+    assert!(allocation(&status, &id).is_none(), "{status}");
 }

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use vpcnet_agent::datastore::etcd::{EtcdConfig, EtcdDatastore, LEASE_FILE};
 use vpcnet_agent::datastore::kubernetes::KubernetesDatastore;
 use vpcnet_agent::datastore::local::LocalDatastore;
@@ -275,31 +275,40 @@ impl Backend for Kube {
 
 // ---- helpers ----
 
-fn net(s: &str) -> Ipv4Network {
+fn net(s: &str) -> IpNetwork {
     s.parse().expect("prefix")
 }
 
-fn claim(prefix: Ipv4Network, node: &str) -> PrefixClaim {
+fn claim(prefix: IpNetwork, node: &str) -> PrefixClaim {
     PrefixClaim {
         prefix,
         node: node.to_string(),
         node_ip: Some("192.0.2.1".parse().expect("ip")),
+        node_ip6: None,
         claimed_at: 1,
+    }
+}
+
+/// A claim carrying the node's address of each family (dual-stack).
+fn claim6(prefix: IpNetwork, node: &str) -> PrefixClaim {
+    PrefixClaim {
+        node_ip6: Some("fd00:1::1".parse().expect("ip6")),
+        ..claim(prefix, node)
     }
 }
 
 /// prefix → owner, as `d` lists it; panics on a prefix listed twice.
 /// Who holds what, read from the datastore itself (`list_fresh`: read-your-writes).
-async fn owners<D: Datastore>(d: &D) -> BTreeMap<Ipv4Network, String> {
+async fn owners<D: Datastore>(d: &D) -> BTreeMap<IpNetwork, String> {
     owners_of(d.list_fresh().await.expect("list_fresh"))
 }
 
 /// Who holds what as `list` answers (etcd: the watch-fed cache while it is in sync).
-async fn owners_listed<D: Datastore>(d: &D) -> Option<BTreeMap<Ipv4Network, String>> {
+async fn owners_listed<D: Datastore>(d: &D) -> Option<BTreeMap<IpNetwork, String>> {
     d.list().await.ok().map(owners_of)
 }
 
-fn owners_of(list: Vec<PrefixClaim>) -> BTreeMap<Ipv4Network, String> {
+fn owners_of(list: Vec<PrefixClaim>) -> BTreeMap<IpNetwork, String> {
     let mut m = BTreeMap::new();
     for c in list {
         let p = c.prefix;
@@ -433,6 +442,95 @@ async fn release_only_by_owner<B: Backend>(b: &B) {
     );
     assert!(!n0.claim(&claim(p, "n0")).await.expect("claim"));
     assert_eq!(owners(&n0).await.get(&p).map(String::as_str), Some("n1"));
+}
+
+/// (2b) IPv6 prefixes (docs/dual-stack.md): three nodes race for each of 20 IPv6 prefixes,
+/// exactly one wins; IPv4 and IPv6 claims live side by side; every node reads the exact
+/// prefix and both node addresses back; release only by the owner, for IPv6 as for IPv4.
+async fn ipv6_claims<B: Backend>(b: &B) {
+    let names = ["n0", "n1", "n2"];
+    let nodes = [
+        b.node(names[0]).await,
+        b.node(names[1]).await,
+        b.node(names[2]).await,
+    ];
+    let mut winners = BTreeMap::new();
+    for round in 0..20u8 {
+        let p = net(&format!("fd00:10:0:{round:x}:1::/80"));
+        let i = [
+            usize::from(round) % 3,
+            (usize::from(round) + 1) % 3,
+            (usize::from(round) + 2) % 3,
+        ];
+        let (c0, c1, c2) = (
+            claim6(p, names[i[0]]),
+            claim6(p, names[i[1]]),
+            claim6(p, names[i[2]]),
+        );
+        let (r0, r1, r2) = tokio::join!(
+            nodes[i[0]].claim(&c0),
+            nodes[i[1]].claim(&c1),
+            nodes[i[2]].claim(&c2)
+        );
+        let won: Vec<usize> = [(i[0], r0), (i[1], r1), (i[2], r2)]
+            .into_iter()
+            .filter(|(_, r)| *r.as_ref().expect("claim"))
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(won.len(), 1, "round {round} ({p}): winners {won:?}");
+        winners.insert(p, names[won[0]].to_string());
+    }
+    // An IPv4 claim beside them; a /80 that differs from a held one only past /64 is its own
+    // prefix (no key or name collision).
+    let v4 = net("10.9.210.0/28");
+    assert!(nodes[0].claim(&claim6(v4, "n0")).await.expect("claim v4"));
+    winners.insert(v4, "n0".to_string());
+    let near = net("fd00:10:0:0:2::/80");
+    assert!(nodes[1]
+        .claim(&claim6(near, "n1"))
+        .await
+        .expect("claim near"));
+    winners.insert(near, "n1".to_string());
+    for (k, d) in nodes.iter().enumerate() {
+        assert_eq!(owners(d).await, winners, "as node n{k} lists them");
+    }
+    // Read back exactly: the prefix and both node addresses.
+    let listed = nodes[2].list_fresh().await.expect("list");
+    let c = listed
+        .iter()
+        .find(|c| c.prefix == near)
+        .expect("the IPv6 claim is listed");
+    assert_eq!(
+        (c.prefix, c.node.as_str(), c.node_ip, c.node_ip6),
+        (
+            near,
+            "n1",
+            Some("192.0.2.1".parse().expect("ip")),
+            Some("fd00:1::1".parse().expect("ip6"))
+        )
+    );
+    // Release: a non-owner's is a no-op, the owner's frees it for another node.
+    nodes[0]
+        .release(near, "n0")
+        .await
+        .expect("release by non-owner");
+    assert_eq!(
+        owners(&nodes[0]).await.get(&near).map(String::as_str),
+        Some("n1")
+    );
+    nodes[1]
+        .release(near, "n1")
+        .await
+        .expect("release by owner");
+    assert_eq!(owners(&nodes[1]).await.get(&near), None, "released");
+    assert!(
+        nodes[2].claim(&claim6(near, "n2")).await.expect("claim"),
+        "free again"
+    );
+    assert_eq!(
+        owners(&nodes[0]).await.get(&near).map(String::as_str),
+        Some("n2")
+    );
 }
 
 /// (3) `changed()` resolves after another node claims (and releases).
@@ -621,7 +719,7 @@ async fn list_follows_other_nodes<B: Backend>(b: &B) {
 /// The next delta of `rx` that is not a `Resync` and concerns `p` (5 s at most).
 async fn next_delta_of(
     rx: &mut tokio::sync::broadcast::Receiver<ClaimDelta>,
-    p: Ipv4Network,
+    p: IpNetwork,
 ) -> Option<ClaimDelta> {
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
@@ -689,6 +787,10 @@ macro_rules! contract {
             #[tokio::test]
             async fn release_only_by_owner() {
                 super::release_only_by_owner(&<$backend>::new().await).await
+            }
+            #[tokio::test]
+            async fn ipv6_claims() {
+                super::ipv6_claims(&<$backend>::new().await).await
             }
             #[tokio::test]
             async fn changed_after_other_node_claims() {
@@ -884,7 +986,7 @@ async fn etcd_cache_relists_after_compaction() {
         net("10.9.112.0/28"),
         net("10.9.113.0/28"),
     ];
-    let wait_listed = |want: BTreeMap<Ipv4Network, String>| {
+    let wait_listed = |want: BTreeMap<IpNetwork, String>| {
         let n1 = &n1;
         async move {
             eventually(Duration::from_secs(5), || {
@@ -896,7 +998,7 @@ async fn etcd_cache_relists_after_compaction() {
             .await
         }
     };
-    let held = |ps: &[Ipv4Network]| -> BTreeMap<Ipv4Network, String> {
+    let held = |ps: &[IpNetwork]| -> BTreeMap<IpNetwork, String> {
         ps.iter().map(|p| (*p, "n0".to_string())).collect()
     };
 
@@ -1091,8 +1193,8 @@ fn agent_with_etcd_keeps_claims_across_kill9() {
                     && v["node"] == node.as_str()
                     && v["prefix"]
                         .as_str()
-                        .and_then(|p| p.parse::<Ipv4Network>().ok())
-                        .is_some_and(|p| p.contains(ip))
+                        .and_then(|p| p.parse::<IpNetwork>().ok())
+                        .is_some_and(|p| p.contains(ip.into()))
             })
             .map(|(k, _)| k.clone())
             .collect()

@@ -12,7 +12,12 @@
 //!   which would black-hole the next CNI's traffic if it reuses the range;
 //! * host veths of ours that the reaper had marked for deletion (released pods), and, with
 //!   `--force`, every host veth of ours;
+//! * every IPv6 route with protocol 171 in the main table (dual-stack: pods' `/128` host
+//!   routes, peers' routes, our `unreachable` ones);
 //! * `table ip vpcnet` (SNAT);
+//! * the IPv6 sysctls the agent changed for an IPv6 VPC (recorded in the state directory,
+//!   [`crate::ipv6_forwarding`]): `accept_ra` back to 1 where it is still the agent's 2, and
+//!   `net.ipv6.conf.all.forwarding` back to what it was;
 //! * the state directory's files (snapshot, journal, locks, claims, etcd lease, kept `*.bad-*`
 //!   files), then the directory if that left it empty;
 //! * the socket, its lock, the in-flight lock directory, and the socket's directory when it is
@@ -194,21 +199,31 @@ fn assigned_in_state(dir: &Path) -> Result<Vec<String>, UninstallError> {
     if snap.is_none() && journal.is_empty() {
         return Ok(Vec::new());
     }
-    let (pool, _) = store::load(
+    // Both families: a dual-stack state holds IPv6 allocations too.
+    let (pool, pool6, _) = store::load_dual(
         snap.as_deref(),
         &journal,
         vpcnet_pool::PoolConfig::default(),
+        Some(vpcnet_pool::PoolConfig6::default()),
     )
     .map_err(|e| UninstallError::StateUnreadable {
         dir: dir.display().to_string(),
         msg: e.to_string(),
     })?;
+    let describe = |ip: String, a_meta: &vpcnet_pool::PodMeta, c: &str| match (
+        &a_meta.namespace,
+        &a_meta.name,
+    ) {
+        (Some(ns), Some(n)) => format!("{ip} ({ns}/{n})"),
+        _ => format!("{ip} (container {c})"),
+    };
     Ok(pool
         .allocations()
-        .map(|a| match (&a.meta.namespace, &a.meta.name) {
-            (Some(ns), Some(n)) => format!("{} ({ns}/{n})", a.ip),
-            _ => format!("{} (container {})", a.ip, a.key.container_id),
-        })
+        .map(|a| describe(a.ip.to_string(), &a.meta, &a.key.container_id))
+        .chain(pool6.iter().flat_map(|p| {
+            p.allocations()
+                .map(|a| describe(a.ip.to_string(), &a.meta, &a.key.container_id))
+        }))
         .collect())
 }
 
@@ -280,13 +295,14 @@ fn remove_binaries(t: &Targets, report: &mut Report) -> Result<(), UninstallErro
 /// Names of the files vpcnet keeps in its state directory (the agent's journal and snapshot,
 /// their locks, the local datastore's claims, the etcd lease, and their temporary files).
 fn is_state_file(name: &str) -> bool {
-    const NAMES: [&str; 6] = [
+    const NAMES: [&str; 7] = [
         store::SNAPSHOT,
         store::JOURNAL,
         STATE_LOCK,
         "claims.json",
         ".claims.lock",
         crate::datastore::etcd::LEASE_FILE,
+        crate::ipv6_forwarding::RECORD,
     ];
     let base = name
         .strip_prefix('.')
@@ -404,6 +420,31 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
             report.note(format!("deleted route {}", describe_route(r)));
         }
     }
+    // IPv6 (dual-stack): pods' /128 host routes, peers' via routes, our unreachable ones.
+    for r in route::list_v6(&net, Some(RTPROT_VPCNET))
+        .await
+        .map_err(kernel("listing IPv6 routes"))?
+    {
+        if route::delete_v6(&net, &r)
+            .await
+            .map_err(kernel("deleting a proto 171 IPv6 route"))?
+        {
+            report.note(format!("deleted route {}", describe_route6(&r)));
+        }
+    }
+    let left6 = route::list_v6(&net, Some(RTPROT_VPCNET))
+        .await
+        .map_err(kernel("listing IPv6 routes"))?;
+    if !left6.is_empty() {
+        return Err(UninstallError::Kernel {
+            what: "deleting proto 171 IPv6 routes".into(),
+            msg: format!(
+                "{} remain: {}",
+                left6.len(),
+                shown(&left6.iter().map(describe_route6).collect::<Vec<_>>())
+            ),
+        });
+    }
     let left = route::list_v4_all(&net, Some(RTPROT_VPCNET))
         .await
         .map_err(kernel("listing routes"))?;
@@ -418,6 +459,23 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
         });
     }
     Ok(())
+}
+
+/// `[unreachable ]DST/LEN [via GW] [oif N] proto 171` of an IPv6 route.
+pub fn describe_route6(r: &route::RouteV6) -> String {
+    let mut s = String::new();
+    if r.kind == route::RTN_UNREACHABLE {
+        s.push_str("unreachable ");
+    }
+    s.push_str(&format!("{}/{}", r.dst, r.dst_len));
+    if let Some(gw) = r.gateway {
+        s.push_str(&format!(" via {gw}"));
+    }
+    if let Some(oif) = r.oif {
+        s.push_str(&format!(" oif {oif}"));
+    }
+    s.push_str(&format!(" table {} proto {}", r.table, r.protocol));
+    s
 }
 
 /// `[unreachable ]DST/LEN [via GW] [oif N] table T proto 171`.
@@ -509,6 +567,16 @@ pub fn uninstall(t: &Targets, force: bool) -> Result<Report, UninstallError> {
         ));
     } else {
         report.note("nft not found: no nftables table to delete (the agent cannot have made one)");
+    }
+    // What the agent changed for IPv6 forwarding (recorded in the state directory): put
+    // back before the directory goes.
+    for line in
+        crate::ipv6_forwarding::restore(&t.state_dir).map_err(|msg| UninstallError::Kernel {
+            what: "restoring IPv6 sysctls".into(),
+            msg,
+        })?
+    {
+        report.note(line);
     }
     remove_state_dir(&t.state_dir, &mut report)?;
     remove_socket_files(&t.socket, &mut report)?;

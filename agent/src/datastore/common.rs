@@ -8,7 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
@@ -45,7 +45,7 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// See [`Datastore::release`].
     fn release(
         &self,
-        prefix: Ipv4Network,
+        prefix: IpNetwork,
         node: &str,
     ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
 
@@ -131,7 +131,7 @@ impl<B: Backend> Datastore for Cluster<B> {
         bounded(self.backend(), &what, self.backend.claim(claim)).await
     }
 
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+    async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
         let what = format!("releasing {prefix}");
         bounded(self.backend(), &what, self.backend.release(prefix, node)).await
     }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::{Datastore, DatastoreError, PrefixClaim};
 use crate::node::store::{create_private, write_atomic};
@@ -77,7 +77,7 @@ impl Datastore for LocalDatastore {
         })
     }
 
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+    async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
         self.with_claims(|claims| {
             let key = prefix.to_string();
             if claims.get(&key).is_some_and(|c| c.node == node) {

@@ -19,9 +19,9 @@ pub mod kubernetes;
 pub mod local;
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use vpcnet_pool::Millis;
@@ -31,10 +31,28 @@ pub use common::{BACKOFF_MAX, BACKOFF_MIN};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PrefixClaim {
-    pub prefix: Ipv4Network,
+    /// The claimed prefix, of either family (docs/dual-stack.md). Serialised as its text
+    /// (`10.1.2.16/28`, `fd00:10::/80`), as before dual-stack.
+    pub prefix: IpNetwork,
     pub node: String,
+    /// The node's IPv4 address: peers route IPv4 prefixes via it.
     pub node_ip: Option<Ipv4Addr>,
+    /// The node's IPv6 address: peers route IPv6 prefixes via it. Absent from the JSON when
+    /// unset, so an IPv4-only node's claims read exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ip6: Option<Ipv6Addr>,
     pub claimed_at: Millis,
+}
+
+impl PrefixClaim {
+    /// The node address peers route this claim's prefix via: the node's address of the
+    /// prefix's family.
+    pub fn via(&self) -> Option<std::net::IpAddr> {
+        match self.prefix {
+            IpNetwork::V4(_) => self.node_ip.map(Into::into),
+            IpNetwork::V6(_) => self.node_ip6.map(Into::into),
+        }
+    }
 }
 
 /// One change to the cluster's claims, as the datastore's watch applied it to its view.
@@ -57,7 +75,7 @@ pub const DELTA_BUFFER: usize = 4096;
 /// as before (`None`: it was free). [`ClaimDelta::Resync`] changes nothing here (the caller
 /// re-lists).
 pub fn apply_delta(
-    view: &mut std::collections::BTreeMap<Ipv4Network, PrefixClaim>,
+    view: &mut std::collections::BTreeMap<IpNetwork, PrefixClaim>,
     delta: &ClaimDelta,
 ) -> Option<PrefixClaim> {
     match delta {
@@ -90,7 +108,7 @@ pub trait Datastore: Send + Sync + 'static {
     /// Deletes the claim if `node` still holds it. Releasing what is not held is not an error.
     fn release(
         &self,
-        prefix: Ipv4Network,
+        prefix: IpNetwork,
         node: &str,
     ) -> impl Future<Output = Result<(), DatastoreError>> + Send;
     /// Every node's claims. May answer from a watch-fed cache (etcd), so it can lag the
@@ -129,6 +147,7 @@ mod tests {
             prefix: p.parse().expect("cidr"),
             node: node.to_string(),
             node_ip: None,
+            node_ip6: None,
             claimed_at: 1,
         }
     }

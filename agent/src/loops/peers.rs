@@ -35,10 +35,10 @@
 //! when the pool's prefixes change or a delta's route failed.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tokio::time::Instant;
 
 use crate::datastore::{ClaimDelta, Datastore, PrefixClaim};
@@ -89,7 +89,13 @@ fn peer_route(
     my_ip: Option<Ipv4Addr>,
     held: &[Ipv4Network],
 ) -> Result<(Ipv4Network, Target), String> {
-    let prefix = normalize(c.prefix);
+    let IpNetwork::V4(prefix) = c.prefix else {
+        return Err(format!(
+            "{} is not IPv4 (routed by the IPv6 half)",
+            c.prefix
+        ));
+    };
+    let prefix = normalize(prefix);
     let Some(gw) = c.node_ip else {
         return Err(format!(
             "{prefix} of node {} has no node IP (--node-ip): not routed",
@@ -157,7 +163,7 @@ pub fn desired(
         notes: Vec::new(),
     };
     let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
-    for c in claims.iter().filter(|c| c.node != me) {
+    for c in claims.iter().filter(|c| c.node != me && c.prefix.is_ipv4()) {
         match peer_route(c, my_ip, &held) {
             Ok((prefix, t)) => {
                 out.routes.insert(prefix, t);
@@ -263,11 +269,31 @@ pub struct SyncState {
     failures: Vec<String>,
 }
 
-/// Our held prefixes, sorted: the cheap fingerprint the loop polls.
-fn held<D: Datastore>(node: &Node<D>) -> Vec<Ipv4Network> {
-    let mut v: Vec<Ipv4Network> = node.state().pool.held_prefixes().collect();
+/// Our held prefixes of both families, sorted: the cheap fingerprint the loop polls.
+fn held<D: Datastore>(node: &Node<D>) -> Vec<IpNetwork> {
+    let mut v = node.state().held_all();
     v.sort();
     v
+}
+
+/// The IPv4 ones of `held`.
+fn v4(held: &[IpNetwork]) -> Vec<Ipv4Network> {
+    held.iter()
+        .filter_map(|p| match p {
+            IpNetwork::V4(p) => Some(*p),
+            IpNetwork::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The IPv6 ones of `held`.
+fn v6(held: &[IpNetwork]) -> Vec<Ipv6Network> {
+    held.iter()
+        .filter_map(|p| match p {
+            IpNetwork::V6(p) => Some(*p),
+            IpNetwork::V4(_) => None,
+        })
+        .collect()
 }
 
 /// A full re-plan: every peer route from the claims (the datastore's view), our unreachable
@@ -278,7 +304,7 @@ pub async fn sync<D: Datastore>(
     node: &Node<D>,
     st: &mut SyncState,
     reconcile: bool,
-) -> Vec<Ipv4Network> {
+) -> Vec<IpNetwork> {
     crate::obs::metrics::get().peer_update("replan");
     let listed = async {
         if reconcile {
@@ -296,14 +322,16 @@ pub async fn sync<D: Datastore>(
             node.datastore().name()
         )),
     };
-    let held = held(node);
+    let held_all = held(node);
+    let held = v4(&held_all);
     let current = match route::list_v4(node.net(), Some(RTPROT_VPCNET)).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!("peers: listing routes: {e}");
-            return held;
+            return held_all;
         }
     };
+    let claims6 = claims.as_ref().ok().cloned();
     let want = match claims {
         Ok(claims) => {
             // Reachable: whoever marked it degraded (start-up, a failed claim, us), it is not
@@ -348,8 +376,194 @@ pub async fn sync<D: Datastore>(
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
     }
+    if node.state().serves(crate::node::Family::V6) || !v6(&held_all).is_empty() {
+        failures.extend(sync6(node, claims6.as_deref(), &v6(&held_all)).await);
+    } else {
+        // No IPv6 pool (any more): withdraw IPv6 routes of ours a previous run left.
+        failures.extend(sync6(node, Some(&[]), &[]).await);
+    }
     report_failures(node, st, failures);
-    held
+    held_all
+}
+
+// ---- IPv6 (docs/dual-stack.md): the same routes, per family. Another node's IPv6 prefix
+// goes `via` its IPv6 node address (`nodeIp6` of its claim); each IPv6 prefix of ours is
+// `unreachable` (none for /128 prefixes: a pod's /128 host route is more specific). The pods'
+// `/128 dev vpcXXX` host routes are the plugin's and reconcile's, never touched here. Claims
+// of IPv6 prefixes are rare (one per node), so a delta of one re-plans the IPv6 routes from
+// the view instead of changing one route. ----
+
+/// Where an IPv6 prefix should go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target6 {
+    Via(Ipv6Addr),
+    Unreachable,
+}
+
+/// Desired IPv6 routes from the claims (`None`: the datastore cannot be listed: keep every
+/// IPv6 peer route we have) and our held IPv6 prefixes, plus notes on unroutable claims.
+pub fn desired6(
+    claims: Option<&[PrefixClaim]>,
+    me: &str,
+    my_ip6: Option<Ipv6Addr>,
+    held: &[Ipv6Network],
+    current: &[route::RouteV6],
+) -> (BTreeMap<Ipv6Network, Target6>, Vec<String>) {
+    let norm = |p: Ipv6Network| Ipv6Network::new(p.network(), p.prefix()).unwrap_or(p);
+    let held: Vec<Ipv6Network> = held.iter().map(|p| norm(*p)).collect();
+    let mut routes: BTreeMap<Ipv6Network, Target6> = held
+        .iter()
+        .filter(|p| p.prefix() < 128)
+        .map(|p| (*p, Target6::Unreachable))
+        .collect();
+    let mut notes = Vec::new();
+    match claims {
+        Some(claims) => {
+            for c in claims.iter().filter(|c| c.node != me) {
+                let IpNetwork::V6(p) = c.prefix else {
+                    continue;
+                };
+                let p = norm(p);
+                match c.node_ip6 {
+                    None => notes.push(format!(
+                        "{p} of node {} has no IPv6 node IP (--node-ip): not routed",
+                        c.node
+                    )),
+                    Some(gw) if Some(gw) == my_ip6 => notes.push(format!(
+                        "{p} of node {} names our own IP {gw}: not routed",
+                        c.node
+                    )),
+                    Some(_) if held.contains(&p) => notes.push(format!(
+                        "{p} is claimed by node {} but held here: kept unreachable here",
+                        c.node
+                    )),
+                    Some(gw) => {
+                        routes.insert(p, Target6::Via(gw));
+                    }
+                }
+            }
+        }
+        None => {
+            for r in current.iter().filter(|r| is_managed6(r)) {
+                if let (Ok(k), Some(gw), route::RTN_UNICAST) =
+                    (Ipv6Network::new(r.dst, r.dst_len), r.gateway, r.kind)
+                {
+                    routes.entry(k).or_insert(Target6::Via(gw));
+                }
+            }
+        }
+    }
+    (routes, notes)
+}
+
+/// Whether a `proto 171` IPv6 route is one this module manages: in the main table, not a
+/// pod's `/128` host route (no gateway, unicast).
+pub fn is_managed6(r: &route::RouteV6) -> bool {
+    r.protocol == RTPROT_VPCNET
+        && r.table == route::RT_TABLE_MAIN
+        && !(r.dst_len == 128 && r.kind == route::RTN_UNICAST && r.gateway.is_none())
+}
+
+fn matches6(r: &route::RouteV6, t: Target6) -> bool {
+    match t {
+        Target6::Via(gw) => r.kind == route::RTN_UNICAST && r.gateway == Some(gw),
+        Target6::Unreachable => r.kind == route::RTN_UNREACHABLE,
+    }
+}
+
+/// The IPv6 routes to install (replace) and to delete to go from `current` to `desired`.
+pub fn plan6(
+    desired: &BTreeMap<Ipv6Network, Target6>,
+    current: &[route::RouteV6],
+) -> (Vec<(Ipv6Network, Target6)>, Vec<route::RouteV6>) {
+    let mut by_prefix: BTreeMap<Ipv6Network, Vec<&route::RouteV6>> = BTreeMap::new();
+    for r in current.iter().filter(|r| is_managed6(r)) {
+        if let Ok(k) = Ipv6Network::new(r.dst, r.dst_len) {
+            by_prefix.entry(k).or_default().push(r);
+        }
+    }
+    let mut install = Vec::new();
+    let mut delete = Vec::new();
+    for (p, t) in desired {
+        if !by_prefix
+            .get(p)
+            .is_some_and(|rs| rs.iter().any(|r| matches6(r, *t)))
+        {
+            install.push((*p, *t));
+        }
+    }
+    for (p, rs) in &by_prefix {
+        match desired.get(p) {
+            None => delete.extend(rs.iter().map(|r| (*r).clone())),
+            Some(t) => {
+                if rs.iter().any(|r| matches6(r, *t)) {
+                    delete.extend(rs.iter().filter(|r| !matches6(r, *t)).map(|r| (*r).clone()));
+                } else {
+                    // No replace for IPv6 across route types: the wrong ones go first.
+                    delete.extend(rs.iter().map(|r| (*r).clone()));
+                }
+            }
+        }
+    }
+    (install, delete)
+}
+
+fn route6(p: Ipv6Network, t: Target6) -> route::RouteV6 {
+    route::RouteV6 {
+        dst: p.network(),
+        dst_len: p.prefix(),
+        gateway: match t {
+            Target6::Via(gw) => Some(gw),
+            Target6::Unreachable => None,
+        },
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        kind: match t {
+            Target6::Via(_) => route::RTN_UNICAST,
+            Target6::Unreachable => route::RTN_UNREACHABLE,
+        },
+        table: route::RT_TABLE_MAIN,
+    }
+}
+
+/// The IPv6 half of [`sync`]; returns the failures.
+async fn sync6<D: Datastore>(
+    node: &Node<D>,
+    claims: Option<&[PrefixClaim]>,
+    held: &[Ipv6Network],
+) -> Vec<String> {
+    let current = match route::list_v6(node.net(), Some(RTPROT_VPCNET)).await {
+        Ok(r) => r,
+        Err(e) => return vec![format!("listing IPv6 routes: {e}")],
+    };
+    let (want, notes) = desired6(claims, node.name(), node.ip6(), held, &current);
+    for n in notes {
+        tracing::debug!("peers: {n}");
+    }
+    let (install, delete) = plan6(&want, &current);
+    let mut failures = Vec::new();
+    for r in &delete {
+        let what = match (r.kind, r.gateway) {
+            (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
+            (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
+            _ => format!("{}/{}", r.dst, r.dst_len),
+        };
+        match route::delete_v6(node.net(), r).await {
+            Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
+            Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
+        }
+    }
+    for (p, t) in install {
+        let what = match t {
+            Target6::Via(gw) => format!("{p} via {gw}"),
+            Target6::Unreachable => format!("unreachable {p}"),
+        };
+        match route::add_route_v6(node.net(), &route6(p, t), true).await {
+            Ok(()) => tracing::info!(route = %what, "peers: route installed"),
+            Err(e) => failures.push(format!("route {what}: {e}")),
+        }
+    }
+    failures
 }
 
 /// Adds (or replaces) the route of `p`; `Err`: what failed, for the degraded report.
@@ -402,7 +616,7 @@ fn report_failures<D: Datastore>(node: &Node<D>, st: &mut SyncState, failures: V
 /// ([`change_for`]). `false`: the route change failed (the caller re-plans after a pause,
 /// which retries it and reports it degraded if it still fails).
 async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
-    let held = held(node);
+    let held = v4(&held(node));
     let Some(change) = change_for(delta, node.name(), node.ip(), &held) else {
         return true;
     };
@@ -444,7 +658,7 @@ async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
 }
 
 /// Resolves once the pool's held prefixes differ from `routed`.
-async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[Ipv4Network]) {
+async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[IpNetwork]) {
     loop {
         tokio::time::sleep(POOL_POLL).await;
         if held(node) != routed {
@@ -515,6 +729,11 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
             tokio::select! {
                 d = next_delta(&mut deltas) => match d {
                     Some(ClaimDelta::Resync) | None => break Replan::Full,
+                    // An IPv6 claim (one per node, rare): the IPv6 routes are re-planned
+                    // from the view.
+                    Some(ClaimDelta::Put(c) | ClaimDelta::Removed(c)) if c.prefix.is_ipv6() => {
+                        break Replan::Routes;
+                    }
                     Some(d) => {
                         if !apply(node, &d).await {
                             tokio::time::sleep(MIN_GAP * 10).await;
@@ -544,9 +763,10 @@ mod tests {
 
     fn claim(p: &str, node: &str, node_ip: Option<&str>) -> PrefixClaim {
         PrefixClaim {
-            prefix: net(p),
+            prefix: IpNetwork::V4(net(p)),
             node: node.to_string(),
             node_ip: node_ip.map(ip),
+            node_ip6: None,
             claimed_at: 1,
         }
     }
@@ -815,7 +1035,7 @@ mod tests {
             ClaimDelta::Put(claim("10.240.0.16/28", "e", Some("10.0.0.5"))),
             ClaimDelta::Removed(claim("10.240.0.48/28", "d", Some("10.0.0.4"))),
         ];
-        let mut view: BTreeMap<Ipv4Network, PrefixClaim> =
+        let mut view: BTreeMap<IpNetwork, PrefixClaim> =
             before.iter().map(|c| (c.prefix, c.clone())).collect();
         let mut routes = desired(&before, me, my_ip, &held).routes;
         for d in &deltas {
@@ -832,5 +1052,58 @@ mod tests {
         }
         let after: Vec<PrefixClaim> = view.into_values().collect();
         assert_eq!(routes, desired(&after, me, my_ip, &held).routes);
+    }
+
+    /// IPv6: another node's prefix via its IPv6 node address, ours unreachable, IPv4
+    /// claims ignored; pod /128 host routes never touched; a wrong route is replaced.
+    #[test]
+    fn ipv6_routes_follow_claims_per_family() {
+        let n6 = |s: &str| -> Ipv6Network { s.parse().expect("cidr6") };
+        let ip6 = |s: &str| -> Ipv6Addr { s.parse().expect("ip6") };
+        let c6 = |p: &str, node: &str, via: Option<&str>| PrefixClaim {
+            prefix: IpNetwork::V6(n6(p)),
+            node: node.into(),
+            node_ip: Some(ip("10.0.0.9")),
+            node_ip6: via.map(ip6),
+            claimed_at: 1,
+        };
+        let claims = vec![
+            c6("fd00:10::/80", "b", Some("fd00:1::2")),
+            c6("fd00:10:0:0:1::/80", "c", None),
+            c6("fd00:10:0:0:2::/80", "me", Some("fd00:1::1")),
+            claim("10.240.0.16/28", "b", Some("10.0.0.2")),
+        ];
+        let held = [n6("fd00:10:0:0:2::/80")];
+        let (want, notes) = desired6(Some(&claims), "me", Some(ip6("fd00:1::1")), &held, &[]);
+        assert_eq!(
+            want.into_iter().collect::<Vec<_>>(),
+            vec![
+                (n6("fd00:10::/80"), Target6::Via(ip6("fd00:1::2"))),
+                (n6("fd00:10:0:0:2::/80"), Target6::Unreachable),
+            ]
+        );
+        assert!(
+            notes.len() == 1 && notes[0].contains("no IPv6 node IP (--node-ip)"),
+            "{notes:?}"
+        );
+        let (want, _) = desired6(Some(&claims), "me", None, &held, &[]);
+        // Current: a pod host route (left alone), a stale peer route, a wrong gateway.
+        let pod = crate::node::host::host_route6(ip6("fd00:10:0:0:2::5"), Some(9));
+        let stale = route6(n6("fd00:10:0:0:7::/80"), Target6::Via(ip6("fd00:1::7")));
+        let moved = route6(n6("fd00:10::/80"), Target6::Via(ip6("fd00:1::99")));
+        let current = vec![pod.clone(), stale.clone(), moved.clone()];
+        let (install, delete) = plan6(&want, &current);
+        assert_eq!(
+            install,
+            vec![
+                (n6("fd00:10::/80"), Target6::Via(ip6("fd00:1::2"))),
+                (n6("fd00:10:0:0:2::/80"), Target6::Unreachable),
+            ]
+        );
+        assert_eq!(delete, vec![moved, stale]);
+        // The datastore cannot be listed: peer routes kept, ours follow the pool.
+        let (kept, _) = desired6(None, "me", None, &held, &current);
+        assert_eq!(kept.len(), 3, "{kept:?}");
+        assert!(!is_managed6(&pod));
     }
 }

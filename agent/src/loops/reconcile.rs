@@ -1,5 +1,5 @@
 //! Reconcile the pool with the host: an allocation whose host veth is gone is released; a
-//! host veth or /32 route of ours with no allocation is removed; an allocation whose host veth
+//! host veth or /32 (IPv6: /128) route of ours with no allocation is removed; an allocation whose host veth
 //! is there but whose /32 host route is missing (deleted by hand or by another program) gets
 //! its route back, or the pod would stay unreachable until it is deleted.
 //!
@@ -15,10 +15,13 @@
 //! an older version, which holds no lock.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 
 use crate::datastore::Datastore;
+use crate::node::host::{host_route6, is_host_route6_shape};
 use crate::node::{now_ms, Node};
 use vpcnet_netlink::{link, route, NetlinkError, RTPROT_VPCNET};
+use vpcnet_pool::AllocKey;
 use vpcnet_proto::inflight;
 use vpcnet_proto::{attachment, naming};
 
@@ -45,6 +48,7 @@ impl Report {
 pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, NetlinkError> {
     let links = link::list(node.net()).await?;
     let routes = route::list_v4(node.net(), Some(RTPROT_VPCNET)).await?;
+    let routes6 = route::list_v6(node.net(), Some(RTPROT_VPCNET)).await?;
     let listed_at = now_ms();
     // Only links that carry our proof (name *and* name-derived MAC) count as ours.
     let ours: Vec<_> = links
@@ -63,56 +67,83 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     let mut report = Report::default();
     let (released, wanted_veths, owned_ips, unrouted) = {
         let mut st = node.state();
-        let stale: Vec<_> = st
+        // Every allocation of both families: (key, address, assigned at).
+        let allocs: Vec<(AllocKey, IpAddr, u64)> = st
             .pool
             .allocations()
-            .filter(|a| {
-                let veth = naming::key_host_veth(&a.key);
+            .map(|a| (a.key.clone(), IpAddr::V4(a.ip), a.assigned_at))
+            .chain(st.pool6.iter().flat_map(|p| {
+                p.allocations()
+                    .map(|a| (a.key.clone(), IpAddr::V6(a.ip), a.assigned_at))
+            }))
+            .collect();
+        let mut stale: Vec<AllocKey> = allocs
+            .iter()
+            .filter(|(key, _, at)| {
+                let veth = naming::key_host_veth(key);
                 !veths.contains(veth.as_str())
-                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && at.saturating_add(grace_ms) <= listed_at
                     && !inflight::is_in_flight(node.inflight_dir(), &veth)
             })
-            .map(|a| a.key.clone())
+            .map(|(key, _, _)| key.clone())
             .collect();
+        stale.sort();
+        stale.dedup();
         let released = st.release_all(stale, listed_at);
         // Not recordable (disk full): release nothing this round; the pool is as before.
         let released = released.unwrap_or_else(|e| {
             tracing::error!("reconcile: not releasing allocations without a veth: {e}");
             Vec::new()
         });
-        let wanted: HashSet<String> = st
-            .pool
-            .allocations()
-            .map(|a| naming::key_host_veth(&a.key))
+        let gone: HashSet<&AllocKey> = released.iter().map(|(k, _, _)| k).collect();
+        let left: Vec<_> = allocs
+            .iter()
+            .filter(|(k, _, _)| !gone.contains(k))
             .collect();
-        let owned: HashSet<_> = st.pool.allocations().map(|a| a.ip).collect();
+        let wanted: HashSet<String> = left
+            .iter()
+            .map(|(k, _, _)| naming::key_host_veth(k))
+            .collect();
+        let owned: HashSet<IpAddr> = left.iter().map(|(_, ip, _)| *ip).collect();
         // Allocations with their veth but without their host route (not while an ADD of
-        // theirs may still be adding it).
-        let unrouted: Vec<_> = st
-            .pool
-            .allocations()
-            .filter_map(|a| {
-                let veth = naming::key_host_veth(&a.key);
+        // theirs may still be adding it): `/32` for IPv4, `/128` for IPv6.
+        let unrouted: Vec<_> = left
+            .iter()
+            .filter_map(|(key, ip, at)| {
+                let veth = naming::key_host_veth(key);
                 let link = ours.iter().find(|l| l.name == veth)?;
-                let routed = routes.iter().any(|r| {
-                    attachment::is_host_route_shape(r) && r.dst == a.ip && r.oif == Some(link.index)
-                });
+                let routed = match ip {
+                    IpAddr::V4(ip) => routes.iter().any(|r| {
+                        attachment::is_host_route_shape(r)
+                            && r.dst == *ip
+                            && r.oif == Some(link.index)
+                    }),
+                    IpAddr::V6(ip) => routes6.iter().any(|r| {
+                        is_host_route6_shape(r) && r.dst == *ip && r.oif == Some(link.index)
+                    }),
+                };
                 (!routed
-                    && a.assigned_at.saturating_add(grace_ms) <= listed_at
+                    && at.saturating_add(grace_ms) <= listed_at
                     && !inflight::is_in_flight(node.inflight_dir(), &veth))
-                .then_some((a.ip, link.index, veth))
+                .then_some((*ip, link.index, veth))
             })
             .collect();
         (released, wanted, owned, unrouted)
     };
     report.released = released.len();
-    for (ip, key) in &released {
-        crate::node::host::flush_conntrack(*ip);
+    for (key, ip, ip6) in &released {
+        if let Some(ip) = ip {
+            crate::node::host::flush_conntrack(*ip);
+        }
+        if let Some(ip6) = ip6 {
+            crate::node::host::flush_conntrack(*ip6);
+        }
         tracing::info!(
-            %ip,
+            ip = ?ip,
+            ip6 = ?ip6,
             container = %key.container_id,
             ifname = %key.ifname,
-            "reconcile: released an address whose host veth is gone"
+            "reconcile: released an allocation whose host veth is gone"
         );
     }
     for l in &retired {
@@ -131,7 +162,10 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
         // A pod route is ours only through one of our veths, whatever its protocol says.
         let pod_route =
             attachment::is_host_route_shape(r) && r.oif.is_some_and(|i| our_indexes.contains(&i));
-        if pod_route && !owned_ips.contains(&r.dst) && route::delete(node.net(), r).await? {
+        if pod_route
+            && !owned_ips.contains(&IpAddr::V4(r.dst))
+            && route::delete(node.net(), r).await?
+        {
             tracing::info!(
                 route = %format_args!("{}/32", r.dst),
                 "reconcile: deleted a pod route without allocation"
@@ -139,9 +173,29 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
             report.routes_deleted += 1;
         }
     }
+    for r in &routes6 {
+        let pod_route = is_host_route6_shape(r) && r.oif.is_some_and(|i| our_indexes.contains(&i));
+        if pod_route
+            && !owned_ips.contains(&IpAddr::V6(r.dst))
+            && route::delete_v6(node.net(), r).await?
+        {
+            tracing::info!(
+                route = %format_args!("{}/128", r.dst),
+                "reconcile: deleted a pod route without allocation"
+            );
+            report.routes_deleted += 1;
+        }
+    }
     for (ip, index, veth) in &unrouted {
-        let r = attachment::host_route(*ip, Some(*index));
-        match route::add_route(node.net(), &r, true).await {
+        let added = match ip {
+            IpAddr::V4(ip) => {
+                route::add_route(node.net(), &attachment::host_route(*ip, Some(*index)), true).await
+            }
+            IpAddr::V6(ip) => {
+                route::add_route_v6(node.net(), &host_route6(*ip, Some(*index)), true).await
+            }
+        };
+        match added {
             Ok(()) => {
                 tracing::warn!(%ip, %veth, "reconcile: restored a missing pod route");
                 report.routes_restored += 1;

@@ -6,8 +6,61 @@ use std::time::Duration;
 
 use crate::backoff::Backoff;
 use crate::datastore::Datastore;
-use crate::node::{now_ms, Node};
-use vpcnet_pool::PoolPlan;
+use crate::node::{now_ms, Family, Node};
+use ipnetwork::IpNetwork;
+use vpcnet_pool::{PoolPlan, PoolPlan6};
+
+/// A plan of either family's pool.
+enum Plan {
+    Steady,
+    Grow(u32),
+    Shrink(Vec<IpNetwork>),
+}
+
+fn plan4(p: PoolPlan) -> Plan {
+    match p {
+        PoolPlan::Steady => Plan::Steady,
+        PoolPlan::Grow { prefixes, .. } => Plan::Grow(prefixes),
+        PoolPlan::Shrink { prefixes } => {
+            Plan::Shrink(prefixes.into_iter().map(IpNetwork::V4).collect())
+        }
+    }
+}
+
+/// The IPv6 pool's plan (policy `pool_config6`: no warm targets, so it claims one prefix,
+/// another only when that one has no free address, and gives back a wholly free one only
+/// when it holds another with free addresses; docs/dual-stack.md).
+fn plan6(p: PoolPlan6) -> Plan {
+    match p {
+        PoolPlan6::Steady => Plan::Steady,
+        PoolPlan6::Grow { prefixes, .. } => Plan::Grow(prefixes),
+        PoolPlan6::Shrink { prefixes } => {
+            Plan::Shrink(prefixes.into_iter().map(IpNetwork::V6).collect())
+        }
+    }
+}
+
+/// Acts on `plan` of family `fam`: `Ok(true)` when it changed something.
+async fn act<D: Datastore>(node: &Node<D>, fam: Family, plan: Plan) -> Result<bool, String> {
+    match plan {
+        Plan::Steady => Ok(false),
+        Plan::Grow(prefixes) => node
+            .grow_family(fam, prefixes)
+            .await
+            .map(|n| n > 0)
+            .map_err(|e| e.to_string()),
+        Plan::Shrink(prefixes) => {
+            let mut r = Ok(false);
+            for p in prefixes {
+                match node.shrink(p).await {
+                    Ok(()) => r = Ok(true),
+                    Err(e) => return Err(format!("releasing {p}: {e}")),
+                }
+            }
+            r
+        }
+    }
+}
 
 /// Retry delays of the loop while claims or releases fail (jittered, see [`crate::backoff`]).
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -16,32 +69,32 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
     let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
-        let (plan, next_expiry) = {
+        let (plan, plan_6, next_expiry) = {
             let st = node.state();
             let now = now_ms();
-            (st.pool.plan(now), st.pool.next_cooldown_expiry(now))
+            let v4 = st.serves(Family::V4).then(|| plan4(st.pool.plan(now)));
+            let v6 = st.pool6.as_ref().map(|p| plan6(p.plan(now)));
+            let expiry = [
+                st.pool.next_cooldown_expiry(now),
+                st.pool6.as_ref().and_then(|p| p.next_cooldown_expiry(now)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            (v4, v6, expiry)
         };
-        let outcome = match plan {
-            PoolPlan::Steady => Ok(false),
-            PoolPlan::Grow { prefixes, .. } => node
-                .grow(prefixes)
-                .await
-                .map(|n| n > 0)
-                .map_err(|e| e.to_string()),
-            PoolPlan::Shrink { prefixes } => {
-                let mut r = Ok(false);
-                for p in prefixes {
-                    match node.shrink(p).await {
-                        Ok(()) => r = Ok(true),
-                        Err(e) => {
-                            r = Err(format!("releasing {p}: {e}"));
-                            break;
-                        }
-                    }
+        let mut outcome = Ok(false);
+        for (fam, plan) in [(Family::V4, plan), (Family::V6, plan_6)] {
+            let Some(plan) = plan else { continue };
+            match act(node, fam, plan).await {
+                Ok(changed) => {
+                    outcome = outcome.map(|c| c || changed);
                 }
-                r
+                Err(e) => {
+                    outcome = Err(e);
+                }
             }
-        };
+        }
         let sleep = match outcome {
             // Changed something: plan again right away.
             Ok(true) => {

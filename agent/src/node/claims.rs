@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
-use super::{now_ms, Area, Node, NodeError};
+use super::{now_ms, Area, Family, Node, NodeError};
 use crate::datastore::{Datastore, DatastoreError, PrefixClaim};
 use vpcnet_proto::naming;
 
@@ -13,17 +13,25 @@ use vpcnet_proto::naming;
 const CLAIM_ROUNDS: u32 = 4;
 
 impl<D: Datastore> Node<D> {
-    /// Claims up to `want` prefixes from the datastore into the pool. Returns how many it
-    /// got; an error when it got none.
+    /// Claims up to `want` IPv4 prefixes from the datastore into the pool. Returns how many
+    /// it got; an error when it got none.
     pub async fn grow(&self, want: u32) -> Result<u32, NodeError> {
-        self.claim_prefixes(want, false).await
+        self.claim_prefixes(Family::V4, want, false).await
     }
 
-    fn our_claim(&self, prefix: Ipv4Network) -> PrefixClaim {
+    /// [`Node::grow`] of the pool of `fam`.
+    pub async fn grow_family(&self, fam: Family, want: u32) -> Result<u32, NodeError> {
+        self.claim_prefixes(fam, want, false).await
+    }
+
+    /// Our claim of `prefix`: it carries the node's address of each family, so peers route
+    /// each family's prefixes via the node's address of that family.
+    fn our_claim(&self, prefix: IpNetwork) -> PrefixClaim {
         PrefixClaim {
             prefix,
             node: self.name.clone(),
             node_ip: self.ip,
+            node_ip6: self.ip6,
             claimed_at: now_ms(),
         }
     }
@@ -45,6 +53,7 @@ impl<D: Datastore> Node<D> {
     /// addresses are still available (warm targets).
     pub(super) async fn claim_prefixes(
         &self,
+        fam: Family,
         want: u32,
         only_if_empty: bool,
     ) -> Result<u32, NodeError> {
@@ -60,7 +69,7 @@ impl<D: Datastore> Node<D> {
         // (`list_fresh`, never a cache) shows no free prefix.
         for round in 0..CLAIM_ROUNDS {
             let mut fresh = false;
-            let mut taken: HashSet<Ipv4Network> = HashSet::new();
+            let mut taken: HashSet<IpNetwork> = HashSet::new();
             let mut candidates = Vec::new();
             for read in 0..2 {
                 // Round 0 may use the cached view; a later round follows a round that lost
@@ -78,7 +87,7 @@ impl<D: Datastore> Node<D> {
                 candidates = {
                     let st = self.state();
                     // Someone else may have grown the pool while we waited for the claim lock.
-                    if round == 0 && only_if_empty && st.pool.stats(now_ms()).available > 0 {
+                    if round == 0 && only_if_empty && st.available(fam, now_ms()) > 0 {
                         return Ok(0);
                     }
                     let seed = if self.datastore.shared() {
@@ -86,7 +95,7 @@ impl<D: Datastore> Node<D> {
                     } else {
                         0
                     };
-                    st.pool.claim_candidates(&taken, seed, per_round)
+                    st.claim_candidates(fam, &taken, seed, per_round)
                 };
                 if !candidates.is_empty() || got > 0 || fresh {
                     break;
@@ -100,7 +109,7 @@ impl<D: Datastore> Node<D> {
                 if got > 0 {
                     break;
                 }
-                let msg = self.exhausted_message(taken.len());
+                let msg = self.exhausted_message(fam, &taken);
                 self.set_waiting(None);
                 self.set_degraded(Area::Pool, Some(msg.clone()));
                 return Err(NodeError::VpcExhausted(msg));
@@ -115,13 +124,7 @@ impl<D: Datastore> Node<D> {
                 crate::obs::metrics::get().claim_observed(started.elapsed(), &claimed);
                 match claimed {
                     Ok(true) => {
-                        let now = now_ms();
-                        let added =
-                            self.state()
-                                .change(|pool| match pool.add_prefix(prefix, now) {
-                                    Ok(ev) => (Ok(()), vec![ev]),
-                                    Err(e) => (Err(e), Vec::new()),
-                                });
+                        let added = self.state().add_prefix(prefix, now_ms());
                         match added {
                             Ok(Ok(())) => got += 1,
                             Ok(Err(e)) => {
@@ -165,30 +168,23 @@ impl<D: Datastore> Node<D> {
         Ok(got)
     }
 
-    /// "VPC exhausted", with the figures that prove it (a fresh read of `taken_by_nodes`).
-    fn exhausted_message(&self, taken_by_nodes: usize) -> String {
-        let st = self.state();
-        let cfg = st.pool.config();
-        let vpc: Vec<String> = cfg.vpc_cidrs.iter().map(|c| c.to_string()).collect();
+    /// "VPC exhausted", with the figures that prove it (a fresh read, `taken`, of the claims
+    /// of both families; those of `fam` count).
+    fn exhausted_message(&self, fam: Family, taken: &HashSet<IpNetwork>) -> String {
+        let taken_by_nodes = taken.iter().filter(|p| Family::of(p) == fam).count();
+        let (len, vpc, count, held) = self.state().vpc_figures(fam);
+        let v6 = if fam == Family::V6 { "IPv6 " } else { "" };
         format!(
-            "VPC exhausted: every /{} prefix of {} is claimed (--vpc-cidr): {} prefixes exist, \
-             {taken_by_nodes} are claimed by nodes ({} by this one)",
-            cfg.prefix_len,
+            "VPC exhausted: every {v6}/{len} prefix of {} is claimed (--vpc-cidr): {count} \
+             prefixes exist, {taken_by_nodes} are claimed by nodes ({held} by this one)",
             vpc.join(", "),
-            st.pool.vpc_prefix_count(),
-            st.pool.held_prefixes().count(),
         )
     }
 
     /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.
-    pub async fn shrink(&self, prefix: Ipv4Network) -> Result<(), NodeError> {
+    pub async fn shrink(&self, prefix: IpNetwork) -> Result<(), NodeError> {
         let _g = self.claim_lock.lock().await;
-        let now = now_ms();
-        self.state()
-            .change(|pool| match pool.remove_prefix(prefix, now) {
-                Ok(ev) => (Ok(()), vec![ev]),
-                Err(e) => (Err(e), Vec::new()),
-            })??;
+        self.state().remove_prefix(prefix, now_ms())??;
         Ok(self.datastore.release(prefix, &self.name).await?)
     }
 
@@ -221,12 +217,12 @@ impl<D: Datastore> Node<D> {
     /// next round (the long timer) tries again. In the steady state (cache and pool agree)
     /// this sends no request and holds the lock for no I/O.
     pub async fn reconcile_claims_nowait(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
-        let before: HashSet<_> = self.state().pool.held_prefixes().collect();
+        let before: HashSet<_> = self.state().held_all().into_iter().collect();
         let claims = self.read_claims().await?;
         let Ok(_g) = self.claim_lock.try_lock() else {
             return Ok(claims);
         };
-        let now: HashSet<_> = self.state().pool.held_prefixes().collect();
+        let now: HashSet<_> = self.state().held_all().into_iter().collect();
         if now == before {
             self.settle_claims(&claims, false).await?;
         }
@@ -245,7 +241,7 @@ impl<D: Datastore> Node<D> {
             .filter(|c| c.node == self.name)
             .map(|c| c.prefix)
             .collect();
-        let pool_held: HashSet<_> = self.state().pool.held_prefixes().collect();
+        let pool_held: HashSet<_> = self.state().held_all().into_iter().collect();
         if listed_ours != pool_held {
             return self.datastore.list_fresh().await;
         }
@@ -269,7 +265,7 @@ impl<D: Datastore> Node<D> {
             .filter(|c| c.node != self.name)
             .map(|c| (c.prefix, c.node.clone()))
             .collect();
-        let held: Vec<_> = self.state().pool.held_prefixes().collect();
+        let held: Vec<_> = self.state().held_all();
         let mut conflicts = Vec::new();
         for p in &held {
             if ours.contains(p) {
@@ -286,15 +282,7 @@ impl<D: Datastore> Node<D> {
                 },
             };
             if let Some(owner) = owner {
-                let now = now_ms();
-                let dropped = matches!(
-                    self.state()
-                        .change(|pool| match pool.remove_prefix(*p, now) {
-                            Ok(ev) => (true, vec![ev]),
-                            Err(_) => (false, Vec::new()),
-                        }),
-                    Ok(true)
-                );
+                let dropped = matches!(self.state().remove_prefix(*p, now_ms()), Ok(Ok(())));
                 if dropped {
                     tracing::warn!(prefix = %p, %owner, "dropped a prefix from the pool: claimed by another node");
                 } else {
@@ -307,15 +295,7 @@ impl<D: Datastore> Node<D> {
                 continue;
             }
             // Outside today's --vpc-cidr or misaligned (or not recordable): give it back.
-            let now = now_ms();
-            let adopted = adopt
-                && matches!(
-                    self.state().change(|pool| match pool.add_prefix(p, now) {
-                        Ok(ev) => (true, vec![ev]),
-                        Err(_) => (false, Vec::new()),
-                    }),
-                    Ok(true)
-                );
+            let adopted = adopt && matches!(self.state().add_prefix(p, now_ms()), Ok(Ok(())));
             if !adopted {
                 self.datastore.release(p, &self.name).await?;
             }

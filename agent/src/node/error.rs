@@ -1,7 +1,7 @@
 //! What can go wrong in a node operation. Each variant says what happened; which CNI code the
 //! plugin gets for it is decided in one place, [`crate::server`].
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::datastore::DatastoreError;
 use crate::node::store::StoreError;
@@ -15,6 +15,9 @@ pub enum NodeError {
     /// The pool refused (max-pods, no free address and no growth asked, a bad prefix…).
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The IPv6 pool refused (dual-stack: the IPv4 half was undone, nothing written).
+    #[error("IPv6: {0}")]
+    Pool6(PoolError),
     /// The datastore could not be read or written.
     #[error(transparent)]
     Datastore(#[from] DatastoreError),
@@ -31,7 +34,7 @@ pub enum NodeError {
     /// reconcile releases it, or the next start adopts it).
     #[error("claimed {prefix} but cannot record it: {source}")]
     ClaimNotRecorded {
-        prefix: Ipv4Network,
+        prefix: IpNetwork,
         source: StoreError,
     },
     /// An ADD found the pool empty and could not grow it.

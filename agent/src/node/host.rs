@@ -1,12 +1,34 @@
 //! The host side of a release: the pod's host route, its host veth (queued for the reaper)
 //! and the conntrack entries of its address.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Node;
 use crate::datastore::Datastore;
-use vpcnet_netlink::{conntrack, link, route};
+use vpcnet_netlink::route::RouteV6;
+use vpcnet_netlink::{conntrack, link, route, RTPROT_VPCNET};
 use vpcnet_proto::{attachment, naming};
+
+/// The host route of pod IPv6 address `ip` through host veth `oif` (`None`: any device):
+/// `IP/128 dev <host veth> proto 171`, main table — the IPv6 twin of
+/// [`attachment::host_route`], the shape the plugin installs (docs/dual-stack.md). Kept here
+/// (the agent's side) until `vpcnet_proto::attachment` carries the shared one.
+pub fn host_route6(ip: Ipv6Addr, oif: Option<u32>) -> RouteV6 {
+    RouteV6 {
+        dst: ip,
+        dst_len: 128,
+        gateway: None,
+        oif,
+        protocol: RTPROT_VPCNET,
+        kind: route::RTN_UNICAST,
+        table: route::RT_TABLE_MAIN,
+    }
+}
+
+/// Whether `r` has the shape of a pod IPv6 host route (`/128`, unicast, no gateway).
+pub fn is_host_route6_shape(r: &RouteV6) -> bool {
+    r.dst_len == 128 && r.kind == route::RTN_UNICAST && r.gateway.is_none()
+}
 
 /// Removes every conntrack entry of released address `ip`, in the background (a dump of the
 /// node's table can take a while and DEL should not wait for it).
@@ -16,8 +38,9 @@ use vpcnet_proto::{attachment, naming};
 /// milliseconds, far inside the cooldown (`--ip-cooldown`, 30 s) that must pass before the
 /// address is handed out again; an address released as unused (a failed ADD) never carried
 /// a packet.
-pub fn flush_conntrack(ip: Ipv4Addr) {
-    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip.into()) {
+pub fn flush_conntrack(ip: impl Into<IpAddr>) {
+    let ip: IpAddr = ip.into();
+    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip) {
         Ok(0) => {}
         Ok(n) => tracing::info!(%ip, entries = n, "flushed {n} conntrack entries of {ip}"),
         Err(e) => tracing::warn!(%ip, error = %e, "flushing conntrack entries"),
@@ -25,8 +48,9 @@ pub fn flush_conntrack(ip: Ipv4Addr) {
 }
 
 impl<D: Datastore> Node<D> {
-    /// Removes our host route for `ip` and queues `host_veth` for deletion.
-    pub async fn teardown(&self, ip: Option<Ipv4Addr>, host_veth: &str) {
+    /// Removes our host routes for `ip` (`/32`) and `ip6` (`/128`) and queues `host_veth`
+    /// for deletion.
+    pub async fn teardown(&self, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>, host_veth: &str) {
         // Only a link that proves to be ours (name-derived MAC) is deleted, and only a route
         // through it (or, when it is gone, the route the plugin made) is removed.
         let index = match link::get_by_name(&self.net, host_veth).await {
@@ -46,6 +70,12 @@ impl<D: Datastore> Node<D> {
                 tracing::warn!(%ip, error = %e, "deleting host route");
             }
             flush_conntrack(ip);
+        }
+        if let Some(ip6) = ip6 {
+            if let Err(e) = route::delete_v6(&self.net, &host_route6(ip6, index)).await {
+                tracing::warn!(%ip6, error = %e, "deleting IPv6 host route");
+            }
+            flush_conntrack(ip6);
         }
         if let Some(index) = index {
             self.queue_veth_deletion(index);

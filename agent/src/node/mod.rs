@@ -17,8 +17,10 @@ pub mod host;
 pub mod ops;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnetwork::IpNetwork;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,6 +31,7 @@ use crate::datastore::Datastore;
 use crate::loops::reap::Activity;
 use crate::node::store::{FamilyEvent, Store, StoreError};
 use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, Pool6, PoolError, PoolEvent};
+
 use vpcnet_proto::naming;
 
 pub use error::NodeError;
@@ -70,6 +73,19 @@ pub struct State {
 pub enum Family {
     V4,
     V6,
+}
+
+impl Family {
+    /// The family of `net`.
+    pub fn of(net: &IpNetwork) -> Family {
+        match net {
+            IpNetwork::V4(_) => Family::V4,
+            IpNetwork::V6(_) => Family::V6,
+        }
+    }
+
+    /// Both families, IPv4 first.
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
 }
 
 impl std::fmt::Display for Family {
@@ -188,6 +204,162 @@ impl State {
         Ok(out)
     }
 
+    /// Whether this node serves `fam` (has VPC CIDRs of it).
+    pub fn serves(&self, fam: Family) -> bool {
+        match fam {
+            Family::V4 => !self.pool.config().vpc_cidrs.is_empty(),
+            Family::V6 => self.pool6.is_some(),
+        }
+    }
+
+    /// The prefixes the pool of `fam` holds (none for a family not served).
+    pub fn held(&self, fam: Family) -> Vec<IpNetwork> {
+        match fam {
+            Family::V4 => self.pool.held_prefixes().map(IpNetwork::V4).collect(),
+            Family::V6 => self
+                .pool6
+                .iter()
+                .flat_map(|p| p.held_prefixes())
+                .map(IpNetwork::V6)
+                .collect(),
+        }
+    }
+
+    /// The prefixes both pools hold.
+    pub fn held_all(&self) -> Vec<IpNetwork> {
+        let mut v = self.held(Family::V4);
+        v.extend(self.held(Family::V6));
+        v
+    }
+
+    /// Free addresses in the pool of `fam` (0 for a family not served).
+    pub fn available(&self, fam: Family, now: Millis) -> u32 {
+        match fam {
+            Family::V4 => self.pool.stats(now).available,
+            Family::V6 => self.pool6.as_ref().map_or(0, |p| p.stats(now).available),
+        }
+    }
+
+    /// Whether the VPC of `fam` has a prefix this node does not hold.
+    pub fn can_grow(&self, fam: Family) -> bool {
+        match fam {
+            Family::V4 => self.pool.unheld_prefixes().next().is_some(),
+            Family::V6 => self
+                .pool6
+                .as_ref()
+                .is_some_and(|p| p.unheld_prefixes().next().is_some()),
+        }
+    }
+
+    /// [`vpcnet_pool::PoolOf::claim_candidates`] of the pool of `fam`; `taken` may hold
+    /// prefixes of both families.
+    pub fn claim_candidates(
+        &self,
+        fam: Family,
+        taken: &HashSet<IpNetwork>,
+        seed: u64,
+        count: usize,
+    ) -> Vec<IpNetwork> {
+        match fam {
+            Family::V4 => {
+                let taken = taken
+                    .iter()
+                    .filter_map(|p| match p {
+                        IpNetwork::V4(p) => Some(*p),
+                        IpNetwork::V6(_) => None,
+                    })
+                    .collect();
+                self.pool
+                    .claim_candidates(&taken, seed, count)
+                    .into_iter()
+                    .map(IpNetwork::V4)
+                    .collect()
+            }
+            Family::V6 => {
+                let Some(p6) = &self.pool6 else {
+                    return Vec::new();
+                };
+                let taken = taken
+                    .iter()
+                    .filter_map(|p| match p {
+                        IpNetwork::V6(p) => Some(*p),
+                        IpNetwork::V4(_) => None,
+                    })
+                    .collect();
+                p6.claim_candidates(&taken, seed, count)
+                    .into_iter()
+                    .map(IpNetwork::V6)
+                    .collect()
+            }
+        }
+    }
+
+    /// "VPC exhausted" figures of `fam`: prefix length, VPC CIDRs, prefixes in the VPC,
+    /// prefixes held here.
+    pub fn vpc_figures(&self, fam: Family) -> (u8, Vec<String>, u64, usize) {
+        match (fam, &self.pool6) {
+            (Family::V6, Some(p6)) => {
+                let cfg = p6.config();
+                (
+                    cfg.prefix_len,
+                    cfg.vpc_cidrs.iter().map(|c| c.to_string()).collect(),
+                    p6.vpc_prefix_count(),
+                    p6.held_prefixes().count(),
+                )
+            }
+            _ => {
+                let cfg = self.pool.config();
+                (
+                    cfg.prefix_len,
+                    cfg.vpc_cidrs.iter().map(|c| c.to_string()).collect(),
+                    self.pool.vpc_prefix_count(),
+                    self.pool.held_prefixes().count(),
+                )
+            }
+        }
+    }
+
+    /// Adds claimed `prefix` to the pool of its family, durably. Outer error: not
+    /// recordable (nothing changed); inner: the pool refuses it (outside the VPC, no IPv6
+    /// pool…).
+    pub fn add_prefix(
+        &mut self,
+        prefix: IpNetwork,
+        now: Millis,
+    ) -> Result<Result<(), PoolError>, StoreError> {
+        self.change_both(|pool, pool6| {
+            let r = match (prefix, pool6) {
+                (IpNetwork::V4(p), _) => pool.add_prefix(p, now).map(FamilyEvent::V4),
+                (IpNetwork::V6(p), Some(p6)) => p6.add_prefix(p, now).map(FamilyEvent::V6),
+                (IpNetwork::V6(_), None) => Err(PoolError::PrefixOutsideVpc(prefix)),
+            };
+            match r {
+                Ok(ev) => (Ok(()), vec![ev]),
+                Err(e) => (Err(e), Vec::new()),
+            }
+        })
+    }
+
+    /// Removes wholly free `prefix` from the pool of its family, durably (see
+    /// [`State::add_prefix`] for the two errors).
+    pub fn remove_prefix(
+        &mut self,
+        prefix: IpNetwork,
+        now: Millis,
+    ) -> Result<Result<(), PoolError>, StoreError> {
+        self.change_both(|pool, pool6| {
+            let r = match (prefix, pool6) {
+                (IpNetwork::V4(p), _) => pool.remove_prefix(p, now).map(FamilyEvent::V4),
+                (IpNetwork::V6(p), Some(p6)) => p6.remove_prefix(p, now).map(FamilyEvent::V6),
+                (IpNetwork::V6(_), None) => Err(PoolError::PrefixNotHeld(prefix)),
+            };
+            match r {
+                Ok(ev) => (Ok(()), vec![ev]),
+                Err(e) => (Err(e), Vec::new()),
+            }
+        })
+    }
+
     fn compact_if_due(&mut self) {
         if self.store.needs_compaction() {
             // The events are durable in the journal already; a failed compaction only
@@ -198,22 +370,32 @@ impl State {
         }
     }
 
-    /// Releases every allocation of `keys` (cooling down) in one durable change; returns
-    /// what was released. GC and reconcile both release this way.
+    /// Releases every allocation of `keys` in both families (cooling down) in one durable
+    /// change; returns what was released, per key. GC and reconcile both release this way.
+    #[allow(clippy::type_complexity)]
     pub fn release_all(
         &mut self,
         keys: Vec<AllocKey>,
         now: Millis,
-    ) -> Result<Vec<(Ipv4Addr, AllocKey)>, StoreError> {
-        self.change(|pool| {
+    ) -> Result<Vec<(AllocKey, Option<Ipv4Addr>, Option<Ipv6Addr>)>, StoreError> {
+        self.change_both(|pool, mut pool6| {
             let mut evs = Vec::new();
             let mut out = Vec::new();
             for key in keys {
-                if let Some(ev) = pool.release(&key, now) {
-                    if let PoolEvent::Released { ip, .. } = &ev {
-                        out.push((*ip, key));
-                    }
-                    evs.push(ev);
+                let ev = pool.release(&key, now);
+                let ip = match &ev {
+                    Some(PoolEvent::Released { ip, .. }) => Some(*ip),
+                    _ => None,
+                };
+                evs.extend(ev.map(FamilyEvent::V4));
+                let ev6 = pool6.as_deref_mut().and_then(|p6| p6.release(&key, now));
+                let ip6 = match &ev6 {
+                    Some(vpcnet_pool::PoolEvent6::Released { ip, .. }) => Some(*ip),
+                    _ => None,
+                };
+                evs.extend(ev6.map(FamilyEvent::V6));
+                if ip.is_some() || ip6.is_some() {
+                    out.push((key, ip, ip6));
                 }
             }
             (out, evs)
@@ -265,6 +447,8 @@ pub struct Health {
 pub struct NodeParts<D> {
     pub name: String,
     pub ip: Option<Ipv4Addr>,
+    /// The node's IPv6 address (`--node-ip` of IPv6): peers route our IPv6 prefixes via it.
+    pub ip6: Option<Ipv6Addr>,
     pub state: State,
     pub mtu: Option<u32>,
     pub datastore: D,
@@ -284,6 +468,7 @@ pub struct NodeParts<D> {
 pub struct Node<D> {
     name: String,
     ip: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
     state: Mutex<State>,
     health: Mutex<Health>,
     datastore: D,
@@ -308,6 +493,7 @@ impl<D: Datastore> Node<D> {
         Node {
             name: p.name,
             ip: p.ip,
+            ip6: p.ip6,
             state: Mutex::new(p.state),
             health: Mutex::new(Health {
                 mtu: p.mtu,
@@ -329,6 +515,10 @@ impl<D: Datastore> Node<D> {
 
     pub fn ip(&self) -> Option<Ipv4Addr> {
         self.ip
+    }
+
+    pub fn ip6(&self) -> Option<Ipv6Addr> {
+        self.ip6
     }
 
     pub fn datastore(&self) -> &D {
@@ -608,11 +798,7 @@ mod tests {
             f.push(claim.clone());
             Ok(true)
         }
-        async fn release(
-            &self,
-            prefix: ipnetwork::Ipv4Network,
-            node: &str,
-        ) -> Result<(), DatastoreError> {
+        async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
             lock(&self.fresh).retain(|c| c.prefix != prefix || c.node != node);
             Ok(())
         }
@@ -632,6 +818,7 @@ mod tests {
             prefix: prefix.parse().expect("prefix"),
             node: "other".into(),
             node_ip: None,
+            node_ip6: None,
             claimed_at: 1,
         }
     }
@@ -651,6 +838,7 @@ mod tests {
         Node::new(NodeParts {
             name: "me".into(),
             ip: None,
+            ip6: None,
             state: State {
                 pool,
                 pool6: None,
@@ -685,8 +873,8 @@ mod tests {
             "the fresh read shows a free prefix"
         );
         assert_eq!(
-            n.state().pool.held_prefixes().collect::<Vec<_>>(),
-            vec!["10.0.0.16/28".parse::<ipnetwork::Ipv4Network>().expect("p")]
+            n.state().held(Family::V4),
+            vec!["10.0.0.16/28".parse::<IpNetwork>().expect("p")]
         );
 
         let n = node(

@@ -3,50 +3,70 @@
 //! [`State::change`](super::State::change), so nothing is answered before it is durable.
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{now_ms, resolve, Area, Node, NodeError};
+use super::store::FamilyEvent;
+use super::{assign_both, now_ms, resolve, Area, Family, Node, NodeError};
 use crate::datastore::Datastore;
-use vpcnet_pool::{AllocKey, Allocation, PodMeta, PoolError, PoolEvent};
-use vpcnet_proto::api::{AgentStatus, Attachment};
+use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolError, PoolEvent, PoolEvent6};
+use vpcnet_proto::api::{AgentStatus, Attachment, Pool6Status};
 use vpcnet_proto::naming;
 
-/// What an ADD gets.
+/// What an ADD gets: one address per family the node serves (docs/dual-stack.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Assigned {
-    pub ip: Ipv4Addr,
+    pub ip: Option<Ipv4Addr>,
+    pub ip6: Option<Ipv6Addr>,
     /// The attachment held this address already (a repeated ADD).
     pub existing: bool,
     /// The node's uplink MTU, for a netconf that names none.
     pub mtu: Option<u32>,
 }
 
+type Ips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
+
 impl<D: Datastore> Node<D> {
-    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> Result<(Ipv4Addr, bool), NodeError> {
+    /// One address of each family present, in one durable change ([`assign_both`]).
+    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> Result<(Ips, bool), NodeError> {
         let now = now_ms();
-        let r = self
-            .state()
-            .change(|pool| match pool.assign(key.clone(), meta.clone(), now) {
-                Ok((ip, ev)) => (Ok((ip, ev.is_none())), ev.into_iter().collect()),
+        let r = self.state().change_both(|pool, pool6| {
+            match assign_both(pool, pool6, key.clone(), meta.clone(), now) {
+                Ok((ips, evs)) => (Ok((ips, evs.is_empty())), evs),
                 Err(e) => (Err(e), Vec::new()),
-            })?;
-        Ok(r?)
+            }
+        })?;
+        r.map_err(|(fam, e)| match fam {
+            Family::V4 => NodeError::Pool(e),
+            Family::V6 => NodeError::Pool6(e),
+        })
     }
 
-    /// ADD. Served from the warm pool; only when it is empty does the caller wait for a claim.
+    /// ADD. Served from the warm pool; only when a family's pool is empty does the caller
+    /// wait for a claim (of that family).
     pub async fn assign(&self, key: AllocKey, meta: PodMeta) -> Result<Assigned, NodeError> {
         self.activity.touch();
-        let mut grew = false;
+        let mut grew = [false, false];
         loop {
             match self.try_assign(&key, &meta) {
-                Ok((ip, existing)) => {
+                Ok(((ip, ip6), existing)) => {
                     self.wake_warm();
                     let mtu = self.health().mtu;
-                    return Ok(Assigned { ip, existing, mtu });
+                    return Ok(Assigned {
+                        ip,
+                        ip6,
+                        existing,
+                        mtu,
+                    });
                 }
-                Err(NodeError::Pool(PoolError::Exhausted { .. })) if !grew => {
-                    grew = true;
-                    if let Err(e) = self.claim_prefixes(1, true).await {
+                Err(NodeError::Pool(PoolError::Exhausted { .. })) if !grew[0] => {
+                    grew[0] = true;
+                    if let Err(e) = self.claim_prefixes(Family::V4, 1, true).await {
+                        return Err(NodeError::NoFreeAddress(Box::new(e)));
+                    }
+                }
+                Err(NodeError::Pool6(PoolError::Exhausted { .. })) if !grew[1] => {
+                    grew[1] = true;
+                    if let Err(e) = self.claim_prefixes(Family::V6, 1, true).await {
                         return Err(NodeError::NoFreeAddress(Box::new(e)));
                     }
                 }
@@ -55,19 +75,17 @@ impl<D: Datastore> Node<D> {
         }
     }
 
-    /// DEL: release, remove the host route, schedule the veth's deletion. Idempotent.
+    /// DEL: release both families (one durable record), remove the host routes (`/32`,
+    /// `/128`), schedule the veth's deletion. Idempotent.
     /// `unused` (a failed ADD's new address): free at once instead of cooling down.
-    /// Not recordable: the allocation stays (and so do its route and veth) until a DEL can
+    /// Not recordable: the allocation stays (and so do its routes and veth) until a DEL can
     /// be recorded; the runtime retries DEL.
-    pub async fn release(
-        &self,
-        key: &AllocKey,
-        unused: bool,
-    ) -> Result<Option<Ipv4Addr>, NodeError> {
+    pub async fn release(&self, key: &AllocKey, unused: bool) -> Result<Ips, NodeError> {
         self.activity.touch();
         let now = now_ms();
-        let ip = self.state().change(|pool| {
+        let ips = self.state().change_both(|pool, pool6| {
             let key = resolve(pool, key);
+            let mut evs = Vec::new();
             let ev = if unused {
                 pool.release_unused(&key, now)
             } else {
@@ -77,49 +95,82 @@ impl<D: Datastore> Node<D> {
                 Some(PoolEvent::Released { ip, .. }) => Some(*ip),
                 _ => None,
             };
-            (ip, ev.into_iter().collect())
+            evs.extend(ev.map(FamilyEvent::V4));
+            let ev6 = pool6.and_then(|p6| {
+                if unused {
+                    p6.release_unused(&key, now)
+                } else {
+                    p6.release(&key, now)
+                }
+            });
+            let ip6 = match &ev6 {
+                Some(PoolEvent6::Released { ip, .. }) => Some(*ip),
+                _ => None,
+            };
+            evs.extend(ev6.map(FamilyEvent::V6));
+            ((ip, ip6), evs)
         })?;
         self.wake_warm();
-        self.teardown(ip, &naming::host_veth_name(&key.container_id, &key.ifname))
-            .await;
-        Ok(ip)
+        self.teardown(
+            ips.0,
+            ips.1,
+            &naming::host_veth_name(&key.container_id, &key.ifname),
+        )
+        .await;
+        Ok(ips)
     }
 
-    /// CHECK: the allocation `key` holds, if any.
-    pub fn get(&self, key: &AllocKey) -> Option<Allocation> {
+    /// CHECK: the allocation of each family `key` holds, if any.
+    pub fn get(&self, key: &AllocKey) -> (Option<Allocation>, Option<Allocation6>) {
         let st = self.state();
-        st.pool.get(&resolve(&st.pool, key)).cloned()
+        let key = resolve(&st.pool, key);
+        (
+            st.pool.get(&key).cloned(),
+            st.pool6.as_ref().and_then(|p| p.get(&key)).cloned(),
+        )
     }
 
-    /// GC: releases every allocation of `network` the runtime no longer lists; returns the
-    /// addresses released.
+    /// GC: releases every allocation (both families, one record) of `network` the runtime
+    /// no longer lists; returns the addresses released per family.
     pub async fn gc(
         &self,
         network: &str,
         valid: &[Attachment],
-    ) -> Result<Vec<Ipv4Addr>, NodeError> {
+    ) -> Result<(Vec<Ipv4Addr>, Vec<Ipv6Addr>), NodeError> {
         let valid: HashSet<(&str, &str)> = valid
             .iter()
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
         let released = {
             let mut st = self.state();
-            let stale: Vec<AllocKey> = st
+            let stale = |k: &AllocKey| {
+                k.network == network
+                    && !valid.contains(&(k.container_id.as_str(), k.ifname.as_str()))
+            };
+            let mut keys: Vec<AllocKey> = st
                 .pool
                 .allocations()
-                .filter(|a| {
-                    a.key.network == network
-                        && !valid.contains(&(a.key.container_id.as_str(), a.key.ifname.as_str()))
-                })
-                .map(|a| a.key.clone())
+                .map(|a| &a.key)
+                .chain(
+                    st.pool6
+                        .iter()
+                        .flat_map(|p| p.allocations().map(|a| &a.key)),
+                )
+                .filter(|k| stale(k))
+                .cloned()
                 .collect();
-            st.release_all(stale, now_ms())?
+            keys.sort();
+            keys.dedup();
+            st.release_all(keys, now_ms())?
         };
-        for (ip, key) in &released {
-            self.teardown(Some(*ip), &naming::key_host_veth(key)).await;
+        for (key, ip, ip6) in &released {
+            self.teardown(*ip, *ip6, &naming::key_host_veth(key)).await;
         }
         self.wake_warm();
-        Ok(released.into_iter().map(|(ip, _)| ip).collect())
+        Ok((
+            released.iter().filter_map(|r| r.1).collect(),
+            released.iter().filter_map(|r| r.2).collect(),
+        ))
     }
 
     pub fn status(&self, with_allocations: bool) -> AgentStatus {
@@ -130,8 +181,11 @@ impl<D: Datastore> Node<D> {
         let h = self.health();
         // Growing needs a prefix of the VPC this node does not hold yet (other nodes' claims
         // are only learnt on a claim attempt: that is what the "pool" degradation records).
-        let can_grow =
-            !h.degraded.contains_key(&Area::Pool) && st.pool.unheld_prefixes().next().is_some();
+        // Every family the node serves must be able to give an address (an ADD takes one of
+        // each); an IPv6-only node has an empty IPv4 pool that never grows, and that is fine.
+        let can_assign = Family::BOTH.into_iter().filter(|f| st.serves(*f)).all(|f| {
+            st.available(f, now) > 0 || (!h.degraded.contains_key(&Area::Pool) && st.can_grow(f))
+        });
         AgentStatus {
             node: self.name.clone(),
             datastore: self.datastore.name().to_string(),
@@ -139,7 +193,7 @@ impl<D: Datastore> Node<D> {
             // A node at max-pods is full, not broken: STATUS must not mark its network
             // NotReady for that (the scheduler already stops at max-pods), so max-pods is
             // not part of this.
-            can_assign: stats.available > 0 || can_grow,
+            can_assign,
             degraded: h
                 .degraded
                 .iter()
@@ -153,6 +207,15 @@ impl<D: Datastore> Node<D> {
                 let mut v: Vec<_> = st.pool.allocations().cloned().collect();
                 v.sort_by_key(|a| a.ip);
                 v
+            }),
+            pool6: st.pool6.as_ref().map(|p6| Pool6Status {
+                stats: p6.stats(now),
+                prefixes: p6.prefixes(now),
+                allocations: with_allocations.then(|| {
+                    let mut v: Vec<_> = p6.allocations().cloned().collect();
+                    v.sort_by_key(|a| a.ip);
+                    v
+                }),
             }),
         }
     }

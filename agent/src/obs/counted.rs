@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use crate::datastore::{Datastore, DatastoreError, PrefixClaim};
 use crate::obs::metrics;
@@ -70,7 +70,12 @@ impl<D: Datastore> Counted<D> {
             Ok(claims) => {
                 let claimed = claims
                     .iter()
-                    .filter(|c| self.vpc.iter().any(|v| v.contains(c.prefix.network())))
+                    .filter(|c| match c.prefix {
+                        IpNetwork::V4(p) => self.vpc.iter().any(|v| v.contains(p.network())),
+                        // The capacity gauges count IPv4 prefixes (the warm pool's unit);
+                        // an IPv6 VPC holds so many that a count would say nothing.
+                        IpNetwork::V6(_) => false,
+                    })
                     .count() as u64;
                 self.claimed.store(claimed, Ordering::Relaxed);
                 metrics::get().vpc_capacity(self.total, Some(claimed));
@@ -89,17 +94,19 @@ impl<D: Datastore> Datastore for Counted<D> {
     async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
         let r = self.inner.claim(claim).await;
         match r {
-            Ok(true) => self.adjust(1),
+            Ok(true) if claim.prefix.is_ipv4() => self.adjust(1),
+            Ok(true) => {}
             Ok(false) => {}
             Err(_) => metrics::get().datastore_error("claim"),
         }
         r
     }
 
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+    async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
         let r = self.inner.release(prefix, node).await;
         match r {
-            Ok(()) => self.adjust(-1),
+            Ok(()) if prefix.is_ipv4() => self.adjust(-1),
+            Ok(()) => {}
             Err(_) => metrics::get().datastore_error("release"),
         }
         r

@@ -68,15 +68,18 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let reply = agent::wait(pending);
     let t_agent = ms(t0);
     failpoint_stall_after_assign();
-    let (ip, mtu, existing) = match reply {
-        // IPv6 (issue 11) is not wired in the plugin yet: an agent that serves only IPv6
-        // gets a clear error rather than a half-built pod.
+    let (ips, mtu, existing) = match reply {
+        // One address per family the node serves (dual-stack, issue 11); at least one.
         Ok(Reply::Assigned {
-            ip: Some(ip),
+            ip,
+            ip6,
             mtu,
             existing,
-            ..
-        }) => (ip, conf.mtu.or(mtu), existing),
+        }) if ip.is_some() || ip6.is_some() => (
+            dataplane::PodIps { v4: ip, v6: ip6 },
+            conf.mtu.or(mtu),
+            existing,
+        ),
         Ok(other) => {
             undo_veth(&rt, &host, early_veth);
             return Err(agent::unexpected(&other));
@@ -91,7 +94,7 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         ifname: &env.ifname,
         netns_path: &netns_str,
         netns: &netns,
-        ip,
+        ips,
         mtu,
     };
     let wired = rt.block_on(async {

@@ -51,7 +51,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tokio::sync::Notify;
 
 use super::common::{self, Backend, Cluster};
@@ -111,7 +111,7 @@ pub struct EtcdBackend {
     /// resurrects a prefix released meanwhile.
     write_lock: tokio::sync::Mutex<()>,
     /// What this node holds, as far as it knows: re-put if etcd lost it with the lease.
-    mine: Mutex<BTreeMap<Ipv4Network, PrefixClaim>>,
+    mine: Mutex<BTreeMap<IpNetwork, PrefixClaim>>,
     /// Signalled on every watch event (and after the watch is re-created).
     changed: Notify,
     /// Every claim, as the watch has seen them.
@@ -137,8 +137,14 @@ impl fmt::Debug for EtcdBackend {
     }
 }
 
-fn claim_key(claims_prefix: &str, prefix: Ipv4Network) -> String {
-    format!("{claims_prefix}{}-{}", prefix.network(), prefix.prefix())
+/// The key of the claim of `prefix`: IPv4 `<a.b.c.d>-<len>` (as before dual-stack); IPv6 the
+/// prefix as text, `fd00:10::/80` (`:` and `/` are fine in etcd keys; docs/dual-stack.md).
+/// Always the network address, so host bits never make a second key for one prefix.
+fn claim_key(claims_prefix: &str, prefix: IpNetwork) -> String {
+    match prefix {
+        IpNetwork::V4(p) => format!("{claims_prefix}{}-{}", p.network(), p.prefix()),
+        IpNetwork::V6(p) => format!("{claims_prefix}{}/{}", p.network(), p.prefix()),
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> DatastoreError {
@@ -229,7 +235,7 @@ impl Cluster<EtcdBackend> {
     }
 
     /// The key a claim of `prefix` lives under.
-    pub fn key_of(&self, prefix: Ipv4Network) -> String {
+    pub fn key_of(&self, prefix: IpNetwork) -> String {
         claim_key(&self.backend().claims_prefix, prefix)
     }
 
@@ -287,7 +293,7 @@ impl Backend for EtcdBackend {
         self.claim_prefix(claim).await
     }
 
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+    async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
         self.release_prefix(prefix, node).await
     }
 
@@ -314,16 +320,22 @@ mod tests {
 
     #[test]
     fn claim_keys_are_address_dash_length() {
-        let p: Ipv4Network = "10.1.2.16/28".parse().expect("prefix");
+        let p: IpNetwork = "10.1.2.16/28".parse().expect("prefix");
         assert_eq!(
             claim_key("/vpcnet/claims/", p),
             "/vpcnet/claims/10.1.2.16-28"
         );
         // Host bits never leak into the key.
-        let q: Ipv4Network = "10.1.2.17/28".parse().expect("prefix");
+        let q: IpNetwork = "10.1.2.17/28".parse().expect("prefix");
         assert_eq!(
             claim_key("/vpcnet/claims/", q),
             "/vpcnet/claims/10.1.2.16-28"
+        );
+        // IPv6: the prefix as text, canonical (compressed, network address).
+        let p6: IpNetwork = "fd00:10:0:0:0:1:2:3/80".parse().expect("prefix6");
+        assert_eq!(
+            claim_key("/vpcnet/claims/", p6),
+            "/vpcnet/claims/fd00:10::/80"
         );
     }
 
@@ -333,12 +345,28 @@ mod tests {
             prefix: "10.1.2.16/28".parse().expect("prefix"),
             node: "n1".into(),
             node_ip: Some("192.0.2.7".parse().expect("ip")),
+            node_ip6: None,
             claimed_at: 5,
         };
         let v: serde_json::Value = serde_json::to_value(&c).expect("json");
         assert_eq!(
             v,
             serde_json::json!({"prefix": "10.1.2.16/28", "node": "n1", "nodeIp": "192.0.2.7", "claimedAt": 5})
+        );
+        // An IPv6 claim with the node's address of each family; read back exactly.
+        let c6 = PrefixClaim {
+            prefix: "fd00:10::/80".parse().expect("prefix6"),
+            node_ip6: Some("fd00:1::7".parse().expect("ip6")),
+            ..c
+        };
+        let v: serde_json::Value = serde_json::to_value(&c6).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"prefix": "fd00:10::/80", "node": "n1", "nodeIp": "192.0.2.7", "nodeIp6": "fd00:1::7", "claimedAt": 5})
+        );
+        assert_eq!(
+            serde_json::from_value::<PrefixClaim>(v).expect("decode"),
+            c6
         );
     }
 }

@@ -8,20 +8,20 @@ use std::sync::MutexGuard;
 use etcd_client::{
     Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use super::{claim_key, invalid, EtcdBackend, TXN_ATTEMPTS};
 use crate::datastore::common::Backend;
 use crate::datastore::{DatastoreError, PrefixClaim};
 
 impl EtcdBackend {
-    pub(super) fn mine(&self) -> MutexGuard<'_, BTreeMap<Ipv4Network, PrefixClaim>> {
+    pub(super) fn mine(&self) -> MutexGuard<'_, BTreeMap<IpNetwork, PrefixClaim>> {
         self.mine
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(super) fn key(&self, prefix: Ipv4Network) -> String {
+    pub(super) fn key(&self, prefix: IpNetwork) -> String {
         claim_key(&self.claims_prefix, prefix)
     }
 
@@ -185,7 +185,7 @@ impl EtcdBackend {
 
     pub(super) async fn release_prefix(
         &self,
-        prefix: Ipv4Network,
+        prefix: IpNetwork,
         node: &str,
     ) -> Result<(), DatastoreError> {
         let _w = self.write_lock.lock().await;

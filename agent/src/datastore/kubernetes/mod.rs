@@ -50,7 +50,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -373,7 +373,7 @@ impl Backend for KubernetesBackend {
         Err(self.unavailable(&what, "the object kept appearing and vanishing"))
     }
 
-    async fn release(&self, prefix: Ipv4Network, node: &str) -> Result<(), DatastoreError> {
+    async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
         let what = format!("releasing {prefix}");
         let name = name_of(prefix);
         // The first precondition failure (it changed since read) is retried once.

@@ -2,9 +2,9 @@
 //! between a claim and an object (name ⇄ prefix, spec, owner reference).
 
 use std::borrow::Cow;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::core::{ClusterResourceScope, ObjectMeta};
 use kube::Resource;
@@ -23,9 +23,12 @@ pub struct ClaimSpec {
     /// The claiming node's name.
     #[serde(default)]
     pub node: String,
-    /// The address peers route the prefix via.
+    /// The node's IPv4 address: peers route IPv4 prefixes via it.
     #[serde(rename = "nodeIP", default, skip_serializing_if = "Option::is_none")]
     pub node_ip: Option<String>,
+    /// The node's IPv6 address: peers route IPv6 prefixes via it (docs/dual-stack.md).
+    #[serde(rename = "nodeIPv6", default, skip_serializing_if = "Option::is_none")]
+    pub node_ip6: Option<String>,
 }
 
 /// A `PrefixClaim` object as the API server stores it.
@@ -66,21 +69,34 @@ impl Resource for ClaimObject {
     }
 }
 
-/// Object name of the claim of `prefix`: `10.240.0.16/28` → `10-240-0-16-28` (a valid DNS
-/// subdomain, unique per prefix). The network address is used, so `10.240.0.17/28` names
-/// the same claim.
-pub fn name_of(prefix: Ipv4Network) -> String {
-    let [a, b, c, d] = prefix.network().octets();
-    format!("{a}-{b}-{c}-{d}-{}", prefix.prefix())
+/// Object name of the claim of `prefix` (a valid DNS subdomain, unique per prefix; a name
+/// cannot hold `:` or `/`):
+/// * IPv4 `10.240.0.16/28` → `10-240-0-16-28` (as before dual-stack);
+/// * IPv6 `fd00:10::/80` → `fd00-10-0-0-0-0-0-0-80`: every one of the eight groups written
+///   out, lowercase hex without leading zeros, then the length (docs/dual-stack.md).
+///
+/// The network address is used, so `10.240.0.17/28` names the same claim.
+pub fn name_of(prefix: IpNetwork) -> String {
+    match prefix {
+        IpNetwork::V4(p) => {
+            let [a, b, c, d] = p.network().octets();
+            format!("{a}-{b}-{c}-{d}-{}", p.prefix())
+        }
+        IpNetwork::V6(p) => {
+            let mut out = String::new();
+            for g in p.network().segments() {
+                out.push_str(&format!("{g:x}-"));
+            }
+            out.push_str(&p.prefix().to_string());
+            out
+        }
+    }
 }
 
 /// Inverse of [`name_of`]: `None` for a name [`name_of`] does not produce (wrong shape,
-/// leading zeros, host bits set, length > 32).
-pub fn prefix_of_name(name: &str) -> Option<Ipv4Network> {
+/// leading zeros, uppercase, host bits set, length out of range).
+pub fn prefix_of_name(name: &str) -> Option<IpNetwork> {
     let parts: Vec<&str> = name.split('-').collect();
-    let [a, b, c, d, len] = parts.as_slice() else {
-        return None;
-    };
     let num = |s: &str| -> Option<u8> {
         if s.is_empty()
             || (s.len() > 1 && s.starts_with('0'))
@@ -90,9 +106,32 @@ pub fn prefix_of_name(name: &str) -> Option<Ipv4Network> {
         }
         s.parse().ok()
     };
-    let ip = Ipv4Addr::new(num(a)?, num(b)?, num(c)?, num(d)?);
-    let net = Ipv4Network::new(ip, num(len)?).ok()?;
-    (net.network() == ip).then_some(net)
+    match parts.as_slice() {
+        [a, b, c, d, len] => {
+            let ip = Ipv4Addr::new(num(a)?, num(b)?, num(c)?, num(d)?);
+            let net = Ipv4Network::new(ip, num(len)?).ok()?;
+            (net.network() == ip).then_some(IpNetwork::V4(net))
+        }
+        [groups @ .., len] if groups.len() == 8 => {
+            let mut seg = [0u16; 8];
+            for (i, g) in groups.iter().enumerate() {
+                if g.is_empty()
+                    || g.len() > 4
+                    || (g.len() > 1 && g.starts_with('0'))
+                    || !g
+                        .bytes()
+                        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+                {
+                    return None;
+                }
+                seg[i] = u16::from_str_radix(g, 16).ok()?;
+            }
+            let ip = Ipv6Addr::from(seg);
+            let net = Ipv6Network::new(ip, num(len)?).ok()?;
+            (net.network() == ip).then_some(IpNetwork::V6(net))
+        }
+        _ => None,
+    }
 }
 
 /// The object that claims `claim.prefix` for `claim.node`, owned by the Node with `node_uid`.
@@ -115,6 +154,7 @@ pub fn claim_object(claim: &PrefixClaim, node_uid: &str) -> ClaimObject {
             cidr: claim.prefix.to_string(),
             node: claim.node.clone(),
             node_ip: claim.node_ip.map(|ip| ip.to_string()),
+            node_ip6: claim.node_ip6.map(|ip| ip.to_string()),
         },
     }
 }
@@ -133,9 +173,10 @@ pub fn claim_of(obj: &ClaimObject) -> Option<PrefixClaim> {
         None
     };
     let Some(prefix) = prefix_of_name(name) else {
-        return skip("name is not a prefix like 10-240-0-16-28");
+        return skip("name is not a prefix like 10-240-0-16-28 or fd00-10-0-0-0-0-0-0-80");
     };
-    match obj.spec.cidr.parse::<Ipv4Network>() {
+    // The exact prefix is `spec.cidr`; the name must say the same.
+    match obj.spec.cidr.parse::<IpNetwork>() {
         Ok(c) if c == prefix => {}
         _ => {
             return skip(&format!(
@@ -154,6 +195,13 @@ pub fn claim_of(obj: &ClaimObject) -> Option<PrefixClaim> {
             Err(_) => return skip(&format!("spec.nodeIP {s:?} is not an IPv4 address")),
         },
     };
+    let node_ip6 = match obj.spec.node_ip6.as_deref() {
+        None | Some("") => None,
+        Some(s) => match s.parse::<Ipv6Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => return skip(&format!("spec.nodeIPv6 {s:?} is not an IPv6 address")),
+        },
+    };
     let claimed_at = obj
         .metadata
         .creation_timestamp
@@ -164,6 +212,7 @@ pub fn claim_of(obj: &ClaimObject) -> Option<PrefixClaim> {
         prefix,
         node: obj.spec.node.clone(),
         node_ip,
+        node_ip6,
         claimed_at,
     })
 }

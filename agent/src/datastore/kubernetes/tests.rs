@@ -127,7 +127,7 @@ fn node_json(name: &str, uid: &str) -> Value {
 }
 
 fn claim_json(prefix: &str, node: &str, uid: &str, rv: &str) -> Value {
-    let net: Ipv4Network = prefix.parse().unwrap();
+    let net: IpNetwork = prefix.parse().unwrap();
     json!({
         "apiVersion": "vpcnet.io/v1alpha1", "kind": "PrefixClaim",
         "metadata": {
@@ -143,6 +143,7 @@ fn claim(prefix: &str) -> PrefixClaim {
         prefix: prefix.parse().unwrap(),
         node: "node-a".into(),
         node_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        node_ip6: None,
         claimed_at: 1,
     }
 }
@@ -153,7 +154,7 @@ fn claim_path(prefix: &str) -> String {
 
 #[test]
 fn names_round_trip() {
-    let p: Ipv4Network = "10.240.0.16/28".parse().unwrap();
+    let p: IpNetwork = "10.240.0.16/28".parse().unwrap();
     assert_eq!(name_of(p), "10-240-0-16-28");
     assert_eq!(prefix_of_name("10-240-0-16-28"), Some(p));
     // Host bits are dropped: one name per prefix.
@@ -164,7 +165,7 @@ fn names_round_trip() {
         "192.168.0.0/16",
         "10.0.0.64/26",
     ] {
-        let p: Ipv4Network = s.parse().unwrap();
+        let p: IpNetwork = s.parse().unwrap();
         assert_eq!(prefix_of_name(&name_of(p)), Some(p), "{s}");
     }
     for bad in [
@@ -181,6 +182,65 @@ fn names_round_trip() {
     ] {
         assert_eq!(prefix_of_name(bad), None, "{bad}");
     }
+}
+
+/// IPv6 claim names: no `:` or `/` (not allowed in a name), every group written out.
+#[test]
+fn ipv6_names_round_trip() {
+    let p: IpNetwork = "fd00:10::/80".parse().unwrap();
+    assert_eq!(name_of(p), "fd00-10-0-0-0-0-0-0-80");
+    assert_eq!(prefix_of_name("fd00-10-0-0-0-0-0-0-80"), Some(p));
+    assert_eq!(
+        name_of("fd00:10::1:2/80".parse().unwrap()),
+        "fd00-10-0-0-0-0-0-0-80",
+        "host bits dropped"
+    );
+    for s in [
+        "::/0",
+        "2001:db8:ffff:ffff:ffff:ffff:ffff:ff00/120",
+        "fd00:abcd:1::/64",
+    ] {
+        let p: IpNetwork = s.parse().unwrap();
+        let n = name_of(p);
+        assert!(!n.contains(':') && !n.contains('/'), "{n}");
+        assert_eq!(prefix_of_name(&n), Some(p), "{s}");
+    }
+    for bad in [
+        "fd00-10-0-0-0-0-0-80",     // seven groups
+        "fd00-10-0-0-0-0-0-0-0-80", // nine groups
+        "fd00-10-0-0-0-0-0-1-80",   // host bits set
+        "fd00-010-0-0-0-0-0-0-80",  // leading zero
+        "FD00-10-0-0-0-0-0-0-80",   // uppercase: name_of never makes it
+        "fd00-10-0-0-0-0-0-0-129",
+        "fd00-10-0-0-0-0-0-10000-80",
+        "fd00-10-0-0-0-0-0-g-80",
+        "fd00:10::-80",
+    ] {
+        assert_eq!(prefix_of_name(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn ipv6_objects_round_trip() {
+    let c = PrefixClaim {
+        prefix: "fd00:10::/80".parse().unwrap(),
+        node_ip6: Some("fd00:1::1".parse().unwrap()),
+        ..claim("10.240.0.16/28")
+    };
+    let obj = claim_object(&c, "uid-a");
+    assert_eq!(obj.metadata.name.as_deref(), Some("fd00-10-0-0-0-0-0-0-80"));
+    let v = serde_json::to_value(&obj).unwrap();
+    assert_eq!(
+        v["spec"],
+        json!({"cidr": "fd00:10::/80", "node": "node-a", "nodeIP": "192.0.2.1", "nodeIPv6": "fd00:1::1"})
+    );
+    assert_eq!(claim_of(&obj), Some(PrefixClaim { claimed_at: 0, ..c }));
+    let mut wrong = obj.clone();
+    wrong.spec.cidr = "fd00:11::/80".into();
+    assert_eq!(claim_of(&wrong), None, "spec.cidr must match the name");
+    let mut wrong = obj;
+    wrong.spec.node_ip6 = Some("10.0.0.1".into());
+    assert_eq!(claim_of(&wrong), None, "nodeIPv6 must be IPv6");
 }
 
 #[test]
@@ -420,7 +480,7 @@ async fn claim_errors_name_the_cause() {
 #[tokio::test]
 async fn release_deletes_with_preconditions_of_what_was_read() {
     let (ds, mut h) = inner();
-    let p: Ipv4Network = "10.240.0.16/28".parse().unwrap();
+    let p: IpNetwork = "10.240.0.16/28".parse().unwrap();
     let op = tokio::spawn({
         let ds = ds.clone();
         async move { ds.release(p, "node-a").await }
@@ -448,7 +508,7 @@ async fn release_deletes_with_preconditions_of_what_was_read() {
 #[tokio::test]
 async fn release_retries_once_after_a_failed_precondition() {
     let (ds, mut h) = inner();
-    let p: Ipv4Network = "10.240.0.16/28".parse().unwrap();
+    let p: IpNetwork = "10.240.0.16/28".parse().unwrap();
     let op = tokio::spawn({
         let ds = ds.clone();
         async move { ds.release(p, "node-a").await }
@@ -491,7 +551,7 @@ async fn release_retries_once_after_a_failed_precondition() {
 
 #[tokio::test]
 async fn release_of_what_is_gone_or_not_ours_is_done() {
-    let p: Ipv4Network = "10.240.0.16/28".parse().unwrap();
+    let p: IpNetwork = "10.240.0.16/28".parse().unwrap();
     let path = claim_path("10.240.0.16/28");
 
     // Gone between read and delete: 404 is success.
@@ -570,12 +630,14 @@ async fn list_decodes_every_claim_and_skips_malformed_ones() {
                 prefix: "10.240.0.16/28".parse().unwrap(),
                 node: "node-a".into(),
                 node_ip: Some(Ipv4Addr::new(192, 0, 2, 1)),
+                node_ip6: None,
                 claimed_at: 1_735_787_045_000,
             },
             PrefixClaim {
                 prefix: "10.240.0.32/28".parse().unwrap(),
                 node: "node-b".into(),
                 node_ip: None,
+                node_ip6: None,
                 claimed_at: 1_735_787_045_000,
             },
         ]
@@ -890,6 +952,7 @@ async fn max_pods_comes_from_the_node_capacity_when_unset() {
     let node = crate::node::Node::new(crate::node::NodeParts {
         name: "node-a".into(),
         ip: None,
+        ip6: None,
         state: crate::node::State {
             pool,
             pool6: None,
