@@ -526,3 +526,67 @@ fn ipv6_peer_prefixes_are_routed_via_the_peers_ipv6_address() {
     assert!(gone, "{}", routes6(&lab));
     assert!(sh(&format!("ip -n {h} route show proto 171")).contains("10.240.0.16/28 via"));
 }
+
+/// Three dual-stack nodes on one switch with etcd (`vpcnet_tests::cluster`), the underlay
+/// given IPv6 addresses too: each node claims one IPv6 /80 (its etcd key the prefix text)
+/// and routes every other node's `via` that node's IPv6 address, its own `unreachable`.
+#[test]
+fn three_dual_stack_nodes_route_each_others_ipv6_prefixes() {
+    use vpcnet_tests::cluster::Cluster;
+    let mut c = Cluster::new(3, "10.240.0.0/16,fd00:70::/64");
+    let ip6 = |k: usize| format!("fd00:199::{}", 10 + k);
+    for k in 1..=3 {
+        sh(&format!(
+            "ip -n {} addr add {}/64 dev eth0 nodad",
+            c.node(k).ns,
+            ip6(k)
+        ));
+    }
+    for k in 1..=3 {
+        c.start_agent(k, &["--node-ip", &ip6(k), "--peer-sync-interval", "500ms"]);
+    }
+    // Every node's IPv6 claim, from etcd: key = the prefix as text.
+    let mut prefix_of = std::collections::BTreeMap::new();
+    let ok = vpcnet_tests::wait_until(Duration::from_secs(10), || {
+        let Ok(kvs) = c.etcd_range("/vpcnet/claims/fd00") else {
+            return false;
+        };
+        prefix_of.clear();
+        for (key, value, _, _) in kvs {
+            let v: serde_json::Value = serde_json::from_str(&value).expect("claim json");
+            let p = v["prefix"].as_str().expect("prefix").to_string();
+            assert_eq!(key, format!("/vpcnet/claims/{p}"), "{value}");
+            prefix_of.insert(v["node"].as_str().expect("node").to_string(), (p, v));
+        }
+        prefix_of.len() == 3
+    });
+    assert!(ok, "one IPv6 claim per node: {prefix_of:?}");
+    for k in 1..=3 {
+        let (_, v) = &prefix_of[&format!("node{k}")];
+        assert_eq!(v["nodeIp6"].as_str(), Some(ip6(k).as_str()), "{v}");
+    }
+    // Each node: the others' /80 via their IPv6 address, its own unreachable.
+    for k in 1..=3 {
+        let ns = c.node(k).ns.clone();
+        let want: Vec<String> = (1..=3)
+            .map(|j| {
+                let p = &prefix_of[&format!("node{j}")].0;
+                if j == k {
+                    format!("unreachable {p} ")
+                } else {
+                    format!("{p} via {} dev eth0 ", ip6(j))
+                }
+            })
+            .collect();
+        let ok = vpcnet_tests::wait_until(Duration::from_secs(10), || {
+            let r = sh(&format!("ip -n {ns} -6 route show proto 171"));
+            want.iter()
+                .all(|w| r.lines().any(|l| l.starts_with(w.as_str())))
+        });
+        assert!(
+            ok,
+            "node{k} wants {want:?}: {}",
+            sh(&format!("ip -n {ns} -6 route show proto 171"))
+        );
+    }
+}
