@@ -5,30 +5,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::Node;
 use crate::datastore::Datastore;
-use vpcnet_netlink::route::RouteV6;
-use vpcnet_netlink::{conntrack, link, route, RTPROT_VPCNET};
+use vpcnet_netlink::{conntrack, link, route};
 use vpcnet_proto::{attachment, naming};
 
-/// The host route of pod IPv6 address `ip` through host veth `oif` (`None`: any device):
-/// `IP/128 dev <host veth> proto 171`, main table — the IPv6 twin of
-/// [`attachment::host_route`], the shape the plugin installs (docs/dual-stack.md). Kept here
-/// (the agent's side) until `vpcnet_proto::attachment` carries the shared one.
-pub fn host_route6(ip: Ipv6Addr, oif: Option<u32>) -> RouteV6 {
-    RouteV6 {
-        dst: ip,
-        dst_len: 128,
-        gateway: None,
-        oif,
-        protocol: RTPROT_VPCNET,
-        kind: route::RTN_UNICAST,
-        table: route::RT_TABLE_MAIN,
-    }
-}
-
-/// Whether `r` has the shape of a pod IPv6 host route (`/128`, unicast, no gateway).
-pub fn is_host_route6_shape(r: &RouteV6) -> bool {
-    r.dst_len == 128 && r.kind == route::RTN_UNICAST && r.gateway.is_none()
-}
+/// The IPv6 pod host route's shape, shared with the plugin that installs it.
+pub use vpcnet_proto::attachment::{host_route6, is_host_route6_shape};
 
 /// Removes every conntrack entry of released address `ip`, in the background (a dump of the
 /// node's table can take a while and DEL should not wait for it).
