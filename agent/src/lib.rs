@@ -386,7 +386,15 @@ async fn serve<D: Datastore>(
             "serving"
         );
     }
-    tasks.spawn(Task::Server, server::serve(listener, node.clone()));
+    // With --network-policy=true, ADDs wait for the enforcement loop's decision.
+    let (gate, admits) = match policy {
+        Some(source) => {
+            let (gate, rx) = netpol::admit::Gate::new();
+            (Some(gate), Some((source, rx)))
+        }
+        None => (None, None),
+    };
+    tasks.spawn(Task::Server, server::serve(listener, node.clone(), gate));
     tasks.spawn(Task::Warm, {
         let node = node.clone();
         let interval = args.pool_check_interval;
@@ -402,10 +410,10 @@ async fn serve<D: Datastore>(
         let every = args.peer_sync_interval;
         async move { peers::run(&node, every).await }
     });
-    if let Some(source) = policy {
+    if let Some((source, rx)) = admits {
         tasks.spawn(
             Task::NetworkPolicy,
-            netpol::enforce::run(node.clone(), source),
+            netpol::enforce::run(node.clone(), source, rx),
         );
     }
     if !args.cni_conf_dir.is_empty() {
