@@ -389,8 +389,8 @@ async fn serve<D: Datastore>(
     // With --network-policy=true, ADDs wait for the enforcement loop's decision.
     let (gate, admits) = match policy {
         Some(source) => {
-            let (gate, rx) = netpol::admit::Gate::new();
-            (Some(gate), Some((source, rx)))
+            let (gate, inbox) = netpol::admit::Gate::new();
+            (Some(gate), Some((source, inbox)))
         }
         None => (None, None),
     };
@@ -410,10 +410,10 @@ async fn serve<D: Datastore>(
         let every = args.peer_sync_interval;
         async move { peers::run(&node, every).await }
     });
-    if let Some((source, rx)) = admits {
+    if let Some((source, inbox)) = admits {
         tasks.spawn(
             Task::NetworkPolicy,
-            netpol::enforce::run(node.clone(), source, rx),
+            netpol::enforce::run(node.clone(), source, inbox),
         );
     }
     if !args.cni_conf_dir.is_empty() {

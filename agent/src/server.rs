@@ -200,7 +200,9 @@ async fn dispatch<D: Datastore>(
             Reply::Noted
         }
         Request::Status { allocations } => {
-            Reply::Status(Box::new(node.status(root && allocations)))
+            let mut s = node.status(root && allocations);
+            s.network_policy = gate.map(|g| g.status(root));
+            Reply::Status(Box::new(s))
         }
     }
 }

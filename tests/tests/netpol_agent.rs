@@ -56,6 +56,16 @@ fn try_add_pod(lab: &Lab, cid: &str, netns: &str, namespace: &str, name: &str) -
     lab.cni_env(&lab.conf(), &env)
 }
 
+/// `vpcnetd status` (text) from the lab's agent.
+fn status_text(lab: &Lab) -> String {
+    sh(&format!(
+        "nsenter --net=/var/run/netns/{} {} status --socket {}",
+        lab.host(),
+        vpcnet_tests::bin("vpcnetd").display(),
+        lab.socket().display()
+    ))
+}
+
 /// A sample of the agent's /metrics (`name` with its labels, e.g. `x_total{result="ok"}`).
 fn metric(host: &str, name: &str) -> Option<f64> {
     let (code, body) = vpcnet_tests::http::get(host, METRICS.parse().expect("addr"), "/metrics");
@@ -433,6 +443,81 @@ fn deny_all_ingress_posted_to_the_api_blocks_a_probe_and_deleting_it_restores_it
             &host,
             "vpcnet_network_policy_change_to_kernel_seconds_count"
         ) >= Some(2.0)
+    );
+
+    // Rules and sets in /metrics; status (JSON and text) shows what is in force.
+    assert!(metric(&host, "vpcnet_network_policy_rules") > Some(4.0));
+    assert!(metric(&host, "vpcnet_network_policy_sets") >= Some(4.0));
+    let st = lab.status();
+    let np = &st["networkPolicy"];
+    assert_eq!(np["synced"], true, "{np}");
+    assert_eq!(np["policies"], 1, "{np}");
+    assert_eq!(np["policiesInForce"], json!(["x/deny-ingress"]), "{np}");
+    assert_eq!(np["isolatedPods"], 2, "{np}");
+    assert_eq!(np["isolatedPodNames"], json!(["x/a", "x/b"]), "{np}");
+    assert_eq!(
+        np["rules"].as_f64(),
+        metric(&host, "vpcnet_network_policy_rules"),
+        "{np}"
+    );
+    assert!(np["lastApplyMs"].as_u64().is_some(), "{np}");
+    assert_eq!(np["lastError"], serde_json::Value::Null, "{np}");
+    assert_eq!(np["watchErrors"], json!([]), "{np}");
+    let text = status_text(&lab);
+    assert!(
+        text.contains("policy:    in sync, 1 NetworkPolicies in the cluster, 1 in force here; 2 pods isolated;")
+            && text.contains("in force: x/deny-ingress")
+            && text.contains("isolated: x/a, x/b"),
+        "{text}"
+    );
+
+    // The API server goes away: the network-policy area is degraded (the view may be stale)
+    // while the rules in force stay; back: healthy again.
+    api.stop();
+    let degraded = |lab: &Lab| -> Vec<String> {
+        lab.status()["degraded"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(15), || degraded(&lab)
+            .iter()
+            .any(|d| d.starts_with("network-policy: ") && d.contains("watching"))),
+        "no degraded area while the API is down: {:?}\n{}",
+        degraded(&lab),
+        log(&lab)
+    );
+    assert!(
+        !lab.status()["networkPolicy"]["watchErrors"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{}",
+        lab.status()
+    );
+    assert!(
+        status_text(&lab).contains("watch failing: "),
+        "{}",
+        status_text(&lab)
+    );
+    assert_eq!(
+        metric(&host, "vpcnet_degraded{area=\"network-policy\"}"),
+        Some(1.0)
+    );
+    assert!(
+        !lab.ping(&pa, &ip_b),
+        "the rules in force stay while the API is away"
+    );
+    api.start();
+    assert!(
+        lab.wait_for(Duration::from_secs(30), || degraded(&lab).is_empty()),
+        "still degraded after the API came back: {:?}\n{}",
+        degraded(&lab),
+        log(&lab)
     );
 
     // Deleted: both directions work again.

@@ -21,11 +21,13 @@
 //!   state is transient, the runtime retries the sandbox) and the server releases the
 //!   address it had just assigned.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use vpcnet_policy::compile::selector_matches;
 use vpcnet_policy::NodePolicy;
+use vpcnet_proto::api::PolicyStatus;
 
 use super::view::{Kind, View};
 
@@ -77,16 +79,51 @@ pub struct Request {
     pub reply: oneshot::Sender<Result<Admitted, AdmitError>>,
 }
 
+/// What the enforcement loop shows the server (`vpcnetd status`), kept current by the loop.
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub status: Mutex<PolicyStatus>,
+}
+
 /// The server's handle on the enforcement loop.
 #[derive(Debug, Clone)]
 pub struct Gate {
     tx: mpsc::UnboundedSender<Request>,
+    shared: Arc<Shared>,
+}
+
+/// The loop's end of a [`Gate`].
+#[derive(Debug)]
+pub struct Inbox {
+    pub rx: mpsc::UnboundedReceiver<Request>,
+    pub shared: Arc<Shared>,
 }
 
 impl Gate {
-    pub fn new() -> (Gate, mpsc::UnboundedReceiver<Request>) {
+    pub fn new() -> (Gate, Inbox) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Gate { tx }, rx)
+        let shared = Arc::new(Shared::default());
+        (
+            Gate {
+                tx,
+                shared: shared.clone(),
+            },
+            Inbox { rx, shared },
+        )
+    }
+
+    /// The enforcement state for `vpcnetd status`; pod names only for root callers.
+    pub fn status(&self, root: bool) -> PolicyStatus {
+        let mut s = self
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if !root {
+            s.isolated_pod_names = None;
+        }
+        s
     }
 
     /// Waits for the decision on pod `namespace/name` attached through `host_veth`.

@@ -88,6 +88,27 @@ pub struct Plan {
     pub pods: usize,
     /// What it was rendered from.
     pub compiled: NodePolicy,
+    /// Its rules, and its sets plus maps.
+    pub rules: usize,
+    pub sets: usize,
+}
+
+/// How many rules, and sets plus maps, the transaction `ruleset` adds.
+fn count(ruleset: &Value) -> (usize, usize) {
+    let adds = ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("add"));
+    let (mut rules, mut sets) = (0, 0);
+    for a in adds {
+        if a.get("rule").is_some() {
+            rules += 1;
+        } else if a.get("set").is_some() || a.get("map").is_some() {
+            sets += 1;
+        }
+    }
+    (rules, sets)
 }
 
 impl Enforcer {
@@ -140,7 +161,10 @@ impl Enforcer {
             self.in_force = Some(compiled);
             return None;
         }
+        let (rules, sets) = count(&ruleset);
         Some(Plan {
+            rules,
+            sets,
             ruleset,
             text,
             pods: compiled
@@ -228,11 +252,12 @@ fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
 
 /// Runs the watches and enforces what they show, until the agent stops. `admits`: the ADDs
 /// waiting for their decision ([`admit`](super::admit)), answered after each pass.
-pub async fn run<D: Datastore>(
-    node: Arc<Node<D>>,
-    source: Source,
-    mut admits: mpsc::UnboundedReceiver<admit::Request>,
-) {
+pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit::Inbox) {
+    let admit::Inbox {
+        rx: mut admits,
+        shared,
+    } = inbox;
+    let health = Arc::new(watch::Health::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Aborted when this future is dropped (the agent stops).
     let mut watches = JoinSet::new();
@@ -243,6 +268,7 @@ pub async fn run<D: Datastore>(
         source.server.clone(),
         tx.clone(),
         |e| Input::Pods(Box::new(e)),
+        health.clone(),
     ));
     watches.spawn(watch::run(
         Api::<Namespace>::all(c.clone()),
@@ -250,6 +276,7 @@ pub async fn run<D: Datastore>(
         source.server.clone(),
         tx.clone(),
         |e| Input::Namespaces(Box::new(e)),
+        health.clone(),
     ));
     watches.spawn(watch::run(
         Api::<NetworkPolicy>::all(c.clone()),
@@ -257,6 +284,7 @@ pub async fn run<D: Datastore>(
         source.server.clone(),
         tx,
         |e| Input::Policies(Box::new(e)),
+        health.clone(),
     ));
     tracing::info!(server = %source.server, "network policy: watching pods, namespaces, networkpolicies");
     let mut e = Enforcer::default();
@@ -308,20 +336,82 @@ pub async fn run<D: Datastore>(
             );
         }
         if let Some(plan) = e.plan(local_pods(&node)) {
-            apply(&mut e, plan, node.ip(), &mut last_error).await;
+            let size = (plan.rules, plan.sets);
+            if apply(&mut e, plan, node.ip(), &mut last_error).await {
+                metrics::get().network_policy_size(size.0, size.1);
+                let mut st = lock(&shared);
+                st.rules = u32::try_from(size.0).unwrap_or(u32::MAX);
+                st.sets = u32::try_from(size.1).unwrap_or(u32::MAX);
+                st.last_apply_ms = Some(crate::node::now_ms());
+            }
         }
         answer(&e, last_error.as_deref(), &mut pending);
+        report(&node, &e, &shared, &health, last_error.as_deref());
+    }
+}
+
+fn lock(shared: &admit::Shared) -> std::sync::MutexGuard<'_, vpcnet_proto::api::PolicyStatus> {
+    shared
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Updates what `vpcnetd status` shows, and the `network-policy` degraded area: failing
+/// watches (the view may be stale), or a ruleset the kernel refused.
+fn report<D: Datastore>(
+    node: &Node<D>,
+    e: &Enforcer,
+    shared: &admit::Shared,
+    health: &watch::Health,
+    last_error: Option<&str>,
+) {
+    let watch_errors = health.errors();
+    let mut degraded: Vec<String> = watch_errors.clone();
+    if let Some(err) = last_error {
+        degraded.push(format!("ruleset not applied: {err}"));
+    }
+    node.set_degraded(
+        crate::node::Area::NetworkPolicy,
+        (!degraded.is_empty()).then(|| degraded.join("; ")),
+    );
+    let mut st = lock(shared);
+    st.synced = e.view().synced();
+    st.policies = u32::try_from(e.view().policy_count()).unwrap_or(u32::MAX);
+    st.watch_errors = watch_errors;
+    st.last_error = last_error.map(str::to_string);
+    if let Some(p) = e.in_force() {
+        let isolated: Vec<&vpcnet_policy::PodPolicy> = p
+            .pods
+            .iter()
+            .filter(|pp| pp.ingress.is_some() || pp.egress.is_some())
+            .collect();
+        st.isolated_pods = u32::try_from(isolated.len()).unwrap_or(u32::MAX);
+        let mut pods: Vec<String> = isolated
+            .iter()
+            .map(|pp| format!("{}/{}", pp.namespace, pp.name))
+            .collect();
+        pods.sort();
+        st.isolated_pod_names = Some(pods);
+        let mut names: Vec<String> = isolated
+            .iter()
+            .flat_map(|pp| pp.policies.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        st.policies_in_force = names;
     }
 }
 
 /// Applies `plan`; on success removes the conntrack entries its tightened rules no longer
 /// allow.
+/// Returns whether the kernel took it.
 async fn apply(
     e: &mut Enforcer,
     plan: Plan,
     node_ip: Option<Ipv4Addr>,
     last_error: &mut Option<String>,
-) {
+) -> bool {
     let ruleset = plan.ruleset.clone();
     let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
     match r {
@@ -352,6 +442,7 @@ async fn apply(
                     }
                 }
             }
+            true
         }
         Ok(Err(err)) => {
             metrics::get().network_policy_applied(None);
@@ -360,11 +451,13 @@ async fn apply(
                 tracing::error!(error = %msg, "network policy: the ruleset was not applied (retrying; the previous one stays in force)");
                 *last_error = Some(msg);
             }
+            false
         }
         Err(join) => {
             metrics::get().network_policy_applied(None);
             tracing::error!(error = %join, "network policy: applying panicked");
             *last_error = Some(join.to_string());
+            false
         }
     }
 }

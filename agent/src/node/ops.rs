@@ -154,6 +154,8 @@ impl<D: Datastore> Node<D> {
                 v.sort_by_key(|a| a.ip);
                 v
             }),
+            // Filled by the server from the policy loop (crate::netpol).
+            network_policy: None,
         }
     }
 }

@@ -102,6 +102,8 @@ pub struct Metrics {
     waiting: Gauge,
     policy_objects: Gauge,
     policy_pods: Gauge,
+    policy_rules: Gauge,
+    policy_sets: Gauge,
     policy_applies: Family<[Label; 1], Counter>,
     policy_apply_seconds: Histogram,
 }
@@ -269,6 +271,16 @@ impl Metrics {
             "network_policy_pods",
             "This node's pods some NetworkPolicy selects, as last applied to the kernel",
         );
+        let policy_rules = gauge(
+            &mut r,
+            "network_policy_rules",
+            "Rules in table inet vpcnet-policy, as last applied",
+        );
+        let policy_sets = gauge(
+            &mut r,
+            "network_policy_sets",
+            "Sets and maps in table inet vpcnet-policy, as last applied",
+        );
         let policy_applies = Family::<[Label; 1], Counter>::default();
         r.register(
             "network_policy_applies",
@@ -325,6 +337,8 @@ impl Metrics {
             waiting,
             policy_objects,
             policy_pods,
+            policy_rules,
+            policy_sets,
             policy_applies,
             policy_apply_seconds,
         }
@@ -354,6 +368,14 @@ impl Metrics {
                 .set(i64::try_from(pods).unwrap_or(i64::MAX));
             self.policy_apply_seconds.observe(took.as_secs_f64());
         }
+    }
+
+    /// NetworkPolicy: the rules and sets (maps included) of the ruleset in force.
+    pub fn network_policy_size(&self, rules: usize, sets: usize) {
+        self.policy_rules
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
+        self.policy_sets
+            .set(i64::try_from(sets).unwrap_or(i64::MAX));
     }
 
     /// Whether the node is waiting for a prefix (lost every race of its last claim).
@@ -485,6 +507,7 @@ mod tests {
             max_pods: 110,
             prefixes: vec![],
             allocations: None,
+            network_policy: None,
         }
     }
 
