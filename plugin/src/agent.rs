@@ -13,6 +13,7 @@ use crate::error::CniError;
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per request; Reply grew with issue 11's IPv6 fields
 pub enum Outcome {
     Reply(Reply),
     /// Nobody listens on the socket (agent down, or `socket` names the wrong path), or the

@@ -278,7 +278,9 @@ pub fn render(policy: &NodePolicy) -> Value {
     let mut pods: Vec<&PodPolicy> = policy.pods.iter().collect();
     pods.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
     pods.dedup_by(|a, b| a.host_veth == b.host_veth);
-    let mut dispatch: [(Direction, &str, Vec<Value>, &str, Vec<Value>); 2] = [
+    // Per direction: the dispatch map and its elements, the set of its keys and those.
+    type Dispatch<'a> = (Direction, &'a str, Vec<Value>, &'a str, Vec<Value>);
+    let mut dispatch: [Dispatch; 2] = [
         (
             Direction::Egress,
             EGRESS_MAP,

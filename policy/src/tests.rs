@@ -767,8 +767,8 @@ fn rendering_is_deterministic_and_normalised() {
 fn allows_matches_what_the_sets_match() {
     use crate::compile::{allows, Allow, Peer, PortMatch};
     use std::collections::BTreeSet;
-    let peer: Ipv4Addr = "10.0.0.7".parse().unwrap();
-    let other: Ipv4Addr = "10.0.0.8".parse().unwrap();
+    let peer: Ipv4Addr = "10.0.0.7".parse().expect("literal");
+    let other: Ipv4Addr = "10.0.0.8".parse().expect("literal");
     let none = BTreeSet::new();
     assert!(!allows(&none, peer, 6, 80), "isolated with nothing allowed");
     let mut set = BTreeSet::new();
@@ -788,8 +788,8 @@ fn allows_matches_what_the_sets_match() {
     assert!(!allows(&set, peer, 1, 0), "ICMP needs a rule without ports");
     set.insert(Allow {
         peer: Peer::Block {
-            cidr: "10.0.0.0/24".parse().unwrap(),
-            except: vec!["10.0.0.8/32".parse().unwrap()],
+            cidr: "10.0.0.0/24".parse().expect("literal"),
+            except: vec!["10.0.0.8/32".parse().expect("literal")],
         },
         port: PortMatch::Any,
     });

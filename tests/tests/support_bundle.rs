@@ -173,7 +173,7 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
         read("nft.txt")
     );
     assert!(
-        read("nft.txt").contains("table inet vpcnet-policy")
+        read("nft.txt").contains(r#""family": "inet", "name": "vpcnet-policy""#)
             && read("nft.txt").contains("ingress_dispatch"),
         "no policy table in the bundle: {}",
         read("nft.txt")
