@@ -21,6 +21,7 @@
 //!   state is transient, the runtime retries the sandbox) and the server releases the
 //!   address it had just assigned.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,30 @@ pub struct Request {
 #[derive(Debug, Default)]
 pub struct Shared {
     pub status: Mutex<PolicyStatus>,
+    /// The namespaces that have a NetworkPolicy, as of the last batch of API events the loop
+    /// took in (`None` until the policies are listed). An ADD in any other namespace is
+    /// admitted by the server at once, without a round trip to the loop (which may be busy
+    /// applying a ruleset).
+    pub policy_namespaces: Mutex<Option<BTreeSet<String>>>,
+}
+
+impl Shared {
+    /// Records the namespaces with a policy (`None`: not listed yet).
+    pub fn set_policy_namespaces(&self, ns: Option<BTreeSet<String>>) {
+        *self
+            .policy_namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = ns;
+    }
+
+    /// Whether `namespace` is known to have no policy.
+    fn no_policy_in(&self, namespace: &str) -> bool {
+        self.policy_namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|set| !set.contains(namespace))
+    }
 }
 
 /// The server's handle on the enforcement loop.
@@ -136,6 +161,9 @@ impl Gate {
         let (Some(namespace), Some(name)) = (namespace, name) else {
             return Ok(Admitted::NotSelected);
         };
+        if self.shared.no_policy_in(namespace) {
+            return Ok(Admitted::NotSelected);
+        }
         let (reply, rx) = oneshot::channel();
         let req = Request {
             namespace: namespace.into(),
@@ -243,6 +271,34 @@ mod tests {
             ifname: "eth0".into(),
         };
         LocalPod::new(ns, name, "10.0.0.1".parse().unwrap(), &key)
+    }
+
+    #[tokio::test]
+    async fn the_server_admits_namespaces_without_policies_without_the_loop() {
+        let (gate, inbox) = Gate::new();
+        // Not listed yet: only the loop can decide; it is gone here, so: fail closed.
+        drop(inbox.rx);
+        assert_eq!(
+            gate.admit(Some("y"), Some("a"), "vpc0").await,
+            Err(AdmitError::Stopped)
+        );
+        inbox
+            .shared
+            .set_policy_namespaces(Some(BTreeSet::from(["x".to_string()])));
+        assert_eq!(
+            gate.admit(Some("y"), Some("a"), "vpc0").await,
+            Ok(Admitted::NotSelected)
+        );
+        assert_eq!(
+            gate.admit(Some("x"), Some("a"), "vpc0").await,
+            Err(AdmitError::Stopped),
+            "a namespace with a policy goes to the loop"
+        );
+        assert_eq!(
+            gate.admit(None, None, "vpc0").await,
+            Ok(Admitted::NotSelected),
+            "not a Kubernetes pod"
+        );
     }
 
     #[test]

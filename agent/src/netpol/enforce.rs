@@ -182,11 +182,10 @@ impl Enforcer {
     pub fn applied(&mut self, plan: Plan) -> (Duration, Vec<Tightened>) {
         self.applied = Some(plan.text);
         self.dirty = false;
-        let tightened = self
-            .in_force
-            .as_ref()
-            .map(|old| tightened(old, &plan.compiled))
-            .unwrap_or_default();
+        let tightened = tightened(
+            self.in_force.as_ref().unwrap_or(&NodePolicy::default()),
+            &plan.compiled,
+        );
         self.in_force = Some(plan.compiled);
         (
             self.since.take().map_or(Duration::ZERO, |t| t.elapsed()),
@@ -210,8 +209,10 @@ pub struct Tightened {
     pub egress: Option<BTreeSet<Allow>>,
 }
 
-/// The pods of `old` (same veth and address) whose direction changed to an isolating set in
-/// `new`. A pod new on this node has no connections yet: not listed (its ADD is not slowed).
+/// The pods of `new` whose direction changed to an isolating set since `old` (a pod `old`
+/// does not have, with the same veth and address, counts as unisolated there: the loop may
+/// learn of a pod only after it has been running for a while, and after an agent restart
+/// `old` is empty while the kernel still has the connections).
 fn tightened(old: &NodePolicy, new: &NodePolicy) -> Vec<Tightened> {
     new.pods
         .iter()
@@ -219,15 +220,15 @@ fn tightened(old: &NodePolicy, new: &NodePolicy) -> Vec<Tightened> {
             let op = old
                 .pods
                 .iter()
-                .find(|o| o.host_veth == np.host_veth && o.ip == np.ip)?;
-            let changed = |o: &Option<BTreeSet<Allow>>, n: &Option<BTreeSet<Allow>>| match n {
-                Some(set) if o.as_ref() != Some(set) => Some(set.clone()),
+                .find(|o| o.host_veth == np.host_veth && o.ip == np.ip);
+            let changed = |o: Option<&BTreeSet<Allow>>, n: &Option<BTreeSet<Allow>>| match n {
+                Some(set) if o != Some(set) => Some(set.clone()),
                 _ => None,
             };
             let t = Tightened {
                 ip: np.ip,
-                ingress: changed(&op.ingress, &np.ingress),
-                egress: changed(&op.egress, &np.egress),
+                ingress: changed(op.and_then(|o| o.ingress.as_ref()), &np.ingress),
+                egress: changed(op.and_then(|o| o.egress.as_ref()), &np.egress),
             };
             (t.ingress.is_some() || t.egress.is_some()).then_some(t)
         })
@@ -310,6 +311,9 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
                     while let Ok(i) = rx.try_recv() {
                         e.input(i);
                     }
+                    // At once, before this pass's apply: the server admits ADDs in namespaces
+                    // without a policy from this.
+                    shared.set_policy_namespaces(e.view().policy_namespaces());
                 }
                 None => {
                     tracing::error!("network policy: every watch ended");
@@ -335,9 +339,11 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
                 "network policy: view in sync"
             );
         }
+        let mut tightened = Vec::new();
         if let Some(plan) = e.plan(local_pods(&node)) {
             let size = (plan.rules, plan.sets);
-            if apply(&mut e, plan, node.ip(), &mut last_error).await {
+            if let Some(t) = apply(&mut e, plan, &mut last_error).await {
+                tightened = t;
                 metrics::get().network_policy_size(size.0, size.1);
                 let mut st = lock(&shared);
                 st.rules = u32::try_from(size.0).unwrap_or(u32::MAX);
@@ -345,7 +351,9 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
                 st.last_apply_ms = Some(crate::node::now_ms());
             }
         }
+        // The ADDs first: a pod just admitted has no connection to check.
         answer(&e, last_error.as_deref(), &mut pending);
+        flush(tightened, node.ip()).await;
         report(&node, &e, &shared, &health, last_error.as_deref());
     }
 }
@@ -403,15 +411,13 @@ fn report<D: Datastore>(
     }
 }
 
-/// Applies `plan`; on success removes the conntrack entries its tightened rules no longer
-/// allow.
-/// Returns whether the kernel took it.
+/// Applies `plan`. On success returns the directions whose conntrack entries must be
+/// checked against the new rules ([`flush`], after the waiting ADDs are answered).
 async fn apply(
     e: &mut Enforcer,
     plan: Plan,
-    node_ip: Option<Ipv4Addr>,
     last_error: &mut Option<String>,
-) -> bool {
+) -> Option<Vec<Tightened>> {
     let ruleset = plan.ruleset.clone();
     let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
     match r {
@@ -423,26 +429,7 @@ async fn apply(
                 tracing::info!("network policy: applying rulesets again");
             }
             tracing::debug!(pods, took = ?took, "network policy: ruleset applied");
-            if !tightened.is_empty() {
-                let r = tokio::task::spawn_blocking(move || flush_disallowed(&tightened, node_ip))
-                    .await;
-                match r {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => {
-                        tracing::info!(
-                            entries = n,
-                            "network policy: deleted connections the new rules do not allow"
-                        );
-                    }
-                    Ok(Err(err)) => {
-                        tracing::warn!(error = %err, "network policy: deleting connections the new rules do not allow");
-                    }
-                    Err(join) => {
-                        tracing::error!(error = %join, "network policy: conntrack panicked")
-                    }
-                }
-            }
-            true
+            Some(tightened)
         }
         Ok(Err(err)) => {
             metrics::get().network_policy_applied(None);
@@ -451,14 +438,35 @@ async fn apply(
                 tracing::error!(error = %msg, "network policy: the ruleset was not applied (retrying; the previous one stays in force)");
                 *last_error = Some(msg);
             }
-            false
+            None
         }
         Err(join) => {
             metrics::get().network_policy_applied(None);
             tracing::error!(error = %join, "network policy: applying panicked");
             *last_error = Some(join.to_string());
-            false
+            None
         }
+    }
+}
+
+/// Removes the conntrack entries the rules just applied no longer allow ([`flush_disallowed`]).
+async fn flush(tightened: Vec<Tightened>, node_ip: Option<Ipv4Addr>) {
+    if tightened.is_empty() {
+        return;
+    }
+    let r = tokio::task::spawn_blocking(move || flush_disallowed(&tightened, node_ip)).await;
+    match r {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!(
+                entries = n,
+                "network policy: deleted connections the new rules do not allow"
+            );
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "network policy: deleting connections the new rules do not allow");
+        }
+        Err(join) => tracing::error!(error = %join, "network policy: conntrack panicked"),
     }
 }
 
