@@ -17,7 +17,7 @@
 //! | `vpcnet_max_pods` | gauge | `--max-pods` |
 //! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
 //! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
-//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`): 1 degraded, 0 not (every area always shown) |
+//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`, `network-policy`): 1 degraded, 0 not (every area always shown) |
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
@@ -31,6 +31,11 @@
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_peer_route_updates_total{how}` | counter | peer routing work: `delta` (one route added or withdrawn for one watch delta), `replan` (a full re-plan of every peer route: start, re-list, pool change, the `--peer-sync-interval` timer) |
 //! | `vpcnet_pool_waiting_for_prefix` | gauge | 1 while the last claim attempt lost every race (contention, not exhaustion: the node retries with back-off), else 0 |
+//! | `vpcnet_network_policies` | gauge | NetworkPolicy objects in the agent's view (`--network-policy=true`) |
+//! | `vpcnet_network_policy_pods` | gauge | this node's pods isolated in a direction, as last applied |
+//! | `vpcnet_network_policy_rules`, `vpcnet_network_policy_sets` | gauge | rules, and sets plus maps, of `table inet vpcnet-policy` as last applied |
+//! | `vpcnet_network_policy_applies_total{result}` | counter | rulesets handed to the kernel, `ok` or `error` |
+//! | `vpcnet_network_policy_change_to_kernel_seconds` | histogram | from a change the policy view saw to its ruleset in the kernel |
 //! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 //!
 //! Beside these, without the `vpcnet_` prefix, the standard process metrics
