@@ -169,33 +169,9 @@ pub fn removal() -> Nftables<'static> {
     b.to_nftables()
 }
 
-/// The `nft` to run: the first in PATH, else the usual sbin directories (a DaemonSet's PATH
-/// may lack them).
-fn nft_program() -> PathBuf {
-    let in_path: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("nft")).collect())
-        .unwrap_or_default();
-    in_path
-        .into_iter()
-        .chain(
-            ["/usr/sbin/nft", "/sbin/nft", "/usr/local/sbin/nft"]
-                .iter()
-                .map(PathBuf::from),
-        )
-        .find(|p| is_executable(p))
-        .unwrap_or_else(|| PathBuf::from("nft"))
-}
-
-/// Whether an `nft` command is installed (without it no table of ours can exist: the agent
-/// makes its table with `nft`).
-pub fn nft_found() -> bool {
-    is_executable(&nft_program())
-}
-
-fn is_executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
+/// The `nft` to run, and whether one is installed (without it no table of ours can exist:
+/// the agent makes its tables with `nft`): one lookup for SNAT and NetworkPolicy.
+pub use vpcnet_policy::apply::{nft_found, nft_program};
 
 /// Why the SNAT table could not be installed or removed; each says how to fix it.
 #[derive(Debug, thiserror::Error)]

@@ -23,7 +23,8 @@ pub enum ApplyError {
     Other(NftablesError),
 }
 
-/// The `nft` to run: the first in PATH, else the usual sbin directories.
+/// The `nft` to run: the first in PATH, else the usual sbin directories (a DaemonSet's PATH
+/// may lack them).
 pub fn nft_program() -> PathBuf {
     let in_path: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("nft")).collect())
@@ -37,6 +38,11 @@ pub fn nft_program() -> PathBuf {
         )
         .find(|p| is_executable(p))
         .unwrap_or_else(|| PathBuf::from("nft"))
+}
+
+/// Whether an `nft` command is installed.
+pub fn nft_found() -> bool {
+    is_executable(&nft_program())
 }
 
 fn is_executable(p: &Path) -> bool {

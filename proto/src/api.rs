@@ -115,7 +115,7 @@ pub enum Reply {
     Allocation {
         allocation: Option<Allocation>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        allocation6: Option<Allocation6>,
+        allocation6: Option<Box<Allocation6>>,
     },
     Collected {
         released: Vec<Ipv4Addr>,
@@ -210,7 +210,7 @@ mod tests {
             mtu: Some(1500),
         };
         assert_eq!(
-            serde_json::to_string(&r).unwrap(),
+            serde_json::to_string(&r).expect("serialises"),
             r#"{"assigned":{"ip":"10.0.0.5","existing":false,"mtu":1500}}"#
         );
         let r = Reply::Collected {
@@ -218,7 +218,7 @@ mod tests {
             released6: vec![],
         };
         assert_eq!(
-            serde_json::to_string(&r).unwrap(),
+            serde_json::to_string(&r).expect("serialises"),
             r#"{"collected":{"released":["10.0.0.6"]}}"#
         );
         let r = Reply::Released {
@@ -226,7 +226,7 @@ mod tests {
             ip6: None,
         };
         assert_eq!(
-            serde_json::to_string(&r).unwrap(),
+            serde_json::to_string(&r).expect("serialises"),
             r#"{"released":{"ip":null}}"#
         );
     }
@@ -235,16 +235,16 @@ mod tests {
     fn dual_stack_reply_round_trips_and_old_replies_still_parse() {
         let r = Reply::Assigned {
             ip: Some(Ipv4Addr::new(10, 0, 0, 5)),
-            ip6: Some("fd00::5".parse().unwrap()),
+            ip6: Some("fd00::5".parse().expect("literal")),
             existing: true,
             mtu: None,
         };
-        let s = serde_json::to_string(&r).unwrap();
+        let s = serde_json::to_string(&r).expect("serialises");
         assert!(s.contains(r#""ip6":"fd00::5""#), "{s}");
-        assert_eq!(serde_json::from_str::<Reply>(&s).unwrap(), r);
+        assert_eq!(serde_json::from_str::<Reply>(&s).expect("parses"), r);
         let old = r#"{"allocation":{"allocation":null}}"#;
         assert_eq!(
-            serde_json::from_str::<Reply>(old).unwrap(),
+            serde_json::from_str::<Reply>(old).expect("parses"),
             Reply::Allocation {
                 allocation: None,
                 allocation6: None
