@@ -225,7 +225,12 @@ async fn assign<D: Datastore>(
     if let Some(gate) = gate {
         let veth = vpcnet_proto::naming::key_host_veth(&key);
         if let Err(e) = gate
-            .admit(meta.namespace.as_deref(), meta.name.as_deref(), &veth)
+            .admit(
+                meta.namespace.as_deref(),
+                meta.name.as_deref(),
+                &veth,
+                !a.existing,
+            )
             .await
         {
             if !a.existing {

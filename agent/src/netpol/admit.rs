@@ -76,6 +76,9 @@ pub struct Request {
     pub name: String,
     /// The pod's host veth (the ruleset dispatches on it).
     pub host_veth: String,
+    /// The ADD took a new address (not a repeated ADD of a running pod): the pod cannot have
+    /// a connection yet, so its conntrack entries need no check when it is admitted.
+    pub fresh: bool,
     pub deadline: Instant,
     pub reply: oneshot::Sender<Result<Admitted, AdmitError>>,
 }
@@ -157,6 +160,7 @@ impl Gate {
         namespace: Option<&str>,
         name: Option<&str>,
         host_veth: &str,
+        fresh: bool,
     ) -> Result<Admitted, AdmitError> {
         let (Some(namespace), Some(name)) = (namespace, name) else {
             return Ok(Admitted::NotSelected);
@@ -169,6 +173,7 @@ impl Gate {
             namespace: namespace.into(),
             name: name.into(),
             host_veth: host_veth.into(),
+            fresh,
             deadline: Instant::now() + ADMIT_WAIT,
             reply,
         };
@@ -279,23 +284,23 @@ mod tests {
         // Not listed yet: only the loop can decide; it is gone here, so: fail closed.
         drop(inbox.rx);
         assert_eq!(
-            gate.admit(Some("y"), Some("a"), "vpc0").await,
+            gate.admit(Some("y"), Some("a"), "vpc0", true).await,
             Err(AdmitError::Stopped)
         );
         inbox
             .shared
             .set_policy_namespaces(Some(BTreeSet::from(["x".to_string()])));
         assert_eq!(
-            gate.admit(Some("y"), Some("a"), "vpc0").await,
+            gate.admit(Some("y"), Some("a"), "vpc0", true).await,
             Ok(Admitted::NotSelected)
         );
         assert_eq!(
-            gate.admit(Some("x"), Some("a"), "vpc0").await,
+            gate.admit(Some("x"), Some("a"), "vpc0", true).await,
             Err(AdmitError::Stopped),
             "a namespace with a policy goes to the loop"
         );
         assert_eq!(
-            gate.admit(None, None, "vpc0").await,
+            gate.admit(None, None, "vpc0", true).await,
             Ok(Admitted::NotSelected),
             "not a Kubernetes pod"
         );

@@ -204,6 +204,7 @@ impl Enforcer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tightened {
     pub ip: Ipv4Addr,
+    pub host_veth: String,
     /// The new ingress rules, when they changed to an isolating set.
     pub ingress: Option<BTreeSet<Allow>>,
     pub egress: Option<BTreeSet<Allow>>,
@@ -227,6 +228,7 @@ fn tightened(old: &NodePolicy, new: &NodePolicy) -> Vec<Tightened> {
             };
             let t = Tightened {
                 ip: np.ip,
+                host_veth: np.host_veth.clone(),
                 ingress: changed(op.and_then(|o| o.ingress.as_ref()), &np.ingress),
                 egress: changed(op.and_then(|o| o.egress.as_ref()), &np.egress),
             };
@@ -352,7 +354,8 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
             }
         }
         // The ADDs first: a pod just admitted has no connection to check.
-        answer(&e, last_error.as_deref(), &mut pending);
+        let fresh = answer(&e, last_error.as_deref(), &mut pending);
+        tightened.retain(|t| !fresh.contains(&t.host_veth));
         flush(tightened, node.ip()).await;
         report(&node, &e, &shared, &health, last_error.as_deref());
     }
@@ -472,8 +475,15 @@ async fn flush(tightened: Vec<Tightened>, node_ip: Option<Ipv4Addr>) {
 
 /// Answers the waiting ADDs that can be decided now, and fails closed those past their
 /// deadline.
-fn answer(e: &Enforcer, last_error: Option<&str>, pending: &mut Vec<admit::Request>) {
+/// Returns the host veths of the fresh ADDs admitted with their rules in force (no
+/// connection to check).
+fn answer(
+    e: &Enforcer,
+    last_error: Option<&str>,
+    pending: &mut Vec<admit::Request>,
+) -> Vec<String> {
     let now = Instant::now();
+    let mut fresh = Vec::new();
     let mut still = Vec::with_capacity(pending.len());
     for req in pending.drain(..) {
         let d = admit::decide(
@@ -487,6 +497,9 @@ fn answer(e: &Enforcer, last_error: Option<&str>, pending: &mut Vec<admit::Reque
         match d {
             admit::Decision::Admit(how) => {
                 tracing::debug!(pod = %format!("{}/{}", req.namespace, req.name), ?how, "network policy: ADD admitted");
+                if req.fresh && how == admit::Admitted::Enforced {
+                    fresh.push(req.host_veth.clone());
+                }
                 let _ = req.reply.send(Ok(how));
             }
             admit::Decision::Wait(why) if now >= req.deadline => {
@@ -497,6 +510,7 @@ fn answer(e: &Enforcer, last_error: Option<&str>, pending: &mut Vec<admit::Reque
         }
     }
     *pending = still;
+    fresh
 }
 
 /// Deletes the conntrack entries (in the agent's namespace, the host's) that the tightened
