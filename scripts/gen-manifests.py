@@ -5,7 +5,8 @@
   python3 scripts/gen-manifests.py --out DIR  # writes them into DIR instead (the test diffs)
 
 Source: manifests/src/vpcnet.yaml.in (everything the variants share, with @SLOTS@),
-manifests/src/rbac-kubernetes.yaml (the kubernetes datastore's ClusterRole and binding) and
+manifests/src/rbac-kubernetes.yaml (the kubernetes datastore's ClusterRole and binding),
+manifests/src/rbac-network-policy.yaml (the etcd and local variants': NetworkPolicy's reads) and
 manifests/crd-prefixclaims.yaml (the CRD). Output:
 
   vpcnet-local.yaml, vpcnet-etcd.yaml, vpcnet-kubernetes.yaml   the three datastores
@@ -22,10 +23,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 MAN = os.path.join(ROOT, "manifests")
 
-HEADERS = {'local': '# vpcnet on the local datastore: works today, for ONE-NODE clusters only.\n#\n#   kubectl apply -f manifests/vpcnet-local.yaml\n#\n# Each agent keeps its prefix claims in its own state directory, so two nodes would hand out\n# the same addresses and would not route to each other: use vpcnet-etcd.yaml for more nodes.\n# The agent never talks to the Kubernetes API, so its ServiceAccount gets no token and no role.\n# See manifests/README.md.\n', 'etcd': '# vpcnet on the etcd datastore: works today, any number of nodes.\n#\n#   kubectl -n kube-system create secret generic vpcnet-etcd-tls \\\n#     --from-file=ca.crt=<etcd CA> --from-file=tls.crt=<client cert> --from-file=tls.key=<client key>\n#   edit VPCNET_VPC_CIDR and VPCNET_ETCD_ENDPOINTS below, then:  kubectl apply -f manifests/vpcnet-etcd.yaml\n#\n# Prefix claims live in etcd under /vpcnet, hung off one lease per node (a node dead for\n# --etcd-lease-ttl loses its prefixes). The agent never talks to the Kubernetes API in this\n# variant, so its ServiceAccount gets no token and no role. See manifests/README.md.\n', 'kubernetes': '# vpcnet on the Kubernetes-API datastore: no datastore outside the cluster, any number of nodes.\n#\n#   kubectl apply -f manifests/crd-prefixclaims.yaml\n#   kubectl wait --for condition=established crd/prefixclaims.vpcnet.io\n#   edit VPCNET_VPC_CIDR below, then:  kubectl apply -f manifests/vpcnet-kubernetes.yaml\n#\n# Prefix claims are PrefixClaim objects (prefixclaims.vpcnet.io, cluster-scoped), each owned by\n# its Node, so deleting a Node frees its prefixes. The ClusterRole below is all the agent may do.\n# See manifests/README.md.\n'}
+HEADERS = {'local': '# vpcnet on the local datastore: works today, for ONE-NODE clusters only.\n#\n#   kubectl apply -f manifests/vpcnet-local.yaml\n#\n# Each agent keeps its prefix claims in its own state directory, so two nodes would hand out\n# the same addresses and would not route to each other: use vpcnet-etcd.yaml for more nodes.\n# The agent talks to the Kubernetes API only for NetworkPolicy (VPCNET_NETWORK_POLICY, off by\n# default): its ClusterRole may only read pods, namespaces and networkpolicies.\n# See manifests/README.md.\n', 'etcd': '# vpcnet on the etcd datastore: works today, any number of nodes.\n#\n#   kubectl -n kube-system create secret generic vpcnet-etcd-tls \\\n#     --from-file=ca.crt=<etcd CA> --from-file=tls.crt=<client cert> --from-file=tls.key=<client key>\n#   edit VPCNET_VPC_CIDR and VPCNET_ETCD_ENDPOINTS below, then:  kubectl apply -f manifests/vpcnet-etcd.yaml\n#\n# Prefix claims live in etcd under /vpcnet, hung off one lease per node (a node dead for\n# --etcd-lease-ttl loses its prefixes). The agent talks to the Kubernetes API only for\n# NetworkPolicy (VPCNET_NETWORK_POLICY, off by default): its ClusterRole may only read pods,\n# namespaces and networkpolicies. See manifests/README.md.\n', 'kubernetes': '# vpcnet on the Kubernetes-API datastore: no datastore outside the cluster, any number of nodes.\n#\n#   kubectl apply -f manifests/crd-prefixclaims.yaml\n#   kubectl wait --for condition=established crd/prefixclaims.vpcnet.io\n#   edit VPCNET_VPC_CIDR below, then:  kubectl apply -f manifests/vpcnet-kubernetes.yaml\n#\n# Prefix claims are PrefixClaim objects (prefixclaims.vpcnet.io, cluster-scoped), each owned by\n# its Node, so deleting a Node frees its prefixes. The ClusterRole below is all the agent may do.\n# See manifests/README.md.\n'}
 
-NO_TOKEN_SA = "automountServiceAccountToken: false\n"
-NO_TOKEN_POD = "      automountServiceAccountToken: false\n"
 
 ETCD_CONFIG = """  # Comma-separated. TLS: the vpcnet-etcd-tls Secret (ca.crt, tls.crt, tls.key) is mounted.
   VPCNET_ETCD_ENDPOINTS: "https://etcd.vpcnet.invalid:2379"
@@ -86,10 +85,12 @@ def read(path):
 def variant(name):
     t = read(os.path.join(MAN, "src", "vpcnet.yaml.in"))
     slots = {
-        "@SA_TOKEN@": "" if name == "kubernetes" else NO_TOKEN_SA,
-        "@RBAC@": read(os.path.join(MAN, "src", "rbac-kubernetes.yaml")) if name == "kubernetes" else "",
+        # Every variant reads the API for NetworkPolicy (VPCNET_NETWORK_POLICY=true): the
+        # token is mounted; etcd and local get a role that may only read its inputs.
+        "@SA_TOKEN@": "",
+        "@RBAC@": read(os.path.join(MAN, "src", "rbac-kubernetes.yaml" if name == "kubernetes" else "rbac-network-policy.yaml")),
         "@CONFIG_EXTRA@": ETCD_CONFIG if name == "etcd" else "",
-        "@POD_SA_TOKEN@": "" if name == "kubernetes" else NO_TOKEN_POD,
+        "@POD_SA_TOKEN@": "",
         "@DATASTORE_ARGS@": ETCD_ARGS if name == "etcd" else "            - --datastore=%s\n" % name,
         "@ENV_EXTRA@": ETCD_ENV if name == "etcd" else "",
         "@MOUNTS_EXTRA@": ETCD_MOUNTS if name == "etcd" else "",

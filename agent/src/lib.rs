@@ -412,7 +412,15 @@ async fn serve<D: Datastore>(
             "serving"
         );
     }
-    tasks.spawn(Task::Server, server::serve(listener, node.clone()));
+    // With --network-policy=true, ADDs wait for the enforcement loop's decision.
+    let (gate, admits) = match policy {
+        Some(source) => {
+            let (gate, inbox) = netpol::admit::Gate::new();
+            (Some(gate), Some((source, inbox)))
+        }
+        None => (None, None),
+    };
+    tasks.spawn(Task::Server, server::serve(listener, node.clone(), gate));
     tasks.spawn(Task::Warm, {
         let node = node.clone();
         let interval = args.pool_check_interval;
@@ -428,10 +436,10 @@ async fn serve<D: Datastore>(
         let every = args.peer_sync_interval;
         async move { peers::run(&node, every).await }
     });
-    if let Some(source) = policy {
+    if let Some((source, inbox)) = admits {
         tasks.spawn(
             Task::NetworkPolicy,
-            netpol::enforce::run(node.clone(), source),
+            netpol::enforce::run(node.clone(), source, inbox),
         );
     }
     if !args.cni_conf_dir.is_empty() {

@@ -23,8 +23,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::datastore::Datastore;
+use crate::netpol::admit::Gate;
 use crate::node::{Node, NodeError};
 use crate::obs::metrics::{self, Op};
+use vpcnet_pool::{AllocKey, PodMeta};
 use vpcnet_proto::api::{Envelope, Reply, Request, PROTOCOL_VERSION};
 use vpcnet_proto::codes::CniCode;
 
@@ -57,13 +59,16 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>) {
+/// Serves the plugin's requests. `gate`: with `--network-policy=true`, the ADD gate of the
+/// enforcement loop (no allow window, see [`crate::netpol::admit`]).
+pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>, gate: Option<Gate>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let node = node.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &node).await {
+                    if let Err(e) = handle(stream, &node, gate.as_ref()).await {
                         tracing::debug!(error = %e, "plugin connection");
                     }
                 });
@@ -76,7 +81,11 @@ pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>) {
     }
 }
 
-async fn handle<D: Datastore>(stream: UnixStream, node: &Node<D>) -> std::io::Result<()> {
+async fn handle<D: Datastore>(
+    stream: UnixStream,
+    node: &Node<D>,
+    gate: Option<&Gate>,
+) -> std::io::Result<()> {
     let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
@@ -97,7 +106,7 @@ async fn handle<D: Datastore>(stream: UnixStream, node: &Node<D>) -> std::io::Re
         ),
         Ok(Ok(_)) => match decode(&line) {
             Err(reply) => *reply,
-            Ok(env) => dispatch(env.request, root, node).await,
+            Ok(env) => dispatch(env.request, root, node, gate).await,
         },
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
@@ -137,7 +146,12 @@ fn version_error(v: u64) -> Reply {
     )
 }
 
-async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Reply {
+async fn dispatch<D: Datastore>(
+    req: Request,
+    root: bool,
+    node: &Node<D>,
+    gate: Option<&Gate>,
+) -> Reply {
     if !root {
         match req {
             Request::Status { .. } => {}
@@ -157,15 +171,7 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
     }
     let m = metrics::get();
     match req {
-        Request::Assign { key, meta } => m.cni_reply(
-            Op::Add,
-            reply(node.assign(key, meta).await.map(|a| Reply::Assigned {
-                ip: a.ip,
-                ip6: a.ip6,
-                existing: a.existing,
-                mtu: a.mtu,
-            })),
-        ),
+        Request::Assign { key, meta } => m.cni_reply(Op::Add, assign(node, gate, key, meta).await),
         Request::Release { key, unused } => m.cni_reply(
             Op::Del,
             reply(
@@ -197,8 +203,52 @@ async fn dispatch<D: Datastore>(req: Request, root: bool, node: &Node<D>) -> Rep
             Reply::Noted
         }
         Request::Status { allocations } => {
-            Reply::Status(Box::new(node.status(root && allocations)))
+            let mut s = node.status(root && allocations);
+            s.network_policy = gate.map(|g| g.status(root));
+            Reply::Status(Box::new(s))
         }
+    }
+}
+
+/// ADD: the address, then (with `--network-policy=true`) the policy gate — the reply waits
+/// until the pod's rules are in the kernel or it is decided no policy selects it. Refused by
+/// the gate (fail closed): an address this ADD took goes straight back to free (no packet
+/// can have used it; the plugin has not wired the pod), and the ADD fails with code 11
+/// (try again later) and the gate's reason.
+async fn assign<D: Datastore>(
+    node: &Node<D>,
+    gate: Option<&Gate>,
+    key: AllocKey,
+    meta: PodMeta,
+) -> Reply {
+    let a = match node.assign(key.clone(), meta.clone()).await {
+        Ok(a) => a,
+        Err(e) => return reply(Err(e)),
+    };
+    if let Some(gate) = gate {
+        let veth = vpcnet_proto::naming::key_host_veth(&key);
+        if let Err(e) = gate
+            .admit(
+                meta.namespace.as_deref(),
+                meta.name.as_deref(),
+                &veth,
+                !a.existing,
+            )
+            .await
+        {
+            if !a.existing {
+                if let Err(re) = node.release(&key, true).await {
+                    tracing::error!(error = %re, "releasing the address of an ADD the network policy gate refused");
+                }
+            }
+            return Reply::error(CniCode::TryAgainLater, e.to_string());
+        }
+    }
+    Reply::Assigned {
+        ip: a.ip,
+        ip6: a.ip6,
+        existing: a.existing,
+        mtu: a.mtu,
     }
 }
 

@@ -32,6 +32,10 @@ const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
 const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_SRC: u16 = 3;
@@ -84,6 +88,7 @@ fn nested(buf: &[u8], kind: u16) -> Option<&[u8]> {
 }
 
 /// The addresses of a tuple attribute's payload (`CTA_TUPLE_IP` inside it).
+#[cfg(test)]
 fn tuple_addrs(tuple: &[u8]) -> Vec<IpAddr> {
     let Some(ip) = nested(tuple, CTA_TUPLE_IP) else {
         return Vec::new();
@@ -97,24 +102,97 @@ fn tuple_addrs(tuple: &[u8]) -> Vec<IpAddr> {
         .collect()
 }
 
+/// One direction of a connection as conntrack keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Ports of TCP/UDP/SCTP (0 for other protocols).
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// One conntrack entry: its original direction (as the initiator sent it) and its reply
+/// direction (as the responder answers it: after DNAT the responder is `reply.src`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// IP protocol number.
+    pub proto: u8,
+    pub orig: Tuple,
+    pub reply: Tuple,
+}
+
+/// A tuple attribute's payload as a [`Tuple`] and its protocol number (`None` when it
+/// lacks the addresses).
+fn tuple(payload: &[u8]) -> Option<(u8, Tuple)> {
+    let ip = nested(payload, CTA_TUPLE_IP)?;
+    let (mut src, mut dst) = (None, None);
+    for (k, p, _) in attrs(ip) {
+        match k {
+            CTA_IP_V4_SRC => src = <[u8; 4]>::try_from(p).ok().map(IpAddr::from),
+            CTA_IP_V4_DST => dst = <[u8; 4]>::try_from(p).ok().map(IpAddr::from),
+            CTA_IP_V6_SRC => src = <[u8; 16]>::try_from(p).ok().map(IpAddr::from),
+            CTA_IP_V6_DST => dst = <[u8; 16]>::try_from(p).ok().map(IpAddr::from),
+            _ => {}
+        }
+    }
+    let (mut proto, mut sport, mut dport) = (0, 0, 0);
+    if let Some(pr) = nested(payload, CTA_TUPLE_PROTO) {
+        for (k, p, _) in attrs(pr) {
+            let port = || <[u8; 2]>::try_from(p).ok().map(u16::from_be_bytes);
+            match k {
+                CTA_PROTO_NUM => proto = p.first().copied().unwrap_or(0),
+                CTA_PROTO_SRC_PORT => sport = port().unwrap_or(0),
+                CTA_PROTO_DST_PORT => dport = port().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    Some((
+        proto,
+        Tuple {
+            src: src?,
+            dst: dst?,
+            sport,
+            dport,
+        },
+    ))
+}
+
+/// The entry's flow, if both tuples parse.
+fn flow(entry: &[u8]) -> Option<Flow> {
+    let orig = tuple(nested(entry, CTA_TUPLE_ORIG)?)?;
+    let reply = tuple(nested(entry, CTA_TUPLE_REPLY)?)?;
+    Some(Flow {
+        proto: orig.0,
+        orig: orig.1,
+        reply: reply.1,
+    })
+}
+
 /// What identifies one entry for deletion: its original tuple (and zone), as the kernel
 /// sent them, and whether it involves `addr` in either direction.
+#[cfg(test)]
 fn delete_attrs_if_involves(entry: &[u8], addr: IpAddr) -> Option<Vec<u8>> {
+    let involves = |p: &[u8]| tuple_addrs(p).contains(&addr);
+    let hit =
+        attrs(entry).any(|(k, p, _)| (k == CTA_TUPLE_ORIG || k == CTA_TUPLE_REPLY) && involves(p));
+    hit.then(|| delete_attrs(entry)).flatten()
+}
+
+/// The attributes that identify `entry` for `IPCTNL_MSG_CT_DELETE`: its original tuple (and
+/// zone), as the kernel sent them.
+fn delete_attrs(entry: &[u8]) -> Option<Vec<u8>> {
     let mut orig_whole = None;
     let mut zone_whole = None;
-    let mut involved = false;
-    for (kind, payload, whole) in attrs(entry) {
+    for (kind, _, whole) in attrs(entry) {
         match kind {
-            CTA_TUPLE_ORIG => {
-                involved |= tuple_addrs(payload).contains(&addr);
-                orig_whole = Some(whole);
-            }
-            CTA_TUPLE_REPLY => involved |= tuple_addrs(payload).contains(&addr),
+            CTA_TUPLE_ORIG => orig_whole = Some(whole),
             CTA_ZONE => zone_whole = Some(whole),
             _ => {}
         }
     }
-    let orig = orig_whole.filter(|_| involved)?;
+    let orig = orig_whole?;
     let mut out = Vec::with_capacity(orig.len() + 8);
     for a in [Some(orig), zone_whole].into_iter().flatten() {
         out.extend_from_slice(a);
@@ -170,24 +248,36 @@ fn open() -> Result<Socket, NetlinkError> {
 /// destination, in the calling thread's network namespace. Returns how many it deleted. An
 /// entry that vanished meanwhile is not an error.
 pub fn flush_address(addr: IpAddr) -> Result<usize, NetlinkError> {
-    let family = match addr {
-        IpAddr::V4(_) => libc::AF_INET,
-        IpAddr::V6(_) => libc::AF_INET6,
-    };
+    let ipv6 = addr.is_ipv6();
+    delete_where(ipv6, |f| {
+        [f.orig.src, f.orig.dst, f.reply.src, f.reply.dst].contains(&addr)
+    })
+}
+
+/// Deletes every conntrack entry of the family (IPv4, or IPv6 when `ipv6`) for whose flow
+/// `doomed` says true, in the calling thread's network namespace. Returns how many it
+/// deleted. An entry that vanished meanwhile is not an error.
+pub fn delete_where(
+    ipv6: bool,
+    mut doomed: impl FnMut(&Flow) -> bool,
+) -> Result<usize, NetlinkError> {
+    let family = if ipv6 { libc::AF_INET6 } else { libc::AF_INET };
     let family = u8::try_from(family).unwrap_or(0);
     let sock = open()?;
     let get = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
     sock.send(&message(get, NLM_F_REQUEST | NLM_F_DUMP, 1, family, &[]), 0)
         .map_err(NetlinkError::Socket)?;
-    let mut doomed = Vec::new();
+    let mut to_delete = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = sock
             .recv(&mut &mut buf[..], 0)
             .map_err(NetlinkError::Socket)?;
         let done = walk(&buf[..n], |_, entry| {
-            if let Some(a) = delete_attrs_if_involves(entry, addr) {
-                doomed.push(a);
+            if flow(entry).is_some_and(|f| doomed(&f)) {
+                if let Some(a) = delete_attrs(entry) {
+                    to_delete.push(a);
+                }
             }
         })
         .map_err(|errno| kernel("IPCTNL_MSG_CT_GET", errno))?;
@@ -197,7 +287,7 @@ pub fn flush_address(addr: IpAddr) -> Result<usize, NetlinkError> {
     }
     let del = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE;
     let mut deleted = 0;
-    for (seq, attrs) in (2u32..).zip(&doomed) {
+    for (seq, attrs) in (2u32..).zip(&to_delete) {
         sock.send(
             &message(del, NLM_F_REQUEST | NLM_F_ACK, seq, family, attrs),
             0,
@@ -247,6 +337,9 @@ mod tests {
         let del = delete_attrs_if_involves(&entry, pod).expect("involves the pod");
         let orig = tuple(CTA_TUPLE_ORIG, [192, 168, 1, 1], [10, 9, 9, 9]);
         assert_eq!(&del[..orig.len()], &orig[..]);
+        let f = flow(&entry).expect("a flow");
+        assert_eq!(f.orig.src, IpAddr::V4(Ipv4Addr::new(192, 168, 1, 1)));
+        assert_eq!(f.reply.src, pod);
         assert_eq!(attrs(&del).count(), 2, "orig tuple + zone");
         let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 6));
         assert!(delete_attrs_if_involves(&entry, other).is_none());

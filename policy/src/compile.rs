@@ -136,6 +136,24 @@ pub struct PodPolicy {
     pub policies: Vec<String>,
 }
 
+/// Whether `allows` (one direction of a [`PodPolicy`]) lets the connection with `peer` to
+/// destination port `port` of IP protocol `proto` through — what the rendered sets match
+/// (`PortMatch::Any` covers every protocol, ICMP included). For deciding which existing
+/// connections a changed policy no longer allows.
+pub fn allows(allows: &BTreeSet<Allow>, peer: Ipv4Addr, proto: u8, port: u16) -> bool {
+    allows.iter().any(|a| {
+        a.peer.contains(peer)
+            && match a.port {
+                PortMatch::Any => true,
+                PortMatch::Ports {
+                    proto: p,
+                    first,
+                    last,
+                } => p.number() == proto && first <= port && port <= last,
+            }
+    })
+}
+
 /// The compiled policy of one node: its pods sorted by host veth.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NodePolicy {

@@ -15,7 +15,7 @@ pub mod compile;
 pub mod model;
 pub mod render;
 
-pub use compile::{compile, Allow, ClusterView, NodePolicy, Peer, PodPolicy, PortMatch};
+pub use compile::{allows, compile, Allow, ClusterView, NodePolicy, Peer, PodPolicy, PortMatch};
 pub use model::{LocalPod, NamedPort, NamespaceInfo, PodInfo, Protocol};
 
 #[cfg(test)]

@@ -28,6 +28,15 @@ impl Protocol {
         }
     }
 
+    /// The IP protocol number (`meta l4proto`).
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
     /// nftables' `inet_proto` name.
     pub fn nft_name(self) -> &'static str {
         match self {

@@ -14,9 +14,13 @@
 //!     chain ingress_<veth> { ... accept ... drop }
 //!     map egress_dispatch  { type ifname : verdict; elements = { "<veth>" : jump egress_<veth> } }
 //!     map ingress_dispatch { type ifname : verdict; ... }
+//!     set ingress_isolated { type ifname; elements = { "<veth>", … } }   # the map's keys
+//!     set egress_isolated  { type ifname; … }
 //!     chain forward {
 //!         type filter hook forward priority filter; policy accept;
 //!         ct state established,related accept
+//!         tcp flags & (fin|syn|rst|ack) != syn ct state new iifname @ingress_isolated drop
+//!         tcp flags & (fin|syn|rst|ack) != syn ct state new oifname @egress_isolated drop
 //!         iifname vmap @egress_dispatch      # the packet comes from a pod: its egress
 //!         oifname vmap @ingress_dispatch     # the packet goes to a pod: its ingress
 //!     }
@@ -29,6 +33,15 @@
 //! `return`s (the destination's ingress, on this node or its own, still decides); ingress
 //! `accept`s. The sets are normalised to disjoint elements (interval sets reject overlaps), and
 //! everything is sorted: the same policy renders to the same bytes.
+//!
+//! The two `tcp flags` rules close what deleting a disallowed connection's conntrack entry
+//! leaves open: the kernel picks a TCP connection up mid-stream (`nf_conntrack_tcp_loose`),
+//! so a retransmission from the *isolated* side (the pod that accepted a connection its
+//! ingress no longer allows, or the peer of one its egress no longer allows) would create a
+//! new entry in the reverse direction, which its own unisolated direction lets through, and
+//! the rest of the connection would then pass as replies. A new TCP connection starts with a
+//! SYN; anything else with no conntrack entry, sent by a pod isolated for ingress (or to a
+//! pod isolated for egress), is dropped.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +55,8 @@ pub const TABLE: &str = "vpcnet-policy";
 pub const FORWARD_CHAIN: &str = "forward";
 pub const EGRESS_MAP: &str = "egress_dispatch";
 pub const INGRESS_MAP: &str = "ingress_dispatch";
+pub const INGRESS_ISOLATED: &str = "ingress_isolated";
+pub const EGRESS_ISOLATED: &str = "egress_isolated";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -263,12 +278,26 @@ pub fn render(policy: &NodePolicy) -> Value {
     let mut pods: Vec<&PodPolicy> = policy.pods.iter().collect();
     pods.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
     pods.dedup_by(|a, b| a.host_veth == b.host_veth);
-    let mut dispatch: [(Direction, &str, Vec<Value>); 2] = [
-        (Direction::Egress, EGRESS_MAP, Vec::new()),
-        (Direction::Ingress, INGRESS_MAP, Vec::new()),
+    // Per direction: the dispatch map and its elements, the set of its keys and those.
+    type Dispatch<'a> = (Direction, &'a str, Vec<Value>, &'a str, Vec<Value>);
+    let mut dispatch: [Dispatch; 2] = [
+        (
+            Direction::Egress,
+            EGRESS_MAP,
+            Vec::new(),
+            EGRESS_ISOLATED,
+            Vec::new(),
+        ),
+        (
+            Direction::Ingress,
+            INGRESS_MAP,
+            Vec::new(),
+            INGRESS_ISOLATED,
+            Vec::new(),
+        ),
     ];
     for pod in &pods {
-        for (dir, _, elems) in dispatch.iter_mut() {
+        for (dir, _, elems, _, keys) in dispatch.iter_mut() {
             let isolated = match dir {
                 Direction::Ingress => pod.ingress.is_some(),
                 Direction::Egress => pod.egress.is_some(),
@@ -279,16 +308,21 @@ pub fn render(policy: &NodePolicy) -> Value {
                     pod.host_veth,
                     {"jump": {"target": chain_name(*dir, &pod.host_veth)}}
                 ]));
+                keys.push(json!(pod.host_veth));
             }
         }
     }
-    for (_, map, elems) in &dispatch {
+    for (_, map, elems, set, keys) in &dispatch {
         out.push(obj(
             "map",
             json!({"name": map, "type": "ifname", "map": "verdict"}),
         ));
         if !elems.is_empty() {
             out.push(obj("element", json!({"name": map, "elem": elems})));
+        }
+        out.push(obj("set", json!({"name": set, "type": "ifname"})));
+        if !keys.is_empty() {
+            out.push(obj("element", json!({"name": set, "elem": keys})));
         }
     }
     out.push(obj(
@@ -304,6 +338,19 @@ pub fn render(policy: &NodePolicy) -> Value {
             {"accept": null}
         ]),
     ));
+    for (iface, set) in [("iifname", INGRESS_ISOLATED), ("oifname", EGRESS_ISOLATED)] {
+        out.push(rule(
+            FORWARD_CHAIN,
+            json!([
+                {"match": {"op": "!=",
+                    "left": {"&": [payload("tcp", "flags"), ["fin", "syn", "rst", "ack"]]},
+                    "right": "syn"}},
+                {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "new"}},
+                {"match": {"op": "==", "left": {"meta": {"key": iface}}, "right": format!("@{set}")}},
+                {"drop": null}
+            ]),
+        ));
+    }
     out.push(rule(
         FORWARD_CHAIN,
         json!([{"vmap": {"key": {"meta": {"key": "iifname"}}, "data": format!("@{EGRESS_MAP}")}}]),

@@ -762,3 +762,37 @@ fn rendering_is_deterministic_and_normalised() {
         json!({"delete": {"table": {"family": "inet", "name": "vpcnet-policy"}}})
     );
 }
+
+#[test]
+fn allows_matches_what_the_sets_match() {
+    use crate::compile::{allows, Allow, Peer, PortMatch};
+    use std::collections::BTreeSet;
+    let peer: Ipv4Addr = "10.0.0.7".parse().expect("literal");
+    let other: Ipv4Addr = "10.0.0.8".parse().expect("literal");
+    let none = BTreeSet::new();
+    assert!(!allows(&none, peer, 6, 80), "isolated with nothing allowed");
+    let mut set = BTreeSet::new();
+    set.insert(Allow {
+        peer: Peer::Pod(peer),
+        port: PortMatch::Ports {
+            proto: Protocol::Tcp,
+            first: 80,
+            last: 81,
+        },
+    });
+    assert!(allows(&set, peer, 6, 80));
+    assert!(allows(&set, peer, 6, 81));
+    assert!(!allows(&set, peer, 6, 82));
+    assert!(!allows(&set, peer, 17, 80), "UDP is not TCP");
+    assert!(!allows(&set, other, 6, 80));
+    assert!(!allows(&set, peer, 1, 0), "ICMP needs a rule without ports");
+    set.insert(Allow {
+        peer: Peer::Block {
+            cidr: "10.0.0.0/24".parse().expect("literal"),
+            except: vec!["10.0.0.8/32".parse().expect("literal")],
+        },
+        port: PortMatch::Any,
+    });
+    assert!(allows(&set, peer, 1, 0));
+    assert!(!allows(&set, other, 6, 80), "the except hole");
+}

@@ -151,6 +151,10 @@ pub struct AgentStatus {
     /// `prefixes` and `allocations` above are the IPv4 pool's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool6: Option<Pool6Status>,
+    /// NetworkPolicy enforcement (`--network-policy=true`); absent when off (and from an
+    /// agent that predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_policy: Option<PolicyStatus>,
 }
 
 /// The IPv6 pool in [`AgentStatus`]. Counts saturate at `u32::MAX` (a /80 holds 2^48).
@@ -161,6 +165,36 @@ pub struct Pool6Status {
     pub prefixes: Vec<PrefixInfo6>,
     /// Only for root callers, as [`AgentStatus::allocations`].
     pub allocations: Option<Vec<Allocation6>>,
+}
+
+/// The state of NetworkPolicy enforcement on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Pods, Namespaces and NetworkPolicies have all been listed once.
+    pub synced: bool,
+    /// NetworkPolicy objects in the agent's view of the cluster.
+    pub policies: u32,
+    /// `namespace/name` of the policies that select at least one pod of this node, as last
+    /// applied.
+    pub policies_in_force: Vec<String>,
+    /// This node's pods isolated in at least one direction, as last applied.
+    pub isolated_pods: u32,
+    /// Their `namespace/name` (root callers only, like the allocations: pod metadata).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolated_pod_names: Option<Vec<String>>,
+    /// Rules, and sets plus maps, of `table inet vpcnet-policy` as last applied.
+    pub rules: u32,
+    pub sets: u32,
+    /// When a ruleset was last applied (Unix milliseconds); `None` before the first.
+    #[serde(default)]
+    pub last_apply_ms: Option<u64>,
+    /// Why the last apply failed, while it stays failed.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// Watches failing now (`kind: error`).
+    #[serde(default)]
+    pub watch_errors: Vec<String>,
 }
 
 impl Reply {

@@ -968,18 +968,7 @@ fn rbac_is_least_privilege() {
         let docs = yaml_docs(&manifests().join(file));
         let sa = one(&docs, "ServiceAccount", file);
         let roles = kind_of(&docs, "ClusterRole");
-        if *datastore != "kubernetes" {
-            assert!(
-                roles.is_empty(),
-                "{file}: this variant never calls the API: no role"
-            );
-            assert!(kind_of(&docs, "ClusterRoleBinding").is_empty(), "{file}");
-            assert_eq!(
-                sa["automountServiceAccountToken"], false,
-                "{file}: no API token"
-            );
-            continue;
-        }
+        // Every variant reads the API for NetworkPolicy (VPCNET_NETWORK_POLICY=true).
         assert_eq!(roles.len(), 1, "{file}");
         let ds = one(&docs, "DaemonSet", file);
         assert_ne!(
@@ -1010,16 +999,24 @@ fn rbac_is_least_privilege() {
                 "{file}: {r}"
             );
         }
-        // Its own Node: get (the ownerReference's uid); claims: no update/patch (immutable);
-        // pods, namespaces, networkpolicies: read-only (NetworkPolicy).
-        let want: BTreeSet<String> = ["get"]
-            .iter()
-            .map(|v| format!("/nodes:{v}"))
-            .chain(
-                ["get", "list", "watch", "create", "delete"]
-                    .iter()
-                    .map(|v| format!("vpcnet.io/prefixclaims:{v}")),
-            )
+        // Its own Node: get (the ownerReference's uid); claims: no update/patch (immutable)
+        // — the Kubernetes datastore only; pods, namespaces, networkpolicies: read-only
+        // (NetworkPolicy), every variant.
+        let datastore_rules: Vec<String> = if *datastore == "kubernetes" {
+            ["get"]
+                .iter()
+                .map(|v| format!("/nodes:{v}"))
+                .chain(
+                    ["get", "list", "watch", "create", "delete"]
+                        .iter()
+                        .map(|v| format!("vpcnet.io/prefixclaims:{v}")),
+                )
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let want: BTreeSet<String> = datastore_rules
+            .into_iter()
             // NetworkPolicy's inputs: read-only, exactly get/list/watch.
             .chain(
                 ["/pods", "/namespaces", "networking.k8s.io/networkpolicies"]

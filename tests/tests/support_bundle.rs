@@ -83,6 +83,13 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
         .expect("ip")
         .to_string();
 
+    // A NetworkPolicy table, as a --network-policy=true agent keeps it (planted: this
+    // agent runs without the flag).
+    sh(&format!(
+        "ip netns exec {} nft -f - <<'EOF'\ntable inet vpcnet-policy {{ map ingress_dispatch {{ type ifname : verdict; }}; chain forward {{ type filter hook forward priority filter; policy accept; oifname vmap @ingress_dispatch; }}; }}\nEOF",
+        lab.host()
+    ));
+
     let out_dir = d.join("out");
     std::fs::create_dir_all(&out_dir).expect("out dir");
     let o = Command::new("nsenter")
@@ -163,6 +170,12 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
     assert!(
         read("nft.txt").contains("masquerade"),
         "{}",
+        read("nft.txt")
+    );
+    assert!(
+        read("nft.txt").contains(r#""family": "inet", "name": "vpcnet-policy""#)
+            && read("nft.txt").contains("ingress_dispatch"),
+        "no policy table in the bundle: {}",
         read("nft.txt")
     );
     let journal = read("journal.txt");

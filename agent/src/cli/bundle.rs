@@ -9,7 +9,7 @@
 //! | `conflist.json` | the conflist the agent wrote |
 //! | `routes.txt` | every IPv4 route with protocol 171, of every table |
 //! | `links.txt` | the host veths of ours (name, index, MTU, up) |
-//! | `nft.txt` | `nft list table ip vpcnet` |
+//! | `nft.txt` | `nft list table ip vpcnet`, then `nft list table inet vpcnet-policy` (NetworkPolicy; a line saying so when there is none) |
 //! | `journal.txt` | the state directory: its files and sizes, and what loading snapshot + journal gives (sequence, records, torn tail, pool counts, allocations) |
 //! | `plugin.log` | the last [`LOG_TAIL`] bytes of the plugin's log (the conflist's `logFile`, else `--cni-log-file`, else the default) |
 //! | `errors.txt` | what could not be collected, and why (the rest is collected anyway) |
@@ -361,12 +361,25 @@ fn nft_table() -> Result<Vec<u8>, String> {
     if !crate::snat::nft_found() {
         return Err("nft not found".into());
     }
-    nftables::helper::get_current_ruleset_raw(
+    let mut out = nftables::helper::get_current_ruleset_raw(
         None::<&str>,
         ["list", "table", "ip", crate::snat::TABLE],
     )
-    .map(String::into_bytes)
-    .map_err(|e| e.to_string())
+    .map_err(|e| e.to_string())?;
+    // The NetworkPolicy table (--network-policy=true): absent is normal when it is off.
+    let policy = vpcnet_policy::render::TABLE;
+    match nftables::helper::get_current_ruleset_raw(None::<&str>, ["list", "table", "inet", policy])
+    {
+        Ok(t) => out.push_str(&t),
+        Err(e) => {
+            let _ = writeln!(
+                out,
+                "# table inet {policy}: not listed ({}; absent unless --network-policy=true)",
+                e.to_string().lines().next().unwrap_or_default()
+            );
+        }
+    }
+    Ok(out.into_bytes())
 }
 
 /// Everything the bundle holds (no archive yet).

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use vpcnet_proto::api::AgentStatus;
+use vpcnet_proto::api::{AgentStatus, PolicyStatus};
 
 pub fn render(s: &AgentStatus) -> String {
     let mut out = String::new();
@@ -55,6 +55,9 @@ pub fn render(s: &AgentStatus) -> String {
         for d in &s.degraded {
             let _ = writeln!(out, "degraded:  {d}");
         }
+    }
+    if let Some(np) = &s.network_policy {
+        render_policy(&mut out, np);
     }
     let _ = writeln!(out);
     let _ = writeln!(
@@ -127,4 +130,65 @@ pub fn render(s: &AgentStatus) -> String {
         );
     }
     out
+}
+
+/// The NetworkPolicy lines (`--network-policy=true`).
+fn render_policy(out: &mut String, np: &PolicyStatus) {
+    let last = match np.last_apply_ms {
+        Some(ms) => {
+            let now = crate::node::now_ms();
+            format!("{:.1} s ago", now.saturating_sub(ms) as f64 / 1000.0)
+        }
+        None => "never".into(),
+    };
+    let _ = writeln!(
+        out,
+        "policy:    {}, {} NetworkPolicies in the cluster, {} in force here; {} pods isolated; {} rules, {} sets; last apply {last}",
+        if np.synced { "in sync" } else { "NOT in sync (listing the API)" },
+        np.policies,
+        np.policies_in_force.len(),
+        np.isolated_pods,
+        np.rules,
+        np.sets,
+    );
+    if !np.policies_in_force.is_empty() {
+        let _ = writeln!(out, "  in force: {}", np.policies_in_force.join(", "));
+    }
+    if let Some(names) = np.isolated_pod_names.as_ref().filter(|n| !n.is_empty()) {
+        let _ = writeln!(out, "  isolated: {}", names.join(", "));
+    }
+    if let Some(e) = &np.last_error {
+        let _ = writeln!(out, "  last error: {e}");
+    }
+    for w in &np.watch_errors {
+        let _ = writeln!(out, "  watch failing: {w}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_lines() {
+        let np = PolicyStatus {
+            synced: true,
+            policies: 3,
+            policies_in_force: vec!["x/deny".into()],
+            isolated_pods: 2,
+            isolated_pod_names: Some(vec!["x/a".into(), "x/b".into()]),
+            rules: 11,
+            sets: 8,
+            last_apply_ms: None,
+            last_error: Some("nft said no".into()),
+            watch_errors: vec!["pods: refused".into()],
+        };
+        let mut out = String::new();
+        render_policy(&mut out, &np);
+        assert!(out.contains("in sync, 3 NetworkPolicies in the cluster, 1 in force here; 2 pods isolated; 11 rules, 8 sets; last apply never"), "{out}");
+        assert!(out.contains("in force: x/deny"), "{out}");
+        assert!(out.contains("isolated: x/a, x/b"), "{out}");
+        assert!(out.contains("last error: nft said no"), "{out}");
+        assert!(out.contains("watch failing: pods: refused"), "{out}");
+    }
 }

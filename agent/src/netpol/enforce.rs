@@ -14,6 +14,8 @@
 //! * A ruleset the kernel refuses is counted and logged, and retried at the next pass; the
 //!   table keeps the last one applied (one transaction: all or nothing).
 
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,9 @@ use kube::api::Api;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use vpcnet_policy::{compile, render, LocalPod};
+use vpcnet_policy::{compile, render, Allow, LocalPod, NodePolicy};
 
+use super::admit;
 use super::view::{Event, Kind, View};
 use super::watch;
 use crate::datastore::Datastore;
@@ -70,6 +73,8 @@ pub struct Enforcer {
     local: Vec<LocalPod>,
     /// The ruleset last applied, as sent.
     applied: Option<String>,
+    /// What the ruleset last applied compiled from (for ADD admission and conntrack).
+    in_force: Option<NodePolicy>,
     /// The compiler's warnings last logged.
     warnings: Vec<String>,
 }
@@ -81,6 +86,29 @@ pub struct Plan {
     pub text: String,
     /// Local pods isolated in at least one direction.
     pub pods: usize,
+    /// What it was rendered from.
+    pub compiled: NodePolicy,
+    /// Its rules, and its sets plus maps.
+    pub rules: usize,
+    pub sets: usize,
+}
+
+/// How many rules, and sets plus maps, the transaction `ruleset` adds.
+fn count(ruleset: &Value) -> (usize, usize) {
+    let adds = ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("add"));
+    let (mut rules, mut sets) = (0, 0);
+    for a in adds {
+        if a.get("rule").is_some() {
+            rules += 1;
+        } else if a.get("set").is_some() || a.get("map").is_some() {
+            sets += 1;
+        }
+    }
+    (rules, sets)
 }
 
 impl Enforcer {
@@ -128,9 +156,15 @@ impl Enforcer {
         if self.applied.as_deref() == Some(text.as_str()) {
             self.dirty = false;
             self.since = None;
+            // Same bytes, but the pods' names or policies may differ: keep what is in force
+            // current for the ADD gate.
+            self.in_force = Some(compiled);
             return None;
         }
+        let (rules, sets) = count(&ruleset);
         Some(Plan {
+            rules,
+            sets,
             ruleset,
             text,
             pods: compiled
@@ -138,15 +172,69 @@ impl Enforcer {
                 .iter()
                 .filter(|p| p.ingress.is_some() || p.egress.is_some())
                 .count(),
+            compiled,
         })
     }
 
-    /// The kernel took `plan`: it is in force. Returns how long the change took to get there.
-    pub fn applied(&mut self, plan: Plan) -> Duration {
+    /// The kernel took `plan`: it is in force. Returns how long the change took to get there,
+    /// and the directions of pods that were attached before and are now isolated with other
+    /// rules than before (their conntrack entries must be checked against the new rules).
+    pub fn applied(&mut self, plan: Plan) -> (Duration, Vec<Tightened>) {
         self.applied = Some(plan.text);
         self.dirty = false;
-        self.since.take().map_or(Duration::ZERO, |t| t.elapsed())
+        let tightened = tightened(
+            self.in_force.as_ref().unwrap_or(&NodePolicy::default()),
+            &plan.compiled,
+        );
+        self.in_force = Some(plan.compiled);
+        (
+            self.since.take().map_or(Duration::ZERO, |t| t.elapsed()),
+            tightened,
+        )
     }
+
+    /// What the ruleset in force was compiled from (`None` before the first apply).
+    pub fn in_force(&self) -> Option<&NodePolicy> {
+        self.in_force.as_ref()
+    }
+}
+
+/// A local pod whose ingress and/or egress rules changed to an isolating set: the
+/// connection-tracking entries of that direction the new set does not allow are deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tightened {
+    pub ip: Ipv4Addr,
+    pub host_veth: String,
+    /// The new ingress rules, when they changed to an isolating set.
+    pub ingress: Option<BTreeSet<Allow>>,
+    pub egress: Option<BTreeSet<Allow>>,
+}
+
+/// The pods of `new` whose direction changed to an isolating set since `old` (a pod `old`
+/// does not have, with the same veth and address, counts as unisolated there: the loop may
+/// learn of a pod only after it has been running for a while, and after an agent restart
+/// `old` is empty while the kernel still has the connections).
+fn tightened(old: &NodePolicy, new: &NodePolicy) -> Vec<Tightened> {
+    new.pods
+        .iter()
+        .filter_map(|np| {
+            let op = old
+                .pods
+                .iter()
+                .find(|o| o.host_veth == np.host_veth && o.ip == np.ip);
+            let changed = |o: Option<&BTreeSet<Allow>>, n: &Option<BTreeSet<Allow>>| match n {
+                Some(set) if o != Some(set) => Some(set.clone()),
+                _ => None,
+            };
+            let t = Tightened {
+                ip: np.ip,
+                host_veth: np.host_veth.clone(),
+                ingress: changed(op.and_then(|o| o.ingress.as_ref()), &np.ingress),
+                egress: changed(op.and_then(|o| o.egress.as_ref()), &np.egress),
+            };
+            (t.ingress.is_some() || t.egress.is_some()).then_some(t)
+        })
+        .collect()
 }
 
 /// This node's pods: the pool's allocations with a pod namespace and name, sorted.
@@ -165,8 +253,14 @@ fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
     v
 }
 
-/// Runs the watches and enforces what they show, until the agent stops.
-pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
+/// Runs the watches and enforces what they show, until the agent stops. `admits`: the ADDs
+/// waiting for their decision ([`admit`](super::admit)), answered after each pass.
+pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit::Inbox) {
+    let admit::Inbox {
+        rx: mut admits,
+        shared,
+    } = inbox;
+    let health = Arc::new(watch::Health::default());
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Aborted when this future is dropped (the agent stops).
     let mut watches = JoinSet::new();
@@ -177,6 +271,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
         source.server.clone(),
         tx.clone(),
         |e| Input::Pods(Box::new(e)),
+        health.clone(),
     ));
     watches.spawn(watch::run(
         Api::<Namespace>::all(c.clone()),
@@ -184,6 +279,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
         source.server.clone(),
         tx.clone(),
         |e| Input::Namespaces(Box::new(e)),
+        health.clone(),
     ));
     watches.spawn(watch::run(
         Api::<NetworkPolicy>::all(c.clone()),
@@ -191,6 +287,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
         source.server.clone(),
         tx,
         |e| Input::Policies(Box::new(e)),
+        health.clone(),
     ));
     tracing::info!(server = %source.server, "network policy: watching pods, namespaces, networkpolicies");
     let mut e = Enforcer::default();
@@ -198,7 +295,16 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
     let mut was_synced = false;
+    let mut pending: Vec<admit::Request> = Vec::new();
     loop {
+        // The earliest deadline of a waiting ADD: answered then even without an event.
+        let deadline = pending.iter().map(|r| r.deadline).min();
+        let wait_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             input = rx.recv() => match input {
                 Some(i) => {
@@ -207,12 +313,22 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
                     while let Ok(i) = rx.try_recv() {
                         e.input(i);
                     }
+                    // At once, before this pass's apply: the server admits ADDs in namespaces
+                    // without a policy from this.
+                    shared.set_policy_namespaces(e.view().policy_namespaces());
                 }
                 None => {
                     tracing::error!("network policy: every watch ended");
                     return;
                 }
             },
+            Some(req) = admits.recv() => {
+                pending.push(req);
+                while let Ok(req) = admits.try_recv() {
+                    pending.push(req);
+                }
+            },
+            _ = wait_deadline => {}
             _ = tick.tick() => {}
         }
         metrics::get().network_policies(e.view().policy_count());
@@ -225,35 +341,208 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source) {
                 "network policy: view in sync"
             );
         }
-        let Some(plan) = e.plan(local_pods(&node)) else {
-            continue;
-        };
-        let ruleset = plan.ruleset.clone();
-        let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
-        match r {
-            Ok(Ok(())) => {
-                let pods = plan.pods;
-                let took = e.applied(plan);
-                metrics::get().network_policy_applied(Some((pods, took)));
-                if last_error.take().is_some() {
-                    tracing::info!("network policy: applying rulesets again");
-                }
-                tracing::debug!(pods, took = ?took, "network policy: ruleset applied");
-            }
-            Ok(Err(err)) => {
-                metrics::get().network_policy_applied(None);
-                let msg = err.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(error = %msg, "network policy: the ruleset was not applied (retrying; the previous one stays in force)");
-                    last_error = Some(msg);
-                }
-            }
-            Err(join) => {
-                metrics::get().network_policy_applied(None);
-                tracing::error!(error = %join, "network policy: applying panicked");
+        let mut tightened = Vec::new();
+        if let Some(plan) = e.plan(local_pods(&node)) {
+            let size = (plan.rules, plan.sets);
+            if let Some(t) = apply(&mut e, plan, &mut last_error).await {
+                tightened = t;
+                metrics::get().network_policy_size(size.0, size.1);
+                let mut st = lock(&shared);
+                st.rules = u32::try_from(size.0).unwrap_or(u32::MAX);
+                st.sets = u32::try_from(size.1).unwrap_or(u32::MAX);
+                st.last_apply_ms = Some(crate::node::now_ms());
             }
         }
+        // The ADDs first: a pod just admitted has no connection to check.
+        let fresh = answer(&e, last_error.as_deref(), &mut pending);
+        tightened.retain(|t| !fresh.contains(&t.host_veth));
+        flush(tightened, node.ip()).await;
+        report(&node, &e, &shared, &health, last_error.as_deref());
     }
+}
+
+fn lock(shared: &admit::Shared) -> std::sync::MutexGuard<'_, vpcnet_proto::api::PolicyStatus> {
+    shared
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Updates what `vpcnetd status` shows, and the `network-policy` degraded area: failing
+/// watches (the view may be stale), or a ruleset the kernel refused.
+fn report<D: Datastore>(
+    node: &Node<D>,
+    e: &Enforcer,
+    shared: &admit::Shared,
+    health: &watch::Health,
+    last_error: Option<&str>,
+) {
+    let watch_errors = health.errors();
+    let mut degraded: Vec<String> = watch_errors.clone();
+    if let Some(err) = last_error {
+        degraded.push(format!("ruleset not applied: {err}"));
+    }
+    node.set_degraded(
+        crate::node::Area::NetworkPolicy,
+        (!degraded.is_empty()).then(|| degraded.join("; ")),
+    );
+    let mut st = lock(shared);
+    st.synced = e.view().synced();
+    st.policies = u32::try_from(e.view().policy_count()).unwrap_or(u32::MAX);
+    st.watch_errors = watch_errors;
+    st.last_error = last_error.map(str::to_string);
+    if let Some(p) = e.in_force() {
+        let isolated: Vec<&vpcnet_policy::PodPolicy> = p
+            .pods
+            .iter()
+            .filter(|pp| pp.ingress.is_some() || pp.egress.is_some())
+            .collect();
+        st.isolated_pods = u32::try_from(isolated.len()).unwrap_or(u32::MAX);
+        let mut pods: Vec<String> = isolated
+            .iter()
+            .map(|pp| format!("{}/{}", pp.namespace, pp.name))
+            .collect();
+        pods.sort();
+        st.isolated_pod_names = Some(pods);
+        let mut names: Vec<String> = isolated
+            .iter()
+            .flat_map(|pp| pp.policies.iter().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        st.policies_in_force = names;
+    }
+}
+
+/// Applies `plan`. On success returns the directions whose conntrack entries must be
+/// checked against the new rules ([`flush`], after the waiting ADDs are answered).
+async fn apply(
+    e: &mut Enforcer,
+    plan: Plan,
+    last_error: &mut Option<String>,
+) -> Option<Vec<Tightened>> {
+    let ruleset = plan.ruleset.clone();
+    let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
+    match r {
+        Ok(Ok(())) => {
+            let pods = plan.pods;
+            let (took, tightened) = e.applied(plan);
+            metrics::get().network_policy_applied(Some((pods, took)));
+            if last_error.take().is_some() {
+                tracing::info!("network policy: applying rulesets again");
+            }
+            tracing::debug!(pods, took = ?took, "network policy: ruleset applied");
+            Some(tightened)
+        }
+        Ok(Err(err)) => {
+            metrics::get().network_policy_applied(None);
+            let msg = err.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                tracing::error!(error = %msg, "network policy: the ruleset was not applied (retrying; the previous one stays in force)");
+                *last_error = Some(msg);
+            }
+            None
+        }
+        Err(join) => {
+            metrics::get().network_policy_applied(None);
+            tracing::error!(error = %join, "network policy: applying panicked");
+            *last_error = Some(join.to_string());
+            None
+        }
+    }
+}
+
+/// Removes the conntrack entries the rules just applied no longer allow ([`flush_disallowed`]).
+async fn flush(tightened: Vec<Tightened>, node_ip: Option<Ipv4Addr>) {
+    if tightened.is_empty() {
+        return;
+    }
+    let r = tokio::task::spawn_blocking(move || flush_disallowed(&tightened, node_ip)).await;
+    match r {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => {
+            tracing::info!(
+                entries = n,
+                "network policy: deleted connections the new rules do not allow"
+            );
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "network policy: deleting connections the new rules do not allow");
+        }
+        Err(join) => tracing::error!(error = %join, "network policy: conntrack panicked"),
+    }
+}
+
+/// Answers the waiting ADDs that can be decided now, and fails closed those past their
+/// deadline.
+/// Returns the host veths of the fresh ADDs admitted with their rules in force (no
+/// connection to check).
+fn answer(
+    e: &Enforcer,
+    last_error: Option<&str>,
+    pending: &mut Vec<admit::Request>,
+) -> Vec<String> {
+    let now = Instant::now();
+    let mut fresh = Vec::new();
+    let mut still = Vec::with_capacity(pending.len());
+    for req in pending.drain(..) {
+        let d = admit::decide(
+            e.view(),
+            e.in_force(),
+            last_error,
+            &req.namespace,
+            &req.name,
+            &req.host_veth,
+        );
+        match d {
+            admit::Decision::Admit(how) => {
+                tracing::debug!(pod = %format!("{}/{}", req.namespace, req.name), ?how, "network policy: ADD admitted");
+                if req.fresh && how == admit::Admitted::Enforced {
+                    fresh.push(req.host_veth.clone());
+                }
+                let _ = req.reply.send(Ok(how));
+            }
+            admit::Decision::Wait(why) if now >= req.deadline => {
+                tracing::warn!(error = %why, "network policy: ADD refused");
+                let _ = req.reply.send(Err(why));
+            }
+            admit::Decision::Wait(_) => still.push(req),
+        }
+    }
+    *pending = still;
+    fresh
+}
+
+/// Deletes the conntrack entries (in the agent's namespace, the host's) that the tightened
+/// directions no longer allow: for ingress, the connections the pod accepted (its address
+/// is the responder: `reply.src`, after any DNAT) from a peer the rules do not allow on
+/// that port; for egress, the connections the pod opened (`orig.src`) to a peer and port
+/// the rules do not allow. Connections of the other direction are the pod's own business
+/// (replies are never filtered). Connections with the node's own address `node_ip` are
+/// never filtered (input/output hooks) and stay. Returns how many were deleted.
+pub fn flush_disallowed(
+    tightened: &[Tightened],
+    node_ip: Option<Ipv4Addr>,
+) -> Result<usize, vpcnet_netlink::NetlinkError> {
+    use std::net::IpAddr;
+    vpcnet_netlink::conntrack::delete_where(false, |f| {
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (f.orig.src, f.reply.src) else {
+            return false;
+        };
+        if node_ip.is_some_and(|n| n == src || n == dst) {
+            return false;
+        }
+        let port = f.reply.sport;
+        tightened.iter().any(|t| {
+            let ingress = t.ingress.as_ref().is_some_and(|a| {
+                dst == t.ip && src != t.ip && !vpcnet_policy::allows(a, src, f.proto, port)
+            });
+            let egress = t.egress.as_ref().is_some_and(|a| {
+                src == t.ip && dst != t.ip && !vpcnet_policy::allows(a, dst, f.proto, port)
+            });
+            ingress || egress
+        })
+    })
 }
 
 #[cfg(test)]
@@ -321,15 +610,20 @@ mod tests {
         // No policy: an empty table still goes in once (replacing whatever was there).
         let p = e.plan(a.clone()).unwrap();
         assert_eq!(p.pods, 0);
-        e.applied(p);
+        assert!(e.applied(p).1.is_empty());
         assert!(e.plan(a.clone()).is_none(), "nothing changed");
         // A policy selecting a.
         e.input(Input::Policies(Box::new(Event::Put(np("x", "deny")))));
         let p = e.plan(a.clone()).unwrap();
         assert_eq!(p.pods, 1);
         assert!(p.text.contains("jump"), "{}", p.text);
-        let took = e.applied(p);
+        let (took, tightened) = e.applied(p);
         assert!(took < Duration::from_secs(5));
+        // a was attached before and is isolated now: its connections are checked.
+        assert_eq!(tightened.len(), 1);
+        assert_eq!(tightened[0].ip, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(tightened[0].ingress.as_ref().map(BTreeSet::len), Some(0));
+        assert!(tightened[0].egress.is_none());
         // An event that changes nothing the compiler reads: no pass at all.
         e.input(Input::Policies(Box::new(Event::Put(np("x", "deny")))));
         assert!(e.plan(a.clone()).is_none());

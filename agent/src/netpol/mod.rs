@@ -5,9 +5,12 @@
 //!   watches' events applied to it).
 //! * [`watch`] — list+watch of one kind of object into the view's events (resume on
 //!   resourceVersion, re-list on 410).
+//! * [`admit`] — the ADD gate: no allow window (an ADD of a selected pod returns once its
+//!   rules are in the kernel; fails closed when that cannot be known).
 //! * [`enforce`] — the loop: the three watches into the view, compile, render, apply when
 //!   the ruleset changed.
 
+pub mod admit;
 pub mod enforce;
 pub mod view;
 pub mod watch;

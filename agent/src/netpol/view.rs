@@ -177,6 +177,24 @@ impl View {
         self.namespaces.len()
     }
 
+    /// The NetworkPolicy objects of `namespace`.
+    pub fn policies_in<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = &'a NetworkPolicy> {
+        self.policies
+            .iter()
+            .filter(move |((ns, _), _)| ns == namespace)
+            .map(|(_, np)| np)
+    }
+
+    /// The namespaces that have at least one NetworkPolicy (`None` before the policies are
+    /// listed).
+    pub fn policy_namespaces(&self) -> Option<std::collections::BTreeSet<String>> {
+        self.synced_kind(Kind::Policies)
+            .then(|| self.policies.keys().map(|(ns, _)| ns.clone()).collect())
+    }
+
     /// A pod by namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&ViewPod> {
         self.pods.get(&(namespace.to_string(), name.to_string()))

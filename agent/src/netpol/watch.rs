@@ -17,6 +17,40 @@ use super::view::{Event, Kind};
 use crate::datastore::common::{self, BACKOFF_MAX};
 use crate::datastore::kubernetes::OP_TIMEOUT;
 
+/// The watches failing now, by kind (for `vpcnetd status` and the degraded area).
+#[derive(Debug, Default)]
+pub struct Health(std::sync::Mutex<std::collections::BTreeMap<Kind, String>>);
+
+impl Health {
+    fn set(&self, kind: Kind, err: Option<String>) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match err {
+            Some(e) => {
+                m.insert(kind, e);
+            }
+            None => {
+                m.remove(&kind);
+            }
+        }
+    }
+
+    /// `kind: error` of each failing watch.
+    pub fn errors(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, e)| format!("{}: {e}", k.name()))
+            .collect()
+    }
+}
+
+/// A watch request with no answer this long was taken by the server (a refusal comes at once).
+const ACCEPTED_AFTER: Duration = Duration::from_secs(1);
+
 /// Server-side timeout of one watch request (the server ends the stream; we resume).
 const WATCH_TIMEOUT_SECS: u32 = 290;
 
@@ -38,11 +72,16 @@ fn is_gone(e: &kube::Error) -> bool {
 
 /// One watch request from `rv`; `rv` follows the events and bookmarks. Returns how it ended
 /// and whether anything arrived.
+///
+/// `accepted` is called once the server has evidently taken the request: an item arrived,
+/// or none within [`ACCEPTED_AFTER`] (a refused watch answers at once), so a quiet watch
+/// after an outage counts as working again.
 async fn watch_once<K, U>(
     api: &Api<K>,
     rv: &mut String,
     tx: &mpsc::UnboundedSender<U>,
     wrap: fn(Event<K>) -> U,
+    accepted: impl Fn(),
 ) -> (WatchEnd, bool)
 where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -55,7 +94,15 @@ where
     };
     let mut stream = std::pin::pin!(stream);
     let mut progressed = false;
-    while let Some(ev) = stream.next().await {
+    let first = match tokio::time::timeout(ACCEPTED_AFTER, stream.next()).await {
+        Ok(item) => item,
+        Err(_) => {
+            accepted();
+            stream.next().await
+        }
+    };
+    let mut next = first;
+    while let Some(ev) = next.take() {
         let (event, version) = match ev {
             Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
                 let v = o.meta().resource_version.clone();
@@ -74,6 +121,9 @@ where
             }
             Err(e) => return (WatchEnd::Failed(e.to_string()), progressed),
         };
+        if !progressed {
+            accepted();
+        }
         progressed = true;
         if let Some(event) = event {
             if tx.send(wrap(event)).is_err() {
@@ -83,19 +133,22 @@ where
         if let Some(v) = version.filter(|v| !v.is_empty()) {
             *rv = v;
         }
+        next = stream.next().await;
     }
     (WatchEnd::Closed, progressed)
 }
 
 /// Background: LIST, then WATCH from the list's resourceVersion for as long as it lasts;
 /// resume after the stream ends, re-list on 410 Gone, back off while the server is away.
-/// `server` names the API server in the log. Returns when `tx`'s receiver is gone.
+/// `server` names the API server in the log; `health` records whether it is failing now.
+/// Returns when `tx`'s receiver is gone.
 pub async fn run<K, U>(
     api: Api<K>,
     kind: Kind,
     server: String,
     tx: mpsc::UnboundedSender<U>,
     wrap: fn(Event<K>) -> U,
+    health: std::sync::Arc<Health>,
 ) where
     K: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -117,6 +170,7 @@ pub async fn run<K, U>(
                             if tx.send(wrap(Event::Listed(list.items))).is_err() {
                                 return;
                             }
+                            health.set(kind, None);
                             v
                         }
                         _ => {
@@ -142,9 +196,11 @@ pub async fn run<K, U>(
                     tracing::info!(kind = what, "network policy: watching {what} again");
                 }
                 let started = Instant::now();
-                let (end, progressed) = watch_once(&api, &mut version, &tx, wrap).await;
+                let (end, progressed) =
+                    watch_once(&api, &mut version, &tx, wrap, || health.set(kind, None)).await;
                 if progressed {
                     backoff.reset();
+                    health.set(kind, None);
                 }
                 if matches!(end, WatchEnd::Closed) {
                     rv = Some(version.clone());
@@ -170,6 +226,7 @@ pub async fn run<K, U>(
             }
             WatchEnd::Failed(msg) => {
                 let msg = format!("watching {what} at {server}: {msg}");
+                health.set(kind, Some(msg.clone()));
                 let delay = backoff.next_delay();
                 if last_err.as_deref() != Some(msg.as_str()) {
                     tracing::warn!(error = %msg, retry_in = ?delay, "network policy: watch failed; retrying with back-off");
@@ -258,7 +315,14 @@ mod tests {
         let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<Pod> = Api::all(kube::Client::new(svc, "default"));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(api, Kind::Pods, "test".into(), tx, |e| e));
+        let task = tokio::spawn(run(
+            api,
+            Kind::Pods,
+            "test".into(),
+            tx,
+            |e| e,
+            std::sync::Arc::default(),
+        ));
         respond(
             expect(&mut h, None).await,
             200,
@@ -327,18 +391,34 @@ mod tests {
         let (svc, mut h) = mock::pair::<Request<Body>, Response<Body>>();
         let api: Api<Pod> = Api::all(kube::Client::new(svc, "default"));
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(api, Kind::Pods, "test".into(), tx, |e| e));
+        let health = std::sync::Arc::new(Health::default());
+        let task = tokio::spawn(run(
+            api,
+            Kind::Pods,
+            "test".into(),
+            tx,
+            |e| e,
+            health.clone(),
+        ));
         expect(&mut h, None).await.send_error(std::io::Error::new(
             std::io::ErrorKind::ConnectionRefused,
             "connection refused",
         ));
         let t = Instant::now();
-        respond(expect(&mut h, None).await, 200, list("5", &[]));
+        let retry = expect(&mut h, None).await;
+        let errors = health.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("pods: watching pods at test: LIST"),
+            "{errors:?}"
+        );
+        respond(retry, 200, list("5", &[]));
         assert!(
             t.elapsed() >= common::BACKOFF_MIN / 2,
             "retried without back-off"
         );
         assert_eq!(recv(&mut rx).await, ("listed".into(), vec![]));
+        assert!(health.errors().is_empty(), "{:?}", health.errors());
         task.abort();
     }
 }

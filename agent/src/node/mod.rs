@@ -414,11 +414,20 @@ pub enum Area {
     Claims,
     /// Peer routes could not be installed.
     Peers,
+    /// NetworkPolicy (`--network-policy=true`): a watch of the API is failing, or the
+    /// ruleset could not be applied.
+    NetworkPolicy,
 }
 
 impl Area {
     /// Every area, so `vpcnet_degraded` shows each one (0 when healthy), not only the bad.
-    pub const ALL: [Area; 4] = [Area::Datastore, Area::Pool, Area::Claims, Area::Peers];
+    pub const ALL: [Area; 5] = [
+        Area::Datastore,
+        Area::Pool,
+        Area::Claims,
+        Area::Peers,
+        Area::NetworkPolicy,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -426,6 +435,7 @@ impl Area {
             Area::Pool => "pool",
             Area::Claims => "claims",
             Area::Peers => "peers",
+            Area::NetworkPolicy => "network-policy",
         }
     }
 }

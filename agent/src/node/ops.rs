@@ -217,6 +217,8 @@ impl<D: Datastore> Node<D> {
                     v
                 }),
             }),
+            // Filled by the server from the policy loop (crate::netpol).
+            network_policy: None,
         }
     }
 }

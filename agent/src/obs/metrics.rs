@@ -17,7 +17,7 @@
 //! | `vpcnet_max_pods` | gauge | `--max-pods` |
 //! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
 //! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
-//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`): 1 degraded, 0 not (every area always shown) |
+//! | `vpcnet_degraded{area}` | gauge | per area (`datastore`, `pool`, `claims`, `peers`, `network-policy`): 1 degraded, 0 not (every area always shown) |
 //! | `vpcnet_cni_requests_total{op,result}` | counter | ADD/DEL/GC served (`result="ok"`) and failed (`"error"`) |
 //! | `vpcnet_prefix_claims_total{result}` | counter | prefix claim attempts: `claimed`, `taken` (by another node), `error` |
 //! | `vpcnet_prefix_claim_duration_seconds` | histogram | latency of one datastore claim |
@@ -31,6 +31,11 @@
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_peer_route_updates_total{how}` | counter | peer routing work: `delta` (one route added or withdrawn for one watch delta), `replan` (a full re-plan of every peer route: start, re-list, pool change, the `--peer-sync-interval` timer) |
 //! | `vpcnet_pool_waiting_for_prefix` | gauge | 1 while the last claim attempt lost every race (contention, not exhaustion: the node retries with back-off), else 0 |
+//! | `vpcnet_network_policies` | gauge | NetworkPolicy objects in the agent's view (`--network-policy=true`) |
+//! | `vpcnet_network_policy_pods` | gauge | this node's pods isolated in a direction, as last applied |
+//! | `vpcnet_network_policy_rules`, `vpcnet_network_policy_sets` | gauge | rules, and sets plus maps, of `table inet vpcnet-policy` as last applied |
+//! | `vpcnet_network_policy_applies_total{result}` | counter | rulesets handed to the kernel, `ok` or `error` |
+//! | `vpcnet_network_policy_change_to_kernel_seconds` | histogram | from a change the policy view saw to its ruleset in the kernel |
 //! | `vpcnet_build_info{version}` | gauge | always 1; `version` is vpcnetd's (which build runs where, mid-upgrade) |
 //!
 //! Beside these, without the `vpcnet_` prefix, the standard process metrics
@@ -103,6 +108,8 @@ pub struct Metrics {
     waiting: Gauge,
     policy_objects: Gauge,
     policy_pods: Gauge,
+    policy_rules: Gauge,
+    policy_sets: Gauge,
     policy_applies: Family<[Label; 1], Counter>,
     policy_apply_seconds: Histogram,
 }
@@ -279,6 +286,16 @@ impl Metrics {
             "network_policy_pods",
             "This node's pods some NetworkPolicy selects, as last applied to the kernel",
         );
+        let policy_rules = gauge(
+            &mut r,
+            "network_policy_rules",
+            "Rules in table inet vpcnet-policy, as last applied",
+        );
+        let policy_sets = gauge(
+            &mut r,
+            "network_policy_sets",
+            "Sets and maps in table inet vpcnet-policy, as last applied",
+        );
         let policy_applies = Family::<[Label; 1], Counter>::default();
         r.register(
             "network_policy_applies",
@@ -335,6 +352,8 @@ impl Metrics {
             waiting,
             policy_objects,
             policy_pods,
+            policy_rules,
+            policy_sets,
             policy_applies,
             policy_apply_seconds,
         }
@@ -364,6 +383,14 @@ impl Metrics {
                 .set(i64::try_from(pods).unwrap_or(i64::MAX));
             self.policy_apply_seconds.observe(took.as_secs_f64());
         }
+    }
+
+    /// NetworkPolicy: the rules and sets (maps included) of the ruleset in force.
+    pub fn network_policy_size(&self, rules: usize, sets: usize) {
+        self.policy_rules
+            .set(i64::try_from(rules).unwrap_or(i64::MAX));
+        self.policy_sets
+            .set(i64::try_from(sets).unwrap_or(i64::MAX));
     }
 
     /// Whether the node is waiting for a prefix (lost every race of its last claim).
@@ -512,6 +539,7 @@ mod tests {
             prefixes: vec![],
             allocations: None,
             pool6: None,
+            network_policy: None,
         }
     }
 
