@@ -146,7 +146,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     let (store, pool, pool6) = open_state(&args)?;
     runtime()?.block_on(async move {
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
-        audit_host(&net, &args, &store, &pool).await?;
+        audit_host(&net, &args, &store, &pool, pool6.as_ref()).await?;
         let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
@@ -306,6 +306,7 @@ async fn audit_host(
     args: &RunArgs,
     store: &Store,
     pool: &Pool,
+    pool6: Option<&Pool6>,
 ) -> Result<(), AgentError> {
     let links = link::list(net)
         .await
@@ -313,7 +314,13 @@ async fn audit_host(
     let routes = route::list_v4(net, Some(vpcnet_netlink::RTPROT_VPCNET))
         .await
         .map_err(AgentError::netlink("listing routes"))?;
-    let missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    let mut missing = audit::unaccounted(pool, store.fresh(), &routes, &links);
+    if let Some(p6) = pool6 {
+        let routes6 = route::list_v6(net, Some(vpcnet_netlink::RTPROT_VPCNET))
+            .await
+            .map_err(AgentError::netlink("listing IPv6 routes"))?;
+        missing.extend(audit::unaccounted6(p6, &routes6, &links));
+    }
     if missing.is_empty() {
         return Ok(());
     }

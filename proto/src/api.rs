@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::codes::CniCode;
-use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolStats, PrefixInfo};
+use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolStats, PrefixInfo, PrefixInfo6};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -146,6 +146,21 @@ pub struct AgentStatus {
     pub prefixes: Vec<PrefixInfo>,
     /// Only for root callers (container IDs are not shown to others).
     pub allocations: Option<Vec<Allocation>>,
+    /// The IPv6 pool (dual-stack, docs/dual-stack.md): absent on a node without an IPv6
+    /// `--vpc-cidr`, so an IPv4-only agent's status reads exactly as before. `stats`,
+    /// `prefixes` and `allocations` above are the IPv4 pool's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool6: Option<Pool6Status>,
+}
+
+/// The IPv6 pool in [`AgentStatus`]. Counts saturate at `u32::MAX` (a /80 holds 2^48).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pool6Status {
+    pub stats: PoolStats,
+    pub prefixes: Vec<PrefixInfo6>,
+    /// Only for root callers, as [`AgentStatus::allocations`].
+    pub allocations: Option<Vec<Allocation6>>,
 }
 
 impl Reply {

@@ -160,6 +160,26 @@ fn dual_stack_agent_assigns_both_families_durably_and_uninstall_restores_sysctls
     );
     let status = lab.status();
     assert!(status["ready"].as_bool().unwrap_or(false), "{status}");
+    // Status shows each family: the IPv4 pool as before, the IPv6 one in `pool6`.
+    assert_eq!(status["stats"]["assigned"], 30, "{status}");
+    assert_eq!(status["pool6"]["stats"]["assigned"], 30, "{status}");
+    assert_eq!(status["pool6"]["stats"]["prefixes"], 1, "{status}");
+    assert_eq!(
+        status["pool6"]["prefixes"][0]["prefix"], "fd00:10::/80",
+        "{status}"
+    );
+    let text = sh(&format!(
+        "ip netns exec {} {} status --socket {}",
+        lab.host(),
+        bin("vpcnetd").display(),
+        lab.socket().display()
+    ));
+    assert!(
+        text.contains("IPv6 addresses: very many total, 30 assigned, 0 cooling")
+            && text.contains("IPv6 prefixes:  1 held, 0 wholly free")
+            && text.lines().any(|l| l.starts_with("fd00:10::/80")),
+        "{text}"
+    );
 
     // kill -9 and restart: the same allocations, both families.
     lab.agent.as_mut().expect("agent").kill();
@@ -305,7 +325,10 @@ fn ipv6_vpc_with_many_nodes_needs_an_ipv6_node_ip() {
         ]
         .map(String::from),
     );
-    let o = Command::new("nsenter")
+    // `timeout`: an agent that wrongly starts must not hang the test.
+    let o = Command::new("timeout")
+        .arg("10")
+        .arg("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
         .arg(bin("vpcnetd"))
         .args(&args)
@@ -378,4 +401,128 @@ fn reconcile_and_release_handle_the_ipv6_host_route() {
         !r4.lines().any(|l| l.starts_with(&format!("{ip} "))),
         "{r4}"
     );
+}
+
+/// The start-up audit sees IPv6 pods too: a `/128` pod route of ours whose address the state
+/// does not know makes the agent refuse to start (nothing touched), as a `/32` does.
+#[test]
+fn start_up_audit_refuses_an_unknown_ipv6_pod_route() {
+    let mut lab = Lab::new("10.240.0.0/16,fd00:50::/64");
+    lab.start_agent(&[]);
+    let (_, ip6) = assign(&lab, "known0");
+    assert!(ip6.is_some());
+    lab.agent.as_mut().expect("agent").kill();
+    let h = lab.host();
+    let veth = vpcnet_proto::naming::host_veth_name("stray0", "eth0");
+    let mac =
+        vpcnet_proto::naming::format_mac(&vpcnet_proto::naming::host_veth_mac("stray0", "eth0"));
+    let stray = "fd00:50::ab:cd";
+    sh(&format!(
+        "ip -n {h} link add {veth} address {mac} type veth peer name {p}s && \
+         ip -n {h} link set {veth} up && ip -n {h} link set {p}s up && \
+         ip -n {h} -6 route add {stray}/128 dev {veth} proto 171",
+        p = lab.prefix
+    ));
+    let o = Command::new("timeout")
+        .arg("10")
+        .arg("nsenter")
+        .arg(format!("--net=/var/run/netns/{h}"))
+        .arg(bin("vpcnetd"))
+        .args(lab.agent_flags())
+        .output()
+        .expect("run vpcnetd");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "route {stray}/128 dev {veth} (address not in the state)"
+        )),
+        "{err}"
+    );
+    // Nothing touched: the stray route is still there.
+    assert!(routes6(&lab).contains(stray), "{}", routes6(&lab));
+}
+
+/// Many nodes, IPv6 (local datastore with a peer's claims written into `claims.json`, as
+/// `peers_snat` does for IPv4): another node's IPv6 prefix is routed `via` its IPv6 node
+/// address (`nodeIp6` of its claim), its IPv4 prefix `via` its IPv4 one; our own claims carry
+/// both of our addresses; a claim without an IPv6 node address is not routed; a claim that
+/// goes is withdrawn.
+#[test]
+fn ipv6_peer_prefixes_are_routed_via_the_peers_ipv6_address() {
+    let mut lab = Lab::new("10.240.0.0/16,fd00:60::/64");
+    let h = lab.host();
+    let up = format!("{}u", lab.prefix);
+    sh(&format!(
+        "ip -n {h} link add {up} type veth peer name {up}p && ip -n {h} link set {up} up && \
+         ip -n {h} link set {up}p up && ip -n {h} addr add 10.250.98.1/24 dev {up} && \
+         ip -n {h} addr add fd00:98::1/64 dev {up} nodad"
+    ));
+    let claims = lab.state_dir().join("claims.json");
+    std::fs::create_dir_all(lab.state_dir()).expect("state dir");
+    let peer = serde_json::json!({
+            "10.240.0.16/28": {"prefix": "10.240.0.16/28", "node": "peer-node",
+                               "nodeIp": "10.250.98.2", "nodeIp6": "fd00:98::2", "claimedAt": 1},
+            "fd00:60:0:0:5::/80": {"prefix": "fd00:60:0:0:5::/80", "node": "peer-node",
+                                   "nodeIp": "10.250.98.2", "nodeIp6": "fd00:98::2", "claimedAt": 1},
+            "fd00:60:0:0:6::/80": {"prefix": "fd00:60:0:0:6::/80", "node": "old-node",
+                                   "nodeIp": "10.250.98.3", "claimedAt": 1},
+    });
+    std::fs::write(&claims, serde_json::to_vec(&peer).expect("json")).expect("claims");
+    lab.start_agent(&[
+        "--node-ip",
+        "10.250.98.1,fd00:98::1",
+        "--peer-sync-interval",
+        "300ms",
+    ]);
+    let want = format!("fd00:60:0:0:5::/80 via fd00:98::2 dev {up} ");
+    let ok = lab.wait_for(Duration::from_secs(5), || {
+        let r = routes6(&lab);
+        r.lines().any(|l| l.starts_with(&want))
+            && r.lines().any(|l| l.starts_with("unreachable fd00:60::/80"))
+    });
+    assert!(
+        ok,
+        "want `{want}` and our unreachable /80: {}",
+        routes6(&lab)
+    );
+    let r4 = sh(&format!("ip -n {h} route show proto 171"));
+    assert!(
+        r4.contains(&format!("10.240.0.16/28 via 10.250.98.2 dev {up}")),
+        "{r4}"
+    );
+    // No IPv6 node address on that claim: not routed.
+    assert!(
+        !routes6(&lab).contains("fd00:60:0:0:6::"),
+        "{}",
+        routes6(&lab)
+    );
+    // Our own IPv6 claim carries both of our node addresses.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&claims).expect("claims")).expect("json");
+    let ours = &file["fd00:60::/80"];
+    assert_eq!(
+        (
+            ours["node"].as_str(),
+            ours["nodeIp"].as_str(),
+            ours["nodeIp6"].as_str()
+        ),
+        (
+            Some(format!("{}-node", lab.prefix).as_str()),
+            Some("10.250.98.1"),
+            Some("fd00:98::1")
+        ),
+        "{file:#}"
+    );
+    // The peer's IPv6 claim goes: its route is withdrawn, the IPv4 one stays.
+    let mut now = file.clone();
+    now.as_object_mut()
+        .expect("map")
+        .remove("fd00:60:0:0:5::/80");
+    std::fs::write(&claims, serde_json::to_vec(&now).expect("json")).expect("claims");
+    let gone = lab.wait_for(Duration::from_secs(5), || {
+        !routes6(&lab).contains("fd00:60:0:0:5::")
+    });
+    assert!(gone, "{}", routes6(&lab));
+    assert!(sh(&format!("ip -n {h} route show proto 171")).contains("10.240.0.16/28 via"));
 }

@@ -700,3 +700,46 @@ fn every_version_lists_both_families_and_check_compares_them() {
             .expect_ok(&format!("DEL {v}"));
     }
 }
+
+/// A repeated ADD of a dual-stack pod keeps both addresses and doubles nothing; DEL then an
+/// immediate re-ADD (the old veth not yet reaped) gives a working pod on new addresses in
+/// both families, reachable over IPv6, with the new IPv6 default route on the new eth0.
+#[test]
+fn dual_stack_repeated_add_and_readd_after_del() {
+    let mut lab = lab(Mode::Dual, &[]);
+    let a = add_pod(&mut lab, Mode::Dual, 1);
+    let b = add_pod(&mut lab, Mode::Dual, 2);
+    let again = lab.add(&a.cid, &a.ns);
+    again.expect_ok("second ADD");
+    assert_eq!(result_ips(&again), (a.v4, Some(a.v6)), "{}", again.stdout);
+    let addr6 = lab.ip(&a.ns, "-6 -o addr show dev eth0");
+    assert_eq!(addr6.matches("inet6 ").count(), 1, "{addr6}");
+    let host6 = lab.ip(&lab.host(), "-6 route show proto 171");
+    assert_eq!(
+        host6.lines().filter(|l| l.contains(" dev vpc")).count(),
+        2,
+        "{host6}"
+    );
+    let mut conf = lab.conf();
+    conf["prevResult"] = again.json.clone();
+    assert!(lab
+        .cni("CHECK", &a.cid, "eth0", &Lab::netns_path(&a.ns), &conf)
+        .ok());
+
+    for round in 0..3 {
+        lab.del(&a.cid, &a.ns)
+            .expect_ok(&format!("DEL round {round}"));
+        let r = add_pod(&mut lab, Mode::Dual, 1);
+        assert_ne!(r.v6, a.v6, "round {round}: a released address is cooling");
+        assert_wired(&lab, &r);
+        assert!(
+            lab.ping(&r.ns, &b.v6.to_string()) && lab.ping(&b.ns, &r.v6.to_string()),
+            "round {round}: {} <-> {} over IPv6",
+            r.v6,
+            b.v6
+        );
+        let main6 = lab.ip(&r.ns, "-6 route show default");
+        assert_eq!(main6.lines().count(), 1, "round {round}: {main6}");
+        assert!(main6.contains("dev eth0"), "round {round}: {main6}");
+    }
+}

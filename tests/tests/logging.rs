@@ -3,8 +3,8 @@
 //! * the agent's log (`--log-format`, `--log-level`): JSON lines only on stderr, each with
 //!   level, target and message, from the start-up line to the last; `warn` hides the info
 //!   start-up line; `check-config` refuses bad values naming the flag (the IPv6 ones of
-//!   issue 11 too), and `run` refuses an IPv6 `--vpc-cidr` this version does not serve yet
-//!   before touching anything;
+//!   issue 11 too), and `run` refuses an IPv6 `--vpc-cidr` with many nodes and no IPv6
+//!   `--node-ip` before touching anything;
 //! * SIGTERM: the socket goes at once, a request already accepted is still answered, then the
 //!   agent exits 0 within a bound;
 //! * the plugin's log: rotated to `<logFile>.1` at `logMaxBytes` (also under concurrent
@@ -194,8 +194,8 @@ fn check_config_refuses_bad_log_flags_naming_them() {
 }
 
 /// `--vpc-cidr` takes IPv6 (the family decides the mode) and `--prefix-len-v6` is checked:
-/// bad values name the flag. The agent does not serve IPv6 pods yet (docs/dual-stack.md,
-/// step 3), so a valid IPv6 configuration is refused too, naming `--vpc-cidr`.
+/// bad values name the flag. A valid dual-stack configuration passes on one node; with many
+/// nodes (a shared datastore) it needs an IPv6 `--node-ip` and is refused naming it.
 #[test]
 fn check_config_checks_the_ipv6_flags_naming_them() {
     let check = |args: &[&str], env: &[(&str, &str)]| {
@@ -227,18 +227,29 @@ fn check_config_checks_the_ipv6_flags_naming_them() {
     assert!(!ok && err.contains("--prefix-len-v6 121"), "{err}");
     let (ok, err) = check(&["--vpc-cidr", "fd00::1::/64"], &[]);
     assert!(!ok && err.contains("--vpc-cidr"), "{err}");
-    // Valid dual-stack flags, from the environment as the DaemonSet sets them: refused for
-    // now, naming the IPv6 CIDR.
+    // Valid dual-stack flags, from the environment as the DaemonSet sets them: served.
     let (ok, err) = check(&[], &[("VPCNET_VPC_CIDR", "10.0.0.0/16,fd00:10::/64")]);
+    assert!(ok, "{err}");
+    // Many nodes without an IPv6 node address: refused naming --node-ip and the IPv6 CIDR;
+    // with one (a comma list, as VPCNET_NODE_IP holds it), fine.
+    let etcd = [
+        ("VPCNET_VPC_CIDR", "10.0.0.0/16,fd00:10::/64"),
+        ("VPCNET_DATASTORE", "etcd"),
+        ("VPCNET_ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+    ];
+    let (ok, err) = check(&["--node-ip", "192.0.2.7"], &etcd);
     assert!(
-        !ok && err.contains("--vpc-cidr fd00:10::/64") && err.contains("IPv6"),
+        !ok && err.contains("--node-ip") && err.contains("fd00:10::/64") && err.contains("IPv6"),
         "{err}"
     );
+    let (ok, err) = check(&["--node-ip", "192.0.2.7,fd00:1::7"], &etcd);
+    assert!(ok, "{err}");
 }
 
-/// `run` with an IPv6 `--vpc-cidr` exits 1 naming it, before any lock, socket or state file.
+/// `run` with an IPv6 `--vpc-cidr` and many nodes (etcd) but no IPv6 `--node-ip` exits 1
+/// naming the flag, before any lock, socket, state file, route or sysctl.
 #[test]
-fn run_refuses_an_ipv6_vpc_before_touching_anything() {
+fn run_refuses_an_ipv6_vpc_without_an_ipv6_node_ip_before_touching_anything() {
     let lab = Lab::new("10.244.0.0/16");
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
@@ -247,6 +258,13 @@ fn run_refuses_an_ipv6_vpc_before_touching_anything() {
         .args(["--state-dir", &lab.state_dir().display().to_string()])
         .args(["--vpc-cidr", &lab.vpc, "--vpc-cidr", "fd00:44::/64"])
         .args(["--metrics-addr", "off", "--node-name", "v6-node"])
+        .args([
+            "--datastore",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+        ])
+        .args(["--node-ip", "192.0.2.7"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -262,7 +280,15 @@ fn run_refuses_an_ipv6_vpc_before_touching_anything() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(exited, "vpcnetd kept running with an IPv6 VPC: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("--vpc-cidr fd00:44::/64"), "{err}");
+    assert!(
+        err.contains("--node-ip") && err.contains("fd00:44::/64"),
+        "{err}"
+    );
+    let forwarding = sh(&format!(
+        "ip netns exec {} cat /proc/sys/net/ipv6/conf/all/forwarding",
+        lab.host()
+    ));
+    assert_eq!(forwarding.trim(), "0", "IPv6 forwarding changed");
     assert!(!lab.socket().exists(), "socket created");
     assert!(!lab.state_dir().exists(), "state dir created");
     assert!(lab.proto_routes().is_empty(), "{:?}", lab.proto_routes());

@@ -74,12 +74,12 @@ fn metrics_health_and_pool_agree_with_the_agent() {
         let same = before["stats"] == after["stats"];
         let agree = same
             && [
-                ("vpcnet_addresses", "total"),
-                ("vpcnet_addresses_assigned", "assigned"),
-                ("vpcnet_addresses_cooling", "cooling"),
-                ("vpcnet_addresses_available", "available"),
-                ("vpcnet_prefixes", "prefixes"),
-                ("vpcnet_prefixes_free", "free_prefixes"),
+                ("vpcnet_addresses{family=\"ipv4\"}", "total"),
+                ("vpcnet_addresses_assigned{family=\"ipv4\"}", "assigned"),
+                ("vpcnet_addresses_cooling{family=\"ipv4\"}", "cooling"),
+                ("vpcnet_addresses_available{family=\"ipv4\"}", "available"),
+                ("vpcnet_prefixes{family=\"ipv4\"}", "prefixes"),
+                ("vpcnet_prefixes_free{family=\"ipv4\"}", "free_prefixes"),
                 // One node alone in its VPC: every claimed prefix is its own.
                 ("vpcnet_vpc_prefixes_claimed", "prefixes"),
             ]
@@ -148,8 +148,14 @@ fn metrics_health_and_pool_agree_with_the_agent() {
         metric(&text, "vpcnet_cni_requests_total{op=\"del\",result=\"ok\"}"),
         1
     );
-    assert_eq!(metric(&text, "vpcnet_addresses_assigned"), 2);
-    assert_eq!(metric(&text, "vpcnet_addresses_cooling"), 1);
+    assert_eq!(
+        metric(&text, "vpcnet_addresses_assigned{family=\"ipv4\"}"),
+        2
+    );
+    assert_eq!(
+        metric(&text, "vpcnet_addresses_cooling{family=\"ipv4\"}"),
+        1
+    );
 
     // What the runtime saw (issue 12): the plugin reports each ADD/DEL's time and result
     // after its result is out. An ADD whose data plane fails after an ok assign is an ok
@@ -263,7 +269,10 @@ fn readyz_is_503_when_no_address_can_be_had() {
     assert_eq!(get(&lab, "/healthz").0, 200, "full is not dead");
     let (_, text) = get(&lab, "/metrics");
     assert_eq!(metric(&text, "vpcnet_can_assign"), 0);
-    assert_eq!(metric(&text, "vpcnet_addresses_available"), 0);
+    assert_eq!(
+        metric(&text, "vpcnet_addresses_available{family=\"ipv4\"}"),
+        0
+    );
 
     // The next ADD fails with code 11, and is counted as failed.
     let ns = lab.pod(9);

@@ -24,6 +24,31 @@ pub fn render(s: &AgentStatus) -> String {
         "prefixes:  {} held, {} wholly free",
         st.prefixes, st.free_prefixes
     );
+    if let Some(p6) = &s.pool6 {
+        // Dual-stack / IPv6-only: the lines above are the IPv4 pool's. IPv6 counts saturate
+        // (a /80 holds 2^48 addresses).
+        let st6 = &p6.stats;
+        let n = |v: u32| {
+            if v == u32::MAX {
+                "very many".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        let _ = writeln!(
+            out,
+            "IPv6 addresses: {} total, {} assigned, {} cooling, {} available",
+            n(st6.total),
+            st6.assigned,
+            st6.cooling,
+            n(st6.available)
+        );
+        let _ = writeln!(
+            out,
+            "IPv6 prefixes:  {} held, {} wholly free",
+            st6.prefixes, st6.free_prefixes
+        );
+    }
     if s.degraded.is_empty() {
         let _ = writeln!(out, "health:    ok");
     } else {
@@ -45,6 +70,20 @@ pub fn render(s: &AgentStatus) -> String {
             p.assigned,
             p.cooling,
             p.usable
+        );
+    }
+    for p in s.pool6.iter().flat_map(|p| &p.prefixes) {
+        let _ = writeln!(
+            out,
+            "{:<20} {:>8} {:>8} {:>7}",
+            p.prefix.to_string(),
+            p.assigned,
+            p.cooling,
+            if p.usable == u32::MAX {
+                "many".to_string()
+            } else {
+                p.usable.to_string()
+            }
         );
     }
     if let Some(allocs) = &s.allocations {
@@ -69,6 +108,23 @@ pub fn render(s: &AgentStatus) -> String {
                 a.key.network
             );
         }
+    }
+    // IPv6 allocations: the same columns (an attachment of a dual-stack node is listed once
+    // per family).
+    for a in s.pool6.iter().flat_map(|p| p.allocations.iter().flatten()) {
+        let pod = match (&a.meta.namespace, &a.meta.name) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            _ => "-".into(),
+        };
+        let cid: String = a.key.container_id.chars().take(24).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<24} {:<8} {:<14} {pod}",
+            a.ip.to_string(),
+            cid,
+            a.key.ifname,
+            a.key.network
+        );
     }
     out
 }

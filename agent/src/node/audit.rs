@@ -15,9 +15,9 @@ use std::collections::HashMap;
 
 use ipnetwork::Ipv4Network;
 use vpcnet_netlink::link::LinkInfo;
-use vpcnet_netlink::route::RouteV4;
+use vpcnet_netlink::route::{RouteV4, RouteV6};
 
-use vpcnet_pool::{Allocation, PodMeta, Pool, PoolEvent};
+use vpcnet_pool::{Allocation, PodMeta, Pool, Pool6, PoolEvent};
 use vpcnet_proto::naming;
 
 /// A pod route: what the plugin installs for a pod (`<ip>/32 dev <veth> scope link proto 171`).
@@ -70,6 +70,26 @@ pub fn unaccounted(
         }
     }
     out
+}
+
+/// [`unaccounted`] for IPv6 (dual-stack): every pod `/128` route of ours (protocol 171,
+/// through one of our veths) must go to an address the IPv6 pool knows. Checked only when
+/// the node has an IPv6 pool (an IPv4-only node's audit is as before).
+pub fn unaccounted6(pool6: &Pool6, routes6: &[RouteV6], links: &[LinkInfo]) -> Vec<String> {
+    let names = our_veths(links);
+    routes6
+        .iter()
+        .filter(|r| {
+            crate::node::host::is_host_route6_shape(r)
+                && r.protocol == vpcnet_netlink::RTPROT_VPCNET
+                && r.oif.is_some_and(|i| names.contains_key(&i))
+                && !pool6.knows(r.dst)
+        })
+        .map(|r| {
+            let dev = r.oif.and_then(|i| names.get(&i)).copied().unwrap_or("?");
+            format!("route {}/128 dev {dev} (address not in the state)", r.dst)
+        })
+        .collect()
 }
 
 /// What [`rebuild`] adopted and left.

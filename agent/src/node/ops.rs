@@ -9,7 +9,7 @@ use super::store::FamilyEvent;
 use super::{assign_both, now_ms, resolve, Area, Family, Node, NodeError};
 use crate::datastore::Datastore;
 use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolError, PoolEvent, PoolEvent6};
-use vpcnet_proto::api::{AgentStatus, Attachment};
+use vpcnet_proto::api::{AgentStatus, Attachment, Pool6Status};
 use vpcnet_proto::naming;
 
 /// What an ADD gets: one address per family the node serves (docs/dual-stack.md).
@@ -207,6 +207,15 @@ impl<D: Datastore> Node<D> {
                 let mut v: Vec<_> = st.pool.allocations().cloned().collect();
                 v.sort_by_key(|a| a.ip);
                 v
+            }),
+            pool6: st.pool6.as_ref().map(|p6| Pool6Status {
+                stats: p6.stats(now),
+                prefixes: p6.prefixes(now),
+                allocations: with_allocations.then(|| {
+                    let mut v: Vec<_> = p6.allocations().cloned().collect();
+                    v.sort_by_key(|a| a.ip);
+                    v
+                }),
             }),
         }
     }

@@ -8,12 +8,12 @@
 //!
 //! | metric | type | meaning |
 //! |---|---|---|
-//! | `vpcnet_addresses` | gauge | usable addresses the node holds (`stats.total`) |
-//! | `vpcnet_addresses_assigned` | gauge | addresses assigned to pods |
-//! | `vpcnet_addresses_cooling` | gauge | released addresses still cooling down |
-//! | `vpcnet_addresses_available` | gauge | `total - assigned - cooling` |
-//! | `vpcnet_prefixes` | gauge | prefixes the node holds |
-//! | `vpcnet_prefixes_free` | gauge | held prefixes with no assigned or cooling address |
+//! | `vpcnet_addresses{family}` | gauge | usable addresses the node holds (`stats.total`); `family` is `ipv4`, and `ipv6` on a node with an IPv6 VPC (IPv6 counts saturate at 2^32-1) |
+//! | `vpcnet_addresses_assigned{family}` | gauge | addresses assigned to pods |
+//! | `vpcnet_addresses_cooling{family}` | gauge | released addresses still cooling down |
+//! | `vpcnet_addresses_available{family}` | gauge | `total - assigned - cooling` |
+//! | `vpcnet_prefixes{family}` | gauge | prefixes the node holds |
+//! | `vpcnet_prefixes_free{family}` | gauge | held prefixes with no assigned or cooling address |
 //! | `vpcnet_max_pods` | gauge | `--max-pods` |
 //! | `vpcnet_ready` | gauge | 1 once start-up reconcile is done |
 //! | `vpcnet_can_assign` | gauge | 1 when an ADD can get an address (now, or by growing) |
@@ -77,12 +77,13 @@ pub struct Metrics {
     /// The unprefixed `process_*` metrics.
     process_registry: Registry,
     process: ProcessMetrics,
-    addresses: Gauge,
-    assigned: Gauge,
-    cooling: Gauge,
-    available: Gauge,
-    prefixes: Gauge,
-    free_prefixes: Gauge,
+    /// The pool gauges, by `family` (`ipv4`, and `ipv6` on a node with an IPv6 VPC).
+    addresses: Family<[Label; 1], Gauge>,
+    assigned: Family<[Label; 1], Gauge>,
+    cooling: Family<[Label; 1], Gauge>,
+    available: Family<[Label; 1], Gauge>,
+    prefixes: Family<[Label; 1], Gauge>,
+    free_prefixes: Family<[Label; 1], Gauge>,
     max_pods: Gauge,
     ready: Gauge,
     can_assign: Gauge,
@@ -124,20 +125,29 @@ impl Metrics {
             r.register(name, help, g.clone());
             g
         };
-        let addresses = gauge(&mut r, "addresses", "Usable addresses this node holds");
-        let assigned = gauge(&mut r, "addresses_assigned", "Addresses assigned to pods");
-        let cooling = gauge(
+        let by_family = |r: &mut Registry, name: &str, help: &str| {
+            let g = Family::<[Label; 1], Gauge>::default();
+            r.register(name, help, g.clone());
+            g
+        };
+        let addresses = by_family(
+            &mut r,
+            "addresses",
+            "Usable addresses this node holds, by family (IPv6 saturates at 2^32-1)",
+        );
+        let assigned = by_family(&mut r, "addresses_assigned", "Addresses assigned to pods");
+        let cooling = by_family(
             &mut r,
             "addresses_cooling",
             "Released addresses still cooling down",
         );
-        let available = gauge(
+        let available = by_family(
             &mut r,
             "addresses_available",
             "Addresses free to assign now (total - assigned - cooling)",
         );
-        let prefixes = gauge(&mut r, "prefixes", "Prefixes this node holds");
-        let free_prefixes = gauge(
+        let prefixes = by_family(&mut r, "prefixes", "Prefixes this node holds");
+        let free_prefixes = by_family(
             &mut r,
             "prefixes_free",
             "Held prefixes with no assigned and no cooling address",
@@ -437,13 +447,29 @@ impl Metrics {
     /// `areas`: every area with whether it is degraded (each is shown, 0 or 1, so a
     /// dashboard or alert sees 0 rather than no data on a healthy node).
     pub fn encode(&self, status: &AgentStatus, areas: &[(&'static str, bool)]) -> String {
-        let s = &status.stats;
-        self.addresses.set(i64::from(s.total));
-        self.assigned.set(i64::from(s.assigned));
-        self.cooling.set(i64::from(s.cooling));
-        self.available.set(i64::from(s.available));
-        self.prefixes.set(i64::from(s.prefixes));
-        self.free_prefixes.set(i64::from(s.free_prefixes));
+        let families = std::iter::once(("ipv4", &status.stats))
+            .chain(status.pool6.as_ref().map(|p| ("ipv6", &p.stats)));
+        for g in [
+            &self.addresses,
+            &self.assigned,
+            &self.cooling,
+            &self.available,
+            &self.prefixes,
+            &self.free_prefixes,
+        ] {
+            g.clear();
+        }
+        for (family, s) in families {
+            let l = [("family", family)];
+            self.addresses.get_or_create(&l).set(i64::from(s.total));
+            self.assigned.get_or_create(&l).set(i64::from(s.assigned));
+            self.cooling.get_or_create(&l).set(i64::from(s.cooling));
+            self.available.get_or_create(&l).set(i64::from(s.available));
+            self.prefixes.get_or_create(&l).set(i64::from(s.prefixes));
+            self.free_prefixes
+                .get_or_create(&l)
+                .set(i64::from(s.free_prefixes));
+        }
         self.max_pods.set(i64::from(status.max_pods));
         self.ready.set(b(status.ready));
         self.can_assign.set(b(status.can_assign));
@@ -485,6 +511,7 @@ mod tests {
             max_pods: 110,
             prefixes: vec![],
             allocations: None,
+            pool6: None,
         }
     }
 
@@ -541,10 +568,50 @@ mod tests {
             Some(1.0),
             "{text}"
         );
-        assert_eq!(sample(&text, "vpcnet_addresses"), Some(32.0));
-        assert_eq!(sample(&text, "vpcnet_addresses_assigned"), Some(3.0));
-        assert_eq!(sample(&text, "vpcnet_addresses_available"), Some(28.0));
-        assert_eq!(sample(&text, "vpcnet_prefixes"), Some(2.0));
+        assert_eq!(
+            sample(&text, "vpcnet_addresses{family=\"ipv4\"}"),
+            Some(32.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_addresses_assigned{family=\"ipv4\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_addresses_available{family=\"ipv4\"}"),
+            Some(28.0)
+        );
+        assert_eq!(sample(&text, "vpcnet_prefixes{family=\"ipv4\"}"), Some(2.0));
+        // No IPv6 pool: no IPv6 samples. With one: both families, each its own.
+        assert_eq!(sample(&text, "vpcnet_addresses{family=\"ipv6\"}"), None);
+        let mut dual = status();
+        dual.pool6 = Some(vpcnet_proto::api::Pool6Status {
+            stats: PoolStats {
+                total: u32::MAX,
+                assigned: 7,
+                cooling: 0,
+                available: u32::MAX,
+                prefixes: 1,
+                free_prefixes: 0,
+            },
+            prefixes: vec![],
+            allocations: None,
+        });
+        let areas = [("datastore", true), ("pool", false)];
+        let text = m.encode(&dual, &areas);
+        assert_eq!(
+            sample(&text, "vpcnet_addresses_assigned{family=\"ipv4\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_addresses_assigned{family=\"ipv6\"}"),
+            Some(7.0)
+        );
+        assert_eq!(
+            sample(&text, "vpcnet_addresses{family=\"ipv6\"}"),
+            Some(f64::from(u32::MAX))
+        );
+        assert_eq!(sample(&text, "vpcnet_prefixes{family=\"ipv6\"}"), Some(1.0));
+        let text = m.encode(&status(), &areas);
         assert_eq!(
             sample(&text, "vpcnet_cni_requests_total{op=\"add\",result=\"ok\"}"),
             Some(1.0)
