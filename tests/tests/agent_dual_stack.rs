@@ -113,7 +113,9 @@ fn dual_stack_agent_assigns_both_families_durably_and_uninstall_restores_sysctls
     assert_eq!(sysctl(&lab, &ra), "1");
     assert_eq!(sysctl(&lab, "net/ipv6/conf/all/forwarding"), "0");
 
-    lab.start_agent(&[]);
+    // These allocations have no veths (no plugin here): a long grace keeps reconcile (at the
+    // restart below) from releasing them on a slow machine.
+    lab.start_agent(&["--reconcile-grace", "3600s"]);
     assert_eq!(sysctl(&lab, "net/ipv6/conf/all/forwarding"), "1");
     assert_eq!(sysctl(&lab, &ra), "2", "accept_ra 1 -> 2 before forwarding");
 
@@ -354,6 +356,8 @@ fn reconcile_and_release_handle_the_ipv6_host_route() {
     let mut lab = Lab::new("10.240.0.0/16,fd00:40::/64");
     lab.start_agent(&["--reconcile-interval", "200ms", "--reconcile-grace", "0s"]);
     let h = lab.host();
+    // `replace`, not `add`: reconcile (every 200 ms) may restore them first, once the veth
+    // is there.
     let (ip, ip6) = assign(&lab, "hv0");
     let (ip, ip6) = (ip.expect("IPv4"), ip6.expect("IPv6"));
     let veth = vpcnet_proto::naming::host_veth_name("hv0", "eth0");
@@ -361,8 +365,8 @@ fn reconcile_and_release_handle_the_ipv6_host_route() {
     sh(&format!(
         "ip -n {h} link add {veth} address {mac} type veth peer name {p}q && \
          ip -n {h} link set {veth} up && ip -n {h} link set {p}q up && \
-         ip -n {h} route add {ip}/32 dev {veth} scope link proto 171 && \
-         ip -n {h} -6 route add {ip6}/128 dev {veth} proto 171",
+         ip -n {h} route replace {ip}/32 dev {veth} scope link proto 171 && \
+         ip -n {h} -6 route replace {ip6}/128 dev {veth} proto 171",
         p = lab.prefix
     ));
     let has6 = |lab: &Lab| {
@@ -386,8 +390,8 @@ fn reconcile_and_release_handle_the_ipv6_host_route() {
         "hv0 has its veth: kept"
     );
     // A deleted /128 comes back.
+    // (Deleted for sure: `sh` fails otherwise. Reconcile may restore it any moment.)
     sh(&format!("ip -n {h} -6 route del {ip6}/128 dev {veth}"));
-    assert!(!has6(&lab));
     assert!(
         lab.wait_for(Duration::from_secs(5), || has6(&lab)),
         "reconcile restored the /128: {}",
@@ -525,4 +529,68 @@ fn ipv6_peer_prefixes_are_routed_via_the_peers_ipv6_address() {
     });
     assert!(gone, "{}", routes6(&lab));
     assert!(sh(&format!("ip -n {h} route show proto 171")).contains("10.240.0.16/28 via"));
+}
+
+/// Three dual-stack nodes on one switch with etcd (`vpcnet_tests::cluster`), the underlay
+/// given IPv6 addresses too: each node claims one IPv6 /80 (its etcd key the prefix text)
+/// and routes every other node's `via` that node's IPv6 address, its own `unreachable`.
+#[test]
+fn three_dual_stack_nodes_route_each_others_ipv6_prefixes() {
+    use vpcnet_tests::cluster::Cluster;
+    let mut c = Cluster::new(3, "10.240.0.0/16,fd00:70::/64");
+    let ip6 = |k: usize| format!("fd00:199::{}", 10 + k);
+    for k in 1..=3 {
+        sh(&format!(
+            "ip -n {} addr add {}/64 dev eth0 nodad",
+            c.node(k).ns,
+            ip6(k)
+        ));
+    }
+    for k in 1..=3 {
+        c.start_agent(k, &["--node-ip", &ip6(k), "--peer-sync-interval", "500ms"]);
+    }
+    // Every node's IPv6 claim, from etcd: key = the prefix as text.
+    let mut prefix_of = std::collections::BTreeMap::new();
+    let ok = vpcnet_tests::wait_until(Duration::from_secs(10), || {
+        let Ok(kvs) = c.etcd_range("/vpcnet/claims/fd00") else {
+            return false;
+        };
+        prefix_of.clear();
+        for (key, value, _, _) in kvs {
+            let v: serde_json::Value = serde_json::from_str(&value).expect("claim json");
+            let p = v["prefix"].as_str().expect("prefix").to_string();
+            assert_eq!(key, format!("/vpcnet/claims/{p}"), "{value}");
+            prefix_of.insert(v["node"].as_str().expect("node").to_string(), (p, v));
+        }
+        prefix_of.len() == 3
+    });
+    assert!(ok, "one IPv6 claim per node: {prefix_of:?}");
+    for k in 1..=3 {
+        let (_, v) = &prefix_of[&format!("node{k}")];
+        assert_eq!(v["nodeIp6"].as_str(), Some(ip6(k).as_str()), "{v}");
+    }
+    // Each node: the others' /80 via their IPv6 address, its own unreachable.
+    for k in 1..=3 {
+        let ns = c.node(k).ns.clone();
+        let want: Vec<String> = (1..=3)
+            .map(|j| {
+                let p = &prefix_of[&format!("node{j}")].0;
+                if j == k {
+                    format!("unreachable {p} ")
+                } else {
+                    format!("{p} via {} dev eth0 ", ip6(j))
+                }
+            })
+            .collect();
+        let ok = vpcnet_tests::wait_until(Duration::from_secs(10), || {
+            let r = sh(&format!("ip -n {ns} -6 route show proto 171"));
+            want.iter()
+                .all(|w| r.lines().any(|l| l.starts_with(w.as_str())))
+        });
+        assert!(
+            ok,
+            "node{k} wants {want:?}: {}",
+            sh(&format!("ip -n {ns} -6 route show proto 171"))
+        );
+    }
 }

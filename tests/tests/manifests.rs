@@ -1054,7 +1054,7 @@ fn rbac_is_least_privilege() {
         let names: BTreeSet<&str> = props.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["cidr", "node", "nodeIP"].into(),
+            ["cidr", "node", "nodeIP", "nodeIPv6"].into(),
             "{file}: PrefixClaim spec"
         );
     }
@@ -1310,5 +1310,17 @@ print("ok")
     assert!(
         !bad.status.success(),
         "a cidr without a length must be refused by the CRD schema"
+    );
+    // An IPv6 prefix as the agent writes it (dual-stack); without a length it is refused.
+    let v6 = run(&["fd00:10::/80"]);
+    assert!(
+        v6.status.success(),
+        "an IPv6 PrefixClaim: {}",
+        String::from_utf8_lossy(&v6.stderr)
+    );
+    let bad = run(&["fd00:10::"]);
+    assert!(
+        !bad.status.success(),
+        "an IPv6 cidr without a length must be refused by the CRD schema"
     );
 }
