@@ -3,22 +3,34 @@
 # private "host" network namespace, wires N pods (network namespaces) through the real vpcnet
 # binary, shows their addresses and the agent's pool, pings every pod from every other, prints
 # ADD/DEL timings, and cleans everything up. Nothing touches this machine's own network.
-#   ./scripts/demo.sh [-n PODS] [-c VPC_CIDR] [-k]   (-k: keep it running until Enter)
+#   ./scripts/demo.sh [-n PODS] [-c VPC_CIDR] [-f 4|6|dual] [-C VPC_CIDR_V6] [-k]
+#   (-k: keep it running until Enter; -f: the pods' families, default 4; -C: the IPv6 VPC,
+#   default fd00:10::/64; with 6 or dual every pod pings every other over each family it has)
 # Many nodes (-N > 1): a "VPC switch" namespace (bridge 10.199.0.1/24, one etcd), N node
 # namespaces (10.199.0.11, .12, …) each running vpcnetd on the etcd datastore, -n pods per
 # node; shows each node's pods, prefixes and routes and a full-mesh ping matrix.
-#   ./scripts/demo.sh -N 3 [-n PODS_PER_NODE] [-c VPC_CIDR] [-k]
+#   ./scripts/demo.sh -N 3 [-n PODS_PER_NODE] [-c VPC_CIDR] [-k]   (IPv4 only)
 set -euo pipefail
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-N=6 VPC=10.240.0.0/16 KEEP=0 NODES=1
-while getopts "n:c:N:kh" o; do
+N=6 VPC=10.240.0.0/16 VPC6=fd00:10::/64 FAM=4 KEEP=0 NODES=1
+while getopts "n:c:C:f:N:kh" o; do
   case $o in
-    n) N=$OPTARG ;; c) VPC=$OPTARG ;; N) NODES=$OPTARG ;; k) KEEP=1 ;;
-    *) sed -n '2,12p' "$0"; exit 0 ;;
+    n) N=$OPTARG ;; c) VPC=$OPTARG ;; C) VPC6=$OPTARG ;; f) FAM=$OPTARG ;; N) NODES=$OPTARG ;;
+    k) KEEP=1 ;;
+    *) sed -n '2,14p' "$0"; exit 0 ;;
   esac
 done
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 200 ]] || { echo "demo.sh: -N must be 1..200" >&2; exit 1; }
+case $FAM in
+  4|6|dual) ;;
+  *) echo "demo.sh: -f must be 4, 6 or dual" >&2; exit 1 ;;
+esac
+if [ "$NODES" -gt 1 ] && [ "$FAM" != 4 ]; then
+  echo "demo.sh: -f $FAM is single-node only for now (the many-node demo is IPv4)" >&2; exit 1
+fi
+# The families of the pods: IPv4 first, like the CNI result.
+case $FAM in 4) FAMS="4" ;; 6) FAMS="6" ;; dual) FAMS="4 6" ;; esac
 . scripts/deps.sh
 if [ "$NODES" -gt 1 ]; then
   missing=()
@@ -172,11 +184,16 @@ cleanup() {
 trap cleanup EXIT
 cleanup; rm -rf "$RUN"; mkdir -p "$RUN"
 
-echo "== host namespace $HOST, vpcnetd on the local datastore, VPC $VPC"
+VPC_ARGS=()
+for f in $FAMS; do
+  if [ "$f" = 4 ]; then VPC_ARGS+=(--vpc-cidr "$VPC"); else VPC_ARGS+=(--vpc-cidr "$VPC6"); fi
+done
+SHOWN=$(for f in $FAMS; do [ "$f" = 4 ] && printf '%s ' "$VPC" || printf '%s ' "$VPC6"; done)
+echo "== host namespace $HOST, vpcnetd on the local datastore, VPC ${SHOWN% }"
 ip netns add "$HOST"
 ip -n "$HOST" link set lo up
 nsenter --net=/run/netns/$HOST "$BIN/vpcnetd" --socket "$SOCK" --state-dir "$RUN/state" \
-  --vpc-cidr "$VPC" --warm-ip-target 8 --ip-cooldown 5s >"$RUN/vpcnetd.log" 2>&1 &
+  "${VPC_ARGS[@]}" --warm-ip-target 8 --ip-cooldown 5s >"$RUN/vpcnetd.log" 2>&1 &
 AGENT_PID=$!
 for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
 [ -S "$SOCK" ] || { cat "$RUN/vpcnetd.log"; exit 1; }
@@ -193,6 +210,7 @@ cni() { # cmd i
 }
 export -f cni; export P BIN CONF
 echo "== ADD $N pods"
+if [ "$FAM" = 4 ]; then
 nsenter --net=/run/netns/$HOST bash -c '
   for i in $(seq '"$N"'); do
     t0=$EPOCHREALTIME; out=$(cni ADD $i); t1=$EPOCHREALTIME
@@ -201,25 +219,43 @@ nsenter --net=/run/netns/$HOST bash -c '
     printf "  pod%-3s %-16s ADD %6.2f ms\n" "$i" "$ip" "$(echo "($t1-$t0)*1000" | bc -l 2>/dev/null || awk "BEGIN{print ($t1-$t0)*1000}")"
     echo "$ip" > /tmp/vpcnet-demo/ip.$i
   done'
+else
+# Every address of the result (IPv4 first), one file per family: ip.<i> (IPv4), ip6.<i>.
+nsenter --net=/run/netns/$HOST bash -c '
+  for i in $(seq '"$N"'); do
+    t0=$EPOCHREALTIME; out=$(cni ADD $i); t1=$EPOCHREALTIME
+    ips=$(jq -r "[.ips[]?.address] | join(\" \")" <<<"$out" 2>/dev/null || true)
+    [ -n "$ips" ] || { echo "ADD pod$i failed: $out"; exit 1; }
+    printf "  pod%-3s %-40s ADD %6.2f ms\n" "$i" "$ips" "$(awk "BEGIN{print ($t1-$t0)*1000}")"
+    for a in $ips; do
+      case $a in *:*) echo "$a" > /tmp/vpcnet-demo/ip6.$i ;; *) echo "$a" > /tmp/vpcnet-demo/ip.$i ;; esac
+    done
+  done'
+fi
 
 echo "== pod namespace of pod1 (what kubelet's pod sees)"
-ip -n ${P}-pod1 -4 addr show eth0 | sed 's/^/  /'
-ip -n ${P}-pod1 route | sed 's/^/  /'
-ip -n ${P}-pod1 neigh | sed 's/^/  /'
+for f in $FAMS; do ip -n ${P}-pod1 -$f addr show eth0 | sed 's/^/  /'; done
+for f in $FAMS; do ip -n ${P}-pod1 -$f route | sed 's/^/  /'; done
+for f in $FAMS; do ip -n ${P}-pod1 -$f neigh | sed 's/^/  /'; done
 echo "== host routes (proto 171 = vpcnet)"
-ip -n "$HOST" route show proto 171 | sed 's/^/  /'
+for f in $FAMS; do ip -n "$HOST" -$f route show proto 171 | sed 's/^/  /'; done
 
-echo "== ping matrix (row pings column)"
-printf '  %6s' ""; for j in $(seq "$N"); do printf ' pod%-2s' "$j"; done; echo
-fails=0
-for i in $(seq "$N"); do
-  printf '  pod%-3s' "$i"
-  for j in $(seq "$N"); do
-    if [ "$i" = "$j" ]; then printf '  %-4s' '-'; continue; fi
-    if ip netns exec ${P}-pod$i ping -c1 -W1 -q "$(cat $RUN/ip.$j | cut -d/ -f1)" >/dev/null 2>&1; then
-      printf '  %-4s' ok
-    else printf '  %-4s' FAIL; fails=$((fails+1)); fi
-  done; echo
+fails=0 total=0
+for f in $FAMS; do
+  if [ "$FAM" = 4 ]; then echo "== ping matrix (row pings column)"; file=ip
+  elif [ "$f" = 4 ]; then echo "== ping matrix, IPv4 (row pings column)"; file=ip
+  else echo "== ping matrix, IPv6 (row pings column)"; file=ip6; fi
+  printf '  %6s' ""; for j in $(seq "$N"); do printf ' pod%-2s' "$j"; done; echo
+  for i in $(seq "$N"); do
+    printf '  pod%-3s' "$i"
+    for j in $(seq "$N"); do
+      if [ "$i" = "$j" ]; then printf '  %-4s' '-'; continue; fi
+      total=$((total+1))
+      if ip netns exec ${P}-pod$i ping -c1 -W1 -q "$(cut -d/ -f1 "$RUN/$file.$j")" >/dev/null 2>&1; then
+        printf '  %-4s' ok
+      else printf '  %-4s' FAIL; fails=$((fails+1)); fi
+    done; echo
+  done
 done
 
 echo "== agent pool"
@@ -234,9 +270,20 @@ nsenter --net=/run/netns/$HOST bash -c '
     printf "  pod%-3s DEL %6.2f ms\n" "$i" "$(awk "BEGIN{print ($t1-$t0)*1000}")"
   done'
 left=$(ip -n "$HOST" -o link show | grep -c ' vpc' || true)
-echo "== right after DEL: $(ip -n "$HOST" route show proto 171 | grep -vc / || true) pod routes, $left host veths (the agent deletes them in one batch)"
+if [ "$FAM" = 4 ]; then
+  routes=$(ip -n "$HOST" route show proto 171 | grep -vc / || true)
+else
+  routes=$(for f in $FAMS; do ip -n "$HOST" -$f route show proto 171 | grep -Evc '/|^unreachable' || true; done | awk '{s+=$1} END{print s}')
+fi
+echo "== right after DEL: $routes pod routes, $left host veths (the agent deletes them in one batch)"
 sleep 1.2   # the pods' namespaces still exist here; a runtime would have deleted them already
 left=$(ip -n "$HOST" -o link show | grep -c ' vpc' || true)
 echo "== 1.2 s later: $left host veths left"
 nsenter --net=/run/netns/$HOST "$BIN/vpcnetd" status --socket "$SOCK" | sed -n '2,3p' | sed 's/^/  /'
-[ "$fails" = 0 ] && echo "demo OK: $N pods, every pod reached every other" || { echo "demo: $fails pings failed"; exit 1; }
+if [ "$FAM" = 4 ]; then
+  [ "$fails" = 0 ] && echo "demo OK: $N pods, every pod reached every other" || { echo "demo: $fails pings failed"; exit 1; }
+else
+  fam_text=$([ "$FAM" = 6 ] && echo "IPv6" || echo "IPv4 and IPv6")
+  [ "$fails" = 0 ] && echo "demo OK: $N pods ($fam_text), every pod reached every other over each family ($total pings)" \
+    || { echo "demo: $fails of $total pings failed"; exit 1; }
+fi

@@ -187,13 +187,19 @@ pub struct RunArgs {
     /// Masquerade pod traffic to destinations outside the VPC with the node's address.
     #[arg(long, env = "VPCNET_SNAT", default_value_t = true, action = clap::ArgAction::Set)]
     pub snat: bool,
-    /// Destinations (besides the VPC) pod traffic to which keeps the pod address (repeatable).
+    /// Destinations (besides the VPC) pod traffic to which keeps the pod address (repeatable,
+    /// either family).
     #[arg(
         long = "snat-exclude",
         env = "VPCNET_SNAT_EXCLUDE",
         value_delimiter = ','
     )]
-    pub snat_exclude: Vec<Ipv4Network>,
+    pub snat_exclude: Vec<IpNetwork>,
+    /// IPv6 pod traffic leaving the VPC: `auto` masquerades it when the IPv6 VPC CIDR is a
+    /// unique local one (`fc00::/7`, not routable outside) and leaves global unicast pod
+    /// addresses as they are; `always` masquerades every IPv6 VPC CIDR; `never` none.
+    #[arg(long, env = "VPCNET_SNAT_V6", value_enum, default_value_t = crate::snat::SnatV6::Auto)]
+    pub snat_v6: crate::snat::SnatV6,
     /// How often peer routes are re-synced even without a watch event.
     #[arg(long, env = "VPCNET_PEER_SYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub peer_sync_interval: Duration,
@@ -323,6 +329,27 @@ impl RunArgs {
                 IpNetwork::V4(_) => None,
             })
             .collect()
+    }
+
+    /// The SNAT table for these flags (`--vpc-cidr`, `--snat-exclude`, `--snat-v6`).
+    pub fn snat_config(&self) -> crate::snat::SnatConfig {
+        let (ex4, ex6) =
+            self.snat_exclude
+                .iter()
+                .fold((Vec::new(), Vec::new()), |(mut v4, mut v6), c| {
+                    match c {
+                        IpNetwork::V4(n) => v4.push(*n),
+                        IpNetwork::V6(n) => v6.push(*n),
+                    }
+                    (v4, v6)
+                });
+        crate::snat::SnatConfig {
+            vpc_cidrs: self.vpc_cidrs_v4(),
+            exclude: ex4,
+            vpc_cidrs_v6: self.vpc_cidrs_v6(),
+            exclude_v6: ex6,
+            v6: self.snat_v6,
+        }
     }
 
     /// The mode the `--vpc-cidr` families decide; `None` without any `--vpc-cidr`.

@@ -510,10 +510,7 @@ async fn start_up<D: Datastore>(
         node.set_degraded(Area::Datastore, Some(e.to_string()));
     }
     if args.snat {
-        snat::apply(&snat::SnatConfig {
-            vpc_cidrs: args.vpc_cidrs_v4(),
-            exclude: args.snat_exclude.clone(),
-        })?;
+        snat::apply(&args.snat_config())?;
     } else {
         snat::remove()?;
     }

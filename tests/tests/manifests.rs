@@ -1081,6 +1081,57 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         );
     }
 
+    // The IPv6-only and dual-stack kind configs (issue 11): the same cluster with ipFamily
+    // ipv6 / dual; the IPv4 subnets of the dual one are the IPv4 config's, the IPv6 ones are
+    // IPv6 and hold the ConfigMap's IPv6 prefix length.
+    let cm_v6_len: u8 = {
+        let (file, _) = VARIANTS[0];
+        let docs = yaml_docs(&manifests().join(file));
+        s(one(&docs, "ConfigMap", file), "/data/VPCNET_PREFIX_LEN_V6")
+            .parse()
+            .expect("VPCNET_PREFIX_LEN_V6 is a number")
+    };
+    for (file, family, want4) in [
+        ("kind-config-ipv6.yaml", "ipv6", false),
+        ("kind-config-dual.yaml", "dual", true),
+    ] {
+        let docs = yaml_docs(&manifests().join(file));
+        assert_eq!(docs.len(), 1, "{file}");
+        let k = &docs[0];
+        assert_eq!(k["kind"], "Cluster", "{file}");
+        assert_eq!(k["apiVersion"], "kind.x-k8s.io/v1alpha4", "{file}");
+        assert_eq!(s(k, "/networking/ipFamily"), family, "{file}");
+        assert_eq!(
+            k.pointer("/networking/disableDefaultCNI"),
+            Some(&Value::Bool(true)),
+            "{file}"
+        );
+        let roles: Vec<&str> = arr(k, "/nodes").iter().map(|n| s(n, "/role")).collect();
+        assert_eq!(roles, ["control-plane", "worker", "worker"], "{file}");
+        for key in ["/networking/podSubnet", "/networking/serviceSubnet"] {
+            let cidrs: Vec<ipnetwork::IpNetwork> = s(k, key)
+                .split(',')
+                .map(|c| {
+                    c.parse()
+                        .unwrap_or_else(|e| panic!("{file} {key} {c}: {e}"))
+                })
+                .collect();
+            let v4: Vec<_> = cidrs.iter().filter(|c| c.is_ipv4()).collect();
+            let v6: Vec<_> = cidrs.iter().filter(|c| c.is_ipv6()).collect();
+            assert_eq!(v6.len(), 1, "{file} {key}: one IPv6 subnet");
+            assert_eq!(v4.len(), usize::from(want4), "{file} {key}");
+            if key == "/networking/podSubnet" {
+                assert!(
+                    v6[0].prefix() <= cm_v6_len,
+                    "{file}: the IPv6 pod subnet holds a /{cm_v6_len} per node"
+                );
+                if want4 {
+                    assert_eq!(v4[0].to_string(), pod_subnet, "{file}: IPv4 podSubnet");
+                }
+            }
+        }
+    }
+
     let dockerfile = read(&repo().join("Dockerfile"));
     for needle in [
         "protobuf-compiler",
@@ -1171,8 +1222,9 @@ fn kubernetes_files() -> Vec<PathBuf> {
         // Not Kubernetes built-ins: kind's own config, and the Prometheus Operator's
         // PodMonitor (a CRD kubernetes-validate does not know; tests/tests/monitoring.rs).
         .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n != "kind-config.yaml" && n != "podmonitor.yaml")
+            p.file_name().is_some_and(|n| {
+                !n.to_string_lossy().starts_with("kind-config") && n != "podmonitor.yaml"
+            })
         })
         .collect();
     files.sort();

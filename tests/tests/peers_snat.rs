@@ -3,6 +3,12 @@
 //! * SNAT: pod traffic to an address outside the VPC leaves with the node's uplink address
 //!   (nftables `table ip vpcnet`, masquerade); `--snat-exclude` keeps the pod address for a
 //!   destination; `--snat=false` removes the table; pod-to-pod traffic is never translated.
+//! * IPv6 SNAT (issue 11): with an IPv6 VPC one `table inet vpcnet` for both families; a
+//!   dual-stack pod's IPv6 traffic to an outside namespace arrives masqueraded for a ULA VPC
+//!   (`fd00:10::/64`) and with the pod's own address for a global one (`2001:db8:10::/64`, a
+//!   documentation prefix, only inside the lab's namespaces), `--snat-v6=always|never` and an
+//!   IPv6 `--snat-exclude` override that, pod-to-pod IPv6 is never translated, and a table of
+//!   the other family left by an earlier run is deleted.
 //! * Peer routing (local datastore, a fake peer's claim written into `claims.json`): another
 //!   node's prefix is routed `via` its node IP, our own prefix is `unreachable`, an
 //!   unreachable next hop does not stop the rest, a datastore that cannot be read keeps the
@@ -10,14 +16,15 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vpcnet_tests::{sh, Lab};
+use vpcnet_tests::netns::{connect_from, OneShotListener};
+use vpcnet_tests::{sh, CniOutput, Lab};
 
 const VPC: &str = "10.240.0.0/16";
 
@@ -147,6 +154,11 @@ fn snat_masquerades_traffic_leaving_the_vpc_only() {
     let outside_ip: Ipv4Addr = "10.250.99.100".parse().expect("ip");
     let node_ip: Ipv4Addr = "10.250.99.1".parse().expect("ip");
 
+    // An `inet vpcnet` table a dual-stack run left: an IPv4-only agent deletes it.
+    sh(&format!(
+        "ip netns exec {} nft add table inet vpcnet",
+        lab.host()
+    ));
     lab.start_agent(&[]);
     let table = sh(&format!(
         "ip netns exec {} nft list table ip vpcnet",
@@ -156,6 +168,8 @@ fn snat_masquerades_traffic_leaving_the_vpc_only() {
         table.contains("masquerade") && table.contains("ip saddr 10.240.0.0/16"),
         "{table}"
     );
+    let tables = nft_tables(&lab);
+    assert!(!has_table(&tables, "inet"), "{tables}");
     let ns1 = lab.pod(1);
     let ns2 = lab.pod(2);
     let ip1 = lab
@@ -198,6 +212,209 @@ fn snat_masquerades_traffic_leaving_the_vpc_only() {
     stop_agent(&mut lab);
     lab.start_agent(&["--snat=false"]);
     assert!(!nft_tables(&lab).contains("vpcnet"));
+}
+
+/// The IPv6 address an ADD result lists (`…/128`).
+fn ip6_of(out: &CniOutput) -> Ipv6Addr {
+    out.json["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .find_map(|a| a.strip_suffix("/128").and_then(|a| a.parse().ok()))
+        .unwrap_or_else(|| panic!("no IPv6 address in {}", out.stdout))
+}
+
+/// Listens on `ip` inside `listen_ns`, connects from `from_ns` (TCP): the source address the
+/// listener saw.
+fn seen_from(listen_ns: &str, ip: IpAddr, from_ns: &str) -> Result<IpAddr, String> {
+    let l = OneShotListener::start(listen_ns, ip, Duration::from_secs(10))
+        .map_err(|e| format!("listen on {ip} in {listen_ns}: {e}"))?;
+    connect_from(from_ns, l.addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect from {from_ns} to {}: {e}", l.addr))?;
+    l.peer().map(|a| a.ip()).map_err(|e| e.to_string())
+}
+
+/// `nft list tables` lists our SNAT table of `family`.
+fn has_table(tables: &str, family: &str) -> bool {
+    let want = format!("table {family} vpcnet");
+    tables.lines().any(|l| l.trim() == want)
+}
+
+fn nft_list(lab: &Lab, what: &str) -> String {
+    sh(&format!("ip netns exec {} nft list {what}", lab.host()))
+}
+
+/// A dual-stack lab (`VPC` and `vpc6`), an outside namespace on an uplink with an address of
+/// each family (`uplink6` is the /64 of the IPv6 uplink: `::1` the node, `::100` outside;
+/// `nodad`), the outside routing both VPCs back via the node, and two dual-stack pods.
+struct Dual {
+    lab: Lab,
+    outside: Netns,
+    pods: [(String, Ipv4Addr, Ipv6Addr); 2],
+    node6: Ipv6Addr,
+    outside6: Ipv6Addr,
+}
+
+const OUTSIDE4: &str = "10.250.99.100";
+const NODE4: &str = "10.250.99.1";
+
+fn dual_lab(vpc6: &str, uplink6: &str, extra: &[&str]) -> Dual {
+    let mut lab = Lab::new(VPC);
+    let outside = Netns::new(&lab, "o");
+    uplink(&lab, &outside.0, "10.250.99.1/24", "10.250.99.100/24");
+    let node6: Ipv6Addr = format!("{uplink6}1").parse().expect("node6");
+    let outside6: Ipv6Addr = format!("{uplink6}100").parse().expect("outside6");
+    let (h, o) = (lab.host(), outside.0.clone());
+    sh(&format!("ip -n {h} -6 addr add {node6}/64 dev up0 nodad"));
+    sh(&format!(
+        "ip -n {o} -6 addr add {outside6}/64 dev out0 nodad"
+    ));
+    sh(&format!("ip -n {o} route add {VPC} via {NODE4}"));
+    sh(&format!("ip -n {o} -6 route add {vpc6} via {node6}"));
+    let mut args = vec!["--vpc-cidr", vpc6];
+    args.extend_from_slice(extra);
+    lab.start_agent(&args);
+    let mut pod = |i: usize| {
+        let ns = lab.pod(i);
+        let out = lab.add(&format!("snat6-{i}"), &ns);
+        out.expect_ok(&format!("ADD {i}"));
+        let v4 = out.ip().expect("IPv4 of a dual pod");
+        (ns, v4, ip6_of(&out))
+    };
+    let pods = [pod(1), pod(2)];
+    Dual {
+        lab,
+        outside,
+        pods,
+        node6,
+        outside6,
+    }
+}
+
+impl Dual {
+    /// The source the outside namespace sees for pod 1, over IPv6.
+    fn outside_sees6(&self) -> IpAddr {
+        seen_from(&self.outside.0, self.outside6.into(), &self.pods[0].0)
+            .expect("pod -> outside over IPv6")
+    }
+
+    fn outside_sees4(&self) -> IpAddr {
+        let ip: Ipv4Addr = OUTSIDE4.parse().expect("ip");
+        seen_from(&self.outside.0, ip.into(), &self.pods[0].0).expect("pod -> outside over IPv4")
+    }
+
+    /// Pod 2 sees pod 1's own addresses, over both families.
+    fn assert_pod_to_pod_untranslated(&self) {
+        let (ns1, a4, a6) = &self.pods[0];
+        let (ns2, b4, b6) = &self.pods[1];
+        let seen = seen_from(ns2, (*b6).into(), ns1).expect("pod -> pod over IPv6");
+        assert_eq!(
+            seen,
+            IpAddr::from(*a6),
+            "pod -> pod IPv6: the pod's own address"
+        );
+        let seen = seen_from(ns2, (*b4).into(), ns1).expect("pod -> pod over IPv4");
+        assert_eq!(
+            seen,
+            IpAddr::from(*a4),
+            "pod -> pod IPv4: the pod's own address"
+        );
+    }
+
+    fn restart(&mut self, vpc6: &str, extra: &[&str]) {
+        stop_agent(&mut self.lab);
+        let mut args = vec!["--vpc-cidr", vpc6];
+        args.extend_from_slice(extra);
+        self.lab.start_agent(&args);
+    }
+}
+
+#[test]
+fn snat_v6_masquerades_a_ula_vpc_leaving_it_only() {
+    const VPC6: &str = "fd00:10::/64";
+    let mut d = dual_lab(VPC6, "fd99::", &[]);
+    let table = nft_list(&d.lab, "table inet vpcnet");
+    assert!(
+        table.contains("ip6 saddr fd00:10::/64") && table.contains("ip saddr 10.240.0.0/16"),
+        "one inet table for both families: {table}"
+    );
+    assert_eq!(table.matches(" masquerade comment").count(), 2, "{table}");
+    let tables = nft_list(&d.lab, "tables");
+    assert!(
+        !has_table(&tables, "ip"),
+        "no ip table beside the inet one: {tables}"
+    );
+
+    assert_eq!(
+        d.outside_sees6(),
+        IpAddr::from(d.node6),
+        "ULA VPC: masqueraded"
+    );
+    assert_eq!(
+        d.outside_sees4(),
+        NODE4.parse::<IpAddr>().expect("ip"),
+        "IPv4 still masqueraded from the inet table"
+    );
+    d.assert_pod_to_pod_untranslated();
+
+    // A stale `table ip vpcnet` (an earlier IPv4-only run) goes when the inet one is applied.
+    sh(&format!(
+        "ip netns exec {} nft add table ip vpcnet",
+        d.lab.host()
+    ));
+    // An IPv6 --snat-exclude keeps the pod address towards it.
+    d.restart(VPC6, &["--snat-exclude", "fd99::/64"]);
+    let tables = nft_list(&d.lab, "tables");
+    assert!(!has_table(&tables, "ip"), "{tables}");
+    let table = nft_list(&d.lab, "table inet vpcnet");
+    assert!(table.contains("fd99::/64"), "{table}");
+    assert_eq!(d.outside_sees6(), IpAddr::from(d.pods[0].2), "excluded");
+    assert_eq!(d.outside_sees4(), NODE4.parse::<IpAddr>().expect("ip"));
+
+    // --snat-v6=never: the pod's own address; IPv4 unchanged.
+    d.restart(VPC6, &["--snat-v6", "never"]);
+    let table = nft_list(&d.lab, "table inet vpcnet");
+    assert!(!table.contains("ip6 saddr"), "{table}");
+    assert_eq!(
+        d.outside_sees6(),
+        IpAddr::from(d.pods[0].2),
+        "--snat-v6=never"
+    );
+    assert_eq!(d.outside_sees4(), NODE4.parse::<IpAddr>().expect("ip"));
+
+    // --snat=false: neither table.
+    d.restart(VPC6, &["--snat=false"]);
+    let tables = nft_list(&d.lab, "tables");
+    assert!(!has_table(&tables, "inet"), "{tables}");
+    assert!(!has_table(&tables, "ip"), "{tables}");
+    assert_eq!(d.outside_sees6(), IpAddr::from(d.pods[0].2));
+}
+
+#[test]
+fn snat_v6_leaves_a_global_vpc_alone_unless_always() {
+    const VPC6: &str = "2001:db8:10::/64";
+    let mut d = dual_lab(VPC6, "2001:db8:99::", &[]);
+    let table = nft_list(&d.lab, "table inet vpcnet");
+    assert!(
+        !table.contains("ip6 saddr"),
+        "auto, global VPC: no IPv6 rule: {table}"
+    );
+    assert!(table.contains("ip saddr 10.240.0.0/16"), "{table}");
+    assert_eq!(
+        d.outside_sees6(),
+        IpAddr::from(d.pods[0].2),
+        "global VPC: the pod's own address"
+    );
+    assert_eq!(d.outside_sees4(), NODE4.parse::<IpAddr>().expect("ip"));
+    d.assert_pod_to_pod_untranslated();
+
+    d.restart(VPC6, &["--snat-v6", "always"]);
+    let table = nft_list(&d.lab, "table inet vpcnet");
+    assert!(table.contains("ip6 saddr 2001:db8:10::/64"), "{table}");
+    assert_eq!(d.outside_sees6(), IpAddr::from(d.node6), "--snat-v6=always");
+    // Never towards another VPC address.
+    d.assert_pod_to_pod_untranslated();
 }
 
 /// Read-modify-write of the lab's claims file under the local datastore's lock.

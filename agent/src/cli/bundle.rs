@@ -9,7 +9,7 @@
 //! | `conflist.json` | the conflist the agent wrote |
 //! | `routes.txt` | every IPv4 route with protocol 171, of every table |
 //! | `links.txt` | the host veths of ours (name, index, MTU, up) |
-//! | `nft.txt` | `nft list table ip vpcnet`, then `nft list table inet vpcnet-policy` (NetworkPolicy; a line saying so when there is none) |
+//! | `nft.txt` | `nft list table ip vpcnet` (`inet vpcnet` with an IPv6 VPC), then `nft list table inet vpcnet-policy` (NetworkPolicy; a line saying so when there is none) |
 //! | `journal.txt` | the state directory: its files and sizes, and what loading snapshot + journal gives (sequence, records, torn tail, pool counts, allocations) |
 //! | `plugin.log` | the last [`LOG_TAIL`] bytes of the plugin's log (the conflist's `logFile`, else `--cni-log-file`, else the default) |
 //! | `errors.txt` | what could not be collected, and why (the rest is collected anyway) |
@@ -357,13 +357,19 @@ fn kernel_parts(c: &mut Contents) {
     c.add("links.txt", links);
 }
 
-fn nft_table() -> Result<Vec<u8>, String> {
+fn nft_table(args: &RunArgs) -> Result<Vec<u8>, String> {
+    // `table inet vpcnet` with an IPv6 VPC CIDR (crate::snat).
+    let family = if args.vpc_cidrs_v6().is_empty() {
+        "ip"
+    } else {
+        "inet"
+    };
     if !crate::snat::nft_found() {
         return Err("nft not found".into());
     }
     let mut out = nftables::helper::get_current_ruleset_raw(
         None::<&str>,
-        ["list", "table", "ip", crate::snat::TABLE],
+        ["list", "table", family, crate::snat::TABLE],
     )
     .map_err(|e| e.to_string())?;
     // The NetworkPolicy table (--network-policy=true): absent is normal when it is off.
@@ -398,7 +404,7 @@ pub fn collect(args: &RunArgs) -> Contents {
             .push("conflist.json: --cni-conf-dir not set".into()),
     }
     kernel_parts(&mut c);
-    c.add("nft.txt", nft_table());
+    c.add("nft.txt", nft_table(args));
     c.add("journal.txt", Ok(journal_summary(args).into_bytes()));
     let log = plugin_log_path(args, conflist.as_ref().and_then(|r| r.as_deref().ok()));
     c.add("plugin.log", tail(&log, LOG_TAIL));

@@ -14,7 +14,7 @@
 //!   `--force`, every host veth of ours;
 //! * every IPv6 route with protocol 171 in the main table (dual-stack: pods' `/128` host
 //!   routes, peers' routes, our `unreachable` ones);
-//! * `table ip vpcnet` (SNAT);
+//! * `table ip vpcnet` and `table inet vpcnet` (SNAT; the latter with an IPv6 VPC);
 //! * the IPv6 sysctls the agent changed for an IPv6 VPC (recorded in the state directory,
 //!   [`crate::ipv6_forwarding`]): `accept_ra` back to 1 where it is still the agent's 2, and
 //!   `net.ipv6.conf.all.forwarding` back to what it was;
@@ -552,7 +552,7 @@ pub fn uninstall(t: &Targets, force: bool) -> Result<Report, UninstallError> {
             msg: e.to_string(),
         })?;
         report.note(format!(
-            "deleted nftables table ip {} (if present)",
+            "deleted nftables table ip {0} and table inet {0} (SNAT, if present)",
             snat::TABLE
         ));
         vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()).map_err(|e| {
