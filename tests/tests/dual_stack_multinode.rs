@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -416,12 +416,15 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     wait_routed(&c, 6, Duration::from_secs(15));
     wait_routed(&c, 4, Duration::from_secs(15));
 
-    // The churn on node2: ADD then DEL (as kubelet does, also after a failed ADD), each in a
-    // fresh namespace, until told to stop.
-    let churn_ns = c.new_pod_namespaces(2, 120);
+    // The churn on node2: ADD then DEL (as kubelet does, also after a failed ADD, retrying
+    // a failed one after a short back-off), each in a fresh namespace, until told to stop.
+    let churn_ns = c.new_pod_namespaces(2, 250);
     let node_ns = c.node(2).ns.clone();
     let conf2 = conf(&c, 2);
     let stop = AtomicBool::new(false);
+    let restarted = AtomicBool::new(false);
+    let ok_before = AtomicUsize::new(0);
+    let ok_after = AtomicUsize::new(0);
     // (cid, ns, ADD output, DEL ok)
     let (churned, killed_at) = std::thread::scope(|s| {
         let churn = s.spawn(|| {
@@ -430,20 +433,36 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
+                let after = restarted.load(Ordering::SeqCst);
                 let add = cni_call(&node_ns, &conf2, "ADD", cid, ns);
+                if add.ok() {
+                    let n = if after { &ok_after } else { &ok_before };
+                    n.fetch_add(1, Ordering::SeqCst);
+                }
                 let del = cni_call(&node_ns, &conf2, "DEL", cid, ns);
+                if !add.ok() || !del.ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 log.push((cid.clone(), ns.clone(), add, del.ok()));
             }
             log
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        let ok = wait_until(Duration::from_secs(20), || {
+            ok_before.load(Ordering::SeqCst) >= 10
+        });
+        assert!(ok, "the churn never got going");
         c.kill_agent(2);
         let killed_at = t0.elapsed();
         std::thread::sleep(Duration::from_millis(700));
         start_agent(&mut c, 2, &[]);
-        std::thread::sleep(Duration::from_millis(1500));
+        restarted.store(true, Ordering::SeqCst);
+        let ok = wait_until(Duration::from_secs(30), || {
+            ok_after.load(Ordering::SeqCst) >= 10
+        });
         stop.store(true, Ordering::SeqCst);
-        (churn.join().expect("churn thread"), killed_at)
+        let log = churn.join().expect("churn thread");
+        assert!(ok, "no 10 churn ADDs after the restart: {log:#?}");
+        (log, killed_at)
     });
     let adds_ok = churned.iter().filter(|(_, _, a, _)| a.ok()).count();
     let adds_failed = churned.len() - adds_ok;
@@ -454,6 +473,14 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
         if !*del_ok {
             let out = cni_call(&node_ns, &conf2, "DEL", cid, ns);
             out.expect_ok(&format!("DEL {cid} after the restart"));
+        }
+    }
+
+    // A churn pod whose ADD failed (agent gone) left nothing behind in its namespace.
+    for (cid, ns, add, _) in &churned {
+        if !add.ok() {
+            let links = sh(&format!("ip -n {ns} -o link show"));
+            assert!(!links.contains("eth0"), "{cid}: eth0 left after failed ADD + DEL: {links}");
         }
     }
 
@@ -511,10 +538,12 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     assert!(failed.is_empty(), "pings failed after the restart: {failed:#?}");
     let n_tcp = tcp_samples(&pods);
     eprintln!(
-        "churn: {} ADD/DEL rounds on node2 ({adds_ok} ADDs ok, {adds_failed} failed while the \
-         agent was down), kill -9 at {killed_at:?}; {} addresses held once each, CHECK ok, \
+        "churn: {} ADD/DEL rounds on node2 ({} ADDs ok before the kill -9 at {killed_at:?}, \
+         {adds_failed} failed, {} ok after the restart); {} addresses held once each, CHECK ok, \
          {n_tcp} TCP samples; total {:?}",
         churned.len(),
+        ok_before.load(Ordering::SeqCst),
+        ok_after.load(Ordering::SeqCst),
         held.len(),
         t0.elapsed()
     );
