@@ -191,7 +191,10 @@ fn pod_of(mode: Mode, node: usize, ns: String, cid: String, out: &CniOutput) -> 
         Mode::V6Only => assert_eq!(v4, None, "{cid}: IPv4 in an IPv6-only pod"),
         Mode::Dual => {
             let v4 = v4.unwrap_or_else(|| panic!("{cid}: no IPv4: {}", out.stdout));
-            assert!(vpcnet_tests::in_cidr(v4, VPC4), "{cid}: {v4} outside {VPC4}");
+            assert!(
+                vpcnet_tests::in_cidr(v4, VPC4),
+                "{cid}: {v4} outside {VPC4}"
+            );
         }
     }
     Pod {
@@ -481,7 +484,10 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     for (cid, ns, add, _) in &churned {
         if !add.ok() {
             let links = sh(&format!("ip -n {ns} -o link show"));
-            assert!(!links.contains("eth0"), "{cid}: eth0 left after failed ADD + DEL: {links}");
+            assert!(
+                !links.contains("eth0"),
+                "{cid}: eth0 left after failed ADD + DEL: {links}"
+            );
         }
     }
 
@@ -494,11 +500,7 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     for (cid, _, add, _) in &churned {
         if add.ok() {
             let (v4, v6) = result_ips(add);
-            for a in v4
-                .map(IpAddr::V4)
-                .into_iter()
-                .chain(v6.map(IpAddr::V6))
-            {
+            for a in v4.map(IpAddr::V4).into_iter().chain(v6.map(IpAddr::V6)) {
                 if let Some(p) = survivors.get(&a) {
                     panic!("churn pod {cid} got {a}, held by {}@node{}", p.cid, p.node);
                 }
@@ -514,7 +516,10 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
         for k in 1..=3 {
             for (ip, cid) in status_allocs(&c, k) {
                 if let Some(prev) = held.insert(ip, (k, cid.clone())) {
-                    panic!("{ip} held twice: node{} {} and node{k} {cid}", prev.0, prev.1);
+                    panic!(
+                        "{ip} held twice: node{} {} and node{k} {cid}",
+                        prev.0, prev.1
+                    );
                 }
             }
         }
@@ -554,7 +559,10 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     wait_routed(&c, 6, Duration::from_secs(15));
     wait_routed(&c, 4, Duration::from_secs(15));
     let failed = mesh(&pods);
-    assert!(failed.is_empty(), "pings failed after the restart: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "pings failed after the restart: {failed:#?}"
+    );
     let n_tcp = tcp_samples(&pods);
     eprintln!(
         "churn: {} ADD/DEL rounds on node2 ({} ADDs ok before the kill -9 at {killed_at:?}, \
