@@ -420,8 +420,8 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     wait_routed(&c, 6, Duration::from_secs(15));
     wait_routed(&c, 4, Duration::from_secs(15));
 
-    // The churn on node2: ADD then DEL (as kubelet does, also after a failed ADD, retrying
-    // a failed one after a short back-off), each in a fresh namespace, until told to stop.
+    // The churn on node2: ADD then DEL (as kubelet does, also after a failed ADD; a short
+    // back-off after a failure), each in a fresh namespace, until told to stop.
     let churn_ns = c.new_pod_namespaces(2, 250);
     let node_ns = c.node(2).ns.clone();
     let conf2 = conf(&c, 2);
