@@ -161,3 +161,20 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
     }
     format!("vpc{:011x}", h >> 20)
 }
+
+/// The IPv4 (`/32`) and IPv6 (`/128`) addresses an ADD result lists; each must be on the
+/// result's interface 1 (the pod's eth0), any other prefix length fails the test.
+pub fn result_ips(out: &CniOutput) -> (Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>) {
+    let mut v4 = None;
+    let mut v6 = None;
+    for ip in out.json["ips"].as_array().into_iter().flatten() {
+        assert_eq!(ip["interface"], 1, "{}", out.stdout);
+        let addr = ip["address"].as_str().unwrap_or_default();
+        match addr.split_once('/') {
+            Some((a, "32")) => v4 = a.parse().ok(),
+            Some((a, "128")) => v6 = a.parse().ok(),
+            _ => panic!("unexpected address {addr}: {}", out.stdout),
+        }
+    }
+    (v4, v6)
+}

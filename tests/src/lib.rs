@@ -21,6 +21,7 @@ pub mod http;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
+pub mod ping;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -179,6 +180,18 @@ pub fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
     let len: u32 = len.parse().expect("cidr length");
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Is `ip` inside the IPv6 `cidr` (e.g. "fd00:10::/64")? A malformed `cidr` is outside.
+pub fn in_cidr6(ip: std::net::Ipv6Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv6Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+    u128::from(ip) & mask == u128::from(net) & mask
 }
 
 /// A fixture's child process (an agent, an etcd): SIGKILLed and reaped by [`Proc::kill`]

@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -35,59 +34,6 @@ fn check(lab: &Lab, cid: &str, ns: &str, prev: &Value) -> CniOutput {
     let mut conf = lab.conf();
     conf["prevResult"] = prev.clone();
     lab.cni("CHECK", cid, "eth0", &Lab::netns_path(ns), &conf)
-}
-
-/// Pings every target of every source in parallel (`ip netns exec <src> ping -c1`, a few
-/// sources at a time, each source pinging all its targets at once). Returns the failures
-/// as "src -> target". A failed pair is retried once, on its own, before it counts.
-fn ping_matrix(jobs: &[(String, Vec<String>)]) -> Vec<String> {
-    const PARALLEL_SOURCES: usize = 4;
-    let run = |src: &str, targets: &[String]| -> Vec<String> {
-        let script = format!(
-            "for ip in {}; do ( ping -c1 -W2 -q $ip >/dev/null 2>&1 || echo $ip ) & done; wait",
-            targets.join(" ")
-        );
-        let out = Command::new("ip")
-            .args(["netns", "exec", src, "sh", "-c", &script])
-            .output()
-            .expect("spawn ping batch");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    let mut failures = Vec::new();
-    for chunk in jobs.chunks(PARALLEL_SOURCES) {
-        let results: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(src, targets)| s.spawn(move || (src.clone(), run(src, targets))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("ping thread"))
-                .collect()
-        });
-        for (src, failed) in results {
-            // Many failures are no fluke: report them without slow one-by-one retries.
-            let retry = failed.len() <= 3;
-            for t in failed {
-                if !retry {
-                    failures.push(format!("{src} -> {t}"));
-                    continue;
-                }
-                let again = Command::new("ip")
-                    .args(["netns", "exec", &src, "ping", "-c1", "-W2", "-q", &t])
-                    .output()
-                    .map(|o| o.status.success())
-                    .unwrap_or(false);
-                if !again {
-                    failures.push(format!("{src} -> {t}"));
-                }
-            }
-        }
-    }
-    failures
 }
 
 /// The pod side of one attachment, as DESIGN.md §3 describes it.
@@ -227,7 +173,7 @@ fn fifty_pods_all_pairs_check_and_delete() {
         })
         .collect();
     jobs.push((lab.host(), pods.iter().map(|p| p.2.to_string()).collect()));
-    let failures = ping_matrix(&jobs);
+    let failures = vpcnet_tests::ping::ping_matrix(&jobs, 3);
     assert!(
         failures.is_empty(),
         "{} pings failed: {failures:?}",

@@ -40,17 +40,6 @@ struct Pod {
     result: Value,
 }
 
-fn in_cidr6(ip: Ipv6Addr, cidr: &str) -> bool {
-    let Some((net, len)) = cidr.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(len)) = (net.parse::<Ipv6Addr>(), len.parse::<u32>()) else {
-        return false;
-    };
-    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-    u128::from(ip) & mask == u128::from(net) & mask
-}
-
 /// The lab and agent of `mode`: IPv6-only (`--vpc-cidr fd00:10::/64`) or dual (the IPv4 VPC
 /// plus the IPv6 one). The host namespace gets an address per family on `lo`.
 fn lab(mode: Mode, extra: &[&str]) -> Lab {
@@ -71,22 +60,6 @@ fn lab(mode: Mode, extra: &[&str]) -> Lab {
     lab
 }
 
-/// The IPv4 and IPv6 addresses an ADD result lists on eth0 (interface index 1).
-fn result_ips(out: &CniOutput) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
-    let mut v4 = None;
-    let mut v6 = None;
-    for ip in out.json["ips"].as_array().into_iter().flatten() {
-        assert_eq!(ip["interface"], 1, "{}", out.stdout);
-        let addr = ip["address"].as_str().unwrap_or_default();
-        match addr.split_once('/') {
-            Some((a, "32")) => v4 = a.parse().ok(),
-            Some((a, "128")) => v6 = a.parse().ok(),
-            _ => panic!("unexpected address {addr}: {}", out.stdout),
-        }
-    }
-    (v4, v6)
-}
-
 fn add_pod(lab: &mut Lab, mode: Mode, i: usize) -> Pod {
     let ns = lab.pod(i);
     let cid = format!("c{i}");
@@ -94,7 +67,7 @@ fn add_pod(lab: &mut Lab, mode: Mode, i: usize) -> Pod {
     out.expect_ok(&format!("ADD {cid}"));
     // Straight after ADD returns: the IPv6 address is usable (no DAD ran), never tentative.
     let addr6 = lab.ip(&ns, "-6 -o addr show dev eth0");
-    let (v4, v6) = result_ips(&out);
+    let (v4, v6) = vpcnet_tests::cni::result_ips(&out);
     let v6 = v6.unwrap_or_else(|| panic!("ADD {cid}: no IPv6 address: {}", out.stdout));
     assert!(
         addr6.contains(&format!("inet6 {v6}/128 scope global nodad")),
@@ -206,49 +179,6 @@ fn accept_ra(lab: &Lab, p: &Pod) -> (String, String) {
     (read(&p.ns, "eth0"), read(&lab.host(), &p.host_veth))
 }
 
-/// Pings every target of every source, a few sources at a time, each pinging all its
-/// targets at once; a failed pair is retried once on its own. Returns "src -> target".
-fn ping_matrix(jobs: &[(String, Vec<String>)]) -> Vec<String> {
-    let run = |src: &str, targets: &[String]| -> Vec<String> {
-        let script = format!(
-            "for ip in {}; do ( ping -c1 -W2 -q $ip >/dev/null 2>&1 || echo $ip ) & done; wait",
-            targets.join(" ")
-        );
-        let out = Command::new("ip")
-            .args(["netns", "exec", src, "sh", "-c", &script])
-            .output()
-            .expect("spawn ping batch");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    let mut failures = Vec::new();
-    for chunk in jobs.chunks(4) {
-        let results: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(src, targets)| s.spawn(move || (src.clone(), run(src, targets))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("ping thread"))
-                .collect()
-        });
-        for (src, failed) in results {
-            let retry = failed.len() <= 3;
-            for t in failed {
-                if retry && vpcnet_tests::sh_ok(&format!("ip netns exec {src} ping -c1 -W2 -q {t}"))
-                {
-                    continue;
-                }
-                failures.push(format!("{src} -> {t}"));
-            }
-        }
-    }
-    failures
-}
-
 /// Every pod pings every other pod's address of one family, and the host pings every pod.
 fn all_pairs(lab: &Lab, pods: &[Pod], addr: impl Fn(&Pod) -> String) -> Vec<String> {
     let mut jobs: Vec<(String, Vec<String>)> = pods
@@ -259,7 +189,7 @@ fn all_pairs(lab: &Lab, pods: &[Pod], addr: impl Fn(&Pod) -> String) -> Vec<Stri
         })
         .collect();
     jobs.push((lab.host(), pods.iter().map(&addr).collect()));
-    ping_matrix(&jobs)
+    vpcnet_tests::ping::ping_matrix(&jobs, 3)
 }
 
 /// A TCP connection from `from` to a listener in `to` on `to_ip`: the listener sees the
@@ -290,7 +220,10 @@ fn thirty_pods(mode: Mode) {
 
     let v6s: HashSet<Ipv6Addr> = pods.iter().map(|p| p.v6).collect();
     assert_eq!(v6s.len(), PODS, "duplicate IPv6 addresses");
-    assert!(pods.iter().all(|p| in_cidr6(p.v6, VPC6)), "{pods:?}");
+    assert!(
+        pods.iter().all(|p| vpcnet_tests::in_cidr6(p.v6, VPC6)),
+        "{pods:?}"
+    );
     if mode == Mode::Dual {
         let v4s: HashSet<Ipv4Addr> = pods.iter().filter_map(|p| p.v4).collect();
         assert_eq!(v4s.len(), PODS, "duplicate IPv4 addresses");
@@ -579,7 +512,7 @@ fn secondary_interface_gets_its_own_ipv6_table() {
     let b = add_pod(&mut lab, Mode::Dual, 2);
     let out = lab.cni("ADD", &a.cid, "net1", &Lab::netns_path(&a.ns), &lab.conf());
     out.expect_ok("ADD net1");
-    let (n4, n6) = result_ips(&out);
+    let (n4, n6) = vpcnet_tests::cni::result_ips(&out);
     let n6 = n6.expect("net1 IPv6");
     assert!(n4.is_some(), "{}", out.stdout);
     assert_eq!(out.json["routes"], serde_json::json!([]), "{}", out.stdout);
@@ -671,7 +604,7 @@ fn every_version_lists_both_families_and_check_compares_them() {
             serde_json::json!([{"dst": "0.0.0.0/0", "gw": GATEWAY}, {"dst": "::/0", "gw": GATEWAY6}]),
             "{v}"
         );
-        let (v4, v6) = result_ips(&out);
+        let (v4, v6) = vpcnet_tests::cni::result_ips(&out);
         let (v4, v6) = (v4.expect("IPv4"), v6.expect("IPv6"));
         if *v == "0.4.0" || v.starts_with('1') {
             conf["prevResult"] = out.json.clone();
@@ -711,7 +644,12 @@ fn dual_stack_repeated_add_and_readd_after_del() {
     let b = add_pod(&mut lab, Mode::Dual, 2);
     let again = lab.add(&a.cid, &a.ns);
     again.expect_ok("second ADD");
-    assert_eq!(result_ips(&again), (a.v4, Some(a.v6)), "{}", again.stdout);
+    assert_eq!(
+        vpcnet_tests::cni::result_ips(&again),
+        (a.v4, Some(a.v6)),
+        "{}",
+        again.stdout
+    );
     let addr6 = lab.ip(&a.ns, "-6 -o addr show dev eth0");
     assert_eq!(addr6.matches("inet6 ").count(), 1, "{addr6}");
     let host6 = lab.ip(&lab.host(), "-6 route show proto 171");

@@ -14,7 +14,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -55,32 +54,6 @@ impl Pod {
         v.push(IpAddr::V6(self.v6));
         v
     }
-}
-
-fn in_cidr6(ip: Ipv6Addr, cidr: &str) -> bool {
-    let Some((net, len)) = cidr.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(len)) = (net.parse::<Ipv6Addr>(), len.parse::<u32>()) else {
-        return false;
-    };
-    let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
-    u128::from(ip) & mask == u128::from(net) & mask
-}
-
-/// The IPv4 and IPv6 addresses of an ADD result.
-fn result_ips(out: &CniOutput) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
-    let mut v4 = None;
-    let mut v6 = None;
-    for ip in out.json["ips"].as_array().into_iter().flatten() {
-        let addr = ip["address"].as_str().unwrap_or_default();
-        match addr.split_once('/') {
-            Some((a, "32")) => v4 = a.parse().ok(),
-            Some((a, "128")) => v6 = a.parse().ok(),
-            _ => panic!("unexpected address {addr}: {}", out.stdout),
-        }
-    }
-    (v4, v6)
 }
 
 /// The cluster of `mode` (VPC per mode), the IPv6 underlay, agents running.
@@ -184,9 +157,12 @@ fn cni_call(node_ns: &str, conf: &Value, command: &str, cid: &str, pod_ns: &str)
 
 fn pod_of(mode: Mode, node: usize, ns: String, cid: String, out: &CniOutput) -> Pod {
     out.expect_ok(&format!("ADD {cid} on node{node}"));
-    let (v4, v6) = result_ips(out);
+    let (v4, v6) = vpcnet_tests::cni::result_ips(out);
     let v6 = v6.unwrap_or_else(|| panic!("ADD {cid}: no IPv6 address: {}", out.stdout));
-    assert!(in_cidr6(v6, VPC6), "{cid}: {v6} outside {VPC6}");
+    assert!(
+        vpcnet_tests::in_cidr6(v6, VPC6),
+        "{cid}: {v6} outside {VPC6}"
+    );
     match mode {
         Mode::V6Only => assert_eq!(v4, None, "{cid}: IPv4 in an IPv6-only pod"),
         Mode::Dual => {
@@ -221,48 +197,6 @@ fn add_pods(c: &mut Cluster, mode: Mode, k: usize, count: usize) -> Vec<Pod> {
         .collect()
 }
 
-/// Pings every target of every source (sources four at a time, each pinging all its targets
-/// at once); a failed pair is retried once on its own. Returns "src -> target".
-fn ping_matrix(jobs: &[(String, Vec<String>)]) -> Vec<String> {
-    let run = |src: &str, targets: &[String]| -> Vec<String> {
-        let script = format!(
-            "for ip in {}; do ( ping -c1 -W2 -q $ip >/dev/null 2>&1 || echo $ip ) & done; wait",
-            targets.join(" ")
-        );
-        let out = Command::new("ip")
-            .args(["netns", "exec", src, "sh", "-c", &script])
-            .output()
-            .expect("spawn ping batch");
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect()
-    };
-    let mut failures = Vec::new();
-    for chunk in jobs.chunks(4) {
-        let results: Vec<(String, Vec<String>)> = std::thread::scope(|s| {
-            let handles: Vec<_> = chunk
-                .iter()
-                .map(|(src, targets)| s.spawn(move || (src.clone(), run(src, targets))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("ping thread"))
-                .collect()
-        });
-        for (src, failed) in results {
-            for t in failed {
-                let again = format!("ip netns exec {src} ping -c1 -W3 -q {t}");
-                if vpcnet_tests::sh_ok(&again) {
-                    continue;
-                }
-                failures.push(format!("{src} -> {t}"));
-            }
-        }
-    }
-    failures
-}
-
 /// Every pod pings every other pod over each family it has, and its own node's address of
 /// each family.
 fn mesh(pods: &[Pod]) -> Vec<String> {
@@ -283,7 +217,7 @@ fn mesh(pods: &[Pod]) -> Vec<String> {
             (me.ns.clone(), targets)
         })
         .collect();
-    ping_matrix(&jobs)
+    vpcnet_tests::ping::ping_matrix(&jobs, usize::MAX)
 }
 
 /// A TCP connection from pod `a` to a listener in pod `b` on `to`: it arrives from `from`.
@@ -334,7 +268,7 @@ fn three_by_ten(mode: Mode) {
         let owner: Vec<String> = kvs
             .iter()
             .filter_map(|(_, v, _, _)| serde_json::from_str::<Value>(v).ok())
-            .filter(|v| in_cidr6(p.v6, v["prefix"].as_str().unwrap_or_default()))
+            .filter(|v| vpcnet_tests::in_cidr6(p.v6, v["prefix"].as_str().unwrap_or_default()))
             .map(|v| v["node"].as_str().unwrap_or_default().to_string())
             .collect();
         assert_eq!(owner, vec![format!("node{}", p.node)], "{p:?}");
@@ -499,7 +433,7 @@ fn kill_dash_nine_mid_churn_holds_no_address_twice() {
     assert_eq!(survivors.len(), pods.len() * 2, "duplicate pod addresses");
     for (cid, _, add, _) in &churned {
         if add.ok() {
-            let (v4, v6) = result_ips(add);
+            let (v4, v6) = vpcnet_tests::cni::result_ips(add);
             for a in v4.map(IpAddr::V4).into_iter().chain(v6.map(IpAddr::V6)) {
                 if let Some(p) = survivors.get(&a) {
                     panic!("churn pod {cid} got {a}, held by {}@node{}", p.cid, p.node);
