@@ -58,6 +58,13 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// What [`State::change_prefix`] does to a prefix.
+#[derive(Clone, Copy)]
+enum PrefixOp {
+    Add,
+    Remove,
+}
+
 /// Pools and their journal, always changed together under one lock.
 #[derive(Debug)]
 pub struct State {
@@ -327,17 +334,7 @@ impl State {
         prefix: IpNetwork,
         now: Millis,
     ) -> Result<Result<(), PoolError>, StoreError> {
-        self.change_both(|pool, pool6| {
-            let r = match (prefix, pool6) {
-                (IpNetwork::V4(p), _) => pool.add_prefix(p, now).map(FamilyEvent::V4),
-                (IpNetwork::V6(p), Some(p6)) => p6.add_prefix(p, now).map(FamilyEvent::V6),
-                (IpNetwork::V6(_), None) => Err(PoolError::PrefixOutsideVpc(prefix)),
-            };
-            match r {
-                Ok(ev) => (Ok(()), vec![ev]),
-                Err(e) => (Err(e), Vec::new()),
-            }
-        })
+        self.change_prefix(prefix, now, PrefixOp::Add)
     }
 
     /// Removes wholly free `prefix` from the pool of its family, durably (see
@@ -347,11 +344,32 @@ impl State {
         prefix: IpNetwork,
         now: Millis,
     ) -> Result<Result<(), PoolError>, StoreError> {
+        self.change_prefix(prefix, now, PrefixOp::Remove)
+    }
+
+    /// [`State::add_prefix`] / [`State::remove_prefix`]: `op` on the pool of `prefix`'s family.
+    fn change_prefix(
+        &mut self,
+        prefix: IpNetwork,
+        now: Millis,
+        op: PrefixOp,
+    ) -> Result<Result<(), PoolError>, StoreError> {
         self.change_both(|pool, pool6| {
-            let r = match (prefix, pool6) {
-                (IpNetwork::V4(p), _) => pool.remove_prefix(p, now).map(FamilyEvent::V4),
-                (IpNetwork::V6(p), Some(p6)) => p6.remove_prefix(p, now).map(FamilyEvent::V6),
-                (IpNetwork::V6(_), None) => Err(PoolError::PrefixNotHeld(prefix)),
+            let r = match (prefix, pool6, op) {
+                (IpNetwork::V4(p), _, PrefixOp::Add) => {
+                    pool.add_prefix(p, now).map(FamilyEvent::V4)
+                }
+                (IpNetwork::V4(p), _, PrefixOp::Remove) => {
+                    pool.remove_prefix(p, now).map(FamilyEvent::V4)
+                }
+                (IpNetwork::V6(p), Some(p6), PrefixOp::Add) => {
+                    p6.add_prefix(p, now).map(FamilyEvent::V6)
+                }
+                (IpNetwork::V6(p), Some(p6), PrefixOp::Remove) => {
+                    p6.remove_prefix(p, now).map(FamilyEvent::V6)
+                }
+                (IpNetwork::V6(_), None, PrefixOp::Add) => Err(PoolError::PrefixOutsideVpc(prefix)),
+                (IpNetwork::V6(_), None, PrefixOp::Remove) => Err(PoolError::PrefixNotHeld(prefix)),
             };
             match r {
                 Ok(ev) => (Ok(()), vec![ev]),
