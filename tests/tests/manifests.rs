@@ -296,7 +296,8 @@ impl Invocation {
             } else if let Some(f) = e.pointer("/valueFrom/fieldRef/fieldPath") {
                 match f.as_str() {
                     Some("spec.nodeName") => "node-1".into(),
-                    Some("status.hostIP") => "192.0.2.10".into(),
+                    // Every address of the node, comma-separated (dual-stack: both families).
+                    Some("status.hostIPs") => "192.0.2.10,2001:db8::10".into(),
                     other => panic!("{file}: {name}: unexpected fieldRef {other:?}"),
                 }
             } else {
@@ -559,7 +560,7 @@ fn check_agent_command_line(v: &Variant, inv: &Invocation, top: &Help) {
     inv.check_names(file, "vpcnetd", top);
     for (env, field) in [
         ("VPCNET_NODE_NAME", "spec.nodeName"),
-        ("VPCNET_NODE_IP", "status.hostIP"),
+        ("VPCNET_NODE_IP", "status.hostIPs"),
     ] {
         let e = arr(agent, "/env")
             .iter()
