@@ -47,6 +47,7 @@ pub mod snat;
 pub mod tasks;
 
 use std::fs::File;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,36 +228,46 @@ pub async fn node_max_pods(args: &mut RunArgs, pool: &mut Pool, ds: &KubernetesD
 /// state with one built from the kernel's pod routes and host veths ([`audit::rebuild`]).
 pub fn rebuild_state(args: RunArgs) -> Result<(), AgentError> {
     args.validate().map_err(AgentError::Config)?;
-    if args.pool_config6().is_some() {
-        // It rebuilds the IPv4 pool from the kernel and replaces the whole state: it would
-        // drop every IPv6 allocation. Refused until it rebuilds both families.
-        return Err(AgentError::Config(
-            "rebuild-state does not rebuild IPv6 allocations yet: it cannot run with an IPv6 \
-             --vpc-cidr (it would drop them)"
-                .into(),
-        ));
-    }
     let _socket_lock = lock_socket(&args.socket)?;
     let dir = StateDir::lock(&args.state_dir)?;
-    let (routes, links) = runtime()?.block_on(async {
+    let (routes, routes6, links) = runtime()?.block_on(async {
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         let routes = route::list_v4(&net, Some(vpcnet_netlink::RTPROT_VPCNET))
             .await
             .map_err(AgentError::netlink("listing routes"))?;
+        let routes6 = route::list_v6(&net, Some(vpcnet_netlink::RTPROT_VPCNET))
+            .await
+            .map_err(AgentError::netlink("listing IPv6 routes"))?;
         let links = link::list(&net)
             .await
             .map_err(AgentError::netlink("listing links"))?;
-        Ok::<_, AgentError>((routes, links))
+        Ok::<_, AgentError>((routes, routes6, links))
     })?;
-    let old = readable_state(dir.path(), &args);
+    let (old, old6) = readable_state(dir.path(), &args);
     let mut pool = Pool::new(args.pool_config());
+    let mut pool6 = args.pool_config6().map(vpcnet_pool::Pool6::new);
     let now = node::now_ms();
-    let r = audit::rebuild(&mut pool, old.as_ref(), &routes, &links, now);
+    let kernel = audit::KernelPods {
+        routes: &routes,
+        routes6: &routes6,
+        links: &links,
+    };
+    let r = audit::rebuild(
+        &mut pool,
+        old.as_ref(),
+        pool6.as_mut().map(|p| (p, old6.as_ref())),
+        &kernel,
+        now,
+    );
     for (ip, veth) in &r.adopted {
-        match pool.owner_of(*ip) {
-            Some(a) if a.key.network != vpcnet_proto::naming::REBUILT_NETWORK => println!(
+        let key = match ip {
+            IpAddr::V4(ip) => pool.owner_of(*ip).map(|a| &a.key),
+            IpAddr::V6(ip) => pool6.as_ref().and_then(|p| p.owner_of(*ip)).map(|a| &a.key),
+        };
+        match key {
+            Some(k) if k.network != vpcnet_proto::naming::REBUILT_NETWORK => println!(
                 "kept {ip} (host veth {veth}) of container {} as the old state had it",
-                a.key.container_id
+                k.container_id
             ),
             _ => println!("adopted {ip} (host veth {veth})"),
         }
@@ -265,27 +276,36 @@ pub fn rebuild_state(args: RunArgs) -> Result<(), AgentError> {
         println!("not adopted: {s}");
     }
     let stamp = now / 1000;
-    Store::replace(dir, &pool, stamp)?;
+    Store::replace(dir, &pool, pool6.as_ref(), stamp)?;
     println!(
         "rebuilt {}: {} allocations ({} as the old state had them) in {} prefixes (previous \
          files kept as pool.*.bad-{stamp})",
         args.state_dir.display(),
         r.adopted.len(),
         r.known,
-        pool.held_prefixes().count()
+        pool.held_prefixes().count() + pool6.as_ref().map_or(0, |p| p.held_prefixes().count())
     );
     Ok(())
 }
 
 /// Whatever of the old state can still be read, for `rebuild-state` to keep the real keys of
-/// the pods it knows: snapshot and journal, else the snapshot alone, else nothing.
-fn readable_state(dir: &Path, args: &RunArgs) -> Option<Pool> {
+/// the pods it knows: snapshot and journal, else the snapshot alone, else nothing (each
+/// family's pool; the IPv6 one only with an IPv6 VPC).
+fn readable_state(dir: &Path, args: &RunArgs) -> (Option<Pool>, Option<vpcnet_pool::Pool6>) {
     let snap = std::fs::read(dir.join(store::SNAPSHOT)).ok();
     let journal = std::fs::read(dir.join(store::JOURNAL)).unwrap_or_default();
-    store::load(snap.as_deref(), &journal, args.pool_config())
-        .or_else(|_| store::load(snap.as_deref(), &[], args.pool_config()))
-        .ok()
-        .map(|(pool, _)| pool)
+    let load = |journal: &[u8]| {
+        store::load_dual(
+            snap.as_deref(),
+            journal,
+            args.pool_config(),
+            args.pool_config6(),
+        )
+    };
+    match load(&journal).or_else(|_| load(&[])) {
+        Ok((pool, pool6, _)) => (Some(pool), pool6),
+        Err(_) => (None, None),
+    }
 }
 
 /// MTU of the interface the default route leaves through, if there is one.

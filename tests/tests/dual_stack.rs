@@ -681,3 +681,109 @@ fn dual_stack_repeated_add_and_readd_after_del() {
         assert!(main6.contains("dev eth0"), "round {round}: {main6}");
     }
 }
+
+/// Every allocation in a status reply, both families: (address, key).
+fn held(status: &Value) -> Vec<(IpAddr, Value)> {
+    let lists = [
+        status.get("allocations"),
+        status.get("pool6").and_then(|p| p.get("allocations")),
+    ];
+    lists
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l.as_array().cloned().unwrap_or_default())
+        .map(|a| {
+            let ip = a["ip"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("allocation without ip: {a}"));
+            (ip, a["key"].clone())
+        })
+        .collect()
+}
+
+/// State lost on a dual-stack node while pods run (snapshot gone, journal empty):
+/// `vpcnetd rebuild-state` adopts each pod's IPv4 and IPv6 address from the kernel as ONE
+/// attachment (the same key in both pools); the agent then starts (the start-up audit of
+/// both families passes), keeps every pod reachable over both families, hands out other
+/// addresses of both families, and a DEL of an adopted pod releases both.
+#[test]
+fn rebuild_state_adopts_both_families_of_running_pods() {
+    let mut lab = lab(Mode::Dual, &["--reconcile-grace", "0s"]);
+    let pods: Vec<Pod> = (0..3).map(|i| add_pod(&mut lab, Mode::Dual, i)).collect();
+    lab.agent.as_mut().expect("agent").kill();
+    let state = lab.state_dir();
+    std::fs::remove_file(state.join("pool.json")).expect("rm pool.json");
+    std::fs::write(state.join("pool.journal"), b"").expect("empty journal");
+
+    let mut flags = lab.agent_flags();
+    flags.extend(["--vpc-cidr".into(), VPC6.into(), "rebuild-state".into()]);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.host()])
+        .arg(vpcnet_tests::bin("vpcnetd"))
+        .args(&flags)
+        .output()
+        .expect("run rebuild-state");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "rebuild-state failed: {text}");
+    for p in &pods {
+        let v4 = p.v4.expect("dual pod has IPv4");
+        for ip in [IpAddr::V4(v4), IpAddr::V6(p.v6)] {
+            assert!(
+                text.contains(&format!("adopted {ip} (host veth {})", p.host_veth)),
+                "{ip} not adopted: {text}"
+            );
+        }
+    }
+
+    lab.agent.as_mut().expect("agent").restart();
+    let status = lab.status_when_up();
+    let allocs = held(&status);
+    let live: HashSet<IpAddr> = pods
+        .iter()
+        .flat_map(|p| [IpAddr::V4(p.v4.expect("v4")), IpAddr::V6(p.v6)])
+        .collect();
+    let got: HashSet<IpAddr> = allocs.iter().map(|(ip, _)| *ip).collect();
+    assert_eq!(got, live, "{status:#}");
+    for p in &pods {
+        let key = |ip: IpAddr| {
+            allocs
+                .iter()
+                .find(|(a, _)| *a == ip)
+                .map(|(_, k)| k.clone())
+        };
+        let (k4, k6) = (key(IpAddr::V4(p.v4.expect("v4"))), key(IpAddr::V6(p.v6)));
+        assert!(
+            k4.is_some() && k4 == k6,
+            "{}: keys differ by family: {k4:?} vs {k6:?}",
+            p.cid
+        );
+        assert_wired(&lab, p);
+        assert!(
+            lab.ping(&lab.host(), &p.v6.to_string()),
+            "host -> {} after the restart",
+            p.v6
+        );
+    }
+    // New pods get other addresses of both families.
+    let n = add_pod(&mut lab, Mode::Dual, 10);
+    assert!(
+        !live.contains(&IpAddr::V6(n.v6)) && !live.contains(&IpAddr::V4(n.v4.expect("v4"))),
+        "an adopted address handed out again: {n:?}"
+    );
+    // DEL of an adopted pod, by its real container ID, releases both of its addresses.
+    let p0 = &pods[0];
+    lab.del(&p0.cid, &p0.ns).expect_ok("DEL adopted pod");
+    let gone = vpcnet_tests::wait_until(Duration::from_secs(5), || {
+        let now: HashSet<IpAddr> = held(&lab.status()).iter().map(|(ip, _)| *ip).collect();
+        !now.contains(&IpAddr::V6(p0.v6)) && !now.contains(&IpAddr::V4(p0.v4.expect("v4")))
+    });
+    assert!(gone, "{p0:?} still held after DEL: {:#}", lab.status());
+    for p in &pods[1..] {
+        assert_wired(&lab, p);
+    }
+}

@@ -728,9 +728,14 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the state with `pool` (for `vpcnetd rebuild-state`): the old files are kept
+    /// Replaces the state with `pool` and `pool6` (for `vpcnetd rebuild-state`): the old files are kept
     /// as `<name>.bad-<unix seconds>` for the operator.
-    pub fn replace(dir: StateDir, pool: &Pool, stamp: u64) -> Result<(), StoreError> {
+    pub fn replace(
+        dir: StateDir,
+        pool: &Pool,
+        pool6: Option<&Pool6>,
+        stamp: u64,
+    ) -> Result<(), StoreError> {
         let d = dir.path().to_path_buf();
         let e = io_err(&d);
         for name in [SNAPSHOT, JOURNAL] {
@@ -739,7 +744,7 @@ impl Store {
                 fs::rename(&from, d.join(format!("{name}.bad-{stamp}"))).map_err(&e)?;
             }
         }
-        write_atomic(&d, SNAPSHOT, &snapshot_bytes(0, pool)?).map_err(&e)?;
+        write_atomic(&d, SNAPSHOT, &snapshot_bytes_dual(0, pool, pool6)?).map_err(&e)?;
         create_private(&d.join(JOURNAL), true)
             .and_then(|f| f.sync_all())
             .map_err(&e)?;
