@@ -188,17 +188,17 @@ pub async fn run(
 /// One walk of the conntrack table for all of `addrs`, on the blocking pool (the socket
 /// is synchronous), in the agent's namespace.
 async fn flush(addrs: Vec<IpAddr>) {
-    let n_addrs = addrs.len();
+    let list = addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let r = tokio::task::spawn_blocking(move || conntrack::flush_addresses(&addrs)).await;
     match r {
         Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::info!(
-            entries = n,
-            addresses = n_addrs,
-            "flushed {n} conntrack entries of {n_addrs} released addresses"
-        ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "flushing conntrack entries of released addresses"),
-        Err(e) => tracing::warn!(error = %e, "conntrack flush task"),
+        Ok(Ok(n)) => tracing::info!(entries = n, "flushed {n} conntrack entries of {list}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, addresses = %list, "flushing conntrack entries"),
+        Err(e) => tracing::warn!(error = %e, addresses = %list, "conntrack flush task"),
     }
 }
 
