@@ -1,5 +1,5 @@
-//! The veth reaper: deletes the host veths of DEL'd attachments in the background, at a moment
-//! when no ADD pays for it.
+//! The veth reaper: deletes the host veths of DEL'd attachments, and flushes their addresses'
+//! conntrack entries, in the background, at a moment when no ADD pays for it.
 //!
 //! Deleting veths costs the kernel ~20–25 ms under rtnl_lock whether the batch holds one veth
 //! or twenty (the cost is the unregister's RCU grace periods, paid once per batch; measured on
@@ -12,6 +12,9 @@
 //! [`MAX_DEFER`]; then the group is deleted at the first moment no ADD is in flight, and after
 //! [`HARD_DEFER`] at once. Most veths never get that far on a real node: the runtime deletes
 //! the pod's namespace right after DEL, and that takes the veth with it.
+//!
+//! The released addresses' conntrack flushes ride in the same batches ([`Reap::Conntrack`]):
+//! one walk of the conntrack table per batch instead of one per DEL (see [`run`]).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
