@@ -149,12 +149,8 @@ pub async fn run(
                         veths = true;
                         mark(i).await;
                     }
-                    Some(Reap::Conntrack(ip)) => {
-                        if !addrs.contains(&ip) {
-                            addrs.push(ip);
-                        }
-                    }
-                    None => {}
+                    Some(Reap::Conntrack(ip)) if !addrs.contains(&ip) => addrs.push(ip),
+                    Some(Reap::Conntrack(_)) | None => {}
                 }
                 match rx.try_recv() {
                     Ok(r) => next = Some(r),
