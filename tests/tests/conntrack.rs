@@ -106,9 +106,9 @@ fn dual_stack_release_flushes_both_families_and_nothing_else() {
             .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
             .collect()
     };
-    let a = ips(&lab.add("ct6-a", &pa).expect_ok("ADD a"));
+    let a = ips(lab.add("ct6-a", &pa).expect_ok("ADD a"));
     lab.add("ct6-b", &pb).expect_ok("ADD b");
-    let c = ips(&lab.add("ct6-c", &pc).expect_ok("ADD c"));
+    let c = ips(lab.add("ct6-c", &pc).expect_ok("ADD c"));
     assert_eq!(a.len(), 2, "a is not dual-stack: {a:?}");
     assert_eq!(c.len(), 2, "c is not dual-stack: {c:?}");
     for ip in a.iter().chain(&c) {
