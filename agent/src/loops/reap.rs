@@ -117,7 +117,9 @@ pub enum Reap {
 /// released address is gone before the address can be handed out again. The flush runs at
 /// most `flush_within` after the release: the caller passes well under the address cooldown
 /// (`--ip-cooldown`; an address released as unused never carried a packet). And since the
-/// group is deleted first, no veth of a flushed address is left to make new entries.
+/// group is deleted first, no veth of a flushed address is left to make new entries. (With a
+/// cooldown under 2 × [`HARD_DEFER`], `flush_within` can come before the veths' moment: the
+/// batch, veths included, then goes at `flush_within` whatever is in flight.)
 pub async fn run(
     net: rtnetlink::Handle,
     mut rx: mpsc::UnboundedReceiver<Reap>,
