@@ -395,6 +395,7 @@ async fn serve<D: Datastore>(
             reaper_rx,
             activity,
             node.inflight_dir().to_path_buf(),
+            reap::flush_within(args.ip_cooldown),
         ),
     );
     // Up before the start-up work, so /healthz answers and /readyz says "starting" meanwhile.

@@ -107,22 +107,52 @@ where
 /// request acts inside `ns`, while the calling thread stays in its own namespace.
 ///
 /// A netlink socket belongs to the namespace it was created in, for its whole life. So the
-/// thread enters `ns` only for the `socket()` call and returns at once: no task runs, and no
-/// other file is opened, while it is away. This is the "create the socket inside the
-/// namespace" pattern; it is only safe where nothing else can run on this thread meanwhile —
-/// true for the plugin's single-threaded, current-thread runtime; never use it from a worker
-/// of a multi-threaded runtime (use [`run_in`] there).
+/// thread enters `ns` only for the `socket()` call and returns at once: no task runs while
+/// it is away. This is the "create the socket inside the namespace" pattern; it is only safe
+/// where nothing else can run on this thread meanwhile — true for the plugin's
+/// single-threaded, current-thread runtime; never use it from a worker of a multi-threaded
+/// runtime (use [`run_in`] there).
 pub fn connect_in(ns: BorrowedFd<'_>) -> Result<rtnetlink::Handle, NetlinkError> {
+    let made = while_in(ns, || {
+        rtnetlink::new_connection().map_err(NetlinkError::Socket)
+    })?;
+    let (conn, handle, _) = made?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// [`connect_in`], and in the same visit to `ns` opens the `/proc/sys` knob `sysctl_path`
+/// for writing (see [`crate::sysctl::open_for_write`]). A `/proc/sys/net` file binds the
+/// namespace of the thread that opens it, for its whole life: written later from the home
+/// namespace, it still sets `ns`'s knob. So a pod's sysctl costs no thread of its own and no
+/// second `setns` pair (issue 14). Same rules as [`connect_in`].
+pub fn connect_in_opening(
+    ns: BorrowedFd<'_>,
+    sysctl_path: &str,
+) -> Result<(rtnetlink::Handle, std::fs::File), NetlinkError> {
+    let (made, opened) = while_in(ns, || {
+        (
+            rtnetlink::new_connection().map_err(NetlinkError::Socket),
+            crate::sysctl::open_for_write(sysctl_path),
+        )
+    })?;
+    let (conn, handle, _) = made?;
+    let file = opened?;
+    tokio::spawn(conn);
+    Ok((handle, file))
+}
+
+/// Runs `f` on this thread inside `ns` and returns to the thread's own namespace right
+/// after. `f` must not run anything else (no task, no await): see [`connect_in`].
+fn while_in<T>(ns: BorrowedFd<'_>, f: impl FnOnce() -> T) -> Result<T, NetlinkError> {
     let home = std::fs::File::open("/proc/thread-self/ns/net").map_err(NetlinkError::Io)?;
     nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| NetlinkError::Io(e.into()))?;
-    let made = rtnetlink::new_connection().map_err(NetlinkError::Socket);
+    let out = f();
     if let Err(e) = nix::sched::setns(&home, CloneFlags::CLONE_NEWNET) {
         // Staying in the pod's namespace would make every later host-side step act on the
         // pod: there is no safe way on from here.
         eprintln!("vpcnet: FATAL: cannot return to the host network namespace: {e}");
         std::process::abort();
     }
-    let (conn, handle, _) = made?;
-    tokio::spawn(conn);
-    Ok(handle)
+    Ok(out)
 }

@@ -84,6 +84,22 @@ pub fn write(path: &str, value: &str) -> Result<(), NetlinkError> {
     f.write_all(value.as_bytes()).map_err(NetlinkError::Io)
 }
 
+/// Opens `path` for writing, without writing: the file keeps the network namespace of the
+/// thread that opened it (see [`crate::netns::connect_in_opening`]); [`write_file`] writes
+/// it later from anywhere.
+pub fn open_for_write(path: &str) -> Result<std::fs::File, NetlinkError> {
+    let full = full_path(path)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(full)
+        .map_err(NetlinkError::Io)
+}
+
+/// Writes `value` to a knob opened with [`open_for_write`] (one write, at offset 0).
+pub fn write_file(mut f: std::fs::File, value: &str) -> Result<(), NetlinkError> {
+    f.write_all(value.as_bytes()).map_err(NetlinkError::Io)
+}
+
 /// [`write`] inside the network namespace `ns`, on a new OS thread that enters it, started
 /// at once: the caller goes on (e.g. with its own netlink work) and joins the handle for the
 /// outcome. The thread owns `ns` (a duplicate of the caller's descriptor is fine) and ends

@@ -31,10 +31,19 @@ pub struct VethSpec<'a> {
     pub peer_up: bool,
 }
 
+/// One end's attributes. Both ends are created with **one** TX and one RX queue: without
+/// IFLA_NUM_TX/RX_QUEUES the kernel allocates one per possible CPU and `veth_newlink` then
+/// cuts the real number back to 1 on the registered device — `netif_set_real_num_tx_queues`
+/// shrinking a live device waits for an expedited RCU grace period (`synchronize_net`), under
+/// rtnl_lock, once per end: two per ADD, which every concurrent ADD waits behind (issue 14,
+/// perf sched profile in docs/benchmarks.md). The resulting device is the same (one real
+/// queue each way); only the ceiling for a later `ethtool -L` is gone, which pods never use.
 fn new_message(name: &str, mac: [u8; 6], mtu: Option<u32>) -> LinkMessage {
     let mut msg = LinkMessage::default();
     msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
     msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+    msg.attributes.push(LinkAttribute::NumTxQueues(1));
+    msg.attributes.push(LinkAttribute::NumRxQueues(1));
     if let Some(mtu) = mtu {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
     }

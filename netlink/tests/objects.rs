@@ -53,6 +53,13 @@ fn veth_create_exists_and_delete() {
     assert!(hl.contains(&mac_str(HOST_MAC)), "{hl}");
     // The peer must not have appeared in the host ns.
     assert!(!host.ip(&["-o", "link"]).contains("eth0"));
+    // One TX and one RX queue per end, from creation (issue 14: no shrink, no RCU wait).
+    for d in [
+        pod.ip(&["-d", "-o", "link", "show", "eth0"]),
+        host.ip(&["-d", "-o", "link", "show", "vpctest0"]),
+    ] {
+        assert!(d.contains("numtxqueues 1 numrxqueues 1"), "{d}");
+    }
 
     // Our own view agrees with `ip`.
     let info = host

@@ -318,3 +318,52 @@ fn write_in_spawned_thread_lands_in_that_namespace() {
         Err(NetlinkError::InvalidArgument(_))
     ));
 }
+
+/// The plugin's IPv6 ADD opens the pod end's `accept_ra` while it is in the pod namespace
+/// for its netlink socket (issue 14): the file keeps that namespace, so the write from the
+/// home namespace sets the pod's knob; the handle acts in the pod; the thread is back home.
+#[test]
+fn knob_opened_with_the_pod_socket_is_the_pods() {
+    let host = Ns::new();
+    let pod = Ns::new();
+    let peer = format!("vro{}", std::process::id() % 1_000_000);
+    make_veth(&host, &pod, &peer, false);
+    let file = format!("/proc/sys/net/ipv6/conf/{peer}/accept_ra");
+    let read = || common::run("ip", &["netns", "exec", &pod.name, "cat", &file]);
+    common::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &pod.name,
+            "sh",
+            "-c",
+            &format!("echo 1 > {file}"),
+        ],
+    );
+    assert_eq!(read().trim(), "1");
+    let here = || netns::id_of_path(std::path::Path::new("/proc/thread-self/ns/net")).expect("id");
+    let me = here();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    let knob = sysctl::ipv6_conf(&peer, "accept_ra").expect("path");
+    let (h, f) = rt
+        .block_on(async { netns::connect_in_opening(pod.fd.as_fd(), &knob) })
+        .expect("socket and knob in the pod");
+    assert_eq!(me, here(), "the thread did not come back home");
+    sysctl::write_file(f, "0").expect("written");
+    assert_eq!(read().trim(), "0");
+    let index = rt
+        .block_on(link::index_by_name(&h, &peer))
+        .expect("link lookup through the pod's socket");
+    assert!(index.is_some(), "the handle does not act in the pod");
+    // The same knob where no such link is (the lab's host namespace): an error, and the
+    // thread is back home all the same.
+    let err = rt
+        .block_on(async { netns::connect_in_opening(host.fd.as_fd(), &knob) })
+        .expect_err("no such link in the host namespace");
+    assert!(err.is_not_found(), "{err:?}");
+    assert_eq!(me, here());
+}

@@ -294,26 +294,34 @@ pub async fn remove_veth(host: &Handle, veth: &HostVeth) {
 /// [`netns::connect_in`]), so both sides' requests run concurrently from this one thread.
 ///
 /// IPv6: `accept_ra=0` goes on both ends first, while the pair has no carrier yet (the pod
-/// end is still down; [`configure_pod`] sets it UP), each from a thread in that end's
-/// namespace. The host side's IPv6 route and neighbour ride in the same pipeline as the IPv4
+/// end is still down; [`configure_pod`] sets it UP): the host end's from this thread, the
+/// pod end's through a knob opened while this thread was in the pod namespace for its
+/// netlink socket ([`netns::connect_in_opening`]). The host side's IPv6 route and neighbour ride in the same pipeline as the IPv4
 /// route, so a dual-stack ADD costs no extra round trip on either socket.
 pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(), CniError> {
     let ifname = plan.ifname;
     let ips = plan.ips;
-    // The pod end's accept_ra=0 is written by a thread of its own that enters the pod
-    // namespace; it runs while this thread opens the pod's netlink socket and writes the host
-    // end's, and is joined before anything is sent that could bring the pod end UP.
-    let pod_ra = match ips.v6 {
-        Some(_) => Some(spawn_no_accept_ra(ifname, plan.netns)?),
-        None => None,
+    // The pod end's accept_ra knob is opened while this thread is in the pod namespace for
+    // its netlink socket anyway (the file keeps that namespace), and written before anything
+    // is sent that could bring the pod end UP: no thread and no setns of its own (issue 14).
+    let ra_fail =
+        |e| CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e);
+    let (pod, pod_ra) = match ips.v6 {
+        Some(_) => {
+            let knob = sysctl::ipv6_conf(ifname, "accept_ra").map_err(ra_fail)?;
+            let (pod, ra) = netns::connect_in_opening(plan.netns.as_fd(), &knob)
+                .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
+            (pod, Some(ra))
+        }
+        None => (
+            netns::connect_in(plan.netns.as_fd())
+                .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?,
+            None,
+        ),
     };
-    let pod = netns::connect_in(plan.netns.as_fd())
-        .map_err(|e| CniError::dataplane("opening netlink in pod namespace", e))?;
     if let Some(pod_ra) = pod_ra {
         no_accept_ra_host(&veth.name)?;
-        sysctl::join(pod_ra).map_err(|e| {
-            CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e)
-        })?;
+        sysctl::write_file(pod_ra, "0").map_err(ra_fail)?;
     }
     let pod_mac = naming::pod_mac(plan.container_id, ifname);
     let (host_route, host_route6, host_neigh6, pod_side) = futures::join!(
@@ -364,18 +372,6 @@ pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(),
     host_route6?;
     host_neigh6?;
     pod_side
-}
-
-/// Starts writing `accept_ra=0` for the pod end `ifname` from a thread in the pod namespace
-/// (a `/proc/sys/net` file belongs to the namespace of the thread that opens it).
-fn spawn_no_accept_ra(
-    ifname: &str,
-    netns: &OwnedFd,
-) -> Result<std::thread::JoinHandle<Result<(), NetlinkError>>, CniError> {
-    let fail = |e| CniError::dataplane(&format!("setting accept_ra=0 on {ifname} in the pod"), e);
-    let knob = sysctl::ipv6_conf(ifname, "accept_ra").map_err(fail)?;
-    let ns = netns.try_clone().map_err(|e| fail(NetlinkError::Io(e)))?;
-    sysctl::write_in_spawned(ns, knob, "0").map_err(fail)
 }
 
 /// `accept_ra=0` on the host end (this thread is in the host namespace).

@@ -67,3 +67,74 @@ fn released_address_leaves_no_conntrack_entry() {
     let log = lab.agent.as_ref().expect("agent").log_text();
     assert!(log.contains(&format!("conntrack entries of {a}")), "{log}");
 }
+
+/// The host namespace's conntrack entries that mention `ip` in either direction, whatever
+/// form the kernel prints the address in (IPv6 is printed uncompressed).
+fn entries_of_addr(lab: &Lab, ip: std::net::IpAddr) -> Vec<String> {
+    let table = sh(&format!(
+        "ip netns exec {} cat /proc/net/nf_conntrack",
+        lab.host()
+    ));
+    table
+        .lines()
+        .filter(|l| {
+            l.split_whitespace().any(|w| {
+                w.strip_prefix("src=")
+                    .or_else(|| w.strip_prefix("dst="))
+                    .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                    == Some(ip)
+            })
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 14: a dual-stack release flushes both of its addresses in one walk of the table
+/// (an `AF_UNSPEC` dump, each entry deleted with its own family), batched by the reaper:
+/// the IPv4 and the IPv6 entries of the released pod go, the other pod's of both families
+/// stay.
+#[test]
+fn dual_stack_release_flushes_both_families_and_nothing_else() {
+    let mut lab = Lab::new("10.245.1.0/24");
+    lab.start_agent(&["--ip-cooldown", "60s", "--vpc-cidr", "fd00:45::/64"]);
+    let (pa, pb, pc) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let ips = |out: &vpcnet_tests::CniOutput| -> Vec<std::net::IpAddr> {
+        out.json["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect()
+    };
+    let a = ips(lab.add("ct6-a", &pa).expect_ok("ADD a"));
+    lab.add("ct6-b", &pb).expect_ok("ADD b");
+    let c = ips(lab.add("ct6-c", &pc).expect_ok("ADD c"));
+    assert_eq!(a.len(), 2, "a is not dual-stack: {a:?}");
+    assert_eq!(c.len(), 2, "c is not dual-stack: {c:?}");
+    for ip in a.iter().chain(&c) {
+        assert!(lab.ping(&pb, &ip.to_string()), "b cannot reach {ip}");
+    }
+    // Without entries of both families to begin with the test would prove nothing.
+    for ip in a.iter().chain(&c) {
+        assert!(
+            !entries_of_addr(&lab, *ip).is_empty(),
+            "no conntrack entry for {ip}: connection tracking of its family is off in the host namespace"
+        );
+    }
+    lab.del("ct6-a", &pa).expect_ok("DEL a");
+    assert!(
+        wait_until(Duration::from_secs(3), || a
+            .iter()
+            .all(|ip| entries_of_addr(&lab, *ip).is_empty())),
+        "conntrack entries of released {a:?} left: {:?}",
+        a.iter()
+            .map(|ip| entries_of_addr(&lab, *ip))
+            .collect::<Vec<_>>()
+    );
+    for ip in &c {
+        assert!(
+            !entries_of_addr(&lab, *ip).is_empty(),
+            "entries of {ip} were flushed too"
+        );
+    }
+}

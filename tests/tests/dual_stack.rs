@@ -143,6 +143,14 @@ fn assert_wired(lab: &Lab, p: &Pod) {
     assert!(!lab
         .ip(&host, &format!("-6 -o addr show dev {}", p.host_veth))
         .contains("fe80"));
+    // Router advertisements ignored on both ends (the pod end's knob is written through a
+    // file opened inside the pod namespace: it must be the pod's, not the host's).
+    for (ns, dev) in [(&p.ns, "eth0"), (&host, p.host_veth.as_str())] {
+        let ra = vpcnet_tests::sh(&format!(
+            "ip netns exec {ns} cat /proc/sys/net/ipv6/conf/{dev}/accept_ra"
+        ));
+        assert_eq!(ra.trim(), "0", "{}: accept_ra of {dev} in {ns}", p.cid);
+    }
     if let Some(v4) = p.v4 {
         let addr = lab.ip(&p.ns, "-4 -o addr show dev eth0");
         assert!(

@@ -1,5 +1,5 @@
-//! The veth reaper: deletes the host veths of DEL'd attachments in the background, at a moment
-//! when no ADD pays for it.
+//! The veth reaper: deletes the host veths of DEL'd attachments, and flushes their addresses'
+//! conntrack entries, in the background, at a moment when no ADD pays for it.
 //!
 //! Deleting veths costs the kernel ~20–25 ms under rtnl_lock whether the batch holds one veth
 //! or twenty (the cost is the unregister's RCU grace periods, paid once per batch; measured on
@@ -12,14 +12,18 @@
 //! [`MAX_DEFER`]; then the group is deleted at the first moment no ADD is in flight, and after
 //! [`HARD_DEFER`] at once. Most veths never get that far on a real node: the runtime deletes
 //! the pod's namespace right after DEL, and that takes the veth with it.
+//!
+//! The released addresses' conntrack flushes ride in the same batches ([`Reap::Conntrack`]):
+//! one walk of the conntrack table per batch instead of one per DEL (see [`run`]).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use vpcnet_netlink::link;
+use vpcnet_netlink::{conntrack, link};
 
 /// Link group that marks host veths waiting to be deleted ("vpcd"), shared with the plugin's
 /// retired veths ([`vpcnet_proto::naming::REAP_GROUP`]).
@@ -87,13 +91,41 @@ pub fn moment(age: Duration, idle: Duration, add_in_flight: bool) -> Option<Mome
     }
 }
 
-/// Runs until the channel closes: marks every veth sent (by ifindex) and deletes the marked
-/// group at the moment [`moment`] picks.
+/// What the reaper is sent by a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reap {
+    /// A host veth to delete, by ifindex (so a re-created veth of the same name is never hit).
+    Veth(u32),
+    /// A released address whose conntrack entries are to be flushed.
+    Conntrack(IpAddr),
+}
+
+/// Runs until the channel closes: marks every veth sent (by ifindex), gathers every address
+/// sent, and, at the moment [`moment`] picks for the oldest of them, deletes the marked group
+/// and then flushes the gathered addresses' conntrack entries in one walk of the table
+/// ([`conntrack::flush_addresses`]).
+///
+/// Why the flush waits too (issue 14): a conntrack dump walks every bucket of the kernel's
+/// table however empty it is (262 144 on a 23 GB node), ~5–10 ms of CPU per walk. One per
+/// DEL, right after it, ran beside the next ADDs and cost each of them several ms under
+/// churn (on 2 CPUs: the ADD's wait for a CPU, and the expedited RCU grace periods of its
+/// veth creation, which must interrupt a busy CPU where an idle one is skipped). Batched and
+/// placed like the veth deletion, a node under constant churn pays one walk per
+/// [`MAX_DEFER`], not one per pod.
+///
+/// **Invariant kept** (docs/reliability.md, stale conntrack entries): every entry of a
+/// released address is gone before the address can be handed out again. The flush runs at
+/// most `flush_within` after the release: the caller passes well under the address cooldown
+/// (`--ip-cooldown`; an address released as unused never carried a packet). And since the
+/// group is deleted first, no veth of a flushed address is left to make new entries. (With a
+/// cooldown under 2 × [`HARD_DEFER`], `flush_within` can come before the veths' moment: the
+/// batch, veths included, then goes at `flush_within` whatever is in flight.)
 pub async fn run(
     net: rtnetlink::Handle,
-    mut rx: mpsc::UnboundedReceiver<u32>,
+    mut rx: mpsc::UnboundedReceiver<Reap>,
     activity: Arc<Activity>,
     inflight_dir: PathBuf,
+    flush_within: Duration,
 ) {
     let mark = |index: u32| {
         let net = net.clone();
@@ -107,13 +139,23 @@ pub async fn run(
     };
     while let Some(first) = rx.recv().await {
         let oldest = Instant::now();
-        mark(first).await;
+        let mut veths = false;
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        let mut next = Some(first);
         loop {
             // Marks are cheap (one short rtnl request each): take what came.
             let mut closed = false;
             loop {
+                match next.take() {
+                    Some(Reap::Veth(i)) => {
+                        veths = true;
+                        mark(i).await;
+                    }
+                    Some(Reap::Conntrack(ip)) if !addrs.contains(&ip) => addrs.push(ip),
+                    Some(Reap::Conntrack(_)) | None => {}
+                }
                 match rx.try_recv() {
-                    Ok(i) => mark(i).await,
+                    Ok(r) => next = Some(r),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
                         closed = true;
@@ -121,20 +163,50 @@ pub async fn run(
                     }
                 }
             }
+            let age = oldest.elapsed();
             let when = moment(
-                oldest.elapsed(),
+                age,
                 activity.idle_for(),
                 vpcnet_proto::inflight::any_in_flight(&inflight_dir),
             );
-            if when.is_some() || closed {
+            let flush_due = !addrs.is_empty() && age >= flush_within;
+            if when.is_some() || flush_due || closed {
                 break;
             }
             tokio::time::sleep(POLL).await;
         }
-        if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
-            tracing::warn!("deleting marked veths: {e}");
+        if veths {
+            if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
+                tracing::warn!("deleting marked veths: {e}");
+            }
+        }
+        if !addrs.is_empty() {
+            flush(addrs).await;
         }
     }
+}
+
+/// One walk of the conntrack table for all of `addrs`, on the blocking pool (the socket
+/// is synchronous), in the agent's namespace.
+async fn flush(addrs: Vec<IpAddr>) {
+    let list = addrs
+        .iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let r = tokio::task::spawn_blocking(move || conntrack::flush_addresses(&addrs)).await;
+    match r {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(entries = n, "flushed {n} conntrack entries of {list}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, addresses = %list, "flushing conntrack entries"),
+        Err(e) => tracing::warn!(error = %e, addresses = %list, "conntrack flush task"),
+    }
+}
+
+/// How long after a release its conntrack flush may wait: half the address cooldown (the
+/// flush must be done before the address is handed out again), at most [`HARD_DEFER`].
+pub fn flush_within(cooldown: Duration) -> Duration {
+    (cooldown / 2).min(HARD_DEFER)
 }
 
 #[cfg(test)]
@@ -155,6 +227,13 @@ mod tests {
         assert_eq!(moment(MAX_DEFER, MS(1), true), None);
         assert_eq!(moment(MAX_DEFER, MS(1), false), Some(Moment::NoAddInFlight));
         assert_eq!(moment(HARD_DEFER, MS(0), true), Some(Moment::Forced));
+    }
+
+    #[test]
+    fn conntrack_flush_waits_at_most_half_the_cooldown() {
+        assert_eq!(flush_within(Duration::from_secs(30)), HARD_DEFER);
+        assert_eq!(flush_within(Duration::from_secs(3)), MS(1500));
+        assert_eq!(flush_within(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

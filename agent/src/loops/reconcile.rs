@@ -133,10 +133,10 @@ pub async fn run<D: Datastore>(node: &Node<D>, grace_ms: u64) -> Result<Report, 
     report.released = released.len();
     for (key, ip, ip6) in &released {
         if let Some(ip) = ip {
-            crate::node::host::flush_conntrack(*ip);
+            node.queue_conntrack_flush(*ip);
         }
         if let Some(ip6) = ip6 {
-            crate::node::host::flush_conntrack(*ip6);
+            node.queue_conntrack_flush(*ip6);
         }
         tracing::info!(
             ip = ?ip,

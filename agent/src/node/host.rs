@@ -1,36 +1,20 @@
 //! The host side of a release: the pod's host route, its host veth (queued for the reaper)
 //! and the conntrack entries of its address.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::Node;
 use crate::datastore::Datastore;
-use vpcnet_netlink::{conntrack, link, route};
+use vpcnet_netlink::{link, route};
 use vpcnet_proto::{attachment, naming};
 
 /// The IPv6 pod host route's shape, shared with the plugin that installs it.
 pub use vpcnet_proto::attachment::{host_route6, is_host_route6_shape};
 
-/// Removes every conntrack entry of released address `ip`, in the background (a dump of the
-/// node's table can take a while and DEL should not wait for it).
-///
-/// **Invariant**: once an address is released, no connection-tracking entry of its old pod
-/// survives to steer traffic of the pod that gets the address next. The flush finishes within
-/// milliseconds, far inside the cooldown (`--ip-cooldown`, 30 s) that must pass before the
-/// address is handed out again; an address released as unused (a failed ADD) never carried
-/// a packet.
-pub fn flush_conntrack(ip: impl Into<IpAddr>) {
-    let ip: IpAddr = ip.into();
-    tokio::task::spawn_blocking(move || match conntrack::flush_address(ip) {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(%ip, entries = n, "flushed {n} conntrack entries of {ip}"),
-        Err(e) => tracing::warn!(%ip, error = %e, "flushing conntrack entries"),
-    });
-}
-
 impl<D: Datastore> Node<D> {
     /// Removes our host routes for `ip` (`/32`) and `ip6` (`/128`) and queues `host_veth`
-    /// for deletion.
+    /// for deletion and the addresses' conntrack entries for a flush (both done by the
+    /// reaper, batched, off the ADD path: `loops/reap.rs`).
     pub async fn teardown(&self, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>, host_veth: &str) {
         // Only a link that proves to be ours (name-derived MAC) is deleted, and only a route
         // through it (or, when it is gone, the route the plugin made) is removed.
@@ -50,13 +34,13 @@ impl<D: Datastore> Node<D> {
             if let Err(e) = route::delete(&self.net, &attachment::host_route(ip, index)).await {
                 tracing::warn!(%ip, error = %e, "deleting host route");
             }
-            flush_conntrack(ip);
+            self.queue_conntrack_flush(ip);
         }
         if let Some(ip6) = ip6 {
             if let Err(e) = route::delete_v6(&self.net, &host_route6(ip6, index)).await {
                 tracing::warn!(%ip6, error = %e, "deleting IPv6 host route");
             }
-            flush_conntrack(ip6);
+            self.queue_conntrack_flush(ip6);
         }
         if let Some(index) = index {
             self.queue_veth_deletion(index);

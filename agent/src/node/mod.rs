@@ -28,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, Notify};
 
 use crate::datastore::Datastore;
-use crate::loops::reap::Activity;
+use crate::loops::reap::{Activity, Reap};
 use crate::node::store::{FamilyEvent, Store, StoreError};
 use vpcnet_pool::{AllocKey, Millis, PodMeta, Pool, Pool6, PoolError, PoolEvent};
 
@@ -481,9 +481,9 @@ pub struct NodeParts<D> {
     pub mtu: Option<u32>,
     pub datastore: D,
     pub net: rtnetlink::Handle,
-    /// Host veths to delete in the background (by ifindex, so a re-created veth of the same
-    /// name is never hit).
-    pub reaper: mpsc::UnboundedSender<u32>,
+    /// Host veths to delete (by ifindex, so a re-created veth of the same name is never hit)
+    /// and released addresses whose conntrack entries to flush, both in the background.
+    pub reaper: mpsc::UnboundedSender<Reap>,
     /// When the last CNI request came: the reaper deletes veths when the node is quiet.
     pub activity: Arc<Activity>,
     /// Where plugins hold their in-flight ADD locks ([`vpcnet_proto::inflight`]).
@@ -501,7 +501,7 @@ pub struct Node<D> {
     health: Mutex<Health>,
     datastore: D,
     net: rtnetlink::Handle,
-    reaper: mpsc::UnboundedSender<u32>,
+    reaper: mpsc::UnboundedSender<Reap>,
     activity: Arc<Activity>,
     /// Wakes the warm-pool loop after a change.
     wake: Notify,
@@ -608,7 +608,14 @@ impl<D: Datastore> Node<D> {
     /// Queues host veth `index` for deletion by the reaper.
     pub fn queue_veth_deletion(&self, index: u32) {
         // The reaper only stops with the agent.
-        let _ = self.reaper.send(index);
+        let _ = self.reaper.send(Reap::Veth(index));
+    }
+
+    /// Queues the flush of released address `ip`'s conntrack entries: the reaper does it in
+    /// one walk of the table with the other addresses released meanwhile, well inside the
+    /// address cooldown ([`crate::loops::reap::run`]).
+    pub fn queue_conntrack_flush(&self, ip: impl Into<std::net::IpAddr>) {
+        let _ = self.reaper.send(Reap::Conntrack(ip.into()));
     }
 }
 
