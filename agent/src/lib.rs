@@ -145,8 +145,10 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     let socket_lock = lock_socket(&args.socket)?;
     let (store, pool, pool6) = open_state(&args)?;
     runtime()?.block_on(async move {
+        obs::process::startup_phase("runtime");
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         audit_host(&net, &args, &store, &pool, pool6.as_ref()).await?;
+        obs::process::startup_phase("host audit");
         let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
@@ -166,6 +168,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     key: args.etcd_key.clone(),
                 })
                 .await?;
+                obs::process::startup_phase("datastore client");
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, (pool, pool6), net, policy).await
             }
@@ -399,6 +402,7 @@ async fn serve<D: Datastore>(
         }
     };
     node.set_ready();
+    obs::process::startup_phase("serving");
     {
         let st = node.state();
         let s = st.pool.stats(node::now_ms());
@@ -509,6 +513,7 @@ async fn start_up<D: Datastore>(
         tracing::warn!("reconciling claims with the datastore: {e} (serving from the pool)");
         node.set_degraded(Area::Datastore, Some(e.to_string()));
     }
+    obs::process::startup_phase("claims reconciled");
     if args.snat {
         snat::apply(&args.snat_config())?;
     } else {
