@@ -163,18 +163,26 @@ sort -n "$RUN/cpu-at-claimed" | awk -v e="$etcd_cpu_claimed" 'NF {a[++n] = $1; s
 # Per start-up phase: the agents' cumulative CPU at the end of each phase (their order varies:
 # lease, watch and claim run concurrently).
 python3 - "$RUN"/n*/vpcnetd.log <<'PY'
-import re, sys
-phases = {}
+import datetime, re, sys
+ts = lambda line: datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).timestamp()
+phases, walls = {}, {}
 for f in sys.argv[1:]:
+    start = None
     for line in open(f, errors="replace"):
+        if start is None and "vpcnetd starting" in line:
+            start = ts(line)
         if "start-up" not in line:
             continue
         m = re.search(r'phase="?([a-z -]+)"?\s+cpu_ms=([0-9.]+)', line)
-        if m:
+        if m and start is not None:
             phases.setdefault(m.group(1), []).append(float(m.group(2)))
-for name, v in sorted(phases.items(), key=lambda kv: sorted(kv[1])[len(kv[1]) // 2]):
-    v.sort()
-    print(f"  start-up phase {name:<20} agents {len(v):>5}  cumulative CPU median {v[len(v) // 2]:7.1f} ms  p90 {v[int(len(v) * 0.9)]:7.1f} ms")
+            walls.setdefault(m.group(1), []).append(ts(line) - start)
+med = lambda v: sorted(v)[len(v) // 2]
+p90 = lambda v: sorted(v)[int(len(v) * 0.9)]
+for name, v in sorted(phases.items(), key=lambda kv: med(kv[1])):
+    w = walls[name]
+    print(f"  start-up phase {name:<20} agents {len(v):>5}  cumulative CPU median {med(v):7.1f} ms  p90 {p90(v):7.1f} ms"
+          f"   wall from the agent's start median {med(w):6.3f} s  p90 {p90(w):6.3f} s")
 PY
 metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)
   local sum=0 k v
@@ -185,12 +193,15 @@ metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)
   echo "$sum"
 }
 lost=$(metric_sum '^vpcnet_prefix_claims_total\{.*result="taken"')
+cold_lists=$(metric_sum '^vpcnet_datastore_requests_total\{.*op="list"')
 waiting_now=$(metric_sum '^vpcnet_pool_waiting_for_prefix ')
 logs_with() { { grep -l "$1" "$RUN"/n*/vpcnetd.log 2>/dev/null || true; } | wc -l; }
 exhausted=$(logs_with "VPC exhausted")
 waited=$(logs_with "waiting for a prefix\|claim races")
 timeouts=$(logs_with "listing claims.*\(timed out\|no answer\)")
 count_in_logs() { cat "$RUN"/n*/vpcnetd.log 2>/dev/null | grep -c "$1" || true; }
+printf 'cold start: claims lists the agents sent to etcd: %s (%s per agent)\n' "$cold_lists" \
+  "$(awk -v a="$cold_lists" -v n="$NODES" 'BEGIN { printf "%.2f", a / n }')"
 printf 'cold-start retries (log lines over all agents): lease keep-alive failed %s  watch failed %s  any "no answer within" %s  agents with any retry %s\n' \
   "$(count_in_logs "lease keep-alive failed")" "$(count_in_logs "etcd: watch failed")" "$(count_in_logs "no answer within")" \
   "$(logs_with "retrying")"

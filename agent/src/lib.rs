@@ -516,11 +516,14 @@ async fn start_up<D: Datastore>(
     obs::process::startup_phase("claims reconciled");
     if args.snat {
         snat::apply(&args.snat_config())?;
-    } else {
+        if !args.network_policy {
+            remove_policy_table();
+        }
+    } else if args.network_policy || !remove_tables_at_once() {
         snat::remove()?;
-    }
-    if !args.network_policy {
-        remove_policy_table();
+        if !args.network_policy {
+            remove_policy_table();
+        }
     }
     let report = reconcile::run(node, grace)
         .await
@@ -533,6 +536,26 @@ async fn start_up<D: Datastore>(
     }
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
+}
+
+/// `--snat=false --network-policy=false`: the SNAT tables (`ip vpcnet`, `inet vpcnet`) and
+/// the policy table an earlier run may have left, deleted by one `nft` batch instead of three
+/// runs of `nft` (issue 10: each is an exec of a few ms of CPU at every agent start, on the
+/// agent's only thread). `false`: the batch failed (no `nft`, or it refused); the caller then
+/// runs the removals one by one, which report what failed as before.
+fn remove_tables_at_once() -> bool {
+    let mut batch = Vec::new();
+    for part in [
+        serde_json::to_value(snat::removal()).ok(),
+        serde_json::to_value(snat::removal_inet()).ok(),
+        Some(vpcnet_policy::render::removal()),
+    ] {
+        match part.as_ref().and_then(|v| v.get("nftables")?.as_array()) {
+            Some(cmds) => batch.extend(cmds.iter().cloned()),
+            None => return false,
+        }
+    }
+    vpcnet_policy::apply::apply(&serde_json::json!({ "nftables": batch })).is_ok()
 }
 
 /// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on

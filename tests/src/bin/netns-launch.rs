@@ -10,8 +10,8 @@
 //! PROGRAM runs in `/run/netns/NETNS` with stdin `/dev/null` and stdout and stderr appended
 //! to LOG. All lines are read (and every namespace and log opened) before the first spawn, so
 //! the spawns follow each other without pause. The launcher raises its own priority (nice
-//! -10) so that the processes it already started do not starve it of the CPU, and resets each
-//! child's to 0 before the exec. Once all are spawned it writes their PIDs, one line each in
+//! -10) so that the processes it already started do not starve it of the CPU, and sets each
+//! child's back to 0 as soon as it has exec'd. Once all are spawned it writes their PIDs, one line each in
 //! SPECS order, to PIDFILE (to a temporary name, then renamed: the file appears complete),
 //! prints `launched N in S s` and stays to reap its children; it exits when the last one
 //! has exited (with status 0), or at once with status 1 if a spawn failed (those already
@@ -58,21 +58,29 @@ fn spawn(spec: &Spec) -> std::io::Result<Child> {
         .stdout(spec.log.try_clone()?)
         .stderr(spec.log.try_clone()?);
     let ns = spec.netns.as_raw_fd();
-    // SAFETY: the closure runs in the forked child before exec and makes only two
-    // async-signal-safe system calls (setns, setpriority) on a descriptor the parent keeps open
-    // until after the spawn; it allocates nothing and takes no lock.
+    // SAFETY: the closure runs in the forked child before exec and makes one
+    // async-signal-safe system call (setns) on a descriptor the parent keeps open until after
+    // the spawn; it allocates nothing and takes no lock.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setns(ns, libc::CLONE_NEWNET) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::setpriority(libc::PRIO_PROCESS, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
             Ok(())
         });
     }
-    cmd.spawn()
+    let child = cmd.spawn()?;
+    // The child keeps our nice -10 up to its exec (spawn waits for the exec: at nice 0 among
+    // hundreds of starting agents that wait would be long), then is set back to 0 here.
+    let pid = libc::id_t::from(child.id());
+    // SAFETY: setpriority on one process id; no memory is passed.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, 0) } != 0 {
+        eprintln!(
+            "netns-launch: nice 0 for {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(child)
 }
 
 fn main() -> ExitCode {
