@@ -152,11 +152,17 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 read -r first_start last_start <<<"$(start_span "$RUN"/n*/vpcnetd.log)"
+# From the agents' logs: the last "peers: route installed" of the cold start (one clock).
+last_route=$(cat "$RUN"/n*/vpcnetd.log | grep "route installed" | cut -d' ' -f1 | sort | tail -1 | python3 -c '
+import datetime, sys
+t = sys.stdin.read().strip().rstrip("Z")
+print(f"{datetime.datetime.fromisoformat(t).replace(tzinfo=datetime.timezone.utc).timestamp():.3f}" if t else "")')
 rel() { [ -n "$1" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo never; }
 printf 'launch: %s agents in %s s (script start to all spawned; %s); first to last "vpcnetd starting": %s s\n' \
   "$NODES" "$t_launched" "$(cat "$RUN/launch-0.log")" "$(rel "$last_start" "$first_start")"
-printf 'cold start from the first agent started: every node claimed %s s, every node routes every prefix %s s; from the last agent started: %s s, %s s\n' \
-  "$(rel "$a_claimed" "$first_start")" "$(rel "${a_routed:-}" "$first_start")" "$(rel "$a_claimed" "$last_start")" "$(rel "${a_routed:-}" "$last_start")"
+printf 'cold start from the first agent started: every node claimed %s s, every node routes every prefix %s s (last route installed, logs: %s s); from the last agent started: %s s, %s s (%s s)\n' \
+  "$(rel "$a_claimed" "$first_start")" "$(rel "${a_routed:-}" "$first_start")" "$(rel "$last_route" "$first_start")" \
+  "$(rel "$a_claimed" "$last_start")" "$(rel "${a_routed:-}" "$last_start")" "$(rel "$last_route" "$last_start")"
 sort -n "$RUN/cpu-at-claimed" | awk -v e="$etcd_cpu_claimed" 'NF {a[++n] = $1; s += $1}
   END {p = int(n * 0.9); if (p < 1) p = 1
     printf "CPU at \"every node claimed\": per agent median %d ms  p90 %d ms  max %d ms  sum %.1f s;  etcd %.1f s\n", a[int((n + 1) / 2)], a[p], a[n], s / 1000, e / 1000}'
@@ -165,7 +171,7 @@ sort -n "$RUN/cpu-at-claimed" | awk -v e="$etcd_cpu_claimed" 'NF {a[++n] = $1; s
 python3 - "$RUN"/n*/vpcnetd.log <<'PY'
 import datetime, re, sys
 ts = lambda line: datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).timestamp()
-phases, walls = {}, {}
+phases, walls, kids = {}, {}, {}
 for f in sys.argv[1:]:
     start = None
     for line in open(f, errors="replace"):
@@ -177,11 +183,14 @@ for f in sys.argv[1:]:
         if m and start is not None:
             phases.setdefault(m.group(1), []).append(float(m.group(2)))
             walls.setdefault(m.group(1), []).append(ts(line) - start)
+            c = re.search(r"children_cpu_ms=([0-9.]+)", line)
+            kids.setdefault(m.group(1), []).append(float(c.group(1)) if c else 0.0)
 med = lambda v: sorted(v)[len(v) // 2]
 p90 = lambda v: sorted(v)[int(len(v) * 0.9)]
 for name, v in sorted(phases.items(), key=lambda kv: med(kv[1])):
-    w = walls[name]
+    w, k = walls[name], kids[name]
     print(f"  start-up phase {name:<20} agents {len(v):>5}  cumulative CPU median {med(v):7.1f} ms  p90 {p90(v):7.1f} ms"
+          f"  + children (nft) median {med(k):5.1f} ms"
           f"   wall from the agent's start median {med(w):6.3f} s  p90 {p90(w):6.3f} s")
 PY
 metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)

@@ -88,10 +88,20 @@ fn g(v: u64) -> i64 {
 /// CPU time (user + system, every thread) this process has used so far, in microseconds
 /// (`getrusage`: finer than the 10 ms ticks of `/proc/self/stat`).
 pub fn cpu_micros() -> Option<u64> {
+    rusage_micros(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of the children this process has waited for (the `nft` runs), in
+/// microseconds.
+pub fn children_cpu_micros() -> Option<u64> {
+    rusage_micros(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_micros(who: libc::c_int) -> Option<u64> {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage writes one `rusage` through the pointer, which points to a zeroed
     // `rusage` we own for the duration of the call.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } != 0 {
+    if unsafe { libc::getrusage(who, ru.as_mut_ptr()) } != 0 {
         return None;
     }
     // SAFETY: getrusage succeeded and filled the struct (which was zeroed before anyway).
@@ -105,9 +115,10 @@ pub fn cpu_micros() -> Option<u64> {
     Some(us(ru.ru_utime).saturating_add(us(ru.ru_stime)))
 }
 
-/// Logs, once per phase name and process, `start-up phase=… cpu_ms=…`: the CPU this process
-/// has used up to the end of that start-up phase (issue 10: `bench/scale.sh` sums them per
-/// phase over N starting agents). Later calls with the same phase log nothing.
+/// Logs, once per phase name and process, `start-up phase=… cpu_ms=… children_cpu_ms=…`: the
+/// CPU this process (and the children it ran: `nft`) has used up to the end of that start-up
+/// phase (issue 10: `bench/scale.sh` takes them per phase over N starting agents). Later calls
+/// with the same phase log nothing.
 pub fn startup_phase(phase: &'static str) {
     static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
     {
@@ -117,8 +128,10 @@ pub fn startup_phase(phase: &'static str) {
         }
         seen.push(phase);
     }
-    let cpu_ms = cpu_micros().map(|us| us as f64 / 1000.0);
-    tracing::info!(phase, cpu_ms, "start-up");
+    let ms = |us: u64| us as f64 / 1000.0;
+    let cpu_ms = cpu_micros().map(ms);
+    let children_cpu_ms = children_cpu_micros().map(ms);
+    tracing::info!(phase, cpu_ms, children_cpu_ms, "start-up");
 }
 
 #[derive(Debug)]
