@@ -122,7 +122,9 @@ fn rusage_micros(who: libc::c_int) -> Option<u64> {
 pub fn startup_phase(phase: &'static str) {
     static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
     {
-        let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = SEEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.contains(&phase) {
             return;
         }
@@ -256,7 +258,10 @@ mod tests {
             x = std::hint::black_box(x.wrapping_add(1));
         }
         let after = cpu_micros().expect("getrusage");
-        assert!(after >= before + 10_000, "{before} -> {after} µs after 30 ms busy");
+        assert!(
+            after >= before + 10_000,
+            "{before} -> {after} µs after 30 ms busy"
+        );
     }
 
     #[test]

@@ -91,9 +91,7 @@ fn main() -> ExitCode {
     };
     let mut specs = Vec::new();
     for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let parsed = line
-            .map_err(|e| e.to_string())
-            .and_then(|l| parse(&l));
+        let parsed = line.map_err(|e| e.to_string()).and_then(|l| parse(&l));
         match parsed {
             Ok(Some(s)) => specs.push(s),
             Ok(None) => {}
