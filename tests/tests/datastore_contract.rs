@@ -971,6 +971,31 @@ async fn etcd_synced_list_sends_no_request() {
     eprintln!("cache in sync {back:?} after etcd returned");
 }
 
+/// Issue 10 (start-up): a `list` right after connecting, while the watch's first fill is on
+/// its way, waits for that fill instead of sending a LIST of its own (N agents starting
+/// together: fewer lists per agent) — and answers what etcd holds. Two lists remain per start:
+/// the watch's fill and the lease's adoption of our claims (which needs each key's revision).
+#[tokio::test]
+async fn etcd_list_at_start_waits_for_the_watch_fill() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let p = net("10.9.102.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    let n1 = b.node("n1").await;
+    assert!(!n1.cache_synced(), "connect does not wait for the watch");
+    let listed = owners_listed(&n1).await.expect("list at start");
+    assert_eq!(listed.get(&p).map(String::as_str), Some("n0"), "{listed:?}");
+    assert!(n1.cache_synced(), "answered from the filled cache");
+    let adopted = eventually(Duration::from_secs(5), || async { n1.list_requests() >= 2 }).await;
+    assert!(adopted.is_some(), "the lease's adoption list within 5 s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        n1.list_requests(),
+        2,
+        "the watch's fill and the lease's adoption only (the start-up list waits for the fill)"
+    );
+}
+
 /// Issue 10: a watch re-created after a break resumes from the cache's revision (no re-list);
 /// if etcd compacted past that revision meanwhile, the watch is canceled with the compact
 /// revision and the cache re-lists — and stays right, and keeps following.
