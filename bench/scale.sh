@@ -13,37 +13,53 @@
 #      that prefix in the logs of the nodes that did not churn; p50/p99/max over the claims;
 #      etcd bytes sent per second during the churn window;
 #   4. agent RSS (VmRSS of every agent): median and max; the load average at each step.
+# The agents are started by one small launcher (target/debug/netns-launch, tests/src/bin:
+# fork + setns + exec per agent, at nice -10, agents at 0), not a shell and an nsenter each;
+# cold-start times are given from the script's start, from the first agent's "vpcnetd
+# starting" and from the last one's. CPU per agent start: utime + stime of every agent when
+# every node is claimed (from /proc), and per start-up phase (the agents' "start-up phase=…
+# cpu_ms=…" lines: cumulative CPU at the end of each phase); lease keep-alive failures and
+# other retries during the cold start; in the idle window (after -w seconds) the messages etcd
+# sent per gRPC method.
 # Every name is unique to the run (-u ID, default the shell's PID): namespaces vs<ID>-*, run
 # directory /tmp/vpcnet-scale-<ID>, underlay 172.<16+ID%16>.0.0/16 (outside the VPC), so two
 # runs can share the machine. Nothing touches the machine's root namespace.
-#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-u ID] [-k]
-#   (defaults: 50, 10.128.0.0/9, target/release, 30, $$; -k keeps the run directory)
+#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-w WAIT] [-u ID] [-k]
+#   (defaults: 50, 10.128.0.0/9, target/release, 30, 5, $$; -k keeps the run directory)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release IDLE=30 ID=$$ KEEP=
-while getopts "N:c:b:i:u:kh" o; do
+NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release IDLE=30 WAIT=5 ID=$$ KEEP=
+while getopts "N:c:b:i:w:u:kh" o; do
   case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;;
-    u) ID=$OPTARG ;; k) KEEP=1 ;; *) sed -n '2,22p' "$0"; exit 0 ;; esac
+    w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; k) KEEP=1 ;; *) sed -n '2,30p' "$0"; exit 0 ;; esac
 done
 [[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
+[[ "$WAIT" =~ ^[0-9]+$ ]] || { echo "scale.sh: -w SECONDS" >&2; exit 1; }
 [[ "$ID" =~ ^[0-9]{1,7}$ ]] || { echo "scale.sh: -u ID (digits)" >&2; exit 1; }
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 4000 ]] || { echo "scale.sh: -N 1..4000" >&2; exit 1; }
 command -v etcd >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null && command -v python3 >/dev/null \
   || { echo "scale.sh: needs etcd-server, curl, jq, python3 (scripts/deps.sh installs them)" >&2; exit 1; }
 [ -x "$BIN/vpcnetd" ] || cargo build --release -q -p vpcnet-agent --bin vpcnetd
+LAUNCH=$PWD/target/debug/netns-launch
+[ -x "$LAUNCH" ] || cargo build -q -p vpcnet-tests --bin netns-launch
 P=vs$ID SW=vs$ID-sw RUN=/tmp/vpcnet-scale-$ID NET=172.$((16 + ID % 16))
 ETCD=http://$NET.0.1:2379
-PIDS=() ETCD_PID=
+PIDS=() ETCD_PID= LAUNCHERS=()
 cleanup() {
   set +e
   for pid in "${PIDS[@]}" $ETCD_PID; do kill "$pid" 2>/dev/null; done
+  for pid in "${PIDS[@]}"; do while [ -e "/proc/$pid" ] && ! dead "$pid"; do sleep 0.05; done; done
   wait 2>/dev/null
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P-"); do ip netns del "$ns"; done
   [ -n "$KEEP" ] || rm -rf "$RUN"
 }
 trap cleanup EXIT
 cleanup; set -e; rm -rf "$RUN"; mkdir -p "$RUN"
+dead() { # the process is gone or a zombie (its sockets are closed)
+  local st; st=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 0
+  [ -z "$st" ] || [ "$st" = Z ]
+}
 node_ip() { echo "$NET.$(( ($1 + 10) / 250 )).$(( ($1 + 10) % 250 + 1 ))"; }
 in_ns() { local n=$1; shift; nsenter --net=/run/netns/"$n" "$@"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -71,26 +87,57 @@ claims_json() {
 claims() { # distinct nodes holding a claim, total claims
   claims_json | jq -r '[.kvs[]?.value | @base64d | fromjson | .node] | "\(unique | length) \(length)"'
 }
-# start_agent K NAME DIR: node K's agent as NAME with state in DIR.
-start_agent() {
+# agent_spec K NAME DIR: the launcher's line for node K's agent as NAME with state in DIR.
+agent_spec() {
   mkdir -p "$3"
-  nsenter --net=/run/netns/"$P-n$1" "$BIN/vpcnetd" --socket "$3/vpcnetd.sock" --state-dir "$3/state" \
-    --vpc-cidr "$VPC" --datastore etcd --etcd-endpoints "$ETCD" --node-name "$2" --node-ip "$(node_ip "$1")" \
-    --warm-prefix-target 1 --snat=false --metrics-addr 127.0.0.1:9961 >"$3/vpcnetd.log" 2>&1 &
-  PIDS[$1]=$!
+  echo "$P-n$1 $3/vpcnetd.log $BIN/vpcnetd --socket $3/vpcnetd.sock --state-dir $3/state" \
+    "--vpc-cidr $VPC --datastore etcd --etcd-endpoints $ETCD --node-name $2 --node-ip $(node_ip "$1")" \
+    "--warm-prefix-target 1 --snat=false --metrics-addr 127.0.0.1:9961"
+}
+# launch BATCH K... (specs in $RUN/specs-BATCH, in the order of the Ks): one launcher starts
+# them all; their PIDs go to PIDS[K].
+launch() {
+  local batch=$1 i=0 pids; shift
+  "$LAUNCH" "$RUN/pids-$batch" <"$RUN/specs-$batch" >"$RUN/launch-$batch.log" 2>&1 &
+  LAUNCHERS+=($!)
+  for _ in $(seq 2400); do [ -e "$RUN/pids-$batch" ] && break; sleep 0.05; done
+  mapfile -t pids <"$RUN/pids-$batch"
+  [ "${#pids[@]}" = $# ] || { echo "scale.sh: launcher started ${#pids[@]} of $#: $(cat "$RUN/launch-$batch.log")" >&2; exit 1; }
+  for k in "$@"; do PIDS[$k]=${pids[$i]}; i=$((i + 1)); done
+}
+# The first and last "vpcnetd starting" of these logs, as epoch seconds.
+start_span() {
+  python3 - "$@" <<'PY'
+import datetime, sys
+ts = []
+for f in sys.argv[1:]:
+    for line in open(f, errors="replace"):
+        if "vpcnetd starting" in line:
+            ts.append(datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp())
+            break
+print(f"{min(ts):.3f} {max(ts):.3f}" if ts else "nan nan")
+PY
+}
+cpu_ms_of() { # utime + stime of PID, ms
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.0f", ($12 + $13) * 1000 / hz }' "/proc/$1/stat" 2>/dev/null || true
 }
 
 echo "scale.sh: N=$NODES run $RUN (namespaces $P-*), load before start: $(load)"
+for k in $(seq "$NODES"); do agent_spec "$k" "node$k" "$RUN/n$k"; done >"$RUN/specs-0"
 t0=$(date +%s.%N)
 since() { awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }'; }
-for k in $(seq "$NODES"); do start_agent "$k" "node$k" "$RUN/n$k"; done
-t_claimed=
+launch 0 $(seq "$NODES")
+t_launched=$(since)
+t_claimed= a_claimed=
 for _ in $(seq 6000); do
   read -r nodes _total <<<"$(claims)"
-  if [ "${nodes:-0}" -ge "$NODES" ]; then t_claimed=$(since); break; fi
+  if [ "${nodes:-0}" -ge "$NODES" ]; then a_claimed=$(date +%s.%N) t_claimed=$(since); break; fi
   sleep 0.1
 done
 load_claimed=$(load)
+# CPU each agent has used by now (every node claimed), and etcd's.
+for k in $(seq "$NODES"); do cpu_ms_of "${PIDS[$k]}"; echo; done >"$RUN/cpu-at-claimed"
+etcd_cpu_claimed=$(cpu_ms_of "$ETCD_PID")
 # Every node routes every prefix (peers' via their node IP, its own unreachable). One pass
 # over N namespaces takes a while at large N: this time is an upper bound.
 t_routed=
@@ -101,9 +148,51 @@ for _ in $(seq 600); do
     n=$(ip -n "$P-n$k" -4 route show proto 171 | grep -c / || true)
     [ "$n" -ge "$total" ] || { short=1; break; }
   done
-  if [ "$short" = 0 ]; then t_routed=$(since); break; fi
+  if [ "$short" = 0 ]; then a_routed=$(date +%s.%N) t_routed=$(since); break; fi
   sleep 0.2
 done
+read -r first_start last_start <<<"$(start_span "$RUN"/n*/vpcnetd.log)"
+# From the agents' logs: the last "peers: route installed" of the cold start (one clock).
+last_route=$(cat "$RUN"/n*/vpcnetd.log | grep "route installed" | cut -d' ' -f1 | sort | tail -1 | python3 -c '
+import datetime, sys
+t = sys.stdin.read().strip().rstrip("Z")
+print(f"{datetime.datetime.fromisoformat(t).replace(tzinfo=datetime.timezone.utc).timestamp():.3f}" if t else "")')
+rel() { [ -n "$1" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a - b }' || echo never; }
+printf 'launch: %s agents in %s s (script start to all spawned; %s); first to last "vpcnetd starting": %s s\n' \
+  "$NODES" "$t_launched" "$(cat "$RUN/launch-0.log")" "$(rel "$last_start" "$first_start")"
+printf 'cold start from the first agent started: every node claimed %s s, every node routes every prefix %s s (last route installed, logs: %s s); from the last agent started: %s s, %s s (%s s)\n' \
+  "$(rel "$a_claimed" "$first_start")" "$(rel "${a_routed:-}" "$first_start")" "$(rel "$last_route" "$first_start")" \
+  "$(rel "$a_claimed" "$last_start")" "$(rel "${a_routed:-}" "$last_start")" "$(rel "$last_route" "$last_start")"
+sort -n "$RUN/cpu-at-claimed" | awk -v e="$etcd_cpu_claimed" 'NF {a[++n] = $1; s += $1}
+  END {p = int(n * 0.9); if (p < 1) p = 1
+    printf "CPU at \"every node claimed\": per agent median %d ms  p90 %d ms  max %d ms  sum %.1f s;  etcd %.1f s\n", a[int((n + 1) / 2)], a[p], a[n], s / 1000, e / 1000}'
+# Per start-up phase: the agents' cumulative CPU at the end of each phase (their order varies:
+# lease, watch and claim run concurrently).
+python3 - "$RUN"/n*/vpcnetd.log <<'PY'
+import datetime, re, sys
+ts = lambda line: datetime.datetime.fromisoformat(line.split()[0].rstrip("Z")).timestamp()
+phases, walls, kids = {}, {}, {}
+for f in sys.argv[1:]:
+    start = None
+    for line in open(f, errors="replace"):
+        if start is None and "vpcnetd starting" in line:
+            start = ts(line)
+        if "start-up" not in line:
+            continue
+        m = re.search(r'phase="?([a-z -]+)"?\s+cpu_ms=([0-9.]+)', line)
+        if m and start is not None:
+            phases.setdefault(m.group(1), []).append(float(m.group(2)))
+            walls.setdefault(m.group(1), []).append(ts(line) - start)
+            c = re.search(r"children_cpu_ms=([0-9.]+)", line)
+            kids.setdefault(m.group(1), []).append(float(c.group(1)) if c else 0.0)
+med = lambda v: sorted(v)[len(v) // 2]
+p90 = lambda v: sorted(v)[int(len(v) * 0.9)]
+for name, v in sorted(phases.items(), key=lambda kv: med(kv[1])):
+    w, k = walls[name], kids[name]
+    print(f"  start-up phase {name:<20} agents {len(v):>5}  cumulative CPU median {med(v):7.1f} ms  p90 {p90(v):7.1f} ms"
+          f"  + children (nft) median {med(k):5.1f} ms"
+          f"   wall from the agent's start median {med(w):6.3f} s  p90 {p90(w):6.3f} s")
+PY
 metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)
   local sum=0 k v
   for k in $(seq "$NODES"); do
@@ -113,11 +202,18 @@ metric_sum() { # sum over the agents of the samples of $1 (a regex on the line)
   echo "$sum"
 }
 lost=$(metric_sum '^vpcnet_prefix_claims_total\{.*result="taken"')
+cold_lists=$(metric_sum '^vpcnet_datastore_requests_total\{.*op="list"')
 waiting_now=$(metric_sum '^vpcnet_pool_waiting_for_prefix ')
 logs_with() { { grep -l "$1" "$RUN"/n*/vpcnetd.log 2>/dev/null || true; } | wc -l; }
 exhausted=$(logs_with "VPC exhausted")
 waited=$(logs_with "waiting for a prefix\|claim races")
 timeouts=$(logs_with "listing claims.*\(timed out\|no answer\)")
+count_in_logs() { cat "$RUN"/n*/vpcnetd.log 2>/dev/null | grep -c "$1" || true; }
+printf 'cold start: claims lists the agents sent to etcd: %s (%s per agent)\n' "$cold_lists" \
+  "$(awk -v a="$cold_lists" -v n="$NODES" 'BEGIN { printf "%.2f", a / n }')"
+printf 'cold-start retries (log lines over all agents): lease keep-alive failed %s  watch failed %s  any "no answer within" %s  agents with any retry %s\n' \
+  "$(count_in_logs "lease keep-alive failed")" "$(count_in_logs "etcd: watch failed")" "$(count_in_logs "no answer within")" \
+  "$(logs_with "retrying")"
 read -r nodes total <<<"$(claims)"
 printf 'cold start: every node claimed: %s s  every node routes every prefix: %s s  claims=%s  lost races=%s  agents that logged VPC exhausted=%s  agents that waited for a prefix=%s (waiting now: %s)  agents timing out listing claims=%s  load: %s\n' \
   "${t_claimed:-never}" "${t_routed:-never}" "$total" "$lost" "$exhausted" "$waited" "$waiting_now" "$timeouts" "$load_claimed"
@@ -128,12 +224,18 @@ etcd_metric() { # sum of an etcd metric's samples whose line matches $1
 }
 BYTES='^etcd_network_client_grpc_sent_bytes_total'
 if [ "$IDLE" -gt 0 ]; then
-  sleep 5 # let the cold start's last events settle
+  sleep "$WAIT" # let the cold start's last events settle
+  msgs() { in_ns "$SW" curl -s -m 5 "$ETCD/metrics" | awk '/^grpc_server_msg_sent_total/ && match($0, /grpc_method="[A-Za-z]+"/) {m[substr($0, RSTART + 13, RLENGTH - 14)] += $NF} END {for (k in m) print k, m[k]}' | sort; }
   r0=$(etcd_metric 'grpc_server_handled_total.*grpc_method="Range"') b0=$(etcd_metric "$BYTES") l0=$(metric_sum '^vpcnet_datastore_requests_total\{.*op="list"')
+  msgs >"$RUN/msgs-0"
   sleep "$IDLE"
   r1=$(etcd_metric 'grpc_server_handled_total.*grpc_method="Range"') b1=$(etcd_metric "$BYTES") l1=$(metric_sum '^vpcnet_datastore_requests_total\{.*op="list"')
-  printf 'idle %s s: etcd Range requests=%s  etcd bytes sent to clients=%s (%s/s)  agents list requests=%s  load: %s\n' \
-    "$IDLE" "$((r1 - r0))" "$((b1 - b0))" "$(( (b1 - b0) / IDLE ))" "$((l1 - l0))" "$(load)"
+  msgs >"$RUN/msgs-1"
+  printf 'idle %s s (from %s s after every route): etcd Range requests=%s  etcd bytes sent to clients=%s (%s/s, %s per node per s)  agents list requests=%s  load: %s\n' \
+    "$IDLE" "$WAIT" "$((r1 - r0))" "$((b1 - b0))" "$(( (b1 - b0) / IDLE ))" \
+    "$(awk -v b="$((b1 - b0))" -v t="$IDLE" -v n="$NODES" 'BEGIN { printf "%.1f", b / t / n }')" "$((l1 - l0))" "$(load)"
+  join -a2 -e 0 -o 0,1.2,2.2 "$RUN/msgs-0" "$RUN/msgs-1" | awk -v t="$IDLE" -v n="$NODES" '$3 > $2 {printf "  idle: etcd sent %d %s messages (%.3f per node per s)\n", $3 - $2, $1, ($3 - $2) / t / n}'
+
 fi
 
 # Churn: every 10th node killed, back at once as a new node (fresh state, new name).
@@ -142,8 +244,9 @@ for k in $(seq "$NODES"); do if [ $((k % 10)) = 0 ]; then CHURN+=("$k"); else KE
 if [ "${#CHURN[@]}" -gt 0 ]; then
   b0=$(etcd_metric "$BYTES") c0=$(date +%s.%N)
   for k in "${CHURN[@]}"; do kill -9 "${PIDS[$k]}" 2>/dev/null || true; done
-  for k in "${CHURN[@]}"; do wait "${PIDS[$k]}" 2>/dev/null || true; done
-  for k in "${CHURN[@]}"; do start_agent "$k" "node$k-r" "$RUN/n$k-r"; done
+  for k in "${CHURN[@]}"; do while ! dead "${PIDS[$k]}"; do sleep 0.02; done; done
+  for k in "${CHURN[@]}"; do agent_spec "$k" "node$k-r" "$RUN/n$k-r"; done >"$RUN/specs-1"
+  launch 1 "${CHURN[@]}"
   # Until every new node's claim is routed on every kept node (or 120 s).
   churn_done=
   for _ in $(seq 600); do

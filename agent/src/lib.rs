@@ -146,8 +146,10 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
     let socket_lock = lock_socket(&args.socket)?;
     let (store, pool, pool6) = open_state(&args)?;
     runtime()?.block_on(async move {
+        obs::process::startup_phase("runtime");
         let net = vpcnet_netlink::connect().map_err(AgentError::netlink("opening netlink"))?;
         audit_host(&net, &args, &store, &pool, pool6.as_ref()).await?;
+        obs::process::startup_phase("host audit");
         let policy = policy_source(&args).await?;
         match args.datastore {
             DatastoreKind::Local => {
@@ -167,6 +169,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     key: args.etcd_key.clone(),
                 })
                 .await?;
+                obs::process::startup_phase("datastore client");
                 let ds = counted::Counted::new(ds, args.vpc_cidrs_v4(), args.prefix_len);
                 serve(args, ds, store, (pool, pool6), net, policy).await
             }
@@ -420,6 +423,7 @@ async fn serve<D: Datastore>(
         }
     };
     node.set_ready();
+    obs::process::startup_phase("serving");
     {
         let st = node.state();
         let s = st.pool.stats(node::now_ms());
@@ -530,13 +534,17 @@ async fn start_up<D: Datastore>(
         tracing::warn!("reconciling claims with the datastore: {e} (serving from the pool)");
         node.set_degraded(Area::Datastore, Some(e.to_string()));
     }
+    obs::process::startup_phase("claims reconciled");
     if args.snat {
         snat::apply(&args.snat_config())?;
-    } else {
+        if !args.network_policy {
+            remove_policy_table();
+        }
+    } else if args.network_policy || !remove_tables_at_once() {
         snat::remove()?;
-    }
-    if !args.network_policy {
-        remove_policy_table();
+        if !args.network_policy {
+            remove_policy_table();
+        }
     }
     let report = reconcile::run(node, grace)
         .await
@@ -549,6 +557,26 @@ async fn start_up<D: Datastore>(
     }
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
+}
+
+/// `--snat=false --network-policy=false`: the SNAT tables (`ip vpcnet`, `inet vpcnet`) and
+/// the policy table an earlier run may have left, deleted by one `nft` batch instead of three
+/// runs of `nft` (issue 10: each is an exec of a few ms of CPU at every agent start, on the
+/// agent's only thread). `false`: the batch failed (no `nft`, or it refused); the caller then
+/// runs the removals one by one, which report what failed as before.
+fn remove_tables_at_once() -> bool {
+    let mut batch = Vec::new();
+    for part in [
+        serde_json::to_value(snat::removal()).ok(),
+        serde_json::to_value(snat::removal_inet()).ok(),
+        Some(vpcnet_policy::render::removal()),
+    ] {
+        match part.as_ref().and_then(|v| v.get("nftables")?.as_array()) {
+            Some(cmds) => batch.extend(cmds.iter().cloned()),
+            None => return false,
+        }
+    }
+    vpcnet_policy::apply::apply(&serde_json::json!({ "nftables": batch })).is_ok()
 }
 
 /// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on

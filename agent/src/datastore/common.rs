@@ -19,6 +19,8 @@ use crate::backoff::Backoff;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// Longest retry delay of those tasks.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often a `list` waiting for the watch's first fill looks again.
+const FIRST_FILL_POLL: Duration = Duration::from_millis(20);
 
 /// The back-off of a backend's background task: [`BACKOFF_MIN`] up to `max`, jittered.
 pub fn backoff(max: Duration) -> Backoff {
@@ -55,6 +57,12 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// Every claim from a watch-fed cache, while it is in sync; `None`: ask the backend.
     fn cached(&self) -> Option<Vec<PrefixClaim>> {
         None
+    }
+
+    /// The watch's first fill of the cache is on its way (started, neither done nor failed
+    /// yet): a `list` now waits for it (bounded) instead of sending a second full list.
+    fn first_fill_pending(&self) -> bool {
+        false
     }
 
     /// Signalled when the claims may have changed (see [`Datastore::changed`]).
@@ -139,6 +147,17 @@ impl<B: Backend> Datastore for Cluster<B> {
     async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
         if let Some(claims) = self.backend.cached() {
             return Ok(claims);
+        }
+        // Start-up (issue 10): the watch's first fill is a full list already on its way; the
+        // start-up claims reconcile, the first claim and the first peer round asking for
+        // their own would make N agents starting together send etcd 4 N lists instead of N.
+        // Wait for it, at most one operation bound, then ask.
+        let deadline = tokio::time::Instant::now() + B::OP_TIMEOUT;
+        while self.backend.first_fill_pending() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(FIRST_FILL_POLL).await;
+            if let Some(claims) = self.backend.cached() {
+                return Ok(claims);
+            }
         }
         self.list_fresh().await
     }

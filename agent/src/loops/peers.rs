@@ -724,6 +724,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         }
         tracing::debug!(?why, "peers: re-plan");
         let routed = sync(node, &mut st, why == Replan::Full).await;
+        crate::obs::process::startup_phase("first peer re-plan");
         tokio::time::sleep_until(started + MIN_GAP).await;
         why = loop {
             tokio::select! {

@@ -126,7 +126,10 @@ impl<D: Datastore> Node<D> {
                     Ok(true) => {
                         let added = self.state().add_prefix(prefix, now_ms());
                         match added {
-                            Ok(Ok(())) => got += 1,
+                            Ok(Ok(())) => {
+                                got += 1;
+                                crate::obs::process::startup_phase("claimed");
+                            }
                             Ok(Err(e)) => {
                                 tracing::error!(%prefix, error = %e, "claimed a prefix the pool refuses")
                             }

@@ -85,6 +85,57 @@ fn g(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// CPU time (user + system, every thread) this process has used so far, in microseconds
+/// (`getrusage`: finer than the 10 ms ticks of `/proc/self/stat`).
+pub fn cpu_micros() -> Option<u64> {
+    rusage_micros(libc::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of the children this process has waited for (the `nft` runs), in
+/// microseconds.
+pub fn children_cpu_micros() -> Option<u64> {
+    rusage_micros(libc::RUSAGE_CHILDREN)
+}
+
+fn rusage_micros(who: libc::c_int) -> Option<u64> {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` through the pointer, which points to a zeroed
+    // `rusage` we own for the duration of the call.
+    if unsafe { libc::getrusage(who, ru.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrusage succeeded and filled the struct (which was zeroed before anyway).
+    let ru = unsafe { ru.assume_init() };
+    let us = |t: libc::timeval| {
+        u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Some(us(ru.ru_utime).saturating_add(us(ru.ru_stime)))
+}
+
+/// Logs, once per phase name and process, `start-up phase=… cpu_ms=… children_cpu_ms=…`: the
+/// CPU this process (and the children it ran: `nft`) has used up to the end of that start-up
+/// phase (issue 10: `bench/scale.sh` takes them per phase over N starting agents). Later calls
+/// with the same phase log nothing.
+pub fn startup_phase(phase: &'static str) {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut seen = SEEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(&phase) {
+            return;
+        }
+        seen.push(phase);
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    let cpu_ms = cpu_micros().map(ms);
+    let children_cpu_ms = children_cpu_micros().map(ms);
+    tracing::info!(phase, cpu_ms, children_cpu_ms, "start-up");
+}
+
 #[derive(Debug)]
 pub struct ProcessMetrics {
     resident: Gauge,
@@ -197,6 +248,21 @@ impl ProcessMetrics {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_micros().expect("getrusage");
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < std::time::Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_micros().expect("getrusage");
+        assert!(
+            after >= before + 10_000,
+            "{before} -> {after} µs after 30 ms busy"
+        );
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {

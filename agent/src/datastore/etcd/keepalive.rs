@@ -117,7 +117,13 @@ impl EtcdBackend {
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
             }
-            match tokio::time::timeout(OP_TIMEOUT, stream.message()).await {
+            // The request is sent: etcd renews the lease when it reads it, however late its
+            // answer. A busy etcd (N agents starting together, issue 10) answering after
+            // OP_TIMEOUT is not a failure; giving up on it was (a new stream and a TimeToLive
+            // per agent, i.e. more work for the etcd that was already late: a retry storm).
+            // So wait up to the next keep-alive (TTL/3), never less than OP_TIMEOUT.
+            let answer_within = OP_TIMEOUT.max(self.keepalive_every);
+            match tokio::time::timeout(answer_within, stream.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                 Ok(Ok(Some(_))) => return KeepAlive::Lost(lease),
                 Ok(Ok(None)) => {
@@ -128,7 +134,7 @@ impl EtcdBackend {
                 }
                 Err(_) => {
                     return KeepAlive::Failed(format!(
-                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                        "keeping lease {lease:x} alive: no answer within {answer_within:?}"
                     ))
                 }
             }

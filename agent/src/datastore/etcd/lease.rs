@@ -75,6 +75,7 @@ impl EtcdBackend {
             return Err(self.unavailable("granting lease", "etcd returned lease 0"));
         }
         tracing::info!(lease = %Hex(id), ttl_s = r.ttl(), "etcd: granted lease");
+        crate::obs::process::startup_phase("lease");
         self.store_lease(id);
         self.lease.store(id, Ordering::SeqCst);
         self.lease_kick.notify_one();

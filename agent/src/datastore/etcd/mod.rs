@@ -120,6 +120,9 @@ pub struct EtcdBackend {
     resync: Notify,
     /// Test hook: the watch task holds its watch down while set.
     watch_paused: AtomicBool,
+    /// The watch task has not yet filled the cache and established the watch once, nor
+    /// failed trying ([`Backend::first_fill_pending`]).
+    first_fill: AtomicBool,
     /// Full lists of the claims sent to etcd by this instance.
     list_requests: AtomicU64,
     /// What the watch applies to the cache, for [`super::Datastore::deltas`].
@@ -216,6 +219,7 @@ impl Cluster<EtcdBackend> {
             cache: Mutex::new(Cache::default()),
             resync: Notify::new(),
             watch_paused: AtomicBool::new(false),
+            first_fill: AtomicBool::new(true),
             list_requests: AtomicU64::new(0),
             deltas: tokio::sync::broadcast::channel(super::DELTA_BUFFER).0,
         });
@@ -303,6 +307,10 @@ impl Backend for EtcdBackend {
 
     fn cached(&self) -> Option<Vec<PrefixClaim>> {
         self.cached_claims()
+    }
+
+    fn first_fill_pending(&self) -> bool {
+        self.first_fill.load(Ordering::SeqCst) && !self.watch_paused.load(Ordering::SeqCst)
     }
 
     fn changed(&self) -> &Notify {

@@ -107,6 +107,7 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
                     relist_at = tokio::time::Instant::now() + CACHE_RELIST;
                 }
                 Err(e) => {
+                    inner.first_fill.store(false, Ordering::SeqCst);
                     let msg = format!("filling the claim cache: {e}");
                     let delay = backoff.next_delay();
                     if last_err.as_deref() != Some(msg.as_str()) {
@@ -160,6 +161,8 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
                                 tracing::info!("etcd: watching claims again");
                             }
                             inner.cache().synced = true;
+                            inner.first_fill.store(false, Ordering::SeqCst);
+                            crate::obs::process::startup_phase("watch synced");
                             if established_before {
                                 inner.changed.notify_one();
                             }
@@ -177,6 +180,7 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
         };
         inner.cache().synced = false;
         let Some(err) = err else { continue };
+        inner.first_fill.store(false, Ordering::SeqCst);
         let msg = format!("watching claims at {}: {err}", inner.endpoints);
         let delay = backoff.next_delay();
         if last_err.as_deref() != Some(msg.as_str()) {
