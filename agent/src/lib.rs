@@ -531,12 +531,10 @@ async fn start_up<D: Datastore>(
 }
 
 /// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on
-/// filtering with rules nobody updates; it goes. Without `nft` there can be no table.
+/// filtering with rules nobody updates; it goes (over netlink, no `nft` needed; where the
+/// kernel lacks nf_tables the removal fails with a warning, and there is no table).
 /// (With the flag on, the table stays across restarts: the loop replaces it once in sync.)
 fn remove_policy_table() {
-    if !snat::nft_found() {
-        return;
-    }
     if let Err(e) = vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()) {
         tracing::warn!("removing a network policy table left by an earlier run: {e}");
     }

@@ -9,7 +9,7 @@
 //! * This node's pods are the pool's allocations that carry a pod namespace and name (the
 //!   plugin passes `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), with the address the pool gave and
 //!   the host veth named as the plugin names it.
-//! * `nft` runs on tokio's blocking pool, in the network namespace the agent runs in (the
+//! * The netlink batch is committed on tokio's blocking pool, in the network namespace the agent runs in (the
 //!   host's); nothing here enters another namespace.
 //! * A ruleset the kernel refuses is counted and logged, and retried at the next pass; the
 //!   table keeps the last one applied (one transaction: all or nothing).

@@ -19,14 +19,12 @@ pub mod json;
 
 use std::collections::BTreeMap;
 
-use crate::nfnl::{self, NFGEN_HDRLEN, NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
+use crate::nfnl::{self, NLA_F_NESTED, NLMSG_ERROR, NLM_F_ACK, NLM_F_REQUEST};
 use crate::NetlinkError;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-const NLM_F_REPLACE: u16 = 0x100;
-const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 const NLM_F_APPEND: u16 = 0x800;
 
@@ -142,7 +140,7 @@ impl KeyType {
     }
 
     /// Length in bytes of one value.
-    pub fn len(self) -> usize {
+    pub fn bytes(self) -> usize {
         match self {
             KeyType::Ipv4Addr => 4,
             KeyType::Ipv6Addr => 16,
@@ -167,7 +165,7 @@ pub struct SetSpec {
 
 impl SetSpec {
     fn key_len(&self) -> usize {
-        self.key.iter().map(|k| nfnl::align4(k.len())).sum()
+        self.key.iter().map(|k| nfnl::align4(k.bytes())).sum()
     }
 
     fn flags(&self, anonymous: bool) -> u32 {
@@ -616,7 +614,7 @@ impl Batch {
                         NFTA_LIST_ELEM,
                         &attr(
                             NFTA_SET_FIELD_LEN,
-                            &be32(u32::try_from(k.len()).unwrap_or(0)),
+                            &be32(u32::try_from(k.bytes()).unwrap_or(0)),
                         ),
                     )
                 })
@@ -729,7 +727,7 @@ impl Batch {
                 return Err(bad("wrong number of fields"));
             }
             for ((s, t), k) in e.fields.iter().zip(&spec.key) {
-                if s.len() != k.len() || t.len() != k.len() || s > t {
+                if s.len() != k.bytes() || t.len() != k.bytes() || s > t {
                     return Err(bad("value of the wrong length or an empty range"));
                 }
             }
@@ -1001,9 +999,6 @@ fn increment(v: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
-
-#[allow(dead_code)]
-const _UNUSED: (u16, u16, usize) = (NLM_F_REPLACE, NLM_F_EXCL, NFGEN_HDRLEN);
 
 #[cfg(test)]
 mod tests {
