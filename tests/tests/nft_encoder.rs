@@ -343,3 +343,77 @@ fn unsupported_json_is_an_error_not_a_guess() {
     let msg = err.to_string();
     assert!(msg.contains("\"length\"") && msg.contains("udp"), "{msg}");
 }
+
+/// `nft -j list table` as a set of objects: sets, maps and chains in any order, the rules of
+/// each chain in their order (a delta creates its objects after the dispatch maps).
+fn canonical(v: &Value) -> (Vec<String>, std::collections::BTreeMap<String, Vec<String>>) {
+    let mut objs = Vec::new();
+    let mut rules: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for o in v["nftables"].as_array().into_iter().flatten() {
+        if let Some(r) = o.get("rule") {
+            let chain = r["chain"].as_str().unwrap_or_default().to_owned();
+            rules.entry(chain).or_default().push(r.to_string());
+        } else {
+            objs.push(o.to_string());
+        }
+    }
+    objs.sort();
+    (objs, rules)
+}
+
+#[test]
+fn delta_adds_leave_the_table_a_full_render_makes() {
+    if !nft_available() {
+        vpcnet_tests::skip("nft_encoder", "nft is not installed");
+        return;
+    }
+    let p = unique_prefix();
+    let mut nss = Namespaces::default();
+    let (delta_ns, full_ns) = (format!("{p}-dlt"), format!("{p}-full"));
+    nss.add_batch([delta_ns.as_str(), full_ns.as_str()]);
+    let all = sample_policy();
+    // The node before: pod d (not isolated) and pod a; then b and c come, one ADD each.
+    let mut node = NodePolicy {
+        pods: vec![all.pods[0].clone(), all.pods[3].clone()],
+        warnings: Vec::new(),
+    };
+    let apply_in = |ns: &str, rs: &Value| {
+        in_netns(Some(ns), || batch_from_json(rs).expect("json").commit())
+            .unwrap_or_else(|e| panic!("apply in {ns}: {e}\n{rs}"))
+    };
+    apply_in(&delta_ns, &vpcnet_policy::render::render(&node));
+    for added in [&all.pods[1], &all.pods[2]] {
+        let delta = vpcnet_policy::render::render_delta(&[added]);
+        node.pods.push(added.clone());
+        let full = vpcnet_policy::render::render(&node);
+        let n = |v: &Value| v["nftables"].as_array().map_or(0, Vec::len);
+        assert!(n(&delta) < n(&full), "a delta is less than the whole table");
+        apply_in(&delta_ns, &delta);
+    }
+    apply_in(&full_ns, &vpcnet_policy::render::render(&all));
+    let (d, f) = (
+        listing(&delta_ns, "inet", "vpcnet-policy"),
+        listing(&full_ns, "inet", "vpcnet-policy"),
+    );
+    assert_eq!(
+        canonical(&d),
+        canonical(&f),
+        "after deltas:\n{d}\nfresh:\n{f}"
+    );
+    // A delta applied twice (a retried ADD) doubles nothing.
+    apply_in(
+        &delta_ns,
+        &vpcnet_policy::render::render_delta(&[&all.pods[2]]),
+    );
+    assert_eq!(
+        canonical(&listing(&delta_ns, "inet", "vpcnet-policy")),
+        canonical(&f),
+        "a repeated delta changed the table"
+    );
+    // And the next full apply yields the same table.
+    apply_in(&delta_ns, &vpcnet_policy::render::render(&all));
+    assert_eq!(
+        canonical(&listing(&delta_ns, "inet", "vpcnet-policy")),
+        canonical(&f)
+    );
+}
