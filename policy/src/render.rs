@@ -374,6 +374,56 @@ pub fn removal() -> Value {
 /// The table afterwards holds what [`render`] of the whole node would put there (object
 /// order aside); the caller only uses it where that holds.
 pub fn render_delta(pods: &[&PodPolicy]) -> Value {
+    render_change(pods, &[])
+}
+
+/// [`render_delta`] that also takes `removed` pods (no other pod's rules naming them) out:
+/// their dispatch and isolated-set elements first, then their chains (with their rules) and
+/// sets — an ADD after a DEL the loop has not applied yet.
+pub fn render_change(pods: &[&PodPolicy], removed: &[&PodPolicy]) -> Value {
+    let mut removal = Vec::new();
+    let mut gone_objs = Vec::new();
+    for (dir, map, set) in [
+        (Direction::Egress, EGRESS_MAP, EGRESS_ISOLATED),
+        (Direction::Ingress, INGRESS_MAP, INGRESS_ISOLATED),
+    ] {
+        let veths: Vec<&String> = removed
+            .iter()
+            .filter(|p| match dir {
+                Direction::Ingress => p.ingress.is_some(),
+                Direction::Egress => p.egress.is_some(),
+            })
+            .map(|p| &p.host_veth)
+            .collect();
+        if veths.is_empty() {
+            continue;
+        }
+        removal.push(obj(
+            "map",
+            json!({"name": map, "type": "ifname", "map": "verdict"}),
+        ));
+        removal.push(
+            json!({"delete": {"element": {"family": "inet", "table": TABLE,
+            "name": map, "elem": veths}}}),
+        );
+        removal.push(obj("set", json!({"name": set, "type": "ifname"})));
+        removal.push(
+            json!({"delete": {"element": {"family": "inet", "table": TABLE,
+            "name": set, "elem": veths}}}),
+        );
+        for v in veths {
+            let (any, ports) = set_names(dir, v);
+            gone_objs.push(
+                json!({"delete": {"chain": {"family": "inet", "table": TABLE,
+                "name": chain_name(dir, v)}}}),
+            );
+            for s in [any, ports] {
+                gone_objs.push(json!({"delete": {"set": {"family": "inet", "table": TABLE,
+                    "name": s}}}));
+            }
+        }
+    }
+    removal.extend(gone_objs);
     let mut objs = Vec::new();
     let mut dispatch = Vec::new();
     for pod in pods {
@@ -388,7 +438,7 @@ pub fn render_delta(pods: &[&PodPolicy]) -> Value {
             }
         }
     }
-    let mut out = Vec::with_capacity(objs.len() * 2);
+    let mut out = removal;
     for o in objs {
         let flush = ["set", "chain"].iter().find_map(|k| {
             o["add"].get(*k).map(

@@ -416,4 +416,155 @@ fn delta_adds_leave_the_table_a_full_render_makes() {
         canonical(&listing(&delta_ns, "inet", "vpcnet-policy")),
         canonical(&f)
     );
+    // An ADD after a DEL not yet applied: c goes (chains, sets, dispatch entries), b comes.
+    let (a, b, c, d) = (&all.pods[0], &all.pods[1], &all.pods[2], &all.pods[3]);
+    let before = NodePolicy {
+        pods: vec![a.clone(), c.clone(), d.clone()],
+        warnings: Vec::new(),
+    };
+    let after = NodePolicy {
+        pods: vec![a.clone(), b.clone(), d.clone()],
+        warnings: Vec::new(),
+    };
+    apply_in(&delta_ns, &vpcnet_policy::render::render(&before));
+    apply_in(&delta_ns, &vpcnet_policy::render::render_change(&[b], &[c]));
+    apply_in(&full_ns, &vpcnet_policy::render::render(&after));
+    let (d1, f1) = (
+        listing(&delta_ns, "inet", "vpcnet-policy"),
+        listing(&full_ns, "inet", "vpcnet-policy"),
+    );
+    assert_eq!(
+        canonical(&d1),
+        canonical(&f1),
+        "after a change:\n{d1}\nfresh:\n{f1}"
+    );
+    assert!(!d1.to_string().contains(&c.host_veth), "c is gone: {d1}");
+}
+
+/// A node of 300 selected pods under 100 policies: each pod isolated both ways, its peers
+/// the pods of its "policy" (3 of them, any port), an ipBlock with an except on TCP 80-81,
+/// and DNS.
+fn big_policy() -> NodePolicy {
+    let pods = (0..300u32)
+        .map(|i| {
+            let policy = i % 100;
+            let peers: BTreeSet<Allow> = (0..3u32)
+                .map(|k| {
+                    let j = policy + 100 * k;
+                    allow(
+                        Peer::Pod(Ipv4Addr::from(0x0a09_0000 + j)),
+                        if k == 0 {
+                            PortMatch::Any
+                        } else {
+                            ports(Protocol::Tcp, 8000, 8000 + u16::try_from(k).unwrap_or(0))
+                        },
+                    )
+                })
+                .chain([
+                    allow(
+                        Peer::Block {
+                            cidr: net("192.168.0.0/16"),
+                            except: vec![net(&format!("192.168.{policy}.0/24"))],
+                        },
+                        ports(Protocol::Tcp, 80, 81),
+                    ),
+                    allow(
+                        Peer::Pod(Ipv4Addr::new(10, 96, 0, 10)),
+                        ports(Protocol::Udp, 53, 53),
+                    ),
+                ])
+                .collect();
+            PodPolicy {
+                namespace: format!("ns{policy}"),
+                name: format!("p{i}"),
+                ip: Ipv4Addr::from(0x0a09_0000 + i),
+                host_veth: format!("veth{i:010x}"),
+                ingress: Some(peers.clone()),
+                egress: Some(peers),
+                policies: vec![format!("ns{policy}/np{policy}")],
+            }
+        })
+        .collect();
+    NodePolicy {
+        pods,
+        warnings: Vec::new(),
+    }
+}
+
+/// `cargo test … --test nft_encoder bench_one_apply -- --ignored --nocapture`: one apply of
+/// the 100-policy/300-pod table, by the encoder and by `nft -j -f`, N times each
+/// (alternating), p50/p90 in ms; and one pod's delta.
+#[test]
+#[ignore = "benchmark: docs/benchmarks.md"]
+fn bench_one_apply_encoder_vs_nft() {
+    if !nft_available() {
+        vpcnet_tests::skip("nft_encoder", "nft is not installed");
+        return;
+    }
+    let n: usize = std::env::var("NFT_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let p = unique_prefix();
+    let mut nss = Namespaces::default();
+    let ns = format!("{p}-bench");
+    nss.add(&ns);
+    let policy = big_policy();
+    let rs = vpcnet_policy::render::render(&policy);
+    let text = rs.to_string();
+    let (mut enc, mut nft, mut delta) = (Vec::new(), Vec::new(), Vec::new());
+    let one = NodePolicy {
+        pods: policy.pods[..299].to_vec(),
+        warnings: Vec::new(),
+    };
+    for _ in 0..n {
+        let t = std::time::Instant::now();
+        in_netns(Some(&ns), || batch_from_json(&rs).expect("json").commit()).expect("encoder");
+        enc.push(t.elapsed());
+        let t = std::time::Instant::now();
+        let (ok, _, err) = nft_in(&ns, &["-j", "-f", "-"], Some(&text));
+        nft.push(t.elapsed());
+        assert!(ok, "{err}");
+        // The table without the last pod, then that pod's ADD as a delta.
+        in_netns(Some(&ns), || {
+            batch_from_json(&vpcnet_policy::render::render(&one))
+                .expect("json")
+                .commit()
+        })
+        .expect("encoder");
+        let t = std::time::Instant::now();
+        let d = vpcnet_policy::render::render_delta(&[&policy.pods[299]]);
+        in_netns(Some(&ns), || batch_from_json(&d).expect("json").commit()).expect("delta");
+        delta.push(t.elapsed());
+    }
+    // Percentile `pct` (0-100) by nearest rank.
+    let q = |v: &mut Vec<std::time::Duration>, pct: usize| {
+        v.sort();
+        let i = (v.len().saturating_sub(1) * pct + 50) / 100;
+        v.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let objs = rs["nftables"].as_array().map_or(0, Vec::len);
+    println!("load average: {}", load.trim());
+    println!(
+        "table: 100 policies, 300 pods, {objs} commands, {} bytes of JSON",
+        text.len()
+    );
+    println!("| one apply ×{n} (ms) | p50 | p90 |");
+    println!("|---|---|---|");
+    println!(
+        "| `nft -j -f -` (process incl.) | {:.2} | {:.2} |",
+        q(&mut nft, 0.5),
+        q(&mut nft, 0.9)
+    );
+    println!(
+        "| encoder, whole table (translate + batch) | {:.2} | {:.2} |",
+        q(&mut enc, 0.5),
+        q(&mut enc, 0.9)
+    );
+    println!(
+        "| encoder, one pod's delta (render + translate + batch) | {:.2} | {:.2} |",
+        q(&mut delta, 0.5),
+        q(&mut delta, 0.9)
+    );
 }

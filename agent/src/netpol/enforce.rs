@@ -25,7 +25,7 @@ use kube::api::Api;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use vpcnet_policy::{compile, render, Allow, LocalPod, NodePolicy};
+use vpcnet_policy::{compile, render, Allow, LocalPod, NodePolicy, PodPolicy};
 
 use super::admit;
 use super::view::{Event, Kind, View};
@@ -100,32 +100,38 @@ pub struct Plan {
     pub sets: usize,
 }
 
-/// The pods of `new` to add to a table holding `old` when that is all that changed: every
-/// pod of `old` is in `new` with the same rules (an ADD whose pod no other pod's policy
-/// names), and the others are isolated in some direction. `None`: a full apply is needed.
-pub fn added_pods<'a>(
-    old: &NodePolicy,
-    new: &'a NodePolicy,
-) -> Option<Vec<&'a vpcnet_policy::PodPolicy>> {
-    let isolated = |p: &&vpcnet_policy::PodPolicy| p.ingress.is_some() || p.egress.is_some();
-    let old_pods: Vec<&vpcnet_policy::PodPolicy> = old.pods.iter().filter(isolated).collect();
-    let mut added = Vec::new();
-    let mut kept = 0;
-    for p in new.pods.iter().filter(isolated) {
-        match old_pods.iter().find(|o| o.host_veth == p.host_veth) {
-            Some(o) if o.ingress == p.ingress && o.egress == p.egress => kept += 1,
-            Some(_) => return None,
-            None => added.push(p),
-        }
-    }
-    let unique = |v: &[&vpcnet_policy::PodPolicy]| {
+/// The isolated pods to add to a table holding `old`, and those to take out of it, when
+/// that is all that changed: every pod in both has the same rules in both (an ADD, or a DEL,
+/// of a pod no other pod's policy names). `None`: a full apply is needed.
+type Change<'a> = (Vec<&'a PodPolicy>, Vec<&'a PodPolicy>);
+
+pub fn changed_pods<'a>(old: &'a NodePolicy, new: &'a NodePolicy) -> Option<Change<'a>> {
+    let isolated = |p: &&PodPolicy| p.ingress.is_some() || p.egress.is_some();
+    let old_pods: Vec<&PodPolicy> = old.pods.iter().filter(isolated).collect();
+    let new_pods: Vec<&PodPolicy> = new.pods.iter().filter(isolated).collect();
+    let unique = |v: &[&PodPolicy]| {
         let mut names: Vec<&str> = v.iter().map(|p| p.host_veth.as_str()).collect();
         names.sort_unstable();
         names.dedup();
         names.len() == v.len()
     };
-    (kept == old_pods.len() && !added.is_empty() && unique(&added) && unique(&old_pods))
-        .then_some(added)
+    if !unique(&old_pods) || !unique(&new_pods) {
+        return None;
+    }
+    let mut added = Vec::new();
+    for p in &new_pods {
+        match old_pods.iter().find(|o| o.host_veth == p.host_veth) {
+            Some(o) if o.ingress == p.ingress && o.egress == p.egress => {}
+            Some(_) => return None,
+            None => added.push(*p),
+        }
+    }
+    let removed: Vec<&PodPolicy> = old_pods
+        .iter()
+        .filter(|o| !new_pods.iter().any(|p| p.host_veth == o.host_veth))
+        .copied()
+        .collect();
+    (!added.is_empty()).then_some((added, removed))
 }
 
 /// How many rules, and sets plus maps, the transaction `ruleset` adds.
@@ -201,8 +207,8 @@ impl Enforcer {
             .in_force
             .as_ref()
             .filter(|_| self.applied.is_some())
-            .and_then(|old| added_pods(old, &compiled))
-            .map(|new| render::render_delta(&new));
+            .and_then(|old| changed_pods(old, &compiled))
+            .map(|(new, gone)| render::render_change(&new, &gone));
         Some(Plan {
             rules,
             sets,

@@ -64,6 +64,11 @@ pub fn batch_from_json(v: &Value) -> Result<Batch, NetlinkError> {
             }
             ("add", "element") => add_elements(&mut b, o)?,
             ("add", "rule") => add_rule(&mut b, o)?,
+            ("delete", "chain") => b.delete_chain(family(o)?, s(o, "table")?, s(o, "name")?),
+            ("delete", "set") | ("delete", "map") => {
+                b.delete_set(family(o)?, s(o, "table")?, s(o, "name")?)
+            }
+            ("delete", "element") => delete_elements(&mut b, o)?,
             ("flush", "chain") => b.flush_chain(family(o)?, s(o, "table")?, s(o, "name")?),
             ("flush", "set") | ("flush", "map") => {
                 b.flush_set(family(o)?, s(o, "table")?, s(o, "name")?)
@@ -274,6 +279,35 @@ fn add_elements(b: &mut Batch, o: &Value) -> Result<(), NetlinkError> {
         .map(|e| elem(&spec, e))
         .collect::<Result<Vec<_>, _>>()?;
     b.add_elements(fam, table, &spec, &elems)
+}
+
+fn delete_elements(b: &mut Batch, o: &Value) -> Result<(), NetlinkError> {
+    let (fam, table, name) = (family(o)?, s(o, "table")?, s(o, "name")?);
+    let spec = b.set_spec(fam, table, name).cloned().ok_or_else(|| {
+        bad(format!(
+            "elements of set {name}, not declared earlier in the transaction"
+        ))
+    })?;
+    let [kt] = spec.key.as_slice() else {
+        return Err(bad(format!(
+            "deleting elements of the concatenation {name}"
+        )));
+    };
+    let keys = o
+        .get("elem")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad(format!("element without elem: {o}")))?
+        .iter()
+        .map(|e| {
+            let (lo, hi) = field(*kt, e)?;
+            if lo == hi {
+                Ok(lo)
+            } else {
+                Err(bad(format!("deleting a range {e}")))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    b.delete_elements(fam, table, &spec, &keys)
 }
 
 /// What a rule has established so far (nft's implicit dependencies, emitted once).

@@ -31,9 +31,11 @@ const NLM_F_APPEND: u16 = 0x800;
 const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_NEWSET: u16 = 9;
+const NFT_MSG_DELSET: u16 = 11;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFT_MSG_GETGEN: u16 = 16;
@@ -574,6 +576,75 @@ impl Batch {
         }
         let what = format!("chain {} {table} {name}", family.name());
         self.push(NFT_MSG_NEWCHAIN, NLM_F_CREATE, family, a, what);
+    }
+
+    /// `delete chain` with its rules (fails while a verdict still jumps to it).
+    pub fn delete_chain(&mut self, family: Family, table: &str, name: &str) {
+        let a = [
+            attr_str(NFTA_CHAIN_TABLE, table),
+            attr_str(NFTA_CHAIN_NAME, name),
+        ]
+        .concat();
+        let what = format!("chain {} {table} {name} (delete)", family.name());
+        self.push(NFT_MSG_DELCHAIN, 0, family, a, what);
+    }
+
+    /// `delete set`/`delete map` (fails while a rule still uses it).
+    pub fn delete_set(&mut self, family: Family, table: &str, name: &str) {
+        let a = [
+            attr_str(NFTA_SET_TABLE, table),
+            attr_str(NFTA_SET_NAME, name),
+        ]
+        .concat();
+        let what = format!("set {} {table} {name} (delete)", family.name());
+        self.push(NFT_MSG_DELSET, 0, family, a, what);
+    }
+
+    /// `delete element`: single-value keys of a set without intervals (a map's data is not
+    /// needed to name its element).
+    pub fn delete_elements(
+        &mut self,
+        family: Family,
+        table: &str,
+        spec: &SetSpec,
+        keys: &[Vec<u8>],
+    ) -> Result<(), NetlinkError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if spec.interval || spec.key.len() != 1 {
+            return Err(NetlinkError::InvalidArgument(format!(
+                "deleting elements of set {} {table} {}: only plain single-field sets",
+                family.name(),
+                spec.name
+            )));
+        }
+        let mut list = Vec::new();
+        for k in keys {
+            if k.len() != spec.key[0].bytes() {
+                return Err(NetlinkError::InvalidArgument(format!(
+                    "deleting an element of the wrong length from set {}",
+                    spec.name
+                )));
+            }
+            list.extend(nest(
+                NFTA_LIST_ELEM,
+                &nest(NFTA_SET_ELEM_KEY, &attr(NFTA_DATA_VALUE, &padded(k))),
+            ));
+        }
+        let a = [
+            attr_str(NFTA_SET_ELEM_LIST_TABLE, table),
+            attr_str(NFTA_SET_ELEM_LIST_SET, &spec.name),
+            nest(NFTA_SET_ELEM_LIST_ELEMENTS, &list),
+        ]
+        .concat();
+        let what = format!(
+            "elements of set {} {table} {} (delete)",
+            family.name(),
+            spec.name
+        );
+        self.push(NFT_MSG_DELSETELEM, 0, family, a, what);
+        Ok(())
     }
 
     /// `flush chain`: deletes its rules.
