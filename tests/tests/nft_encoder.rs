@@ -554,17 +554,17 @@ fn bench_one_apply_encoder_vs_nft() {
     println!("|---|---|---|");
     println!(
         "| `nft -j -f -` (process incl.) | {:.2} | {:.2} |",
-        q(&mut nft, 0.5),
-        q(&mut nft, 0.9)
+        q(&mut nft, 50),
+        q(&mut nft, 90)
     );
     println!(
         "| encoder, whole table (translate + batch) | {:.2} | {:.2} |",
-        q(&mut enc, 0.5),
-        q(&mut enc, 0.9)
+        q(&mut enc, 50),
+        q(&mut enc, 90)
     );
     println!(
         "| encoder, one pod's delta (render + translate + batch) | {:.2} | {:.2} |",
-        q(&mut delta, 0.5),
-        q(&mut delta, 0.9)
+        q(&mut delta, 50),
+        q(&mut delta, 90)
     );
 }
