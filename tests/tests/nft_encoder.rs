@@ -568,3 +568,60 @@ fn bench_one_apply_encoder_vs_nft() {
         q(&mut delta, 90)
     );
 }
+
+#[test]
+fn ipv6_sets_and_concatenations_equal_nft() {
+    if !nft_available() {
+        vpcnet_tests::skip("nft_encoder", "nft is not installed");
+        return;
+    }
+    // The shapes IPv6 NetworkPolicy will need: ipv6_addr interval sets, ipv6_addr .
+    // inet_proto . inet_service with ranges, ip6 saddr/daddr lookups next to IPv4 ones.
+    let t = |kind: &str, body: Value| {
+        let mut b = body;
+        b["family"] = json!("inet");
+        b["table"] = json!("v6");
+        json!({"add": {kind: b}})
+    };
+    let rs = json!({"nftables": [
+        {"add": {"table": {"family": "inet", "name": "v6"}}},
+        {"delete": {"table": {"family": "inet", "name": "v6"}}},
+        {"add": {"table": {"family": "inet", "name": "v6"}}},
+        t("set", json!({"name": "any6", "type": "ipv6_addr", "flags": ["interval"]})),
+        t("element", json!({"name": "any6", "elem": [
+            "fd00::1",
+            {"prefix": {"addr": "fd00:10::", "len": 48}},
+            {"range": ["2001:db8::5", "2001:db8::9"]},
+            {"prefix": {"addr": "ff00::", "len": 8}}
+        ]})),
+        t("set", json!({"name": "ports6", "type": ["ipv6_addr", "inet_proto", "inet_service"],
+            "flags": ["interval"]})),
+        t("element", json!({"name": "ports6", "elem": [
+            {"concat": [{"prefix": {"addr": "fd00:20::", "len": 64}}, "tcp", {"range": [80, 81]}]},
+            {"concat": ["fd00::7", "udp", 53]},
+            {"concat": [{"prefix": {"addr": "::", "len": 0}}, "sctp", 9]}
+        ]})),
+        t("chain", json!({"name": "c"})),
+        t("rule", json!({"chain": "c", "expr": [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "saddr"}},
+                "right": "@any6"}},
+            {"accept": null}]})),
+        t("rule", json!({"chain": "c", "expr": [
+            {"match": {"op": "==", "left": {"concat": [
+                {"payload": {"protocol": "ip6", "field": "daddr"}},
+                {"meta": {"key": "l4proto"}},
+                {"payload": {"protocol": "th", "field": "dport"}}]},
+                "right": "@ports6"}},
+            {"return": null}]})),
+        t("rule", json!({"chain": "c", "expr": [
+            {"match": {"op": "!=", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                "right": {"set": [{"prefix": {"addr": "fd00::", "len": 8}},
+                                  {"prefix": {"addr": "2001:db8::", "len": 32}}]}}},
+            {"counter": null},
+            {"drop": null}]})),
+        t("chain", json!({"name": "fwd", "type": "filter", "hook": "forward", "prio": 0,
+            "policy": "accept"})),
+        t("rule", json!({"chain": "fwd", "expr": [{"jump": {"target": "c"}}]}))
+    ]});
+    assert_same(&rs, &[("inet", "v6")], &[]);
+}
