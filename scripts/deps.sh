@@ -6,7 +6,7 @@ set -euo pipefail
 need_apt=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
 # protobuf-compiler: etcd-client's build script runs protoc (includes: below). etcd-server: the
-# etcd the datastore tests start (/usr/bin/etcd). nftables: `nft`, which the agent's SNAT rules are applied with.
+# etcd the datastore tests start (/usr/bin/etcd). nftables: `nft`, which the tests and the support bundle read rulesets back with (the agent writes them over netlink).
 for p in iproute2 iputils-ping jq curl ca-certificates build-essential \
          containernetworking-plugins iptables \
          golang-go golang-github-appc-cni-dev dpkg-dev \

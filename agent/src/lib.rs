@@ -560,10 +560,10 @@ async fn start_up<D: Datastore>(
 }
 
 /// `--snat=false --network-policy=false`: the SNAT tables (`ip vpcnet`, `inet vpcnet`) and
-/// the policy table an earlier run may have left, deleted by one `nft` batch instead of three
-/// runs of `nft` (issue 10: each is an exec of a few ms of CPU at every agent start, on the
-/// agent's only thread). `false`: the batch failed (no `nft`, or it refused); the caller then
-/// runs the removals one by one, which report what failed as before.
+/// the policy table an earlier run may have left, deleted by one nf_tables batch instead of
+/// three (issue 10: each was an exec of `nft`, a few ms of CPU at every agent start, before the
+/// netlink encoder). `false`: the batch failed (the kernel refused it); the caller then runs
+/// the removals one by one, which report what failed as before.
 fn remove_tables_at_once() -> bool {
     let mut batch = Vec::new();
     for part in [
@@ -580,12 +580,10 @@ fn remove_tables_at_once() -> bool {
 }
 
 /// `--network-policy=false`: a policy table an earlier run left (with the flag on) would go on
-/// filtering with rules nobody updates; it goes. Without `nft` there can be no table.
+/// filtering with rules nobody updates; it goes (over netlink, no `nft` needed; where the
+/// kernel lacks nf_tables the removal fails with a warning, and there is no table).
 /// (With the flag on, the table stays across restarts: the loop replaces it once in sync.)
 fn remove_policy_table() {
-    if !snat::nft_found() {
-        return;
-    }
     if let Err(e) = vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()) {
         tracing::warn!("removing a network policy table left by an earlier run: {e}");
     }

@@ -28,8 +28,9 @@
 //! The table is ours alone: [`apply`] replaces the whole of it in one nftables transaction
 //! (add table, delete it, add it again with its chain and rule), so re-applying is idempotent
 //! and never leaves a moment with a half-built table. [`remove`] deletes it (absent is fine).
-//! The ruleset is built as typed JSON with the `nftables` crate and handed to `nft -j -f -`:
-//! no command string is built by hand, but the `nft` command must be installed.
+//! The ruleset is built as typed JSON with the `nftables` crate (the one description of it),
+//! translated by `vpcnet_netlink::nftables::json` into one nf_tables netlink batch and
+//! committed over a netlink socket: no `nft` process, no command string.
 //!
 //! IPv6 (issue 11, docs/dual-stack.md § SNAT). With an IPv6 `--vpc-cidr` the table is one
 //! `table inet vpcnet` for both families: the IPv4 rule is the same statements as above
@@ -43,12 +44,10 @@
 //! for is deleted when the other is installed (a node changing mode keeps no stale rule).
 
 use std::borrow::Cow;
-use std::path::{Path, PathBuf};
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix, SetItem};
-use nftables::helper::NftablesError;
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -343,8 +342,8 @@ pub fn removal_inet() -> Nftables<'static> {
     b.to_nftables()
 }
 
-/// The `nft` to run, and whether one is installed (without it no table of ours can exist:
-/// the agent makes its tables with `nft`): one lookup for SNAT and NetworkPolicy.
+/// Whether an `nft` command is installed: only to list tables (support bundle); the agent
+/// makes and deletes its tables over netlink without it.
 pub use vpcnet_policy::apply::{nft_found, nft_program};
 
 /// Why the SNAT table could not be installed or removed; each says how to fix it.
@@ -355,67 +354,19 @@ pub enum SnatError {
         what: &'static str,
         source: serde_json::Error,
     },
-    #[error(
-        "{what}: the nftables command `nft` was not found (looked in PATH, /usr/sbin, /sbin, \
-         /usr/local/sbin): install nftables (Debian/Ubuntu: apt-get install nftables), or run \
-         with --snat=false"
-    )]
-    NftNotFound { what: &'static str },
-    #[error(
-        "{what}: running {} failed: {source} (the nftables command `nft` must be installed \
-         and executable)",
-        program.display()
-    )]
-    NftNotRunnable {
+    #[error("{what}: {source} (needs root/CAP_NET_ADMIN and a kernel with nf_tables and NAT)")]
+    Kernel {
         what: &'static str,
-        program: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "{what}: {} -j -f - failed: {} (needs root/CAP_NET_ADMIN and a kernel with nf_tables \
-         and NAT)",
-        program.display(),
-        stderr.trim()
-    )]
-    NftFailed {
-        what: &'static str,
-        program: PathBuf,
-        stderr: String,
-    },
-    #[error("{what}: {source}")]
-    Other {
-        what: &'static str,
-        source: NftablesError,
+        source: vpcnet_netlink::NetlinkError,
     },
 }
 
+/// Hands the transaction to the kernel as one nf_tables netlink batch (no `nft` process).
 fn run_nft(what: &'static str, rs: &Nftables<'_>) -> Result<(), SnatError> {
-    let program = nft_program();
-    let payload = serde_json::to_string(rs).map_err(|source| SnatError::Encode { what, source })?;
-    nftables::helper::apply_ruleset_raw(&payload, Some(&program), nftables::helper::DEFAULT_ARGS)
-        .map(|_| ())
-        .map_err(|e| describe(what, &program, e))
-}
-
-fn describe(what: &'static str, program: &Path, e: NftablesError) -> SnatError {
-    match e {
-        NftablesError::NftExecution { inner, .. }
-            if inner.kind() == std::io::ErrorKind::NotFound =>
-        {
-            SnatError::NftNotFound { what }
-        }
-        NftablesError::NftExecution { inner, .. } => SnatError::NftNotRunnable {
-            what,
-            program: program.to_path_buf(),
-            source: inner,
-        },
-        NftablesError::NftFailed { stderr, .. } => SnatError::NftFailed {
-            what,
-            program: program.to_path_buf(),
-            stderr,
-        },
-        source => SnatError::Other { what, source },
-    }
+    let json = serde_json::to_value(rs).map_err(|source| SnatError::Encode { what, source })?;
+    vpcnet_netlink::nftables::json::batch_from_json(&json)
+        .and_then(|b| b.commit())
+        .map_err(|source| SnatError::Kernel { what, source })
 }
 
 /// Installs (or replaces) `table ip vpcnet` (IPv4-only) or `table inet vpcnet` (some IPv6
@@ -664,13 +615,24 @@ mod tests {
     }
 
     #[test]
-    fn missing_nft_is_explained() {
-        let e = NftablesError::NftExecution {
-            program: "nft".into(),
-            inner: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        let msg = describe("installing nftables table ip vpcnet", Path::new("nft"), e).to_string();
-        assert!(msg.contains("`nft` was not found"), "{msg}");
-        assert!(msg.contains("install nftables"), "{msg}");
+    fn every_ruleset_translates_to_one_netlink_batch() {
+        // What `run_nft` hands the kernel: the translation accepts every ruleset shape.
+        let shapes = [
+            ruleset(&cfg(&["10.240.0.0/16"], &["192.168.0.0/16"])),
+            ruleset(&cfg(&[], &[])),
+            ruleset(&cfg6(
+                &["10.240.0.0/16"],
+                &["fd00:10::/48"],
+                &[],
+                SnatV6::Auto,
+            )),
+            removal(),
+            removal_inet(),
+        ];
+        for rs in &shapes {
+            let b = vpcnet_netlink::nftables::json::batch_from_json(&json_of(rs))
+                .unwrap_or_else(|e| panic!("{e}: {}", json_of(rs)));
+            assert!(!b.is_empty());
+        }
     }
 }

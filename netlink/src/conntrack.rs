@@ -14,20 +14,14 @@
 
 use std::net::IpAddr;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
-
+use crate::nfnl::{
+    align4, attrs, message, open, walk, NLA_F_NESTED, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use crate::NetlinkError;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const NLM_F_REQUEST: u16 = 0x1;
-const NLM_F_ACK: u16 = 0x4;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
@@ -40,47 +34,9 @@ const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
-const NLMSG_HDRLEN: usize = 16;
-const NFGEN_HDRLEN: usize = 4;
 
 fn kernel(op: &'static str, errno: i32) -> NetlinkError {
     NetlinkError::Kernel { op, errno }
-}
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// One netlink message: header, nfgenmsg for `family`, then `attrs` (already encoded).
-fn message(msg_type: u16, flags: u16, seq: u32, family: u8, attrs: &[u8]) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + NFGEN_HDRLEN + attrs.len();
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
-    m.extend_from_slice(&msg_type.to_ne_bytes());
-    m.extend_from_slice(&flags.to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0u32.to_ne_bytes());
-    m.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version 0, res_id 0
-    m.extend_from_slice(attrs);
-    m
-}
-
-/// Iterates the attributes in `buf`: (type without flags, payload, whole attribute bytes).
-fn attrs(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    let mut rest = buf;
-    std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > rest.len() {
-            return None;
-        }
-        let item = (kind, &rest[4..len], &rest[..len]);
-        rest = rest.get(align4(len)..).unwrap_or(&[]);
-        Some(item)
-    })
 }
 
 fn nested(buf: &[u8], kind: u16) -> Option<&[u8]> {
@@ -206,44 +162,6 @@ fn delete_attrs(entry: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Walks the netlink messages in `buf`, calling `f(type, payload after nfgenmsg)`. Returns
-/// `Ok(true)` at `NLMSG_DONE`; an `NLMSG_ERROR` with a non-zero code is returned as that
-/// errno.
-fn walk(buf: &[u8], mut f: impl FnMut(u16, &[u8])) -> Result<bool, i32> {
-    let mut rest = buf;
-    while rest.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-        if len < NLMSG_HDRLEN || len > rest.len() {
-            break;
-        }
-        let body = &rest[NLMSG_HDRLEN..len];
-        match kind {
-            NLMSG_DONE => return Ok(true),
-            NLMSG_ERROR => {
-                let code = body
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                    .unwrap_or(0);
-                if code != 0 {
-                    return Err(-code);
-                }
-            }
-            _ => f(kind, body.get(NFGEN_HDRLEN..).unwrap_or(&[])),
-        }
-        rest = rest.get(align4(len)..).unwrap_or(&[]);
-    }
-    Ok(false)
-}
-
-fn open() -> Result<Socket, NetlinkError> {
-    let mut s = Socket::new(NETLINK_NETFILTER).map_err(NetlinkError::Socket)?;
-    s.bind_auto().map_err(NetlinkError::Socket)?;
-    s.connect(&SocketAddr::new(0, 0))
-        .map_err(NetlinkError::Socket)?;
-    Ok(s)
-}
-
 /// Deletes every conntrack entry whose original or reply tuple has `addr` as source or
 /// destination, in the calling thread's network namespace. Returns how many it deleted. An
 /// entry that vanished meanwhile is not an error.
@@ -293,7 +211,7 @@ fn delete_matching(
     let sock = open()?;
     let get = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET;
     sock.send(
-        &message(get, NLM_F_REQUEST | NLM_F_DUMP, 1, dump_family, &[]),
+        &message(get, NLM_F_REQUEST | NLM_F_DUMP, 1, dump_family, 0, &[]),
         0,
     )
     .map_err(NetlinkError::Socket)?;
@@ -326,7 +244,7 @@ fn delete_matching(
     let mut deleted = 0;
     for (seq, (family, attrs)) in (2u32..).zip(&to_delete) {
         sock.send(
-            &message(del, NLM_F_REQUEST | NLM_F_ACK, seq, *family, attrs),
+            &message(del, NLM_F_REQUEST | NLM_F_ACK, seq, *family, 0, attrs),
             0,
         )
         .map_err(NetlinkError::Socket)?;

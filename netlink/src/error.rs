@@ -44,6 +44,17 @@ pub enum NetlinkError {
     /// An argument was rejected before anything was sent to the kernel.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// nf_tables rejected a transaction: `object` is the first object it refused (e.g.
+    /// `set inet vpcnet-policy egress_x_ports`); nothing of the transaction was applied.
+    #[error("nf_tables rejected {object}: {}{}", std::io::Error::from_raw_os_error(*.errno), .message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    Nftables {
+        /// The object the rejected message was about.
+        object: String,
+        /// Positive errno.
+        errno: i32,
+        /// The kernel's extended-ACK message, if it sent one.
+        message: Option<String>,
+    },
     /// The dedicated namespace thread of [`crate::netns::run_in`] panicked.
     #[error("namespace worker thread panicked")]
     ThreadPanicked,
@@ -53,7 +64,7 @@ impl NetlinkError {
     /// The errno behind this error, if there is one (kernel NACK or OS error).
     pub fn errno(&self) -> Option<i32> {
         match self {
-            Self::Kernel { errno, .. } => Some(*errno),
+            Self::Kernel { errno, .. } | Self::Nftables { errno, .. } => Some(*errno),
             Self::Socket(e) | Self::Io(e) => e.raw_os_error(),
             _ => None,
         }

@@ -12,6 +12,8 @@ pub mod error;
 pub mod link;
 pub mod neighbour;
 pub mod netns;
+mod nfnl;
+pub mod nftables;
 mod nl;
 pub mod route;
 pub mod rule;

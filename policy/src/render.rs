@@ -366,3 +366,112 @@ pub fn render(policy: &NodePolicy) -> Value {
 pub fn removal() -> Value {
     json!({"nftables": [{"add": table()}, {"delete": table()}]})
 }
+
+/// The transaction that adds `pods` (none of them in the table yet, every other pod's rules
+/// unchanged) to a table [`render`] made: their sets, chains and rules, and their dispatch
+/// and isolated-set elements — what an ADD of a selected pod changes. Their sets and chains
+/// are flushed after being declared, so a leftover of the same name cannot double a rule.
+/// The table afterwards holds what [`render`] of the whole node would put there (object
+/// order aside); the caller only uses it where that holds.
+pub fn render_delta(pods: &[&PodPolicy]) -> Value {
+    render_change(pods, &[])
+}
+
+/// [`render_delta`] that also takes `removed` pods (no other pod's rules naming them) out:
+/// their dispatch and isolated-set elements first, then their chains (with their rules) and
+/// sets — an ADD after a DEL the loop has not applied yet.
+pub fn render_change(pods: &[&PodPolicy], removed: &[&PodPolicy]) -> Value {
+    let mut removal = Vec::new();
+    let mut gone_objs = Vec::new();
+    for (dir, map, set) in [
+        (Direction::Egress, EGRESS_MAP, EGRESS_ISOLATED),
+        (Direction::Ingress, INGRESS_MAP, INGRESS_ISOLATED),
+    ] {
+        let veths: Vec<&String> = removed
+            .iter()
+            .filter(|p| match dir {
+                Direction::Ingress => p.ingress.is_some(),
+                Direction::Egress => p.egress.is_some(),
+            })
+            .map(|p| &p.host_veth)
+            .collect();
+        if veths.is_empty() {
+            continue;
+        }
+        removal.push(obj(
+            "map",
+            json!({"name": map, "type": "ifname", "map": "verdict"}),
+        ));
+        removal.push(
+            json!({"delete": {"element": {"family": "inet", "table": TABLE,
+            "name": map, "elem": veths}}}),
+        );
+        removal.push(obj("set", json!({"name": set, "type": "ifname"})));
+        removal.push(
+            json!({"delete": {"element": {"family": "inet", "table": TABLE,
+            "name": set, "elem": veths}}}),
+        );
+        for v in veths {
+            let (any, ports) = set_names(dir, v);
+            gone_objs.push(
+                json!({"delete": {"chain": {"family": "inet", "table": TABLE,
+                "name": chain_name(dir, v)}}}),
+            );
+            for s in [any, ports] {
+                gone_objs.push(json!({"delete": {"set": {"family": "inet", "table": TABLE,
+                    "name": s}}}));
+            }
+        }
+    }
+    removal.extend(gone_objs);
+    let mut objs = Vec::new();
+    let mut dispatch = Vec::new();
+    for pod in pods {
+        for dir in [Direction::Egress, Direction::Ingress] {
+            let isolated = match dir {
+                Direction::Ingress => pod.ingress.is_some(),
+                Direction::Egress => pod.egress.is_some(),
+            };
+            if isolated {
+                pod_direction(&mut objs, pod, dir);
+                dispatch.push((dir, pod.host_veth.clone()));
+            }
+        }
+    }
+    let mut out = removal;
+    for o in objs {
+        let flush = ["set", "chain"].iter().find_map(|k| {
+            o["add"].get(*k).map(
+                |b| json!({"flush": {*k: {"family": "inet", "table": TABLE, "name": b["name"]}}}),
+            )
+        });
+        out.push(o);
+        out.extend(flush);
+    }
+    for (dir, map, set) in [
+        (Direction::Egress, EGRESS_MAP, EGRESS_ISOLATED),
+        (Direction::Ingress, INGRESS_MAP, INGRESS_ISOLATED),
+    ] {
+        let veths: Vec<&String> = dispatch
+            .iter()
+            .filter(|(d, _)| *d == dir)
+            .map(|(_, v)| v)
+            .collect();
+        if veths.is_empty() {
+            continue;
+        }
+        let elems: Vec<Value> = veths
+            .iter()
+            .map(|v| json!([v, {"jump": {"target": chain_name(dir, v)}}]))
+            .collect();
+        // Declared again (the same definition: a no-op) so the transaction says its type.
+        out.push(obj(
+            "map",
+            json!({"name": map, "type": "ifname", "map": "verdict"}),
+        ));
+        out.push(obj("element", json!({"name": map, "elem": elems})));
+        out.push(obj("set", json!({"name": set, "type": "ifname"})));
+        out.push(obj("element", json!({"name": set, "elem": veths})));
+    }
+    json!({"nftables": out})
+}

@@ -546,27 +546,31 @@ pub fn uninstall(t: &Targets, force: bool) -> Result<Report, UninstallError> {
     remove_conflist(t, &mut report)?;
     remove_binaries(t, &mut report)?;
     rt.block_on(clean_kernel(force, &mut report))?;
-    if snat::nft_found() {
-        snat::remove().map_err(|e| UninstallError::Kernel {
-            what: "nftables".into(),
-            msg: e.to_string(),
-        })?;
-        report.note(format!(
-            "deleted nftables table ip {0} and table inet {0} (SNAT, if present)",
-            snat::TABLE
-        ));
-        vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()).map_err(|e| {
-            UninstallError::Kernel {
+    // Over netlink: no `nft` needed. A kernel without nf_tables cannot hold a table of ours,
+    // so a failure there is only an error when the tools to make one are installed.
+    let snat = snat::remove().map_err(|e| e.to_string());
+    let policy =
+        vpcnet_policy::apply::apply(&vpcnet_policy::render::removal()).map_err(|e| e.to_string());
+    match (snat, policy) {
+        (Ok(()), Ok(())) => {
+            report.note(format!(
+                "deleted nftables table ip {0} and table inet {0} (SNAT, if present)",
+                snat::TABLE
+            ));
+            report.note(format!(
+                "deleted nftables table inet {} (network policy, if present)",
+                vpcnet_policy::render::TABLE
+            ));
+        }
+        (Err(msg), _) | (_, Err(msg)) if snat::nft_found() => {
+            return Err(UninstallError::Kernel {
                 what: "nftables".into(),
-                msg: e.to_string(),
-            }
-        })?;
-        report.note(format!(
-            "deleted nftables table inet {} (network policy, if present)",
-            vpcnet_policy::render::TABLE
-        ));
-    } else {
-        report.note("nft not found: no nftables table to delete (the agent cannot have made one)");
+                msg,
+            });
+        }
+        (Err(msg), _) | (_, Err(msg)) => report.note(format!(
+            "no nftables table to delete: nf_tables is not available ({msg})"
+        )),
     }
     // What the agent changed for IPv6 forwarding (recorded in the state directory): put
     // back before the directory goes.

@@ -9,7 +9,7 @@
 //! * This node's pods are the pool's allocations that carry a pod namespace and name (the
 //!   plugin passes `K8S_POD_NAMESPACE`/`K8S_POD_NAME`), with the address the pool gave and
 //!   the host veth named as the plugin names it.
-//! * `nft` runs on tokio's blocking pool, in the network namespace the agent runs in (the
+//! * The netlink batch is committed on tokio's blocking pool, in the network namespace the agent runs in (the
 //!   host's); nothing here enters another namespace.
 //! * A ruleset the kernel refuses is counted and logged, and retried at the next pass; the
 //!   table keeps the last one applied (one transaction: all or nothing).
@@ -25,7 +25,7 @@ use kube::api::Api;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use vpcnet_policy::{compile, render, Allow, LocalPod, NodePolicy};
+use vpcnet_policy::{compile, render, Allow, LocalPod, NodePolicy, PodPolicy};
 
 use super::admit;
 use super::view::{Event, Kind, View};
@@ -37,6 +37,10 @@ use crate::obs::metrics;
 /// How often this node's pods are compared with the last compiled set even without an API
 /// event (a pod's own MODIFIED event with its address normally comes sooner).
 pub const RECHECK: Duration = Duration::from_secs(1);
+/// How long a pass waits after a watch event for more before it applies (a burst of pod
+/// events — a Deployment scaling — is one apply, not one each). An ADD waiting for its
+/// decision never waits for it.
+pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Where the inputs come from: a client of the API server, and its URL for the log.
 #[derive(Clone)]
@@ -84,6 +88,9 @@ pub struct Enforcer {
 pub struct Plan {
     pub ruleset: Value,
     pub text: String,
+    /// The same change as a delta (`render::render_delta`): only new pods of this node,
+    /// every other pod's rules unchanged. Tried first; the full `ruleset` if it fails.
+    pub delta: Option<Value>,
     /// Local pods isolated in at least one direction.
     pub pods: usize,
     /// What it was rendered from.
@@ -91,6 +98,40 @@ pub struct Plan {
     /// Its rules, and its sets plus maps.
     pub rules: usize,
     pub sets: usize,
+}
+
+/// The isolated pods to add to a table holding `old`, and those to take out of it, when
+/// that is all that changed: every pod in both has the same rules in both (an ADD, or a DEL,
+/// of a pod no other pod's policy names). `None`: a full apply is needed.
+type Change<'a> = (Vec<&'a PodPolicy>, Vec<&'a PodPolicy>);
+
+pub fn changed_pods<'a>(old: &'a NodePolicy, new: &'a NodePolicy) -> Option<Change<'a>> {
+    let isolated = |p: &&PodPolicy| p.ingress.is_some() || p.egress.is_some();
+    let old_pods: Vec<&PodPolicy> = old.pods.iter().filter(isolated).collect();
+    let new_pods: Vec<&PodPolicy> = new.pods.iter().filter(isolated).collect();
+    let unique = |v: &[&PodPolicy]| {
+        let mut names: Vec<&str> = v.iter().map(|p| p.host_veth.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names.len() == v.len()
+    };
+    if !unique(&old_pods) || !unique(&new_pods) {
+        return None;
+    }
+    let mut added = Vec::new();
+    for p in &new_pods {
+        match old_pods.iter().find(|o| o.host_veth == p.host_veth) {
+            Some(o) if o.ingress == p.ingress && o.egress == p.egress => {}
+            Some(_) => return None,
+            None => added.push(*p),
+        }
+    }
+    let removed: Vec<&PodPolicy> = old_pods
+        .iter()
+        .filter(|o| !new_pods.iter().any(|p| p.host_veth == o.host_veth))
+        .copied()
+        .collect();
+    (!added.is_empty()).then_some((added, removed))
 }
 
 /// How many rules, and sets plus maps, the transaction `ruleset` adds.
@@ -162,11 +203,18 @@ impl Enforcer {
             return None;
         }
         let (rules, sets) = count(&ruleset);
+        let delta = self
+            .in_force
+            .as_ref()
+            .filter(|_| self.applied.is_some())
+            .and_then(|old| changed_pods(old, &compiled))
+            .map(|(new, gone)| render::render_change(&new, &gone));
         Some(Plan {
             rules,
             sets,
             ruleset,
             text,
+            delta,
             pods: compiled
                 .pods
                 .iter()
@@ -296,7 +344,15 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
     let mut last_error: Option<String> = None;
     let mut was_synced = false;
     let mut pending: Vec<admit::Request> = Vec::new();
+    // Set by a watch event: no full apply before it (unless an ADD waits).
+    let mut hold: Option<tokio::time::Instant> = None;
     loop {
+        let hold_wait = async {
+            match hold {
+                Some(h) => tokio::time::sleep_until(h).await,
+                None => std::future::pending().await,
+            }
+        };
         // The earliest deadline of a waiting ADD: answered then even without an event.
         let deadline = pending.iter().map(|r| r.deadline).min();
         let wait_deadline = async {
@@ -316,6 +372,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
                     // At once, before this pass's apply: the server admits ADDs in namespaces
                     // without a policy from this.
                     shared.set_policy_namespaces(e.view().policy_namespaces());
+                    hold.get_or_insert_with(|| tokio::time::Instant::now() + DEBOUNCE);
                 }
                 None => {
                     tracing::error!("network policy: every watch ended");
@@ -329,8 +386,13 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
                 }
             },
             _ = wait_deadline => {}
+            _ = hold_wait => {}
             _ = tick.tick() => {}
         }
+        if pending.is_empty() && hold.is_some_and(|h| tokio::time::Instant::now() < h) {
+            continue;
+        }
+        hold = None;
         metrics::get().network_policies(e.view().policy_count());
         if !was_synced && e.view().synced() {
             was_synced = true;
@@ -422,7 +484,17 @@ async fn apply(
     last_error: &mut Option<String>,
 ) -> Option<Vec<Tightened>> {
     let ruleset = plan.ruleset.clone();
-    let r = tokio::task::spawn_blocking(move || vpcnet_policy::apply::apply(&ruleset)).await;
+    let delta = plan.delta.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        if let Some(d) = delta {
+            match vpcnet_policy::apply::apply(&d) {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "network policy: the delta of an ADD was not applied; applying the whole ruleset"),
+            }
+        }
+        vpcnet_policy::apply::apply(&ruleset)
+    })
+    .await;
     match r {
         Ok(Ok(())) => {
             let pods = plan.pods;
@@ -637,6 +709,10 @@ mod tests {
         ];
         let p = e.plan(ab.clone()).unwrap();
         assert_eq!(p.pods, 2);
+        // a's rules are unchanged and no rule names b: the ADD is a delta of b alone.
+        let d = p.delta.as_ref().expect("a delta").to_string();
+        assert!(d.contains(ab[1].host_veth.as_str()), "{d}");
+        assert!(!d.contains(ab[0].host_veth.as_str()), "{d}");
         // Not applied (the kernel refused): the next pass offers it again.
         let p = e.plan(ab.clone()).unwrap();
         e.applied(p);
@@ -644,6 +720,7 @@ mod tests {
         e.input(Input::Policies(Box::new(Event::Deleted(np("x", "deny")))));
         let p = e.plan(ab).unwrap();
         assert_eq!(p.pods, 0);
+        assert!(p.delta.is_none(), "a policy change is a full apply");
         assert!(!p.text.contains("jump"), "{}", p.text);
     }
 }
