@@ -139,6 +139,10 @@ impl Addr for u128 {
 
 /// Disjoint, sorted, inclusive address ranges (IPv4 as `u32`).
 pub type Ranges = Vec<(u32, u32)>;
+/// Disjoint, sorted address ranges of either family (`u32` or `u128`).
+pub type RangesOf<T> = Vec<(T, T)>;
+/// Disjoint, sorted port ranges, each with the addresses (of either family) allowed on it.
+pub type PortSegmentsOf<T> = Vec<((u16, u16), RangesOf<T>)>;
 /// Disjoint, sorted port ranges, each with the addresses allowed on it.
 pub type PortSegments = Vec<((u16, u16), Ranges)>;
 
@@ -148,7 +152,7 @@ pub type PortSegments = Vec<((u16, u16), Ranges)>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetContentsOf<T> {
     pub any: Vec<(T, T)>,
-    pub ports: BTreeMap<Protocol, Vec<((u16, u16), Vec<(T, T)>)>>,
+    pub ports: BTreeMap<Protocol, PortSegmentsOf<T>>,
 }
 
 impl<T> Default for SetContentsOf<T> {
@@ -209,7 +213,7 @@ fn contents_of<T: Addr>(
         let mut bounds: Vec<u32> = entries.iter().flat_map(|(f, l, _)| [*f, l + 1]).collect();
         bounds.sort_unstable();
         bounds.dedup();
-        let mut segs: Vec<((u32, u32), Vec<(T, T)>)> = Vec::new();
+        let mut segs: Vec<((u32, u32), RangesOf<T>)> = Vec::new();
         for w in bounds.windows(2) {
             let (s, e) = (w[0], w[1] - 1);
             let addrs = merge_ranges(

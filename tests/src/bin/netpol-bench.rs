@@ -279,13 +279,14 @@ fn hist_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<
         .map(|(le, _)| (*le, total))
 }
 
-fn pct(v: &[f64], q: f64) -> f64 {
+/// The `permille`/1000 quantile (nearest rank).
+fn pct(v: &[f64], permille: usize) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let i = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    let i = (permille * s.len()).div_ceil(1000).clamp(1, s.len()) - 1;
     s[i]
 }
 
@@ -536,10 +537,10 @@ fn propagation(changes: usize) -> ExitCode {
         println!(
             "| {label} | {} | {:.1} | {:.1} | {:.1} | {:.1} |",
             v.len(),
-            pct(v, 0.5),
-            pct(v, 0.9),
-            pct(v, 0.99),
-            pct(v, 1.0)
+            pct(v, 500),
+            pct(v, 900),
+            pct(v, 990),
+            pct(v, 1000)
         );
     };
     for (k, v) in &kinds {
@@ -548,8 +549,8 @@ fn propagation(changes: usize) -> ExitCode {
     row("**all changes**", &all);
     println!(
         "\nkernel poll (one `nft -j list set` per node, back to back): p50 {:.1} ms, p90 {:.1} ms — the resolution of the figures above",
-        pct(&polls, 0.5),
-        pct(&polls, 0.9)
+        pct(&polls, 500),
+        pct(&polls, 900)
     );
     match (
         hist_quantile(&hist0, &hist1, 0.5),
