@@ -625,6 +625,60 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_pod_is_tightened_with_its_ipv6_address_and_rendered_with_ipv6_sets() {
+        let mut e = Enforcer::default();
+        e.input(Input::Pods(Box::new(Event::Listed(vec![
+            pod("x", "a", "10.0.0.1"),
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "b", "labels": {"pod": "b"}},
+                "spec": {"containers": []},
+                "status": {"podIP": "10.0.0.2", "podIPs": [{"ip": "10.0.0.2"}, {"ip": "fd00::2"}]},
+            }))
+            .unwrap(),
+        ]))));
+        e.input(Input::Namespaces(Box::new(Event::Listed(vec![]))));
+        e.input(Input::Policies(Box::new(Event::Listed(vec![
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "from-b"},
+                "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]},
+            }))
+            .unwrap(),
+        ]))));
+        // a's IPv6 address comes from the node (its IPv6 pool), not the API.
+        let a = vec![local("x", "a", "10.0.0.1", "c1").with_ip6(Some("fd00::1".parse().unwrap()))];
+        let p = e.plan(a).unwrap();
+        assert!(p.text.contains("ipv6_addr"), "{}", p.text);
+        assert!(
+            p.text.contains("\"fd00::2\""),
+            "b's IPv6 address is a peer: {}",
+            p.text
+        );
+        let (_, tightened) = e.applied(p);
+        assert_eq!(tightened.len(), 1);
+        assert_eq!(tightened[0].ip6, Some("fd00::1".parse().unwrap()));
+        let ing = tightened[0].ingress.as_ref().unwrap();
+        assert!(vpcnet_policy::allows(
+            ing,
+            "fd00::2".parse::<Ipv6Addr>().unwrap(),
+            6,
+            80
+        ));
+        assert!(!vpcnet_policy::allows(
+            ing,
+            "fd00::3".parse::<Ipv6Addr>().unwrap(),
+            6,
+            80
+        ));
+        assert!(vpcnet_policy::allows(
+            ing,
+            "10.0.0.2".parse::<Ipv4Addr>().unwrap(),
+            6,
+            80
+        ));
+    }
+
+    #[test]
     fn applies_only_what_changed_the_ruleset() {
         let mut e = Enforcer::default();
         synced(&mut e);
