@@ -7,10 +7,11 @@ need_apt=()
 have() { dpkg -s "$1" >/dev/null 2>&1; }
 # protobuf-compiler: etcd-client's build script runs protoc (includes: below). etcd-server: the
 # etcd the datastore tests start (/usr/bin/etcd). nftables: `nft`, which the tests and the support bundle read rulesets back with (the agent writes them over netlink).
+# iperf3: bench/netpol-dataplane.sh.
 for p in iproute2 iputils-ping jq curl ca-certificates build-essential \
          containernetworking-plugins iptables \
          golang-go golang-github-appc-cni-dev dpkg-dev \
-         protobuf-compiler etcd-server nftables python3-venv; do
+         protobuf-compiler etcd-server nftables python3-venv iperf3; do
   have "$p" || need_apt+=("$p")
 done
 # etcd-client's build script compiles etcd's .proto files, which import Google's well-known

@@ -26,12 +26,15 @@
 //!   always allowed; the renderer gets that by filtering forwarded traffic only (the node's
 //!   own traffic to and from its pods is not forwarded, and a pod reaching itself never
 //!   leaves it).
-//! * IPv6 `ipBlock`s are ignored (vpcnet is IPv4): an IPv6-only peer allows nothing.
+//! * Both families: a pod peer stands for its IPv4 and (dual-stack) IPv6 address; an
+//!   `ipBlock` is IPv4 or IPv6 (its `except`s must be of the same family, else the peer is
+//!   dropped with a warning: dropping the hole would widen the block); an absent or empty
+//!   `from`/`to` allows every address of both families.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -41,16 +44,50 @@ use crate::model::{Labels, LocalPod, NamespaceInfo, PodInfo, Protocol};
 /// Who is at the other end of an allowed connection.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
-    /// One pod's address.
+    /// One pod's IPv4 address.
     Pod(Ipv4Addr),
     /// `cidr` minus the `except` CIDRs (an ipBlock; `0.0.0.0/0` without except = anyone).
     Block {
         cidr: Ipv4Network,
         except: Vec<Ipv4Network>,
     },
+    /// One pod's IPv6 address (a dual-stack pod).
+    Pod6(Ipv6Addr),
+    /// An IPv6 ipBlock (`::/0` without except = anyone over IPv6).
+    Block6 {
+        cidr: Ipv6Network,
+        except: Vec<Ipv6Network>,
+    },
+}
+
+/// `whole` minus the `holes`, as disjoint sorted inclusive ranges (`u128` holds both
+/// families' addresses).
+fn subtract(whole: (u128, u128), holes: &[(u128, u128)]) -> Vec<(u128, u128)> {
+    let mut out = vec![whole];
+    for &(a, b) in holes {
+        out = out
+            .into_iter()
+            .flat_map(|(s, e)| {
+                let mut parts = Vec::new();
+                if b < s || a > e {
+                    parts.push((s, e));
+                } else {
+                    if a > s {
+                        parts.push((s, a - 1));
+                    }
+                    if b < e {
+                        parts.push((b + 1, e));
+                    }
+                }
+                parts
+            })
+            .collect();
+    }
+    out
 }
 
 impl Peer {
+    /// Every IPv4 address.
     pub fn anyone() -> Peer {
         // 0.0.0.0/0: prefix 0 is always valid.
         let cidr = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0)
@@ -61,45 +98,75 @@ impl Peer {
         }
     }
 
-    /// The addresses as disjoint, sorted, inclusive ranges.
+    /// Every IPv6 address.
+    pub fn anyone6() -> Peer {
+        // ::/0: prefix 0 is always valid.
+        let cidr = Ipv6Network::new(Ipv6Addr::UNSPECIFIED, 0)
+            .unwrap_or_else(|_| Ipv6Network::from(Ipv6Addr::UNSPECIFIED));
+        Peer::Block6 {
+            cidr,
+            except: Vec::new(),
+        }
+    }
+
+    /// Its IPv4 addresses as disjoint, sorted, inclusive ranges (none for an IPv6 peer).
     pub fn ranges(&self) -> Vec<(u32, u32)> {
         match self {
             Peer::Pod(ip) => vec![(u32::from(*ip), u32::from(*ip))],
             Peer::Block { cidr, except } => {
-                let mut out = vec![net_range(cidr)];
-                for ex in except {
-                    let (a, b) = net_range(ex);
-                    out = out
-                        .into_iter()
-                        .flat_map(|(s, e)| {
-                            let mut parts = Vec::new();
-                            if b < s || a > e {
-                                parts.push((s, e));
-                            } else {
-                                if a > s {
-                                    parts.push((s, a - 1));
-                                }
-                                if b < e {
-                                    parts.push((b + 1, e));
-                                }
-                            }
-                            parts
-                        })
-                        .collect();
-                }
-                out
+                let holes: Vec<(u128, u128)> = except.iter().map(net_range).collect();
+                subtract(net_range(cidr), &holes)
+                    .into_iter()
+                    // IPv4 ranges: both ends fit.
+                    .filter_map(|(s, e)| Some((u32::try_from(s).ok()?, u32::try_from(e).ok()?)))
+                    .collect()
             }
+            Peer::Pod6(_) | Peer::Block6 { .. } => Vec::new(),
         }
     }
 
-    fn contains(&self, ip: Ipv4Addr) -> bool {
-        let x = u32::from(ip);
-        self.ranges().iter().any(|&(s, e)| s <= x && x <= e)
+    /// Its IPv6 addresses as disjoint, sorted, inclusive ranges (none for an IPv4 peer).
+    pub fn ranges6(&self) -> Vec<(u128, u128)> {
+        match self {
+            Peer::Pod6(ip) => vec![(u128::from(*ip), u128::from(*ip))],
+            Peer::Block6 { cidr, except } => {
+                let holes: Vec<(u128, u128)> = except.iter().map(net_range6).collect();
+                subtract(net_range6(cidr), &holes)
+            }
+            Peer::Pod(_) | Peer::Block { .. } => Vec::new(),
+        }
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(ip) => {
+                let x = u32::from(ip);
+                self.ranges().iter().any(|&(s, e)| s <= x && x <= e)
+            }
+            IpAddr::V6(ip) => {
+                let x = u128::from(ip);
+                self.ranges6().iter().any(|&(s, e)| s <= x && x <= e)
+            }
+        }
     }
 }
 
-fn net_range(n: &Ipv4Network) -> (u32, u32) {
-    (u32::from(n.network()), u32::from(n.broadcast()))
+fn net_range(n: &Ipv4Network) -> (u128, u128) {
+    (
+        u128::from(u32::from(n.network())),
+        u128::from(u32::from(n.broadcast())),
+    )
+}
+
+fn net_range6(n: &Ipv6Network) -> (u128, u128) {
+    let first = u128::from(n.network());
+    let host_bits = 128 - u32::from(n.prefix());
+    let last = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        first | ((1u128 << host_bits) - 1)
+    };
+    (first, last)
 }
 
 /// Which ports of an allowed peer.
@@ -129,6 +196,8 @@ pub struct PodPolicy {
     pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (dual-stack pods).
+    pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     pub ingress: Option<BTreeSet<Allow>>,
     pub egress: Option<BTreeSet<Allow>>,
@@ -139,8 +208,9 @@ pub struct PodPolicy {
 /// Whether `allows` (one direction of a [`PodPolicy`]) lets the connection with `peer` to
 /// destination port `port` of IP protocol `proto` through — what the rendered sets match
 /// (`PortMatch::Any` covers every protocol, ICMP included). For deciding which existing
-/// connections a changed policy no longer allows.
-pub fn allows(allows: &BTreeSet<Allow>, peer: Ipv4Addr, proto: u8, port: u16) -> bool {
+/// connections a changed policy no longer allows. `peer` of either family.
+pub fn allows(allows: &BTreeSet<Allow>, peer: impl Into<IpAddr>, proto: u8, port: u16) -> bool {
+    let peer = peer.into();
     allows.iter().any(|a| {
         a.peer.contains(peer)
             && match a.port {
@@ -214,43 +284,59 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// Pods that can be peers.
-    fn peer_pods(&self) -> impl Iterator<Item = (&PodInfo, Ipv4Addr)> {
+    /// Pods that can be peers, once per address (a dual-stack pod twice).
+    fn peer_pods(&self) -> impl Iterator<Item = (&PodInfo, IpAddr)> {
         self.pods
             .iter()
             .filter(|p| !p.host_network && !p.terminated)
-            .filter_map(|p| p.ip.map(|ip| (p, ip)))
+            .flat_map(|p| {
+                let v4 = p.ip.map(|ip| (p, IpAddr::V4(ip)));
+                let v6 = p.ip6.map(|ip| (p, IpAddr::V6(ip)));
+                v4.into_iter().chain(v6)
+            })
     }
 
     /// What one peer of a policy in namespace `ns` stands for: pods, or an address block.
     fn expand(&mut self, ns: &str, peer: &NetworkPolicyPeer, what: &str) -> Expanded {
         if let Some(block) = &peer.ip_block {
-            let cidr = match block.cidr.parse::<Ipv4Network>() {
-                Ok(c) => c,
-                Err(_) => {
-                    if !block.cidr.contains(':') {
-                        self.warnings
-                            .push(format!("{what}: ipBlock cidr {:?} is invalid", block.cidr));
-                    }
-                    return Expanded::Pods(Vec::new());
-                }
+            let Ok(cidr) = block.cidr.parse::<IpNetwork>() else {
+                self.warnings
+                    .push(format!("{what}: ipBlock cidr {:?} is invalid", block.cidr));
+                return Expanded::Pods(Vec::new());
             };
-            let mut except = Vec::new();
+            let (mut except4, mut except6) = (Vec::new(), Vec::new());
             for e in block.except.iter().flatten() {
-                match e.parse::<Ipv4Network>() {
-                    Ok(n) => except.push(n),
+                match (cidr, e.parse::<IpNetwork>()) {
+                    (IpNetwork::V4(_), Ok(IpNetwork::V4(n))) => except4.push(n),
+                    (IpNetwork::V6(_), Ok(IpNetwork::V6(n))) => except6.push(n),
                     // Dropping the hole would widen the block: drop the peer instead.
-                    Err(_) => {
+                    _ => {
                         self.warnings.push(format!(
-                            "{what}: ipBlock except {e:?} is invalid: peer ignored"
+                            "{what}: ipBlock except {e:?} is invalid for cidr {:?}: peer ignored",
+                            block.cidr
                         ));
                         return Expanded::Pods(Vec::new());
                     }
                 }
             }
-            except.sort();
-            except.dedup();
-            return Expanded::Block(Peer::Block { cidr, except });
+            return Expanded::Block(match cidr {
+                IpNetwork::V4(cidr) => {
+                    except4.sort();
+                    except4.dedup();
+                    Peer::Block {
+                        cidr,
+                        except: except4,
+                    }
+                }
+                IpNetwork::V6(cidr) => {
+                    except6.sort();
+                    except6.dedup();
+                    Peer::Block6 {
+                        cidr,
+                        except: except6,
+                    }
+                }
+            });
         }
         if peer.pod_selector.is_none() && peer.namespace_selector.is_none() {
             self.warnings.push(format!(
@@ -285,8 +371,16 @@ impl Ctx<'_> {
 }
 
 enum Expanded {
-    Pods(Vec<(PodInfo, Ipv4Addr)>),
+    Pods(Vec<(PodInfo, IpAddr)>),
     Block(Peer),
+}
+
+/// The address peer of one pod address.
+fn pod_peer(ip: IpAddr) -> Peer {
+    match ip {
+        IpAddr::V4(ip) => Peer::Pod(ip),
+        IpAddr::V6(ip) => Peer::Pod6(ip),
+    }
 }
 
 /// A NetworkPolicyPort before named ports are resolved.
@@ -370,18 +464,20 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
             .iter_mut()
             .find(|p| p.namespace == lp.namespace && p.name == lp.name)
         {
-            Some(p) => p.ip = Some(lp.ip),
+            Some(p) => {
+                p.ip = Some(lp.ip);
+                if lp.ip6.is_some() {
+                    p.ip6 = lp.ip6;
+                }
+            }
             None => {
                 warnings.push(format!(
                     "pod {}/{} is attached here but not known from the API: compiled without labels",
                     lp.namespace, lp.name
                 ));
-                pods.push(PodInfo::new(
-                    &lp.namespace,
-                    &lp.name,
-                    Labels::new(),
-                    Some(lp.ip),
-                ));
+                let mut p = PodInfo::new(&lp.namespace, &lp.name, Labels::new(), Some(lp.ip));
+                p.ip6 = lp.ip6;
+                pods.push(p);
             }
         }
     }
@@ -418,6 +514,7 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
             namespace: lp.namespace.clone(),
             name: lp.name.clone(),
             ip: lp.ip,
+            ip6: me.ip6,
             host_veth: lp.host_veth.clone(),
             ingress: None,
             egress: None,
@@ -507,12 +604,12 @@ fn peers_of(
 ) -> Vec<Peer> {
     let list = list.map(Vec::as_slice).unwrap_or_default();
     if list.is_empty() {
-        return vec![Peer::anyone()];
+        return vec![Peer::anyone(), Peer::anyone6()];
     }
     let mut out = Vec::new();
     for peer in list {
         match ctx.expand(ns, peer, what) {
-            Expanded::Pods(pods) => out.extend(pods.into_iter().map(|(_, ip)| Peer::Pod(ip))),
+            Expanded::Pods(pods) => out.extend(pods.into_iter().map(|(_, ip)| pod_peer(ip))),
             Expanded::Block(b) => out.push(b),
         }
     }
@@ -537,7 +634,10 @@ fn egress_peers(
 ) -> Vec<EgressPeer> {
     let list = list.map(Vec::as_slice).unwrap_or_default();
     let expanded: Vec<Expanded> = if list.is_empty() {
-        vec![Expanded::Block(Peer::anyone())]
+        vec![
+            Expanded::Block(Peer::anyone()),
+            Expanded::Block(Peer::anyone6()),
+        ]
     } else {
         list.iter().map(|p| ctx.expand(ns, p, what)).collect()
     };
@@ -545,7 +645,7 @@ fn egress_peers(
     for e in expanded {
         match e {
             Expanded::Pods(pods) => out.extend(pods.into_iter().map(|(pod, ip)| EgressPeer {
-                peer: Peer::Pod(ip),
+                peer: pod_peer(ip),
                 pod: Some(pod),
                 named_only: false,
             })),
@@ -554,7 +654,7 @@ fn egress_peers(
                     ctx.peer_pods()
                         .filter(|(_, ip)| b.contains(*ip))
                         .map(|(pod, ip)| EgressPeer {
-                            peer: Peer::Pod(ip),
+                            peer: pod_peer(ip),
                             pod: Some(pod.clone()),
                             named_only: true,
                         }),

@@ -3,7 +3,7 @@
 //! server returns them) and of its own node (the pods attached here and their host veths).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 
@@ -62,8 +62,10 @@ pub struct PodInfo {
     pub namespace: String,
     pub name: String,
     pub labels: Labels,
-    /// `status.podIP` (IPv4 only: vpcnet is IPv4). `None` while the pod has none yet.
+    /// The IPv4 address of `status.podIP`/`podIPs`. `None` while the pod has none yet.
     pub ip: Option<Ipv4Addr>,
+    /// The IPv6 address of `status.podIPs` (dual-stack pods), if any.
+    pub ip6: Option<Ipv6Addr>,
     pub named_ports: Vec<NamedPort>,
     /// Host-network pods are neither selected by policies nor matched as peers (their address
     /// is the node's; upstream leaves them undefined and implementations ignore them).
@@ -79,6 +81,7 @@ impl PodInfo {
             name: name.into(),
             labels,
             ip,
+            ip6: None,
             named_ports: Vec::new(),
             host_network: false,
             terminated: false,
@@ -101,6 +104,16 @@ impl PodInfo {
                     .into_iter()
                     .flatten()
                     .find_map(|p| p.ip.parse::<Ipv4Addr>().ok())
+            });
+        let ip6 = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|s| s.parse::<Ipv6Addr>().ok())
+            .or_else(|| {
+                status
+                    .and_then(|s| s.pod_ips.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .find_map(|p| p.ip.parse::<Ipv6Addr>().ok())
             });
         let mut named_ports = Vec::new();
         for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
@@ -126,6 +139,7 @@ impl PodInfo {
             name,
             labels,
             ip,
+            ip6,
             named_ports,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             terminated: matches!(phase, Some("Succeeded" | "Failed")),
@@ -175,6 +189,8 @@ pub struct LocalPod {
     pub namespace: String,
     pub name: String,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (dual-stack pods), from the node's IPv6 pool.
+    pub ip6: Option<Ipv6Addr>,
     /// The host end of the pod's veth, named by [`vpcnet_proto::naming`].
     pub host_veth: String,
 }
@@ -187,7 +203,14 @@ impl LocalPod {
             namespace: namespace.into(),
             name: name.into(),
             ip,
+            ip6: None,
             host_veth: vpcnet_proto::naming::key_host_veth(key),
         }
+    }
+
+    /// The same pod with its IPv6 address (a dual-stack attachment).
+    pub fn with_ip6(mut self, ip6: Option<Ipv6Addr>) -> Self {
+        self.ip6 = ip6;
+        self
     }
 }

@@ -5,10 +5,14 @@
 //! table inet vpcnet-policy {
 //!     set egress_<veth>_any   { type ipv4_addr; flags interval; }          # any port
 //!     set egress_<veth>_ports { type ipv4_addr . inet_proto . inet_service; flags interval; }
-//!     set ingress_<veth>_any / ingress_<veth>_ports                         # likewise
+//!     set egress_<veth>_any6   { type ipv6_addr; flags interval; }         # IPv6 twins, only
+//!     set egress_<veth>_ports6 { type ipv6_addr . inet_proto . inet_service; flags interval; }
+//!     set ingress_<veth>_any / ingress_<veth>_ports (/ _any6 / _ports6)     # likewise
 //!     chain egress_<veth> {
 //!         ip daddr @egress_<veth>_any return
 //!         ip daddr . meta l4proto . th dport @egress_<veth>_ports return
+//!         ip6 daddr @egress_<veth>_any6 return                              # when not empty
+//!         ip6 daddr . meta l4proto . th dport @egress_<veth>_ports6 return  # when not empty
 //!         drop
 //!     }
 //!     chain ingress_<veth> { ... accept ... drop }
@@ -33,6 +37,13 @@
 //! `return`s (the destination's ingress, on this node or its own, still decides); ingress
 //! `accept`s. The sets are normalised to disjoint elements (interval sets reject overlaps), and
 //! everything is sorted: the same policy renders to the same bytes.
+//!
+//! IPv6 (dual-stack pods): the same chains match `ip6 saddr`/`ip6 daddr` against the `_any6`
+//! and `_ports6` sets of type `ipv6_addr`. Those two sets and their rules are rendered only
+//! when they have elements (an IPv4-only cluster's ruleset is unchanged); without them the
+//! IPv6 traffic of an isolated direction falls to `drop`, which is what an empty set would
+//! give. Everything else (dispatch by interface, conntrack, the TCP-flags rules) is
+//! family-agnostic in the `inet` table.
 //!
 //! The two `tcp flags` rules close what deleting a disallowed connection's conntrack entry
 //! leaves open: the kernel picks a TCP connection up mid-stream (`nf_conntrack_tcp_loose`),
@@ -86,43 +97,114 @@ pub fn set_names(dir: Direction, veth: &str) -> (String, String) {
     )
 }
 
+/// Its IPv6 sets (`ipv6_addr`), rendered when not empty.
+pub fn set_names6(dir: Direction, veth: &str) -> (String, String) {
+    (
+        format!("{}_{veth}_any6", dir.word()),
+        format!("{}_{veth}_ports6", dir.word()),
+    )
+}
+
 /// Merges inclusive ranges into disjoint, sorted, non-adjacent ones.
-pub fn merge_ranges(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+pub fn merge_ranges<T: Addr>(mut v: Vec<(T, T)>) -> Vec<(T, T)> {
     v.sort_unstable();
-    let mut out: Vec<(u32, u32)> = Vec::with_capacity(v.len());
+    let mut out: Vec<(T, T)> = Vec::with_capacity(v.len());
     for (s, e) in v {
         match out.last_mut() {
-            Some(last) if u64::from(s) <= u64::from(last.1) + 1 => last.1 = last.1.max(e),
+            // Adjacent (`last.1 + 1 == s`) or overlapping; `last.1` at the top overlaps all.
+            Some(last) if last.1.succ().is_none_or(|n| s <= n) => last.1 = last.1.max(e),
             _ => out.push((s, e)),
         }
     }
     out
 }
 
+/// An address as a number: `u32` (IPv4) or `u128` (IPv6).
+pub trait Addr: Copy + Ord + std::fmt::Debug {
+    /// The next address, `None` at the top.
+    fn succ(self) -> Option<Self>;
+}
+
+impl Addr for u32 {
+    fn succ(self) -> Option<u32> {
+        self.checked_add(1)
+    }
+}
+
+impl Addr for u128 {
+    fn succ(self) -> Option<u128> {
+        self.checked_add(1)
+    }
+}
+
 /// Disjoint, sorted, inclusive address ranges (IPv4 as `u32`).
 pub type Ranges = Vec<(u32, u32)>;
+/// Disjoint, sorted address ranges of either family (`u32` or `u128`).
+pub type RangesOf<T> = Vec<(T, T)>;
+/// Disjoint, sorted port ranges, each with the addresses (of either family) allowed on it.
+pub type PortSegmentsOf<T> = Vec<((u16, u16), RangesOf<T>)>;
 /// Disjoint, sorted port ranges, each with the addresses allowed on it.
 pub type PortSegments = Vec<((u16, u16), Ranges)>;
 
 /// The elements of one pod direction's sets, disjoint: (any-port address ranges, and per
-/// protocol a list of (port range, address ranges) with disjoint port ranges).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SetContents {
-    pub any: Ranges,
-    pub ports: BTreeMap<Protocol, PortSegments>,
+/// protocol a list of (port range, address ranges) with disjoint port ranges). `T` is `u32`
+/// for the IPv4 sets, `u128` for the IPv6 ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetContentsOf<T> {
+    pub any: Vec<(T, T)>,
+    pub ports: BTreeMap<Protocol, PortSegmentsOf<T>>,
 }
 
+impl<T> Default for SetContentsOf<T> {
+    fn default() -> Self {
+        SetContentsOf {
+            any: Vec::new(),
+            ports: BTreeMap::new(),
+        }
+    }
+}
+
+impl<T> SetContentsOf<T> {
+    pub fn is_empty(&self) -> bool {
+        self.any.is_empty() && self.ports.values().all(Vec::is_empty)
+    }
+}
+
+/// The IPv4 sets' contents.
+pub type SetContents = SetContentsOf<u32>;
+/// The IPv6 sets' contents.
+pub type SetContents6 = SetContentsOf<u128>;
+
+/// The IPv4 sets of one pod direction.
 pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) -> SetContents {
+    contents_of(allows, crate::compile::Peer::ranges)
+}
+
+/// The IPv6 sets of one pod direction.
+pub fn set_contents6(allows: &std::collections::BTreeSet<crate::compile::Allow>) -> SetContents6 {
+    contents_of(allows, crate::compile::Peer::ranges6)
+}
+
+fn contents_of<T: Addr>(
+    allows: &std::collections::BTreeSet<crate::compile::Allow>,
+    ranges: fn(&crate::compile::Peer) -> Vec<(T, T)>,
+) -> SetContentsOf<T> {
     let mut any = Vec::new();
-    let mut by_proto: BTreeMap<Protocol, Vec<(u32, u32, Ranges)>> = BTreeMap::new();
+    type Entry<T> = (u32, u32, Vec<(T, T)>);
+    let mut by_proto: BTreeMap<Protocol, Vec<Entry<T>>> = BTreeMap::new();
     for a in allows {
+        let r = ranges(&a.peer);
+        if r.is_empty() {
+            continue;
+        }
         match a.port {
-            PortMatch::Any => any.extend(a.peer.ranges()),
-            PortMatch::Ports { proto, first, last } => by_proto.entry(proto).or_default().push((
-                u32::from(first),
-                u32::from(last),
-                a.peer.ranges(),
-            )),
+            PortMatch::Any => any.extend(r),
+            PortMatch::Ports { proto, first, last } => {
+                by_proto
+                    .entry(proto)
+                    .or_default()
+                    .push((u32::from(first), u32::from(last), r))
+            }
         }
     }
     let mut ports = BTreeMap::new();
@@ -131,7 +213,7 @@ pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) 
         let mut bounds: Vec<u32> = entries.iter().flat_map(|(f, l, _)| [*f, l + 1]).collect();
         bounds.sort_unstable();
         bounds.dedup();
-        let mut segs: Vec<((u32, u32), Ranges)> = Vec::new();
+        let mut segs: Vec<((u32, u32), RangesOf<T>)> = Vec::new();
         for w in bounds.windows(2) {
             let (s, e) = (w[0], w[1] - 1);
             let addrs = merge_ranges(
@@ -161,7 +243,7 @@ pub fn set_contents(allows: &std::collections::BTreeSet<crate::compile::Allow>) 
             .collect();
         ports.insert(proto, segs);
     }
-    SetContents {
+    SetContentsOf {
         any: merge_ranges(any),
         ports,
     }
@@ -178,6 +260,24 @@ fn addr_elem((s, e): (u32, u32)) -> Value {
         return json!({"prefix": {"addr": a, "len": len}});
     }
     json!({"range": [a, std::net::Ipv4Addr::from(e).to_string()]})
+}
+
+fn addr_elem6((s, e): (u128, u128)) -> Value {
+    let a = std::net::Ipv6Addr::from(s).to_string();
+    if s == e {
+        return json!(a);
+    }
+    // A prefix when the range is an aligned power of two (`e - s + 1` overflows only for
+    // `::/0`).
+    let len = match (e - s).checked_add(1) {
+        None => Some(0),
+        Some(size) if size.is_power_of_two() && s % size == 0 => Some(128 - size.trailing_zeros()),
+        Some(_) => None,
+    };
+    match len {
+        Some(len) => json!({"prefix": {"addr": a, "len": len}}),
+        None => json!({"range": [a, std::net::Ipv6Addr::from(e).to_string()]}),
+    }
 }
 
 fn port_elem((s, e): (u16, u16)) -> Value {
@@ -262,6 +362,52 @@ fn pod_direction(out: &mut Vec<Value>, pod: &PodPolicy, dir: Direction) {
             verdict
         ]),
     ));
+    let contents6 = set_contents6(allows);
+    if !contents6.any.is_empty() || !contents6.ports.is_empty() {
+        let (any6, ports6) = set_names6(dir, veth);
+        let mut rules = Vec::new();
+        if !contents6.any.is_empty() {
+            out.push(obj(
+                "set",
+                json!({"name": any6, "type": "ipv6_addr", "flags": ["interval"]}),
+            ));
+            let elem: Vec<Value> = contents6.any.iter().copied().map(addr_elem6).collect();
+            out.push(obj("element", json!({"name": any6, "elem": elem})));
+            rules.push(json!([
+                {"match": {"op": "==", "left": payload("ip6", peer_field), "right": format!("@{any6}")}},
+                verdict
+            ]));
+        }
+        let mut elem = Vec::new();
+        for (proto, segs) in &contents6.ports {
+            for (ports, addrs) in segs {
+                for a in addrs {
+                    elem.push(
+                        json!({"concat": [addr_elem6(*a), proto.nft_name(), port_elem(*ports)]}),
+                    );
+                }
+            }
+        }
+        if !elem.is_empty() {
+            out.push(obj(
+                "set",
+                json!({"name": ports6, "type": ["ipv6_addr", "inet_proto", "inet_service"],
+                       "flags": ["interval"]}),
+            ));
+            out.push(obj("element", json!({"name": ports6, "elem": elem})));
+            rules.push(json!([
+                {"match": {"op": "==",
+                    "left": {"concat": [payload("ip6", peer_field), {"meta": {"key": "l4proto"}},
+                                        payload("th", "dport")]},
+                    "right": format!("@{ports6}")}},
+                verdict
+            ]));
+        }
+        // The chain exists already (declared with the IPv4 sets above): its rules follow.
+        for r in rules {
+            out.push(rule(&chain, r));
+        }
+    }
     out.push(rule(&chain, json!([{"drop": null}])));
 }
 
@@ -411,15 +557,24 @@ pub fn render_change(pods: &[&PodPolicy], removed: &[&PodPolicy]) -> Value {
             json!({"delete": {"element": {"family": "inet", "table": TABLE,
             "name": set, "elem": veths}}}),
         );
-        for v in veths {
-            let (any, ports) = set_names(dir, v);
+        for pod in removed.iter().filter(|p| match dir {
+            Direction::Ingress => p.ingress.is_some(),
+            Direction::Egress => p.egress.is_some(),
+        }) {
             gone_objs.push(
                 json!({"delete": {"chain": {"family": "inet", "table": TABLE,
-                "name": chain_name(dir, v)}}}),
+                "name": chain_name(dir, &pod.host_veth)}}}),
             );
-            for s in [any, ports] {
+            // Exactly the sets the full render gave this pod's direction (the IPv6 twins
+            // exist only when they had elements).
+            let mut rendered = Vec::new();
+            pod_direction(&mut rendered, pod, dir);
+            for name in rendered
+                .iter()
+                .filter_map(|o| o["add"].get("set")?.get("name"))
+            {
                 gone_objs.push(json!({"delete": {"set": {"family": "inet", "table": TABLE,
-                    "name": s}}}));
+                    "name": name}}}));
             }
         }
     }

@@ -3,17 +3,19 @@
 //! `ns: <name>`, each pod `pod: <name>`, each serving ports 80 and 81 on TCP and UDP (named
 //! `serve-80-tcp`, `serve-81-udp`, …) and UDP 53 (`dns`). Every pair and port is evaluated on
 //! the *rendered sets* (so the normalisation is checked too) and compared with the expected
-//! truth table; a difference prints the whole matrix.
+//! truth table; a difference prints the whole matrix. The cluster is dual-stack (each pod
+//! also has an IPv6 address): every case is checked over both families, with the same
+//! expectation unless it names IPv4 `ipBlock`s (those have their own IPv6 expectation).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::{json, Value};
 
 use crate::compile::{compile, ClusterView, NodePolicy};
 use crate::model::{LocalPod, NamedPort, NamespaceInfo, PodInfo, Protocol};
-use crate::render::{set_contents, SetContents};
+use crate::render::{set_contents, set_contents6, SetContents, SetContents6};
 
 const NS: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
@@ -33,6 +35,12 @@ fn ip_of(ns: &str, pod: &str) -> Ipv4Addr {
             .unwrap_or(9)
     };
     Ipv4Addr::new(10, 0, idx(&NS, ns), idx(&PODS, pod) + 10)
+}
+
+/// The pod's IPv6 address: `fd00:10:<ns>::<pod + 10>` (x/a = fd00:10:0::a, z/c = fd00:10:2::c).
+fn ip6_of(ns: &str, pod: &str) -> Ipv6Addr {
+    let v4 = ip_of(ns, pod).octets();
+    Ipv6Addr::new(0xfd00, 0x10, u16::from(v4[2]), 0, 0, 0, 0, u16::from(v4[3]))
 }
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -63,6 +71,7 @@ fn cluster(policies: Vec<Value>, overrides: &[(&str, &[(&str, &str)])]) -> Clust
                 find(&format!("{ns}/{pod}")).unwrap_or_else(|| labels(&[("pod", pod)])),
                 Some(ip_of(ns, pod)),
             );
+            p.ip6 = Some(ip6_of(ns, pod));
             for (proto, port) in [
                 (Protocol::Tcp, 80),
                 (Protocol::Tcp, 81),
@@ -99,7 +108,7 @@ fn all_local() -> Vec<LocalPod> {
                 container_id: format!("{ns}-{pod}"),
                 ifname: "eth0".into(),
             };
-            v.push(LocalPod::new(ns, pod, ip_of(ns, pod), &key));
+            v.push(LocalPod::new(ns, pod, ip_of(ns, pod), &key).with_ip6(Some(ip6_of(ns, pod))));
         }
     }
     v
@@ -119,8 +128,63 @@ fn set_allows(c: &SetContents, peer: Ipv4Addr, proto: Protocol, port: u16) -> bo
         })
 }
 
-/// What the rendered ruleset would do with a new connection `from` -> `to`.
+fn set_allows6(c: &SetContents6, peer: Ipv6Addr, proto: Protocol, port: u16) -> bool {
+    let x = u128::from(peer);
+    let inr = |r: &[(u128, u128)]| r.iter().any(|&(s, e)| s <= x && x <= e);
+    inr(&c.any)
+        || c.ports.get(&proto).is_some_and(|segs| {
+            segs.iter()
+                .any(|((s, e), addrs)| *s <= port && port <= *e && inr(addrs))
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// What the rendered ruleset would do with a new connection `from` -> `to` over IPv4.
 fn verdict(np: &NodePolicy, from: &str, to: &str, proto: Protocol, port: u16) -> bool {
+    verdict_over(Family::V4, np, from, to, proto, port)
+}
+
+/// What the rendered ruleset would do with a new connection `from` -> `to` over `family`
+/// (the IPv6 sets for IPv6: a pod without an IPv6 address fails the test).
+fn verdict_over(
+    family: Family,
+    np: &NodePolicy,
+    from: &str,
+    to: &str,
+    proto: Protocol,
+    port: u16,
+) -> bool {
+    if family == Family::V6 {
+        if from == to {
+            return true;
+        }
+        let find = |s: &str| {
+            let (ns, name) = s.split_once('/').unwrap_or((s, ""));
+            np.pods
+                .iter()
+                .find(|p| p.namespace == ns && p.name == name)
+                .expect("pod compiled")
+        };
+        let (src, dst) = (find(from), find(to));
+        let (sip, dip) = (
+            src.ip6.expect("dual-stack pod"),
+            dst.ip6.expect("dual-stack pod"),
+        );
+        let egress_ok = src
+            .egress
+            .as_ref()
+            .is_none_or(|a| set_allows6(&set_contents6(a), dip, proto, port));
+        let ingress_ok = dst
+            .ingress
+            .as_ref()
+            .is_none_or(|a| set_allows6(&set_contents6(a), sip, proto, port));
+        return egress_ok && ingress_ok;
+    }
     if from == to {
         return true; // never leaves the pod
     }
@@ -152,6 +216,11 @@ struct Case {
     expect: Expect,
 }
 
+/// Whether a case names an `ipBlock` (its IPv6 verdicts differ from the IPv4 ones).
+fn has_ip_block(policies: &[Value]) -> bool {
+    policies.iter().any(|p| p.to_string().contains("ipBlock"))
+}
+
 fn pods() -> Vec<String> {
     NS.iter()
         .flat_map(|ns| PODS.iter().map(move |p| format!("{ns}/{p}")))
@@ -159,6 +228,13 @@ fn pods() -> Vec<String> {
 }
 
 fn run(case: &Case) {
+    run_over(Family::V4, case);
+    if !has_ip_block(&case.policies) {
+        run_over(Family::V6, case);
+    }
+}
+
+fn run_over(family: Family, case: &Case) {
     let view = cluster(case.policies.clone(), case.overrides);
     let compiled = compile(&view, &all_local());
     assert!(
@@ -171,13 +247,13 @@ fn run(case: &Case) {
     let mut matrix = String::new();
     for (proto, port) in PROBES {
         matrix += &format!(
-            "{}/{port}  (observed vs expected; X = wrong)\n",
+            "{}/{port} over {family:?} (observed vs expected; X = wrong)\n",
             proto.nft_name()
         );
         for from in pods() {
             matrix += &format!("  {from}: ");
             for to in pods() {
-                let got = verdict(&compiled, &from, &to, proto, port);
+                let got = verdict_over(family, &compiled, &from, &to, proto, port);
                 let want = (case.expect)(&from, &to, proto, port) || from == to;
                 matrix += match (got, want) {
                     (true, true) => ".",
@@ -186,7 +262,7 @@ fn run(case: &Case) {
                 };
                 if got != want {
                     diffs.push(format!(
-                        "{from} -> {to} {}/{port}: got {got}, want {want}",
+                        "{from} -> {to} {}/{port} {family:?}: got {got}, want {want}",
                         proto.nft_name()
                     ));
                 }
@@ -648,7 +724,13 @@ fn host_network_and_terminated_pods() {
         .flatten()
         .map(|a| a.peer.clone())
         .collect();
-    assert_eq!(peers, vec![crate::Peer::Pod(ip_of("x", "a"))]);
+    assert_eq!(
+        peers,
+        vec![
+            crate::Peer::Pod(ip_of("x", "a")),
+            crate::Peer::Pod6(ip6_of("x", "a"))
+        ]
+    );
     let xb = c
         .pods
         .iter()
@@ -667,12 +749,13 @@ fn invalid_input_is_skipped_with_a_warning() {
                 {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}, {},
                           {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "bad"]}}]},
                 {"ports": [{"port": 80, "protocol": "ICMP"}, {"port": 90, "endPort": 85}]},
-                {"from": [{"ipBlock": {"cidr": "fd00::/8"}}]}]}),
+                {"from": [{"ipBlock": {"cidr": "fd00::/8", "except": ["10.0.0.0/8"]}},
+                          {"ipBlock": {"cidr": "fd00::/129"}}]}]}),
         )],
         &[],
     );
     let c = compile(&view, &all_local());
-    assert_eq!(c.warnings.len(), 5, "{:#?}", c.warnings);
+    assert_eq!(c.warnings.len(), 7, "{:#?}", c.warnings);
     let xa = c.pods.iter().find(|p| p.namespace == "x").expect("x pod");
     assert_eq!(
         xa.ingress,
@@ -795,4 +878,335 @@ fn allows_matches_what_the_sets_match() {
     });
     assert!(allows(&set, peer, 1, 0));
     assert!(!allows(&set, other, 6, 80), "the except hole");
+}
+
+/// One case with its own expectation per family.
+fn run_both(name: &str, policies: Vec<Value>, expect4: Expect, expect6: Expect) {
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    for (family, expect) in [(Family::V4, expect4), (Family::V6, expect6)] {
+        run_over(
+            family,
+            &Case {
+                name: leak(format!("{name} ({family:?})")),
+                policies: policies.clone(),
+                overrides: &[],
+                expect,
+            },
+        );
+    }
+}
+
+#[test]
+fn ipv6_ip_blocks_truth_tables() {
+    use Protocol::{Tcp, Udp};
+    // The IPv4 ipBlock cases of `netpol_truth_tables`, over IPv6: an IPv4 block matches no
+    // IPv6 address, so the isolated pod allows (sends) nothing over IPv6.
+    run_both(
+        "IPv4 ipBlock with except",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                   "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/16",
+                                                      "except": ["10.0.2.0/24", "10.0.1.11/32"]}}]}]}),
+        )],
+        |from, to, _, _| to != "x/a" || (ns_of(from) != "z" && from != "y/b"),
+        |_, to, _, _| to != "x/a",
+    );
+    run_both(
+        "IPv4 egress ipBlock with except",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"ipBlock": {"cidr": "10.0.1.0/24",
+                                                   "except": ["10.0.1.12/32"]}}],
+                               "ports": [{"port": 80}]}]}),
+        )],
+        |from, to, proto, port| {
+            from != "x/b" || (ns_of(to) == "y" && to != "y/c" && proto == Tcp && port == 80)
+        },
+        |from, _, _, _| from != "x/b",
+    );
+    // The same, written in IPv6: the mirror image.
+    run_both(
+        "IPv6 ipBlock with except",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                   "ingress": [{"from": [{"ipBlock": {"cidr": "fd00:10::/32",
+                                                      "except": ["fd00:10:2::/48", "fd00:10:1::b/128"]}}]}]}),
+        )],
+        |_, to, _, _| to != "x/a",
+        |from, to, _, _| to != "x/a" || (ns_of(from) != "z" && from != "y/b"),
+    );
+    run_both(
+        "IPv6 egress ipBlock with except, UDP ports 80-81",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {"matchLabels": {"pod": "b"}}, "policyTypes": ["Egress"],
+                   "egress": [{"to": [{"ipBlock": {"cidr": "fd00:10:1::/64",
+                                                   "except": ["fd00:10:1::c/127"]}}],
+                               "ports": [{"port": 80, "endPort": 81, "protocol": "UDP"}]}]}),
+        )],
+        |from, _, _, _| from != "x/b",
+        // fd00:10:1::c/127 = ::c and ::d: y/c only.
+        |from, to, proto, port| {
+            from != "x/b" || (ns_of(to) == "y" && to != "y/c" && proto == Udp && port != 53)
+        },
+    );
+    // Both families in one rule: IPv4 from y, IPv6 from z.
+    run_both(
+        "ipBlocks of both families in one rule",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {}, "ingress": [{"from": [
+                {"ipBlock": {"cidr": "10.0.1.0/24"}},
+                {"ipBlock": {"cidr": "fd00:10:2::/48"}}], "ports": [{"port": 81}]}]}),
+        )],
+        |from, to, proto, port| {
+            ns_of(to) != "x" || (ns_of(from) == "y" && proto == Tcp && port == 81)
+        },
+        |from, to, proto, port| {
+            ns_of(to) != "x" || (ns_of(from) == "z" && proto == Tcp && port == 81)
+        },
+    );
+    // `::/0` with a hole, and `0.0.0.0/0`: anyone but the hole.
+    run_both(
+        "::/0 except z's /48, and 0.0.0.0/0",
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {}, "ingress": [{"from": [
+                {"ipBlock": {"cidr": "::/0", "except": ["fd00:10:2::/48"]}},
+                {"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}),
+        )],
+        |_, _, _, _| true,
+        |from, to, _, _| ns_of(to) != "x" || ns_of(from) != "z",
+    );
+}
+
+#[test]
+fn a_pod_without_ipv6_is_no_ipv6_peer() {
+    // x/b has no IPv6 address (an IPv4-only pod in a dual-stack cluster): x/a's pod-selector
+    // rule allows b's IPv4 only, and the IPv6 sets hold only the other pods.
+    let mut view = cluster(
+        vec![np(
+            "x",
+            "p",
+            json!({"podSelector": {"matchLabels": {"pod": "a"}},
+                   "ingress": [{"from": [{"podSelector": {}}]}]}),
+        )],
+        &[],
+    );
+    for p in view.pods.iter_mut() {
+        if p.namespace == "x" && p.name == "b" {
+            p.ip6 = None;
+        }
+    }
+    let local: Vec<LocalPod> = all_local()
+        .into_iter()
+        .map(|l| {
+            if l.namespace == "x" && l.name == "b" {
+                l.with_ip6(None)
+            } else {
+                l
+            }
+        })
+        .collect();
+    let c = compile(&view, &local);
+    let xa = c
+        .pods
+        .iter()
+        .find(|p| p.namespace == "x" && p.name == "a")
+        .expect("x/a");
+    let ing = xa.ingress.as_ref().expect("isolated");
+    let v6 = set_contents6(ing);
+    let a6 = |p: &str| u128::from(ip6_of("x", p));
+    assert_eq!(v6.any, vec![(a6("a"), a6("a")), (a6("c"), a6("c"))]);
+    let v4 = set_contents(ing);
+    assert_eq!(v4.any.len(), 1, "x/a..x/c are adjacent: {:?}", v4.any);
+}
+
+#[test]
+fn ranges6_of_blocks() {
+    let p = crate::Peer::Block6 {
+        cidr: "fd00::/120".parse().expect("cidr"),
+        except: vec![
+            "fd00::/126".parse().expect("cidr"),
+            "fd00::80/121".parse().expect("cidr"),
+            "fe80::/10".parse().expect("cidr"),
+        ],
+    };
+    let a = |s: &str| u128::from(s.parse::<Ipv6Addr>().expect("ip"));
+    assert_eq!(p.ranges6(), vec![(a("fd00::4"), a("fd00::7f"))]);
+    assert!(p.ranges().is_empty(), "an IPv6 peer has no IPv4 range");
+    assert!(crate::Peer::anyone().ranges6().is_empty());
+    assert_eq!(crate::Peer::anyone6().ranges6(), vec![(0, u128::MAX)]);
+    assert_eq!(
+        crate::render::merge_ranges(vec![(5u128, u128::MAX), (0, 4), (7, 9)]),
+        vec![(0, u128::MAX)]
+    );
+}
+
+#[test]
+fn ipv6_render_shapes() {
+    // The JSON shapes the IPv6 twins use (docs/network-policy.md): `ipv6_addr` interval sets,
+    // `ip6 saddr`/`ip6 daddr` payload matches, prefix/range/single elements, concatenations.
+    let view = cluster(
+        vec![
+            np(
+                "x",
+                "in",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+                    {"from": [{"ipBlock": {"cidr": "::/0", "except": ["fd00:10:2::/48"]}}]},
+                    {"from": [{"namespaceSelector": {}}], "ports": [{"port": 80, "endPort": 81}]}]}),
+            ),
+            np(
+                "x",
+                "out",
+                json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                       "egress": [{"to": [{"ipBlock": {"cidr": "fd00:10:1::a/127"}}]}]}),
+            ),
+        ],
+        &[],
+    );
+    let c = compile(&view, &all_local());
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let xa = c
+        .pods
+        .iter()
+        .find(|p| p.namespace == "x" && p.name == "a")
+        .expect("x/a");
+    let veth = xa.host_veth.clone();
+    let r = crate::render::render(&c);
+    let objs = r["nftables"].as_array().expect("array");
+    let find = |kind: &str, name: &str| {
+        objs.iter()
+            .find(|o| o["add"][kind]["name"] == json!(name))
+            .cloned()
+    };
+    let set = find("set", &format!("ingress_{veth}_any6")).expect("any6 set");
+    assert_eq!(set["add"]["set"]["type"], json!("ipv6_addr"));
+    assert_eq!(set["add"]["set"]["flags"], json!(["interval"]));
+    let ports = find("set", &format!("ingress_{veth}_ports6")).expect("ports6 set");
+    assert_eq!(
+        ports["add"]["set"]["type"],
+        json!(["ipv6_addr", "inet_proto", "inet_service"])
+    );
+    let elems = |name: String| {
+        objs.iter()
+            .find(|o| o["add"]["element"]["name"] == json!(name))
+            .map(|o| o["add"]["element"]["elem"].clone())
+            .expect("elements")
+    };
+    // ::/0 minus fd00:10:2::/48 = two ranges.
+    assert_eq!(
+        elems(format!("ingress_{veth}_any6")),
+        json!([{"range": ["::", "fd00:10:1:ffff:ffff:ffff:ffff:ffff"]},
+               {"range": ["fd00:10:3::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"]}])
+    );
+    // Every pod on TCP 80-81 (the sets are not subtracted from each other), per namespace
+    // one range of adjacent addresses.
+    assert_eq!(
+        elems(format!("ingress_{veth}_ports6")),
+        json!([{"concat": [{"range": ["fd00:10::a", "fd00:10::c"]}, "tcp", {"range": [80, 81]}]},
+               {"concat": [{"range": ["fd00:10:1::a", "fd00:10:1::c"]}, "tcp", {"range": [80, 81]}]},
+               {"concat": [{"range": ["fd00:10:2::a", "fd00:10:2::c"]}, "tcp", {"range": [80, 81]}]}])
+    );
+    // Egress: a /127 is a prefix element; no ports6 set (nothing on ports).
+    assert_eq!(
+        elems(format!("egress_{veth}_any6")),
+        json!([{"prefix": {"addr": "fd00:10:1::a", "len": 127}}])
+    );
+    assert!(find("set", &format!("egress_{veth}_ports6")).is_none());
+    // The rules: `ip6 saddr @…` for ingress, `ip6 daddr @…` for egress, before the drop.
+    let rules: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["add"]["rule"]["chain"] == json!(format!("egress_{veth}")))
+        .collect();
+    assert_eq!(rules.len(), 4, "any, ports, any6, drop: {rules:?}");
+    assert_eq!(
+        rules[2]["add"]["rule"]["expr"],
+        json!([{"match": {"op": "==", "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                          "right": format!("@egress_{veth}_any6")}}, {"return": null}])
+    );
+    let ing: Vec<&Value> = objs
+        .iter()
+        .filter(|o| o["add"]["rule"]["chain"] == json!(format!("ingress_{veth}")))
+        .collect();
+    assert_eq!(ing.len(), 5, "any, ports, any6, ports6, drop");
+    assert_eq!(
+        ing[3]["add"]["rule"]["expr"][0]["match"]["left"],
+        json!({"concat": [{"payload": {"protocol": "ip6", "field": "saddr"}},
+                          {"meta": {"key": "l4proto"}},
+                          {"payload": {"protocol": "th", "field": "dport"}}]})
+    );
+    assert_eq!(ing[4]["add"]["rule"]["expr"], json!([{"drop": null}]));
+    // Everything but the verdict maps parses with the `nftables` crate's schema.
+    for o in objs.iter().filter(|o| !o["add"]["map"].is_object()) {
+        let parsed: Result<nftables::schema::NfObject, _> = serde_json::from_value(o.clone());
+        assert!(parsed.is_ok(), "{o}: {parsed:?}");
+    }
+    // An IPv4-only pod isolated in the same way renders no IPv6 set.
+    let view4 = {
+        let mut v = cluster(vec![], &[]);
+        for p in v.pods.iter_mut() {
+            p.ip6 = None;
+        }
+        v.policies = view.policies.clone();
+        v
+    };
+    let local4: Vec<LocalPod> = all_local().into_iter().map(|l| l.with_ip6(None)).collect();
+    let r4 = crate::render::render(&compile(&view4, &local4)).to_string();
+    assert!(!r4.contains(&format!("ingress_{veth}_ports6")), "{r4}");
+    // (the ipBlocks are IPv6: the any6 sets remain, with the blocks only)
+    assert!(r4.contains(&format!("ingress_{veth}_any6")));
+}
+
+#[test]
+fn allows_over_ipv6() {
+    use crate::compile::{allows, Allow, Peer, PortMatch};
+    use std::collections::BTreeSet;
+    let peer: Ipv6Addr = "fd00::7".parse().expect("literal");
+    let v4: Ipv4Addr = "10.0.0.7".parse().expect("literal");
+    let mut set = BTreeSet::new();
+    set.insert(Allow {
+        peer: Peer::Block6 {
+            cidr: "fd00::/120".parse().expect("literal"),
+            except: vec!["fd00::8/128".parse().expect("literal")],
+        },
+        port: PortMatch::Ports {
+            proto: Protocol::Tcp,
+            first: 80,
+            last: 81,
+        },
+    });
+    assert!(allows(&set, peer, 6, 81));
+    assert!(!allows(&set, peer, 17, 81), "UDP");
+    assert!(
+        !allows(&set, "fd00::8".parse::<Ipv6Addr>().expect("l"), 6, 80),
+        "except"
+    );
+    assert!(
+        !allows(&set, v4, 6, 80),
+        "an IPv6 block does not hold IPv4 addresses"
+    );
+    set.insert(Allow {
+        peer: Peer::Pod(v4),
+        port: PortMatch::Any,
+    });
+    assert!(allows(&set, v4, 1, 0));
+    assert!(
+        !allows(
+            &set,
+            "::ffff:10.0.0.7".parse::<Ipv6Addr>().expect("l"),
+            1,
+            0
+        ),
+        "mapped"
+    );
 }

@@ -4,7 +4,8 @@
 //! pair, and each node to its own pods, always allowed) must find no difference; and over
 //! `tests/netpol-selftest/`, whose expectations are deliberately wrong in a few cells (the
 //! matrix one each way; a recreated pod's first packets; a held connection), it must exit 1
-//! naming exactly those — the harness can fail.
+//! naming exactly those — the harness can fail. The same cases once more in the dual-stack lab
+//! with every probe over IPv6 (`--ipv6`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,6 +18,11 @@ fn repo() -> PathBuf {
 
 /// Runs the script with `--json` over `cases`; (exit code, parsed report, stderr).
 fn run(cases: &str) -> (Option<i32>, Value, String) {
+    run_with(&[], cases)
+}
+
+/// [`run`] with extra flags (`--ipv6`).
+fn run_with(flags: &[&str], cases: &str) -> (Option<i32>, Value, String) {
     let bin_dir = vpcnet_tests::bin("netpol-matrix")
         .parent()
         .expect("bin dir")
@@ -25,6 +31,7 @@ fn run(cases: &str) -> (Option<i32>, Value, String) {
     vpcnet_tests::bin("netpol-probe");
     let out = Command::new(repo().join("scripts/netpol-matrix.sh"))
         .arg("--json")
+        .args(flags)
         .arg(repo().join(cases))
         .env("VPCNET_BIN_DIR", &bin_dir)
         .output()
@@ -54,7 +61,17 @@ fn differences(case: &Value) -> Vec<Diff> {
 
 #[test]
 fn every_case_of_tests_netpol_matches_its_truth_table() {
-    let (code, report, stderr) = run("tests/netpol");
+    every_case_matches(&[], "ipv4");
+}
+
+#[test]
+fn every_case_of_tests_netpol_matches_over_ipv6() {
+    every_case_matches(&["--ipv6"], "ipv6");
+}
+
+fn every_case_matches(flags: &[&str], family: &str) {
+    let (code, report, stderr) = run_with(flags, "tests/netpol");
+    assert_eq!(report["family"], family, "{report:#}");
     let cases = report["cases"].as_array().expect("cases");
     let files = std::fs::read_dir(repo().join("tests/netpol"))
         .expect("tests/netpol")

@@ -178,6 +178,7 @@ pub fn sample_policy() -> NodePolicy {
         namespace: "x".into(),
         name: name.into(),
         ip: Ipv4Addr::from(ip),
+        ip6: None,
         host_veth: veth.into(),
         ingress: None,
         egress: None,
@@ -217,6 +218,11 @@ pub fn sample_policy() -> NodePolicy {
         allow(Peer::anyone(), PortMatch::Any),
         allow(
             Peer::Pod(Ipv4Addr::new(10, 9, 1, 7)),
+            ports(Protocol::Tcp, 443, 443),
+        ),
+        // Dual-stack: c's IPv6 twin sets exist (a removal must take them out too).
+        allow(
+            Peer::Pod6("fd00:9::1:7".parse().expect("v6")),
             ports(Protocol::Tcp, 443, 443),
         ),
     ]));
@@ -478,6 +484,7 @@ fn big_policy() -> NodePolicy {
                 namespace: format!("ns{policy}"),
                 name: format!("p{i}"),
                 ip: Ipv4Addr::from(0x0a09_0000 + i),
+                ip6: None,
                 host_veth: format!("veth{i:010x}"),
                 ingress: Some(peers.clone()),
                 egress: Some(peers),

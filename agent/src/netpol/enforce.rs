@@ -15,7 +15,7 @@
 //!   table keeps the last one applied (one transaction: all or nothing).
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -252,6 +252,8 @@ impl Enforcer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tightened {
     pub ip: Ipv4Addr,
+    /// Its IPv6 address (a dual-stack pod): its IPv6 connections are checked too.
+    pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     /// The new ingress rules, when they changed to an isolating set.
     pub ingress: Option<BTreeSet<Allow>>,
@@ -269,13 +271,14 @@ fn tightened(old: &NodePolicy, new: &NodePolicy) -> Vec<Tightened> {
             let op = old
                 .pods
                 .iter()
-                .find(|o| o.host_veth == np.host_veth && o.ip == np.ip);
+                .find(|o| o.host_veth == np.host_veth && o.ip == np.ip && o.ip6 == np.ip6);
             let changed = |o: Option<&BTreeSet<Allow>>, n: &Option<BTreeSet<Allow>>| match n {
                 Some(set) if o != Some(set) => Some(set.clone()),
                 _ => None,
             };
             let t = Tightened {
                 ip: np.ip,
+                ip6: np.ip6,
                 host_veth: np.host_veth.clone(),
                 ingress: changed(op.and_then(|o| o.ingress.as_ref()), &np.ingress),
                 egress: changed(op.and_then(|o| o.egress.as_ref()), &np.egress),
@@ -294,7 +297,12 @@ fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
         .filter_map(|a| {
             let ns = a.meta.namespace.as_deref()?;
             let name = a.meta.name.as_deref()?;
-            Some(LocalPod::new(ns, name, a.ip, &a.key))
+            let ip6 = st
+                .pool6
+                .as_ref()
+                .and_then(|p6| p6.get(&a.key))
+                .map(|a6| a6.ip);
+            Some(LocalPod::new(ns, name, a.ip, &a.key).with_ip6(ip6))
         })
         .collect();
     v.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
@@ -418,7 +426,7 @@ pub async fn run<D: Datastore>(node: Arc<Node<D>>, source: Source, inbox: admit:
         // The ADDs first: a pod just admitted has no connection to check.
         let fresh = answer(&e, last_error.as_deref(), &mut pending);
         tightened.retain(|t| !fresh.contains(&t.host_veth));
-        flush(tightened, node.ip()).await;
+        flush(tightened, node.ip(), node.ip6()).await;
         report(&node, &e, &shared, &health, last_error.as_deref());
     }
 }
@@ -525,11 +533,12 @@ async fn apply(
 }
 
 /// Removes the conntrack entries the rules just applied no longer allow ([`flush_disallowed`]).
-async fn flush(tightened: Vec<Tightened>, node_ip: Option<Ipv4Addr>) {
+async fn flush(tightened: Vec<Tightened>, node_ip: Option<Ipv4Addr>, node_ip6: Option<Ipv6Addr>) {
     if tightened.is_empty() {
         return;
     }
-    let r = tokio::task::spawn_blocking(move || flush_disallowed(&tightened, node_ip)).await;
+    let r =
+        tokio::task::spawn_blocking(move || flush_disallowed(&tightened, node_ip, node_ip6)).await;
     match r {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => {
@@ -591,30 +600,43 @@ fn answer(
 /// that port; for egress, the connections the pod opened (`orig.src`) to a peer and port
 /// the rules do not allow. Connections of the other direction are the pod's own business
 /// (replies are never filtered). Connections with the node's own address `node_ip` are
-/// never filtered (input/output hooks) and stay. Returns how many were deleted.
+/// never filtered (input/output hooks) and stay; likewise its IPv6 address `node_ip6`.
+/// Both families: a dual-stack pod's IPv6 connections are checked against its address
+/// `ip6`. Returns how many were deleted.
 pub fn flush_disallowed(
     tightened: &[Tightened],
     node_ip: Option<Ipv4Addr>,
+    node_ip6: Option<Ipv6Addr>,
 ) -> Result<usize, vpcnet_netlink::NetlinkError> {
-    use std::net::IpAddr;
-    vpcnet_netlink::conntrack::delete_where(false, |f| {
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (f.orig.src, f.reply.src) else {
-            return false;
+    let doomed = |f: &vpcnet_netlink::conntrack::Flow| {
+        let (src, dst) = (f.orig.src, f.reply.src);
+        let node = |a: IpAddr| match a {
+            IpAddr::V4(a) => node_ip == Some(a),
+            IpAddr::V6(a) => node_ip6 == Some(a),
         };
-        if node_ip.is_some_and(|n| n == src || n == dst) {
+        if node(src) || node(dst) || src.is_ipv4() != dst.is_ipv4() {
             return false;
         }
         let port = f.reply.sport;
         tightened.iter().any(|t| {
+            let me = |a: IpAddr| match a {
+                IpAddr::V4(a) => a == t.ip,
+                IpAddr::V6(a) => t.ip6 == Some(a),
+            };
             let ingress = t.ingress.as_ref().is_some_and(|a| {
-                dst == t.ip && src != t.ip && !vpcnet_policy::allows(a, src, f.proto, port)
+                me(dst) && !me(src) && !vpcnet_policy::allows(a, src, f.proto, port)
             });
             let egress = t.egress.as_ref().is_some_and(|a| {
-                src == t.ip && dst != t.ip && !vpcnet_policy::allows(a, dst, f.proto, port)
+                me(src) && !me(dst) && !vpcnet_policy::allows(a, dst, f.proto, port)
             });
             ingress || egress
         })
-    })
+    };
+    let mut n = vpcnet_netlink::conntrack::delete_where(false, doomed)?;
+    if tightened.iter().any(|t| t.ip6.is_some()) {
+        n += vpcnet_netlink::conntrack::delete_where(true, doomed)?;
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -672,6 +694,60 @@ mod tests {
         )]))));
         let p = e.plan(vec![local("x", "a", "10.0.0.1", "c1")]).unwrap();
         assert_eq!(p.pods, 1);
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_tightened_with_its_ipv6_address_and_rendered_with_ipv6_sets() {
+        let mut e = Enforcer::default();
+        e.input(Input::Pods(Box::new(Event::Listed(vec![
+            pod("x", "a", "10.0.0.1"),
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "b", "labels": {"pod": "b"}},
+                "spec": {"containers": []},
+                "status": {"podIP": "10.0.0.2", "podIPs": [{"ip": "10.0.0.2"}, {"ip": "fd00::2"}]},
+            }))
+            .unwrap(),
+        ]))));
+        e.input(Input::Namespaces(Box::new(Event::Listed(vec![]))));
+        e.input(Input::Policies(Box::new(Event::Listed(vec![
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "from-b"},
+                "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]},
+            }))
+            .unwrap(),
+        ]))));
+        // a's IPv6 address comes from the node (its IPv6 pool), not the API.
+        let a = vec![local("x", "a", "10.0.0.1", "c1").with_ip6(Some("fd00::1".parse().unwrap()))];
+        let p = e.plan(a).unwrap();
+        assert!(p.text.contains("ipv6_addr"), "{}", p.text);
+        assert!(
+            p.text.contains("\"fd00::2\""),
+            "b's IPv6 address is a peer: {}",
+            p.text
+        );
+        let (_, tightened) = e.applied(p);
+        assert_eq!(tightened.len(), 1);
+        assert_eq!(tightened[0].ip6, Some("fd00::1".parse().unwrap()));
+        let ing = tightened[0].ingress.as_ref().unwrap();
+        assert!(vpcnet_policy::allows(
+            ing,
+            "fd00::2".parse::<Ipv6Addr>().unwrap(),
+            6,
+            80
+        ));
+        assert!(!vpcnet_policy::allows(
+            ing,
+            "fd00::3".parse::<Ipv6Addr>().unwrap(),
+            6,
+            80
+        ));
+        assert!(vpcnet_policy::allows(
+            ing,
+            "10.0.0.2".parse::<Ipv4Addr>().unwrap(),
+            6,
+            80
+        ));
     }
 
     #[test]

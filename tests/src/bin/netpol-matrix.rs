@@ -1,8 +1,14 @@
 //! The NetworkPolicy truth-table lab (issue 13), driven by `scripts/netpol-matrix.sh`:
 //!
 //! ```text
-//! netpol-matrix [--json] CASE_OR_DIR...
+//! netpol-matrix [--json] [--ipv6] CASE_OR_DIR...
 //! ```
+//!
+//! `--ipv6`: the same lab dual-stack (VPC `10.240.0.0/16` and `fd00:70::/64`, an IPv6 underlay
+//! `fd00:199::1k` on every node given to its agent as IPv6 `--node-ip`, the pods published
+//! with both addresses in `status.podIPs`), every probe over IPv6: the pods' IPv6 addresses,
+//! and `${x/a}`, `${vpc}`, `${hostlen}` in a case stand for the IPv6 address, the IPv6 VPC
+//! and 128 (32 in the IPv4 lab).
 //!
 //! Builds the lab once — the multi-node [`Cluster`] (a switch, 3 node namespaces, etcd), one
 //! fake Kubernetes API server (`tests/datastore_contract/fake_kube.rs`, served over HTTP on
@@ -29,10 +35,11 @@ mod fake_kube;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use fake_kube::FakeApiServer;
@@ -56,6 +63,28 @@ const NODES: usize = 3;
 /// The nodes as sources of node-to-pod probes (cell source index `PODS.len() + k - 1`).
 const NODE_NAMES: [&str; NODES] = ["node1", "node2", "node3"];
 const VPC: &str = "10.240.0.0/16";
+/// The IPv6 VPC of the `--ipv6` lab.
+const VPC6: &str = "fd00:70::/64";
+/// Whether this run is the `--ipv6` lab (set once in `main`).
+static IPV6: OnceLock<bool> = OnceLock::new();
+
+fn ipv6() -> bool {
+    IPV6.get().copied().unwrap_or(false)
+}
+
+/// Node `k`'s IPv6 underlay address (the `--ipv6` lab).
+fn node_ip6(k: usize) -> Ipv6Addr {
+    let low = u16::try_from(0x10 + k).unwrap_or(0xffff);
+    Ipv6Addr::new(0xfd00, 0x199, 0, 0, 0, 0, 0, low)
+}
+
+/// The IPv6 address of an ADD result, if any.
+fn result_ip6(out: &vpcnet_tests::CniOutput) -> Option<Ipv6Addr> {
+    out.json["ips"].as_array()?.iter().find_map(|ip| {
+        let a = ip["address"].as_str()?;
+        a.split('/').next()?.parse::<Ipv6Addr>().ok()
+    })
+}
 /// Every agent's /metrics, inside its node's namespace.
 const METRICS: &str = "127.0.0.1:9961";
 /// How long each probe may take (TCP connect + reply; UDP echo, datagram resent every 250 ms).
@@ -455,6 +484,8 @@ struct LabPod {
     node: usize,
     netns: String,
     ip: Ipv4Addr,
+    /// Its IPv6 address (the `--ipv6` lab).
+    ip6: Option<Ipv6Addr>,
     /// Its container ID: `np-<ns>-<pod>`, then `…-<n>` once recreated (a new pod: a new ID,
     /// so a new host veth).
     cid: String,
@@ -489,8 +520,31 @@ fn pod_object(p: &LabPod, node: &str, labels: &Map<String, Value>) -> Value {
         "metadata": {"namespace": p.namespace, "name": p.pod, "labels": labels},
         "spec": {"nodeName": node, "containers": [{"name": "c", "ports": ports}]},
         "status": {"phase": "Running", "podIP": p.ip.to_string(),
-                   "podIPs": [{"ip": p.ip.to_string()}]},
+                   "podIPs": pod_ips(p)},
     })
+}
+
+fn pod_ips(p: &LabPod) -> Vec<Value> {
+    let mut v = vec![json!({"ip": p.ip.to_string()})];
+    if let Some(ip6) = p.ip6 {
+        v.push(json!({"ip": ip6.to_string()}));
+    }
+    v
+}
+
+impl LabPod {
+    /// The address the probes use: IPv6 in the `--ipv6` lab.
+    fn addr(&self) -> IpAddr {
+        match (ipv6(), self.ip6) {
+            (true, Some(ip6)) => IpAddr::V6(ip6),
+            _ => IpAddr::V4(self.ip),
+        }
+    }
+
+    /// `addr:port` as a socket address string (`[v6]:port`).
+    fn target(&self, port: u16) -> String {
+        std::net::SocketAddr::new(self.addr(), port).to_string()
+    }
 }
 
 fn default_ns_labels(ns: &str) -> Map<String, Value> {
@@ -508,7 +562,21 @@ fn default_pod_labels(pod: &str) -> Map<String, Value> {
 impl MatrixLab {
     fn build() -> MatrixLab {
         let t0 = Instant::now();
-        let cluster = Cluster::new(NODES, VPC);
+        let cluster = if ipv6() {
+            let c = Cluster::new(NODES, &format!("{VPC},{VPC6}"));
+            for k in 1..=NODES {
+                let out = Command::new("ip")
+                    .args(["-n", &c.node(k).ns, "addr", "add"])
+                    .arg(format!("{}/64", node_ip6(k)))
+                    .args(["dev", "eth0", "nodad"])
+                    .status()
+                    .expect("ip addr add");
+                assert!(out.success(), "node{k}: adding its IPv6 underlay address");
+            }
+            c
+        } else {
+            Cluster::new(NODES, VPC)
+        };
         let api = FakeApiServer::new();
         let sw = cluster.switch_ns().to_string();
         let listener = in_netns(Some(&sw), || std::net::TcpListener::bind((SWITCH_IP, 0)))
@@ -550,7 +618,7 @@ impl MatrixLab {
             recreated: 0,
         };
         let kc = kc.display().to_string();
-        lab.cluster.start_agents(&[
+        let args = [
             "--peer-sync-interval",
             "1s",
             "--network-policy=true",
@@ -558,7 +626,17 @@ impl MatrixLab {
             &kc,
             "--metrics-addr",
             METRICS,
-        ]);
+        ];
+        if ipv6() {
+            for k in 1..=NODES {
+                let ip6 = node_ip6(k).to_string();
+                let mut a = vec!["--node-ip", ip6.as_str()];
+                a.extend_from_slice(&args);
+                lab.cluster.start_agent(k, &a);
+            }
+        } else {
+            lab.cluster.start_agents(&args);
+        }
         // Pod namespaces, then every ADD through the real plugin at once.
         let slots: Vec<(usize, String)> = (0..PODS.len())
             .map(|i| {
@@ -587,9 +665,17 @@ impl MatrixLab {
                 Some(CNI_TIMEOUT_S),
             );
             out.expect_ok(&format!("ADD {} on {}", PODS[*i], n.name));
-            out.ip().expect("ADD result has an address")
+            let ip = out.ip().expect("ADD result has an address");
+            let ip6 = result_ip6(&out);
+            assert!(
+                !ipv6() || ip6.is_some(),
+                "ADD {}: no IPv6 address in a dual-stack lab: {}",
+                PODS[*i],
+                out.stdout
+            );
+            (ip, ip6)
         });
-        for ((i, netns), ip) in slots.into_iter().zip(ips) {
+        for ((i, netns), (ip, ip6)) in slots.into_iter().zip(ips) {
             let (namespace, pod) = PODS[i].split_once('/').expect("ns/pod");
             lab.pods.push(LabPod {
                 name: PODS[i],
@@ -598,6 +684,7 @@ impl MatrixLab {
                 node: node_of(i),
                 netns,
                 ip,
+                ip6,
                 cid: format!("np-{namespace}-{pod}"),
             });
         }
@@ -606,12 +693,39 @@ impl MatrixLab {
             lab.api
                 .put("Pod", pod_object(p, node, &default_pod_labels(p.pod)));
         }
-        if let Err(e) = lab.cluster.wait_consistent(Duration::from_secs(30)) {
-            panic!("the nodes' routes did not converge: {e}");
+        // IPv4 claims and routes (the check knows IPv4 pools only: the dual-stack lab waits
+        // for reachability below instead).
+        if !ipv6() {
+            if let Err(e) = lab.cluster.wait_consistent(Duration::from_secs(30)) {
+                panic!("the nodes' routes did not converge: {e}");
+            }
         }
         for p in &lab.pods {
             let server = start_server(&p.netns, p.name).unwrap_or_else(|e| panic!("{e}"));
             lab.servers.push(server);
+        }
+        if ipv6() {
+            // No policy yet: every pod reaches every pod over IPv6 once the IPv6 prefix
+            // routes are in (the peers loop installs them from etcd).
+            let cells: Vec<(usize, usize, usize)> = (0..PODS.len())
+                .flat_map(|f| (0..PODS.len()).map(move |t| (f, t, 0)))
+                .collect();
+            let t0 = Instant::now();
+            loop {
+                let ok = lab.probe(&cells);
+                if ok.iter().all(|b| *b) {
+                    break;
+                }
+                if t0.elapsed() > Duration::from_secs(30) {
+                    lab.cluster.dump_logs(30);
+                    panic!(
+                        "IPv6: {} of {} pod pairs still unreachable after 30 s",
+                        ok.iter().filter(|b| !**b).count(),
+                        ok.len()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         // Every node's agent in sync with the API (its first ruleset in the kernel).
         for k in 1..=NODES {
@@ -629,7 +743,7 @@ impl MatrixLab {
             t0.elapsed().as_secs_f64(),
             lab.pods
                 .iter()
-                .map(|p| format!("{} node{} {}", p.name, p.node, p.ip))
+                .map(|p| format!("{} node{} {}", p.name, p.node, p.addr()))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -641,9 +755,10 @@ impl MatrixLab {
         let mut m: BTreeMap<String, String> = self
             .pods
             .iter()
-            .map(|p| (p.name.to_string(), p.ip.to_string()))
+            .map(|p| (p.name.to_string(), p.addr().to_string()))
             .collect();
-        m.insert("vpc".into(), VPC.into());
+        m.insert("vpc".into(), if ipv6() { VPC6 } else { VPC }.into());
+        m.insert("hostlen".into(), if ipv6() { "128" } else { "32" }.into());
         m
     }
 
@@ -751,7 +866,7 @@ impl MatrixLab {
         let base = u16::try_from(base).expect("below 60000");
         let target = |to: usize, port: usize| {
             let (_, proto, p) = PORTS[port];
-            format!("{proto}:{}:{p}", self.pods[to].ip)
+            format!("{proto}:{}", self.pods[to].target(p))
         };
         let by_from: Vec<(String, usize, Vec<String>)> = (0..PODS.len() + NODES)
             .map(|f| {
@@ -844,6 +959,10 @@ impl MatrixLab {
             if verb == "ADD" {
                 let ip = out.ip().ok_or_else(|| format!("ADD {name}: no address"))?;
                 self.pods[i].ip = ip;
+                self.pods[i].ip6 = result_ip6(&out);
+                if ipv6() && self.pods[i].ip6.is_none() {
+                    return Err(format!("ADD {name}: no IPv6 address"));
+                }
                 self.pods[i].cid = new_cid.clone();
                 self.pods[i].netns = new_netns.clone();
             }
@@ -864,7 +983,7 @@ impl MatrixLab {
                 "hold",
                 &PROBE_TIMEOUT_MS.to_string(),
                 &src.to_string(),
-                &format!("{}:{p}", self.pods[t].ip),
+                &self.pods[t].target(p),
             ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1329,12 +1448,12 @@ impl CaseResult {
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
-    let json_out = args.first().is_some_and(|a| a == "--json");
-    if json_out {
-        args.remove(0);
-    }
+    let json_out = args.iter().any(|a| a == "--json");
+    let v6 = args.iter().any(|a| a == "--ipv6");
+    args.retain(|a| a != "--json" && a != "--ipv6");
+    let _ = IPV6.set(v6);
     if args.is_empty() || args.iter().any(|a| a.starts_with('-')) {
-        eprintln!("usage: netpol-matrix [--json] CASE_OR_DIR...");
+        eprintln!("usage: netpol-matrix [--json] [--ipv6] CASE_OR_DIR...");
         return ExitCode::from(2);
     }
     let cases = match case_files(&args).and_then(|files| {
@@ -1369,6 +1488,7 @@ fn main() -> ExitCode {
     if json_out {
         let v = json!({
             "ok": failed.is_empty(),
+            "family": if ipv6() { "ipv6" } else { "ipv4" },
             "seconds": (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "cases": results.iter().map(CaseResult::json).collect::<Vec<_>>(),
         });

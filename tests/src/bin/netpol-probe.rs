@@ -23,7 +23,7 @@
 //! ruleset allowed more) answers for this one.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             let (Ok(ms), Ok(src), Ok(to)) = (
                 args[1].parse::<u64>(),
                 args[2].parse::<u16>(),
-                args[3].parse::<SocketAddrV4>(),
+                args[3].parse::<SocketAddr>(),
             ) else {
                 return usage();
             };
@@ -70,15 +70,22 @@ fn serve(name: &str, ports: &[String]) -> ExitCode {
         }
     };
     let mut handles = Vec::new();
-    for port in ports {
-        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
-        let (tcp, udp) = match (TcpListener::bind(any), UdpSocket::bind(any)) {
-            (Ok(t), Ok(u)) => (t, u),
+    // IPv4 always; IPv6 (a dual-stack pod) where the namespace has it.
+    let mut listeners = Vec::new();
+    for port in &ports {
+        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, *port));
+        match (TcpListener::bind(any), UdpSocket::bind(any)) {
+            (Ok(t), Ok(u)) => listeners.push((*port, t, u)),
             (Err(e), _) | (_, Err(e)) => {
                 eprintln!("netpol-probe: binding port {port}: {e}");
                 return ExitCode::FAILURE;
             }
-        };
+        }
+        if let Some((t, u)) = bind6(*port) {
+            listeners.push((*port, t, u));
+        }
+    }
+    for (_, tcp, udp) in listeners {
         let reply = name.as_bytes().to_vec();
         handles.push(std::thread::spawn(move || {
             for mut conn in tcp.incoming().flatten() {
@@ -115,8 +122,23 @@ fn serve(name: &str, ports: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// One target: "tcp:IP:PORT" / "udp:IP:PORT".
-fn parse_target(t: &str) -> Option<(bool, SocketAddrV4)> {
+/// TCP and UDP on `[::]:port`, IPv6 only (the IPv4 sockets are separate); `None` where the
+/// namespace has no IPv6.
+fn bind6(port: u16) -> Option<(TcpListener, UdpSocket)> {
+    let any: socket2::SockAddr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into();
+    let t = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP)).ok()?;
+    t.set_only_v6(true).ok()?;
+    t.set_reuse_address(true).ok()?;
+    t.bind(&any).ok()?;
+    t.listen(128).ok()?;
+    let u = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    u.set_only_v6(true).ok()?;
+    u.bind(&any).ok()?;
+    Some((t.into(), u.into()))
+}
+
+/// One target: "tcp:IP:PORT" / "udp:IP:PORT" (`[IPv6]:PORT` for IPv6).
+fn parse_target(t: &str) -> Option<(bool, SocketAddr)> {
     let (proto, addr) = t.split_once(':')?;
     let tcp = match proto {
         "tcp" => true,
@@ -164,19 +186,22 @@ fn probe(timeout: Duration, base: u16, targets: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn bound(ty: Type, proto: Protocol, src: u16) -> Option<Socket> {
-    let s = Socket::new(Domain::IPV4, ty, Some(proto)).ok()?;
+fn bound(ty: Type, proto: Protocol, src: u16, v6: bool) -> Option<Socket> {
+    let (domain, any) = if v6 {
+        (Domain::IPV6, SocketAddr::from((Ipv6Addr::UNSPECIFIED, src)))
+    } else {
+        (Domain::IPV4, SocketAddr::from((Ipv4Addr::UNSPECIFIED, src)))
+    };
+    let s = Socket::new(domain, ty, Some(proto)).ok()?;
     s.set_reuse_address(true).ok()?;
-    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, src)).into())
-        .ok()?;
+    s.bind(&any.into()).ok()?;
     Some(s)
 }
 
-fn probe_tcp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
+fn probe_tcp(to: SocketAddr, src: u16, timeout: Duration) -> Option<String> {
     let start = Instant::now();
-    let s = bound(Type::STREAM, Protocol::TCP, src)?;
-    s.connect_timeout(&SocketAddr::V4(to).into(), timeout)
-        .ok()?;
+    let s = bound(Type::STREAM, Protocol::TCP, src, to.is_ipv6())?;
+    s.connect_timeout(&to.into(), timeout).ok()?;
     let left = timeout.checked_sub(start.elapsed())?;
     let mut stream: std::net::TcpStream = s.into();
     stream
@@ -188,12 +213,11 @@ fn probe_tcp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
     (n > 0).then(|| String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-fn hold(timeout: Duration, src: u16, to: SocketAddrV4) -> ExitCode {
+fn hold(timeout: Duration, src: u16, to: SocketAddr) -> ExitCode {
     let start = Instant::now();
     let open = || -> Option<(std::net::TcpStream, String)> {
-        let s = bound(Type::STREAM, Protocol::TCP, src)?;
-        s.connect_timeout(&SocketAddr::V4(to).into(), timeout)
-            .ok()?;
+        let s = bound(Type::STREAM, Protocol::TCP, src, to.is_ipv6())?;
+        s.connect_timeout(&to.into(), timeout).ok()?;
         let mut stream: std::net::TcpStream = s.into();
         let left = timeout.checked_sub(start.elapsed())?;
         stream
@@ -227,9 +251,9 @@ fn hold(timeout: Duration, src: u16, to: SocketAddrV4) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn probe_udp(to: SocketAddrV4, src: u16, timeout: Duration) -> Option<String> {
+fn probe_udp(to: SocketAddr, src: u16, timeout: Duration) -> Option<String> {
     let start = Instant::now();
-    let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src)?.into();
+    let s: UdpSocket = bound(Type::DGRAM, Protocol::UDP, src, to.is_ipv6())?.into();
     s.connect(to).ok()?;
     let mut buf = [0u8; 64];
     while start.elapsed() < timeout {
