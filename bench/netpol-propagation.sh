@@ -14,34 +14,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/as-root.sh" "$0" "$@"
-BIN_DIR=${VPCNET_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}
-for b in vpcnet vpcnetd netpol-bench netpol-probe; do
-  [ -x "$BIN_DIR/$b" ] || { echo "$0: $BIN_DIR/$b missing: run cargo build --workspace --bins first" >&2; exit 2; }
-done
-for t in ip nft etcd iperf3; do
-  command -v "$t" >/dev/null || { echo "$0: $t not found (scripts/deps.sh installs it)" >&2; exit 2; }
-done
-export VPCNET_BIN_DIR=$BIN_DIR
-pid=
-cleanup() {
-  set +e
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  # What the driver could not remove itself (it was killed): its namespaces are vt<pid>x….
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^vt${pid}x"); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-  done
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^vt${pid}x" | sort -r); do
-    ip netns del "$ns" 2>/dev/null
-  done
-  rm -rf "${TMPDIR:-/tmp}"/vpcnet-tests/vt"${pid}"x* 2>/dev/null
-  return 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. "$ROOT/scripts/netpol-lab.sh"
+netpol_lab_need "vpcnet vpcnetd netpol-bench netpol-probe" "ip nft etcd iperf3"
 echo "# $(date -u +%FT%TZ) $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores, bins $BIN_DIR"
-"$BIN_DIR/netpol-bench" propagation "${1:-55}" &
-pid=$!
-rc=0
-wait "$pid" || rc=$?
-exit "$rc"
+netpol_lab_run netpol-bench propagation "${1:-55}"

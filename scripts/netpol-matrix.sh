@@ -12,33 +12,6 @@
 set -euo pipefail
 . "$(dirname "$0")/as-root.sh" "$0" "$@"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN_DIR=${VPCNET_BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/debug}
-for b in vpcnet vpcnetd netpol-matrix netpol-probe; do
-  [ -x "$BIN_DIR/$b" ] || { echo "netpol-matrix.sh: $BIN_DIR/$b missing: run cargo build --workspace --bins first" >&2; exit 2; }
-done
-for t in ip nft etcd; do
-  command -v "$t" >/dev/null || { echo "netpol-matrix.sh: $t not found (scripts/deps.sh installs it)" >&2; exit 2; }
-done
-export VPCNET_BIN_DIR=$BIN_DIR
-pid=
-cleanup() {
-  set +e
-  [ -n "$pid" ] || return 0
-  kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  # What the driver could not remove itself (it was killed): its namespaces are vt<pid>x….
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^vt${pid}x"); do
-    for p in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$p" 2>/dev/null; done
-  done
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^vt${pid}x" | sort -r); do
-    ip netns del "$ns" 2>/dev/null
-  done
-  rm -rf "${TMPDIR:-/tmp}"/vpcnet-tests/vt"${pid}"x* 2>/dev/null
-  return 0
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-"$BIN_DIR/netpol-matrix" "$@" &
-pid=$!
-rc=0
-wait "$pid" || rc=$?
-exit "$rc"
+. "$ROOT/scripts/netpol-lab.sh"
+netpol_lab_need "vpcnet vpcnetd netpol-matrix netpol-probe" "ip nft etcd"
+netpol_lab_run netpol-matrix "$@"

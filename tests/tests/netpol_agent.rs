@@ -19,20 +19,9 @@ mod fake_kube;
 
 use fake_kube::FakeApiServer;
 
-/// Starts `server` over HTTP on 127.0.0.1 inside namespace `ns` (a thread with its own
-/// runtime, living until the test process ends); returns the port.
+/// Starts `server` over HTTP on 127.0.0.1 inside namespace `ns`; returns the port.
 fn serve_in(ns: &str, server: Arc<FakeApiServer>) -> u16 {
-    let listener = in_netns(Some(ns), || std::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("binding the fake API server in the lab");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(fake_kube::serve_http(server, listener));
-    });
-    port
+    fake_kube::serve_http_in(ns, std::net::Ipv4Addr::LOCALHOST.into(), server)
 }
 
 /// ADD through the real plugin with the pod's namespace and name in CNI_ARGS, as a runtime
@@ -76,18 +65,11 @@ fn metric(host: &str, name: &str) -> Option<f64> {
 
 /// Writes a kubeconfig for the fake API server at `port` into the lab's dir.
 fn kubeconfig(lab: &Lab, port: u16) -> String {
-    let path = lab.dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: http://127.0.0.1:{port}\n\
-             users:\n- name: u\n  user:\n    token: t\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
-        ),
+    fake_kube::write_kubeconfig(
+        &lab.dir.join("kubeconfig"),
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        port,
     )
-    .expect("kubeconfig");
-    path.display().to_string()
 }
 
 fn pod_object(namespace: &str, name: &str, node: &str, ip: &str) -> serde_json::Value {

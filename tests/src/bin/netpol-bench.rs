@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use fake_kube::FakeApiServer;
 use serde_json::{json, Value};
 use vpcnet_tests::cluster::{Cluster, CNI_TIMEOUT_S, SWITCH_IP};
-use vpcnet_tests::{bin, cni, host_veth_name, in_netns, netns, par_map, Proc};
+use vpcnet_tests::{bin, cni, host_veth_name, netns, par_map, Proc};
 
 const VPC: &str = "10.240.0.0/16";
 const METRICS: &str = "127.0.0.1:9961";
@@ -123,35 +123,14 @@ impl Lab {
     fn build(nodes: usize) -> Lab {
         let cluster = Cluster::new(nodes, VPC);
         let api = FakeApiServer::new();
-        let sw = cluster.switch_ns().to_string();
-        let listener = in_netns(Some(&sw), || std::net::TcpListener::bind((SWITCH_IP, 0)))
-            .expect("binding the fake API server on the switch");
-        let port = listener.local_addr().expect("addr").port();
-        let server = api.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(fake_kube::serve_http(server, listener));
-        });
-        let kc = cluster.dir.join("kubeconfig");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: http://{SWITCH_IP}:{port}\n\
-                 users:\n- name: u\n  user:\n    token: t\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
-            ),
-        )
-        .expect("kubeconfig");
+        let port = fake_kube::serve_http_in(cluster.switch_ns(), SWITCH_IP.into(), api.clone());
+        let kc =
+            fake_kube::write_kubeconfig(&cluster.dir.join("kubeconfig"), SWITCH_IP.into(), port);
         let mut lab = Lab {
             api,
             procs: Vec::new(),
             cluster,
         };
-        let kc = kc.display().to_string();
         lab.cluster.start_agents(&[
             "--peer-sync-interval",
             "1s",

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 use fake_kube::FakeApiServer;
 use serde_json::{json, Map, Value};
 use vpcnet_tests::cluster::{Cluster, CNI_TIMEOUT_S, SWITCH_IP};
-use vpcnet_tests::{bin, cni, in_netns, netns, par_map, Proc};
+use vpcnet_tests::{bin, cni, netns, par_map, Proc};
 
 /// The nine pods, `namespace/name`.
 const PODS: [&str; 9] = [
@@ -578,29 +578,9 @@ impl MatrixLab {
             Cluster::new(NODES, VPC)
         };
         let api = FakeApiServer::new();
-        let sw = cluster.switch_ns().to_string();
-        let listener = in_netns(Some(&sw), || std::net::TcpListener::bind((SWITCH_IP, 0)))
-            .expect("binding the fake API server on the switch");
-        let port = listener.local_addr().expect("addr").port();
-        let server = api.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(fake_kube::serve_http(server, listener));
-        });
-        let kc = cluster.dir.join("kubeconfig");
-        std::fs::write(
-            &kc,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: http://{SWITCH_IP}:{port}\n\
-                 users:\n- name: u\n  user:\n    token: t\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
-            ),
-        )
-        .expect("kubeconfig");
+        let port = fake_kube::serve_http_in(cluster.switch_ns(), SWITCH_IP.into(), api.clone());
+        let kc =
+            fake_kube::write_kubeconfig(&cluster.dir.join("kubeconfig"), SWITCH_IP.into(), port);
         for ns in NAMESPACES {
             api.put(
                 "Namespace",
@@ -617,7 +597,6 @@ impl MatrixLab {
             holds: 0,
             recreated: 0,
         };
-        let kc = kc.display().to_string();
         let args = [
             "--peer-sync-interval",
             "1s",

@@ -489,6 +489,42 @@ impl FakeApiServer {
     }
 }
 
+/// [`serve_http`] on a listener bound to `addr` (port 0) inside network namespace `ns`, in a
+/// thread with its own runtime that lives until the process ends; returns the port. With
+/// [`write_kubeconfig`], what a real `vpcnetd --kubeconfig` in a lab needs.
+#[allow(dead_code)] // not every file that includes this module runs a real vpcnetd
+pub fn serve_http_in(ns: &str, addr: std::net::IpAddr, server: Arc<FakeApiServer>) -> u16 {
+    let listener = vpcnet_tests::in_netns(Some(ns), || std::net::TcpListener::bind((addr, 0)))
+        .expect("binding the fake API server in the lab");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(serve_http(server, listener));
+    });
+    port
+}
+
+/// Writes a kubeconfig for the server at `http://addr:port` (any token) to `path`; returns
+/// the path as text, for `--kubeconfig`.
+#[allow(dead_code)] // as serve_http_in
+pub fn write_kubeconfig(path: &std::path::Path, addr: std::net::IpAddr, port: u16) -> String {
+    let server = std::net::SocketAddr::new(addr, port);
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: http://{server}\n\
+             users:\n- name: u\n  user:\n    token: t\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: u\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path.display().to_string()
+}
+
 /// Serves `server` over plain HTTP/1.1 on `listener` (already bound: a test binds it inside
 /// a lab's namespace so the lab's `vpcnetd` reaches it), one request per connection
 /// (`Connection: close`), responses chunked so watches stream. Runs until its runtime stops.
