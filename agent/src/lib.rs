@@ -555,6 +555,17 @@ async fn start_up<D: Datastore>(
     if let Err(e) = link::delete_group(net, REAP_GROUP).await {
         tracing::warn!("deleting veths marked by a previous run: {e}");
     }
+    // Conntrack flushes a previous run queued but did not get to (a crash inside the reaper's
+    // batching window loses them): every released address not reused since, flushed in one
+    // walk before the socket is bound, so no ADD is handed one of them with the old pod's
+    // entries still in the table (docs/reliability.md). Its veth is gone (the line above).
+    let released: Vec<IpAddr> = {
+        let st = node.state();
+        let v4 = st.pool.released().map(IpAddr::from);
+        let v6 = st.pool6.iter().flat_map(|p| p.released().map(IpAddr::from));
+        v4.chain(v6).collect()
+    };
+    reap::flush(released).await;
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
 }

@@ -819,6 +819,19 @@ impl<F: Family> PoolOf<F> {
         out
     }
 
+    /// Every address released and not handed out since: cooling, or past its cooldown but not
+    /// reused yet (a released address stays marked until reused, see [`PoolOf::knows`]). The
+    /// agent flushes their conntrack entries at start-up: a flush queued before a crash is lost
+    /// with the process, and any of these may be handed out again at the first ADD.
+    pub fn released(&self) -> impl Iterator<Item = F::Addr> + '_ {
+        self.prefixes.values().flat_map(|p| {
+            p.slots.iter().filter_map(|(bits, s)| match s {
+                Slot::Cooling(_) => Some(F::addr(*bits)),
+                Slot::Assigned(_) => None,
+            })
+        })
+    }
+
     /// Earliest future time a cooling address becomes free (to schedule a re-plan), if any.
     pub fn next_cooldown_expiry(&self, now: Millis) -> Option<Millis> {
         self.prefixes

@@ -75,6 +75,28 @@ fn release_is_idempotent_and_cools() {
     assert_eq!(pool.next_cooldown_expiry(30_100), None);
 }
 
+/// `released`: the addresses whose conntrack entries the agent flushes at start-up — cooling
+/// ones and those past their cooldown but not reused; never an assigned one, and not one
+/// handed out again.
+#[test]
+fn released_lists_cooling_and_expired_but_not_reused_addresses() {
+    let mut c = cfg();
+    c.vpc_cidrs = vec![net("10.0.0.0/16")];
+    c.prefix_len = 30; // 4 addresses, none reserved
+    let mut pool = pool_with(c, &["10.0.1.0/30"]);
+    let ips: Vec<_> = (0..4).map(|i| assign(&mut pool, i, 0)).collect();
+    assert_eq!(pool.released().count(), 0);
+    pool.release(&key(0), 1_000);
+    pool.release(&key(1), 50_000);
+    // ips[0] is past its cooldown at 50 000, ips[1] is cooling: both listed.
+    let mut r: Vec<_> = pool.released().collect();
+    r.sort();
+    assert_eq!(r, vec![ips[0], ips[1]]);
+    // Reused: no longer released.
+    assert_eq!(assign(&mut pool, 9, 50_001), ips[0]);
+    assert_eq!(pool.released().collect::<Vec<_>>(), vec![ips[1]]);
+}
+
 #[test]
 fn cooldown_is_respected() {
     let mut c = cfg();

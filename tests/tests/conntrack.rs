@@ -138,3 +138,65 @@ fn dual_stack_release_flushes_both_families_and_nothing_else() {
         );
     }
 }
+
+/// A crash right after a DEL loses nothing: the reaper batches a released address's conntrack
+/// flush (up to half the cooldown), so a `kill -9` inside that window takes the queued flush
+/// with it. The restarted agent flushes every address released and not reused since, in one
+/// walk, before it serves: by the time its socket accepts, the dead pod's entries of both
+/// families are gone (the address would otherwise be handed out after its cooldown with the
+/// old flows in the table) and the live pod's are kept.
+#[test]
+fn crash_after_del_still_flushes_before_the_address_is_reused() {
+    let mut lab = Lab::new("10.245.2.0/24");
+    let flags = ["--ip-cooldown", "60s", "--vpc-cidr", "fd00:46::/64"];
+    lab.start_agent(&flags);
+    let (pa, pb, pc) = (lab.pod(0), lab.pod(1), lab.pod(2));
+    let both = |out: &vpcnet_tests::CniOutput| -> Vec<std::net::IpAddr> {
+        let (v4, v6) = vpcnet_tests::cni::result_ips(out);
+        let v4 = v4.map(std::net::IpAddr::from);
+        v4.into_iter()
+            .chain(v6.map(std::net::IpAddr::from))
+            .collect()
+    };
+    let a = both(lab.add("ctk-a", &pa).expect_ok("ADD a"));
+    lab.add("ctk-b", &pb).expect_ok("ADD b");
+    let c = both(lab.add("ctk-c", &pc).expect_ok("ADD c"));
+    assert_eq!(a.len(), 2, "a is not dual-stack: {a:?}");
+    assert_eq!(c.len(), 2, "c is not dual-stack: {c:?}");
+    for ip in a.iter().chain(&c) {
+        assert!(lab.ping(&pb, &ip.to_string()), "b cannot reach {ip}");
+        assert!(
+            !entries_of_addr(&lab, *ip).is_empty(),
+            "no conntrack entry for {ip}: connection tracking is off in the host namespace"
+        );
+    }
+
+    lab.del("ctk-a", &pa).expect_ok("DEL a");
+    lab.agent.as_mut().expect("agent").kill();
+    // The crash came inside the batching window (the reaper waits for 150 ms without
+    // requests): otherwise this test would prove nothing.
+    for ip in &a {
+        assert!(
+            !entries_of_addr(&lab, *ip).is_empty(),
+            "the reaper flushed {ip} before the kill: the crash missed its window"
+        );
+    }
+
+    lab.start_agent(&flags);
+    // The socket accepts: the start-up flush is done (it runs before the bind), no waiting.
+    for ip in &a {
+        let left = entries_of_addr(&lab, *ip);
+        assert!(
+            left.is_empty(),
+            "conntrack entries of {ip}, released before the crash, left after the restart: {left:?}"
+        );
+    }
+    for ip in &c {
+        assert!(
+            !entries_of_addr(&lab, *ip).is_empty(),
+            "entries of the live pod's {ip} were flushed too"
+        );
+    }
+    let log = lab.agent.as_ref().expect("agent").log_text();
+    assert!(log.contains("conntrack entries of"), "{log}");
+}

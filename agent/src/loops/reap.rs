@@ -187,13 +187,22 @@ pub async fn run(
 }
 
 /// One walk of the conntrack table for all of `addrs`, on the blocking pool (the socket
-/// is synchronous), in the agent's namespace.
-async fn flush(addrs: Vec<IpAddr>) {
-    let list = addrs
+/// is synchronous), in the agent's namespace. Also run once at start-up, before the agent
+/// serves, for every address released and not reused since ([`vpcnet_pool::PoolOf::released`]):
+/// a flush this loop had queued when the previous run crashed is lost with it.
+pub async fn flush(addrs: Vec<IpAddr>) {
+    if addrs.is_empty() {
+        return;
+    }
+    let mut list = addrs
         .iter()
+        .take(8)
         .map(IpAddr::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    if addrs.len() > 8 {
+        list.push_str(&format!(" and {} more", addrs.len() - 8));
+    }
     let r = tokio::task::spawn_blocking(move || conntrack::flush_addresses(&addrs)).await;
     match r {
         Ok(Ok(0)) => {}
