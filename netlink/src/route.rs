@@ -219,17 +219,8 @@ pub async fn list_v4_in(
     table: u32,
     protocol: Option<u8>,
 ) -> Result<Vec<RouteV4>, NetlinkError> {
-    let mut req = RouteMessage::default();
-    req.header.address_family = AddressFamily::Inet;
-    let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
-    Ok(replies
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => from_message(r),
-            _ => None,
-        })
-        .filter(|r| r.table == table && protocol.is_none_or(|p| p == r.protocol))
-        .collect())
+    let keep = |r: &RouteV4| r.table == table && protocol.is_none_or(|p| p == r.protocol);
+    dump_routes(handle, AddressFamily::Inet, from_message, keep).await
 }
 
 /// `ip -4 route show table all [proto PROTO]`: the IPv4 routes of every routing table, only
@@ -238,16 +229,27 @@ pub async fn list_v4_all(
     handle: &Handle,
     protocol: Option<u8>,
 ) -> Result<Vec<RouteV4>, NetlinkError> {
+    let keep = |r: &RouteV4| protocol.is_none_or(|p| p == r.protocol);
+    dump_routes(handle, AddressFamily::Inet, from_message, keep).await
+}
+
+/// One `RTM_GETROUTE` dump of `family`: the routes `parse` reads that `keep` keeps.
+async fn dump_routes<R>(
+    handle: &Handle,
+    family: AddressFamily,
+    parse: fn(&RouteMessage) -> Option<R>,
+    keep: impl Fn(&R) -> bool,
+) -> Result<Vec<R>, NetlinkError> {
     let mut req = RouteMessage::default();
-    req.header.address_family = AddressFamily::Inet;
+    req.header.address_family = family;
     let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
     Ok(replies
         .iter()
         .filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => from_message(r),
+            RouteNetlinkMessage::NewRoute(r) => parse(r),
             _ => None,
         })
-        .filter(|r| protocol.is_none_or(|p| p == r.protocol))
+        .filter(|r| keep(r))
         .collect())
 }
 
@@ -386,17 +388,18 @@ pub async fn list_v6_in(
     table: u32,
     protocol: Option<u8>,
 ) -> Result<Vec<RouteV6>, NetlinkError> {
-    let mut req = RouteMessage::default();
-    req.header.address_family = AddressFamily::Inet6;
-    let replies = nl::dump(handle, "RTM_GETROUTE", RouteNetlinkMessage::GetRoute(req)).await?;
-    Ok(replies
-        .iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => from_message_v6(r),
-            _ => None,
-        })
-        .filter(|r| r.table == table && protocol.is_none_or(|p| p == r.protocol))
-        .collect())
+    let keep = |r: &RouteV6| r.table == table && protocol.is_none_or(|p| p == r.protocol);
+    dump_routes(handle, AddressFamily::Inet6, from_message_v6, keep).await
+}
+
+/// `ip -6 route show table all [proto PROTO]`: the IPv6 routes of every routing table, only
+/// those with `protocol` when it is `Some`.
+pub async fn list_v6_all(
+    handle: &Handle,
+    protocol: Option<u8>,
+) -> Result<Vec<RouteV6>, NetlinkError> {
+    let keep = |r: &RouteV6| protocol.is_none_or(|p| p == r.protocol);
+    dump_routes(handle, AddressFamily::Inet6, from_message_v6, keep).await
 }
 
 /// `ip -6 route show table main [proto PROTO]`.

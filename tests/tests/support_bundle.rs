@@ -66,6 +66,9 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
         &key,
         "--kubeconfig",
         &kubeconfig,
+        // Dual-stack: routes.txt lists both families.
+        "--vpc-cidr",
+        "fd00:233::/64",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -76,12 +79,10 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
     assert!(lab.wait_for(Duration::from_secs(10), || conflist.exists()));
     let ns = lab.pod(1);
     let cid = format!("{}c1", lab.prefix);
-    let ip = lab
-        .add(&cid, &ns)
-        .expect_ok("ADD")
-        .ip()
-        .expect("ip")
-        .to_string();
+    let added = lab.add(&cid, &ns);
+    let (ip, ip6) = vpcnet_tests::cni::result_ips(added.expect_ok("ADD"));
+    let ip = ip.expect("ip").to_string();
+    let ip6 = ip6.expect("IPv6 address").to_string();
 
     // A NetworkPolicy table, as a --network-policy=true agent keeps it (planted: this
     // agent runs without the flag).
@@ -166,6 +167,8 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
     let routes = read("routes.txt");
     assert!(routes.contains(&format!("{ip}/32")), "{routes}");
     assert!(routes.contains("unreachable 10.233."), "{routes}");
+    assert!(routes.contains(&format!("{ip6}/128")), "{routes}");
+    assert!(routes.contains("unreachable fd00:233:"), "{routes}");
     assert_eq!(read("links.txt").lines().count(), 1, "one host veth");
     assert!(
         read("nft.txt").contains("masquerade"),
@@ -181,6 +184,11 @@ fn support_bundle_holds_what_a_bug_report_needs_and_no_secret() {
     let journal = read("journal.txt");
     assert!(journal.contains("load: ok"), "{journal}");
     assert!(journal.contains(&ip) && journal.contains(&cid), "{journal}");
+    // A dual-stack node's state loads with its IPv6 pool (it read as "refused" before).
+    assert!(
+        journal.contains("IPv6 pool: 1 prefixes") && journal.contains(&ip6),
+        "{journal}"
+    );
     assert!(read("plugin.log").contains(&cid), "plugin log tail");
 
     // No secret anywhere: in any file, nor in the raw (decompressed) archive.

@@ -7,7 +7,7 @@
 //! | `metrics.txt`, `pool.json` | the agent's `/metrics` and `/pool` (`--metrics-addr`) |
 //! | `config.txt` | the effective configuration: the flags as parsed from command line and `VPCNET_*` environment, and those variables |
 //! | `conflist.json` | the conflist the agent wrote |
-//! | `routes.txt` | every IPv4 route with protocol 171, of every table |
+//! | `routes.txt` | every IPv4 and IPv6 route with protocol 171, of every table |
 //! | `links.txt` | the host veths of ours (name, index, MTU, up) |
 //! | `nft.txt` | `nft list table ip vpcnet` (`inet vpcnet` with an IPv6 VPC), then `nft list table inet vpcnet-policy` (NetworkPolicy; a line saying so when there is none) |
 //! | `journal.txt` | the state directory: its files and sizes, and what loading snapshot + journal gives (sequence, records, torn tail, pool counts, allocations) |
@@ -33,7 +33,7 @@ use vpcnet_netlink::{link, route, RTPROT_VPCNET};
 use vpcnet_proto::api::{Reply, Request};
 use vpcnet_proto::naming::{is_our_host_veth, is_our_retired_veth};
 
-use crate::cli::uninstall::describe_route;
+use crate::cli::uninstall::{describe_route, describe_route6};
 use crate::config::RunArgs;
 use crate::node::store;
 use crate::obs::http;
@@ -259,9 +259,13 @@ pub fn journal_summary(args: &RunArgs) -> String {
     }
     let snap = fs::read(dir.join(store::SNAPSHOT)).ok();
     let journal = fs::read(dir.join(store::JOURNAL)).unwrap_or_default();
-    match store::load(snap.as_deref(), &journal, args.pool_config()) {
-        Ok((pool, r)) => {
-            let s = pool.stats(crate::node::now_ms());
+    match store::load_dual(
+        snap.as_deref(),
+        &journal,
+        args.pool_config(),
+        args.pool_config6(),
+    ) {
+        Ok((pool, pool6, r)) => {
             let _ = writeln!(
                 out,
                 "load: ok; snapshot {}, journal {} bytes of which {} whole records' ({} applied, \
@@ -277,21 +281,9 @@ pub fn journal_summary(args: &RunArgs) -> String {
                     ""
                 }
             );
-            let _ = writeln!(
-                out,
-                "pool: {} prefixes ({} wholly free), {} addresses: {} assigned, {} cooling, {} available",
-                s.prefixes, s.free_prefixes, s.total, s.assigned, s.cooling, s.available
-            );
-            for a in pool.allocations() {
-                let pod = match (&a.meta.namespace, &a.meta.name) {
-                    (Some(ns), Some(n)) => format!("{ns}/{n}"),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    out,
-                    "  {} {} {} {} {pod}",
-                    a.ip, a.key.container_id, a.key.ifname, a.key.network
-                );
+            describe_pool(&mut out, "pool", &pool);
+            if let Some(p6) = &pool6 {
+                describe_pool(&mut out, "IPv6 pool", p6);
             }
         }
         Err(e) => {
@@ -302,6 +294,31 @@ pub fn journal_summary(args: &RunArgs) -> String {
         }
     }
     out
+}
+
+/// One pool's counts and allocations (address, container, ifname, network, pod).
+fn describe_pool<F: vpcnet_pool::Family>(
+    out: &mut String,
+    name: &str,
+    pool: &vpcnet_pool::PoolOf<F>,
+) {
+    let s = pool.stats(crate::node::now_ms());
+    let _ = writeln!(
+        out,
+        "{name}: {} prefixes ({} wholly free), {} addresses: {} assigned, {} cooling, {} available",
+        s.prefixes, s.free_prefixes, s.total, s.assigned, s.cooling, s.available
+    );
+    for a in pool.allocations() {
+        let pod = match (&a.meta.namespace, &a.meta.name) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            out,
+            "  {} {} {} {} {pod}",
+            a.ip, a.key.container_id, a.key.ifname, a.key.network
+        );
+    }
 }
 
 /// Routes and links, over netlink in this thread's namespace.
@@ -322,15 +339,18 @@ fn kernel_parts(c: &mut Contents) {
             Ok(n) => n,
             Err(e) => return (Err(e.to_string()), Err(e.to_string())),
         };
-        let routes = route::list_v4_all(&net, Some(RTPROT_VPCNET))
-            .await
-            .map(|rs| {
-                rs.iter()
-                    .map(|r| describe_route(r) + "\n")
-                    .collect::<String>()
-                    .into_bytes()
-            })
-            .map_err(|e| e.to_string());
+        let v4 = route::list_v4_all(&net, Some(RTPROT_VPCNET)).await;
+        let v6 = route::list_v6_all(&net, Some(RTPROT_VPCNET)).await;
+        let routes = match (v4, v6) {
+            (Ok(v4), Ok(v6)) => Ok(v4
+                .iter()
+                .map(describe_route)
+                .chain(v6.iter().map(describe_route6))
+                .map(|r| r + "\n")
+                .collect::<String>()
+                .into_bytes()),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        };
         let links = link::list(&net)
             .await
             .map(|ls| {

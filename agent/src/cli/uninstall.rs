@@ -12,7 +12,7 @@
 //!   which would black-hole the next CNI's traffic if it reuses the range;
 //! * host veths of ours that the reaper had marked for deletion (released pods), and, with
 //!   `--force`, every host veth of ours;
-//! * every IPv6 route with protocol 171 in the main table (dual-stack: pods' `/128` host
+//! * every IPv6 route with protocol 171 in every routing table (dual-stack: pods' `/128` host
 //!   routes, peers' routes, our `unreachable` ones);
 //! * `table ip vpcnet` and `table inet vpcnet` (SNAT; the latter with an IPv6 VPC);
 //! * the IPv6 sysctls the agent changed for an IPv6 VPC (recorded in the state directory,
@@ -421,7 +421,7 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
         }
     }
     // IPv6 (dual-stack): pods' /128 host routes, peers' via routes, our unreachable ones.
-    for r in route::list_v6(&net, Some(RTPROT_VPCNET))
+    for r in route::list_v6_all(&net, Some(RTPROT_VPCNET))
         .await
         .map_err(kernel("listing IPv6 routes"))?
     {
@@ -432,7 +432,7 @@ async fn clean_kernel(force: bool, report: &mut Report) -> Result<(), UninstallE
             report.note(format!("deleted route {}", describe_route6(&r)));
         }
     }
-    let left6 = route::list_v6(&net, Some(RTPROT_VPCNET))
+    let left6 = route::list_v6_all(&net, Some(RTPROT_VPCNET))
         .await
         .map_err(kernel("listing IPv6 routes"))?;
     if !left6.is_empty() {
