@@ -45,7 +45,7 @@
 
 use std::borrow::Cow;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use nftables::batch::Batch;
 use nftables::expr::{Expression, NamedExpression, Payload, PayloadField, Prefix, SetItem};
 use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
@@ -116,30 +116,35 @@ impl SnatConfig {
 /// contained in another one of the list. CIDRs either nest or are disjoint, so the result is
 /// disjoint: nftables rejects overlapping intervals in a set.
 pub fn minimal_cidrs(cidrs: impl IntoIterator<Item = Ipv4Network>) -> Vec<Ipv4Network> {
-    let mut v: Vec<Ipv4Network> = cidrs
-        .into_iter()
-        .filter_map(|c| Ipv4Network::new(c.network(), c.prefix()).ok())
-        .collect();
-    // Wider first, so a contained network always comes after its container.
-    v.sort_by_key(|c| (c.prefix(), c.network()));
-    let mut out: Vec<Ipv4Network> = Vec::new();
-    for c in v {
-        if !out.iter().any(|o| o.contains(c.network())) {
-            out.push(c);
-        }
-    }
-    out.sort_by_key(|c| (c.network(), c.prefix()));
-    out
+    let all = minimal(cidrs.into_iter().map(IpNetwork::V4));
+    all.into_iter()
+        .filter_map(|c| match c {
+            IpNetwork::V4(c) => Some(c),
+            IpNetwork::V6(_) => None,
+        })
+        .collect()
 }
 
 /// [`minimal_cidrs`] for IPv6.
 pub fn minimal_cidrs_v6(cidrs: impl IntoIterator<Item = Ipv6Network>) -> Vec<Ipv6Network> {
-    let mut v: Vec<Ipv6Network> = cidrs
+    let all = minimal(cidrs.into_iter().map(IpNetwork::V6));
+    all.into_iter()
+        .filter_map(|c| match c {
+            IpNetwork::V6(c) => Some(c),
+            IpNetwork::V4(_) => None,
+        })
+        .collect()
+}
+
+/// [`minimal_cidrs`] of either family (a network never contains one of the other family).
+fn minimal(cidrs: impl IntoIterator<Item = IpNetwork>) -> Vec<IpNetwork> {
+    let mut v: Vec<IpNetwork> = cidrs
         .into_iter()
-        .filter_map(|c| Ipv6Network::new(c.network(), c.prefix()).ok())
+        .filter_map(|c| IpNetwork::new(c.network(), c.prefix()).ok())
         .collect();
+    // Wider first, so a contained network always comes after its container.
     v.sort_by_key(|c| (c.prefix(), c.network()));
-    let mut out: Vec<Ipv6Network> = Vec::new();
+    let mut out: Vec<IpNetwork> = Vec::new();
     for c in v {
         if !out.iter().any(|o| o.contains(c.network())) {
             out.push(c);
@@ -612,6 +617,18 @@ mod tests {
             net("192.168.1.0/24"),
         ]);
         assert_eq!(got, vec![net("10.240.0.0/16"), net("192.168.1.0/24")]);
+    }
+
+    #[test]
+    fn minimal_cidrs_v6_clears_host_bits_and_drops_contained() {
+        let n = |s: &str| s.parse::<Ipv6Network>().expect("net");
+        let got = minimal_cidrs_v6([
+            n("fd00:10::7/48"),
+            n("fd00:10::/48"),
+            n("fd00:10:0:5::/64"),
+            n("fd00:20::/64"),
+        ]);
+        assert_eq!(got, vec![n("fd00:10::/48"), n("fd00:20::/64")]);
     }
 
     #[test]
