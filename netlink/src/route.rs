@@ -1,6 +1,6 @@
 //! Routes (RTM_*ROUTE): IPv4 ([`RouteV4`]) and IPv6 ([`RouteV6`]).
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
@@ -46,62 +46,167 @@ pub struct RouteV4 {
     pub table: u32,
 }
 
-fn check_prefix(dst: Ipv4Addr, dst_len: u8) -> Result<(), NetlinkError> {
-    if dst_len > 32 {
-        return Err(NetlinkError::InvalidArgument(format!(
-            "IPv4 prefix length {dst_len}"
-        )));
-    }
-    let mask = u32::MAX.checked_shl(32 - u32::from(dst_len)).unwrap_or(0);
-    if u32::from(dst) & !mask != 0 {
-        // The kernel rejects this too (EINVAL, "Invalid prefix for given prefix length").
-        return Err(NetlinkError::InvalidArgument(format!(
-            "{dst}/{dst_len} has host bits set"
-        )));
-    }
-    Ok(())
+/// A route of either family as it goes over the wire: what [`RouteV4`] and [`RouteV6`] share
+/// (one encoder, one decoder, one request path for both).
+struct Wire {
+    dst: IpAddr,
+    dst_len: u8,
+    gateway: Option<IpAddr>,
+    oif: Option<u32>,
+    protocol: u8,
+    scope: u8,
+    kind: u8,
+    table: u32,
 }
 
-fn base_message(route: &RouteV4) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet;
-    msg.header.destination_prefix_length = route.dst_len;
-    msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-    msg.header.protocol = RouteProtocol::from(route.protocol);
-    msg.header.scope = RouteScope::from(route.scope);
-    msg.header.kind = RouteType::from(route.kind);
-    if route.dst_len > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet(route.dst)));
+impl From<&RouteV4> for Wire {
+    fn from(r: &RouteV4) -> Wire {
+        Wire {
+            dst: r.dst.into(),
+            dst_len: r.dst_len,
+            gateway: r.gateway.map(IpAddr::from),
+            oif: r.oif,
+            protocol: r.protocol,
+            scope: r.scope,
+            kind: r.kind,
+            table: r.table,
+        }
     }
-    if route.table > 255 {
-        msg.attributes.push(RouteAttribute::Table(route.table));
+}
+
+impl From<&RouteV6> for Wire {
+    fn from(r: &RouteV6) -> Wire {
+        Wire {
+            dst: r.dst.into(),
+            dst_len: r.dst_len,
+            gateway: r.gateway.map(IpAddr::from),
+            oif: r.oif,
+            protocol: r.protocol,
+            scope: RT_SCOPE_UNIVERSE,
+            kind: r.kind,
+            table: r.table,
+        }
     }
-    if let Some(gw) = route.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+}
+
+fn route_address(ip: IpAddr) -> RouteAddress {
+    match ip {
+        IpAddr::V4(a) => RouteAddress::Inet(a),
+        IpAddr::V6(a) => RouteAddress::Inet6(a),
     }
-    if let Some(oif) = route.oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
+}
+
+impl Wire {
+    /// The kernel rejects a destination with host bits set too (EINVAL, "Invalid prefix for
+    /// given prefix length"); this names it.
+    fn check_prefix(&self) -> Result<(), NetlinkError> {
+        let (bits, width, family) = match self.dst {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32, "IPv4"),
+            IpAddr::V6(a) => (u128::from(a), 128, "IPv6"),
+        };
+        let len = u32::from(self.dst_len);
+        if len > width {
+            return Err(NetlinkError::InvalidArgument(format!(
+                "{family} prefix length {len}"
+            )));
+        }
+        let host = 1u128.checked_shl(width - len).map_or(u128::MAX, |v| v - 1);
+        if bits & host != 0 {
+            return Err(NetlinkError::InvalidArgument(format!(
+                "{}/{} has host bits set",
+                self.dst, self.dst_len
+            )));
+        }
+        Ok(())
     }
-    msg
+
+    fn message(&self) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = match self.dst {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.destination_prefix_length = self.dst_len;
+        msg.header.table = u8::try_from(self.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        msg.header.protocol = RouteProtocol::from(self.protocol);
+        msg.header.scope = RouteScope::from(self.scope);
+        msg.header.kind = RouteType::from(self.kind);
+        if self.dst_len > 0 {
+            msg.attributes
+                .push(RouteAttribute::Destination(route_address(self.dst)));
+        }
+        if self.table > 255 {
+            msg.attributes.push(RouteAttribute::Table(self.table));
+        }
+        if let Some(gw) = self.gateway {
+            msg.attributes
+                .push(RouteAttribute::Gateway(route_address(gw)));
+        }
+        if let Some(oif) = self.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        msg
+    }
+
+    /// Reads a route of `family` from a kernel message (`None`: another family).
+    fn read(msg: &RouteMessage, family: AddressFamily) -> Option<Wire> {
+        if msg.header.address_family != family {
+            return None;
+        }
+        let mut w = Wire {
+            dst: match family {
+                AddressFamily::Inet6 => Ipv6Addr::UNSPECIFIED.into(),
+                _ => Ipv4Addr::UNSPECIFIED.into(),
+            },
+            dst_len: msg.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+            protocol: msg.header.protocol.into(),
+            scope: msg.header.scope.into(),
+            kind: msg.header.kind.into(),
+            table: u32::from(msg.header.table),
+        };
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => w.dst = (*ip).into(),
+                RouteAttribute::Destination(RouteAddress::Inet6(ip)) => w.dst = (*ip).into(),
+                RouteAttribute::Gateway(RouteAddress::Inet(ip)) => w.gateway = Some((*ip).into()),
+                RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => w.gateway = Some((*ip).into()),
+                RouteAttribute::Oif(oif) => w.oif = Some(*oif),
+                RouteAttribute::Table(t) => w.table = *t,
+                _ => {}
+            }
+        }
+        Some(w)
+    }
+
+    /// RTM_NEWROUTE: create (EEXIST if present) or, with `replace`, create or replace.
+    async fn add(&self, handle: &Handle, replace: bool) -> Result<(), NetlinkError> {
+        self.check_prefix()?;
+        let flags = if replace {
+            nl::CREATE_REPLACE
+        } else {
+            nl::CREATE_EXCL
+        };
+        let msg = RouteNetlinkMessage::NewRoute(self.message());
+        nl::request(handle, "RTM_NEWROUTE", msg, flags).await?;
+        Ok(())
+    }
+
+    /// RTM_DELROUTE of exactly this route; `Ok(false)` when it was already gone (ESRCH).
+    async fn delete(&self, handle: &Handle) -> Result<bool, NetlinkError> {
+        self.check_prefix()?;
+        let msg = RouteNetlinkMessage::DelRoute(self.message());
+        match nl::request(handle, "RTM_DELROUTE", msg, 0).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 async fn add(handle: &Handle, route: &RouteV4, replace: bool) -> Result<(), NetlinkError> {
-    check_prefix(route.dst, route.dst_len)?;
-    let flags = if replace {
-        nl::CREATE_REPLACE
-    } else {
-        nl::CREATE_EXCL
-    };
-    nl::request(
-        handle,
-        "RTM_NEWROUTE",
-        RouteNetlinkMessage::NewRoute(base_message(route)),
-        flags,
-    )
-    .await?;
-    Ok(())
+    Wire::from(route).add(handle, replace).await
 }
 
 /// `ip route add DST/LEN dev OIF scope link proto PROTO` (main table); `replace` turns it
@@ -182,29 +287,24 @@ pub async fn add_unreachable(
 }
 
 fn from_message(msg: &RouteMessage) -> Option<RouteV4> {
-    if msg.header.address_family != AddressFamily::Inet {
+    let w = Wire::read(msg, AddressFamily::Inet)?;
+    let (IpAddr::V4(dst), gateway) = (w.dst, w.gateway) else {
         return None;
-    }
-    let mut route = RouteV4 {
-        dst: Ipv4Addr::UNSPECIFIED,
-        dst_len: msg.header.destination_prefix_length,
-        gateway: None,
-        oif: None,
-        protocol: msg.header.protocol.into(),
-        scope: msg.header.scope.into(),
-        kind: msg.header.kind.into(),
-        table: u32::from(msg.header.table),
     };
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(ip)) => route.dst = *ip,
-            RouteAttribute::Gateway(RouteAddress::Inet(ip)) => route.gateway = Some(*ip),
-            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
-            RouteAttribute::Table(t) => route.table = *t,
-            _ => {}
-        }
-    }
-    Some(route)
+    let gateway = match gateway {
+        Some(IpAddr::V4(g)) => Some(g),
+        None | Some(IpAddr::V6(_)) => None,
+    };
+    Some(RouteV4 {
+        dst,
+        dst_len: w.dst_len,
+        gateway,
+        oif: w.oif,
+        protocol: w.protocol,
+        scope: w.scope,
+        kind: w.kind,
+        table: w.table,
+    })
 }
 
 /// `ip -4 route show table main [proto PROTO]`: the main table's IPv4 routes, only those
@@ -256,21 +356,9 @@ async fn dump_routes<R>(
 /// `ip route del` of exactly this route (dst/len, protocol, oif, gateway, type, table;
 /// any scope). `Ok(false)` when it was already gone (ESRCH).
 pub async fn delete(handle: &Handle, route: &RouteV4) -> Result<bool, NetlinkError> {
-    check_prefix(route.dst, route.dst_len)?;
-    let mut msg = base_message(route);
-    msg.header.scope = RouteScope::NoWhere;
-    match nl::request(
-        handle,
-        "RTM_DELROUTE",
-        RouteNetlinkMessage::DelRoute(msg),
-        0,
-    )
-    .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
-        Err(e) => Err(e),
-    }
+    let mut w = Wire::from(route);
+    w.scope = RT_SCOPE_NOWHERE;
+    w.delete(handle).await
 }
 
 /// One IPv6 route as this crate reports and deletes it. The kernel keeps no scope for IPv6
@@ -293,46 +381,6 @@ pub struct RouteV6 {
     pub table: u32,
 }
 
-fn check_prefix_v6(dst: Ipv6Addr, dst_len: u8) -> Result<(), NetlinkError> {
-    if dst_len > 128 {
-        return Err(NetlinkError::InvalidArgument(format!(
-            "IPv6 prefix length {dst_len}"
-        )));
-    }
-    let mask = u128::MAX.checked_shl(128 - u32::from(dst_len)).unwrap_or(0);
-    if u128::from(dst) & !mask != 0 {
-        return Err(NetlinkError::InvalidArgument(format!(
-            "{dst}/{dst_len} has host bits set"
-        )));
-    }
-    Ok(())
-}
-
-fn base_message_v6(route: &RouteV6) -> RouteMessage {
-    let mut msg = RouteMessage::default();
-    msg.header.address_family = AddressFamily::Inet6;
-    msg.header.destination_prefix_length = route.dst_len;
-    msg.header.table = u8::try_from(route.table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
-    msg.header.protocol = RouteProtocol::from(route.protocol);
-    msg.header.scope = RouteScope::Universe;
-    msg.header.kind = RouteType::from(route.kind);
-    if route.dst_len > 0 {
-        msg.attributes
-            .push(RouteAttribute::Destination(RouteAddress::Inet6(route.dst)));
-    }
-    if route.table > 255 {
-        msg.attributes.push(RouteAttribute::Table(route.table));
-    }
-    if let Some(gw) = route.gateway {
-        msg.attributes
-            .push(RouteAttribute::Gateway(RouteAddress::Inet6(gw)));
-    }
-    if let Some(oif) = route.oif {
-        msg.attributes.push(RouteAttribute::Oif(oif));
-    }
-    msg
-}
-
 /// `ip -6 route add|replace` of exactly `route` (any table). A gateway that is link-local
 /// (`fe80::/10`) needs [`RouteV6::oif`]; the kernel takes it as on-link without a route to it.
 pub async fn add_route_v6(
@@ -340,45 +388,27 @@ pub async fn add_route_v6(
     route: &RouteV6,
     replace: bool,
 ) -> Result<(), NetlinkError> {
-    check_prefix_v6(route.dst, route.dst_len)?;
-    let flags = if replace {
-        nl::CREATE_REPLACE
-    } else {
-        nl::CREATE_EXCL
-    };
-    nl::request(
-        handle,
-        "RTM_NEWROUTE",
-        RouteNetlinkMessage::NewRoute(base_message_v6(route)),
-        flags,
-    )
-    .await?;
-    Ok(())
+    Wire::from(route).add(handle, replace).await
 }
 
 fn from_message_v6(msg: &RouteMessage) -> Option<RouteV6> {
-    if msg.header.address_family != AddressFamily::Inet6 {
+    let w = Wire::read(msg, AddressFamily::Inet6)?;
+    let IpAddr::V6(dst) = w.dst else {
         return None;
-    }
-    let mut route = RouteV6 {
-        dst: Ipv6Addr::UNSPECIFIED,
-        dst_len: msg.header.destination_prefix_length,
-        gateway: None,
-        oif: None,
-        protocol: msg.header.protocol.into(),
-        kind: msg.header.kind.into(),
-        table: u32::from(msg.header.table),
     };
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => route.dst = *ip,
-            RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => route.gateway = Some(*ip),
-            RouteAttribute::Oif(oif) => route.oif = Some(*oif),
-            RouteAttribute::Table(t) => route.table = *t,
-            _ => {}
-        }
-    }
-    Some(route)
+    let gateway = match w.gateway {
+        Some(IpAddr::V6(g)) => Some(g),
+        None | Some(IpAddr::V4(_)) => None,
+    };
+    Some(RouteV6 {
+        dst,
+        dst_len: w.dst_len,
+        gateway,
+        oif: w.oif,
+        protocol: w.protocol,
+        kind: w.kind,
+        table: w.table,
+    })
 }
 
 /// `ip -6 route show table TABLE [proto PROTO]`: the IPv6 routes of routing table `table`,
@@ -410,17 +440,84 @@ pub async fn list_v6(handle: &Handle, protocol: Option<u8>) -> Result<Vec<RouteV
 /// `ip -6 route del` of exactly this route (dst/len, protocol, oif, gateway, type, table).
 /// `Ok(false)` when it was already gone (ESRCH).
 pub async fn delete_v6(handle: &Handle, route: &RouteV6) -> Result<bool, NetlinkError> {
-    check_prefix_v6(route.dst, route.dst_len)?;
-    match nl::request(
-        handle,
-        "RTM_DELROUTE",
-        RouteNetlinkMessage::DelRoute(base_message_v6(route)),
-        0,
-    )
-    .await
-    {
-        Ok(_) => Ok(true),
-        Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
-        Err(e) => Err(e),
+    Wire::from(route).delete(handle).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(dst: &str, dst_len: u8) -> Result<(), NetlinkError> {
+        let r = RouteV4 {
+            dst: dst.parse().expect("ip"),
+            dst_len,
+            gateway: None,
+            oif: None,
+            protocol: 171,
+            scope: RT_SCOPE_UNIVERSE,
+            kind: RTN_UNICAST,
+            table: RT_TABLE_MAIN,
+        };
+        Wire::from(&r).check_prefix()
+    }
+
+    fn v6(dst: &str, dst_len: u8) -> Result<(), NetlinkError> {
+        let r = RouteV6 {
+            dst: dst.parse().expect("ip"),
+            dst_len,
+            gateway: None,
+            oif: None,
+            protocol: 171,
+            kind: RTN_UNICAST,
+            table: RT_TABLE_MAIN,
+        };
+        Wire::from(&r).check_prefix()
+    }
+
+    #[test]
+    fn prefix_checks_of_both_families() {
+        assert!(v4("0.0.0.0", 0).is_ok());
+        assert!(v4("10.0.0.16", 28).is_ok());
+        assert!(v4("10.0.0.17", 32).is_ok());
+        assert!(v4("10.0.0.17", 28).is_err());
+        assert!(v4("10.0.0.0", 33).is_err());
+        assert!(v4("128.0.0.0", 0).is_err());
+        assert!(v6("::", 0).is_ok());
+        assert!(v6("fd00:10::", 80).is_ok());
+        assert!(v6("fd00:10::1", 128).is_ok());
+        assert!(v6("fd00:10::1", 64).is_err());
+        assert!(v6("::", 129).is_err());
+        assert!(v6("8000::", 0).is_err());
+        let e = v6("fd00:10::1", 64).expect_err("host bits");
+        assert!(e.to_string().contains("fd00:10::1/64"), "{e}");
+    }
+
+    #[test]
+    fn a_route_reads_back_as_it_was_encoded() {
+        let r = RouteV6 {
+            dst: "fd00:10::".parse().expect("ip"),
+            dst_len: 80,
+            gateway: Some("fe80::1".parse().expect("gw")),
+            oif: Some(7),
+            protocol: 171,
+            kind: RTN_UNICAST,
+            table: 1000,
+        };
+        let msg = Wire::from(&r).message();
+        assert_eq!(from_message_v6(&msg), Some(r));
+        assert_eq!(from_message(&msg), None, "an IPv6 message read as IPv4");
+        let r4 = RouteV4 {
+            dst: "10.0.0.16".parse().expect("ip"),
+            dst_len: 28,
+            gateway: Some("192.0.2.1".parse().expect("gw")),
+            oif: None,
+            protocol: 171,
+            scope: RT_SCOPE_UNIVERSE,
+            kind: RTN_UNREACHABLE,
+            table: RT_TABLE_MAIN,
+        };
+        let msg = Wire::from(&r4).message();
+        assert_eq!(from_message(&msg), Some(r4));
+        assert_eq!(from_message_v6(&msg), None);
     }
 }
