@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # cri-bench.sh - RunPodSandbox / StopPodSandbox latency through a real containerd 1.6 CRI
-# (Debian's package), vpcnet vs the reference ptp + host-local, same session, same client.
+# (Debian's package), vpcnet vs the reference ptp + host-local, same session, same client,
+# and each CNI's share of RunPodSandbox: its p50 minus a baseline network's (issue 14).
 #
 #   sudo bench/cri-bench.sh [-n N] [-r RUNS] [-w WARMUP] [-k KEEPDIR]
 #     -n N       pods per run (default 30): N x RunPodSandbox, then N x (Stop, Remove)
-#     -r RUNS    repetitions (default 3); the order of the two CNIs alternates between runs,
+#     -r RUNS    repetitions (default 3); the order of the three chains rotates between runs,
 #                the table shows the median over runs of each column
 #     -w WARMUP  pods run and removed before the timed ones (default 2)
 #     -k DIR     keep the raw per-run JSON in DIR (default: a temp dir, printed)
 #
 # Each (run, CNI) gets a fresh lab from tests/cri/lab.sh: containerd and (for vpcnet) vpcnetd
 # in a private network namespace, everything under a temp dir, removed afterwards. Chains:
-# `vpcnet + portmap` and `ptp + host-local + portmap` (cniVersion 1.0.0 for both). Latency is
+# `vpcnet + portmap`, `ptp + host-local + portmap` and the baseline `hxlo + portmap`
+# (bench/noop/hxlo: no kernel work, a fixed eth0 answer — containerd sets up the pod's
+# loopback itself and refuses a sandbox without an eth0 IP, so this is the "loopback-only"
+# sandbox containerd allows), cniVersion 1.0.0 for all. A CNI's share of RunPodSandbox = its
+# p50 minus the baseline's p50 in the same run; the ratio is vpcnet's share / ptp's. Latency is
 # the CRI call as the client sees it (tests/cri/cri_client.py, time.perf_counter); percentiles
 # are nearest-rank (so with N=30 p99 is the maximum). Needs what tests/cri/lab.sh check names
 # and a built workspace: target/release if it has vpcnet + vpcnetd, else target/debug
@@ -48,7 +53,7 @@ trap cleanup EXIT
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
 for r in $(seq 1 "$RUNS"); do
-  if ((r % 2)); then order="vpcnet ptp"; else order="ptp vpcnet"; fi
+  case $((r % 3)) in 1) order="vpcnet ptp baseline" ;; 2) order="ptp baseline vpcnet" ;; *) order="baseline vpcnet ptp" ;; esac
   for cni in $order; do
     CUR=$ROOT/b$$-$cni
     LAB_OWNER_PID=$$ "$LAB" up "$CUR" "$cni" >/dev/null || exit 1
@@ -75,12 +80,13 @@ def pct(v, p):
 def summary(v):
     return {'p50': pct(v, 50), 'p90': pct(v, 90), 'p99': pct(v, 99), 'mean': statistics.mean(v)}
 rows = {}
-for cni in ('vpcnet', 'ptp'):
+for cni in ('vpcnet', 'ptp', 'baseline'):
     per = []
     for r in range(1, runs + 1):
         d = json.load(open(os.path.join(out, 'run%d-%s.json' % (r, cni))))
         assert all(d['ips']), 'a sandbox without IP in run %d %s' % (r, cni)
-        assert len(set(d['ips'])) == len(d['ips']), 'duplicate IPs in run %d %s' % (r, cni)
+        # (the baseline answers every pod with the same fixed address: no network at all)
+        assert cni == 'baseline' or len(set(d['ips'])) == len(d['ips']), 'duplicate IPs in run %d %s' % (r, cni)
         s = {'run': summary(d['run_ms']), 'stop': summary(d['stop_ms']), 'rm': summary(d['remove_ms'])}
         pf = os.path.join(out, 'run%d-%s.plugin' % (r, cni))
         if os.path.exists(pf):
@@ -94,7 +100,7 @@ json.dump(rows, open(os.path.join(out, 'summary.json'), 'w'), indent=1)
 med = lambda xs: statistics.median(xs)
 print('\n| CNI chain | RunPodSandbox p50 / p90 / p99 | StopPodSandbox p50 / p90 / p99 | RemovePodSandbox p50 | runs: Run p50 | runs: Stop p50 |')
 print('| --- | --- | --- | --- | --- | --- |')
-names = {'vpcnet': 'vpcnet + portmap', 'ptp': 'ptp + host-local + portmap'}
+names = {'vpcnet': 'vpcnet + portmap', 'ptp': 'ptp + host-local + portmap', 'baseline': 'baseline (hxlo + portmap)'}
 for cni, per in rows.items():
     m = lambda k, q: med([s[k][q] for s in per])
     print('| %s | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f | %.1f | %s | %s |' % (
@@ -107,5 +113,16 @@ if v:
         med([s['plugin_add_p50'] for s in v]), med([s.get('plugin_del_p50', 0) for s in v])))
 a, b = med([s['run']['p50'] for s in rows['vpcnet']]), med([s['run']['p50'] for s in rows['ptp']])
 print('RunPodSandbox p50: vpcnet %.1f ms vs ptp+host-local %.1f ms -> %s' % (a, b, 'vpcnet lower' if a < b else 'vpcnet NOT lower'))
+# The CNI's share: RunPodSandbox p50 minus the baseline's, per run (same run, same moment).
+share = lambda cni, r: rows[cni][r]['run']['p50'] - rows['baseline'][r]['run']['p50']
+sv = [share('vpcnet', r) for r in range(runs)]
+sp = [share('ptp', r) for r in range(runs)]
+ratios = [v / p for v, p in zip(sv, sp) if p > 0]
+print('CNI share of RunPodSandbox p50 (minus baseline %.1f ms), per run: vpcnet %s, ptp %s' % (
+    med([s['run']['p50'] for s in rows['baseline']]),
+    ' / '.join('%.1f' % x for x in sv), ' / '.join('%.1f' % x for x in sp)))
+if ratios:
+    print('share ratio vpcnet/ptp: median %.2f (per run %s; target <= 0.25)' % (
+        med(ratios), ' / '.join('%.2f' % x for x in ratios)))
 EOF
 echo "raw results: $OUT"
