@@ -15,6 +15,10 @@ usage: cri_client.py SOCK COMMAND [ARGS]     (every command prints one JSON docu
   cleanup                       stop + remove every sandbox
   bench N PREFIX                N x RunPodSandbox, then N x (StopPodSandbox, RemovePodSandbox);
                                 every latency in ms, plus each sandbox's IP
+  bench-mix N PREFIX SOCK...    the same, N pods on each of SOCK and the further SOCKs, taken
+                                in turn (pod 1 on each, then pod 2 on each, ...), so every
+                                runtime sees the same moments of the machine: a list of `bench`
+                                documents, one per socket, in the order given
   image OUT.tar NAME            (no SOCK needed: pass '-') build the sandbox ("pause") image as an
                                 OCI archive from /bin/busybox (busybox-static), for `ctr import`
 
@@ -162,6 +166,31 @@ class Cri:
                 for c in r.status.conditions}
 
 
+def bench_mix(socks, n, prefix):
+    """`bench` on several runtimes at once, their pods interleaved (see the usage)."""
+    cs = [Cri(s) for s in socks]
+    ids = [[] for _ in cs]
+    run = [[] for _ in cs]
+    for i in range(n):
+        for k, c in enumerate(cs):
+            pid, ms = c.run('%s%d-%d' % (prefix, k, i), 'bench')
+            ids[k].append(pid)
+            run[k].append(ms)
+    out = []
+    for k, c in enumerate(cs):
+        ips = [c.podstatus(pid)['ip'] for pid in ids[k]]
+        out.append({'n': n, 'run_ms': run[k], 'ips': ips, 'stop_ms': [], 'remove_ms': []})
+    for i in range(n):
+        for k, c in enumerate(cs):
+            out[k]['stop_ms'].append(c.stop(ids[k][i]))
+            out[k]['remove_ms'].append(c.rm(ids[k][i]))
+    r2 = lambda v: [round(x, 2) for x in v]
+    for o in out:
+        for key in ('run_ms', 'stop_ms', 'remove_ms'):
+            o[key] = r2(o[key])
+    return out
+
+
 def main(argv):
     if len(argv) < 3:
         sys.exit(__doc__)
@@ -169,6 +198,9 @@ def main(argv):
     if cmd == 'image':
         build_image(args[0], args[1])
         print(json.dumps({'image': args[1], 'archive': args[0]}))
+        return
+    if cmd == 'bench-mix':
+        print(json.dumps(bench_mix([sock] + args[2:], int(args[0]), args[1])))
         return
     c = Cri(sock)
     if cmd == 'version':
