@@ -134,7 +134,10 @@ fn veth_create_pair_reports_the_pod_ends_index() {
         .index;
     assert_eq!(made.peer_index, Some(pod_index));
     let hl = host.ip(&["-o", "link", "show", "vpctest0"]);
-    assert!(hl.starts_with(&format!("{}: vpctest0@", made.index)), "{hl}");
+    assert!(
+        hl.starts_with(&format!("{}: vpctest0@", made.index)),
+        "{hl}"
+    );
     assert!(hl.contains(",UP"), "{hl}");
     let peer = pod.ip(&["-o", "link", "show", "eth0"]);
     assert!(peer.starts_with(&format!("{pod_index}: eth0@")), "{peer}");
