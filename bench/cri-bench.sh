@@ -1,22 +1,17 @@
 #!/usr/bin/env bash
 # cri-bench.sh - RunPodSandbox / StopPodSandbox latency through a real containerd 1.6 CRI
-# (Debian's package), vpcnet vs the reference ptp + host-local, same session, same client, beside
-# a baseline without a pod network: `loopback` + bench/noop/hxstatic, which reports eth0 with an
-# address and configures nothing (containerd 1.6's CRI refuses a loopback-only result: "failed to
-# find network info"; the baseline so includes one shell exec, ~1 ms). The CNI's *share* of
-# RunPodSandbox is its p50 minus the baseline's p50 (issue 14).
+# (Debian's package), vpcnet vs the reference ptp + host-local, same session, same client.
 #
 #   sudo bench/cri-bench.sh [-n N] [-r RUNS] [-w WARMUP] [-k KEEPDIR]
 #     -n N       pods per run (default 30): N x RunPodSandbox, then N x (Stop, Remove)
-#     -r RUNS    repetitions (default 3); the order of the three chains rotates between runs,
-#                the table shows the median over runs of each column; the shares are taken
-#                per run (same run) and their median is printed with the ratio
+#     -r RUNS    repetitions (default 3); the order of the two CNIs alternates between runs,
+#                the table shows the median over runs of each column
 #     -w WARMUP  pods run and removed before the timed ones (default 2)
 #     -k DIR     keep the raw per-run JSON in DIR (default: a temp dir, printed)
 #
 # Each (run, CNI) gets a fresh lab from tests/cri/lab.sh: containerd and (for vpcnet) vpcnetd
 # in a private network namespace, everything under a temp dir, removed afterwards. Chains:
-# `vpcnet + portmap`, `ptp + host-local + portmap` and `loopback + hxstatic` (cniVersion 1.0.0 for all). Latency is
+# `vpcnet + portmap` and `ptp + host-local + portmap` (cniVersion 1.0.0 for both). Latency is
 # the CRI call as the client sees it (tests/cri/cri_client.py, time.perf_counter); percentiles
 # are nearest-rank (so with N=30 p99 is the maximum). Needs what tests/cri/lab.sh check names
 # and a built workspace: target/release if it has vpcnet + vpcnetd, else target/debug
@@ -53,7 +48,7 @@ trap cleanup EXIT
 
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)" | tee "$OUT/load.txt"
 for r in $(seq 1 "$RUNS"); do
-  case $((r % 3)) in 1) order="baseline vpcnet ptp" ;; 2) order="vpcnet ptp baseline" ;; *) order="ptp baseline vpcnet" ;; esac
+  if ((r % 2)); then order="vpcnet ptp"; else order="ptp vpcnet"; fi
   for cni in $order; do
     CUR=$ROOT/b$$-$cni
     LAB_OWNER_PID=$$ "$LAB" up "$CUR" "$cni" >/dev/null || exit 1
@@ -80,15 +75,12 @@ def pct(v, p):
 def summary(v):
     return {'p50': pct(v, 50), 'p90': pct(v, 90), 'p99': pct(v, 99), 'mean': statistics.mean(v)}
 rows = {}
-for cni in ('vpcnet', 'ptp', 'baseline'):
+for cni in ('vpcnet', 'ptp'):
     per = []
     for r in range(1, runs + 1):
         d = json.load(open(os.path.join(out, 'run%d-%s.json' % (r, cni))))
-        if cni == 'baseline':
-            assert set(d['ips']) == {'192.0.2.1'}, 'the baseline pods should report 192.0.2.1 only, run %d' % r
-        else:
-            assert all(d['ips']), 'a sandbox without IP in run %d %s' % (r, cni)
-            assert len(set(d['ips'])) == len(d['ips']), 'duplicate IPs in run %d %s' % (r, cni)
+        assert all(d['ips']), 'a sandbox without IP in run %d %s' % (r, cni)
+        assert len(set(d['ips'])) == len(d['ips']), 'duplicate IPs in run %d %s' % (r, cni)
         s = {'run': summary(d['run_ms']), 'stop': summary(d['stop_ms']), 'rm': summary(d['remove_ms'])}
         pf = os.path.join(out, 'run%d-%s.plugin' % (r, cni))
         if os.path.exists(pf):
@@ -102,7 +94,7 @@ json.dump(rows, open(os.path.join(out, 'summary.json'), 'w'), indent=1)
 med = lambda xs: statistics.median(xs)
 print('\n| CNI chain | RunPodSandbox p50 / p90 / p99 | StopPodSandbox p50 / p90 / p99 | RemovePodSandbox p50 | runs: Run p50 | runs: Stop p50 |')
 print('| --- | --- | --- | --- | --- | --- |')
-names = {'vpcnet': 'vpcnet + portmap', 'ptp': 'ptp + host-local + portmap', 'baseline': 'loopback + hxstatic (baseline)'}
+names = {'vpcnet': 'vpcnet + portmap', 'ptp': 'ptp + host-local + portmap'}
 for cni, per in rows.items():
     m = lambda k, q: med([s[k][q] for s in per])
     print('| %s | %.1f / %.1f / %.1f | %.1f / %.1f / %.1f | %.1f | %s | %s |' % (
@@ -115,18 +107,5 @@ if v:
         med([s['plugin_add_p50'] for s in v]), med([s.get('plugin_del_p50', 0) for s in v])))
 a, b = med([s['run']['p50'] for s in rows['vpcnet']]), med([s['run']['p50'] for s in rows['ptp']])
 print('RunPodSandbox p50: vpcnet %.1f ms vs ptp+host-local %.1f ms -> %s' % (a, b, 'vpcnet lower' if a < b else 'vpcnet NOT lower'))
-# The CNI's share: RunPodSandbox p50 minus the baseline's, per run (same run,
-# same machine state), then the median over runs; the target is vpcnet <= 0.25 x ptp's.
-lo = [s['run']['p50'] for s in rows['baseline']]
-sv = [s['run']['p50'] - l for s, l in zip(rows['vpcnet'], lo)]
-sp = [s['run']['p50'] - l for s, l in zip(rows['ptp'], lo)]
-ratios = ['%.3f' % (v / p) if p > 0 else '-' for v, p in zip(sv, sp)]
-print('RunPodSandbox p50, median of runs: baseline %.1f, ptp+host-local %.1f, vpcnet %.1f ms' % (med(lo), b, a))
-print('CNI share (p50 minus baseline, per run): vpcnet %s ms, ptp+host-local %s ms; ratio per run %s' % (
-    ' / '.join('%.1f' % x for x in sv), ' / '.join('%.1f' % x for x in sp), ' / '.join(ratios)))
-mv, mp = med(sv), med(sp)
-print('CNI share, median of runs: vpcnet %.1f ms vs ptp+host-local %.1f ms -> ratio %s (target <= 0.25)' % (
-    mv, mp, '%.3f' % (mv / mp) if mp > 0 and mv >= 0 else
-    'not resolvable: a share <= 0 means the run-to-run noise exceeds the CNI cost (more pods, quieter machine)'))
 EOF
 echo "raw results: $OUT"

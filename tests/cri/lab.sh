@@ -2,7 +2,7 @@
 # lab.sh - a throwaway containerd 1.6 CRI "node" for vpcnet tests and benchmarks.
 #
 #   lab.sh check                          prerequisites only (exit 3 + "missing: ..." if not met)
-#   lab.sh up DIR CNI [VPCNETD-FLAGS...]  CNI: vpcnet | ptp | baseline
+#   lab.sh up DIR CNI [VPCNETD-FLAGS...]  CNI: vpcnet | ptp
 #   lab.sh down DIR                       remove everything `up` made (also after a failed up)
 #   lab.sh reap ROOT                      `down` every lab under ROOT whose owner process is gone
 #
@@ -10,9 +10,7 @@
 # never configured), starts containerd inside it (nsenter --net) with root, state, socket and
 # pod netns mounts (netns_mounts_under_state_dir) under DIR, imports a local sandbox image
 # built from busybox-static, and for CNI=vpcnet starts vpcnetd in the same namespace. The CNI
-# chain is `vpcnet + portmap` or `ptp + host-local + portmap`, or for CNI=baseline (bench/cri-bench.sh:
-# RunPodSandbox without a pod network) `loopback + hxstatic` (bench/noop/hxstatic: reports eth0
-# with an address, configures nothing; containerd 1.6 refuses a result without one); the CNI bin dir DIR/cni-bin
+# chain is `vpcnet + portmap` or `ptp + host-local + portmap`; the CNI bin dir DIR/cni-bin
 # links our `vpcnet` and Debian's plugins (/usr/lib/cni). When vpcnetd has --cni-conf-dir it
 # writes the conflist itself (unless LAB_CONFLIST=lab), else this script does (cniVersion
 # 1.0.0: the newest containerd 1.6's libcni and Debian's portmap 1.1.1 accept); either way the
@@ -64,7 +62,7 @@ wait_socket() { # PATH PID SECS
 
 up() {
   DIR=$1 CNI=$2; shift 2
-  case $CNI in vpcnet | ptp | baseline) ;; *) die "CNI must be vpcnet, ptp or baseline" ;; esac
+  case $CNI in vpcnet | ptp) ;; *) die "CNI must be vpcnet or ptp" ;; esac
   check
   if [ "$CNI" = vpcnet ] && ! { [ -x "$BIN/vpcnet" ] && [ -x "$BIN/vpcnetd" ]; }; then
     die "no vpcnet/vpcnetd in $BIN: cargo build --workspace --bins"
@@ -133,12 +131,6 @@ EOF
     setsid nsenter --net="/run/netns/$ns" "$BIN/vpcnetd" "${agent[@]}" "$@" </dev/null >"$DIR/vpcnetd.log" 2>&1 &
     setenv VPCNETD_PID $!; setenv AGENT_SOCK "$DIR/vpcnetd.sock"
     wait_socket "$DIR/vpcnetd.sock" $! 15 || { cat "$DIR/vpcnetd.log" >&2; fail "vpcnetd did not serve within 15 s"; }
-  elif [ "$CNI" = baseline ]; then
-    # The baseline of bench/cri-bench.sh: `lo` up and a reported (not configured) eth0
-    # address; what the sandbox costs without a pod network.
-    setenv CONFLIST_BY lab
-    ln -sf "$REPO/bench/noop/hxstatic" "$DIR/cni-bin/hxstatic" || fail "ln hxstatic"
-    printf '{"cniVersion":"1.0.0","name":"baseline","plugins":[{"type":"loopback"},{"type":"hxstatic"}]}\n' >"$DIR/net.d/10-baseline.conflist"
   else
     setenv CONFLIST_BY lab
     printf '{"cniVersion":"1.0.0","name":"ptp","plugins":[{"type":"ptp","ipMasq":false,"ipam":{"type":"host-local","ranges":[[{"subnet":"%s"}]],"routes":[{"dst":"0.0.0.0/0"}],"dataDir":"%s"}},{"type":"portmap","capabilities":{"portMappings":true}}]}\n' \
