@@ -30,6 +30,6 @@ pub const RTPROT_VPCNET: u8 = 171;
 /// its connection task on the current tokio runtime.
 pub fn connect() -> Result<rtnetlink::Handle, NetlinkError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
-    tokio::spawn(conn);
+    tokio::spawn(nl::Eager(conn));
     Ok(handle)
 }

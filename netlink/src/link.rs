@@ -26,6 +26,9 @@ pub struct LinkInfo {
     pub mtu: Option<u32>,
     /// IFLA_INFO_KIND, e.g. `"veth"`; `None` for devices without link info (e.g. `lo`).
     pub kind: Option<String>,
+    /// IFLA_LINK: the ifindex of the link this one is tied to, in *that* link's namespace
+    /// (a veth's peer); `None` when the kernel sends none (the link is its own).
+    pub link: Option<u32>,
 }
 
 impl LinkInfo {
@@ -38,12 +41,14 @@ impl LinkInfo {
             up: msg.header.flags.contains(LinkFlags::Up),
             mtu: None,
             kind: None,
+            link: None,
         };
         for attr in &msg.attributes {
             match attr {
                 LinkAttribute::IfName(n) => info.name.clone_from(n),
                 LinkAttribute::Address(a) => info.mac = <[u8; 6]>::try_from(a.as_slice()).ok(),
                 LinkAttribute::Mtu(m) => info.mtu = Some(*m),
+                LinkAttribute::Link(l) => info.link = Some(*l),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let link::LinkInfo::Kind(k) = i {

@@ -117,7 +117,7 @@ pub fn connect_in(ns: BorrowedFd<'_>) -> Result<rtnetlink::Handle, NetlinkError>
         rtnetlink::new_connection().map_err(NetlinkError::Socket)
     })?;
     let (conn, handle, _) = made?;
-    tokio::spawn(conn);
+    tokio::spawn(crate::nl::Eager(conn));
     Ok(handle)
 }
 
@@ -138,7 +138,7 @@ pub fn connect_in_opening(
     })?;
     let (conn, handle, _) = made?;
     let file = opened?;
-    tokio::spawn(conn);
+    tokio::spawn(crate::nl::Eager(conn));
     Ok((handle, file))
 }
 

@@ -75,20 +75,39 @@ pub fn create_message(spec: &VethSpec<'_>) -> LinkMessage {
     pod
 }
 
+/// What [`create_pair`] made: the host end's ifindex and, when the kernel said, the pod end's
+/// ifindex in its own namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Created {
+    /// ifindex of the host end (in the handle's namespace).
+    pub index: u32,
+    /// ifindex of the pod end in `peer_netns` (the host end's IFLA_LINK), so the caller needs
+    /// no lookup there; `None` if the kernel did not report it.
+    pub peer_index: Option<u32>,
+}
+
 /// Creates the veth pair with one RTM_NEWLINK (`NLM_F_CREATE|NLM_F_EXCL`): the pod end is
 /// born directly in `peer_netns` (IFLA_NET_NS_FD), UP if [`VethSpec::peer_up`]; the host end
 /// in the handle's namespace; MACs and MTU of both set in the same request. Then, pipelined
-/// in one round trip, the host end gets IPv6 address generation mode `none` (see
-/// [`link::no_ipv6_link_local`]; before it is UP, since the kernel refuses IFLA_AF_SPEC in a
-/// creating request and handles it after the flags in one setting request), is set UP by
-/// name and its ifindex is read back. See [`create_message`] for why both ends cannot be
-/// created UP in one request.
+/// in one round trip, the host end's ifindex (and its peer's, IFLA_LINK) is read back, it
+/// gets IPv6 address generation mode `none` (see [`link::no_ipv6_link_local`]; before it is
+/// UP, since the kernel refuses IFLA_AF_SPEC in a creating request and handles it after the
+/// flags in one setting request) and is set UP by name. See [`create_message`] for why both
+/// ends cannot be created UP in one request.
+///
+/// The RTM_GETLINK goes **before** the UP (issue 14): the kernel's RTM_GETLINK first runs the
+/// link's pending link-watch event (`linkwatch_sync_dev`; the pair was created without carrier).
+/// Run while the host end is still down, that event does nothing; run once it is UP without
+/// carrier (its peer is still down), it deactivated the device's queues
+/// (`dev_deactivate` → `synchronize_net`): an expedited RCU grace period under rtnl_lock on
+/// every ADD, which every concurrent ADD waited behind. When the pod end comes UP, both ends
+/// get carrier and are activated (no grace period).
 ///
 /// An existing host name, or an existing peer name in the pod namespace, fails with EEXIST
 /// ([`NetlinkError::is_exists`]), and nothing is created or deleted. If the second step
 /// fails, the pair this call created is deleted again before the error is returned: a
 /// failed call leaves nothing behind and never touches a link it did not create.
-pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, NetlinkError> {
+pub async fn create_pair(handle: &Handle, spec: &VethSpec<'_>) -> Result<Created, NetlinkError> {
     link::check_name(spec.host_name)?;
     link::check_name(spec.peer_name)?;
     nl::request(
@@ -104,9 +123,10 @@ pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, Netlink
     up.attributes
         .push(LinkAttribute::IfName(spec.host_name.to_owned()));
     // Pipelined: the requests are queued on the socket before any reply is awaited, and the
-    // kernel handles them in order (mode, set UP, then get), so this costs one round trip.
+    // kernel handles them in order (get, mode, then set UP), so this costs one round trip.
     // (do_setlink() does not honour NLM_F_ECHO, so the ifindex needs the get.)
-    let (_mode, up, index) = futures::join!(
+    let (got, _mode, up) = futures::join!(
+        link::get_by_name(handle, spec.host_name),
         // Best effort: a kernel without IPv6 refuses it (EAFNOSUPPORT) and needs none.
         link::no_ipv6_link_local(handle, link::Which::Name(spec.host_name)),
         nl::request(
@@ -115,17 +135,25 @@ pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, Netlink
             RouteNetlinkMessage::NewLink(up),
             0,
         ),
-        link::index_by_name(handle, spec.host_name),
     );
     let done = up.and_then(|_| {
-        index?.ok_or(NetlinkError::kernel(
+        let host = got?.ok_or(NetlinkError::kernel(
             "RTM_GETLINK after veth create",
             libc::ENODEV,
-        ))
+        ))?;
+        Ok(Created {
+            index: host.index,
+            peer_index: host.link.filter(|i| *i != 0),
+        })
     });
     if done.is_err() {
         // The pair is this call's own (the EXCL create succeeded): remove it, both ends.
         let _ = link::delete_by_name(handle, spec.host_name).await;
     }
     done
+}
+
+/// [`create_pair`], returning the host end's ifindex only.
+pub async fn create(handle: &Handle, spec: &VethSpec<'_>) -> Result<u32, NetlinkError> {
+    create_pair(handle, spec).await.map(|c| c.index)
 }

@@ -100,6 +100,50 @@ fn veth_create_exists_and_delete() {
     assert!(!by_index.expect("delete_by_index of a gone link"));
 }
 
+/// `create_pair` reports the pod end's ifindex as the pod namespace numbers it (the host end's
+/// IFLA_LINK), so the plugin configures the pod end without looking it up there (issue 14);
+/// and the host end is created UP, its peer down, as the plugin asks.
+#[test]
+fn veth_create_pair_reports_the_pod_ends_index() {
+    let host = Ns::new();
+    let pod = Ns::new();
+    // Something else in the pod first, so the pod end's index is neither 1 nor 2, and the
+    // host side gets links of its own so the two namespaces' numbering differs.
+    pod.ip(&["link", "add", "x7", "type", "veth", "peer", "name", "x8"]);
+    host.ip(&["link", "add", "x9", "type", "veth", "peer", "name", "x10"]);
+    host.ip(&["link", "add", "x11", "type", "veth", "peer", "name", "x12"]);
+    let pod_fd = pod.fd.as_fd();
+    let made = host
+        .run(|h| async move {
+            let spec = VethSpec {
+                host_name: "vpctest0",
+                host_mac: HOST_MAC,
+                peer_name: "eth0",
+                peer_mac: PEER_MAC,
+                peer_netns: pod_fd,
+                peer_up: false,
+                mtu: None,
+            };
+            veth::create_pair(&h, &spec).await
+        })
+        .expect("create veth");
+    let pod_index = pod
+        .run(|h| async move { link::get_by_name(&h, "eth0").await })
+        .expect("get")
+        .expect("eth0 in the pod")
+        .index;
+    assert_eq!(made.peer_index, Some(pod_index));
+    let hl = host.ip(&["-o", "link", "show", "vpctest0"]);
+    assert!(
+        hl.starts_with(&format!("{}: vpctest0@", made.index)),
+        "{hl}"
+    );
+    assert!(hl.contains(",UP"), "{hl}");
+    let peer = pod.ip(&["-o", "link", "show", "eth0"]);
+    assert!(peer.starts_with(&format!("{pod_index}: eth0@")), "{peer}");
+    assert!(!peer.contains(",UP"), "{peer}");
+}
+
 #[test]
 fn veth_default_mtu_and_name_checks() {
     let host = Ns::new();

@@ -233,6 +233,9 @@ pub struct HostVeth {
     pub name: String,
     pub index: u32,
     pub mac: [u8; 6],
+    /// The pod end's ifindex in the pod namespace, when the creating ADD learnt it (the host
+    /// end's IFLA_LINK): the pod side then needs no lookup.
+    pub peer_index: Option<u32>,
 }
 
 /// What creating the veth pair gave.
@@ -271,8 +274,13 @@ pub async fn create_veth(
         // Set UP by `configure_pod`, after IPv6 address generation is off (issue 14).
         peer_up: false,
     };
-    match veth::create(host, &spec).await {
-        Ok(index) => Ok(Created::New(HostVeth { name, index, mac })),
+    match veth::create_pair(host, &spec).await {
+        Ok(made) => Ok(Created::New(HostVeth {
+            name,
+            index: made.index,
+            mac,
+            peer_index: made.peer_index,
+        })),
         Err(e) if e.is_exists() => Ok(Created::Taken),
         Err(e) => Err(CniError::dataplane(
             &format!("creating veth {name} with peer {ifname} in {netns_path}"),
@@ -366,7 +374,7 @@ pub async fn wire(host: &Handle, veth: &HostVeth, plan: &Plan<'_>) -> Result<(),
                 None => Ok(()),
             }
         },
-        configure_pod(&pod, ifname, ips, veth.mac),
+        configure_pod(&pod, ifname, ips, veth.mac, veth.peer_index),
     );
     host_route?;
     host_route6?;
@@ -444,6 +452,7 @@ pub async fn resolve_taken(host: &Handle, plan: &Plan<'_>, held: bool) -> Result
                 name,
                 index: h.index,
                 mac: naming::host_veth_mac(plan.container_id, plan.ifname),
+                peer_index: pod_link.as_ref().map(|l| l.index),
             };
             // Nothing here was created by this ADD: on failure nothing is undone.
             wire(host, &veth, plan).await?;
@@ -530,16 +539,24 @@ async fn retire_stale(
     Ok(())
 }
 
+/// `index`: the pod end's ifindex when known (from the veth's creation), else it is looked up
+/// by name in the pod namespace first (one round trip more).
 async fn configure_pod(
     h: &Handle,
     ifname: &str,
     ips: PodIps,
     host_mac: [u8; 6],
+    index: Option<u32>,
 ) -> Result<(), CniError> {
-    let index = link::index_by_name(h, ifname)
-        .await
-        .map_err(|e| CniError::dataplane(&format!("finding {ifname} in pod"), e))?
-        .ok_or_else(|| CniError::Dataplane(format!("{ifname} missing in pod after creation")))?;
+    let index = match index {
+        Some(i) => i,
+        None => link::index_by_name(h, ifname)
+            .await
+            .map_err(|e| CniError::dataplane(&format!("finding {ifname} in pod"), e))?
+            .ok_or_else(|| {
+                CniError::Dataplane(format!("{ifname} missing in pod after creation"))
+            })?,
+    };
     // Sent back to back without waiting for each answer: the kernel handles one socket's
     // requests in order, so the gateway route exists before the default route that uses it.
     // Only the default interface gets routes (see `owns_default_route`).

@@ -242,6 +242,7 @@ mod tests {
             up: true,
             mtu: None,
             kind: Some("veth".into()),
+            link: None,
         }
     }
 

@@ -45,8 +45,8 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             )))
         }
     };
-    let rt = super::runtime()?;
-    let host = rt.block_on(async { super::host_netlink() })?;
+    // Sent as soon as the in-flight lock is held, before the runtime and the netlink socket
+    // are set up: the agent's journal sync runs meanwhile (issue 14).
     let pending = agent::send_on(
         conn,
         Request::Assign {
@@ -54,6 +54,23 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
             meta: super::meta(env),
         },
     )?;
+    let set_up = super::runtime().and_then(|rt| {
+        let host = rt.block_on(async { super::host_netlink() })?;
+        Ok((rt, host))
+    });
+    let (rt, host) = match set_up {
+        Ok(v) => v,
+        Err(e) => {
+            // An address this ADD took goes straight back (as for a failed wiring below).
+            if let Ok(Reply::Assigned {
+                existing: false, ..
+            }) = agent::wait(pending)
+            {
+                let _ = agent::call(&conf.socket, Request::Release { key, unused: true });
+            }
+            return Err(e);
+        }
+    };
     let early_veth: Option<Result<Created, CniError>> = conf.mtu.map(|mtu| {
         rt.block_on(dataplane::create_veth(
             &host,
