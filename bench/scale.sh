@@ -328,6 +328,6 @@ if [ "${#rss[@]}" -gt 0 ]; then
   # binary's and the libraries' pages: shared by the agents of this lab, counted in each VmRSS).
   for k in $(seq "$NODES"); do
     awk '/^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} END {if (a != "") print a, f}' "/proc/${PIDS[$k]}/status" 2>/dev/null || true
-  done | sort -n | awk '{a[NR] = $1; f[NR] = $2} END {if (NR) printf "  of which RssAnon median %.1f MiB (max %.1f), RssFile median %.1f MiB\n", a[int((NR + 1) / 2)] / 1024, a[NR] / 1024, f[int((NR + 1) / 2)] / 1024}'
+  done | sort -n | awk '{a[NR] = $1; f[NR] = $2} END {if (NR) printf "  of which RssAnon median %.1f MiB (max %.1f), RssFile %.1f MiB (that agent)\n", a[int((NR + 1) / 2)] / 1024, a[NR] / 1024, f[int((NR + 1) / 2)] / 1024}'
 fi
 echo "neighbour table at the end: $(arp_stats)"
