@@ -64,8 +64,18 @@ node_ip() { echo "$NET.$(( ($1 + 10) / 250 )).$(( ($1 + 10) % 250 + 1 ))"; }
 in_ns() { local n=$1; shift; nsenter --net=/run/netns/"$n" "$@"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
+# Every MAC address is fixed (the bridge's: BR_MAC; node K's eth0: node_mac K), so that both
+# ends of every agent link get a permanent neighbour entry (below). Without them each agent's
+# namespace resolves etcd's address and the switch namespace every agent's (2 N entries), and
+# the kernel's neighbour table is one for all namespaces: beyond gc_thresh3 (1024 here, a
+# root-namespace sysctl this lab must not touch) new entries are refused or evicted and the
+# agents' TCP connects to etcd time out (~510 agents). Entries added as NUD_PERMANENT are
+# exempt from the table's garbage collection and not counted against gc_thresh2/3 (kernel
+# >= 5.0, neigh_alloc(exempt_from_gc)); the lab prints the ARP table's counters to show it.
+BR_MAC=02:76:$(printf '%02x' $((ID % 256))):00:00:01
+node_mac() { printf '02:77:%02x:%02x:%02x:%02x' $((ID % 256)) $(($1 >> 16 & 255)) $(($1 >> 8 & 255)) $(($1 & 255)); }
 ip netns add "$SW"; ip -n "$SW" link set lo up
-ip -n "$SW" link add br0 type bridge; ip -n "$SW" addr add "$NET.0.1/16" dev br0; ip -n "$SW" link set br0 up
+ip -n "$SW" link add br0 address "$BR_MAC" type bridge; ip -n "$SW" addr add "$NET.0.1/16" dev br0; ip -n "$SW" link set br0 up
 nsenter --net=/run/netns/"$SW" etcd --name sw --data-dir "$RUN/etcd" --quota-backend-bytes 4294967296 \
   --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
@@ -75,10 +85,20 @@ for _ in $(seq 200); do in_ns "$SW" curl -sf -m 1 "$ETCD/health" 2>/dev/null | g
 
 # Namespaces and links first (one ip -batch each), so the agents can start together.
 { for k in $(seq "$NODES"); do echo "netns add $P-n$k"; done; } | ip -batch -
-{ for k in $(seq "$NODES"); do echo "link add n$k type veth peer name eth0 netns $P-n$k"; echo "link set n$k master br0 up"; done; } | ip -n "$SW" -batch -
+{ for k in $(seq "$NODES"); do echo "link add n$k type veth peer name eth0 address $(node_mac "$k") netns $P-n$k"; echo "link set n$k master br0 up"; done; } | ip -n "$SW" -batch -
 for k in $(seq "$NODES"); do
-  { echo "link set lo up"; echo "addr add $(node_ip "$k")/16 dev eth0"; echo "link set eth0 up"; } | ip -n "$P-n$k" -batch -
+  { echo "link set lo up"; echo "addr add $(node_ip "$k")/16 dev eth0"; echo "link set eth0 up"
+    echo "neigh replace $NET.0.1 lladdr $BR_MAC dev eth0 nud permanent"; } | ip -n "$P-n$k" -batch -
 done
+{ for k in $(seq "$NODES"); do echo "neigh replace $(node_ip "$k") lladdr $(node_mac "$k") dev br0 nud permanent"; done; } | ip -n "$SW" -batch -
+# The kernel's IPv4 neighbour table (one for all namespaces): entries and forced GC runs.
+# (Machine-wide counters: another session's namespaces add to them too.)
+arp_stats() {
+  ip -n "$SW" -s ntable show name arp_cache 2>/dev/null | awk '!done {for (i = 1; i < NF; i++) {
+      if ($i == "entries") e = $(i + 1); if ($i == "forced_gc_runs") f = $(i + 1); if ($i == "table_fulls") t = $(i + 1) }}
+    /table_fulls/ {done = 1} END {printf "entries %s, forced GC runs %s, table full %s", e, f, t}'
+}
+echo "scale.sh: neighbour table after the permanent entries: $(arp_stats)"
 
 claims_json() {
   in_ns "$SW" curl -s -m 5 "$ETCD/v3/kv/range" \
@@ -134,7 +154,7 @@ for _ in $(seq 6000); do
   if [ "${nodes:-0}" -ge "$NODES" ]; then a_claimed=$(date +%s.%N) t_claimed=$(since); break; fi
   sleep 0.1
 done
-load_claimed=$(load)
+load_claimed=$(load) arp_claimed=$(arp_stats)
 # CPU each agent has used by now (every node claimed), and etcd's.
 for k in $(seq "$NODES"); do cpu_ms_of "${PIDS[$k]}"; echo; done >"$RUN/cpu-at-claimed"
 etcd_cpu_claimed=$(cpu_ms_of "$ETCD_PID")
@@ -217,6 +237,7 @@ printf 'cold-start retries (log lines over all agents): lease keep-alive failed 
 read -r nodes total <<<"$(claims)"
 printf 'cold start: every node claimed: %s s  every node routes every prefix: %s s  claims=%s  lost races=%s  agents that logged VPC exhausted=%s  agents that waited for a prefix=%s (waiting now: %s)  agents timing out listing claims=%s  load: %s\n' \
   "${t_claimed:-never}" "${t_routed:-never}" "$total" "$lost" "$exhausted" "$waited" "$waiting_now" "$timeouts" "$load_claimed"
+echo "cold start: neighbour table at \"every node claimed\": $arp_claimed"
 
 # Idle traffic: nothing changes for IDLE seconds; count what the agents still ask etcd.
 etcd_metric() { # sum of an etcd metric's samples whose line matches $1
@@ -303,4 +324,10 @@ for k in $(seq "$NODES"); do
 done
 if [ "${#rss[@]}" -gt 0 ]; then
   printf '%s\n' "${rss[@]}" | sort -n | awk '{a[NR] = $1} END {printf "agent RSS (VmRSS, %d agents): median %.1f MiB  max %.1f MiB\n", NR, a[int((NR + 1) / 2)] / 1024, a[NR] / 1024}'
+  # Of which: anonymous (heap, stacks, the binary's relocated data) and file-backed (the
+  # binary's and the libraries' pages: shared by the agents of this lab, counted in each VmRSS).
+  for k in $(seq "$NODES"); do
+    awk '/^RssAnon:/ {a = $2} /^RssFile:/ {f = $2} END {if (a != "") print a, f}' "/proc/${PIDS[$k]}/status" 2>/dev/null || true
+  done | sort -n | awk '{a[NR] = $1; f[NR] = $2} END {if (NR) printf "  of which RssAnon median %.1f MiB (max %.1f), RssFile %.1f MiB (that agent)\n", a[int((NR + 1) / 2)] / 1024, a[NR] / 1024, f[int((NR + 1) / 2)] / 1024}'
 fi
+echo "neighbour table at the end: $(arp_stats)"
