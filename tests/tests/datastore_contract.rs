@@ -1007,6 +1007,41 @@ async fn etcd_list_at_start_waits_for_the_watch_fill() {
     );
 }
 
+/// Issue 10 (1000 nodes): concurrent `list_fresh` calls share the list in flight — 20 at once
+/// cost at most two requests to etcd, not 20 (each used to send its own, cut off and re-sent
+/// under load) — and every answer is still fresh: it holds a claim made before the calls,
+/// and a call after them sends its own and sees a release made meanwhile.
+#[tokio::test]
+async fn etcd_concurrent_fresh_lists_share_the_request_in_flight() {
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let n1 = b.node("n1").await;
+    cache_synced(&n1).await;
+    // The start-up lists (the watch's fill, the lease's adoption) are done.
+    let started = eventually(Duration::from_secs(5), || async { n1.list_requests() >= 2 }).await;
+    assert!(started.is_some(), "start-up lists within 5 s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = net("10.9.103.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    let before = n1.list_requests();
+    let answers = futures::future::join_all((0..20).map(|_| n1.list_fresh())).await;
+    for a in answers {
+        let o = owners_of(a.expect("list_fresh"));
+        assert_eq!(o.get(&p).map(String::as_str), Some("n0"), "{o:?}");
+    }
+    let sent = n1.list_requests() - before;
+    assert!(
+        (1..=2).contains(&sent),
+        "{sent} lists sent to etcd for 20 concurrent list_fresh calls"
+    );
+    n0.release(p, "n0").await.expect("release");
+    assert!(
+        !owners(&n1).await.contains_key(&p),
+        "a later call read an old answer"
+    );
+    assert_eq!(n1.list_requests() - before, sent + 1);
+}
+
 /// Issue 10: a watch re-created after a break resumes from the cache's revision (no re-list);
 /// if etcd compacted past that revision meanwhile, the watch is canceled with the compact
 /// revision and the cache re-lists — and stays right, and keeps following.

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,12 +80,30 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
 pub struct Cluster<B> {
     backend: Arc<B>,
     tasks: Vec<JoinHandle<()>>,
+    /// Lists sent to the backend so far (numbering [`LastList::seq`]).
+    lists_started: AtomicU64,
+    /// The last list's answer; held while a list is in flight, so concurrent callers wait for
+    /// it instead of sending their own (see [`Cluster::list_fresh`]).
+    last_list: tokio::sync::Mutex<Option<LastList>>,
+}
+
+/// What the last full list sent to the backend answered.
+struct LastList {
+    /// Its number: it was sent after every caller that arrived while `lists_started` was
+    /// below this.
+    seq: u64,
+    result: Result<Vec<PrefixClaim>, DatastoreError>,
 }
 
 impl<B: Backend> Cluster<B> {
     /// Wraps `backend`, whose background tasks are `tasks`.
     pub(crate) fn new(backend: Arc<B>, tasks: Vec<JoinHandle<()>>) -> Cluster<B> {
-        Cluster { backend, tasks }
+        Cluster {
+            backend,
+            tasks,
+            lists_started: AtomicU64::new(0),
+            last_list: tokio::sync::Mutex::new(None),
+        }
     }
 
     pub(crate) fn backend(&self) -> &B {
@@ -162,8 +181,27 @@ impl<B: Backend> Datastore for Cluster<B> {
         self.list_fresh().await
     }
 
+    /// One full list in flight per agent (issue 10): the warm loop, the peer loop, the
+    /// reconcile and the claim path each used to send their own when the cache was out of
+    /// sync — under load every one was cut off at the operation bound and sent again, and
+    /// 1000 agents kept etcd busy with lists it could no longer finish. A caller that arrives
+    /// while a list is in flight waits for the next one to be *sent after it arrived* — or for
+    /// one already sent after it arrived — and takes its answer (or its error). So every
+    /// answer is still fresh for the caller (read after its call began: what "VPC exhausted"
+    /// needs), and a burst of N callers costs at most two lists instead of N.
     async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
-        bounded(self.backend(), "listing claims", self.backend.list()).await
+        let arrived = self.lists_started.load(Ordering::SeqCst);
+        let mut last = self.last_list.lock().await;
+        if let Some(l) = last.as_ref().filter(|l| l.seq > arrived) {
+            return l.result.clone();
+        }
+        let seq = self.lists_started.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = bounded(self.backend(), "listing claims", self.backend.list()).await;
+        *last = Some(LastList {
+            seq,
+            result: result.clone(),
+        });
+        result
     }
 
     async fn changed(&self) {

@@ -89,7 +89,7 @@ pub fn apply_delta(
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DatastoreError {
     #[error("datastore {backend} unavailable: {msg}")]
     Unavailable { backend: &'static str, msg: String },
