@@ -623,6 +623,12 @@ fn bench_add_latency_with_policies_off_and_on() {
         if on {
             flags.push("--network-policy=true");
         }
+        // NETPOL_BENCH_LOG=<dir>: the agent logs each pass's timings (compile, render,
+        // kernel) and each admitted ADD's wait at debug; its log is copied there per setup.
+        let log_dir = std::env::var("NETPOL_BENCH_LOG").ok();
+        if log_dir.is_some() {
+            flags.push("--log-level=info,vpcnet_agent::netpol=debug");
+        }
         lab.start_agent(&flags);
         if on {
             assert!(
@@ -643,6 +649,10 @@ fn bench_add_latency_with_policies_off_and_on() {
             add_pod(&lab, &cid, pod, "x", &format!("p{i}"));
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             lab.del(&cid, pod).expect_ok("DEL");
+        }
+        if let Some(dir) = &log_dir {
+            let to = std::path::Path::new(dir).join(format!("{}.log", rows.len()));
+            std::fs::copy(lab.dir.join("vpcnetd.log"), &to).expect("copy the agent's log");
         }
         ms.sort_by(f64::total_cmp);
         // Nearest rank: per-cent quantiles of at most a few thousand samples.
