@@ -195,8 +195,9 @@ pub struct Allow {
 pub struct PodPolicy {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address (dual-stack pods).
+    /// Its IPv4 address (`None`: an IPv6-only pod).
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address (dual-stack and IPv6-only pods).
     pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     pub ingress: Option<BTreeSet<Allow>>,
@@ -533,7 +534,9 @@ pub fn compile_for(
             .find(|p| p.namespace == lp.namespace && p.name == lp.name)
         {
             Some(p) => {
-                p.ip = Some(lp.ip);
+                if lp.ip.is_some() {
+                    p.ip = lp.ip;
+                }
                 if lp.ip6.is_some() {
                     p.ip6 = lp.ip6;
                 }
@@ -543,7 +546,7 @@ pub fn compile_for(
                     "pod {}/{} is attached here but not known from the API: compiled without labels",
                     lp.namespace, lp.name
                 ));
-                let mut p = PodInfo::new(&lp.namespace, &lp.name, Labels::new(), Some(lp.ip));
+                let mut p = PodInfo::new(&lp.namespace, &lp.name, Labels::new(), lp.ip);
                 p.ip6 = lp.ip6;
                 pods.push(p);
             }
@@ -581,7 +584,7 @@ pub fn compile_for(
         let mut pp = PodPolicy {
             namespace: lp.namespace.clone(),
             name: lp.name.clone(),
-            ip: lp.ip,
+            ip: me.ip,
             ip6: me.ip6,
             host_veth: lp.host_veth.clone(),
             ingress: None,

@@ -435,8 +435,9 @@ fn isolated_count(p: &NodePolicy) -> usize {
 /// connection-tracking entries of that direction the new set does not allow are deleted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tightened {
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address (a dual-stack pod): its IPv6 connections are checked too.
+    /// Its IPv4 address (`None`: an IPv6-only pod).
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address (a dual-stack or IPv6-only pod): its IPv6 connections are checked.
     pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     /// The new ingress rules, when they changed to an isolating set.
@@ -474,7 +475,9 @@ fn tightened(old: &NodePolicy, new: &NodePolicy, only: Option<&[String]>) -> Vec
         .collect()
 }
 
-/// This node's pods: the pool's allocations with a pod namespace and name, sorted.
+/// This node's pods: the allocations with a pod namespace and name, sorted — of the IPv4
+/// pool (with the same attachment's IPv6 address on a dual-stack node), and of the IPv6
+/// pool that have no IPv4 address (an IPv6-only node's pods).
 fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
     let st = node.state();
     let mut v: Vec<LocalPod> = st
@@ -491,6 +494,17 @@ fn local_pods<D: Datastore>(node: &Node<D>) -> Vec<LocalPod> {
             Some(LocalPod::new(ns, name, a.ip, &a.key).with_ip6(ip6))
         })
         .collect();
+    if let Some(p6) = st.pool6.as_ref() {
+        v.extend(
+            p6.allocations()
+                .filter(|a6| st.pool.get(&a6.key).is_none())
+                .filter_map(|a6| {
+                    let ns = a6.meta.namespace.as_deref()?;
+                    let name = a6.meta.name.as_deref()?;
+                    Some(LocalPod::ipv6_only(ns, name, a6.ip, &a6.key))
+                }),
+        );
+    }
     v.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
     v
 }
@@ -897,7 +911,7 @@ pub fn flush_disallowed(
         let port = f.reply.sport;
         tightened.iter().any(|t| {
             let me = |a: IpAddr| match a {
-                IpAddr::V4(a) => a == t.ip,
+                IpAddr::V4(a) => t.ip == Some(a),
                 IpAddr::V6(a) => t.ip6 == Some(a),
             };
             let ingress = t.ingress.as_ref().is_some_and(|a| {
@@ -909,7 +923,10 @@ pub fn flush_disallowed(
             ingress || egress
         })
     };
-    let mut n = vpcnet_netlink::conntrack::delete_where(false, doomed)?;
+    let mut n = 0;
+    if tightened.iter().any(|t| t.ip.is_some()) {
+        n += vpcnet_netlink::conntrack::delete_where(false, doomed)?;
+    }
     if tightened.iter().any(|t| t.ip6.is_some()) {
         n += vpcnet_netlink::conntrack::delete_where(true, doomed)?;
     }
@@ -1027,6 +1044,100 @@ mod tests {
         ));
     }
 
+    fn labelled(ns: &str, name: &str, labels: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": ns, "name": name, "labels": labels},
+            "spec": {"containers": []},
+        }))
+        .unwrap()
+    }
+
+    fn sorted(mut v: Vec<LocalPod>) -> Vec<LocalPod> {
+        v.sort_by(|a, b| a.host_veth.cmp(&b.host_veth));
+        v
+    }
+
+    #[test]
+    fn an_add_or_del_no_policy_in_force_names_is_a_pod_only_pass_equal_to_a_full_one() {
+        let mut e = Enforcer::default();
+        e.input(Input::Pods(Box::new(Event::Listed(vec![
+            labelled("x", "a", json!({"pod": "a"})),
+            labelled("x", "b", json!({"pod": "b"})),
+            labelled("x", "c", json!({"pod": "c", "role": "client"})),
+            labelled("x", "d", json!({"pod": "d"})),
+        ]))));
+        e.input(Input::Namespaces(Box::new(Event::Listed(vec![]))));
+        e.input(Input::Policies(Box::new(Event::Listed(vec![
+            np("x", "deny"),
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "x", "name": "clients-to-a"},
+                "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]},
+            }))
+            .unwrap(),
+        ]))));
+        let a = local("x", "a", "10.0.0.1", "c1");
+        let b = local("x", "b", "10.0.0.2", "c2");
+        let c = local("x", "c", "10.0.0.3", "c3");
+        // d is IPv6-only.
+        let d = LocalPod::ipv6_only(
+            "x",
+            "d",
+            "fd00::4".parse().unwrap(),
+            &vpcnet_pool::AllocKey {
+                network: "vpcnet".into(),
+                container_id: "c4".into(),
+                ifname: "eth0".into(),
+            },
+        );
+        let full = |e: &Enforcer, l: &[LocalPod]| compile(&e.view().cluster(), l);
+        let p = e.plan(vec![a.clone()]).unwrap();
+        assert!(p.touched.is_none(), "the first pass is a full one");
+        e.applied(p);
+        // b comes; no policy in force names b: only b is compiled, only its delta is sent.
+        let ab = sorted(vec![a.clone(), b.clone()]);
+        let p = e.plan(ab.clone()).unwrap();
+        assert_eq!(p.touched.as_deref(), Some(&[b.host_veth.clone()][..]));
+        assert!(p.ruleset.is_none());
+        let delta = p.delta.as_ref().unwrap().to_string();
+        assert!(delta.contains(&b.host_veth) && !delta.contains(&a.host_veth), "{delta}");
+        assert_eq!(render_key(&p.compiled), render_key(&full(&e, &ab)));
+        let (_, tightened) = e.applied(p);
+        assert_eq!(tightened.len(), 1, "b, newly isolated");
+        // d comes, IPv6-only: a pod-only pass too, and it is isolated.
+        let abd = sorted(vec![a.clone(), b.clone(), d.clone()]);
+        let p = e.plan(abd.clone()).unwrap();
+        assert_eq!(p.touched.as_deref(), Some(&[d.host_veth.clone()][..]));
+        let pd = p.compiled.pods.iter().find(|x| x.host_veth == d.host_veth).unwrap();
+        assert_eq!((pd.ip, pd.ip6), (None, d.ip6));
+        assert!(pd.ingress.is_some());
+        assert_eq!(render_key(&p.compiled), render_key(&full(&e, &abd)));
+        let (_, tightened) = e.applied(p);
+        assert_eq!(tightened[0].ip, None);
+        // c comes: a's policy names it (role=client), so a's set changes: a full pass.
+        let abcd = sorted(vec![a.clone(), b.clone(), c.clone(), d.clone()]);
+        let p = e.plan(abcd.clone()).unwrap();
+        assert!(p.touched.is_none() && p.ruleset.is_some());
+        assert_eq!(render_key(&p.compiled), render_key(&full(&e, &abcd)));
+        e.applied(p);
+        // b goes (DEL): a pod-only removal.
+        let acd = sorted(vec![a.clone(), c.clone(), d.clone()]);
+        let p = e.plan(acd.clone()).unwrap();
+        assert_eq!(p.touched.as_deref(), Some(&[][..]));
+        let delta = p.delta.as_ref().unwrap().to_string();
+        assert!(delta.contains("delete") && delta.contains(&b.host_veth), "{delta}");
+        assert_eq!(render_key(&p.compiled), render_key(&full(&e, &acd)));
+        let size = (p.rules, p.sets);
+        e.applied(p);
+        // The size kept by pod-only passes is the size of a full render.
+        let whole = render::render(&full(&e, &acd));
+        assert_eq!(size, count(&whole));
+        // An API event since the last pass: the next ADD is a full pass.
+        e.input(Input::Pods(Box::new(Event::Put(pod("y", "z", "10.9.0.1")))));
+        let p = e.plan(sorted(vec![a, b, c, d])).unwrap();
+        assert!(p.touched.is_none());
+    }
+
     #[test]
     fn applies_only_what_changed_the_ruleset() {
         let mut e = Enforcer::default();
@@ -1046,7 +1157,7 @@ mod tests {
         assert!(took < Duration::from_secs(5));
         // a was attached before and is isolated now: its connections are checked.
         assert_eq!(tightened.len(), 1);
-        assert_eq!(tightened[0].ip, "10.0.0.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(tightened[0].ip, Some("10.0.0.1".parse::<Ipv4Addr>().unwrap()));
         assert_eq!(tightened[0].ingress.as_ref().map(BTreeSet::len), Some(0));
         assert!(tightened[0].egress.is_none());
         // An event that changes nothing the compiler reads: no pass at all.
