@@ -249,10 +249,17 @@ fn run_over(family: Family, case: &Case, ipv6_only: bool) {
     let compiled = compile(&view, &local);
     if ipv6_only {
         assert_eq!(compiled.pods.len(), local.len(), "{}", case.name);
-        assert!(compiled.pods.iter().all(|p| p.ip.is_none() && p.ip6.is_some()));
+        assert!(compiled
+            .pods
+            .iter()
+            .all(|p| p.ip.is_none() && p.ip6.is_some()));
         // Nothing of IPv4 is left to allow between pods: every IPv4 set is empty or a block.
         let r = crate::render::render(&compiled).to_string();
-        assert!(!r.contains("\"10.0."), "{}: an IPv4 pod address in {r}", case.name);
+        assert!(
+            !r.contains("\"10.0."),
+            "{}: an IPv4 pod address in {r}",
+            case.name
+        );
     }
     assert!(
         compiled.warnings.is_empty(),
@@ -680,7 +687,10 @@ fn local_pods_take_the_nodes_address_and_unknown_pods_are_reported() {
         c.pods[0].host_veth,
         vpcnet_proto::naming::host_veth_name("c1", "eth0")
     );
-    assert!(c.pods.iter().any(|p| p.ip == Some(Ipv4Addr::new(10, 9, 0, 1))));
+    assert!(c
+        .pods
+        .iter()
+        .any(|p| p.ip == Some(Ipv4Addr::new(10, 9, 0, 1))));
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("x/new"), "{:?}", c.warnings);
 }

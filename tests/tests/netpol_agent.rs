@@ -280,12 +280,9 @@ fn an_ipv6_only_pod_is_enforced_over_ipv6() {
     assert!(!lab.ping(a, &v6("b")), "x/a -> x/b over IPv6 (denied)\n{t}");
     // TCP: b connects to a listener in a; c's SYN is dropped.
     let tcp = |from: &str, to: &str| {
-        let l = vpcnet_tests::netns::OneShotListener::start(
-            &nss[to],
-            ip6[to],
-            Duration::from_secs(3),
-        )
-        .expect("listen");
+        let l =
+            vpcnet_tests::netns::OneShotListener::start(&nss[to], ip6[to], Duration::from_secs(3))
+                .expect("listen");
         vpcnet_tests::netns::connect_from(&nss[from], l.addr, Duration::from_secs(2)).is_ok()
     };
     assert!(tcp("b", "a"), "TCP x/b -> x/a over IPv6 (allowed)");

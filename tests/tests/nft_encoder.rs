@@ -531,19 +531,27 @@ fn pod_only_passes_leave_the_table_a_full_render_makes() {
     ] {
         let local = sorted(local);
         let plan = e.plan(local.clone()).expect("a change");
-        kinds.push(if plan.touched.is_some() { "pod" } else { "full" });
-        let send = plan.delta.clone().or(plan.ruleset.clone()).expect("something to send");
+        kinds.push(if plan.touched.is_some() {
+            "pod"
+        } else {
+            "full"
+        });
+        let send = plan
+            .delta
+            .clone()
+            .or(plan.ruleset.clone())
+            .expect("something to send");
         batch_from_json(&send)
             .expect("json")
             .commit_in(&mut session)
             .unwrap_or_else(|err| panic!("{kinds:?}: {err}\n{send}"));
         e.applied(plan);
-        let fresh = vpcnet_policy::render::render(&vpcnet_policy::compile(
-            &e.view().cluster(),
-            &local,
-        ));
-        in_netns(Some(&full_ns), || batch_from_json(&fresh).expect("json").commit())
-            .unwrap_or_else(|err| panic!("full apply: {err}"));
+        let fresh =
+            vpcnet_policy::render::render(&vpcnet_policy::compile(&e.view().cluster(), &local));
+        in_netns(Some(&full_ns), || {
+            batch_from_json(&fresh).expect("json").commit()
+        })
+        .unwrap_or_else(|err| panic!("full apply: {err}"));
         let (d, f) = (
             listing(&delta_ns, "inet", "vpcnet-policy"),
             listing(&full_ns, "inet", "vpcnet-policy"),
@@ -556,7 +564,10 @@ fn pod_only_passes_leave_the_table_a_full_render_makes() {
     }
     assert_eq!(kinds, ["full", "pod", "pod", "full", "pod", "pod"]);
     let t = listing(&delta_ns, "inet", "vpcnet-policy").to_string();
-    assert!(t.contains("fd00:7::c"), "c's IPv6 address is a peer of a: {t}");
+    assert!(
+        t.contains("fd00:7::c"),
+        "c's IPv6 address is a peer of a: {t}"
+    );
 }
 
 /// A node of 300 selected pods under 100 policies: each pod isolated both ways, its peers

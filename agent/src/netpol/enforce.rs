@@ -125,7 +125,13 @@ pub struct Timing {
 
 /// The isolated pods of `p` as the renderer sees them (host veth, ingress, egress), sorted
 /// by veth: two policies with the same of these render to the same table.
-fn render_key(p: &NodePolicy) -> Vec<(&str, &Option<BTreeSet<Allow>>, &Option<BTreeSet<Allow>>)> {
+type RenderKey<'a> = Vec<(
+    &'a str,
+    &'a Option<BTreeSet<Allow>>,
+    &'a Option<BTreeSet<Allow>>,
+)>;
+
+fn render_key(p: &NodePolicy) -> RenderKey<'_> {
     let mut v: Vec<_> = p
         .pods
         .iter()
@@ -740,11 +746,11 @@ async fn apply(
         tracing::debug!(
             pod_only = plan.touched.is_some(),
             as_delta,
-            compile_us = plan.timing.compile.as_micros() as u64,
-            render_us = plan.timing.render.as_micros() as u64,
-            translate_us = took.translate.as_micros() as u64,
-            kernel_us = took.kernel.as_micros() as u64,
-            apply_us = t.elapsed().as_micros() as u64,
+            compile_us = us(plan.timing.compile),
+            render_us = us(plan.timing.render),
+            translate_us = us(took.translate),
+            kernel_us = us(took.kernel),
+            apply_us = us(t.elapsed()),
             "network policy: pass"
         );
         r
@@ -776,6 +782,11 @@ async fn apply(
             None
         }
     }
+}
+
+/// Microseconds, for the debug log.
+fn us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Where an apply's time went on the blocking pool.
@@ -868,7 +879,7 @@ fn answer(
                 // From the server's request to this answer (the ADD's whole wait).
                 let waited = now.saturating_duration_since(req.deadline - admit::ADMIT_WAIT);
                 tracing::debug!(pod = %format!("{}/{}", req.namespace, req.name), ?how,
-                    waited_us = waited.as_micros() as u64, "network policy: ADD admitted");
+                    waited_us = us(waited), "network policy: ADD admitted");
                 if req.fresh && how == admit::Admitted::Enforced {
                     fresh.push(req.host_veth.clone());
                 }
@@ -1100,7 +1111,10 @@ mod tests {
         assert_eq!(p.touched.as_deref(), Some(&[b.host_veth.clone()][..]));
         assert!(p.ruleset.is_none());
         let delta = p.delta.as_ref().unwrap().to_string();
-        assert!(delta.contains(&b.host_veth) && !delta.contains(&a.host_veth), "{delta}");
+        assert!(
+            delta.contains(&b.host_veth) && !delta.contains(&a.host_veth),
+            "{delta}"
+        );
         assert_eq!(render_key(&p.compiled), render_key(&full(&e, &ab)));
         let (_, tightened) = e.applied(p);
         assert_eq!(tightened.len(), 1, "b, newly isolated");
@@ -1108,7 +1122,12 @@ mod tests {
         let abd = sorted(vec![a.clone(), b.clone(), d.clone()]);
         let p = e.plan(abd.clone()).unwrap();
         assert_eq!(p.touched.as_deref(), Some(&[d.host_veth.clone()][..]));
-        let pd = p.compiled.pods.iter().find(|x| x.host_veth == d.host_veth).unwrap();
+        let pd = p
+            .compiled
+            .pods
+            .iter()
+            .find(|x| x.host_veth == d.host_veth)
+            .unwrap();
         assert_eq!((pd.ip, pd.ip6), (None, d.ip6));
         assert!(pd.ingress.is_some());
         assert_eq!(render_key(&p.compiled), render_key(&full(&e, &abd)));
@@ -1125,7 +1144,10 @@ mod tests {
         let p = e.plan(acd.clone()).unwrap();
         assert_eq!(p.touched.as_deref(), Some(&[][..]));
         let delta = p.delta.as_ref().unwrap().to_string();
-        assert!(delta.contains("delete") && delta.contains(&b.host_veth), "{delta}");
+        assert!(
+            delta.contains("delete") && delta.contains(&b.host_veth),
+            "{delta}"
+        );
         assert_eq!(render_key(&p.compiled), render_key(&full(&e, &acd)));
         let size = (p.rules, p.sets);
         e.applied(p);
@@ -1157,7 +1179,10 @@ mod tests {
         assert!(took < Duration::from_secs(5));
         // a was attached before and is isolated now: its connections are checked.
         assert_eq!(tightened.len(), 1);
-        assert_eq!(tightened[0].ip, Some("10.0.0.1".parse::<Ipv4Addr>().unwrap()));
+        assert_eq!(
+            tightened[0].ip,
+            Some("10.0.0.1".parse::<Ipv4Addr>().unwrap())
+        );
         assert_eq!(tightened[0].ingress.as_ref().map(BTreeSet::len), Some(0));
         assert!(tightened[0].egress.is_none());
         // An event that changes nothing the compiler reads: no pass at all.
