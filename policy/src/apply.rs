@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use vpcnet_netlink::nftables::json::batch_from_json;
-use vpcnet_netlink::nftables::Batch;
+use vpcnet_netlink::nftables::{Batch, Session};
 use vpcnet_netlink::NetlinkError;
 
 /// Why a ruleset could not be applied; each says what to do.
@@ -56,4 +56,13 @@ pub fn batch(ruleset: &Value) -> Result<Batch, ApplyError> {
 /// calling thread's network namespace.
 pub fn apply(ruleset: &Value) -> Result<(), ApplyError> {
     batch(ruleset)?.commit().map_err(ApplyError::Kernel)
+}
+
+/// [`apply`] on an open [`Session`] (the agent keeps one: closing a socket after a batch
+/// that deleted chains or sets waits for an RCU grace period, see [`Session`]). After an
+/// error, drop the session.
+pub fn apply_in(session: &mut Session, ruleset: &Value) -> Result<(), ApplyError> {
+    batch(ruleset)?
+        .commit_in(session)
+        .map_err(ApplyError::Kernel)
 }

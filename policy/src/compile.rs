@@ -195,8 +195,9 @@ pub struct Allow {
 pub struct PodPolicy {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address (dual-stack pods).
+    /// Its IPv4 address (`None`: an IPv6-only pod).
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address (dual-stack and IPv6-only pods).
     pub ip6: Option<Ipv6Addr>,
     pub host_veth: String,
     pub ingress: Option<BTreeSet<Allow>>,
@@ -261,6 +262,64 @@ pub fn selector_matches(sel: &LabelSelector, labels: &Labels) -> bool {
                 _ => false,
             }
         })
+}
+
+/// Whether a rule of `policies` may name `pod` (in a namespace labelled `ns_labels`; `None`:
+/// not seen) among its peers, so that the pod's address — appearing, changing or going —
+/// may change the sets those policies compile to: a `from`/`to` peer whose selectors match
+/// it, or any egress rule with a named port (those resolve against every pod inside an
+/// `ipBlock`, and of an absent `to`). Conservative: `true` whenever it may. `false` means
+/// the sets of the pods these policies select do not depend on `pod` at all.
+pub fn may_name<'a>(
+    policies: impl IntoIterator<Item = &'a NetworkPolicy>,
+    pod: &PodInfo,
+    ns_labels: Option<&Labels>,
+) -> bool {
+    let default_labels: Labels = [(
+        "kubernetes.io/metadata.name".to_string(),
+        pod.namespace.clone(),
+    )]
+    .into_iter()
+    .collect();
+    let ns_labels = ns_labels.unwrap_or(&default_labels);
+    let selects = |ns: &str, peer: &NetworkPolicyPeer| {
+        if peer.ip_block.is_some()
+            || (peer.pod_selector.is_none() && peer.namespace_selector.is_none())
+        {
+            return false;
+        }
+        let in_ns = match &peer.namespace_selector {
+            None => pod.namespace == ns,
+            Some(sel) => selector_matches(sel, ns_labels),
+        };
+        in_ns
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| selector_matches(sel, &pod.labels))
+    };
+    policies.into_iter().any(|np| {
+        let ns = np.metadata.namespace.as_deref().unwrap_or_default();
+        let Some(spec) = np.spec.as_ref() else {
+            return false;
+        };
+        let egress = spec.egress.iter().flatten();
+        let named = egress.clone().any(|r| {
+            r.ports
+                .iter()
+                .flatten()
+                .any(|p| matches!(p.port, Some(IntOrString::String(_))))
+        });
+        named
+            || spec
+                .ingress
+                .iter()
+                .flatten()
+                .filter_map(|r| r.from.as_ref())
+                .chain(egress.filter_map(|r| r.to.as_ref()))
+                .flatten()
+                .any(|peer| selects(ns, peer))
+    })
 }
 
 /// `policyTypes`, defaulted as the API server does: (ingress, egress).
@@ -455,6 +514,16 @@ fn port_specs(
 
 /// Compiles the policy of this node's pods `local`.
 pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
+    compile_for(view, local, |_| true)
+}
+
+/// [`compile`] for only the local pods `want` picks (every pod of `local` still lends its
+/// node-known address to the others' peers): an ADD compiles its own pod, not the node.
+pub fn compile_for(
+    view: &ClusterView,
+    local: &[LocalPod],
+    want: impl Fn(&LocalPod) -> bool,
+) -> NodePolicy {
     let mut warnings = Vec::new();
     // The pods as the compiler sees them: the API's, with the addresses of the local pods
     // taken from the node (which knows them before the API does).
@@ -465,7 +534,9 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
             .find(|p| p.namespace == lp.namespace && p.name == lp.name)
         {
             Some(p) => {
-                p.ip = Some(lp.ip);
+                if lp.ip.is_some() {
+                    p.ip = lp.ip;
+                }
                 if lp.ip6.is_some() {
                     p.ip6 = lp.ip6;
                 }
@@ -475,7 +546,7 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
                     "pod {}/{} is attached here but not known from the API: compiled without labels",
                     lp.namespace, lp.name
                 ));
-                let mut p = PodInfo::new(&lp.namespace, &lp.name, Labels::new(), Some(lp.ip));
+                let mut p = PodInfo::new(&lp.namespace, &lp.name, Labels::new(), lp.ip);
                 p.ip6 = lp.ip6;
                 pods.push(p);
             }
@@ -501,7 +572,7 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
     policies.sort_by_key(|np| key(np));
 
     let mut out = Vec::new();
-    for lp in local {
+    for lp in local.iter().filter(|lp| want(lp)) {
         let Some(me) = ctx
             .pods
             .iter()
@@ -513,7 +584,7 @@ pub fn compile(view: &ClusterView, local: &[LocalPod]) -> NodePolicy {
         let mut pp = PodPolicy {
             namespace: lp.namespace.clone(),
             name: lp.name.clone(),
-            ip: lp.ip,
+            ip: me.ip,
             ip6: me.ip6,
             host_veth: lp.host_veth.clone(),
             ingress: None,

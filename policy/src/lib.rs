@@ -15,7 +15,10 @@ pub mod compile;
 pub mod model;
 pub mod render;
 
-pub use compile::{allows, compile, Allow, ClusterView, NodePolicy, Peer, PodPolicy, PortMatch};
+pub use compile::{
+    allows, compile, compile_for, may_name, Allow, ClusterView, NodePolicy, Peer, PodPolicy,
+    PortMatch,
+};
 pub use model::{LocalPod, NamedPort, NamespaceInfo, PodInfo, Protocol};
 
 #[cfg(test)]

@@ -188,8 +188,9 @@ impl NamespaceInfo {
 pub struct LocalPod {
     pub namespace: String,
     pub name: String,
-    pub ip: Ipv4Addr,
-    /// Its IPv6 address (dual-stack pods), from the node's IPv6 pool.
+    /// Its IPv4 address, from the node's IPv4 pool (`None`: an IPv6-only pod).
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 address (dual-stack and IPv6-only pods), from the node's IPv6 pool.
     pub ip6: Option<Ipv6Addr>,
     /// The host end of the pod's veth, named by [`vpcnet_proto::naming`].
     pub host_veth: String,
@@ -202,8 +203,24 @@ impl LocalPod {
         LocalPod {
             namespace: namespace.into(),
             name: name.into(),
-            ip,
+            ip: Some(ip),
             ip6: None,
+            host_veth: vpcnet_proto::naming::key_host_veth(key),
+        }
+    }
+
+    /// The local pod of an IPv6-only attachment `key` (an IPv6-only node: no IPv4 address).
+    pub fn ipv6_only(
+        namespace: &str,
+        name: &str,
+        ip6: Ipv6Addr,
+        key: &vpcnet_pool::AllocKey,
+    ) -> Self {
+        LocalPod {
+            namespace: namespace.into(),
+            name: name.into(),
+            ip: None,
+            ip6: Some(ip6),
             host_veth: vpcnet_proto::naming::key_host_veth(key),
         }
     }

@@ -508,6 +508,23 @@ pub fn render(policy: &NodePolicy) -> Value {
     json!({"nftables": out})
 }
 
+/// How many rules, and sets, [`render`] gives `pod` (its chains' rules and its own sets;
+/// not the dispatch elements): what its ADD or DEL adds to or takes from the table's size.
+pub fn pod_size(pod: &PodPolicy) -> (usize, usize) {
+    let mut objs = Vec::new();
+    pod_direction(&mut objs, pod, Direction::Egress);
+    pod_direction(&mut objs, pod, Direction::Ingress);
+    let rules = objs
+        .iter()
+        .filter(|o| o["add"].get("rule").is_some())
+        .count();
+    let sets = objs
+        .iter()
+        .filter(|o| o["add"].get("set").is_some())
+        .count();
+    (rules, sets)
+}
+
 /// The transaction that deletes the table (absent is fine).
 pub fn removal() -> Value {
     json!({"nftables": [{"add": table()}, {"delete": table()}]})

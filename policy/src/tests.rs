@@ -199,11 +199,11 @@ fn verdict_over(
     let egress_ok = src
         .egress
         .as_ref()
-        .is_none_or(|a| set_allows(&set_contents(a), dst.ip, proto, port));
+        .is_none_or(|a| set_allows(&set_contents(a), dst.ip.expect("IPv4 pod"), proto, port));
     let ingress_ok = dst
         .ingress
         .as_ref()
-        .is_none_or(|a| set_allows(&set_contents(a), src.ip, proto, port));
+        .is_none_or(|a| set_allows(&set_contents(a), src.ip.expect("IPv4 pod"), proto, port));
     egress_ok && ingress_ok
 }
 
@@ -228,15 +228,39 @@ fn pods() -> Vec<String> {
 }
 
 fn run(case: &Case) {
-    run_over(Family::V4, case);
+    run_over(Family::V4, case, false);
     if !has_ip_block(&case.policies) {
-        run_over(Family::V6, case);
+        run_over(Family::V6, case, false);
+        // An IPv6-only cluster: no pod has an IPv4 address, this node's pods come from its
+        // IPv6 pool alone (`LocalPod::ipv6_only`).
+        run_over(Family::V6, case, true);
     }
 }
 
-fn run_over(family: Family, case: &Case) {
-    let view = cluster(case.policies.clone(), case.overrides);
-    let compiled = compile(&view, &all_local());
+fn run_over(family: Family, case: &Case, ipv6_only: bool) {
+    let mut view = cluster(case.policies.clone(), case.overrides);
+    let mut local = all_local();
+    if ipv6_only {
+        view.pods.iter_mut().for_each(|p| p.ip = None);
+        for l in &mut local {
+            l.ip = None;
+        }
+    }
+    let compiled = compile(&view, &local);
+    if ipv6_only {
+        assert_eq!(compiled.pods.len(), local.len(), "{}", case.name);
+        assert!(compiled
+            .pods
+            .iter()
+            .all(|p| p.ip.is_none() && p.ip6.is_some()));
+        // Nothing of IPv4 is left to allow between pods: every IPv4 set is empty or a block.
+        let r = crate::render::render(&compiled).to_string();
+        assert!(
+            !r.contains("\"10.0."),
+            "{}: an IPv4 pod address in {r}",
+            case.name
+        );
+    }
     assert!(
         compiled.warnings.is_empty(),
         "{}: warnings {:?}",
@@ -663,7 +687,10 @@ fn local_pods_take_the_nodes_address_and_unknown_pods_are_reported() {
         c.pods[0].host_veth,
         vpcnet_proto::naming::host_veth_name("c1", "eth0")
     );
-    assert!(c.pods.iter().any(|p| p.ip == Ipv4Addr::new(10, 9, 0, 1)));
+    assert!(c
+        .pods
+        .iter()
+        .any(|p| p.ip == Some(Ipv4Addr::new(10, 9, 0, 1))));
     assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     assert!(c.warnings[0].contains("x/new"), "{:?}", c.warnings);
 }
@@ -892,6 +919,7 @@ fn run_both(name: &str, policies: Vec<Value>, expect4: Expect, expect6: Expect) 
                 overrides: &[],
                 expect,
             },
+            false,
         );
     }
 }

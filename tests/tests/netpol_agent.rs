@@ -213,6 +213,85 @@ fn a_pod_added_into_a_deny_all_namespace_is_denied_from_its_first_packet() {
     }
 }
 
+/// An IPv6-only node (`--vpc-cidr` of IPv6 alone: each pod gets one IPv6 address and no
+/// IPv4 one). Namespace x denies all ingress, and a second policy lets x/b into x/a: over
+/// IPv6, b reaches a (ping and TCP) and c reaches neither, from the first packet after
+/// their ADDs; a's own egress works. Before the node's pods were taken from the IPv6 pool
+/// too, these pods were never compiled: the ADD of a selected one failed closed (code 11).
+#[test]
+fn an_ipv6_only_pod_is_enforced_over_ipv6() {
+    let mut lab = Lab::new("fd00:7b::/64");
+    let host = lab.host();
+    sh(&format!(
+        "ip -n {host} -6 addr add fd00:ffff::1/128 dev lo nodad"
+    ));
+    let node = format!("{}-node", lab.prefix);
+    let api = FakeApiServer::new();
+    api.put("Namespace", json!({"metadata": {"name": "x"}}));
+    api.put("NetworkPolicy", deny_ingress("x", "deny-all", json!({})));
+    api.put(
+        "NetworkPolicy",
+        json!({"metadata": {"namespace": "x", "name": "b-to-a"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}}),
+    );
+    for name in ["a", "b", "c"] {
+        api.put("Pod", pending_pod("x", name, &node));
+    }
+    let port = serve_in(&host, api.clone());
+    let kc = kubeconfig(&lab, port);
+    lab.start_agent(&["--network-policy=true", "--kubeconfig", &kc]);
+    assert!(
+        lab.wait_for(Duration::from_secs(10), || policy_table(&host)
+            .contains("ingress_dispatch")),
+        "no policy table: {}",
+        policy_table(&host)
+    );
+    let mut ip6 = std::collections::BTreeMap::new();
+    let mut nss = std::collections::BTreeMap::new();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        let ns = lab.pod(i);
+        let out = try_add_pod(&lab, &format!("cid-{name}"), &ns, "x", name);
+        assert!(out.ok(), "ADD x/{name} on an IPv6-only node: {}", out.msg());
+        let (v4, v6) = cni::result_ips(&out);
+        assert_eq!(v4, None, "an IPv6-only pod got an IPv4 address");
+        let v6 = v6.expect("an IPv6 address");
+        // Right after its ADD, the pod's rules are in the kernel.
+        let veth = vpcnet_tests::host_veth_name(&format!("cid-{name}"), "eth0");
+        let t = policy_table(&host);
+        assert!(
+            t.contains(&format!("\"{veth}\" : jump ingress_{veth}")),
+            "x/{name}'s jump is not in the table after its ADD: {t}"
+        );
+        ip6.insert(name, v6);
+        nss.insert(name, ns);
+    }
+    let t = policy_table(&host);
+    let veth_a = vpcnet_tests::host_veth_name("cid-a", "eth0");
+    assert!(
+        t.contains(&format!("set ingress_{veth_a}_any6")) && t.contains(&ip6["b"].to_string()),
+        "b's IPv6 address is not in a's IPv6 set: {t}"
+    );
+    let (a, b, c) = (&nss["a"], &nss["b"], &nss["c"]);
+    let v6 = |n: &str| ip6[n].to_string();
+    assert!(lab.ping(b, &v6("a")), "x/b -> x/a over IPv6 (allowed)\n{t}");
+    assert!(!lab.ping(c, &v6("a")), "x/c -> x/a over IPv6 (denied)\n{t}");
+    assert!(!lab.ping(c, &v6("b")), "x/c -> x/b over IPv6 (denied)\n{t}");
+    assert!(!lab.ping(a, &v6("b")), "x/a -> x/b over IPv6 (denied)\n{t}");
+    // TCP: b connects to a listener in a; c's SYN is dropped.
+    let tcp = |from: &str, to: &str| {
+        let l =
+            vpcnet_tests::netns::OneShotListener::start(&nss[to], ip6[to], Duration::from_secs(3))
+                .expect("listen");
+        vpcnet_tests::netns::connect_from(&nss[from], l.addr, Duration::from_secs(2)).is_ok()
+    };
+    assert!(tcp("b", "a"), "TCP x/b -> x/a over IPv6 (allowed)");
+    assert!(!tcp("c", "a"), "TCP x/c -> x/a over IPv6 (denied)");
+    for name in ["a", "b", "c"] {
+        lab.del(&format!("cid-{name}"), &nss[name]).expect_ok("DEL");
+    }
+}
+
 /// Conntrack: a UDP flow and a TCP connection into x/a that work before a deny-all ingress
 /// is posted stop working after (their entries are deleted, so the next packet is new and
 /// meets the new rules), while a's own outgoing flow keeps working.
@@ -623,6 +702,12 @@ fn bench_add_latency_with_policies_off_and_on() {
         if on {
             flags.push("--network-policy=true");
         }
+        // NETPOL_BENCH_LOG=<dir>: the agent logs each pass's timings (compile, render,
+        // kernel) and each admitted ADD's wait at debug; its log is copied there per setup.
+        let log_dir = std::env::var("NETPOL_BENCH_LOG").ok();
+        if log_dir.is_some() {
+            flags.push("--log-level=info,vpcnet_agent::netpol=debug");
+        }
         lab.start_agent(&flags);
         if on {
             assert!(
@@ -643,6 +728,10 @@ fn bench_add_latency_with_policies_off_and_on() {
             add_pod(&lab, &cid, pod, "x", &format!("p{i}"));
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             lab.del(&cid, pod).expect_ok("DEL");
+        }
+        if let Some(dir) = &log_dir {
+            let to = std::path::Path::new(dir).join(format!("{}.log", rows.len()));
+            std::fs::copy(lab.dir.join("vpcnetd.log"), &to).expect("copy the agent's log");
         }
         ms.sort_by(f64::total_cmp);
         // Nearest rank: per-cent quantiles of at most a few thousand samples.

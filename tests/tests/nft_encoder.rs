@@ -177,7 +177,7 @@ pub fn sample_policy() -> NodePolicy {
     let pod = |name: &str, ip: [u8; 4], veth: &str| PodPolicy {
         namespace: "x".into(),
         name: name.into(),
-        ip: Ipv4Addr::from(ip),
+        ip: Some(Ipv4Addr::from(ip)),
         ip6: None,
         host_veth: veth.into(),
         ingress: None,
@@ -447,6 +447,129 @@ fn delta_adds_leave_the_table_a_full_render_makes() {
     assert!(!d1.to_string().contains(&c.host_veth), "c is gone: {d1}");
 }
 
+/// The agent's pod-only passes (an ADD or DEL when nothing else changed: only that pod
+/// compiled, only its delta sent, `Enforcer::plan`), applied one after the other through the
+/// encoder on a kept-open `Session`, leave exactly the table a full render of the same node
+/// makes in a fresh namespace — with an IPv6-only pod among them, and a pod a policy names
+/// (a full pass) in between.
+#[test]
+fn pod_only_passes_leave_the_table_a_full_render_makes() {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use vpcnet_agent::netpol::enforce::{Enforcer, Input};
+    use vpcnet_agent::netpol::view::Event;
+    use vpcnet_policy::LocalPod;
+
+    if !nft_available() {
+        vpcnet_tests::skip("nft_encoder", "nft is not installed");
+        return;
+    }
+    let p = unique_prefix();
+    let mut nss = Namespaces::default();
+    let (delta_ns, full_ns) = (format!("{p}-pod"), format!("{p}-full"));
+    nss.add_batch([delta_ns.as_str(), full_ns.as_str()]);
+    let pod = |name: &str, labels: Value, ip6: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": name, "labels": labels},
+            "spec": {"containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"podIPs": [{"ip": ip6}]},
+        }))
+        .expect("pod")
+    };
+    let mut e = Enforcer::default();
+    e.input(Input::Pods(Box::new(Event::Listed(vec![
+        pod("a", json!({"pod": "a"}), "fd00:7::a"),
+        pod("b", json!({"pod": "b"}), "fd00:7::b"),
+        pod("c", json!({"pod": "c", "role": "client"}), "fd00:7::c"),
+        pod("d", json!({"pod": "d"}), "fd00:7::d"),
+        pod("e", json!({"pod": "e", "role": "client"}), "fd00:8::e"),
+    ]))));
+    e.input(Input::Namespaces(Box::new(Event::Listed(vec![
+        serde_json::from_value::<Namespace>(json!({"metadata": {"name": "x"}})).expect("ns"),
+    ]))));
+    let policies: Vec<NetworkPolicy> = [
+        json!({"metadata": {"namespace": "x", "name": "deny"},
+               "spec": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
+                        "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}}],
+                                    "ports": [{"port": 53, "protocol": "UDP"}]}]}}),
+        json!({"metadata": {"namespace": "x", "name": "clients-to-a"},
+               "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                                     "ports": [{"port": 80}, {"port": 8000, "endPort": 8100}]}]}}),
+    ]
+    .into_iter()
+    .map(|v| serde_json::from_value(v).expect("policy"))
+    .collect();
+    e.input(Input::Policies(Box::new(Event::Listed(policies))));
+    let key = |cid: &str| vpcnet_pool::AllocKey {
+        network: "vpcnet".into(),
+        container_id: cid.into(),
+        ifname: "eth0".into(),
+    };
+    let a = LocalPod::new("x", "a", Ipv4Addr::new(10, 9, 0, 1), &key("ca"))
+        .with_ip6(Some("fd00:7::a".parse().expect("ip6")));
+    let b = LocalPod::new("x", "b", Ipv4Addr::new(10, 9, 0, 2), &key("cb"));
+    let c = LocalPod::new("x", "c", Ipv4Addr::new(10, 9, 0, 3), &key("cc"));
+    let d = LocalPod::ipv6_only("x", "d", "fd00:7::d".parse().expect("ip6"), &key("cd"));
+    let sorted = |mut v: Vec<LocalPod>| {
+        v.sort_by(|x, y| x.host_veth.cmp(&y.host_veth));
+        v
+    };
+    // Opened in delta_ns: its batches go there whatever thread sends them.
+    let mut session = in_netns(Some(&delta_ns), vpcnet_netlink::nftables::Session::open)
+        .unwrap_or_else(|err| panic!("session: {err}"));
+    let mut kinds = Vec::new();
+    // The node's pods over time: a; +b; +d (IPv6-only); +c (named by a's policy: full);
+    // -b; -d +b again.
+    for local in [
+        vec![a.clone()],
+        vec![a.clone(), b.clone()],
+        vec![a.clone(), b.clone(), d.clone()],
+        vec![a.clone(), b.clone(), c.clone(), d.clone()],
+        vec![a.clone(), c.clone(), d.clone()],
+        vec![a.clone(), b.clone(), c.clone()],
+    ] {
+        let local = sorted(local);
+        let plan = e.plan(local.clone()).expect("a change");
+        kinds.push(if plan.touched.is_some() {
+            "pod"
+        } else {
+            "full"
+        });
+        let send = plan
+            .delta
+            .clone()
+            .or(plan.ruleset.clone())
+            .expect("something to send");
+        batch_from_json(&send)
+            .expect("json")
+            .commit_in(&mut session)
+            .unwrap_or_else(|err| panic!("{kinds:?}: {err}\n{send}"));
+        e.applied(plan);
+        let fresh =
+            vpcnet_policy::render::render(&vpcnet_policy::compile(&e.view().cluster(), &local));
+        in_netns(Some(&full_ns), || {
+            batch_from_json(&fresh).expect("json").commit()
+        })
+        .unwrap_or_else(|err| panic!("full apply: {err}"));
+        let (d, f) = (
+            listing(&delta_ns, "inet", "vpcnet-policy"),
+            listing(&full_ns, "inet", "vpcnet-policy"),
+        );
+        assert_eq!(
+            canonical(&d),
+            canonical(&f),
+            "after {kinds:?}:\n{d}\nfresh:\n{f}"
+        );
+    }
+    assert_eq!(kinds, ["full", "pod", "pod", "full", "pod", "pod"]);
+    let t = listing(&delta_ns, "inet", "vpcnet-policy").to_string();
+    assert!(
+        t.contains("fd00:7::c"),
+        "c's IPv6 address is a peer of a: {t}"
+    );
+}
+
 /// A node of 300 selected pods under 100 policies: each pod isolated both ways, its peers
 /// the pods of its "policy" (3 of them, any port), an ipBlock with an except on TCP 80-81,
 /// and DNS.
@@ -483,7 +606,7 @@ fn big_policy() -> NodePolicy {
             PodPolicy {
                 namespace: format!("ns{policy}"),
                 name: format!("p{i}"),
-                ip: Ipv4Addr::from(0x0a09_0000 + i),
+                ip: Some(Ipv4Addr::from(0x0a09_0000 + i)),
                 ip6: None,
                 host_veth: format!("veth{i:010x}"),
                 ingress: Some(peers.clone()),

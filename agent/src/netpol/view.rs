@@ -195,6 +195,17 @@ impl View {
             .then(|| self.policies.keys().map(|(ns, _)| ns.clone()).collect())
     }
 
+    /// A NetworkPolicy by namespace and name.
+    pub fn policy(&self, namespace: &str, name: &str) -> Option<&NetworkPolicy> {
+        self.policies
+            .get(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// A namespace's labels (`None`: not seen).
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&vpcnet_policy::model::Labels> {
+        self.namespaces.get(namespace).map(|n| &n.labels)
+    }
+
     /// A pod by namespace and name.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&ViewPod> {
         self.pods.get(&(namespace.to_string(), name.to_string()))
