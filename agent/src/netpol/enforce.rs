@@ -70,12 +70,9 @@ pub enum Input {
 pub struct Enforcer {
     view: View,
     /// The view or this node's pods changed since the last ruleset was applied (or found
-    /// unchanged).
+    /// unchanged). A pod-only pass ([`Enforcer::plan`]'s fast path) is taken only from a
+    /// clean state: every other pod's rules are then what is in force.
     dirty: bool,
-    /// The view changed since the last full compile: the next pass compiles the whole node
-    /// (a pod-only pass, [`Enforcer::plan`]'s fast path, assumes every other pod's rules
-    /// are still what is in force).
-    view_dirty: bool,
     /// When the oldest change not yet in the kernel was seen.
     since: Option<Instant>,
     /// The local pods of the last pass.
@@ -209,7 +206,6 @@ impl Enforcer {
         };
         if changed {
             self.dirty = true;
-            self.view_dirty = true;
             self.since.get_or_insert_with(Instant::now);
         }
     }
@@ -217,7 +213,6 @@ impl Enforcer {
     /// The next pass compiles the whole node (a pod-only delta was refused).
     pub fn force_full(&mut self) {
         self.dirty = true;
-        self.view_dirty = true;
         self.since.get_or_insert_with(Instant::now);
     }
 
@@ -260,7 +255,6 @@ impl Enforcer {
         if let Some(old) = self.in_force.as_ref() {
             if render_key(old) == render_key(&compiled) {
                 self.dirty = false;
-                self.view_dirty = false;
                 self.since = None;
                 // Same table, but the pods' names or policies may differ: keep what is in
                 // force current for the ADD gate.
@@ -408,9 +402,6 @@ impl Enforcer {
     /// rules than before (their conntrack entries must be checked against the new rules).
     pub fn applied(&mut self, plan: Plan) -> (Duration, Vec<Tightened>) {
         self.dirty = false;
-        if plan.touched.is_none() {
-            self.view_dirty = false;
-        }
         self.size = (plan.rules, plan.sets);
         let tightened = tightened(
             self.in_force.as_ref().unwrap_or(&NodePolicy::default()),
