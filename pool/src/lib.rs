@@ -23,10 +23,15 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_undo;
+#[cfg(test)]
 mod tests_v6;
+mod undo;
 
 use family::{contains, host_mask, is_aligned, span};
 pub use family::{Family, V4, V6};
+pub use undo::Savepoint;
+use undo::{Undo, UndoLog};
 
 /// Unix time in milliseconds.
 pub type Millis = u64;
@@ -289,6 +294,8 @@ pub struct PoolOf<F: Family> {
     /// Held prefixes by first address; never overlapping.
     prefixes: BTreeMap<u128, HeldPrefix<F>>,
     by_key: HashMap<AllocKey, F::Addr>,
+    /// What to put back when a savepoint is rolled back (not part of the pool's value).
+    undo: UndoLog<F>,
 }
 
 fn count(n: usize) -> u32 {
@@ -306,6 +313,7 @@ impl<F: Family> PoolOf<F> {
             reserved: Vec::new(),
             prefixes: BTreeMap::new(),
             by_key: HashMap::new(),
+            undo: UndoLog::new(),
         };
         pool.set_config(cfg);
         pool
@@ -329,8 +337,10 @@ impl<F: Family> PoolOf<F> {
             .collect();
         reserved.sort_unstable();
         reserved.dedup();
-        self.reserved = reserved;
-        self.cfg = cfg;
+        let old_reserved = std::mem::replace(&mut self.reserved, reserved);
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        self.undo
+            .record(Undo::Config(Box::new((old, old_reserved))));
     }
 
     fn is_reserved(&self, addr: u128) -> bool {
@@ -571,6 +581,7 @@ impl<F: Family> PoolOf<F> {
             slots: BTreeMap::new(),
         };
         self.prefixes.insert(first, held);
+        self.undo.record(Undo::PrefixInserted(first));
         Ok(())
     }
 
@@ -586,7 +597,9 @@ impl<F: Family> PoolOf<F> {
         if p.assigned > 0 || p.slots.values().any(cooling) {
             return Err(PoolError::PrefixInUse(net.into()));
         }
-        self.prefixes.remove(&start);
+        if let Some(p) = self.prefixes.remove(&start) {
+            self.undo.record(Undo::PrefixDropped(Box::new(p)));
+        }
         Ok(())
     }
 
@@ -604,9 +617,10 @@ impl<F: Family> PoolOf<F> {
             _ => return Err(taken),
         }
         let key = alloc.key.clone();
-        p.slots.insert(addr, Slot::Assigned(Box::new(alloc)));
+        let prev = p.slots.insert(addr, Slot::Assigned(Box::new(alloc)));
         p.assigned += 1;
         self.by_key.insert(key, ip);
+        self.undo.record(Undo::Assigned { addr, prev });
         Ok(())
     }
 
@@ -620,13 +634,15 @@ impl<F: Family> PoolOf<F> {
             return Err(PoolError::UnknownKey);
         }
         let p = self.prefix_of_mut(ip).ok_or(PoolError::UnknownKey)?;
-        let slot = p.slots.get_mut(&F::bits(ip)).ok_or(PoolError::UnknownKey)?;
+        let addr = F::bits(ip);
+        let slot = p.slots.get_mut(&addr).ok_or(PoolError::UnknownKey)?;
         if !matches!(slot, Slot::Assigned(a) if a.key == *key) {
             return Err(PoolError::UnknownKey);
         }
-        *slot = Slot::Cooling(cool_until);
+        let prev = std::mem::replace(slot, Slot::Cooling(cool_until));
         p.assigned -= 1;
         self.by_key.remove(key);
+        self.undo.record(Undo::Released { addr, prev });
         Ok(())
     }
 
@@ -639,6 +655,7 @@ impl<F: Family> PoolOf<F> {
             return Err(taken);
         }
         p.slots.insert(addr, Slot::Cooling(until));
+        self.undo.record(Undo::CoolingSet(addr));
         Ok(())
     }
 
