@@ -15,12 +15,13 @@ WORKDIR /src
 COPY . .
 # vpcnet is executed on the node by the container runtime, not in this image, so it must not
 # depend on the node's C library: it is linked statically (+crt-static; it resolves no names,
-# so glibc's NSS caveat does not apply). vpcnetd runs in this image and links dynamically.
+# so glibc's NSS caveat does not apply) and position-dependent (no relocations to apply at each
+# of its starts; scripts/build-release.sh). vpcnetd runs in this image and links dynamically.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
     host="$(rustc -vV | sed -n 's/^host: //p')"; \
-    RUSTFLAGS="-C target-feature=+crt-static" \
+    RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
       cargo build --release --locked -p vpcnet --bin vpcnet --target "$host"; \
     cargo build --release --locked -p vpcnet-agent --bin vpcnetd; \
     mkdir -p /out; \
