@@ -87,6 +87,7 @@ async fn handle<D: Datastore>(
     gate: Option<&Gate>,
 ) -> std::io::Result<()> {
     let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
+    let mut report_follows = false;
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -106,7 +107,14 @@ async fn handle<D: Datastore>(
         ),
         Ok(Ok(_)) => match decode(&line) {
             Err(reply) => *reply,
-            Ok(env) => dispatch(env.request, root, node, gate).await,
+            Ok(env) => {
+                report_follows = root
+                    && matches!(
+                        env.request,
+                        Request::Assign { .. } | Request::Release { .. }
+                    );
+                dispatch(env.request, root, node, gate).await
+            }
         },
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
@@ -117,7 +125,31 @@ async fn handle<D: Datastore>(
     };
     tokio::time::timeout(REPLY_TIMEOUT, send)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no reply"))?
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no reply"))??;
+    if report_follows {
+        read_report(&mut reader).await;
+    }
+    Ok(())
+}
+
+/// After its reply to an ADD's or DEL's request, the plugin may send one report on the same
+/// connection — how long the runtime's command took ([`Request::Observed`]) — instead of
+/// connecting again (issue 14). Read until that line or the plugin's exit (EOF), at most
+/// [`REQUEST_TIMEOUT`]; anything but a report is ignored: one request per connection stays
+/// the protocol, this is its only follow-up. A plugin older than this step closes at once.
+async fn read_report<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) {
+    let mut line = Vec::new();
+    let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    if !matches!(got, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    match decode(&line) {
+        Ok(Envelope {
+            request: Request::Observed { verb, micros, ok },
+            ..
+        }) => metrics::get().plugin_observed(verb.name(), Duration::from_micros(micros), ok),
+        _ => tracing::debug!("ignoring a follow-up that is not a report"),
+    }
 }
 
 /// The request of one line, or the error reply for it (bytes that are not UTF-8 JSON

@@ -1,6 +1,7 @@
 //! The plugin's view of vpcnetd: one call per request, errors mapped to CNI codes.
 
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use vpcnet_proto::api::{ObservedOp, Reply, Request};
@@ -22,18 +23,35 @@ pub enum Outcome {
     Unreachable(ClientError),
 }
 
+/// The connection of this command's last answered request, kept for [`observe`]: one
+/// connection per pod event instead of two (issue 14).
+static KEPT: Mutex<Option<client::Kept>> = Mutex::new(None);
+
+fn keep(r: Result<(Reply, client::Kept), ClientError>) -> Result<Reply, ClientError> {
+    r.map(|(reply, kept)| {
+        if let Ok(mut slot) = KEPT.lock() {
+            // An earlier one (an ADD's Assign before its Release) closes here.
+            *slot = Some(kept);
+        }
+        reply
+    })
+}
+
 /// Reports an ADD or DEL as the runtime saw it ([`Request::Observed`]); never waits for the
-/// agent and never fails the command (an agent that is down simply misses the sample).
+/// agent and never fails the command (an agent that is down simply misses the sample). Sent
+/// on the connection of the command's last request when there is one (the agent reads one
+/// report there after its reply), else on a new connection.
 pub fn observe(socket: &Path, verb: ObservedOp, micros: u64, ok: bool) {
-    let _ = client::notify(
-        socket,
-        Request::Observed { verb, micros, ok },
-        Duration::from_millis(100),
-    );
+    let report = Request::Observed { verb, micros, ok };
+    let kept = KEPT.lock().ok().and_then(|mut slot| slot.take());
+    let _ = match kept {
+        Some(kept) => kept.notify(report),
+        None => client::notify(socket, report, Duration::from_millis(100)),
+    };
 }
 
 pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
-    map(client::call(socket, request, TIMEOUT))
+    map(keep(client::call_keep(socket, request, TIMEOUT)))
 }
 
 /// Connects without sending: ADD first checks who serves the socket (its network namespace
@@ -53,7 +71,7 @@ pub fn send_on(conn: client::Connection, request: Request) -> Result<client::Pen
 
 /// Waits for a reply sent with [`send`].
 pub fn wait(pending: client::Pending) -> Result<Reply, CniError> {
-    match map(pending.wait())? {
+    match map(keep(pending.wait_keep()))? {
         Outcome::Reply(r) => Ok(r),
         Outcome::Unreachable(e) => Err(unreachable_error(&e)),
     }

@@ -1,5 +1,6 @@
 //! Blocking client for the agent protocol, used by the short-lived plugin process: a std
-//! unix stream, no runtime, one request per connection.
+//! unix stream, no runtime, one request per connection — and, after the reply to an ADD's or
+//! DEL's request, one one-way report on the same connection ([`Kept`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -42,6 +43,15 @@ pub fn notify(socket: &Path, request: Request, timeout: Duration) -> Result<(), 
 /// Sends one request and waits at most `timeout` for each of connect, write and read.
 pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
     send(socket, request, timeout)?.wait()
+}
+
+/// [`call`], keeping the connection for one report ([`Kept::notify`]).
+pub fn call_keep(
+    socket: &Path,
+    request: Request,
+    timeout: Duration,
+) -> Result<(Reply, Kept), ClientError> {
+    send(socket, request, timeout)?.wait_keep()
 }
 
 /// A request sent, its reply not read yet: lets the caller do other work (the plugin builds
@@ -113,9 +123,45 @@ impl Connection {
     }
 }
 
+/// A connection whose reply has been read, kept open for one report ([`Kept::notify`]):
+/// the plugin tells the agent how long the runtime's ADD or DEL took on the connection it
+/// already has instead of connecting again (a connect, an accept and a close fewer per pod
+/// event; issue 14). The agent reads one such line after its reply to an Assign or Release.
+#[derive(Debug)]
+pub struct Kept {
+    stream: UnixStream,
+    path: String,
+}
+
+impl Kept {
+    /// Sends `request` and does not wait: the agent answers no report on a kept connection.
+    /// An agent that does not read it (one older than this protocol step closed the
+    /// connection after its reply) makes this fail quietly (EPIPE, no signal).
+    pub fn notify(self, request: Request) -> Result<(), ClientError> {
+        let Kept { stream, path } = self;
+        let mut line = serde_json::to_vec(&Envelope {
+            v: PROTOCOL_VERSION,
+            request,
+        })
+        .map_err(|source| ClientError::Decode {
+            path: path.clone(),
+            source,
+        })?;
+        line.push(b'\n');
+        (&stream)
+            .write_all(&line)
+            .map_err(|source| ClientError::Io { path, source })
+    }
+}
+
 impl Pending {
     /// Reads the reply.
     pub fn wait(self) -> Result<Reply, ClientError> {
+        self.wait_keep().map(|(reply, _)| reply)
+    }
+
+    /// Reads the reply and keeps the connection for one report ([`Kept::notify`]).
+    pub fn wait_keep(self) -> Result<(Reply, Kept), ClientError> {
         let Pending { stream, path } = self;
         let mut reply = String::new();
         BufReader::new(&stream)
@@ -127,6 +173,9 @@ impl Pending {
         if reply.is_empty() {
             return Err(ClientError::NoReply { path });
         }
-        serde_json::from_str(&reply).map_err(|source| ClientError::Decode { path, source })
+        match serde_json::from_str(&reply) {
+            Ok(r) => Ok((r, Kept { stream, path })),
+            Err(source) => Err(ClientError::Decode { path, source }),
+        }
     }
 }
