@@ -49,19 +49,29 @@ impl AddInFlight {
     /// same attachment holds it: the runtime should never run two, and if it does they go one
     /// after the other).
     pub fn acquire(dir: &Path, host_veth: &str) -> io::Result<AddInFlight> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
         let path = lock_path(dir, host_veth);
-        loop {
-            let file = OpenOptions::new()
+        let open = || {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
-                .open(&path)?;
+                .open(&path)
+        };
+        loop {
+            // The directory exists but on the first ADD after boot: made only then (two
+            // syscalls fewer on every other ADD, issue 14).
+            let file = match open() {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir)?;
+                    open()?
+                }
+                other => other?,
+            };
             let lock =
                 Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
             let held = lock.metadata()?;
@@ -175,6 +185,21 @@ mod tests {
         assert!(!is_in_flight(&dir, "vpc00000000003"));
         assert!(!dir.join("vpc00000000003").exists());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_first_acquire_makes_a_private_directory_and_later_ones_reuse_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = scratch("first");
+        let dir = top.join("run").join("inflight");
+        let g = AddInFlight::acquire(&dir, "vpc00000000006").expect("acquire, no dir yet");
+        let mode = fs::metadata(&dir).expect("dir made").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        assert!(is_in_flight(&dir, "vpc00000000006"));
+        let h = AddInFlight::acquire(&dir, "vpc00000000007").expect("acquire, dir there");
+        assert!(is_in_flight(&dir, "vpc00000000007"));
+        drop((g, h));
+        let _ = fs::remove_dir_all(&top);
     }
 
     #[test]
