@@ -105,22 +105,27 @@ impl Connection {
     /// Sends `request` without waiting for the reply.
     pub fn send(self, request: Request) -> Result<Pending, ClientError> {
         let Connection { stream, path } = self;
-        let io = |source| ClientError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut line = serde_json::to_vec(&Envelope {
-            v: PROTOCOL_VERSION,
-            request,
-        })
-        .map_err(|source| ClientError::Decode {
-            path: path.clone(),
-            source,
-        })?;
-        line.push(b'\n');
-        (&stream).write_all(&line).map_err(io)?;
+        write_request(&stream, &path, request)?;
         Ok(Pending { stream, path })
     }
+}
+
+/// Writes `request` as one line of the protocol.
+fn write_request(stream: &UnixStream, path: &str, request: Request) -> Result<(), ClientError> {
+    let mut line = serde_json::to_vec(&Envelope {
+        v: PROTOCOL_VERSION,
+        request,
+    })
+    .map_err(|source| ClientError::Decode {
+        path: path.to_string(),
+        source,
+    })?;
+    line.push(b'\n');
+    let mut w = stream;
+    w.write_all(&line).map_err(|source| ClientError::Io {
+        path: path.to_string(),
+        source,
+    })
 }
 
 /// A connection whose reply has been read, kept open for one report ([`Kept::notify`]):
@@ -139,18 +144,7 @@ impl Kept {
     /// connection after its reply) makes this fail quietly (EPIPE, no signal).
     pub fn notify(self, request: Request) -> Result<(), ClientError> {
         let Kept { stream, path } = self;
-        let mut line = serde_json::to_vec(&Envelope {
-            v: PROTOCOL_VERSION,
-            request,
-        })
-        .map_err(|source| ClientError::Decode {
-            path: path.clone(),
-            source,
-        })?;
-        line.push(b'\n');
-        (&stream)
-            .write_all(&line)
-            .map_err(|source| ClientError::Io { path, source })
+        write_request(&stream, &path, request)
     }
 }
 
