@@ -111,11 +111,64 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// What the agent's way back from a failed journal write costs per change, 110 pods with
+/// their pod metadata: a clone of the pool (before) or a savepoint (after; issue 14).
+fn bench_undo(c: &mut Criterion) {
+    let meta = |i: u32| PodMeta {
+        namespace: Some("default".into()),
+        name: Some(format!("web-7c5d8f9b4-{i:05}")),
+        uid: Some(format!("{i:08x}-1f2e-4d3c-9b8a-0123456789ab")),
+        netns: Some(format!(
+            "/var/run/netns/cni-{i:08x}-aaaa-bbbb-cccc-0123456789ab"
+        )),
+    };
+    let fill = || {
+        let mut p = pool(8);
+        for i in 0..PODS {
+            let k = key(i);
+            p.release(&k, 0);
+            p.assign(k, meta(i), COOLDOWN).expect("assign");
+        }
+        p
+    };
+    let keys: Vec<_> = (0..PODS).map(key).collect();
+    for how in ["clone", "savepoint"] {
+        let mut p = fill();
+        let (mut now, mut i) = (COOLDOWN, 0);
+        c.bench_function(
+            &format!("assign+release, undo point per change/{how}"),
+            |b| {
+                b.iter(|| {
+                    now += COOLDOWN;
+                    let k = &keys[i % keys.len()];
+                    let m = meta(u32::try_from(i % keys.len()).unwrap_or(0));
+                    i += 1;
+                    if how == "clone" {
+                        let before = p.clone();
+                        black_box(p.release(k, now));
+                        drop(black_box(before));
+                        let before = p.clone();
+                        black_box(p.assign(k.clone(), m, now).expect("assign"));
+                        drop(black_box(before));
+                    } else {
+                        let sp = p.savepoint();
+                        black_box(p.release(k, now));
+                        p.commit(sp);
+                        let sp = p.savepoint();
+                        black_box(p.assign(k.clone(), m, now).expect("assign"));
+                        p.commit(sp);
+                    }
+                })
+            },
+        );
+    }
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = bench, bench6
+    targets = bench, bench6, bench_undo
 }
 criterion_main!(benches);
