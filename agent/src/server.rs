@@ -68,8 +68,14 @@ pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>, gat
                 let node = node.clone();
                 let gate = gate.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, &node, gate.as_ref()).await {
-                        tracing::debug!(error = %e, "plugin connection");
+                    let follow_up = handle(stream, &node, gate.as_ref()).await;
+                    // The request is done: the report that may follow must not count as a
+                    // request in flight (the shutdown drain counts holders of the node).
+                    drop((node, gate));
+                    match follow_up {
+                        Ok(Some(mut reader)) => read_report(&mut reader).await,
+                        Ok(None) => {}
+                        Err(e) => tracing::debug!(error = %e, "plugin connection"),
                     }
                 });
             }
@@ -81,11 +87,16 @@ pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>, gat
     }
 }
 
+/// A connection's reader, when the plugin may still send its report ([`read_report`]).
+type FollowUp = BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>;
+
+/// Serves one request; returns the connection's reader when a report may follow (after an
+/// Assign or Release from root).
 async fn handle<D: Datastore>(
     stream: UnixStream,
     node: &Node<D>,
     gate: Option<&Gate>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<FollowUp>> {
     let root = stream.peer_cred().map(|c| c.uid() == 0).unwrap_or(false);
     let mut report_follows = false;
     let (read, mut write) = stream.into_split();
@@ -126,10 +137,7 @@ async fn handle<D: Datastore>(
     tokio::time::timeout(REPLY_TIMEOUT, send)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "client took no reply"))??;
-    if report_follows {
-        read_report(&mut reader).await;
-    }
-    Ok(())
+    Ok(report_follows.then_some(reader))
 }
 
 /// After its reply to an ADD's or DEL's request, the plugin may send one report on the same
