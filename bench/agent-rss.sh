@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-110}
-BIN=$PWD/target/release
-[ -x "$BIN/vpcnetd" ] || cargo build --release --bins -q
+# The binaries as shipped (scripts/build-release.sh -> target/dist), or BIN=dir.
+BIN=${BIN:-$PWD/target/dist}
+[ -x "$BIN/vpcnetd" ] && [ -x "$BIN/vpcnet" ] || scripts/build-release.sh
 P=vrss RUN=/tmp/vpcnet-rss
 cleanup() { set +e; [ -n "${AP:-}" ] && kill "$AP" 2>/dev/null; wait 2>/dev/null
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P"); do ip netns del "$ns"; done; }
