@@ -77,23 +77,25 @@ impl EtcdBackend {
         let mut c = self.cache();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
-            let ours = ev.event_type() == EventType::Put
-                && self.decode(kv).is_some_and(|c| c.node == self.node);
-            if ours {
+            let put = match ev.event_type() {
+                EventType::Put => Some(self.decode(kv)),
+                EventType::Delete => None,
+            };
+            if put
+                .as_ref()
+                .is_some_and(|c| c.as_ref().is_some_and(|c| c.node == self.node))
+            {
                 c.own.insert(kv.key().to_vec(), kv.clone());
             } else {
                 c.own.remove(kv.key());
             }
-            let delta = match ev.event_type() {
-                EventType::Put => match self.decode(kv) {
-                    Some(claim) => {
-                        let d = ClaimDelta::Put(claim.clone());
-                        (c.claims.insert(kv.key().to_vec(), claim.clone()) != Some(claim))
-                            .then_some(d)
-                    }
-                    None => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
-                },
-                EventType::Delete => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
+            // A PUT of a claim; a DELETE, or a PUT of an undecodable value, removes it.
+            let delta = match put {
+                Some(Some(claim)) => {
+                    let d = ClaimDelta::Put(claim.clone());
+                    (c.claims.insert(kv.key().to_vec(), claim.clone()) != Some(claim)).then_some(d)
+                }
+                Some(None) | None => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
             };
             if let Some(d) = delta {
                 let _ = self.deltas.send(d);
