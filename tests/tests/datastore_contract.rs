@@ -984,8 +984,9 @@ async fn etcd_synced_list_sends_no_request() {
 
 /// Issue 10 (start-up): a `list` right after connecting, while the watch's first fill is on
 /// its way, waits for that fill instead of sending a LIST of its own (N agents starting
-/// together: fewer lists per agent) — and answers what etcd holds. Two lists remain per start:
-/// the watch's fill and the lease's adoption of our claims (which needs each key's revision).
+/// together: fewer lists per agent) — and answers what etcd holds. One list per start: the
+/// watch's fill; the lease's adoption of our claims reads the claim cache (which keeps our
+/// claims' revisions and leases) instead of listing again.
 #[tokio::test]
 async fn etcd_list_at_start_waits_for_the_watch_fill() {
     let b = EtcdBackend::new().await;
@@ -997,13 +998,14 @@ async fn etcd_list_at_start_waits_for_the_watch_fill() {
     let listed = owners_listed(&n1).await.expect("list at start");
     assert_eq!(listed.get(&p).map(String::as_str), Some("n0"), "{listed:?}");
     assert!(n1.cache_synced(), "answered from the filled cache");
-    let adopted = eventually(Duration::from_secs(5), || async { n1.list_requests() >= 2 }).await;
-    assert!(adopted.is_some(), "the lease's adoption list within 5 s");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leased = eventually(Duration::from_secs(5), || async { n1.lease_id().is_some() }).await;
+    assert!(leased.is_some(), "n1's lease within 5 s");
+    // The adoption runs once the keep-alive stream is open: give it time to (not) list.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         n1.list_requests(),
-        2,
-        "the watch's fill and the lease's adoption only (the start-up list waits for the fill)"
+        1,
+        "the watch's fill only (the start-up list waits for it, the adoption reads the cache)"
     );
 }
 
@@ -1017,9 +1019,12 @@ async fn etcd_concurrent_fresh_lists_share_the_request_in_flight() {
     let n0 = b.node("n0").await;
     let n1 = b.node("n1").await;
     cache_synced(&n1).await;
-    // The start-up lists (the watch's fill, the lease's adoption) are done.
-    let started = eventually(Duration::from_secs(5), || async { n1.list_requests() >= 2 }).await;
-    assert!(started.is_some(), "start-up lists within 5 s");
+    // The start-up list (the watch's fill) and the lease's adoption (from the cache) are done.
+    let started = eventually(Duration::from_secs(5), || async {
+        n1.list_requests() >= 1 && n1.lease_id().is_some()
+    })
+    .await;
+    assert!(started.is_some(), "start-up within 5 s");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let p = net("10.9.103.0/28");
     assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
@@ -1190,6 +1195,13 @@ async fn etcd_restart_without_lease_file_adopts_claims() {
     assert!(
         b.attached(&n0, "n0").await,
         "claims moved onto the new lease"
+    );
+    // Issue 10: the adoption found them in the claim cache (the watch's fill), not by a list
+    // of its own.
+    assert_eq!(
+        n0.list_requests(),
+        1,
+        "one list at start: the watch's fill, which the adoption reads"
     );
 }
 

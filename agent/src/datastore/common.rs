@@ -35,6 +35,11 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     const NAME: &'static str;
     /// Longest any one datastore operation waits for the backend.
     const OP_TIMEOUT: Duration;
+    /// Longest a full list of every claim waits for its answer (the watch's fill,
+    /// [`Datastore::list_fresh`]), and a `list` for the watch's first fill. Longer than
+    /// [`Backend::OP_TIMEOUT`] where a list is the expensive request (issue 10): a list cut off
+    /// and sent again costs the backend twice, one answered a little late costs it once.
+    const LIST_TIMEOUT: Duration = Self::OP_TIMEOUT;
 
     /// The error of an operation that could not reach the backend (retrying may fix it).
     fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError;
@@ -140,12 +145,41 @@ pub async fn bounded<B: Backend, T>(
     what: &str,
     fut: impl Future<Output = Result<T, DatastoreError>>,
 ) -> Result<T, DatastoreError> {
-    match tokio::time::timeout(B::OP_TIMEOUT, fut).await {
+    bounded_by(backend, B::OP_TIMEOUT, what, fut).await
+}
+
+/// Runs `fut` for at most `limit`; then it is `what` that got no answer.
+pub async fn bounded_by<B: Backend, T>(
+    backend: &B,
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = Result<T, DatastoreError>>,
+) -> Result<T, DatastoreError> {
+    match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => {
-            Err(backend.unavailable(what, format_args!("no answer within {:?}", B::OP_TIMEOUT)))
-        }
+        Err(_) => Err(backend.unavailable(what, format_args!("no answer within {limit:?}"))),
     }
+}
+
+/// A full list of the claims, bounded by [`Backend::LIST_TIMEOUT`].
+pub async fn bounded_list<B: Backend, T>(
+    backend: &B,
+    fut: impl Future<Output = Result<T, DatastoreError>>,
+) -> Result<T, DatastoreError> {
+    bounded_by(backend, B::LIST_TIMEOUT, "listing claims", fut).await
+}
+
+/// Waits while the watch's first fill of `backend`'s cache is on its way, at most
+/// [`Backend::LIST_TIMEOUT`] (the fill's own bound); `true` if it is done (or failed).
+pub async fn first_fill_settled<B: Backend>(backend: &B) -> bool {
+    let deadline = tokio::time::Instant::now() + B::LIST_TIMEOUT;
+    while backend.first_fill_pending() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(FIRST_FILL_POLL).await;
+    }
+    true
 }
 
 impl<B: Backend> Datastore for Cluster<B> {
@@ -170,10 +204,9 @@ impl<B: Backend> Datastore for Cluster<B> {
         // Start-up (issue 10): the watch's first fill is a full list already on its way; the
         // start-up claims reconcile, the first claim and the first peer round asking for
         // their own would make N agents starting together send etcd 4 N lists instead of N.
-        // Wait for it, at most one operation bound, then ask.
-        let deadline = tokio::time::Instant::now() + B::OP_TIMEOUT;
-        while self.backend.first_fill_pending() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(FIRST_FILL_POLL).await;
+        // Wait for it (as long as the fill itself may take: a list of our own sent meanwhile
+        // would be answered no sooner by the same busy backend), then ask.
+        if first_fill_settled(self.backend()).await {
             if let Some(claims) = self.backend.cached() {
                 return Ok(claims);
             }
@@ -196,7 +229,7 @@ impl<B: Backend> Datastore for Cluster<B> {
             return l.result.clone();
         }
         let seq = self.lists_started.fetch_add(1, Ordering::SeqCst) + 1;
-        let result = bounded(self.backend(), "listing claims", self.backend.list()).await;
+        let result = bounded_list(self.backend(), self.backend.list()).await;
         *last = Some(LastList {
             seq,
             result: result.clone(),
@@ -210,5 +243,149 @@ impl<B: Backend> Datastore for Cluster<B> {
 
     fn deltas(&self) -> Option<tokio::sync::broadcast::Receiver<ClaimDelta>> {
         self.backend.deltas().map(|tx| tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A backend that answers every request after [`Slow::DELAY`]: longer than its operation
+    /// bound, shorter than its list bound.
+    #[derive(Debug, Default)]
+    struct Slow {
+        lists: AtomicU64,
+        changed: Notify,
+        /// The watch's first fill is on its way.
+        filling: AtomicBool,
+        /// The cache, once filled.
+        cache: Mutex<Option<Vec<PrefixClaim>>>,
+    }
+
+    impl Slow {
+        const DELAY: Duration = Duration::from_millis(300);
+    }
+
+    fn claim() -> PrefixClaim {
+        PrefixClaim {
+            prefix: "10.1.2.16/28".parse().expect("prefix"),
+            node: "n1".into(),
+            node_ip: None,
+            node_ip6: None,
+            claimed_at: 1,
+        }
+    }
+
+    impl Backend for Slow {
+        const NAME: &'static str = "slow";
+        const OP_TIMEOUT: Duration = Duration::from_millis(100);
+        const LIST_TIMEOUT: Duration = Duration::from_millis(800);
+
+        fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+            DatastoreError::Unavailable {
+                backend: Self::NAME,
+                msg: format!("{what}: {e}"),
+            }
+        }
+
+        async fn claim(&self, _claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+            tokio::time::sleep(Self::DELAY).await;
+            Ok(true)
+        }
+
+        async fn release(&self, _prefix: IpNetwork, _node: &str) -> Result<(), DatastoreError> {
+            tokio::time::sleep(Self::DELAY).await;
+            Ok(())
+        }
+
+        async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Self::DELAY).await;
+            Ok(vec![claim()])
+        }
+
+        fn cached(&self) -> Option<Vec<PrefixClaim>> {
+            self.cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+
+        fn first_fill_pending(&self) -> bool {
+            self.filling.load(Ordering::SeqCst)
+        }
+
+        fn changed(&self) -> &Notify {
+            &self.changed
+        }
+    }
+
+    /// Issue 10: a full list answered later than the operation bound (a busy etcd answering
+    /// N agents' lists) is taken, not cut off and sent again; every other operation still
+    /// gives up at the operation bound.
+    #[tokio::test]
+    async fn a_list_waits_for_the_list_bound_other_operations_for_the_operation_bound() {
+        let backend = Arc::new(Slow::default());
+        let ds = Cluster::new(backend.clone(), Vec::new());
+        let listed = ds
+            .list_fresh()
+            .await
+            .expect("a list answered within LIST_TIMEOUT");
+        assert_eq!(listed, vec![claim()]);
+        assert_eq!(backend.lists.load(Ordering::SeqCst), 1, "sent once");
+        let err = ds.claim(&claim()).await.expect_err("claim past OP_TIMEOUT");
+        assert!(matches!(err, DatastoreError::Unavailable { .. }), "{err:?}");
+        assert!(err.to_string().contains("no answer within 100ms"), "{err}");
+    }
+
+    /// Issue 10: a `list` while the watch's first fill is on its way waits for it past the
+    /// operation bound (up to the list bound) and answers from the filled cache, sending no
+    /// list of its own.
+    #[tokio::test]
+    async fn a_list_at_start_waits_past_the_operation_bound_for_the_first_fill() {
+        let backend = Arc::new(Slow::default());
+        backend.filling.store(true, Ordering::SeqCst);
+        let ds = Cluster::new(backend.clone(), Vec::new());
+        let filler = {
+            let backend = backend.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Slow::DELAY).await;
+                *backend
+                    .cache
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(vec![claim()]);
+                backend.filling.store(false, Ordering::SeqCst);
+            })
+        };
+        let t = tokio::time::Instant::now();
+        let listed = ds.list().await.expect("list");
+        assert!(t.elapsed() >= Slow::DELAY, "answered before the fill");
+        assert_eq!(listed, vec![claim()]);
+        assert_eq!(
+            backend.lists.load(Ordering::SeqCst),
+            0,
+            "no list of its own"
+        );
+        filler.await.expect("filler");
+        // A fill that never comes: the wait ends at the list bound, then it asks.
+        backend.filling.store(true, Ordering::SeqCst);
+        *backend
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        let t = tokio::time::Instant::now();
+        ds.list().await.expect("list after the wait");
+        assert!(t.elapsed() >= Slow::LIST_TIMEOUT, "{:?}", t.elapsed());
+        assert_eq!(backend.lists.load(Ordering::SeqCst), 1);
+    }
+
+    /// The etcd backend's list bound is longer than its operation bound (issue 10).
+    #[test]
+    fn etcd_lists_are_bounded_longer_than_other_operations() {
+        use crate::datastore::etcd::{LIST_TIMEOUT, OP_TIMEOUT};
+        assert!(LIST_TIMEOUT > OP_TIMEOUT);
     }
 }

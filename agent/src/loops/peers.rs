@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use futures::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tokio::time::Instant;
 
@@ -51,6 +52,8 @@ const POOL_POLL: Duration = Duration::from_millis(500);
 /// A datastore list that takes longer counts as failed (routes kept, retried next round),
 /// so a hung backend does not also stop our own routes from following the pool.
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Route installs of one re-plan in flight at once on the netlink socket.
+const INSTALLS_IN_FLIGHT: usize = 32;
 /// Least time between two rounds (a level-triggered watch that keeps firing must not spin).
 const MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -359,12 +362,15 @@ pub async fn sync<D: Datastore>(
         st.notes = want.notes.clone();
     }
     let plan = plan(&want.routes, &current);
-    let mut failures = Vec::new();
-    for (p, t) in &plan.install {
-        if let Err(f) = install(node, *p, *t).await {
-            failures.push(f);
-        }
-    }
+    // Several requests in flight on the netlink socket (each route is its own prefix, so their
+    // order does not matter): a full plan at start is N - 1 routes, and one at a time each
+    // cost a round trip through the netlink connection task and a wake-up of this one.
+    let mut failures: Vec<String> = futures::stream::iter(plan.install.clone())
+        .map(|(p, t)| install(node, p, t))
+        .buffer_unordered(INSTALLS_IN_FLIGHT)
+        .filter_map(|r| std::future::ready(r.err()))
+        .collect()
+        .await;
     for r in &plan.delete {
         let what = match (r.kind, r.gateway) {
             (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
@@ -657,6 +663,79 @@ async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
     }
 }
 
+/// `first` and the IPv4 deltas already queued behind it (at most [`INSTALLS_IN_FLIGHT`]),
+/// and the re-plan that one taken off the queue asks for (a re-list, an IPv6 claim, a lag).
+fn queued_behind(
+    first: ClaimDelta,
+    rx: &mut Option<tokio::sync::broadcast::Receiver<ClaimDelta>>,
+) -> (Vec<ClaimDelta>, Option<Replan>) {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut batch = vec![first];
+    let Some(r) = rx.as_mut() else {
+        return (batch, None);
+    };
+    while batch.len() < INSTALLS_IN_FLIGHT {
+        match r.try_recv() {
+            Ok(ClaimDelta::Resync) => return (batch, Some(Replan::Full)),
+            Ok(ClaimDelta::Put(c) | ClaimDelta::Removed(c)) if c.prefix.is_ipv6() => {
+                return (batch, Some(Replan::Routes))
+            }
+            Ok(d) => batch.push(d),
+            Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Lagged(n)) => {
+                tracing::info!(
+                    missed = n,
+                    "peers: fell behind the claim deltas: re-planning"
+                );
+                return (batch, Some(Replan::Full));
+            }
+            Err(TryRecvError::Closed) => {
+                *rx = None;
+                return (batch, Some(Replan::Full));
+            }
+        }
+    }
+    (batch, None)
+}
+
+/// Deltas in their order, cut into runs in which no prefix appears twice: the routes of one
+/// run can be changed in any order (each is its own prefix), runs one after the other.
+pub fn runs_of_distinct_prefixes(deltas: Vec<ClaimDelta>) -> Vec<Vec<ClaimDelta>> {
+    let mut runs: Vec<Vec<ClaimDelta>> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for d in deltas {
+        let prefix = match &d {
+            ClaimDelta::Put(c) | ClaimDelta::Removed(c) => Some(c.prefix),
+            ClaimDelta::Resync => None,
+        };
+        let fresh = prefix.is_none_or(|p| seen.insert(p));
+        match runs.last_mut() {
+            Some(run) if fresh => run.push(d),
+            _ => {
+                seen.clear();
+                seen.extend(prefix);
+                runs.push(vec![d]);
+            }
+        }
+    }
+    runs
+}
+
+/// Applies `deltas` ([`apply`] each), several routes in flight at once where their prefixes
+/// differ. `false` if any route change failed.
+async fn apply_batch<D: Datastore>(node: &Node<D>, deltas: Vec<ClaimDelta>) -> bool {
+    let mut ok = true;
+    for run in runs_of_distinct_prefixes(deltas) {
+        let done: Vec<bool> = futures::stream::iter(run)
+            .map(|d| async move { apply(node, &d).await })
+            .buffer_unordered(INSTALLS_IN_FLIGHT)
+            .collect()
+            .await;
+        ok &= done.iter().all(|b| *b);
+    }
+    ok
+}
+
 /// Resolves once the pool's held prefixes differ from `routed`.
 async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[IpNetwork]) {
     loop {
@@ -736,9 +815,15 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                         break Replan::Routes;
                     }
                     Some(d) => {
-                        if !apply(node, &d).await {
+                        // A burst (N nodes claiming at once): the deltas already queued
+                        // behind this one go with it, their routes in flight together.
+                        let (batch, then) = queued_behind(d, &mut deltas);
+                        if !apply_batch(node, batch).await {
                             tokio::time::sleep(MIN_GAP * 10).await;
                             break Replan::Routes;
+                        }
+                        if let Some(why) = then {
+                            break why;
                         }
                     }
                 },
@@ -753,6 +838,40 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A burst of deltas is applied in runs without a repeated prefix (order kept within a
+    /// prefix: a claim, its release and a new claim of it stay in three runs).
+    #[test]
+    fn bursts_split_where_a_prefix_repeats() {
+        let c = |p: &str, n: &str| PrefixClaim {
+            prefix: p.parse().expect("prefix"),
+            node: n.into(),
+            node_ip: Some("10.0.0.2".parse().expect("ip")),
+            node_ip6: None,
+            claimed_at: 1,
+        };
+        let (a, b, d) = (
+            c("10.240.0.0/28", "a"),
+            c("10.240.0.16/28", "b"),
+            c("10.240.0.32/28", "d"),
+        );
+        let runs = runs_of_distinct_prefixes(vec![
+            ClaimDelta::Put(a.clone()),
+            ClaimDelta::Put(b.clone()),
+            ClaimDelta::Removed(a.clone()),
+            ClaimDelta::Put(d.clone()),
+            ClaimDelta::Put(c("10.240.0.0/28", "e")),
+        ]);
+        assert_eq!(
+            runs,
+            vec![
+                vec![ClaimDelta::Put(a.clone()), ClaimDelta::Put(b)],
+                vec![ClaimDelta::Removed(a), ClaimDelta::Put(d)],
+                vec![ClaimDelta::Put(c("10.240.0.0/28", "e"))],
+            ]
+        );
+        assert!(runs_of_distinct_prefixes(Vec::new()).is_empty());
+    }
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().expect("cidr")

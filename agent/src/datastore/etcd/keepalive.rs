@@ -6,10 +6,14 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{EtcdBackend, Hex, BACKOFF_MAX, OP_TIMEOUT};
+use super::{EtcdBackend, Hex, BACKOFF_MAX, LIST_TIMEOUT, OP_TIMEOUT};
 use crate::backoff::Backoff;
 use crate::datastore::common;
 use crate::datastore::{DatastoreError, PrefixClaim};
+
+/// Longest the adoption of our claims onto a lease takes (the wait for the watch's first
+/// fill, or a list, and the re-attach txns); it is retried after the next keep-alive.
+const ADOPT_TIMEOUT: std::time::Duration = LIST_TIMEOUT;
 
 /// Outcome of keeping one lease alive.
 enum KeepAlive {
@@ -26,10 +30,20 @@ impl EtcdBackend {
     /// onto it, and claims this node made that etcd no longer has (deleted with an expired
     /// lease) are created again where still free.
     async fn adopt_claims(&self, lease: i64) -> Result<(), DatastoreError> {
+        // From the claim cache (see the module docs: why it is fresh enough), once the watch's
+        // first fill (if on its way) is in — waited for before taking the write lock, so the
+        // claim path is not held up meanwhile; a list of our own only while the cache is out
+        // of sync.
+        let settled = common::first_fill_settled(self).await;
         let _w = self.write_lock.lock().await;
         let mut seen = BTreeSet::new();
         let (mut moved, mut lost) = (0, Vec::new());
-        for kv in self.list_kvs().await? {
+        let cached = if settled { self.cached_own() } else { None };
+        let kvs = match cached {
+            Some(kvs) => kvs,
+            None => self.list_kvs().await?,
+        };
+        for kv in kvs {
             let Some(c) = self.decode(&kv) else { continue };
             if c.node != self.node {
                 continue;
@@ -102,12 +116,12 @@ impl EtcdBackend {
                 return KeepAlive::Replaced;
             }
             if *adopted != lease {
-                match tokio::time::timeout(OP_TIMEOUT * 2, self.adopt_claims(lease)).await {
+                match tokio::time::timeout(ADOPT_TIMEOUT, self.adopt_claims(lease)).await {
                     Ok(Ok(())) => *adopted = lease,
                     Ok(Err(e)) => tracing::warn!(error = %e, "etcd: re-attaching claims failed"),
                     Err(_) => tracing::warn!(
                         endpoints = %self.endpoints,
-                        timeout = ?(OP_TIMEOUT * 2),
+                        timeout = ?ADOPT_TIMEOUT,
                         "etcd: re-attaching claims: no answer"
                     ),
                 }

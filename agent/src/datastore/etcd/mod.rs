@@ -24,6 +24,17 @@
 //!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
 //!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
 //!   and re-puts (create-if-absent) those it remembers claiming that etcd lost with the lease.
+//!   It finds them in the claim cache (which also keeps each of *our* claims' key-value, with
+//!   its lease and `mod_revision`), waiting for the watch's first fill if that is on its way;
+//!   only while the cache is out of sync does it list etcd itself (issue 10: one list per
+//!   agent start instead of two). The cache is fresh enough for this: only this node writes
+//!   claims named after it (under its write lock, on its live lease), every re-attach is
+//!   guarded by the `mod_revision` it read (a claim deleted meanwhile, with an expired lease,
+//!   fails the guard and is left alone), and a claim of ours the cache does not show yet is
+//!   in `mine` and goes through the create-if-absent claim, which counts an existing claim of
+//!   ours as won.
+//! - Every full list (fill, re-fill, `list_fresh`) waits up to [`LIST_TIMEOUT`], longer than
+//!   the [`OP_TIMEOUT`] of every other operation.
 //! - Degraded mode: nothing here waits on etcd at start. Each operation gives up after
 //!   [`OP_TIMEOUT`] with [`DatastoreError::Unavailable`] naming the endpoints; the background
 //!   tasks retry with the agent's jittered back-off ([`crate::backoff`], [`BACKOFF_MIN`] …
@@ -61,6 +72,11 @@ use watch::Cache;
 const BACKEND: &str = "etcd";
 /// Longest any one datastore operation waits for etcd.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a full list of the claims waits for etcd (the watch's fill and re-fills,
+/// `list_fresh`): N agents starting together make etcd answer lists of N claims in 2–3 s
+/// (issue 10, N = 400 on 2 cores); cut off at [`OP_TIMEOUT`] each was sent again, and etcd,
+/// which had done the work anyway, got it twice — a retry storm that at N = 1000 never ended.
+pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Back-off of the background tasks (lease, watch) while etcd is unreachable.
 pub use super::common::{BACKOFF_MAX, BACKOFF_MIN};
 /// File in the state directory that remembers the lease ID across restarts.
@@ -282,6 +298,7 @@ impl EtcdBackend {
 impl Backend for EtcdBackend {
     const NAME: &'static str = BACKEND;
     const OP_TIMEOUT: Duration = OP_TIMEOUT;
+    const LIST_TIMEOUT: Duration = LIST_TIMEOUT;
 
     fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
         // etcd may be unreachable: stop trusting the cache until the watch is re-created.

@@ -22,6 +22,9 @@ pub(super) struct Cache {
     pub(super) revision: i64,
     /// Key → claim (undecodable values are left out, as `list` always did).
     pub(super) claims: BTreeMap<Vec<u8>, PrefixClaim>,
+    /// Key → key-value (lease, `mod_revision`) of the claims naming this node: what the
+    /// lease's adoption needs, without a list of its own.
+    pub(super) own: BTreeMap<Vec<u8>, KeyValue>,
 }
 
 impl EtcdBackend {
@@ -37,17 +40,31 @@ impl EtcdBackend {
         c.synced.then(|| c.claims.values().cloned().collect())
     }
 
+    /// The key-values of this node's claims, if the cache is in sync.
+    pub(super) fn cached_own(&self) -> Option<Vec<KeyValue>> {
+        let c = self.cache();
+        c.synced.then(|| c.own.values().cloned().collect())
+    }
+
     /// Replaces the cache with a full list at `revision` (still out of sync: the watch from
     /// `revision + 1` is not established yet).
     pub(super) fn cache_fill(&self, kvs: &[KeyValue], revision: i64) {
+        let mut own = BTreeMap::new();
         let claims = kvs
             .iter()
-            .filter_map(|kv| Some((kv.key().to_vec(), self.decode(kv)?)))
+            .filter_map(|kv| {
+                let claim = self.decode(kv)?;
+                if claim.node == self.node {
+                    own.insert(kv.key().to_vec(), kv.clone());
+                }
+                Some((kv.key().to_vec(), claim))
+            })
             .collect();
         *self.cache() = Cache {
             synced: false,
             revision,
             claims,
+            own,
         };
         // No subscriber is not an error.
         let _ = self.deltas.send(ClaimDelta::Resync);
@@ -60,16 +77,25 @@ impl EtcdBackend {
         let mut c = self.cache();
         for ev in events {
             let Some(kv) = ev.kv() else { continue };
-            let delta = match ev.event_type() {
-                EventType::Put => match self.decode(kv) {
-                    Some(claim) => {
-                        let d = ClaimDelta::Put(claim.clone());
-                        (c.claims.insert(kv.key().to_vec(), claim.clone()) != Some(claim))
-                            .then_some(d)
-                    }
-                    None => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
-                },
-                EventType::Delete => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
+            let put = match ev.event_type() {
+                EventType::Put => Some(self.decode(kv)),
+                EventType::Delete => None,
+            };
+            if put
+                .as_ref()
+                .is_some_and(|c| c.as_ref().is_some_and(|c| c.node == self.node))
+            {
+                c.own.insert(kv.key().to_vec(), kv.clone());
+            } else {
+                c.own.remove(kv.key());
+            }
+            // A PUT of a claim; a DELETE, or a PUT of an undecodable value, removes it.
+            let delta = match put {
+                Some(Some(claim)) => {
+                    let d = ClaimDelta::Put(claim.clone());
+                    (c.claims.insert(kv.key().to_vec(), claim.clone()) != Some(claim)).then_some(d)
+                }
+                Some(None) | None => c.claims.remove(kv.key()).map(ClaimDelta::Removed),
             };
             if let Some(d) = delta {
                 let _ = self.deltas.send(d);
@@ -100,7 +126,7 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
             }
         }
         if revision == 0 || tokio::time::Instant::now() >= relist_at {
-            match common::bounded(&*inner, "listing claims", inner.list_kvs_at()).await {
+            match common::bounded_list(&*inner, inner.list_kvs_at()).await {
                 Ok((kvs, rev)) => {
                     inner.cache_fill(&kvs, rev);
                     revision = rev;
