@@ -59,11 +59,19 @@ pub(crate) async fn request(
 }
 
 /// Sends a `NLM_F_DUMP` request and returns all reply messages.
+///
+/// Dumps of this process go one at a time: the kernel runs one dump per netlink socket and
+/// answers a second one started meanwhile with EBUSY, and [`Eager`] sends requests queued
+/// together back to back — two loops of the agent listing routes at once on its one socket
+/// (the peer re-plan and the reconcile, issue 10) failed one of them ("RTM_GETROUTE: Device or
+/// resource busy"), and the failed re-plan was skipped. A dump takes a millisecond or so.
 pub(crate) async fn dump(
     handle: &rtnetlink::Handle,
     op: &'static str,
     msg: RouteNetlinkMessage,
 ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    static ONE_DUMP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one = ONE_DUMP.lock().await;
     send(handle, op, msg, NLM_F_REQUEST | NLM_F_DUMP).await
 }
 

@@ -44,6 +44,11 @@ pub struct RouteV4 {
     pub kind: u8,
     /// Routing table id.
     pub table: u32,
+    /// Route metric (RTA_PRIORITY; `ip route ... metric N`), 0 for none. IPv4 routes that
+    /// differ only in their metric are distinct routes; `replace` swaps the route of the same
+    /// destination, table and metric; a delete with metric 0 matches any metric (the lowest
+    /// first).
+    pub metric: u32,
 }
 
 /// A route of either family as it goes over the wire: what [`RouteV4`] and [`RouteV6`] share
@@ -57,6 +62,8 @@ struct Wire {
     scope: u8,
     kind: u8,
     table: u32,
+    /// RTA_PRIORITY, 0 for none (not sent; read back as 0 when the kernel reports none).
+    metric: u32,
 }
 
 impl From<&RouteV4> for Wire {
@@ -70,6 +77,7 @@ impl From<&RouteV4> for Wire {
             scope: r.scope,
             kind: r.kind,
             table: r.table,
+            metric: r.metric,
         }
     }
 }
@@ -85,6 +93,7 @@ impl From<&RouteV6> for Wire {
             scope: RT_SCOPE_UNIVERSE,
             kind: r.kind,
             table: r.table,
+            metric: 0,
         }
     }
 }
@@ -145,6 +154,9 @@ impl Wire {
         if let Some(oif) = self.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
         }
+        if self.metric != 0 {
+            msg.attributes.push(RouteAttribute::Priority(self.metric));
+        }
         msg
     }
 
@@ -165,6 +177,7 @@ impl Wire {
             scope: msg.header.scope.into(),
             kind: msg.header.kind.into(),
             table: u32::from(msg.header.table),
+            metric: 0,
         };
         for attr in &msg.attributes {
             match attr {
@@ -174,6 +187,7 @@ impl Wire {
                 RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => w.gateway = Some((*ip).into()),
                 RouteAttribute::Oif(oif) => w.oif = Some(*oif),
                 RouteAttribute::Table(t) => w.table = *t,
+                RouteAttribute::Priority(m) => w.metric = *m,
                 _ => {}
             }
         }
@@ -228,6 +242,7 @@ pub async fn add_link_scope(
         scope: RT_SCOPE_LINK,
         kind: RTN_UNICAST,
         table: RT_TABLE_MAIN,
+        metric: 0,
     };
     add(handle, &route, replace).await
 }
@@ -252,6 +267,7 @@ pub async fn add_via(
         scope: RT_SCOPE_UNIVERSE,
         kind: RTN_UNICAST,
         table: RT_TABLE_MAIN,
+        metric: 0,
     };
     add(handle, &route, replace).await
 }
@@ -282,6 +298,7 @@ pub async fn add_unreachable(
         scope: RT_SCOPE_UNIVERSE,
         kind: RTN_UNREACHABLE,
         table: RT_TABLE_MAIN,
+        metric: 0,
     };
     add(handle, &route, replace).await
 }
@@ -304,6 +321,7 @@ fn from_message(msg: &RouteMessage) -> Option<RouteV4> {
         scope: w.scope,
         kind: w.kind,
         table: w.table,
+        metric: w.metric,
     })
 }
 
@@ -457,6 +475,7 @@ mod tests {
             scope: RT_SCOPE_UNIVERSE,
             kind: RTN_UNICAST,
             table: RT_TABLE_MAIN,
+            metric: 0,
         };
         Wire::from(&r).check_prefix()
     }
@@ -515,6 +534,7 @@ mod tests {
             scope: RT_SCOPE_UNIVERSE,
             kind: RTN_UNREACHABLE,
             table: RT_TABLE_MAIN,
+            metric: 1_040,
         };
         let msg = Wire::from(&r4).message();
         assert_eq!(from_message(&msg), Some(r4));

@@ -269,6 +269,7 @@ fn routes_add_list_delete() {
         scope: RT_SCOPE_LINK,
         kind: RTN_UNICAST,
         table: 254,
+        metric: 0,
     };
     assert!(ours.contains(&link_route), "{ours:#?}");
     let default = ours
@@ -326,6 +327,88 @@ fn routes_add_list_delete() {
     let shown = host.ip(&["-4", "route", "show", "proto", "171"]);
     assert!(!shown.contains("10.99.0.5"), "{shown}");
     assert!(!shown.contains("unreachable"), "{shown}");
+}
+
+/// Metrics (issue 10: one per peer prefix): a route at a metric reads back with it; routes of
+/// one prefix at two metrics coexist; `replace` swaps only the route at its own metric; a
+/// delete without a metric takes the lowest-metric match (what the peer loop's migration of an
+/// older agent's metric-0 routes relies on), one with a metric exactly that route.
+#[test]
+fn routes_at_metrics() {
+    let host = Ns::new();
+    let pod = Ns::new();
+    let ifindex = make_veth(&host, &pod, None).expect("veth");
+    let gw = Ipv4Addr::new(169, 254, 1, 1);
+    let gw2 = Ipv4Addr::new(169, 254, 1, 2);
+    let peer = |gateway: Ipv4Addr, metric: u32| RouteV4 {
+        dst: Ipv4Addr::new(10, 98, 0, 16),
+        dst_len: 28,
+        gateway: Some(gateway),
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        scope: 0,
+        kind: RTN_UNICAST,
+        table: 254,
+        metric,
+    };
+    let (both, after_wild, replaced, after_exact) = host
+        .run(|h| async move {
+            route::add_link_scope(&h, gw, 32, ifindex, RTPROT_VPCNET, false).await?;
+            route::add_link_scope(&h, gw2, 32, ifindex, RTPROT_VPCNET, false).await?;
+            let peers = |h: rtnetlink::Handle| async move {
+                let mut v: Vec<RouteV4> = route::list_v4(&h, Some(RTPROT_VPCNET))
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.dst_len == 28)
+                    .map(|mut r| {
+                        r.oif = None;
+                        r
+                    })
+                    .collect();
+                v.sort_by_key(|r| r.metric);
+                Ok::<_, NetlinkError>(v)
+            };
+            route::add_route(&h, &peer(gw, 0), false).await?;
+            route::add_route(&h, &peer(gw, 17), false).await?;
+            let both = peers(h.clone()).await?;
+            route::delete(&h, &peer(gw, 0)).await?;
+            let after_wild = peers(h.clone()).await?;
+            route::add_route(&h, &peer(gw2, 17), true).await?;
+            let replaced = peers(h.clone()).await?;
+            route::add_route(&h, &peer(gw2, 5), false).await?;
+            route::delete(&h, &peer(gw2, 17)).await?;
+            let after_exact = peers(h.clone()).await?;
+            Ok::<_, NetlinkError>((both, after_wild, replaced, after_exact))
+        })
+        .expect("route ops");
+    assert_eq!(both, vec![peer(gw, 0), peer(gw, 17)]);
+    assert_eq!(
+        after_wild,
+        vec![peer(gw, 17)],
+        "the metric-0 route went first"
+    );
+    assert_eq!(replaced, vec![peer(gw2, 17)]);
+    assert_eq!(after_exact, vec![peer(gw2, 5)]);
+    let shown = host.ip(&["-4", "route", "show", "proto", "171"]);
+    assert!(
+        shown.contains("10.98.0.16/28 via 169.254.1.2 dev vpctest0 metric 5"),
+        "{shown}"
+    );
+}
+
+/// Two dumps at once on one socket (the agent's peer re-plan and reconcile listing routes
+/// together): both answered, none refused with EBUSY.
+#[test]
+fn dumps_at_once_on_one_socket() {
+    let host = Ns::new();
+    let results = host.run(|h| async move {
+        route::add_unreachable(&h, Ipv4Addr::new(10, 97, 0, 0), 24, RTPROT_VPCNET, false).await?;
+        let lists = (0..8).map(|_| route::list_v4(&h, Some(RTPROT_VPCNET)));
+        Ok::<_, NetlinkError>(futures::future::join_all(lists).await)
+    });
+    for r in results.expect("set-up") {
+        assert_eq!(r.expect("dump").len(), 1);
+    }
 }
 
 #[test]

@@ -165,6 +165,7 @@ fn secondary_routes(index: u32) -> [route::RouteV4; 2] {
             scope: route::RT_SCOPE_LINK,
             kind: route::RTN_UNICAST,
             table,
+            metric: 0,
         },
         route::RouteV4 {
             dst: Ipv4Addr::UNSPECIFIED,
@@ -175,6 +176,7 @@ fn secondary_routes(index: u32) -> [route::RouteV4; 2] {
             scope: route::RT_SCOPE_UNIVERSE,
             kind: route::RTN_UNICAST,
             table,
+            metric: 0,
         },
     ]
 }

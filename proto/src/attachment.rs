@@ -34,6 +34,7 @@ pub fn host_route(ip: Ipv4Addr, oif: Option<u32>) -> RouteV4 {
         scope: route::RT_SCOPE_LINK,
         kind: route::RTN_UNICAST,
         table: route::RT_TABLE_MAIN,
+        metric: 0,
     }
 }
 
