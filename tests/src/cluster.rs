@@ -120,6 +120,8 @@ pub struct OurRoute {
     pub kind: String,
     pub via: Option<Ipv4Addr>,
     pub dev: Option<String>,
+    /// `metric N` (`None`: none shown, i.e. 0 for IPv4).
+    pub metric: Option<u32>,
 }
 
 impl OurRoute {
@@ -786,6 +788,7 @@ pub fn parse_route(line: &str) -> Option<OurRoute> {
         kind,
         via: after("via").and_then(|s| s.parse().ok()),
         dev: after("dev"),
+        metric: after("metric").and_then(|s| s.parse().ok()),
     })
 }
 
@@ -798,9 +801,11 @@ mod tests {
         let r = parse_route("unreachable 10.240.0.0/28 proto 171 metric 1024").expect("route");
         assert!(r.is_local_prefix());
         assert_eq!(r.dst, "10.240.0.0/28");
+        assert_eq!(r.metric, Some(1024));
         let r = parse_route("10.240.0.16/28 via 10.199.0.12 dev eth0 proto 171").expect("route");
         assert_eq!(r.via, Some(Ipv4Addr::new(10, 199, 0, 12)));
         assert!(!r.is_local_prefix());
+        assert_eq!(r.metric, None);
         let r = parse_route("10.240.0.3 dev vpc0123456789a proto 171 scope link").expect("r");
         assert_eq!(r.dev.as_deref(), Some("vpc0123456789a"));
         assert_eq!(r.dst, "10.240.0.3");

@@ -527,3 +527,67 @@ fn peer_claim_delta_changes_exactly_one_route_without_listing() {
     c.wait_consistent(Duration::from_secs(5))
         .unwrap_or_else(|e| panic!("{e}"));
 }
+
+/// Peer and own prefix routes go at one metric per prefix (issue 10: the kernel's IPv4
+/// fib_info hash does not cover the gateway, so one metric for all put every route in one
+/// bucket), and the routes an older agent left at metric 0 are replaced when the new one
+/// starts: the right route first, then the old one deleted, so no prefix is ever unrouted.
+#[test]
+fn routes_at_metric_0_from_an_older_agent_are_migrated() {
+    let mut c = Cluster::new(3, "10.240.0.0/16");
+    c.start_agents(&[]);
+    c.wait_consistent(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ns = c.node(1).ns.clone();
+    // Node 1's peer `via` and own `unreachable` routes (not the pods').
+    let managed = || -> Vec<vpcnet_tests::cluster::OurRoute> {
+        vpcnet_tests::sh(&format!("ip -n {ns} -4 route show proto 171"))
+            .lines()
+            .filter_map(vpcnet_tests::cluster::parse_route)
+            .filter(|r| r.via.is_some() || r.is_local_prefix())
+            .collect()
+    };
+    let before = managed();
+    assert!(before.len() >= 3, "{before:?}");
+    let metrics: BTreeSet<u32> = before.iter().filter_map(|r| r.metric).collect();
+    assert_eq!(
+        metrics.len(),
+        before.len(),
+        "one metric per prefix: {before:?}"
+    );
+    assert!(!metrics.contains(&0));
+    // What an agent of before this change left: every one of these at metric 0. The agent is
+    // stopped meanwhile (its routes stay: nothing is withdrawn at shutdown).
+    let exe = vpcnet_tests::bin("vpcnetd");
+    c.roll_agent(1, &exe, || {
+        for r in &before {
+            let (what, via) = match r.via {
+                Some(gw) => ("", format!("via {gw}")),
+                None => (r.kind.as_str(), String::new()),
+            };
+            let metric = r.metric.expect("metric");
+            vpcnet_tests::sh(&format!(
+                "ip -n {ns} route del {what} {} {via} proto 171 metric {metric} && \
+                 ip -n {ns} route add {what} {} {via} proto 171",
+                r.dst, r.dst
+            ));
+        }
+        let old = managed();
+        assert!(
+            old.len() == before.len() && old.iter().all(|r| r.metric.is_none()),
+            "set-up: {old:?}"
+        );
+    });
+    // The new agent's start-up re-plan: each at its metric again, the metric-0 ones gone.
+    let migrated = || {
+        let now = managed();
+        now.len() == before.len() && now.iter().all(|r| before.contains(r))
+    };
+    assert!(
+        vpcnet_tests::wait_until(Duration::from_secs(10), migrated),
+        "not migrated: {:?} (before: {before:?})",
+        managed()
+    );
+    c.wait_consistent(Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+}

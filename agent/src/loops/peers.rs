@@ -189,10 +189,48 @@ fn key(r: &route::RouteV4) -> Option<Ipv4Network> {
     Ipv4Network::new(r.dst, r.dst_len).ok()
 }
 
-fn matches(r: &route::RouteV4, t: Target) -> bool {
-    match t {
-        Target::Via(gw) => r.kind == route::RTN_UNICAST && r.gateway == Some(gw),
-        Target::Unreachable => r.kind == route::RTN_UNREACHABLE,
+/// The metric of our route to prefix `p` (peer `via` and own `unreachable` alike): 1 + the
+/// low 16 bits of the prefix's index (its network address shifted right by its host bits).
+///
+/// Why not one metric for all (issue 10): the kernel's IPv4 `fib_info` hash covers protocol,
+/// scope, prefsrc, metric and output devices, not the gateway, so N peer routes with one
+/// metric share one hash bucket and every insert compares against every earlier route
+/// (O(N²) per agent start). One metric per prefix spreads them. It depends on the prefix only,
+/// so a moved gateway or via ↔ unreachable is still one `replace` of the route at that
+/// metric. Routes an older agent left at metric 0 are migrated by the re-plan ([`plan`]).
+pub fn metric_of(p: Ipv4Network) -> u32 {
+    let index = u32::from(p.network())
+        .checked_shr(32 - u32::from(p.prefix()))
+        .unwrap_or(0);
+    1 + (index & 0xffff)
+}
+
+fn matches(r: &route::RouteV4, p: Ipv4Network, t: Target) -> bool {
+    r.metric == metric_of(p)
+        && match t {
+            Target::Via(gw) => r.kind == route::RTN_UNICAST && r.gateway == Some(gw),
+            Target::Unreachable => r.kind == route::RTN_UNREACHABLE,
+        }
+}
+
+/// Our route to `p` going to `t`, at `p`'s metric ([`metric_of`]).
+pub fn route_for(p: Ipv4Network, t: Target) -> route::RouteV4 {
+    route::RouteV4 {
+        dst: p.network(),
+        dst_len: p.prefix(),
+        gateway: match t {
+            Target::Via(gw) => Some(gw),
+            Target::Unreachable => None,
+        },
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        scope: route::RT_SCOPE_UNIVERSE,
+        kind: match t {
+            Target::Via(_) => route::RTN_UNICAST,
+            Target::Unreachable => route::RTN_UNREACHABLE,
+        },
+        table: route::RT_TABLE_MAIN,
+        metric: metric_of(p),
     }
 }
 
@@ -239,10 +277,10 @@ pub fn plan(desired: &BTreeMap<Ipv4Network, Target>, current: &[route::RouteV4])
     for (p, t) in desired {
         let ok = by_prefix
             .get(p)
-            .is_some_and(|rs| rs.iter().any(|r| matches(r, *t)));
+            .is_some_and(|rs| rs.iter().any(|r| matches(r, *p, *t)));
         if !ok {
-            // Replace semantics: overwrites a route of ours at that prefix (gateway moved,
-            // unreachable <-> via) in one step, without a window with no route.
+            // Replace semantics: overwrites a route of ours at that prefix and metric (gateway
+            // moved, unreachable <-> via) in one step, without a window with no route.
             out.install.push((*p, *t));
         }
     }
@@ -250,12 +288,17 @@ pub fn plan(desired: &BTreeMap<Ipv4Network, Target>, current: &[route::RouteV4])
         match desired.get(p) {
             None => out.delete.extend(rs.iter().map(|r| (*r).clone())),
             Some(t) => {
-                // The replace takes care of one wrong route; any extra ones (e.g. another
-                // metric) are deleted once a right one exists.
-                if rs.iter().any(|r| matches(r, *t)) {
-                    out.delete
-                        .extend(rs.iter().filter(|r| !matches(r, *t)).map(|r| (*r).clone()));
-                }
+                // Every other route of ours at that prefix goes once the right one is in
+                // (the caller installs before it deletes): those at another metric (an older
+                // agent's, at metric 0) and, when nothing is installed, wrong ones at ours.
+                // The one at our metric that the install replaces is not deleted again.
+                let installing = !rs.iter().any(|r| matches(r, *p, *t));
+                out.delete.extend(
+                    rs.iter()
+                        .filter(|r| !matches(r, *p, *t))
+                        .filter(|r| !(installing && r.metric == metric_of(*p)))
+                        .map(|r| (*r).clone()),
+                );
             }
         }
     }
@@ -365,13 +408,19 @@ pub async fn sync<D: Datastore>(
     // Several requests in flight on the netlink socket (each route is its own prefix, so their
     // order does not matter): a full plan at start is N - 1 routes, and one at a time each
     // cost a round trip through the netlink connection task and a wake-up of this one.
-    let mut failures: Vec<String> = futures::stream::iter(plan.install.clone())
-        .map(|(p, t)| install(node, p, t))
+    let failed: Vec<(Ipv4Network, String)> = futures::stream::iter(plan.install.clone())
+        .map(|(p, t)| async move { install(node, p, t).await.map_err(|e| (p, e)) })
         .buffer_unordered(INSTALLS_IN_FLIGHT)
         .filter_map(|r| std::future::ready(r.err()))
         .collect()
         .await;
-    for r in &plan.delete {
+    let (not_installed, mut failures): (Vec<Ipv4Network>, Vec<String>) = failed.into_iter().unzip();
+    // A route at another metric (an older agent's) stays while ours at that prefix failed.
+    for r in plan
+        .delete
+        .iter()
+        .filter(|r| key(r).is_none_or(|k| !not_installed.contains(&k)))
+    {
         let what = match (r.kind, r.gateway) {
             (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
             (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
@@ -574,23 +623,7 @@ async fn sync6<D: Datastore>(
 
 /// Adds (or replaces) the route of `p`; `Err`: what failed, for the degraded report.
 async fn install<D: Datastore>(node: &Node<D>, p: Ipv4Network, t: Target) -> Result<(), String> {
-    let r = match t {
-        Target::Via(gw) => {
-            route::add_via(
-                node.net(),
-                p.network(),
-                p.prefix(),
-                gw,
-                None,
-                RTPROT_VPCNET,
-                true,
-            )
-            .await
-        }
-        Target::Unreachable => {
-            route::add_unreachable(node.net(), p.network(), p.prefix(), RTPROT_VPCNET, true).await
-        }
-    };
+    let r = route::add_route(node.net(), &route_for(p, t), true).await;
     let what = match t {
         Target::Via(gw) => format!("{p} via {gw}"),
         Target::Unreachable => format!("unreachable {p}"),
@@ -636,17 +669,7 @@ async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
             }
         },
         Change::Withdraw(p, gw) => {
-            let r = route::RouteV4 {
-                dst: p.network(),
-                dst_len: p.prefix(),
-                gateway: Some(gw),
-                oif: None,
-                protocol: RTPROT_VPCNET,
-                scope: route::RT_SCOPE_UNIVERSE,
-                kind: route::RTN_UNICAST,
-                table: route::RT_TABLE_MAIN,
-            };
-            match route::delete(node.net(), &r).await {
+            match route::delete(node.net(), &route_for(p, Target::Via(gw))).await {
                 // `false`: no such route (never installed, or the prefix moved): nothing to do.
                 Ok(gone) => {
                     if gone {
@@ -736,16 +759,6 @@ async fn apply_batch<D: Datastore>(node: &Node<D>, deltas: Vec<ClaimDelta>) -> b
     ok
 }
 
-/// Resolves once the pool's held prefixes differ from `routed`.
-async fn pool_changed<D: Datastore>(node: &Node<D>, routed: &[IpNetwork]) {
-    loop {
-        tokio::time::sleep(POOL_POLL).await;
-        if held(node) != routed {
-            return;
-        }
-    }
-}
-
 /// The next claim delta; `None` when the subscription lagged or closed (re-plan). Never
 /// resolves without a subscription.
 async fn next_delta(
@@ -805,6 +818,12 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
         let routed = sync(node, &mut st, why == Replan::Full).await;
         crate::obs::process::startup_phase("first peer re-plan");
         tokio::time::sleep_until(started + MIN_GAP).await;
+        // One schedule for the whole wait, not a fresh POOL_POLL sleep per select: deltas
+        // arriving faster than POOL_POLL (N nodes claiming) must not keep postponing the pool
+        // check (issue 10: our own prefix's unreachable route waited for the claim burst to
+        // pause for POOL_POLL).
+        let mut pool_poll = tokio::time::interval_at(Instant::now() + POOL_POLL, POOL_POLL);
+        pool_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         why = loop {
             tokio::select! {
                 d = next_delta(&mut deltas) => match d {
@@ -829,7 +848,16 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                 },
                 _ = node.datastore().changed(), if deltas.is_none() => break Replan::Full,
                 _ = tokio::time::sleep_until(next_full) => break Replan::Full,
-                _ = pool_changed(node, &routed) => break Replan::Routes,
+                _ = pool_poll.tick() => {
+                    if held(node) != routed {
+                        break Replan::Routes;
+                    }
+                }
+                _ = node.prefixes_changed_wait() => {
+                    if held(node) != routed {
+                        break Replan::Routes;
+                    }
+                }
             }
         };
     }
@@ -902,6 +930,7 @@ mod tests {
             scope: route::RT_SCOPE_UNIVERSE,
             kind: route::RTN_UNICAST,
             table: route::RT_TABLE_MAIN,
+            metric: metric_of(n),
         }
     }
 
@@ -916,6 +945,7 @@ mod tests {
             scope: route::RT_SCOPE_UNIVERSE,
             kind: route::RTN_UNREACHABLE,
             table: route::RT_TABLE_MAIN,
+            metric: metric_of(n),
         }
     }
 
@@ -1041,6 +1071,80 @@ mod tests {
         let p = plan(&desired, &current);
         assert!(p.install.is_empty());
         assert_eq!(p.delete, vec![unreachable("10.240.0.16/28")]);
+    }
+
+    /// One metric per prefix, from the prefix alone (distinct for neighbouring prefixes).
+    #[test]
+    fn metrics_follow_the_prefix() {
+        assert_eq!(
+            metric_of(net("10.240.0.0/28")),
+            metric_of(net("10.240.0.0/28"))
+        );
+        assert_ne!(
+            metric_of(net("10.240.0.0/28")),
+            metric_of(net("10.240.0.16/28"))
+        );
+        assert_eq!(
+            metric_of(net("10.240.0.16/28")) + 1,
+            metric_of(net("10.240.0.32/28"))
+        );
+        assert_eq!(metric_of(net("0.0.0.0/0")), 1);
+        assert_eq!(metric_of(net("10.240.0.9/32")), 1 + 0xf009);
+        let r = route_for(net("10.240.0.16/28"), Target::Via(ip("10.0.0.2")));
+        assert_eq!(r.metric, metric_of(net("10.240.0.16/28")));
+        assert!(is_managed(&r));
+        assert!(matches(
+            &r,
+            net("10.240.0.16/28"),
+            Target::Via(ip("10.0.0.2"))
+        ));
+    }
+
+    /// Routes an older agent left at metric 0: the right one is installed at the prefix's
+    /// metric, then the old one deleted (never the other way round); a converged host with
+    /// only metric-0 routes is not "converged".
+    #[test]
+    fn routes_at_metric_0_are_migrated() {
+        let old = |mut r: route::RouteV4| {
+            r.metric = 0;
+            r
+        };
+        let desired: BTreeMap<_, _> = [
+            (net("10.240.0.0/28"), Target::Unreachable),
+            (net("10.240.0.16/28"), Target::Via(ip("10.0.0.2"))),
+            (net("10.240.0.32/28"), Target::Via(ip("10.0.0.3"))),
+        ]
+        .into_iter()
+        .collect();
+        let current = [
+            old(unreachable("10.240.0.0/28")),
+            old(via("10.240.0.16/28", "10.0.0.2")),
+            // Migrated already, the old one still there (an interrupted round).
+            old(via("10.240.0.32/28", "10.0.0.3")),
+            via("10.240.0.32/28", "10.0.0.3"),
+            old(via("10.240.0.48/28", "10.0.0.4")), // peer gone
+        ];
+        let p = plan(&desired, &current);
+        assert_eq!(
+            p.install,
+            vec![
+                (net("10.240.0.0/28"), Target::Unreachable),
+                (net("10.240.0.16/28"), Target::Via(ip("10.0.0.2"))),
+            ]
+        );
+        assert_eq!(
+            p.delete,
+            vec![
+                old(unreachable("10.240.0.0/28")),
+                old(via("10.240.0.16/28", "10.0.0.2")),
+                old(via("10.240.0.32/28", "10.0.0.3")),
+                old(via("10.240.0.48/28", "10.0.0.4")),
+            ]
+        );
+        // The gateway moved at our metric: replaced, not deleted after the replace.
+        let p = plan(&desired, &[via("10.240.0.16/28", "10.0.0.9")]);
+        assert_eq!(p.install.len(), 3);
+        assert!(p.delete.is_empty(), "{:?}", p.delete);
     }
 
     #[test]

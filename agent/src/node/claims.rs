@@ -57,7 +57,7 @@ impl<D: Datastore> Node<D> {
         want: u32,
         only_if_empty: bool,
     ) -> Result<u32, NodeError> {
-        let _g = self.claim_lock.lock().await;
+        let mut unanswered = self.claim_lock.lock().await;
         let per_round = usize::try_from(want).unwrap_or(1).saturating_mul(4).max(8);
         let mut got = 0;
         let mut lost = 0u32;
@@ -80,10 +80,11 @@ impl<D: Datastore> Node<D> {
                     fresh = true;
                     self.datastore.list_fresh().await
                 };
-                taken = match listed {
-                    Ok(claims) => claims.into_iter().map(|c| c.prefix).collect(),
+                let claims = match listed {
+                    Ok(claims) => claims,
                     Err(e) => return self.datastore_failed(e, got),
                 };
+                taken = claims.iter().map(|c| c.prefix).collect();
                 candidates = {
                     let st = self.state();
                     // Someone else may have grown the pool while we waited for the claim lock.
@@ -95,7 +96,19 @@ impl<D: Datastore> Node<D> {
                     } else {
                         0
                     };
-                    st.claim_candidates(fam, &taken, seed, per_round)
+                    let mut list = st.claim_candidates(fam, &taken, seed, per_round);
+                    // The prefix whose last claim got no answer first, unless the view shows
+                    // another node's claim on it (then it is not ours: the claim was not
+                    // written) or the pool already has it.
+                    if let Some(p) = unanswered.take().filter(|p| {
+                        Family::of(p) == fam
+                            && !st.held(fam).contains(p)
+                            && claims.iter().all(|c| c.prefix != *p || c.node == self.name)
+                    }) {
+                        list.retain(|x| *x != p);
+                        list.insert(0, p);
+                    }
+                    list
                 };
                 if !candidates.is_empty() || got > 0 || fresh {
                     break;
@@ -128,6 +141,7 @@ impl<D: Datastore> Node<D> {
                         match added {
                             Ok(Ok(())) => {
                                 got += 1;
+                                self.prefixes_changed();
                                 crate::obs::process::startup_phase("claimed");
                             }
                             Ok(Err(e)) => {
@@ -145,7 +159,11 @@ impl<D: Datastore> Node<D> {
                         }
                     }
                     Ok(false) => lost += 1,
-                    Err(e) => return self.datastore_failed(e, got),
+                    Err(e) => {
+                        // No answer is not "not written": try this one first next time.
+                        *unanswered = Some(prefix);
+                        return self.datastore_failed(e, got);
+                    }
                 }
             }
             if got > 0 {
@@ -188,6 +206,7 @@ impl<D: Datastore> Node<D> {
     pub async fn shrink(&self, prefix: IpNetwork) -> Result<(), NodeError> {
         let _g = self.claim_lock.lock().await;
         self.state().remove_prefix(prefix, now_ms())??;
+        self.prefixes_changed();
         Ok(self.datastore.release(prefix, &self.name).await?)
     }
 

@@ -526,8 +526,14 @@ pub struct Node<D> {
     activity: Arc<Activity>,
     /// Wakes the warm-pool loop after a change.
     wake: Notify,
-    /// One prefix claim at a time.
-    claim_lock: tokio::sync::Mutex<()>,
+    /// The pool's prefixes changed (a claim, a shrink): for the peers loop.
+    prefixes_moved: Notify,
+    /// One prefix claim at a time. Holds the prefix whose last claim got no answer (issue 10:
+    /// a busy etcd may still have written it): the next claim tries that one first, and a
+    /// claim of ours counts as won, so a late write becomes the pool's prefix instead of a
+    /// leftover claim beside a second one (every peer adds a route for each and withdraws it
+    /// when the claims reconcile releases the leftover).
+    claim_lock: tokio::sync::Mutex<Option<IpNetwork>>,
     inflight_dir: PathBuf,
 }
 
@@ -553,7 +559,8 @@ impl<D: Datastore> Node<D> {
             reaper: p.reaper,
             activity: p.activity,
             wake: Notify::new(),
-            claim_lock: tokio::sync::Mutex::new(()),
+            prefixes_moved: Notify::new(),
+            claim_lock: tokio::sync::Mutex::new(None),
             inflight_dir: p.inflight_dir,
         }
     }
@@ -624,6 +631,17 @@ impl<D: Datastore> Node<D> {
     /// Resolves when [`Node::wake_warm`] was called.
     pub async fn warm_woken(&self) {
         self.wake.notified().await
+    }
+
+    /// Tells the peers loop the pool's prefixes changed (it installs or withdraws our own
+    /// prefix's unreachable route at once, instead of at its next poll).
+    pub fn prefixes_changed(&self) {
+        self.prefixes_moved.notify_one();
+    }
+
+    /// Resolves when [`Node::prefixes_changed`] was called (since the last time it resolved).
+    pub async fn prefixes_changed_wait(&self) {
+        self.prefixes_moved.notified().await
     }
 
     /// Queues host veth `index` for deletion by the reaper.
@@ -834,10 +852,12 @@ mod tests {
     /// lagging cache might); `list_fresh` answers the truth (`fresh`).
     #[derive(Default)]
     struct StaleList {
-        stale: Vec<PrefixClaim>,
+        stale: Mutex<Vec<PrefixClaim>>,
         fresh: Mutex<Vec<PrefixClaim>>,
         /// Every claim loses its race (another node got there first) while set.
         lose: std::sync::atomic::AtomicBool,
+        /// The next claim is written but answered with an error (a busy etcd's late write).
+        unanswered: std::sync::atomic::AtomicBool,
     }
 
     impl Datastore for StaleList {
@@ -846,12 +866,23 @@ mod tests {
         }
         async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
             let mut f = lock(&self.fresh);
-            if self.lose.load(std::sync::atomic::Ordering::SeqCst)
-                || f.iter().any(|c| c.prefix == claim.prefix)
-            {
+            if self.lose.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(false);
             }
+            if let Some(held) = f.iter().find(|c| c.prefix == claim.prefix) {
+                // The contract: an existing claim of ours counts as won.
+                return Ok(held.node == claim.node);
+            }
             f.push(claim.clone());
+            if self
+                .unanswered
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(DatastoreError::Unavailable {
+                    backend: "stale",
+                    msg: format!("claiming {}: no answer within 2s", claim.prefix),
+                });
+            }
             Ok(true)
         }
         async fn release(&self, prefix: IpNetwork, node: &str) -> Result<(), DatastoreError> {
@@ -859,7 +890,7 @@ mod tests {
             Ok(())
         }
         async fn list(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
-            Ok(self.stale.clone())
+            Ok(lock(&self.stale).clone())
         }
         async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
             Ok(lock(&self.fresh).clone())
@@ -916,7 +947,7 @@ mod tests {
         let all = vec![other("10.0.0.0/28"), other("10.0.0.16/28")];
         let n = node(
             StaleList {
-                stale: all.clone(),
+                stale: Mutex::new(all.clone()),
                 fresh: Mutex::new(vec![other("10.0.0.0/28")]),
                 ..StaleList::default()
             },
@@ -935,7 +966,7 @@ mod tests {
 
         let n = node(
             StaleList {
-                stale: Vec::new(),
+                stale: Mutex::new(Vec::new()),
                 fresh: Mutex::new(all),
                 ..StaleList::default()
             },
@@ -952,7 +983,7 @@ mod tests {
 
         let n = node(
             StaleList {
-                stale: vec![other("10.0.0.0/28"), other("10.0.0.16/28")],
+                stale: Mutex::new(vec![other("10.0.0.0/28"), other("10.0.0.16/28")]),
                 fresh: Mutex::new(vec![other("10.0.0.0/28"), other("10.0.0.16/28")]),
                 ..StaleList::default()
             },
@@ -970,6 +1001,34 @@ mod tests {
                     .join(format!("vpcnet-node-test-{}-{what}", std::process::id())),
             );
         }
+    }
+
+    /// Issue 10: a claim that got no answer but was written (a busy etcd) is tried first by
+    /// the next grow, even when the view shows it (as ours) among the taken prefixes, and
+    /// becomes the pool's: one claim of ours, no leftover beside a second one.
+    #[tokio::test]
+    async fn an_unanswered_claim_is_tried_first_next_time() {
+        let n = node(
+            StaleList {
+                unanswered: std::sync::atomic::AtomicBool::new(true),
+                ..StaleList::default()
+            },
+            "unanswered",
+        )
+        .await;
+        n.grow(1).await.expect_err("no answer");
+        assert!(n.state().held(Family::V4).is_empty());
+        let written = lock(&n.datastore().fresh).clone();
+        assert_eq!(written.len(), 1, "{written:?}");
+        // The watch has delivered it meanwhile: the view shows the claim as ours.
+        *lock(&n.datastore().stale) = written.clone();
+        assert_eq!(n.grow(1).await.ok(), Some(1));
+        assert_eq!(n.state().held(Family::V4), vec![written[0].prefix]);
+        assert_eq!(*lock(&n.datastore().fresh), written, "no second claim");
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
+            "vpcnet-node-test-{}-unanswered",
+            std::process::id()
+        )));
     }
 
     /// Issue 10: a node that loses every race is "pool: waiting for a prefix" (status, gauge),
