@@ -1089,7 +1089,7 @@ mod tests {
             metric_of(net("10.240.0.32/28"))
         );
         assert_eq!(metric_of(net("0.0.0.0/0")), 1);
-        assert_eq!(metric_of(net("10.240.0.9/32")), 1 + 0xf009);
+        assert_eq!(metric_of(net("10.240.0.9/32")), 1 + 9);
         let r = route_for(net("10.240.0.16/28"), Target::Via(ip("10.0.0.2")));
         assert_eq!(r.metric, metric_of(net("10.240.0.16/28")));
         assert!(is_managed(&r));
