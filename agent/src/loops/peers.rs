@@ -5,6 +5,7 @@
 //!   (main table, no oif: the kernel resolves the next hop, so nodes must share a link or the
 //!   underlay must already route node IPs). A next hop the kernel cannot reach fails that one
 //!   route; it is retried on the next round and reported as degraded area "peers".
+//! * Both kinds go at a metric derived from the prefix ([`metric_of`]), not one for all.
 //! * Each prefix in our pool (the pool, not the datastore, is the truth for our own prefixes)
 //!   becomes `unreachable prefix proto 171`: a packet for an unassigned address of ours is
 //!   refused here instead of following the default route back out and looping. Pod `/32`
