@@ -288,6 +288,21 @@ fn uninstall_restores_the_node_exactly_refuses_with_pods_and_runs_twice() {
         lab.proto_routes()
     );
 
+    // The agent's own routes settle first: the warm loop may claim a spare prefix after the
+    // ADD, and its unreachable route follows the claim at once — between the two snapshots
+    // below it would read as a change made by the refused uninstall.
+    let mut last = lab.prefix_routes();
+    assert!(
+        vpcnet_tests::wait_until(Duration::from_secs(15), || {
+            std::thread::sleep(Duration::from_millis(1000));
+            let now = lab.prefix_routes();
+            let same = now == last;
+            last = now;
+            same
+        }),
+        "the agent's prefix routes never settled: {last:?}"
+    );
+
     // An agent running: refused, nothing changed.
     let s = snapshot(&lab, &paths);
     let r = uninstall(&lab, &paths, false);
