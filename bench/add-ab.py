@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Paired A/B of vpcnet ADD latency: builds compared call by call (issue 14).
 
-    sudo python3 bench/add-ab.py [-n 100] [-r 3] LABEL=BIN_DIR[@STATE_PARENT][#SOCK_PARENT] ...
+    sudo python3 bench/add-ab.py [-n 100] [-r 3] [-p 1] LABEL=BIN_DIR[@STATE_PARENT][#SOCK_PARENT] ...
 
 e.g.  python3 bench/add-ab.py before=/tmp/before-dist after=target/dist
       python3 bench/add-ab.py disk=target/dist tmpfs=target/dist@/dev/shm   (state on tmpfs)
@@ -12,7 +12,9 @@ One agent per LABEL (BIN_DIR/vpcnetd), each in a private host namespace of its o
 shared harness's alternation is per run, and this machine's speed moves by ±0.3 ms between
 runs minutes apart: too coarse for the 50–100 µs changes this measures. Timed: spawn of
 BIN_DIR/vpcnet (posix_spawn, from a thread in the host namespace) to its exit. The first two
-ADDs of each round are not counted (warm-up). Prints p50/p90 per label per round and over all
+ADDs of each round are not counted (warm-up). With -p P > 1, P ADDs start at once (a burst,
+each timed from the burst's start, like the harness's parallel phase) and bursts alternate
+between labels. Prints p50/p90 per label per round and over all
 rounds. STATE_PARENT puts the agent's state directory there (default: beside the socket);
 SOCK_PARENT the socket, the in-flight locks and the plugin log (default /tmp/vab). Nothing is
 configured in the root namespace; namespaces and directories are removed at the end."""
@@ -32,6 +34,8 @@ def main():
     ap = argparse.ArgumentParser(usage=__doc__)
     ap.add_argument("-n", type=int, default=100, help="ADDs per label per round (<= 100)")
     ap.add_argument("-r", type=int, default=3, help="rounds (fresh agents each)")
+    ap.add_argument("-p", type=int, default=1,
+                    help="ADDs started at once (a burst); bursts alternate between labels")
     ap.add_argument("specs", nargs="+")
     a = ap.parse_args()
     specs = []
@@ -72,15 +76,17 @@ def main():
                             break
                         time.sleep(0.1)
                 time.sleep(1.0)
-                for i in range(a.n):
-                    order = range(len(specs)) if i % 2 == 0 else reversed(range(len(specs)))
+                for b, first in enumerate(range(0, a.n, a.p)):
+                    ids = list(range(first, min(first + a.p, a.n)))
+                    order = range(len(specs)) if b % 2 == 0 else reversed(range(len(specs)))
                     for k in order:
                         label, bindir, _, sock = specs[k]
-                        dt = add(libc, hosts[k], root, bindir, sock, f"c{i}", f"vab{k}p{i}")
-                        if dt is None:
-                            print(f"{label}: ADD {i} failed", file=sys.stderr)
-                        elif i >= 2:
-                            res[label].append(dt)
+                        dts = burst(libc, hosts[k], root, bindir, sock, [(f"c{i}", f"vab{k}p{i}") for i in ids])
+                        for i, dt in zip(ids, dts):
+                            if dt is None:
+                                print(f"{label}: ADD {i} failed", file=sys.stderr)
+                            elif i >= 2 or a.p > 1:
+                                res[label].append(dt)
             finally:
                 for p in agents:
                     p.terminate()
@@ -88,7 +94,7 @@ def main():
                     p.wait()
                 for fd in hosts:
                     os.close(fd)
-            n = a.n - 2
+            n = a.n - 2 if a.p == 1 else a.n
             print(f"round {rnd + 1}: " + " | ".join(
                 f"{s[0]} {summary(res[s[0]][-n:])}" for s in specs)
                 + f"  (load {open('/proc/loadavg').read().split()[0]})", flush=True)
@@ -97,29 +103,41 @@ def main():
         cleanup(specs)
 
 
-def add(libc, host_fd, root_fd, bindir, sock, cid, pod_ns):
-    """One ADD, spawned from this thread while it is in the host namespace; ms or None."""
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": f"/run/netns/{pod_ns}",
-           "CNI_IFNAME": "eth0", "CNI_PATH": bindir, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    fin = os.open(f"{sock}/conf.json", os.O_RDONLY)
+def burst(libc, host_fd, root_fd, bindir, sock, pods):
+    """ADDs of `pods` ((container ID, pod namespace)...) all started at once, spawned from this
+    thread while it is in the host namespace; per ADD, ms from the burst's start to its exit,
+    or None if it failed."""
+    # One open file per ADD: children sharing one would share its offset (one reads it all).
+    fins = [os.open(f"{sock}/conf.json", os.O_RDONLY) for _ in pods]
     fout = os.open("/dev/null", os.O_WRONLY)
+    pids = {}
     try:
         if libc.setns(host_fd, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "setns into the host namespace")
         try:
             t = time.perf_counter()
-            pid = os.posix_spawn(f"{bindir}/vpcnet", [f"{bindir}/vpcnet"], env,
-                                 file_actions=[(os.POSIX_SPAWN_DUP2, fin, 0),
-                                               (os.POSIX_SPAWN_DUP2, fout, 1)])
-            _, status = os.waitpid(pid, 0)
-            dt = (time.perf_counter() - t) * 1000
+            for n, ((cid, pod_ns), fin) in enumerate(zip(pods, fins)):
+                env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid,
+                       "CNI_NETNS": f"/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+                       "CNI_PATH": bindir, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+                pid = os.posix_spawn(f"{bindir}/vpcnet", [f"{bindir}/vpcnet"], env,
+                                     file_actions=[(os.POSIX_SPAWN_DUP2, fin, 0),
+                                                   (os.POSIX_SPAWN_DUP2, fout, 1)])
+                pids[pid] = n
+            out = [None] * len(pods)
+            while pids:
+                pid, status = os.wait()
+                n = pids.pop(pid, None)
+                if n is not None and status == 0:
+                    out[n] = (time.perf_counter() - t) * 1000
         finally:
             if libc.setns(root_fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns back")
     finally:
-        os.close(fin)
+        for fin in fins:
+            os.close(fin)
         os.close(fout)
-    return dt if status == 0 else None
+    return out
 
 
 def summary(v):
