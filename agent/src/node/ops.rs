@@ -12,6 +12,16 @@ use vpcnet_pool::{AllocKey, Allocation, Allocation6, PodMeta, PoolError, PoolEve
 use vpcnet_proto::api::{AgentStatus, Attachment, Pool6Status};
 use vpcnet_proto::naming;
 
+use tokio::sync::oneshot;
+
+/// The error of the family whose pool refused.
+fn family_error((fam, e): (Family, PoolError)) -> NodeError {
+    match fam {
+        Family::V4 => NodeError::Pool(e),
+        Family::V6 => NodeError::Pool6(e),
+    }
+}
+
 /// What an ADD gets: one address per family the node serves (docs/dual-stack.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Assigned {
@@ -25,9 +35,43 @@ pub struct Assigned {
 
 type Ips = (Option<Ipv4Addr>, Option<Ipv6Addr>);
 
+type AssignResult = Result<(Ips, bool), NodeError>;
+
+/// An ADD waiting in [`Node`]'s queue for the batch that assigns it.
+#[derive(Debug)]
+pub struct QueuedAssign {
+    key: AllocKey,
+    meta: PodMeta,
+    reply: oneshot::Sender<AssignResult>,
+}
+
+/// Assigns the queued ADDs if the leader's future is dropped before it did (the batch is
+/// synchronous, so it runs here in full): no follower is left waiting for a leader that is
+/// gone.
+struct Leader<'a, D: Datastore> {
+    node: &'a Node<D>,
+    done: bool,
+}
+
+impl<D: Datastore> Leader<'_, D> {
+    fn run(&mut self) {
+        self.done = true;
+        let batch = std::mem::take(&mut *self.node.assign_queue());
+        self.node.assign_batch(batch);
+    }
+}
+
+impl<D: Datastore> Drop for Leader<'_, D> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.run();
+        }
+    }
+}
+
 impl<D: Datastore> Node<D> {
     /// One address of each family present, in one durable change ([`assign_both`]).
-    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> Result<(Ips, bool), NodeError> {
+    fn try_assign(&self, key: &AllocKey, meta: &PodMeta) -> AssignResult {
         let now = now_ms();
         let r = self.state().change_both(|pool, pool6| {
             match assign_both(pool, pool6, key.clone(), meta.clone(), now) {
@@ -35,10 +79,73 @@ impl<D: Datastore> Node<D> {
                 Err(e) => (Err(e), Vec::new()),
             }
         })?;
-        r.map_err(|(fam, e)| match fam {
-            Family::V4 => NodeError::Pool(e),
-            Family::V6 => NodeError::Pool6(e),
-        })
+        r.map_err(family_error)
+    }
+
+    /// [`Node::try_assign`], group-committed (issue 14): the first ADD to find the queue
+    /// empty leads; it yields once, so that the requests ready at the same moment (parallel
+    /// ADDs) queue behind it, then assigns the whole queue with one journal sync
+    /// ([`State::change_both_many`](super::State::change_both_many)); the others wait for
+    /// their answer. A lone ADD pays one pass through the scheduler for it.
+    async fn try_assign_together(&self, key: &AllocKey, meta: &PodMeta) -> AssignResult {
+        let (reply, answer) = oneshot::channel();
+        let leads = {
+            let mut q = self.assign_queue();
+            q.push(QueuedAssign {
+                key: key.clone(),
+                meta: meta.clone(),
+                reply,
+            });
+            q.len() == 1
+        };
+        if leads {
+            let mut leader = Leader {
+                node: self,
+                done: false,
+            };
+            tokio::task::yield_now().await;
+            leader.run();
+        }
+        match answer.await {
+            Ok(r) => r,
+            // Never: every queued ADD is answered by its batch. Should it happen, this ADD
+            // is still served, alone.
+            Err(_) => self.try_assign(key, meta),
+        }
+    }
+
+    /// Assigns `batch` in order, durably with one sync, and answers each. If the journal
+    /// write fails, every ADD of the batch fails with that error (nothing of the batch is
+    /// kept: see [`State::change_both_many`](super::State::change_both_many)).
+    fn assign_batch(&self, batch: Vec<QueuedAssign>) {
+        if batch.is_empty() {
+            return;
+        }
+        let now = now_ms();
+        let (asks, replies): (Vec<(AllocKey, PodMeta)>, Vec<oneshot::Sender<AssignResult>>) = batch
+            .into_iter()
+            .map(|q| ((q.key, q.meta), q.reply))
+            .unzip();
+        let done =
+            self.state()
+                .change_both_many(asks, |pool, pool6, (key, meta)| {
+                    match assign_both(pool, pool6, key, meta, now) {
+                        Ok((ips, evs)) => (Ok((ips, evs.is_empty())), evs),
+                        Err(e) => (Err(e), Vec::new()),
+                    }
+                });
+        match done {
+            Ok(results) => {
+                for (r, reply) in results.into_iter().zip(replies) {
+                    let _ = reply.send(r.map_err(family_error));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(NodeError::Persist(e.copy())));
+                }
+            }
+        }
     }
 
     /// ADD. Served from the warm pool; only when a family's pool is empty does the caller
@@ -47,7 +154,7 @@ impl<D: Datastore> Node<D> {
         self.activity.touch();
         let mut grew = [false, false];
         loop {
-            match self.try_assign(&key, &meta) {
+            match self.try_assign_together(&key, &meta).await {
                 Ok(((ip, ip6), existing)) => {
                     self.wake_warm();
                     let mtu = self.health().mtu;

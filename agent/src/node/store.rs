@@ -142,6 +142,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same error again, for each request of a batch that failed together (the group
+    /// commit of [`crate::node::State::change_both_many`]): an I/O error keeps its OS code.
+    pub fn copy(&self) -> StoreError {
+        match self {
+            StoreError::Io { dir, source } => StoreError::Io {
+                dir: dir.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            StoreError::Locked(d) => StoreError::Locked(d.clone()),
+            StoreError::Corrupt { file, line, msg } => StoreError::Corrupt {
+                file: file.clone(),
+                line: *line,
+                msg: msg.clone(),
+            },
+        }
+    }
+
     /// The disk (or the quota) is full: the write can succeed later.
     pub fn is_disk_full(&self) -> bool {
         matches!(self, StoreError::Io { source, .. }
@@ -215,6 +235,8 @@ pub struct Store {
     /// A failed write could not be cut back off the journal: the next change is written as
     /// a whole snapshot (which also empties the journal).
     broken: bool,
+    /// Journal syncs since this store was opened (appends; one per change or batch).
+    syncs: u64,
 }
 
 fn io_err(dir: &Path) -> impl Fn(io::Error) -> StoreError + '_ {
@@ -607,10 +629,16 @@ impl Store {
                 seq: r.seq,
                 fresh,
                 broken: false,
+                syncs: 0,
             },
             pool,
             pool6,
         ))
+    }
+
+    /// Journal syncs of appends since the store was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
     }
 
     /// Neither a snapshot nor journal records existed: the state is new (or was lost).
@@ -658,6 +686,38 @@ impl Store {
         self.append_buf(&buf, self.seq + 1, 1)
     }
 
+    /// Test builds: replaces the journal file (e.g. with `/dev/full`), returning the old one.
+    #[cfg(test)]
+    pub fn swap_journal(&mut self, file: File) -> File {
+        std::mem::replace(&mut self.journal, file)
+    }
+
+    /// [`Store::persist_change`] of several changes with one write and one sync (group
+    /// commit): one record per non-empty change, in order. On error none of them is durable
+    /// and the caller must undo all of them in memory.
+    pub fn persist_changes(
+        &mut self,
+        changes: &[Vec<FamilyEvent>],
+        pool: &Pool,
+        pool6: Option<&Pool6>,
+    ) -> Result<(), StoreError> {
+        if changes.iter().all(Vec::is_empty) {
+            return Ok(());
+        }
+        if self.broken {
+            self.compact_dual(pool, pool6)?;
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        let mut seq = self.seq;
+        for evs in changes.iter().filter(|evs| !evs.is_empty()) {
+            seq += 1;
+            journal_record(seq, evs, &mut buf)?;
+        }
+        let records = usize::try_from(seq - self.seq).unwrap_or(usize::MAX);
+        self.append_buf(&buf, seq, records)
+    }
+
     /// Appends several events with a single sync. A failed write is cut back off the file.
     fn append_all(&mut self, evs: &[PoolEvent]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
@@ -700,6 +760,8 @@ impl Store {
         self.len += u64::try_from(buf.len()).unwrap_or(u64::MAX);
         self.seq = seq;
         self.since_compact += records;
+        self.syncs += 1;
+        crate::obs::metrics::get().journal_synced(records);
         Ok(())
     }
 

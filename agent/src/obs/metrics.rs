@@ -30,6 +30,8 @@
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted`, `routes_restored` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_peer_route_updates_total{how}` | counter | peer routing work: `delta` (one route added or withdrawn for one watch delta), `replan` (a full re-plan of every peer route: start, re-list, pool change, the `--peer-sync-interval` timer) |
+//! | `vpcnet_journal_syncs_total` | counter | `fdatasync`s of the pool journal: one per change, or one per batch of ADDs that arrived together (group commit) |
+//! | `vpcnet_journal_records_total` | counter | records those syncs made durable (one per change) |
 //! | `vpcnet_pool_waiting_for_prefix` | gauge | 1 while the last claim attempt lost every race (contention, not exhaustion: the node retries with back-off), else 0 |
 //! | `vpcnet_network_policies` | gauge | NetworkPolicy objects in the agent's view (`--network-policy=true`) |
 //! | `vpcnet_network_policy_pods` | gauge | this node's pods isolated in a direction, as last applied |
@@ -105,6 +107,8 @@ pub struct Metrics {
     reconcile_actions: Family<[Label; 1], Counter>,
     reconcile_runs: Family<[Label; 1], Counter>,
     peer_updates: Family<[Label; 1], Counter>,
+    journal_syncs: Counter,
+    journal_records: Counter,
     waiting: Gauge,
     policy_objects: Gauge,
     policy_pods: Gauge,
@@ -271,6 +275,18 @@ impl Metrics {
         for how in ["delta", "replan"] {
             let _ = peer_updates.get_or_create(&[("how", how)]);
         }
+        let journal_syncs = Counter::default();
+        r.register(
+            "journal_syncs",
+            "fdatasyncs of the pool journal (one per change, or per batch of ADDs that arrived together)",
+            journal_syncs.clone(),
+        );
+        let journal_records = Counter::default();
+        r.register(
+            "journal_records",
+            "Journal records (changes) made durable by those syncs",
+            journal_records.clone(),
+        );
         let waiting = gauge(
             &mut r,
             "pool_waiting_for_prefix",
@@ -349,6 +365,8 @@ impl Metrics {
             reconcile_actions,
             reconcile_runs,
             peer_updates,
+            journal_syncs,
+            journal_records,
             waiting,
             policy_objects,
             policy_pods,
@@ -362,6 +380,13 @@ impl Metrics {
     /// Peer routing work: `delta` (one route for one watch delta) or `replan`.
     pub fn peer_update(&self, how: &'static str) {
         self.peer_updates.get_or_create(&[("how", how)]).inc();
+    }
+
+    /// One journal sync that made `records` records durable.
+    pub fn journal_synced(&self, records: usize) {
+        self.journal_syncs.inc();
+        self.journal_records
+            .inc_by(u64::try_from(records).unwrap_or(u64::MAX));
     }
 
     /// NetworkPolicy: how many objects the view holds.
