@@ -105,6 +105,13 @@ pub struct RunArgs {
     /// Directory for the crash-safe pool state.
     #[arg(long, env = "VPCNET_STATE_DIR", default_value = "/var/lib/vpcnet")]
     pub state_dir: PathBuf,
+    /// When the pool journal is flushed to the device: `prefixes` (default) before every
+    /// change of the node's prefixes — a pod's address is written before the reply and
+    /// survives any crash of the agent, and only a crash of the machine, which ends every pod,
+    /// can lose it; `every-change` before every reply, pods' too (one fdatasync per ADD/DEL
+    /// or per batch of ADDs that arrived together). docs/reliability.md, item 3.
+    #[arg(long, env = "VPCNET_JOURNAL_SYNC", value_enum, default_value_t = crate::node::store::JournalSync::Prefixes)]
+    pub journal_sync: crate::node::store::JournalSync,
     /// The VPC: CIDRs prefixes are claimed from (repeatable; comma-separated in the env).
     /// IPv4 and IPv6 CIDRs, any mix: the families present decide the mode (IPv4-only,
     /// IPv6-only or dual-stack; docs/dual-stack.md).

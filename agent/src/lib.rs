@@ -113,15 +113,18 @@ pub fn lock_socket(socket: &Path) -> Result<SocketLock, AgentError> {
 /// The state of both families: the IPv4 pool (empty without IPv4 VPC CIDRs) and, with an
 /// IPv6 `--vpc-cidr`, the IPv6 pool (docs/dual-stack.md).
 fn open_state(args: &RunArgs) -> Result<(Store, Pool, Option<Pool6>), AgentError> {
-    Store::open_dual(&args.state_dir, args.pool_config(), args.pool_config6()).map_err(
-        |e| match e {
-            StoreError::Corrupt { .. } => AgentError::StateRefused {
-                dir: args.state_dir.clone(),
-                what: e.to_string(),
+    let (mut store, pool, pool6) =
+        Store::open_dual(&args.state_dir, args.pool_config(), args.pool_config6()).map_err(
+            |e| match e {
+                StoreError::Corrupt { .. } => AgentError::StateRefused {
+                    dir: args.state_dir.clone(),
+                    what: e.to_string(),
+                },
+                e => e.into(),
             },
-            e => e.into(),
-        },
-    )
+        )?;
+    store.set_sync(args.journal_sync);
+    Ok((store, pool, pool6))
 }
 
 /// One thread: the agent's work is a few syscalls per request; a small footprint matters

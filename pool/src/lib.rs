@@ -128,6 +128,18 @@ pub enum PoolEventOf<F: Family> {
     },
 }
 
+impl<F: Family> PoolEventOf<F> {
+    /// The event changes which prefixes the node holds (not only a pod's address): the
+    /// agent's journal makes such a change power-loss durable before it is acted on,
+    /// because the datastore's claims follow it (docs/reliability.md, item 3).
+    pub fn changes_prefixes(&self) -> bool {
+        matches!(
+            self,
+            PoolEventOf::PrefixAdded { .. } | PoolEventOf::PrefixRemoved { .. }
+        )
+    }
+}
+
 /// The IPv4 pool and its types (the names every other crate uses).
 pub type Pool = PoolOf<V4>;
 pub type PoolConfig = PoolConfigOf<V4>;

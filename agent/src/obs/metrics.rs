@@ -278,13 +278,13 @@ impl Metrics {
         let journal_syncs = Counter::default();
         r.register(
             "journal_syncs",
-            "fdatasyncs of the pool journal (one per change, or per batch of ADDs that arrived together)",
+            "fdatasyncs of the pool journal (one per prefix change; with --journal-sync every-change one per change, or per batch of ADDs that arrived together)",
             journal_syncs.clone(),
         );
         let journal_records = Counter::default();
         r.register(
             "journal_records",
-            "Journal records (changes) made durable by those syncs",
+            "Journal records (changes) written to the pool journal",
             journal_records.clone(),
         );
         let waiting = gauge(
@@ -382,9 +382,11 @@ impl Metrics {
         self.peer_updates.get_or_create(&[("how", how)]).inc();
     }
 
-    /// One journal sync that made `records` records durable.
-    pub fn journal_synced(&self, records: usize) {
-        self.journal_syncs.inc();
+    /// One journal append of `records` records, flushed with one sync if `synced`.
+    pub fn journal_appended(&self, records: usize, synced: bool) {
+        if synced {
+            self.journal_syncs.inc();
+        }
         self.journal_records
             .inc_by(u64::try_from(records).unwrap_or(u64::MAX));
     }
