@@ -293,11 +293,13 @@ fn remove_binaries(t: &Targets, report: &mut Report) -> Result<(), UninstallErro
 }
 
 /// Names of the files vpcnet keeps in its state directory (the agent's journal and snapshot,
-/// their locks, the local datastore's claims, the etcd lease, and their temporary files).
+/// their locks, the boot that last wrote them, the local datastore's claims, the etcd lease,
+/// and their temporary files).
 fn is_state_file(name: &str) -> bool {
-    const NAMES: [&str; 7] = [
+    const NAMES: [&str; 8] = [
         store::SNAPSHOT,
         store::JOURNAL,
+        store::BOOT_ID,
         STATE_LOCK,
         "claims.json",
         ".claims.lock",
