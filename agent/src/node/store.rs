@@ -180,6 +180,7 @@ fn running_boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
 }
+
 pub const COMPACT_EVERY: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -860,8 +861,8 @@ impl Store {
         self.dir.path()
     }
 
-    /// Makes `evs` (already applied to `pool`) durable. On error nothing of them is durable
-    /// and the caller must undo them in memory.
+    /// Journals `evs` (already applied to `pool`; flushed as [`JournalSync`] says). On
+    /// error nothing of them is written and the caller must undo them in memory.
     pub fn persist(&mut self, evs: &[PoolEvent], pool: &Pool) -> Result<(), StoreError> {
         if evs.is_empty() {
             return Ok(());
@@ -876,27 +877,18 @@ impl Store {
         self.append_all(evs, flush)
     }
 
-    /// Makes one state change durable as one record ([`journal_record`]): the events of
-    /// both families of a dual-stack attachment (already applied to `pool` and `pool6`). On
-    /// error nothing of them is durable and the caller must undo them in memory, in both
-    /// pools. A store holding IPv6 state must be compacted with [`Store::compact_dual`].
+    /// Journals one state change as one record ([`journal_record`]; flushed as
+    /// [`JournalSync`] says): the events of both families of a dual-stack attachment
+    /// (already applied to `pool` and `pool6`). On error nothing of them is written and the
+    /// caller must undo them in memory, in both pools. A store holding IPv6 state must be
+    /// compacted with [`Store::compact_dual`]. (One change of [`Store::persist_changes`].)
     pub fn persist_change(
         &mut self,
         evs: &[FamilyEvent],
         pool: &Pool,
         pool6: Option<&Pool6>,
     ) -> Result<(), StoreError> {
-        if evs.is_empty() {
-            return Ok(());
-        }
-        if self.broken {
-            self.compact_dual(pool, pool6)?;
-            return Ok(());
-        }
-        let mut buf = Vec::new();
-        journal_record(self.seq + 1, evs, &mut buf)?;
-        let flush = self.sync.needs_flush(evs.iter());
-        self.append_buf(&buf, self.seq + 1, 1, flush)
+        self.persist_changes(&[evs], pool, pool6)
     }
 
     /// Test builds: replaces the journal file (e.g. with `/dev/full`), returning the old one.
@@ -905,16 +897,16 @@ impl Store {
         std::mem::replace(&mut self.journal, file)
     }
 
-    /// [`Store::persist_change`] of several changes with one write and one sync (group
-    /// commit): one record per non-empty change, in order. On error none of them is durable
-    /// and the caller must undo all of them in memory.
-    pub fn persist_changes(
+    /// Several changes in one write, flushed (if [`JournalSync`] says so for any of them)
+    /// with one sync (group commit): one record per non-empty change, in order. On error
+    /// none of them is written and the caller must undo all of them in memory.
+    pub fn persist_changes<C: AsRef<[FamilyEvent]>>(
         &mut self,
-        changes: &[Vec<FamilyEvent>],
+        changes: &[C],
         pool: &Pool,
         pool6: Option<&Pool6>,
     ) -> Result<(), StoreError> {
-        if changes.iter().all(Vec::is_empty) {
+        if changes.iter().all(|evs| evs.as_ref().is_empty()) {
             return Ok(());
         }
         if self.broken {
@@ -923,12 +915,18 @@ impl Store {
         }
         let mut buf = Vec::new();
         let mut seq = self.seq;
-        for evs in changes.iter().filter(|evs| !evs.is_empty()) {
+        for evs in changes
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|evs| !evs.is_empty())
+        {
             seq += 1;
             journal_record(seq, evs, &mut buf)?;
         }
         let records = usize::try_from(seq - self.seq).unwrap_or(usize::MAX);
-        let flush = self.sync.needs_flush(changes.iter().flatten());
+        let flush = self
+            .sync
+            .needs_flush(changes.iter().flat_map(|evs| evs.as_ref().iter()));
         self.append_buf(&buf, seq, records, flush)
     }
 
