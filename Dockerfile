@@ -16,16 +16,17 @@ COPY . .
 # vpcnet is executed on the node by the container runtime, not in this image, so it must not
 # depend on the node's C library: it is linked statically (+crt-static; it resolves no names,
 # so glibc's NSS caveat does not apply) and position-dependent (no relocations to apply at each
-# of its starts; scripts/build-release.sh). vpcnetd runs in this image and links dynamically.
+# of its starts; scripts/build-release.sh). vpcnetd runs in this image and links dynamically,
+# built with the release-agent profile (Cargo.toml: for size, one agent on every node).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     set -eux; \
     host="$(rustc -vV | sed -n 's/^host: //p')"; \
     RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
       cargo build --release --locked -p vpcnet --bin vpcnet --target "$host"; \
-    cargo build --release --locked -p vpcnet-agent --bin vpcnetd; \
+    cargo build --profile release-agent --locked -p vpcnet-agent --bin vpcnetd; \
     mkdir -p /out; \
-    cp "target/$host/release/vpcnet" target/release/vpcnetd /out/
+    cp "target/$host/release/vpcnet" target/release-agent/vpcnetd /out/
 
 # The portmap and loopback CNI plugins (chained in / needed beside vpcnet's conflist), from
 # Debian's containernetworking-plugins (Go, statically linked: they run on the node). The

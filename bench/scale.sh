@@ -12,7 +12,12 @@
 #      claimer's clock, just before the claim's txn) to the last "peers: route installed" of
 #      that prefix in the logs of the nodes that did not churn; p50/p99/max over the claims;
 #      etcd bytes sent per second during the churn window;
-#   4. agent RSS (VmRSS of every agent): median and max; the load average at each step.
+#   4. agent RSS (VmRSS of every agent): median and max; the load average at each step;
+#   5. /readyz over the whole run (-r MS, 0 = off): one poller (target/debug/readyz-poll,
+#      tests/src/bin) asks every agent's /readyz in turn, a round every MS ms, and logs each
+#      agent's changes of answer; the lab counts 503s by reason — "starting" (the start-up
+#      reconcile) against any other — and answers that timed out, and when every agent was
+#      first ready.
 # The agents are started by one small launcher (target/debug/netns-launch, tests/src/bin:
 # fork + setns + exec per agent, at nice -10, agents at 0), not a shell and an nsenter each;
 # cold-start times are given from the script's start, from the first agent's "vpcnetd
@@ -24,31 +29,33 @@
 # Every name is unique to the run (-u ID, default the shell's PID): namespaces vs<ID>-*, run
 # directory /tmp/vpcnet-scale-<ID>, underlay 172.<16+ID%16>.0.0/16 (outside the VPC), so two
 # runs can share the machine. Nothing touches the machine's root namespace.
-#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-w WAIT] [-u ID] [-k]
-#   (defaults: 50, 10.128.0.0/9, target/release, 30, 5, $$; -k keeps the run directory)
+#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-w WAIT] [-u ID] [-r MS] [-k]
+#   (defaults: 50, 10.128.0.0/9, target/release-agent, 30, 5, $$, 500; -k keeps the run directory)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release IDLE=30 WAIT=5 ID=$$ KEEP=
-while getopts "N:c:b:i:w:u:kh" o; do
+NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release-agent IDLE=30 WAIT=5 ID=$$ KEEP= POLL=500
+while getopts "N:c:b:i:w:u:r:kh" o; do
   case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;;
-    w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; k) KEEP=1 ;; *) sed -n '2,30p' "$0"; exit 0 ;; esac
+    w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; r) POLL=$OPTARG ;; k) KEEP=1 ;; *) sed -n '2,35p' "$0"; exit 0 ;; esac
 done
 [[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
 [[ "$WAIT" =~ ^[0-9]+$ ]] || { echo "scale.sh: -w SECONDS" >&2; exit 1; }
+[[ "$POLL" =~ ^[0-9]+$ ]] || { echo "scale.sh: -r MS" >&2; exit 1; }
 [[ "$ID" =~ ^[0-9]{1,7}$ ]] || { echo "scale.sh: -u ID (digits)" >&2; exit 1; }
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 4000 ]] || { echo "scale.sh: -N 1..4000" >&2; exit 1; }
 command -v etcd >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null && command -v python3 >/dev/null \
   || { echo "scale.sh: needs etcd-server, curl, jq, python3 (scripts/deps.sh installs them)" >&2; exit 1; }
-[ -x "$BIN/vpcnetd" ] || cargo build --release -q -p vpcnet-agent --bin vpcnetd
-LAUNCH=$PWD/target/debug/netns-launch
+[ -x "$BIN/vpcnetd" ] || cargo build --profile release-agent -q -p vpcnet-agent --bin vpcnetd
+LAUNCH=$PWD/target/debug/netns-launch POLLER=$PWD/target/debug/readyz-poll
 [ -x "$LAUNCH" ] || cargo build -q -p vpcnet-tests --bin netns-launch
+[ "$POLL" = 0 ] || [ -x "$POLLER" ] || cargo build -q -p vpcnet-tests --bin readyz-poll
 P=vs$ID SW=vs$ID-sw RUN=/tmp/vpcnet-scale-$ID NET=172.$((16 + ID % 16))
 ETCD=http://$NET.0.1:2379
-PIDS=() ETCD_PID= LAUNCHERS=()
+PIDS=() ETCD_PID= LAUNCHERS=() POLLER_PID=
 cleanup() {
   set +e
-  for pid in "${PIDS[@]}" $ETCD_PID; do kill "$pid" 2>/dev/null; done
+  for pid in $POLLER_PID "${PIDS[@]}" $ETCD_PID; do kill "$pid" 2>/dev/null; done
   for pid in "${PIDS[@]}"; do while [ -e "/proc/$pid" ] && ! dead "$pid"; do sleep 0.05; done; done
   wait 2>/dev/null
   for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep "^$P-"); do ip netns del "$ns"; done
@@ -144,6 +151,10 @@ cpu_ms_of() { # utime + stime of PID, ms
 
 echo "scale.sh: N=$NODES run $RUN (namespaces $P-*), load before start: $(load)"
 for k in $(seq "$NODES"); do agent_spec "$k" "node$k" "$RUN/n$k"; done >"$RUN/specs-0"
+if [ "$POLL" != 0 ]; then
+  for k in $(seq "$NODES"); do echo "$P-n$k"; done | "$POLLER" "$POLL" 9961 "$RUN/readyz" &
+  POLLER_PID=$!
+fi
 t0=$(date +%s.%N)
 since() { awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "%.2f", a - b }'; }
 launch 0 $(seq "$NODES")
@@ -314,6 +325,42 @@ PY
   printf 'churn window %s s (%s; the window ends when the check sees every route: an upper bound): etcd bytes sent to clients=%s (%s per churning node)  load: %s\n' \
     "$window" "$([ -n "$churn_done" ] && echo converged || echo 'NOT converged')" "$((b1 - b0))" \
     "$(( (b1 - b0) / ${#CHURN[@]} ))" "$(load)"
+fi
+
+# /readyz over the run (the poller's changes of answer; it is stopped here, before the
+# churn's agents are counted out).
+if [ -n "$POLLER_PID" ]; then
+  kill "$POLLER_PID" 2>/dev/null; wait "$POLLER_PID" 2>/dev/null || true; POLLER_PID=
+  python3 - "$RUN/readyz" "$first_start" "$NODES" <<'PY'
+import collections, sys
+path, first, nodes = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+starting = other = timeouts = errors = 0
+other_agents, timeout_agents, reasons, first_ready = set(), set(), collections.Counter(), {}
+for line in open(path, errors="replace"):
+    parts = line.rstrip("\n").split(" ", 2)
+    if len(parts) < 3:
+        continue
+    t, ns, state = int(parts[0]) / 1000.0, parts[1], parts[2]
+    if state == "200":
+        first_ready.setdefault(ns, t)
+    elif state.startswith("503 starting"):
+        starting += 1
+    elif state.startswith("503"):
+        other += 1
+        other_agents.add(ns)
+        reasons[state] += 1
+    elif state == "timeout":
+        timeouts += 1
+        timeout_agents.add(ns)
+    elif state == "error":
+        errors += 1
+last = f"{max(first_ready.values()) - first:.2f} s" if len(first_ready) >= nodes else f"never ({len(first_ready)} of {nodes})"
+print(f"/readyz (changes of answer over the run): 503 start-up {starting}  503 other {other} (agents {len(other_agents)})"
+      f"  no answer within 1 s {timeouts} (agents {len(timeout_agents)})  errors {errors};"
+      f"  every agent first ready {last} from the first agent started")
+for r, n in reasons.most_common(5):
+    print(f"  503 other: {n} x {r}")
+PY
 fi
 
 # Agent memory.

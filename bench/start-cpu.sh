@@ -10,11 +10,11 @@
 # With -g DIR, every run is sampled by `perf record` instead (DIR/perf.<run>; no task-clock),
 # and the symbols that took the most samples over all runs are printed (flat profile).
 #   bench/start-cpu.sh [-P PEERS] [-r RUNS] [-b BIN_DIR] [-u ID] [-g DIR]
-#   (defaults: 399, 9, target/release, $$)
+#   (defaults: 399, 9, target/release-agent, $$)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-PEERS=399 RUNS=9 BIN=$PWD/target/release ID=$$ REC=
+PEERS=399 RUNS=9 BIN=$PWD/target/release-agent ID=$$ REC=
 while getopts "P:r:b:u:g:h" o; do
   case $o in P) PEERS=$OPTARG ;; r) RUNS=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; u) ID=$OPTARG ;;
     g) REC=$(readlink -f "$OPTARG") ;; *) sed -n '2,13p' "$0"; exit 0 ;; esac

@@ -7,6 +7,8 @@
 # at p50 (no dynamic loader, no libc relocation; docs/benchmarks.md, issue 14 round 2), and
 # position-dependent (relocation-model=static: no 5 600 relative relocations to apply at
 # every start, ~100 µs of each exec, round 5) — like the reference plugins' Go binaries.
+# `vpcnetd` is built with the release-agent profile (Cargo.toml: release + fat LTO, one codegen
+# unit, opt-level "s": a smaller resident set on every node, issue 10); the plugin with release.
 #   scripts/build-release.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +16,6 @@ OUT=${1:-target/dist}
 host="$(rustc -vV | sed -n 's/^host: //p')"
 RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
   cargo build --release --locked -q -p vpcnet --bin vpcnet --target "$host"
-cargo build --release --locked -q -p vpcnet-agent --bin vpcnetd
+cargo build --profile release-agent --locked -q -p vpcnet-agent --bin vpcnetd
 mkdir -p "$OUT"
-cp "target/$host/release/vpcnet" target/release/vpcnetd "$OUT/"
+cp "target/$host/release/vpcnet" target/release-agent/vpcnetd "$OUT/"
