@@ -139,16 +139,16 @@ pub async fn run(
     };
     while let Some(first) = rx.recv().await {
         let oldest = Instant::now();
-        let mut veths = false;
+        let mut veths = 0usize;
         let mut addrs: Vec<IpAddr> = Vec::new();
         let mut next = Some(first);
-        loop {
+        let when = loop {
             // Marks are cheap (one short rtnl request each): take what came.
             let mut closed = false;
             loop {
                 match next.take() {
                     Some(Reap::Veth(i)) => {
-                        veths = true;
+                        veths += 1;
                         mark(i).await;
                     }
                     Some(Reap::Conntrack(ip)) if !addrs.contains(&ip) => addrs.push(ip),
@@ -171,13 +171,24 @@ pub async fn run(
             );
             let flush_due = !addrs.is_empty() && age >= flush_within;
             if when.is_some() || flush_due || closed {
-                break;
+                break when;
             }
             tokio::time::sleep(POLL).await;
-        }
-        if veths {
-            if let Err(e) = link::delete_group(&net, REAP_GROUP).await {
-                tracing::warn!("deleting marked veths: {e}");
+        };
+        if veths > 0 {
+            let waited = oldest.elapsed();
+            let t0 = Instant::now();
+            match link::delete_group(&net, REAP_GROUP).await {
+                // When each batch went and what it cost (rtnl_lock is held that long): what
+                // an ADD that came meanwhile waited for.
+                Ok(()) => tracing::debug!(
+                    veths,
+                    moment = ?when,
+                    waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+                    took_ms = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "deleted a batch of marked veths"
+                ),
+                Err(e) => tracing::warn!("deleting marked veths: {e}"),
             }
         }
         if !addrs.is_empty() {
