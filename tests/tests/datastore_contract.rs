@@ -1253,7 +1253,10 @@ async fn etcd_fresh_lease_is_first_renewed_after_a_third_of_its_ttl() {
     if t.elapsed() < ttl / 3 {
         assert_eq!(early, 0, "a lease just granted was renewed at once");
     } else {
-        eprintln!("read too late ({:?}) to check the first renewal's time", t.elapsed());
+        eprintln!(
+            "read too late ({:?}) to check the first renewal's time",
+            t.elapsed()
+        );
     }
     let renewed = eventually(ttl, || async { lease_keepalives(&b.endpoint).await >= 1 }).await;
     assert!(renewed.is_some(), "the lease was never renewed");

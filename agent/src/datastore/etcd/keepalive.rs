@@ -130,6 +130,12 @@ impl EtcdBackend {
         let (mut keeper, mut stream) =
             match tokio::time::timeout(answer_within, client.lease_keep_alive(lease)).await {
                 Ok(Ok(ks)) => ks,
+                Ok(Err(e)) if opening_failed(&e) == Opening::LeaseGone => {
+                    return KeepAlive::Lost(lease)
+                }
+                Ok(Err(e)) if opening_failed(&e) == Opening::Busy => {
+                    return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"))
+                }
                 Ok(Err(e)) => {
                     // Gone, or could not ask? TimeToLive tells.
                     return match tokio::time::timeout(
@@ -178,6 +184,34 @@ impl EtcdBackend {
     }
 }
 
+/// What a failed opening of the keep-alive stream says about the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// etcd answered the first renewal with TTL 0: the lease is gone (no need to ask again).
+    LeaseGone,
+    /// gRPC UNAVAILABLE: etcd (or the way to it) cannot serve now — e.g. "waiting for the
+    /// applied index took too long" under load (issue 10). Says nothing about the lease, and
+    /// a TimeToLive sent to ask would be refused the same way: retry after the back-off.
+    Busy,
+    /// Anything else: ask TimeToLive whether the lease is gone.
+    Ask,
+}
+
+/// gRPC status code UNAVAILABLE (the gRPC spec's code 14).
+const GRPC_UNAVAILABLE: i32 = 14;
+
+fn opening_failed(e: &etcd_client::Error) -> Opening {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
+            Opening::LeaseGone
+        }
+        etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == GRPC_UNAVAILABLE => {
+            Opening::Busy
+        }
+        _ => Opening::Ask,
+    }
+}
+
 /// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
 pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     // Never slower than the keep-alive itself: after a short outage (an etcd restart renews
@@ -198,9 +232,9 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
         )
         .await
         {
-                Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
-                Err(e) => KeepAlive::Failed(e.to_string()),
-            };
+            Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
+            Err(e) => KeepAlive::Failed(e.to_string()),
+        };
         let msg = match outcome {
             KeepAlive::Replaced => continue,
             KeepAlive::Lost(lease) => {
@@ -219,5 +253,30 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
             _ = tokio::time::sleep(delay) => {}
             _ = inner.lease_kick.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a refusal of a busy etcd is retried without a TimeToLive (which it would refuse
+    /// the same way); "lease not found" is a lost lease at once; anything else is asked about.
+    #[test]
+    fn what_a_failed_keep_alive_opening_says() {
+        let gone = etcd_client::Error::LeaseKeepAliveError("lease not found".into());
+        assert_eq!(opening_failed(&gone), Opening::LeaseGone);
+        // tonic maps a refused connection to UNAVAILABLE, as etcd's "request timed out,
+        // waiting for the applied index took too long" is.
+        let busy = etcd_client::Error::GRpcStatus(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+        );
+        assert_eq!(opening_failed(&busy), Opening::Busy);
+        let other = etcd_client::Error::GRpcStatus(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied).into(),
+        );
+        assert_eq!(opening_failed(&other), Opening::Ask);
+        let closed = etcd_client::Error::WatchError("failed to create lease keeper".into());
+        assert_eq!(opening_failed(&closed), Opening::Ask);
     }
 }
