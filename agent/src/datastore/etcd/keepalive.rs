@@ -86,12 +86,56 @@ impl EtcdBackend {
         Ok(())
     }
 
+    /// Moves our claims onto `lease` unless that is done (`adopted`); a failure is retried at
+    /// the next keep-alive.
+    async fn adopt(&self, lease: i64, adopted: &mut i64) {
+        if *adopted == lease {
+            return;
+        }
+        match tokio::time::timeout(ADOPT_TIMEOUT, self.adopt_claims(lease)).await {
+            Ok(Ok(())) => *adopted = lease,
+            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: re-attaching claims failed"),
+            Err(_) => tracing::warn!(
+                endpoints = %self.endpoints,
+                timeout = ?ADOPT_TIMEOUT,
+                "etcd: re-attaching claims: no answer"
+            ),
+        }
+    }
+
     /// Keeps `lease` alive until it is lost, replaced or the connection fails.
     async fn keep_alive(&self, lease: i64, adopted: &mut i64, backoff: &mut Backoff) -> KeepAlive {
+        // The request is sent: etcd renews the lease when it reads it, however late its
+        // answer. A busy etcd (N agents starting together, issue 10) answering after
+        // OP_TIMEOUT is not a failure; giving up on it was (a new stream and a TimeToLive
+        // per agent, i.e. more work for the etcd that was already late: a retry storm).
+        // So wait up to the next keep-alive (TTL/3), never less than OP_TIMEOUT — for the
+        // first answer on a new stream as for every later one.
+        let answer_within = OP_TIMEOUT.max(self.keepalive_every);
+        // A lease just granted has its whole TTL: no renewal before TTL/3 (issue 10). Opening
+        // the keep-alive stream sends one at once, so it waits until then; in a cold start of
+        // N agents those N renewals came while etcd applied the N grants and claims, and etcd
+        // (3.4+) refuses a renewal when its apply loop is 1 s behind ("waiting for the applied
+        // index took too long"): each refusal closed the stream and was retried. The claims'
+        // adoption does not need the stream: it is done first.
+        if let Some(due) = self.take_first_renew(lease) {
+            backoff.reset();
+            self.adopt(lease, adopted).await;
+            tokio::time::sleep_until(due).await;
+            if self.lease.load(Ordering::SeqCst) != lease {
+                return KeepAlive::Replaced;
+            }
+        }
         let mut client = self.client.clone();
         let (mut keeper, mut stream) =
-            match tokio::time::timeout(OP_TIMEOUT, client.lease_keep_alive(lease)).await {
+            match tokio::time::timeout(answer_within, client.lease_keep_alive(lease)).await {
                 Ok(Ok(ks)) => ks,
+                Ok(Err(e)) if opening_failed(&e) == Opening::LeaseGone => {
+                    return KeepAlive::Lost(lease)
+                }
+                Ok(Err(e)) if opening_failed(&e) == Opening::Busy => {
+                    return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"))
+                }
                 Ok(Err(e)) => {
                     // Gone, or could not ask? TimeToLive tells.
                     return match tokio::time::timeout(
@@ -106,7 +150,7 @@ impl EtcdBackend {
                 }
                 Err(_) => {
                     return KeepAlive::Failed(format!(
-                        "keeping lease {lease:x} alive: no answer within {OP_TIMEOUT:?}"
+                        "keeping lease {lease:x} alive: no answer within {answer_within:?}"
                     ))
                 }
             };
@@ -115,28 +159,12 @@ impl EtcdBackend {
             if self.lease.load(Ordering::SeqCst) != lease {
                 return KeepAlive::Replaced;
             }
-            if *adopted != lease {
-                match tokio::time::timeout(ADOPT_TIMEOUT, self.adopt_claims(lease)).await {
-                    Ok(Ok(())) => *adopted = lease,
-                    Ok(Err(e)) => tracing::warn!(error = %e, "etcd: re-attaching claims failed"),
-                    Err(_) => tracing::warn!(
-                        endpoints = %self.endpoints,
-                        timeout = ?ADOPT_TIMEOUT,
-                        "etcd: re-attaching claims: no answer"
-                    ),
-                }
-            }
+            self.adopt(lease, adopted).await;
             tokio::time::sleep(self.keepalive_every).await;
             self.count("lease");
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
             }
-            // The request is sent: etcd renews the lease when it reads it, however late its
-            // answer. A busy etcd (N agents starting together, issue 10) answering after
-            // OP_TIMEOUT is not a failure; giving up on it was (a new stream and a TimeToLive
-            // per agent, i.e. more work for the etcd that was already late: a retry storm).
-            // So wait up to the next keep-alive (TTL/3), never less than OP_TIMEOUT.
-            let answer_within = OP_TIMEOUT.max(self.keepalive_every);
             match tokio::time::timeout(answer_within, stream.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {}
                 Ok(Ok(Some(_))) => return KeepAlive::Lost(lease),
@@ -156,6 +184,34 @@ impl EtcdBackend {
     }
 }
 
+/// What a failed opening of the keep-alive stream says about the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    /// etcd answered the first renewal with TTL 0: the lease is gone (no need to ask again).
+    LeaseGone,
+    /// gRPC UNAVAILABLE: etcd (or the way to it) cannot serve now — e.g. "waiting for the
+    /// applied index took too long" under load (issue 10). Says nothing about the lease, and
+    /// a TimeToLive sent to ask would be refused the same way: retry after the back-off.
+    Busy,
+    /// Anything else: ask TimeToLive whether the lease is gone.
+    Ask,
+}
+
+/// gRPC status code UNAVAILABLE (the gRPC spec's code 14).
+const GRPC_UNAVAILABLE: i32 = 14;
+
+fn opening_failed(e: &etcd_client::Error) -> Opening {
+    match e {
+        etcd_client::Error::LeaseKeepAliveError(m) if m.contains("lease not found") => {
+            Opening::LeaseGone
+        }
+        etcd_client::Error::GRpcStatus(s) if i32::from(s.code()) == GRPC_UNAVAILABLE => {
+            Opening::Busy
+        }
+        _ => Opening::Ask,
+    }
+}
+
 /// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
 pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     // Never slower than the keep-alive itself: after a short outage (an etcd restart renews
@@ -165,11 +221,20 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     let mut adopted = 0i64;
     let mut down: Option<String> = None;
     loop {
-        let outcome =
-            match common::bounded(&*inner, "establishing lease", inner.ensure_lease()).await {
-                Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
-                Err(e) => KeepAlive::Failed(e.to_string()),
-            };
+        // A grant (or the look-up of the remembered lease) is bounded like a list: etcd
+        // answering it late has granted it anyway; cut off at OP_TIMEOUT, it was a lease
+        // granted for nothing and a second grant sent to the busy etcd (issue 10, N = 1000).
+        let outcome = match common::bounded_by(
+            &*inner,
+            LIST_TIMEOUT,
+            "establishing lease",
+            inner.ensure_lease(),
+        )
+        .await
+        {
+            Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
+            Err(e) => KeepAlive::Failed(e.to_string()),
+        };
         let msg = match outcome {
             KeepAlive::Replaced => continue,
             KeepAlive::Lost(lease) => {
@@ -188,5 +253,30 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
             _ = tokio::time::sleep(delay) => {}
             _ = inner.lease_kick.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10: a refusal of a busy etcd is retried without a TimeToLive (which it would refuse
+    /// the same way); "lease not found" is a lost lease at once; anything else is asked about.
+    #[test]
+    fn what_a_failed_keep_alive_opening_says() {
+        let gone = etcd_client::Error::LeaseKeepAliveError("lease not found".into());
+        assert_eq!(opening_failed(&gone), Opening::LeaseGone);
+        // tonic maps a refused connection to UNAVAILABLE, as etcd's "request timed out,
+        // waiting for the applied index took too long" is.
+        let busy = etcd_client::Error::GRpcStatus(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into(),
+        );
+        assert_eq!(opening_failed(&busy), Opening::Busy);
+        let other = etcd_client::Error::GRpcStatus(
+            std::io::Error::from(std::io::ErrorKind::PermissionDenied).into(),
+        );
+        assert_eq!(opening_failed(&other), Opening::Ask);
+        let closed = etcd_client::Error::WatchError("failed to create lease keeper".into());
+        assert_eq!(opening_failed(&closed), Opening::Ask);
     }
 }

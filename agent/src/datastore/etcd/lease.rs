@@ -66,6 +66,9 @@ impl EtcdBackend {
             }
         }
         self.count("lease");
+        // Its TTL starts when etcd grants it, after this: the first renewal is due no sooner
+        // than one keep-alive interval from now.
+        let renew_at = tokio::time::Instant::now() + self.keepalive_every;
         let r = c
             .lease_grant(self.ttl_secs, None)
             .await
@@ -77,9 +80,24 @@ impl EtcdBackend {
         tracing::info!(lease = %Hex(id), ttl_s = r.ttl(), "etcd: granted lease");
         crate::obs::process::startup_phase("lease");
         self.store_lease(id);
+        *self
+            .first_renew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((id, renew_at));
         self.lease.store(id, Ordering::SeqCst);
         self.lease_kick.notify_one();
         Ok(id)
+    }
+
+    /// When the first renewal of `lease` is due, if it was just granted (and not renewed yet):
+    /// the keep-alive task waits for it instead of renewing at once.
+    pub(super) fn take_first_renew(&self, lease: i64) -> Option<tokio::time::Instant> {
+        self.first_renew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .filter(|(id, _)| *id == lease)
+            .map(|(_, at)| at)
     }
 
     /// Forgets `id` (if still current) so the next user establishes a new lease.

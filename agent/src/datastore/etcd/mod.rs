@@ -11,7 +11,12 @@
 //! - list: answered from an in-memory cache of every claim while it is in sync (no request);
 //!   `list_fresh` (and `list` while out of sync) reads etcd. The background watch keeps the
 //!   cache: it lists once (revision R of the response), watches `<prefix>/claims/` from R+1
-//!   and applies each PUT/DELETE. A broken stream (or a failed operation, which may mean
+//!   and applies each PUT/DELETE. That list is *serializable* (answered from etcd's applied
+//!   state, no ReadIndex round, no wait for the apply loop — issue 10: 1–2 s at N = 400
+//!   agents starting together): the watch replays every event after R, so the cache misses
+//!   nothing, and a claim picked from a view a little behind stays safe (its txn compares).
+//!   Every other full list (`list_fresh`, the adoption's own list) stays linearizable: "VPC
+//!   exhausted" needs a read that includes every claim made before it. A broken stream (or a failed operation, which may mean
 //!   etcd is unreachable) marks the cache out of sync until the watch is re-created, resuming
 //!   from the last applied revision; if etcd compacted past it, the watch is canceled with the
 //!   compact revision and the cache re-lists. A re-list every [`CACHE_RELIST`] is a safety net.
@@ -34,7 +39,17 @@
 //!   in `mine` and goes through the create-if-absent claim, which counts an existing claim of
 //!   ours as won.
 //! - Every full list (fill, re-fill, `list_fresh`) waits up to [`LIST_TIMEOUT`], longer than
-//!   the [`OP_TIMEOUT`] of every other operation.
+//!   the [`OP_TIMEOUT`] of every other operation; so do a claim's txn and the keep-alive
+//!   task's grant (or look-up) of the lease — requests etcd carries out however late it
+//!   answers, so one cut off was done twice.
+//! - Keep-alive (`keepalive.rs`): a renewal every TTL/3 on one stream, each answer awaited up
+//!   to TTL/3 (never less than [`OP_TIMEOUT`]), the stream's first answer too. A lease just
+//!   granted is first renewed TTL/3 after the grant, not at once (opening the stream renews):
+//!   N agents starting together no longer renew N brand-new leases while etcd applies their
+//!   grants and claims (etcd refuses a renewal while its apply loop is over 1 s behind:
+//!   "waiting for the applied index took too long", which closed the stream and was retried).
+//!   A lost lease is still seen within its TTL: the first renewal comes at TTL/3 and answers
+//!   TTL 0 for a lease etcd no longer has.
 //! - Degraded mode: nothing here waits on etcd at start. Each operation gives up after
 //!   [`OP_TIMEOUT`] with [`DatastoreError::Unavailable`] naming the endpoints; the background
 //!   tasks retry with the agent's jittered back-off ([`crate::backoff`], [`BACKOFF_MIN`] …
@@ -123,6 +138,9 @@ pub struct EtcdBackend {
     lease_lock: tokio::sync::Mutex<()>,
     /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
     lease_kick: Notify,
+    /// A lease just granted and when its first renewal is due (TTL/3 after the grant was
+    /// sent): the keep-alive task renews it no earlier (see `keepalive.rs`).
+    first_renew: Mutex<Option<(i64, tokio::time::Instant)>>,
     /// Serialises this node's writes (claim, release, re-attach) so a re-attach never
     /// resurrects a prefix released meanwhile.
     write_lock: tokio::sync::Mutex<()>,
@@ -229,6 +247,7 @@ impl Cluster<EtcdBackend> {
             lease: AtomicI64::new(0),
             lease_lock: tokio::sync::Mutex::new(()),
             lease_kick: Notify::new(),
+            first_renew: Mutex::new(None),
             write_lock: tokio::sync::Mutex::new(()),
             mine: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use etcd_client::{EventType, KeyValue, WatchOptions};
 
+use super::txn::Read;
 use super::{EtcdBackend, BACKOFF_MAX, CACHE_RELIST, OP_TIMEOUT};
 use crate::datastore::common;
 use crate::datastore::{ClaimDelta, PrefixClaim};
@@ -126,7 +127,7 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
             }
         }
         if revision == 0 || tokio::time::Instant::now() >= relist_at {
-            match common::bounded_list(&*inner, inner.list_kvs_at()).await {
+            match common::bounded_list(&*inner, inner.list_kvs_at(Read::Serializable)).await {
                 Ok((kvs, rev)) => {
                     inner.cache_fill(&kvs, rev);
                     revision = rev;
