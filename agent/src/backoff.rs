@@ -44,7 +44,7 @@ pub struct Backoff {
 }
 
 /// A seed that differs between processes and between instances in one process.
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     // `RandomState::new()` is keyed from the OS's randomness once per thread and stepped on
     // every call, so even two instances created at the same instant get different seeds.
     RandomState::new().hash_one((std::process::id(), Instant::now()))

@@ -170,9 +170,16 @@ pub struct RunArgs {
     /// Key prefix of vpcnet's data in etcd.
     #[arg(long, env = "VPCNET_ETCD_PREFIX", default_value = "/vpcnet")]
     pub etcd_prefix: String,
-    /// TTL of the lease this node's claims hang off: a node dead this long loses its prefixes.
+    /// TTL of the lease that says this node is alive (`<prefix>/nodes/<node>/alive`); a node
+    /// dead this long starts its `--etcd-claim-grace`.
     #[arg(long, env = "VPCNET_ETCD_LEASE_TTL", default_value = "15s", value_parser = parse_duration)]
     pub etcd_lease_ttl: Duration,
+    /// How long a node's liveness must be gone (its lease expired, and no new lease announced)
+    /// before another node deletes its claims: a dead node's prefixes come back after this.
+    /// Claims do not expire with the lease (a live node that cannot renew for a while keeps
+    /// them); `0` never deletes them (an operator does).
+    #[arg(long, env = "VPCNET_ETCD_CLAIM_GRACE", default_value = "10m", value_parser = parse_duration)]
+    pub etcd_claim_grace: Duration,
     /// CA bundle to verify etcd's certificate (enables TLS).
     #[arg(long, env = "VPCNET_ETCD_CA")]
     pub etcd_ca: Option<PathBuf>,

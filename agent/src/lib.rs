@@ -165,6 +165,7 @@ pub fn run(args: RunArgs) -> Result<(), AgentError> {
                     endpoints: args.etcd_endpoints.clone(),
                     prefix: args.etcd_prefix.clone(),
                     lease_ttl: args.etcd_lease_ttl,
+                    claim_grace: args.etcd_claim_grace,
                     state_dir: args.state_dir.clone(),
                     node: args.node_name(),
                     ca: args.etcd_ca.clone(),

@@ -82,7 +82,21 @@ fn mesh_three_nodes_twenty_pods() {
             .find(|cl| in_cidr(p.ip, &cl.prefix))
             .unwrap_or_else(|| panic!("{} ({}) in no claimed prefix", p.cid, p.ip));
         assert_eq!(owner.node, format!("node{}", p.node), "{p:?} vs {owner:?}");
-        assert_ne!(owner.lease, 0, "claim {} has no lease", owner.key);
+        assert_eq!(
+            owner.lease, 0,
+            "claim {} hangs off a lease (ownership must not expire with liveness)",
+            owner.key
+        );
+    }
+    // Liveness apart from the claims: each node's alive key, on a lease.
+    for k in 1..=3 {
+        let alive = c
+            .etcd_range(&format!("/vpcnet/nodes/node{k}/alive"))
+            .expect("alive key");
+        assert!(
+            alive.len() == 1 && alive[0].2 != 0,
+            "node{k} not announced on a lease: {alive:?}"
+        );
     }
     // Reachability: one pod per node pings every other pod, plus 300 random cross pairs.
     let mut pairs: Vec<(&Pod, &Pod)> = Vec::new();
@@ -219,18 +233,22 @@ fn claim_race_never_overlaps() {
     );
 }
 
-/// kill -9 with a 3 s lease: a restart within the TTL keeps the claims (pods keep working);
-/// a node that stays dead loses them, peers withdraw its routes, another node reuses them.
+/// kill -9 with a 3 s lease and a 2 s claim grace: a restart within the TTL keeps the claims
+/// (pods keep working); a node that stays dead has them swept by a peer once its lease lapsed
+/// for the grace, peers withdraw its routes, another node reuses them.
 #[test]
 fn dead_node_loses_prefixes_restart_keeps_them() {
     let t0 = Instant::now();
     let ttl = 3;
+    let grace = 2;
     let sync = 1;
     // Four /28s: each node holds one (warm-ip-target 2, no wholly-free target), one is spare.
     let mut c = Cluster::new(3, "10.240.0.0/26");
     c.agent_flags = [
         "--etcd-lease-ttl",
         "3s",
+        "--etcd-claim-grace",
+        "2s",
         "--peer-sync-interval",
         "1s",
         "--warm-prefix-target",
@@ -284,7 +302,9 @@ fn dead_node_loses_prefixes_restart_keeps_them() {
     // Crash for good.
     c.kill_agent(3);
     let tk = Instant::now();
-    let bound = Duration::from_secs(ttl + sync + 4);
+    // The lease lapses (≤ ttl), a peer's sweep sees it within a round (grace/4 = 0.5 s), sweeps
+    // after the grace and up to a round; then the peers' routes follow.
+    let bound = Duration::from_secs(ttl + grace + sync + 5);
     let gone = c
         .wait_consistent(bound)
         .unwrap_or_else(|e| panic!("dead node3: {e}"));

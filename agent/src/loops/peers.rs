@@ -19,8 +19,8 @@
 //!
 //! A full re-plan: list the claims (the datastore's watch-fed view: no request while it is in
 //! sync) and our routes, compute the difference ([`plan`], pure), then add/replace what is
-//! missing or moved and delete what is no longer wanted (a peer whose lease expired loses its
-//! claims, so its routes are withdrawn). If the datastore cannot be listed, peer routes stay
+//! missing or moved and delete what is no longer wanted (a dead peer's claims are swept or
+//! garbage-collected, so its routes are withdrawn). If the datastore cannot be listed, peer routes stay
 //! as they are (a datastore outage must not cut pods off from each other); only our own
 //! unreachable routes still follow the pool. Nothing is withdrawn at shutdown: routes stay
 //! for the pods that keep running.

@@ -217,7 +217,8 @@ impl<D: Datastore> Node<D> {
     /// * a prefix the pool holds and the datastore lists as ours: fine;
     /// * held, but listed as another node's: conflict — dropped from the pool if wholly free,
     ///   otherwise reported as degraded (`claims`) and kept (pods use it);
-    /// * held, not listed (the claim lapsed, e.g. a long datastore outage outlived the lease):
+    /// * held, not listed (the claim is gone, e.g. etcd's sweep took it after this node showed
+    ///   no liveness for the grace period, or an operator deleted it):
     ///   claimed again, create-if-absent; losing that race is the conflict above next round;
     /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
     ///   so it is adopted; later a release after shrink failed, so it is released again.

@@ -1,6 +1,7 @@
 //! Keeping the lease alive: the background task that establishes the lease, renews it every
-//! TTL/3, replaces it when etcd lost it, and then re-attaches this node's claims to the new
-//! lease (re-creating those etcd dropped with the old one, where still free).
+//! TTL/3, replaces it when etcd lost it, and then announces the node on the new lease and
+//! checks its claims (moving off a lease those an older agent left on one, re-creating those
+//! swept meanwhile, where still free).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -12,7 +13,8 @@ use crate::datastore::common;
 use crate::datastore::{DatastoreError, PrefixClaim};
 
 /// Longest the adoption of our claims onto a lease takes (the wait for the watch's first
-/// fill, or a list, and the re-attach txns); it is retried after the next keep-alive.
+/// fill, or a list, the announcement and the txns on our claims); it is retried after the
+/// next keep-alive.
 const ADOPT_TIMEOUT: std::time::Duration = LIST_TIMEOUT;
 
 /// Outcome of keeping one lease alive.
@@ -26,10 +28,14 @@ enum KeepAlive {
 }
 
 impl EtcdBackend {
-    /// After this node starts using `lease`: every claim in etcd named after this node moves
-    /// onto it, and claims this node made that etcd no longer has (deleted with an expired
-    /// lease) are created again where still free.
+    /// After this node starts using `lease`: the node is announced on it, every claim in etcd
+    /// named after this node that still hangs off a lease (an older agent's) is moved off it,
+    /// and claims this node made that etcd no longer has (swept while this node showed no
+    /// liveness for the grace period, or deleted by hand) are created again where still free.
     async fn adopt_claims(&self, lease: i64) -> Result<(), DatastoreError> {
+        if self.announced.load(std::sync::atomic::Ordering::SeqCst) != lease {
+            self.announce(lease).await?;
+        }
         // From the claim cache (see the module docs: why it is fresh enough), once the watch's
         // first fill (if on its way) is in — waited for before taking the write lock, so the
         // claim path is not held up meanwhile; a list of our own only while the cache is out
@@ -49,12 +55,12 @@ impl EtcdBackend {
                 continue;
             }
             seen.insert(c.prefix);
-            if kv.lease() != lease {
+            if kv.lease() != 0 {
                 let key = self.key(c.prefix);
-                if self.reattach(&key, &kv, &c, lease).await? {
+                if self.detach(&key, &kv, &c).await? {
                     moved += 1;
                 } else {
-                    tracing::info!(prefix = %c.prefix, "etcd: claim changed while being re-attached");
+                    tracing::info!(prefix = %c.prefix, "etcd: claim changed while being moved off its lease");
                 }
             }
             self.mine().insert(c.prefix, c);
@@ -66,7 +72,7 @@ impl EtcdBackend {
             .cloned()
             .collect();
         for c in missing {
-            if self.claim_on(&c, lease).await? {
+            if self.claim_key_value(&c).await? {
                 moved += 1;
             } else {
                 lost.push(c.prefix);
@@ -74,13 +80,13 @@ impl EtcdBackend {
             }
         }
         if moved > 0 {
-            tracing::info!(node = %self.node, lease = %Hex(lease), claims = moved, "etcd: claims moved onto the lease");
+            tracing::info!(node = %self.node, lease = %Hex(lease), claims = moved, "etcd: claims moved off a lease or re-created");
         }
         for p in lost {
             tracing::error!(
                 node = %self.node,
                 prefix = %p,
-                "etcd: CONFLICT: prefix was claimed by another node while this node's lease was lost"
+                "etcd: CONFLICT: prefix was claimed by another node after this node's claims were swept"
             );
         }
         Ok(())
@@ -94,11 +100,11 @@ impl EtcdBackend {
         }
         match tokio::time::timeout(ADOPT_TIMEOUT, self.adopt_claims(lease)).await {
             Ok(Ok(())) => *adopted = lease,
-            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: re-attaching claims failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: announcing the node / checking its claims failed"),
             Err(_) => tracing::warn!(
                 endpoints = %self.endpoints,
                 timeout = ?ADOPT_TIMEOUT,
-                "etcd: re-attaching claims: no answer"
+                "etcd: announcing the node / checking its claims: no answer"
             ),
         }
     }
@@ -212,7 +218,8 @@ fn opening_failed(e: &etcd_client::Error) -> Opening {
     }
 }
 
-/// Background: establish the lease, keep it alive, replace it when lost, re-attach claims.
+/// Background: establish the lease, keep it alive, replace it when lost, announce the node on
+/// it and check its claims.
 pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     // Never slower than the keep-alive itself: after a short outage (an etcd restart renews
     // every lease for one TTL) only a keep-alive within that TTL saves the lease; a 10 s

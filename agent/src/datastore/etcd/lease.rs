@@ -34,7 +34,7 @@ impl EtcdBackend {
             )
         });
         if let Err(e) = r {
-            // Not fatal: a restart then grants a new lease and re-attaches the claims.
+            // Not fatal: a restart then grants a new lease and announces the node on it.
             tracing::warn!(file = %self.lease_file().display(), error = %e, "etcd: could not remember the lease");
         }
     }

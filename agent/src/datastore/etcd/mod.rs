@@ -1,12 +1,20 @@
 //! etcd v3 backend: many nodes share one VPC through prefix claims in etcd.
 //!
-//! Layout: `<prefix>/claims/<a.b.c.d>-<len>` → JSON [`PrefixClaim`]. Every claim of a node hangs
-//! off that node's lease (TTL `lease_ttl`), which a background task keeps alive; a node that
-//! stops renewing (crashed, partitioned for longer than the TTL) loses its prefixes.
+//! Layout: `<prefix>/claims/<a.b.c.d>-<len>` → JSON [`PrefixClaim`], on **no lease**: ownership
+//! does not expire with liveness. Liveness is apart (`liveness.rs`): `<prefix>/nodes/<node>/alive`
+//! on the node's lease (TTL `lease_ttl`, kept alive by a background task) and
+//! `<prefix>/nodes/<node>/announced`, rewritten whenever the node starts using a lease. A node
+//! that shows no liveness for `claim_grace` (crashed, partitioned, deleted) has its claims
+//! deleted by another node's sweep (`sweep.rs`: one txn that compares that it is still without
+//! liveness and not announced since first seen so). Until issue 10's fix the claims hung off the
+//! lease, so a live node whose renewals etcd refused for a TTL (an overloaded etcd refuses them
+//! while its apply loop is over 1 s behind) lost them while its pods kept their addresses,
+//! and another node could claim them: a path to a duplicate address.
 //!
-//! - claim: one txn `create_revision == 0 → put(lease) / else get`. An existing claim of
-//!   *this* node (e.g. the agent restarted and holds a new lease) is re-attached to the current
-//!   lease with a txn guarded by its `mod_revision`, and counts as won.
+//! - claim: this node announced on its live lease first, then one txn `create_revision == 0 →
+//!   put / else get`. An existing claim of *this* node (e.g. the agent restarted) counts as
+//!   won; one still on a lease (written by an agent from before this model) is moved off it with
+//!   a txn guarded by its `mod_revision`.
 //! - release: read, then delete guarded by the `mod_revision` read, only if still the caller's.
 //! - list: answered from an in-memory cache of every claim while it is in sync (no request);
 //!   `list_fresh` (and `list` while out of sync) reads etcd. The background watch keeps the
@@ -27,13 +35,14 @@
 //!   [`ClaimDelta::Resync`]: the peer routes follow the deltas one route at a time.
 //! - The lease ID is remembered in `<state_dir>/etcd-lease` and reused after a restart while
 //!   etcd still knows it. Whenever this node starts using a lease (first one, or a new one after
-//!   the old expired), the keep-alive task re-attaches every claim in etcd named after this node
-//!   and re-puts (create-if-absent) those it remembers claiming that etcd lost with the lease.
+//!   the old expired), the keep-alive task announces the node on it, moves off a lease every
+//!   claim in etcd named after this node that still hangs off one, and re-puts
+//!   (create-if-absent) those it remembers claiming that etcd no longer has (swept).
 //!   It finds them in the claim cache (which also keeps each of *our* claims' key-value, with
 //!   its lease and `mod_revision`), waiting for the watch's first fill if that is on its way;
 //!   only while the cache is out of sync does it list etcd itself (issue 10: one list per
 //!   agent start instead of two). The cache is fresh enough for this: only this node writes
-//!   claims named after it (under its write lock, on its live lease), every re-attach is
+//!   claims named after it (under its write lock), every move off a lease is
 //!   guarded by the `mod_revision` it read (a claim deleted meanwhile, with an expired lease,
 //!   fails the guard and is left alone), and a claim of ours the cache does not show yet is
 //!   in `mine` and goes through the create-if-absent claim, which counts an existing claim of
@@ -42,6 +51,10 @@
 //!   the [`OP_TIMEOUT`] of every other operation; so do a claim's txn and the keep-alive
 //!   task's grant (or look-up) of the lease — requests etcd carries out however late it
 //!   answers, so one cut off was done twice.
+//! - Sweep (`sweep.rs`, pure bookkeeping in `suspects.rs`): each round (grace/4, at most a
+//!   minute, jittered) an agent looks at two claim owners at random (a serializable read of
+//!   their liveness keys) and sweeps those without liveness, and with the same `announced`
+//!   revision, for the whole grace; claims still on a lease are left to it.
 //! - Keep-alive (`keepalive.rs`): a renewal every TTL/3 on one stream, each answer awaited up
 //!   to TTL/3 (never less than [`OP_TIMEOUT`]), the stream's first answer too. A lease just
 //!   granted is first renewed TTL/3 after the grant, not at once (opening the stream renews):
@@ -57,14 +70,18 @@
 //!   and converge when etcd comes back, each node on its own schedule.
 //!
 //! Files: `tls.rs` (TLS options from the flags), `lease.rs` (establishing the lease, the lease
-//! file), `keepalive.rs` (the task keeping the lease alive and re-attaching claims to a new
-//! one), `txn.rs` (the claim/release/list transactions), `watch.rs` (the claim cache and the
+//! file), `liveness.rs` (the node's liveness keys, announcing it on a lease), `keepalive.rs`
+//! (the task keeping the lease alive, announcing the node on a new one and checking its
+//! claims), `sweep.rs` and `suspects.rs` (taking back a dead node's claims), `txn.rs` (the claim/release/list transactions), `watch.rs` (the claim cache and the
 //! watch that keeps it); this file holds the configuration, the shared state and the wiring
 //! into [`Cluster`] (whose [`Datastore`](super::Datastore) impl bounds every operation by
 //! [`OP_TIMEOUT`]).
 
 mod keepalive;
 mod lease;
+mod liveness;
+mod suspects;
+mod sweep;
 mod tls;
 mod txn;
 mod watch;
@@ -107,8 +124,12 @@ pub struct EtcdConfig {
     pub endpoints: Vec<String>,
     /// Key prefix, e.g. `/vpcnet`; claims live under `<prefix>/claims/`.
     pub prefix: String,
-    /// Claims hang off a lease with this TTL, kept alive by the agent.
+    /// TTL of the lease that says this node lives (`<prefix>/nodes/<node>/alive`), kept alive
+    /// by the agent.
     pub lease_ttl: Duration,
+    /// How long a node must be without liveness before another node sweeps its claims
+    /// (`sweep.rs`); zero: never.
+    pub claim_grace: Duration,
     /// Where the current lease ID is remembered across restarts.
     pub state_dir: std::path::PathBuf,
     pub node: String,
@@ -118,7 +139,8 @@ pub struct EtcdConfig {
 }
 
 /// The etcd datastore. Dropping it stops its background tasks without revoking the lease
-/// (like a crash: the claims live on until the lease expires, or a restart re-adopts them).
+/// (like a crash: the claims live on; the lease expires, and after the claim grace another
+/// node sweeps them unless a restart announced the node again).
 pub type EtcdDatastore = Cluster<EtcdBackend>;
 
 /// The etcd side of an [`EtcdDatastore`], shared with its lease and watch tasks.
@@ -129,11 +151,17 @@ pub struct EtcdBackend {
     endpoints: String,
     /// `<prefix>/claims/`.
     claims_prefix: String,
+    /// `<prefix>/nodes/`: each node's liveness keys (`liveness.rs`).
+    nodes_prefix: String,
+    /// See [`EtcdConfig::claim_grace`].
+    claim_grace: Duration,
     ttl_secs: i64,
     keepalive_every: Duration,
     state_dir: PathBuf,
-    /// The lease this node's claims hang off; 0 while none is known to be alive.
+    /// The lease this node's liveness hangs off; 0 while none is known to be alive.
     lease: AtomicI64,
+    /// The lease this node was last announced on (`liveness.rs`); 0: none yet.
+    announced: AtomicI64,
     /// Serialises establishing a lease (grant or reuse).
     lease_lock: tokio::sync::Mutex<()>,
     /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
@@ -141,10 +169,10 @@ pub struct EtcdBackend {
     /// A lease just granted and when its first renewal is due (TTL/3 after the grant was
     /// sent): the keep-alive task renews it no earlier (see `keepalive.rs`).
     first_renew: Mutex<Option<(i64, tokio::time::Instant)>>,
-    /// Serialises this node's writes (claim, release, re-attach) so a re-attach never
+    /// Serialises this node's writes (claim, release, move off a lease) so a re-put never
     /// resurrects a prefix released meanwhile.
     write_lock: tokio::sync::Mutex<()>,
-    /// What this node holds, as far as it knows: re-put if etcd lost it with the lease.
+    /// What this node holds, as far as it knows: re-put if etcd lost it (swept).
     mine: Mutex<BTreeMap<IpNetwork, PrefixClaim>>,
     /// Signalled on every watch event (and after the watch is re-created).
     changed: Notify,
@@ -198,7 +226,7 @@ impl fmt::Display for Hex {
 }
 
 impl Cluster<EtcdBackend> {
-    /// Builds the client and starts the lease and watch tasks. Never waits for etcd: while it
+    /// Builds the client and starts the lease, watch and sweep tasks. Never waits for etcd: while it
     /// is unreachable operations fail fast with `Unavailable` and the tasks keep retrying.
     /// Fails only on configuration errors (no endpoints, bad URLs, unreadable TLS files).
     pub async fn connect(cfg: EtcdConfig) -> Result<EtcdDatastore, DatastoreError> {
@@ -241,10 +269,13 @@ impl Cluster<EtcdBackend> {
             node: cfg.node.clone(),
             endpoints,
             claims_prefix: format!("{}/claims/", cfg.prefix.trim_end_matches('/')),
+            nodes_prefix: format!("{}/nodes/", cfg.prefix.trim_end_matches('/')),
+            claim_grace: cfg.claim_grace,
             ttl_secs,
             keepalive_every,
             state_dir: cfg.state_dir.clone(),
             lease: AtomicI64::new(0),
+            announced: AtomicI64::new(0),
             lease_lock: tokio::sync::Mutex::new(()),
             lease_kick: Notify::new(),
             first_renew: Mutex::new(None),
@@ -261,11 +292,12 @@ impl Cluster<EtcdBackend> {
         let tasks = vec![
             tokio::spawn(keepalive::keep_lease(inner.clone())),
             tokio::spawn(watch::watch_claims(inner.clone())),
+            tokio::spawn(sweep::sweep_dead_nodes(inner.clone())),
         ];
         Ok(Cluster::new(inner, tasks))
     }
 
-    /// The lease this node's claims hang off, once one is established.
+    /// The lease this node's liveness hangs off, once one is established.
     pub fn lease_id(&self) -> Option<i64> {
         match self.backend().lease.load(Ordering::SeqCst) {
             0 => None,

@@ -1,12 +1,13 @@
-//! The claim operations as etcd transactions: claim (create-if-absent on the lease, or
-//! re-attach this node's own claim), release (delete guarded by the `mod_revision` read),
-//! list, and the encoding of a claim as a key and a JSON value.
+//! The claim operations as etcd transactions: claim (create-if-absent, on no lease; this
+//! node's own claim counts as won, and one still on a lease — written before claims stopped
+//! hanging off the lease — is moved off it), release (delete guarded by the `mod_revision`
+//! read), list, and the encoding of a claim as a key and a JSON value.
 
 use std::collections::BTreeMap;
 use std::sync::MutexGuard;
 
 use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
 };
 use ipnetwork::IpNetwork;
 
@@ -91,14 +92,14 @@ impl EtcdBackend {
         Ok((r.take_kvs(), revision))
     }
 
-    /// Moves our claim in `kv` onto `lease` (with `claim` as its new value) unless it changed
-    /// since it was read. `Ok(false)`: it changed.
-    pub(super) async fn reattach(
+    /// Rewrites our claim in `kv` on no lease (with `claim` as its new value) unless it
+    /// changed since it was read: a claim written by an agent from before claims stopped
+    /// hanging off the lease would otherwise expire with it. `Ok(false)`: it changed.
+    pub(super) async fn detach(
         &self,
         key: &str,
         kv: &KeyValue,
         claim: &PrefixClaim,
-        lease: i64,
     ) -> Result<bool, DatastoreError> {
         let txn = Txn::new()
             .when([Compare::mod_revision(
@@ -106,38 +107,26 @@ impl EtcdBackend {
                 CompareOp::Equal,
                 kv.mod_revision(),
             )])
-            .and_then([TxnOp::put(
-                key,
-                self.encode(claim)?,
-                Some(PutOptions::new().with_lease(lease)),
-            )]);
+            .and_then([TxnOp::put(key, self.encode(claim)?, None)]);
         self.count("txn");
         let r = self
             .client
             .clone()
             .txn(txn)
             .await
-            .map_err(|e| self.unavailable("re-attaching claim", e))?;
+            .map_err(|e| self.unavailable("moving a claim off its lease", e))?;
         Ok(r.succeeded())
     }
 
-    /// Create-if-absent of `claim` on `lease`; an existing claim of this node counts as won
-    /// (re-attached to `lease` if it hangs off another one).
-    pub(super) async fn claim_on(
-        &self,
-        claim: &PrefixClaim,
-        lease: i64,
-    ) -> Result<bool, DatastoreError> {
+    /// Create-if-absent of `claim` (on no lease: ownership does not expire with liveness);
+    /// an existing claim of this node counts as won (moved off a lease if it hangs off one).
+    pub(super) async fn claim_key_value(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
         let key = self.key(claim.prefix);
         let value = self.encode(claim)?;
         for _ in 0..TXN_ATTEMPTS {
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(lease)),
-                )])
+                .and_then([TxnOp::put(key.as_str(), value.clone(), None)])
                 .or_else([TxnOp::get(key.as_str(), None)]);
             self.count("txn");
             let r = self
@@ -162,15 +151,15 @@ impl EtcdBackend {
             if held.node != self.node {
                 return Ok(false);
             }
-            if kv.lease() == lease {
+            if kv.lease() == 0 {
                 return Ok(true);
             }
-            // Ours, on another (older) lease: keep it, on the live lease.
+            // Ours, on a lease (an older agent's claim): keep it, on none.
             let moved = PrefixClaim {
                 claimed_at: held.claimed_at,
                 ..claim.clone()
             };
-            if self.reattach(&key, &kv, &moved, lease).await? {
+            if self.detach(&key, &kv, &moved).await? {
                 return Ok(true);
             }
         }
@@ -188,16 +177,9 @@ impl EtcdBackend {
             )));
         }
         let _w = self.write_lock.lock().await;
-        let lease = self.ensure_lease().await?;
-        let won = match self.claim_on(claim, lease).await {
-            Err(e) if e.to_string().contains("lease not found") => {
-                // Expired under us (the keep-alive task will notice too): take a new one.
-                self.forget_lease(lease);
-                let lease = self.ensure_lease().await?;
-                self.claim_on(claim, lease).await?
-            }
-            r => r?,
-        };
+        // Announced first: a claim of a node without liveness would look dead to the sweep.
+        self.ensure_announced().await?;
+        let won = self.claim_key_value(claim).await?;
         if won {
             self.mine().insert(claim.prefix, claim.clone());
         }

@@ -7,7 +7,7 @@
 //!   object (read back) names this node: then it is ours already (e.g. after a restart) and
 //!   counts as won. Every claim carries an ownerReference to this node's `Node` object (its
 //!   uid is looked up once, on first use), so deleting the Node garbage-collects its claims:
-//!   the Kubernetes counterpart of etcd's lease. A Node deleted and re-created under the same
+//!   the Kubernetes counterpart of etcd's sweep of a node without liveness. A Node deleted and re-created under the same
 //!   name also gets its pods (this agent) deleted, so a uid cached for the process's life
 //!   never outlives its Node.
 //! - release: read the object, and if it still names the node, `DELETE` it with
