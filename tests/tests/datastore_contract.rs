@@ -211,7 +211,7 @@ impl Backend for EtcdBackend {
         let Ok(a) = c.get(alive.as_str(), None).await else {
             return false;
         };
-        if !a.kvs().first().is_some_and(|kv| kv.lease() == lease) {
+        if a.kvs().first().is_none_or(|kv| kv.lease() != lease) {
             return false;
         }
         let Ok(r) = c
@@ -616,7 +616,10 @@ async fn dead_node_loses_claims<B: Backend>(b: &B) {
         gone.is_some(),
         "claims of a dead node still there after {took:?}"
     );
-    eprintln!("dead node's claims gone after {took:?} (at most {:?})", B::LAPSE);
+    eprintln!(
+        "dead node's claims gone after {took:?} (at most {:?})",
+        B::LAPSE
+    );
     assert!(n1.claim(&claim(ps[0], "n1")).await.expect("claim"));
 }
 
@@ -920,7 +923,10 @@ async fn etcd_lost_lease_keeps_claims_and_is_replaced() {
         n0.lease_id().is_some_and(|l| l != old) && b.attached(&n0, "n0").await
     })
     .await;
-    assert!(back.is_some(), "not announced on a new lease 5 s after the old was lost");
+    assert!(
+        back.is_some(),
+        "not announced on a new lease 5 s after the old was lost"
+    );
     eprintln!("announced on a new lease after {:?}", t.elapsed());
     // The other node's sweep saw n0 without liveness (maybe) and then announced again: past
     // the grace and a few rounds the claims are still n0's.
@@ -959,7 +965,10 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     // Back: a new process of n0 (state dir kept, but its remembered lease is gone).
     let n0 = b.node("n0").await;
-    let announced = eventually(Duration::from_secs(3), || async { b.attached(&n0, "n0").await }).await;
+    let announced = eventually(Duration::from_secs(3), || async {
+        b.attached(&n0, "n0").await
+    })
+    .await;
     assert!(announced.is_some(), "n0 never announced itself again");
     let last = Instant::now();
     kill(&b, n0).await;
@@ -967,7 +976,8 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     while last.elapsed() < GRACE - Duration::from_millis(200) {
         let o = owners(&n1).await;
         assert!(
-            ps.iter().all(|p| o.get(p).map(String::as_str) == Some("n0")),
+            ps.iter()
+                .all(|p| o.get(p).map(String::as_str) == Some("n0")),
             "swept {:?} after the first death, {:?} after the last announcement: {o:?}",
             t.elapsed(),
             last.elapsed()
@@ -987,11 +997,21 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     eprintln!("swept {:?} after the last announcement", last.elapsed());
     let mut raw = b.raw().await;
     let left = raw
-        .get("/vpcnet/nodes/n0/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .get(
+            "/vpcnet/nodes/n0/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
         .await
         .expect("get");
-    assert!(left.kvs().is_empty(), "n0's record outlived its sweep: {:?}", left.kvs());
-    assert!(n1.claim(&claim(ps[0], "n1")).await.expect("claim"), "a swept prefix is free");
+    assert!(
+        left.kvs().is_empty(),
+        "n0's record outlived its sweep: {:?}",
+        left.kvs()
+    );
+    assert!(
+        n1.claim(&claim(ps[0], "n1")).await.expect("claim"),
+        "a swept prefix is free"
+    );
 }
 
 /// A node's death as the others see it at once: its process gone and its lease revoked.
@@ -1020,13 +1040,23 @@ async fn etcd_claims_on_a_lease_are_moved_off_it_or_left_to_it() {
         put_on_lease("10.9.94.0/28", "n0", mine),
         put_on_lease("10.9.98.0/28", "old", theirs),
     ] {
-        raw.put(key, value, Some(etcd_client::PutOptions::new().with_lease(lease)))
-            .await
-            .expect("put");
+        raw.put(
+            key,
+            value,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .expect("put");
     }
     let n0 = b.node("n0").await;
-    let moved = eventually(Duration::from_secs(5), || async { b.attached(&n0, "n0").await }).await;
-    assert!(moved.is_some(), "n0's claim was not moved off the old lease");
+    let moved = eventually(Duration::from_secs(5), || async {
+        b.attached(&n0, "n0").await
+    })
+    .await;
+    assert!(
+        moved.is_some(),
+        "n0's claim was not moved off the old lease"
+    );
     raw.lease_revoke(mine).await.expect("revoke");
     let t = Instant::now();
     while t.elapsed() < GRACE + Duration::from_secs(3) {

@@ -33,9 +33,7 @@ impl EtcdBackend {
     /// and claims this node made that etcd no longer has (swept while this node showed no
     /// liveness for the grace period, or deleted by hand) are created again where still free.
     async fn adopt_claims(&self, lease: i64) -> Result<(), DatastoreError> {
-        if self.announced.load(std::sync::atomic::Ordering::SeqCst) != lease {
-            self.announce(lease).await?;
-        }
+        self.announce(lease).await?;
         // From the claim cache (see the module docs: why it is fresh enough), once the watch's
         // first fill (if on its way) is in — waited for before taking the write lock, so the
         // claim path is not held up meanwhile; a list of our own only while the cache is out
@@ -72,7 +70,7 @@ impl EtcdBackend {
             .cloned()
             .collect();
         for c in missing {
-            if self.claim_key_value(&c).await? {
+            if self.claim_key_value(&c, None).await? {
                 moved += 1;
             } else {
                 lost.push(c.prefix);
@@ -100,7 +98,9 @@ impl EtcdBackend {
         }
         match tokio::time::timeout(ADOPT_TIMEOUT, self.adopt_claims(lease)).await {
             Ok(Ok(())) => *adopted = lease,
-            Ok(Err(e)) => tracing::warn!(error = %e, "etcd: announcing the node / checking its claims failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "etcd: announcing the node / checking its claims failed")
+            }
             Err(_) => tracing::warn!(
                 endpoints = %self.endpoints,
                 timeout = ?ADOPT_TIMEOUT,

@@ -9,14 +9,14 @@
 //!   lease. A sweeper that saw `alive` missing and `announced` at revision M, and finds the
 //!   same a grace period later, knows the node has not held a lease in between (`sweep.rs`).
 //!
-//! Both are written in one txn ([`EtcdBackend::announce`]) before this node's first claim on a
-//! lease and by the keep-alive task whenever it starts using a new one.
+//! Both are written together ([`EtcdBackend::announce_ops`]): in the txn of this node's first
+//! claim on a lease, and by the keep-alive task whenever it starts using a new one.
 
 use std::sync::atomic::Ordering;
 
 use etcd_client::{PutOptions, Txn, TxnOp};
 
-use super::{invalid, EtcdBackend, Hex};
+use super::{EtcdBackend, Hex};
 use crate::datastore::common::Backend;
 use crate::datastore::DatastoreError;
 
@@ -36,54 +36,50 @@ impl EtcdBackend {
         format!("{}announced", self.node_keys(node))
     }
 
-    /// Says in etcd that this node lives on `lease`: `alive` on the lease, `announced`
-    /// rewritten. Fails with "lease not found" when etcd no longer has `lease`.
-    pub(super) async fn announce(&self, lease: i64) -> Result<(), DatastoreError> {
+    /// The two puts that say in etcd this node lives on `lease`: `alive` on the lease,
+    /// `announced` rewritten. A txn carrying them fails with "lease not found" when etcd no
+    /// longer has `lease`.
+    pub(super) fn announce_ops(&self, lease: i64) -> [TxnOp; 2] {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let alive = serde_json::json!({ "lease": Hex(lease).to_string() }).to_string();
         let announced =
             serde_json::json!({ "lease": Hex(lease).to_string(), "atMs": at_ms }).to_string();
-        let txn = Txn::new().and_then([
+        [
             TxnOp::put(
                 self.alive_key(&self.node),
                 alive,
                 Some(PutOptions::new().with_lease(lease)),
             ),
             TxnOp::put(self.announced_key(&self.node), announced, None),
-        ]);
-        self.count("txn");
-        let r = self
-            .client
-            .clone()
-            .txn(txn)
-            .await
-            .map_err(|e| self.unavailable("announcing this node", e))?;
-        if !r.succeeded() {
-            return Err(invalid("announcing this node: an unconditional txn failed"));
-        }
+        ]
+    }
+
+    /// Notes that a txn carrying [`EtcdBackend::announce_ops`] for `lease` succeeded.
+    pub(super) fn announced_on(&self, lease: i64) {
         self.announced.store(lease, Ordering::SeqCst);
         tracing::debug!(node = %self.node, lease = %Hex(lease), "etcd: node announced");
+    }
+
+    /// Announces this node on `lease` unless that is done.
+    pub(super) async fn announce(&self, lease: i64) -> Result<(), DatastoreError> {
+        if self.announced.load(Ordering::SeqCst) == lease {
+            return Ok(());
+        }
+        self.count("txn");
+        self.client
+            .clone()
+            .txn(Txn::new().and_then(self.announce_ops(lease)))
+            .await
+            .map_err(|e| self.unavailable("announcing this node", e))?;
+        self.announced_on(lease);
         Ok(())
     }
 
-    /// The live lease, with this node announced on it: what a claim needs (a node claiming
-    /// without liveness would look dead to the others' sweep). A lease etcd lost is replaced.
-    pub(super) async fn ensure_announced(&self) -> Result<i64, DatastoreError> {
-        let lease = self.ensure_lease().await?;
-        if self.announced.load(Ordering::SeqCst) == lease {
-            return Ok(lease);
-        }
-        match self.announce(lease).await {
-            Err(e) if e.to_string().contains("lease not found") => {
-                // Expired under us (the keep-alive task will notice too): take a new one.
-                self.forget_lease(lease);
-                let lease = self.ensure_lease().await?;
-                self.announce(lease).await?;
-                Ok(lease)
-            }
-            r => r.map(|()| lease),
-        }
+    /// `Some(lease)` while this node is not announced on `lease` yet: a claim's txn carries the
+    /// announcement then (one txn, not two, per agent start).
+    pub(super) fn announcement_due(&self, lease: i64) -> Option<i64> {
+        (self.announced.load(Ordering::SeqCst) != lease).then_some(lease)
     }
 }

@@ -146,10 +146,7 @@ mod tests {
         // but not for the whole grace.
         s.observe("a", Seen::Absent { announced: 9 }, t0 + GRACE / 2);
         assert!(s.due(t0 + GRACE).is_empty());
-        assert_eq!(
-            s.due(t0 + GRACE / 2 + GRACE),
-            vec![("a".to_string(), 9)]
-        );
+        assert_eq!(s.due(t0 + GRACE / 2 + GRACE), vec![("a".to_string(), 9)]);
     }
 
     #[test]

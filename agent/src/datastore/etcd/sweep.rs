@@ -69,7 +69,11 @@ impl EtcdBackend {
             )
             .await
             .map_err(|e| self.unavailable("reading a node's liveness", e))?;
-        Ok(seen_in(r.kvs(), &self.alive_key(node), &self.announced_key(node)))
+        Ok(seen_in(
+            r.kvs(),
+            &self.alive_key(node),
+            &self.announced_key(node),
+        ))
     }
 
     /// Deletes `node`'s claims of `prefixes` and its record if it is still without liveness
@@ -90,7 +94,8 @@ impl EtcdBackend {
         let mut deleted = 0;
         for (i, chunk) in chunks.iter().enumerate() {
             // Read the claims and the node's keys together (one snapshot).
-            let mut reads: Vec<TxnOp> = chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
+            let mut reads: Vec<TxnOp> =
+                chunk.iter().map(|k| TxnOp::get(k.as_str(), None)).collect();
             reads.push(TxnOp::get(
                 self.node_keys(node),
                 Some(GetOptions::new().with_prefix()),
@@ -119,14 +124,16 @@ impl EtcdBackend {
             let claims: Vec<KeyValue> = gets
                 .into_iter()
                 .flatten()
-                .filter(|kv| {
-                    kv.lease() == 0 && self.decode(kv).is_some_and(|c| c.node == node)
-                })
+                .filter(|kv| kv.lease() == 0 && self.decode(kv).is_some_and(|c| c.node == node))
                 .collect();
             let mut when: Vec<Compare> = still_dead.to_vec();
             let mut then: Vec<TxnOp> = Vec::new();
             for kv in &claims {
-                when.push(Compare::mod_revision(kv.key(), CompareOp::Equal, kv.mod_revision()));
+                when.push(Compare::mod_revision(
+                    kv.key(),
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                ));
                 then.push(TxnOp::delete(kv.key(), None));
             }
             if i + 1 == chunks.len() {
@@ -207,9 +214,13 @@ pub(super) async fn sweep_dead_nodes(inner: Arc<EtcdBackend>) {
                 }
                 Ok(Swept::Changed) => match inner.look(&node).await {
                     Ok(seen) => suspects.observe(&node, seen, now),
-                    Err(e) => tracing::debug!(node, error = %e, "etcd: sweep: looking at a node failed"),
+                    Err(e) => {
+                        tracing::debug!(node, error = %e, "etcd: sweep: looking at a node failed")
+                    }
                 },
-                Err(e) => tracing::warn!(node, error = %e, "etcd: sweeping a dead node's claims failed"),
+                Err(e) => {
+                    tracing::warn!(node, error = %e, "etcd: sweeping a dead node's claims failed")
+                }
             }
         }
     }
@@ -224,9 +235,15 @@ mod tests {
         let mut rng = fastrand::Rng::with_seed(1);
         for _ in 0..100 {
             let p = round_period(Duration::from_secs(600), &mut rng);
-            assert!(p >= ROUND_MAX.mul_f64(0.75) && p <= ROUND_MAX.mul_f64(1.25), "{p:?}");
+            assert!(
+                p >= ROUND_MAX.mul_f64(0.75) && p <= ROUND_MAX.mul_f64(1.25),
+                "{p:?}"
+            );
             let q = round_period(Duration::from_secs(2), &mut rng);
-            assert!(q >= Duration::from_millis(375) && q <= Duration::from_millis(625), "{q:?}");
+            assert!(
+                q >= Duration::from_millis(375) && q <= Duration::from_millis(625),
+                "{q:?}"
+            );
             let r = round_period(Duration::from_millis(10), &mut rng);
             assert!(r >= ROUND_MIN.mul_f64(0.75), "{r:?}");
         }

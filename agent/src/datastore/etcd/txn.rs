@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::MutexGuard;
 
-use etcd_client::{
-    Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse,
-};
+use etcd_client::{Compare, CompareOp, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse};
 use ipnetwork::IpNetwork;
 
 use super::{claim_key, invalid, EtcdBackend, TXN_ATTEMPTS};
@@ -120,14 +118,25 @@ impl EtcdBackend {
 
     /// Create-if-absent of `claim` (on no lease: ownership does not expire with liveness);
     /// an existing claim of this node counts as won (moved off a lease if it hangs off one).
-    pub(super) async fn claim_key_value(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+    /// With `announce`, the txn also announces this node on that lease (both branches).
+    pub(super) async fn claim_key_value(
+        &self,
+        claim: &PrefixClaim,
+        mut announce: Option<i64>,
+    ) -> Result<bool, DatastoreError> {
         let key = self.key(claim.prefix);
         let value = self.encode(claim)?;
         for _ in 0..TXN_ATTEMPTS {
+            let mut then = vec![TxnOp::put(key.as_str(), value.clone(), None)];
+            let mut otherwise = vec![TxnOp::get(key.as_str(), None)];
+            if let Some(lease) = announce {
+                then.extend(self.announce_ops(lease));
+                otherwise.extend(self.announce_ops(lease));
+            }
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(key.as_str(), value.clone(), None)])
-                .or_else([TxnOp::get(key.as_str(), None)]);
+                .and_then(then)
+                .or_else(otherwise);
             self.count("txn");
             let r = self
                 .client
@@ -135,6 +144,9 @@ impl EtcdBackend {
                 .txn(txn)
                 .await
                 .map_err(|e| self.unavailable(&format!("claiming {}", claim.prefix), e))?;
+            if let Some(lease) = announce.take() {
+                self.announced_on(lease);
+            }
             if r.succeeded() {
                 return Ok(true);
             }
@@ -177,9 +189,22 @@ impl EtcdBackend {
             )));
         }
         let _w = self.write_lock.lock().await;
-        // Announced first: a claim of a node without liveness would look dead to the sweep.
-        self.ensure_announced().await?;
-        let won = self.claim_key_value(claim).await?;
+        // Announced with the claim at the latest: a claim of a node without liveness would look
+        // dead to the others' sweep.
+        let lease = self.ensure_lease().await?;
+        let won = match self
+            .claim_key_value(claim, self.announcement_due(lease))
+            .await
+        {
+            Err(e) if e.to_string().contains("lease not found") => {
+                // Expired under us (the keep-alive task will notice too): take a new one.
+                self.forget_lease(lease);
+                let lease = self.ensure_lease().await?;
+                self.claim_key_value(claim, self.announcement_due(lease))
+                    .await?
+            }
+            r => r?,
+        };
         if won {
             self.mine().insert(claim.prefix, claim.clone());
         }
