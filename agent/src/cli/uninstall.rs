@@ -25,8 +25,8 @@
 //!
 //! Left on purpose: the plugin's log (`/var/log/vpcnet`, for the post-mortem), the
 //! `ip_forward` sysctl (every Kubernetes node needs it), and what lives in the cluster rather
-//! than on the node (PrefixClaims: deleted with the CRD or with their Node; etcd claims: their
-//! lease expires).
+//! than on the node (PrefixClaims: deleted with the CRD or with their Node; etcd claims: swept
+//! by another node once this one has shown no liveness for `--etcd-claim-grace`).
 //!
 //! **Refusals, with nothing changed**: an agent running on the socket (it holds
 //! `<socket>.lock`, or answers on the socket) or on the state directory (it holds its lock) —
