@@ -887,6 +887,9 @@ async fn etcd_connect_while_down_then_converges() {
     .await;
     assert!(up.is_some(), "no claim 15 s after etcd appeared");
     eprintln!("first claim {:?} after etcd appeared", t.elapsed());
+    // The keep-alive task grants the lease (a claim does not wait for one).
+    let lease = eventually(Duration::from_secs(5), || async { n0.lease_id().is_some() }).await;
+    assert!(lease.is_some(), "no lease 5 s after the first claim");
     let lease = n0.lease_id().expect("a lease once etcd is up");
     let stored = std::fs::read_to_string(states.join("n0").join(LEASE_FILE)).expect("lease file");
     assert_eq!(stored.trim().parse::<i64>().ok(), Some(lease));
@@ -905,7 +908,7 @@ async fn etcd_lost_lease_keeps_claims_and_is_replaced() {
     for p in ps {
         assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
     }
-    assert!(b.attached(&n0, "n0").await, "announced, claims on no lease");
+    announced(&b, &n0, "n0").await;
     let old = n0.lease_id().expect("lease");
     b.raw().await.lease_revoke(old).await.expect("revoke");
     let t = Instant::now();
@@ -960,6 +963,7 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     for p in ps {
         assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
     }
+    announced(&b, &n0, "n0").await;
     let t = Instant::now();
     kill(&b, n0).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -1011,6 +1015,19 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     assert!(
         n1.claim(&claim(ps[0], "n1")).await.expect("claim"),
         "a swept prefix is free"
+    );
+}
+
+/// Waits until `d` (node `node`) is announced on a live lease with its claims on none: the
+/// keep-alive task grants the lease in the background (a claim does not wait for one).
+async fn announced(b: &EtcdBackend, d: &EtcdDatastore, node: &str) {
+    let ok = eventually(Duration::from_secs(5), || async {
+        b.attached(d, node).await
+    })
+    .await;
+    assert!(
+        ok.is_some(),
+        "{node} not announced on a live lease within 5 s"
     );
 }
 
@@ -1343,6 +1360,7 @@ async fn etcd_restart_without_lease_file_adopts_claims() {
     for p in ps {
         assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
     }
+    announced(&b, &n0, "n0").await;
     let old = n0.lease_id().expect("lease");
     drop(n0);
     std::fs::remove_file(b.state_dir("n0").join(LEASE_FILE)).expect("remove lease file");

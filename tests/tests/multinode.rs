@@ -238,6 +238,7 @@ fn claim_race_never_overlaps() {
 /// for the grace, peers withdraw its routes, another node reuses them.
 #[test]
 fn dead_node_loses_prefixes_restart_keeps_them() {
+    const SWEEP_METRICS: &str = "127.0.0.1:9972";
     let t0 = Instant::now();
     let ttl = 3;
     let grace = 2;
@@ -249,6 +250,8 @@ fn dead_node_loses_prefixes_restart_keeps_them() {
         "3s",
         "--etcd-claim-grace",
         "2s",
+        "--metrics-addr",
+        SWEEP_METRICS,
         "--peer-sync-interval",
         "1s",
         "--warm-prefix-target",
@@ -313,6 +316,18 @@ fn dead_node_loses_prefixes_restart_keeps_them() {
         tk.elapsed()
     );
     let _ = gone;
+    // Taken back by a peer's sweep (one of them, or both each a part: their txns compare).
+    let swept: f64 = (1..=2)
+        .map(|k| {
+            c.metric(k, SWEEP_METRICS, "vpcnet_etcd_claims_swept_total")
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .sum();
+    assert_eq!(
+        swept,
+        before.len() as f64,
+        "the peers' vpcnet_etcd_claims_swept_total vs node3's {before:?}"
+    );
     for k in 1..=2 {
         let routes = c.routes(k);
         for p in &before {

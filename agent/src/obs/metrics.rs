@@ -27,6 +27,7 @@
 //! | `vpcnet_vpc_prefixes_claimed` | gauge | of those, claimed by any node (cluster-wide, as of the last listing) |
 //! | `vpcnet_vpc_prefixes_free` | gauge | `vpc_prefixes - vpc_prefixes_claimed`: what the cluster can still grow by |
 //! | `vpcnet_datastore_requests_total{op}` | counter | requests sent to etcd: `list` (every claim), `get` (one claim), `txn`, `watch` (created), `lease` (grant, look-up, keep-alive) |
+//! | `vpcnet_etcd_claims_swept_total` | counter | claims of other nodes this agent deleted because their node showed no liveness for `--etcd-claim-grace` (etcd) |
 //! | `vpcnet_reconcile_actions_total{action}` | counter | `released`, `veths_deleted`, `routes_deleted`, `routes_restored` |
 //! | `vpcnet_reconcile_runs_total{result}` | counter | reconcile passes, `ok` or `error` |
 //! | `vpcnet_peer_route_updates_total{how}` | counter | peer routing work: `delta` (one route added or withdrawn for one watch delta), `replan` (a full re-plan of every peer route: start, re-list, pool change, the `--peer-sync-interval` timer) |
@@ -109,6 +110,7 @@ pub struct Metrics {
     peer_updates: Family<[Label; 1], Counter>,
     journal_syncs: Counter,
     journal_records: Counter,
+    claims_swept: Counter,
     waiting: Gauge,
     policy_objects: Gauge,
     policy_pods: Gauge,
@@ -287,6 +289,12 @@ impl Metrics {
             "Journal records (changes) written to the pool journal",
             journal_records.clone(),
         );
+        let claims_swept = Counter::default();
+        r.register(
+            "etcd_claims_swept",
+            "Claims of other nodes deleted because their node showed no liveness for --etcd-claim-grace",
+            claims_swept.clone(),
+        );
         let waiting = gauge(
             &mut r,
             "pool_waiting_for_prefix",
@@ -367,6 +375,7 @@ impl Metrics {
             peer_updates,
             journal_syncs,
             journal_records,
+            claims_swept,
             waiting,
             policy_objects,
             policy_pods,
@@ -389,6 +398,12 @@ impl Metrics {
         }
         self.journal_records
             .inc_by(u64::try_from(records).unwrap_or(u64::MAX));
+    }
+
+    /// `n` claims of a node without liveness swept (etcd).
+    pub fn claims_swept(&self, n: usize) {
+        self.claims_swept
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 
     /// NetworkPolicy: how many objects the view holds.

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{EtcdBackend, Hex, BACKOFF_MAX, LIST_TIMEOUT, OP_TIMEOUT};
+use super::{EtcdBackend, Hex, BACKOFF_MAX, GRANT_TIMEOUT, LIST_TIMEOUT, OP_TIMEOUT};
 use crate::backoff::Backoff;
 use crate::datastore::common;
 use crate::datastore::{DatastoreError, PrefixClaim};
@@ -228,12 +228,13 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     let mut adopted = 0i64;
     let mut down: Option<String> = None;
     loop {
-        // A grant (or the look-up of the remembered lease) is bounded like a list: etcd
-        // answering it late has granted it anyway; cut off at OP_TIMEOUT, it was a lease
-        // granted for nothing and a second grant sent to the busy etcd (issue 10, N = 1000).
+        // A grant (or the look-up of the remembered lease) waits up to GRANT_TIMEOUT: etcd
+        // answering it late has granted it anyway; cut off sooner, it was a lease granted for
+        // nothing and a second grant sent to the busy etcd (issue 10, N = 1000). This task is
+        // the only one that grants: a claim never waits for a lease.
         let outcome = match common::bounded_by(
             &*inner,
-            LIST_TIMEOUT,
+            GRANT_TIMEOUT,
             "establishing lease",
             inner.ensure_lease(),
         )

@@ -40,7 +40,7 @@ impl EtcdBackend {
     }
 
     /// The live lease: the current one, else the remembered one if etcd still knows it, else
-    /// a new grant.
+    /// a new grant. Called by the keep-alive task only (a claim does not wait for a lease).
     pub(super) async fn ensure_lease(&self) -> Result<i64, DatastoreError> {
         let id = self.lease.load(Ordering::SeqCst);
         if id != 0 {

@@ -11,8 +11,9 @@
 //! while its apply loop is over 1 s behind) lost them while its pods kept their addresses,
 //! and another node could claim them: a path to a duplicate address.
 //!
-//! - claim: this node announced on its live lease first, then one txn `create_revision == 0 →
-//!   put / else get`. An existing claim of *this* node (e.g. the agent restarted) counts as
+//! - claim: one txn `create_revision == 0 → put / else get`, which also rewrites this node's
+//!   `announced` record (and puts `alive` on the lease once one is known): a claim never waits
+//!   for the lease, which only the keep-alive task grants. An existing claim of *this* node (e.g. the agent restarted) counts as
 //!   won; one still on a lease (written by an agent from before this model) is moved off it with
 //!   a txn guarded by its `mod_revision`.
 //! - release: read, then delete guarded by the `mod_revision` read, only if still the caller's.
@@ -48,9 +49,9 @@
 //!   in `mine` and goes through the create-if-absent claim, which counts an existing claim of
 //!   ours as won.
 //! - Every full list (fill, re-fill, `list_fresh`) waits up to [`LIST_TIMEOUT`], longer than
-//!   the [`OP_TIMEOUT`] of every other operation; so do a claim's txn and the keep-alive
-//!   task's grant (or look-up) of the lease — requests etcd carries out however late it
-//!   answers, so one cut off was done twice.
+//!   the [`OP_TIMEOUT`] of every other operation; so does a claim's txn, and the keep-alive
+//!   task's grant (or look-up) of the lease up to [`GRANT_TIMEOUT`] — requests etcd carries
+//!   out however late it answers, so one cut off was done twice.
 //! - Sweep (`sweep.rs`, pure bookkeeping in `suspects.rs`): each round (grace/4, at most a
 //!   minute, jittered) an agent looks at two claim owners at random (a serializable read of
 //!   their liveness keys) and sweeps those without liveness, and with the same `announced`
@@ -109,6 +110,12 @@ pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// (issue 10, N = 400 on 2 cores); cut off at [`OP_TIMEOUT`] each was sent again, and etcd,
 /// which had done the work anyway, got it twice — a retry storm that at N = 1000 never ended.
 pub const LIST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest the keep-alive task waits for a lease grant (or the look-up of the remembered
+/// lease). Longer than a list's: a grant is not cut off because etcd is late (issue 10: at
+/// N = 1000 agents etcd's apply loop ran more than 5 s behind, and each grant cut off at 5 s
+/// and sent again was one more lease etcd granted — 6 160 for 1 000 agents); a dead
+/// connection still fails it sooner (HTTP/2 pings).
+pub const GRANT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Back-off of the background tasks (lease, watch) while etcd is unreachable.
 pub use super::common::{BACKOFF_MAX, BACKOFF_MIN};
 /// File in the state directory that remembers the lease ID across restarts.

@@ -204,6 +204,7 @@ pub(super) async fn sweep_dead_nodes(inner: Arc<EtcdBackend>) {
                 Ok(Swept::Done(0)) => suspects.forget(&node),
                 Ok(Swept::Done(n)) => {
                     suspects.forget(&node);
+                    crate::obs::metrics::get().claims_swept(n);
                     tracing::warn!(
                         node,
                         claims = n,

@@ -118,7 +118,8 @@ impl EtcdBackend {
 
     /// Create-if-absent of `claim` (on no lease: ownership does not expire with liveness);
     /// an existing claim of this node counts as won (moved off a lease if it hangs off one).
-    /// With `announce`, the txn also announces this node on that lease (both branches).
+    /// The txn also rewrites this node's `announced` record, and with `announce` puts its
+    /// `alive` key on that lease (both branches; see `liveness.rs`).
     pub(super) async fn claim_key_value(
         &self,
         claim: &PrefixClaim,
@@ -129,10 +130,8 @@ impl EtcdBackend {
         for _ in 0..TXN_ATTEMPTS {
             let mut then = vec![TxnOp::put(key.as_str(), value.clone(), None)];
             let mut otherwise = vec![TxnOp::get(key.as_str(), None)];
-            if let Some(lease) = announce {
-                then.extend(self.announce_ops(lease));
-                otherwise.extend(self.announce_ops(lease));
-            }
+            then.extend(self.announce_ops(announce));
+            otherwise.extend(self.announce_ops(announce));
             let txn = Txn::new()
                 .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
                 .and_then(then)
@@ -189,19 +188,18 @@ impl EtcdBackend {
             )));
         }
         let _w = self.write_lock.lock().await;
-        // Announced with the claim at the latest: a claim of a node without liveness would look
-        // dead to the others' sweep.
-        let lease = self.ensure_lease().await?;
+        // No wait for a lease (the keep-alive task grants it): the txn rewrites this node's
+        // `announced` record, which restarts every sweeper's grace, and puts `alive` on the
+        // lease once one is known (see `liveness.rs`).
+        let lease = self.lease.load(std::sync::atomic::Ordering::SeqCst);
         let won = match self
             .claim_key_value(claim, self.announcement_due(lease))
             .await
         {
-            Err(e) if e.to_string().contains("lease not found") => {
-                // Expired under us (the keep-alive task will notice too): take a new one.
+            Err(e) if lease != 0 && e.to_string().contains("lease not found") => {
+                // Expired under us (the keep-alive task will notice too): claim without it.
                 self.forget_lease(lease);
-                let lease = self.ensure_lease().await?;
-                self.claim_key_value(claim, self.announcement_due(lease))
-                    .await?
+                self.claim_key_value(claim, None).await?
             }
             r => r?,
         };
