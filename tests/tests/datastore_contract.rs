@@ -1094,6 +1094,48 @@ async fn etcd_claims_on_a_lease_are_moved_off_it_or_left_to_it() {
     assert!(gone.is_some(), "an older agent's claim outlived its lease");
 }
 
+/// Issue 10: an operation etcd answers late (here etcd is frozen with SIGSTOP, so a release
+/// gets no answer within its bound) fails as Unavailable, but the claim cache stays in sync —
+/// the watch stream, not a late answer, says whether etcd is gone — so `list` still answers
+/// from it without a request. At N = 1000 every late answer made its agent re-create the watch
+/// and list every claim again. (The check is made within 2 s of the freeze: HTTP/2 pings,
+/// every 10 s with a 5 s timeout, would declare the connection dead only later.)
+#[tokio::test]
+async fn etcd_late_answer_keeps_the_cache_in_sync() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let b = EtcdBackend::new().await;
+    let n0 = b.node("n0").await;
+    let p = net("10.9.99.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    cache_synced(&n0).await;
+    let lists = n0.list_requests();
+    let pid = b.etcd.lock().expect("etcd").pid().expect("etcd runs");
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid"));
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP etcd");
+    let t = Instant::now();
+    let r = n0.release(p, "n0").await;
+    let took = t.elapsed();
+    let synced = n0.cache_synced();
+    let listed = owners_listed(&n0).await;
+    kill(pid, Signal::SIGCONT).expect("SIGCONT etcd");
+    let msg = format!("{r:?}");
+    expect_unavailable(r, took, &b.endpoint, "release");
+    assert!(msg.contains("no answer within"), "{msg}");
+    assert!(synced, "a late answer marked the claim cache out of sync");
+    assert!(
+        listed.is_some(),
+        "list failed while etcd was late (the cache is in sync)"
+    );
+    assert_eq!(n0.list_requests(), lists, "a list request was sent");
+    // etcd runs again: the node converges (the release goes through when retried).
+    let done = eventually(Duration::from_secs(5), || async {
+        n0.release(p, "n0").await.is_ok() && !owners(&n0).await.contains_key(&p)
+    })
+    .await;
+    assert!(done.is_some(), "release never went through after SIGCONT");
+}
+
 /// Waits until `d`'s claim cache is in sync (its watch established).
 async fn cache_synced(d: &EtcdDatastore) {
     let synced = eventually(Duration::from_secs(5), || async { d.cache_synced() }).await;

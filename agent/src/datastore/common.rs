@@ -45,6 +45,13 @@ pub trait Backend: fmt::Debug + Send + Sync + 'static {
     /// The error of an operation that could not reach the backend (retrying may fix it).
     fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError;
 
+    /// The error of an operation the backend did not answer within `limit`: as
+    /// [`Backend::unavailable`], unless the backend knows better (etcd: a late answer says the
+    /// server is busy, not gone; its watch stream, not this, decides the cache's sync).
+    fn late(&self, what: &str, limit: Duration) -> DatastoreError {
+        self.unavailable(what, format_args!("no answer within {limit:?}"))
+    }
+
     /// See [`Datastore::claim`].
     fn claim(
         &self,
@@ -158,7 +165,7 @@ pub async fn bounded_by<B: Backend, T>(
 ) -> Result<T, DatastoreError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
-        Err(_) => Err(backend.unavailable(what, format_args!("no answer within {limit:?}"))),
+        Err(_) => Err(backend.late(what, limit)),
     }
 }
 

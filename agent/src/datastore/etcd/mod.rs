@@ -368,6 +368,19 @@ impl Backend for EtcdBackend {
         }
     }
 
+    /// A late answer does not mark the claim cache out of sync (an error does, above): etcd
+    /// behind its apply loop answers late while the watch stream goes on delivering every
+    /// event; a connection that is really gone breaks that stream itself (or fails its HTTP/2
+    /// pings within 15 s). Issue 10: at N = 1000 each late claim or grant made its agent
+    /// re-create the watch and list every claim again — 8.5 lists per agent in the cold
+    /// start, 990 agents timing out on them, more load for the etcd that was late.
+    fn late(&self, what: &str, limit: Duration) -> DatastoreError {
+        DatastoreError::Unavailable {
+            backend: BACKEND,
+            msg: format!("{what} at {}: no answer within {limit:?}", self.endpoints),
+        }
+    }
+
     async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
         self.claim_prefix(claim).await
     }
