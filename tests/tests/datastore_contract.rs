@@ -352,6 +352,24 @@ async fn eventually<F: Future<Output = bool>>(
     }
 }
 
+/// Polls `d` every 100 ms until `until`: every prefix of `held` must be listed (fresh) as
+/// owned by its node throughout; `what` says what must not have taken it.
+async fn held_until<D: Datastore>(d: &D, held: &[(IpNetwork, &str)], until: Instant, what: &str) {
+    let t = Instant::now();
+    while Instant::now() < until {
+        let o = owners(d).await;
+        for (p, node) in held {
+            assert_eq!(
+                o.get(p).map(String::as_str),
+                Some(*node),
+                "{p}: {what}, {:?} in",
+                t.elapsed()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits out spurious wake-ups of the level-triggered `changed()`.
 async fn drain_changed<D: Datastore>(d: &D) {
     while tokio::time::timeout(Duration::from_millis(300), d.changed())
@@ -933,19 +951,9 @@ async fn etcd_lost_lease_keeps_claims_and_is_replaced() {
     eprintln!("announced on a new lease after {:?}", t.elapsed());
     // The other node's sweep saw n0 without liveness (maybe) and then announced again: past
     // the grace and a few rounds the claims are still n0's.
+    let held = ps.map(|p| (p, "n0"));
     let until = t + GRACE + Duration::from_secs(2);
-    while Instant::now() < until {
-        let o = owners(&n1).await;
-        for p in ps {
-            assert_eq!(
-                o.get(&p).map(String::as_str),
-                Some("n0"),
-                "{p} lost {:?} after the lease",
-                t.elapsed()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    held_until(&n1, &held, until, "lost with the lease or swept").await;
 }
 
 /// A node that came back, even briefly, within the grace is not swept at the end of the grace
@@ -977,17 +985,15 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     let last = Instant::now();
     kill(&b, n0).await;
     eprintln!("died at 0, back and died again at {:?}", last - t);
-    while last.elapsed() < GRACE - Duration::from_millis(200) {
-        let o = owners(&n1).await;
-        assert!(
-            ps.iter()
-                .all(|p| o.get(p).map(String::as_str) == Some("n0")),
-            "swept {:?} after the first death, {:?} after the last announcement: {o:?}",
-            t.elapsed(),
-            last.elapsed()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let held = ps.map(|p| (p, "n0"));
+    let until = last + GRACE - Duration::from_millis(200);
+    held_until(
+        &n1,
+        &held,
+        until,
+        "swept before a grace after the last announcement",
+    )
+    .await;
     let gone = eventually(Duration::from_secs(5), || async {
         let o = owners(&n1).await;
         ps.iter().all(|p| !o.contains_key(p))
@@ -1075,17 +1081,15 @@ async fn etcd_claims_on_a_lease_are_moved_off_it_or_left_to_it() {
         "n0's claim was not moved off the old lease"
     );
     raw.lease_revoke(mine).await.expect("revoke");
-    let t = Instant::now();
-    while t.elapsed() < GRACE + Duration::from_secs(3) {
-        let o = owners(&n0).await;
-        assert_eq!(o.get(&net("10.9.94.0/28")).map(String::as_str), Some("n0"));
-        assert_eq!(
-            o.get(&net("10.9.98.0/28")).map(String::as_str),
-            Some("old"),
-            "a claim on a live lease was swept"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let held = [(net("10.9.94.0/28"), "n0"), (net("10.9.98.0/28"), "old")];
+    let until = Instant::now() + GRACE + Duration::from_secs(3);
+    held_until(
+        &n0,
+        &held,
+        until,
+        "moved claim lost, or a claim on a live lease swept",
+    )
+    .await;
     raw.lease_revoke(theirs).await.expect("revoke");
     let gone = eventually(Duration::from_secs(2), || async {
         !owners(&n0).await.contains_key(&net("10.9.98.0/28"))
@@ -1408,21 +1412,10 @@ async fn etcd_restart_without_lease_file_adopts_claims() {
     std::fs::remove_file(b.state_dir("n0").join(LEASE_FILE)).expect("remove lease file");
     let n0 = b.node("n0").await;
     let observer = b.node("obs").await;
-    let t = Instant::now();
-    let deadline = t + TTL + Duration::from_millis(1500);
     // Polled throughout: the claims must never disappear.
-    while Instant::now() < deadline {
-        let o = owners(&observer).await;
-        for p in ps {
-            assert_eq!(
-                o.get(&p).map(String::as_str),
-                Some("n0"),
-                "{p} vanished {:?} after the restart",
-                t.elapsed()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let held = ps.map(|p| (p, "n0"));
+    let until = Instant::now() + TTL + Duration::from_millis(1500);
+    held_until(&observer, &held, until, "vanished after the restart").await;
     assert_ne!(n0.lease_id(), Some(old), "a new lease was granted");
     assert!(
         b.attached(&n0, "n0").await,

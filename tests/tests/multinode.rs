@@ -88,15 +88,22 @@ fn mesh_three_nodes_twenty_pods() {
             owner.key
         );
     }
-    // Liveness apart from the claims: each node's alive key, on a lease.
+    // Liveness apart from the claims: each node's alive key, on a lease (a node whose first
+    // claim came before its lease writes it at the lease's first renewal, TTL/3 = 5 s).
     for k in 1..=3 {
-        let alive = c
-            .etcd_range(&format!("/vpcnet/nodes/node{k}/alive"))
-            .expect("alive key");
-        assert!(
-            alive.len() == 1 && alive[0].2 != 0,
-            "node{k} not announced on a lease: {alive:?}"
-        );
+        let key = format!("/vpcnet/nodes/node{k}/alive");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let alive = c.etcd_range(&key).expect("alive key");
+            if alive.len() == 1 && alive[0].2 != 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node{k} not announced on a lease: {alive:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     // Reachability: one pod per node pings every other pod, plus 300 random cross pairs.
     let mut pairs: Vec<(&Pod, &Pod)> = Vec::new();

@@ -90,8 +90,26 @@ impl EtcdBackend {
         Ok(())
     }
 
-    /// Moves our claims onto `lease` unless that is done (`adopted`); a failure is retried at
-    /// the next keep-alive.
+    /// Whether announcing a lease just granted (and checking our claims) can wait for its first
+    /// renewal, TTL/3 later (issue 10: in a cold start of N agents that is N txns fewer while
+    /// etcd applies the N grants and claims). It can when nothing here needs it sooner: this
+    /// node holds no claim in etcd (nothing for a sweep to take; a claim made meanwhile rewrites
+    /// `announced` itself), or a claim txn of this process has rewritten `announced` already —
+    /// and no claim of ours hangs off a lease (an older agent's, which must be moved off before
+    /// that lease lapses). Not while the claim cache cannot tell.
+    async fn announcement_can_wait(&self) -> bool {
+        if !common::first_fill_settled(self).await {
+            return false;
+        }
+        let Some(own) = self.cached_own() else {
+            return false;
+        };
+        own.iter().all(|kv| kv.lease() == 0)
+            && (own.is_empty() || self.claimed_since_start.load(Ordering::SeqCst))
+    }
+
+    /// Announces the node on `lease` and checks our claims (`adopt_claims`) unless that is done
+    /// (`adopted`); a failure is retried at the next keep-alive.
     async fn adopt(&self, lease: i64, adopted: &mut i64) {
         if *adopted == lease {
             return;
@@ -123,10 +141,12 @@ impl EtcdBackend {
         // N agents those N renewals came while etcd applied the N grants and claims, and etcd
         // (3.4+) refuses a renewal when its apply loop is 1 s behind ("waiting for the applied
         // index took too long"): each refusal closed the stream and was retried. The claims'
-        // adoption does not need the stream: it is done first.
+        // adoption does not need the stream: it is done first — unless it can wait too.
         if let Some(due) = self.take_first_renew(lease) {
             backoff.reset();
-            self.adopt(lease, adopted).await;
+            if !self.announcement_can_wait().await {
+                self.adopt(lease, adopted).await;
+            }
             tokio::time::sleep_until(due).await;
             if self.lease.load(Ordering::SeqCst) != lease {
                 return KeepAlive::Replaced;

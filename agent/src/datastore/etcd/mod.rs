@@ -169,6 +169,8 @@ pub struct EtcdBackend {
     lease: AtomicI64,
     /// The lease this node was last announced on (`liveness.rs`); 0: none yet.
     announced: AtomicI64,
+    /// A claim txn of this process has rewritten this node's `announced` record.
+    claimed_since_start: AtomicBool,
     /// Serialises establishing a lease (grant or reuse).
     lease_lock: tokio::sync::Mutex<()>,
     /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
@@ -283,6 +285,7 @@ impl Cluster<EtcdBackend> {
             state_dir: cfg.state_dir.clone(),
             lease: AtomicI64::new(0),
             announced: AtomicI64::new(0),
+            claimed_since_start: AtomicBool::new(false),
             lease_lock: tokio::sync::Mutex::new(()),
             lease_kick: Notify::new(),
             first_renew: Mutex::new(None),

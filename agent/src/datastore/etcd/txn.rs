@@ -143,6 +143,8 @@ impl EtcdBackend {
                 .txn(txn)
                 .await
                 .map_err(|e| self.unavailable(&format!("claiming {}", claim.prefix), e))?;
+            self.claimed_since_start
+                .store(true, std::sync::atomic::Ordering::SeqCst);
             if let Some(lease) = announce.take() {
                 self.announced_on(lease);
             }

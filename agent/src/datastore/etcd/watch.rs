@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::{EventType, KeyValue, WatchOptions};
 
 use super::txn::Read;
-use super::{EtcdBackend, BACKOFF_MAX, CACHE_RELIST, OP_TIMEOUT};
+use super::{EtcdBackend, BACKOFF_MAX, CACHE_RELIST, LIST_TIMEOUT};
 use crate::datastore::common;
 use crate::datastore::{ClaimDelta, PrefixClaim};
 
@@ -147,8 +147,12 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
             }
         }
         inner.count("watch");
+        // Bounded like a list (issue 10): a busy etcd (N = 1000 agents) sets the watch up
+        // however late it answers; cut off at OP_TIMEOUT (483 times in one 1 000-node cold
+        // start) it was set up again, and meanwhile the cache was out of sync, so every `list`
+        // of this agent went to etcd itself.
         let err = match tokio::time::timeout(
-            OP_TIMEOUT,
+            LIST_TIMEOUT,
             inner.client.clone().watch(
                 inner.claims_prefix.as_str(),
                 Some(
@@ -160,7 +164,7 @@ pub(super) async fn watch_claims(inner: Arc<EtcdBackend>) {
         )
         .await
         {
-            Err(_) => Some(format!("no answer within {OP_TIMEOUT:?}")),
+            Err(_) => Some(format!("no answer within {LIST_TIMEOUT:?}")),
             Ok(Err(e)) => Some(e.to_string()),
             Ok(Ok(mut stream)) => loop {
                 let msg = tokio::select! {
