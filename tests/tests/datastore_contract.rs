@@ -574,6 +574,10 @@ async fn changed_after_other_node_claims<B: Backend>(b: &B) {
         return;
     }
     let (n0, n1) = (b.node("n0").await, b.node("n1").await);
+    // n1's view is filled first (a `list` waits for the watch's first fill): a claim made
+    // before that fill is in the fill, not an event, and signals nothing — a race since a
+    // claim no longer waits for n0's lease (stop 26).
+    n1.list().await.expect("n1's first list");
     // Warm-up: proves n1's watch is live before the measured claim.
     assert!(n0
         .claim(&claim(net("10.9.100.0/28"), "n0"))
@@ -784,6 +788,9 @@ async fn deltas_follow_other_nodes<B: Backend>(b: &B) {
     }
     let (n0, n1) = (b.node("n0").await, b.node("n1").await);
     let mut rx = n1.deltas().expect("a cluster backend streams deltas");
+    // n1's view is filled first (see `changed_after_other_node_claims`: a claim made before
+    // the fill is in it, a `Resync`, not a `Put`).
+    n1.list().await.expect("n1's first list");
     // Warm-up: n1's view is filled and its watch live.
     let w = net("10.9.70.0/28");
     assert!(n0.claim(&claim(w, "n0")).await.expect("claim"));
