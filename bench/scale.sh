@@ -26,22 +26,28 @@
 # cpu_ms=…" lines: cumulative CPU at the end of each phase); lease keep-alive failures and
 # other retries during the cold start; in the idle window (after -w seconds) the messages etcd
 # sent per gRPC method.
+# -e NICE runs etcd at that nice value (default 0, like the agents): with -e -10 it gets the
+# CPU ahead of the agents, roughly as an etcd on its own control-plane machine would — a
+# diagnostic of what on these shared cores is etcd's latency and what is the run queue's;
+# issue 10's figures are taken without it.
 # Every name is unique to the run (-u ID, default the shell's PID): namespaces vs<ID>-*, run
 # directory /tmp/vpcnet-scale-<ID>, underlay 172.<16+ID%16>.0.0/16 (outside the VPC), so two
 # runs can share the machine. Nothing touches the machine's root namespace.
-#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-w WAIT] [-u ID] [-r MS] [-k]
-#   (defaults: 50, 10.128.0.0/9, target/release-agent, 30, 5, $$, 500; -k keeps the run directory)
+#   bench/scale.sh [-N NODES] [-c VPC_CIDR] [-b BIN_DIR] [-i IDLE] [-w WAIT] [-u ID] [-r MS] [-e NICE] [-k]
+#   (defaults: 50, 10.128.0.0/9, target/release-agent, 30, 5, $$, 500, 0; -k keeps the run directory)
 set -euo pipefail
 . "$(dirname "$0")/../scripts/as-root.sh" "$0" "$@"
 cd "$(dirname "$0")/.."
-NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release-agent IDLE=30 WAIT=5 ID=$$ KEEP= POLL=500
-while getopts "N:c:b:i:w:u:r:kh" o; do
+NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release-agent IDLE=30 WAIT=5 ID=$$ KEEP= POLL=500 ETCD_NICE=0
+while getopts "N:c:b:i:w:u:r:e:kh" o; do
   case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;;
-    w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; r) POLL=$OPTARG ;; k) KEEP=1 ;; *) sed -n '2,35p' "$0"; exit 0 ;; esac
+    w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; r) POLL=$OPTARG ;; e) ETCD_NICE=$OPTARG ;;
+    k) KEEP=1 ;; *) sed -n '2,37p' "$0"; exit 0 ;; esac
 done
 [[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
 [[ "$WAIT" =~ ^[0-9]+$ ]] || { echo "scale.sh: -w SECONDS" >&2; exit 1; }
 [[ "$POLL" =~ ^[0-9]+$ ]] || { echo "scale.sh: -r MS" >&2; exit 1; }
+[[ "$ETCD_NICE" =~ ^-?[0-9]+$ && "$ETCD_NICE" -ge -20 && "$ETCD_NICE" -le 19 ]] || { echo "scale.sh: -e NICE (-20..19)" >&2; exit 1; }
 [[ "$ID" =~ ^[0-9]{1,7}$ ]] || { echo "scale.sh: -u ID (digits)" >&2; exit 1; }
 [[ "$NODES" =~ ^[1-9][0-9]*$ && "$NODES" -le 4000 ]] || { echo "scale.sh: -N 1..4000" >&2; exit 1; }
 command -v etcd >/dev/null && command -v curl >/dev/null && command -v jq >/dev/null && command -v python3 >/dev/null \
@@ -83,7 +89,7 @@ BR_MAC=02:76:$(printf '%02x' $((ID % 256))):00:00:01
 node_mac() { printf '02:77:%02x:%02x:%02x:%02x' $((ID % 256)) $(($1 >> 16 & 255)) $(($1 >> 8 & 255)) $(($1 & 255)); }
 ip netns add "$SW"; ip -n "$SW" link set lo up
 ip -n "$SW" link add br0 address "$BR_MAC" type bridge; ip -n "$SW" addr add "$NET.0.1/16" dev br0; ip -n "$SW" link set br0 up
-nsenter --net=/run/netns/"$SW" etcd --name sw --data-dir "$RUN/etcd" --quota-backend-bytes 4294967296 \
+nsenter --net=/run/netns/"$SW" nice -n "$ETCD_NICE" etcd --name sw --data-dir "$RUN/etcd" --quota-backend-bytes 4294967296 \
   --listen-client-urls "$ETCD" --advertise-client-urls "$ETCD" \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster sw=http://127.0.0.1:2380 >"$RUN/etcd.log" 2>&1 &
@@ -154,7 +160,7 @@ cpu_ms_of() { # utime + stime of PID, ms
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.0f", ($12 + $13) * 1000 / hz }' "/proc/$1/stat" 2>/dev/null || true
 }
 
-echo "scale.sh: N=$NODES run $RUN (namespaces $P-*), load before start: $(load)"
+echo "scale.sh: N=$NODES run $RUN (namespaces $P-*), load before start: $(load), etcd at nice $ETCD_NICE"
 for k in $(seq "$NODES"); do agent_spec "$k" "node$k" "$RUN/n$k"; done >"$RUN/specs-0"
 if [ "$POLL" != 0 ]; then
   for k in $(seq "$NODES"); do echo "$P-n$k"; done | "$POLLER" "$POLL" 9961 "$RUN/readyz" &
