@@ -26,7 +26,8 @@
 # cpu_ms=…" lines: cumulative CPU at the end of each phase); lease keep-alive failures and
 # other retries during the cold start; in the idle window (after -w seconds) the messages etcd
 # sent per gRPC method.
-# -e NICE runs etcd at that nice value (default 0, like the agents): with -e -10 it gets the
+# -e NICE starts etcd under `nice -n NICE` (default 0, like the agents; relative to the
+# script's own niceness, normally 0): with -e -10 it gets the
 # CPU ahead of the agents, roughly as an etcd on its own control-plane machine would — a
 # diagnostic of what on these shared cores is etcd's latency and what is the run queue's;
 # issue 10's figures are taken without it.
@@ -42,7 +43,7 @@ NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release-agent IDLE=30 WAIT=5 ID=$$ KEE
 while getopts "N:c:b:i:w:u:r:e:kh" o; do
   case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;;
     w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; r) POLL=$OPTARG ;; e) ETCD_NICE=$OPTARG ;;
-    k) KEEP=1 ;; *) sed -n '2,37p' "$0"; exit 0 ;; esac
+    k) KEEP=1 ;; *) sed -n '2,38p' "$0"; exit 0 ;; esac
 done
 [[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
 [[ "$WAIT" =~ ^[0-9]+$ ]] || { echo "scale.sh: -w SECONDS" >&2; exit 1; }
