@@ -29,6 +29,8 @@
 //! Kubernetes): each delta changes at most one route ([`change_for`], pure): another node's
 //! claim appears → `prefix via nodeIP` is added; it goes → exactly that route is deleted. A
 //! cluster of N nodes where one claims costs each other node one route, not a re-plan of N.
+//! The deltas already queued behind one go with it: their routes go to the kernel together
+//! and are logged in one `peers: routes installed n=K routes=…` line.
 //! A full re-plan runs only at start, when the datastore re-lists (etcd compaction, `410
 //! Gone`, its long timer: [`ClaimDelta::Resync`], or this loop fell behind the deltas), every
 //! `--peer-sync-interval` (which also reconciles our claims with the pool, never waiting for
@@ -55,6 +57,8 @@ const POOL_POLL: Duration = Duration::from_millis(500);
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Route installs of one re-plan in flight at once on the netlink socket.
 const INSTALLS_IN_FLIGHT: usize = 32;
+/// Most deltas taken in one batch (changed [`INSTALLS_IN_FLIGHT`] at a time).
+const MAX_BATCH: usize = 1024;
 /// Least time between two rounds (a level-triggered watch that keeps firing must not spin).
 const MIN_GAP: Duration = Duration::from_millis(100);
 
@@ -409,13 +413,21 @@ pub async fn sync<D: Datastore>(
     // Several requests in flight on the netlink socket (each route is its own prefix, so their
     // order does not matter): a full plan at start is N - 1 routes, and one at a time each
     // cost a round trip through the netlink connection task and a wake-up of this one.
-    let failed: Vec<(Ipv4Network, String)> = futures::stream::iter(plan.install.clone())
-        .map(|(p, t)| async move { install(node, p, t).await.map_err(|e| (p, e)) })
-        .buffer_unordered(INSTALLS_IN_FLIGHT)
-        .filter_map(|r| std::future::ready(r.err()))
-        .collect()
-        .await;
-    let (not_installed, mut failures): (Vec<Ipv4Network>, Vec<String>) = failed.into_iter().unzip();
+    let done: Vec<Result<(Ipv4Network, Target), (Ipv4Network, String)>> =
+        futures::stream::iter(plan.install.clone())
+            .map(|(p, t)| async move {
+                install(node, p, t)
+                    .await
+                    .map(|()| (p, t))
+                    .map_err(|e| (p, e))
+            })
+            .buffer_unordered(INSTALLS_IN_FLIGHT)
+            .collect()
+            .await;
+    let (installed, failed): (Vec<_>, Vec<_>) = done.into_iter().partition(Result::is_ok);
+    log_installed(&installed.into_iter().flatten().collect::<Vec<_>>());
+    let (not_installed, mut failures): (Vec<Ipv4Network>, Vec<String>) =
+        failed.into_iter().filter_map(Result::err).unzip();
     // A route at another metric (an older agent's) stays while ours at that prefix failed.
     for r in plan
         .delete
@@ -622,19 +634,48 @@ async fn sync6<D: Datastore>(
     failures
 }
 
-/// Adds (or replaces) the route of `p`; `Err`: what failed, for the degraded report.
-async fn install<D: Datastore>(node: &Node<D>, p: Ipv4Network, t: Target) -> Result<(), String> {
-    let r = route::add_route(node.net(), &route_for(p, t), true).await;
-    let what = match t {
+/// How a route reads in the log and in a failure: `P via GW` or `unreachable P`.
+fn describe(p: Ipv4Network, t: Target) -> String {
+    match t {
         Target::Via(gw) => format!("{p} via {gw}"),
         Target::Unreachable => format!("unreachable {p}"),
-    };
-    match r {
-        Ok(()) => {
-            tracing::info!(route = %what, "peers: route installed");
-            Ok(())
-        }
-        Err(e) => Err(format!("route {what}: {e}")),
+    }
+}
+
+/// Adds (or replaces) the route of `p` (not logged: the caller logs what a round installed,
+/// [`log_installed`]); `Err`: what failed, for the degraded report.
+async fn install<D: Datastore>(node: &Node<D>, p: Ipv4Network, t: Target) -> Result<(), String> {
+    route::add_route(node.net(), &route_for(p, t), true)
+        .await
+        .map_err(|e| format!("route {}: {e}", describe(p, t)))
+}
+
+/// Routes of one line of `peers: routes installed` at most: a start-up re-plan of N - 1
+/// routes is N / 64 lines, not N.
+const ROUTES_PER_LINE: usize = 64;
+
+/// The lines that log `installed`: (how many, `P via GW, unreachable P, …`), at most
+/// [`ROUTES_PER_LINE`] routes each.
+fn installed_lines(installed: &[(Ipv4Network, Target)]) -> Vec<(usize, String)> {
+    installed
+        .chunks(ROUTES_PER_LINE)
+        .map(|chunk| {
+            let routes = chunk
+                .iter()
+                .map(|(p, t)| describe(*p, *t))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (chunk.len(), routes)
+        })
+        .collect()
+}
+
+/// Logs the routes a round or a batch of deltas installed: `peers: routes installed n=K
+/// routes=P via GW, …`, one line per batch rather than one per route (a cold start of N nodes
+/// installs N - 1 routes on every node).
+fn log_installed(installed: &[(Ipv4Network, Target)]) {
+    for (n, routes) in installed_lines(installed) {
+        tracing::info!(n, routes = %routes, "peers: routes installed");
     }
 }
 
@@ -652,21 +693,26 @@ fn report_failures<D: Datastore>(node: &Node<D>, st: &mut SyncState, failures: V
     }
 }
 
-/// Applies one watch delta to the host: at most one route added or withdrawn
-/// ([`change_for`]). `false`: the route change failed (the caller re-plans after a pause,
-/// which retries it and reports it degraded if it still fails).
-async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
-    let held = v4(&held(node));
-    let Some(change) = change_for(delta, node.name(), node.ip(), &held) else {
-        return true;
-    };
-    crate::obs::metrics::get().peer_update("delta");
+/// What applying one watch delta did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// A route withdrawn, or nothing to withdraw.
+    Nothing,
+    /// This route was installed (logged with the rest of its batch).
+    Installed(Ipv4Network, Target),
+    /// The route change failed (the caller re-plans after a pause, which retries it and
+    /// reports it degraded if it still fails).
+    Failed,
+}
+
+/// Makes one route change of a watch delta ([`change_for`]) on the host.
+async fn apply<D: Datastore>(node: &Node<D>, change: Change) -> Applied {
     match change {
         Change::Install(p, gw) => match install(node, p, Target::Via(gw)).await {
-            Ok(()) => true,
+            Ok(()) => Applied::Installed(p, Target::Via(gw)),
             Err(f) => {
                 tracing::debug!("peers: {f} (re-planning)");
-                false
+                Applied::Failed
             }
         },
         Change::Withdraw(p, gw) => {
@@ -676,18 +722,18 @@ async fn apply<D: Datastore>(node: &Node<D>, delta: &ClaimDelta) -> bool {
                     if gone {
                         tracing::info!(route = %format!("{p} via {gw}"), "peers: route withdrawn");
                     }
-                    true
+                    Applied::Nothing
                 }
                 Err(e) => {
                     tracing::debug!("peers: withdrawing {p} via {gw}: {e} (re-planning)");
-                    false
+                    Applied::Failed
                 }
             }
         }
     }
 }
 
-/// `first` and the IPv4 deltas already queued behind it (at most [`INSTALLS_IN_FLIGHT`]),
+/// `first` and the IPv4 deltas already queued behind it (at most [`MAX_BATCH`]),
 /// and the re-plan that one taken off the queue asks for (a re-list, an IPv6 claim, a lag).
 fn queued_behind(
     first: ClaimDelta,
@@ -698,7 +744,7 @@ fn queued_behind(
     let Some(r) = rx.as_mut() else {
         return (batch, None);
     };
-    while batch.len() < INSTALLS_IN_FLIGHT {
+    while batch.len() < MAX_BATCH {
         match r.try_recv() {
             Ok(ClaimDelta::Resync) => return (batch, Some(Replan::Full)),
             Ok(ClaimDelta::Put(c) | ClaimDelta::Removed(c)) if c.prefix.is_ipv6() => {
@@ -745,18 +791,35 @@ pub fn runs_of_distinct_prefixes(deltas: Vec<ClaimDelta>) -> Vec<Vec<ClaimDelta>
     runs
 }
 
-/// Applies `deltas` ([`apply`] each), several routes in flight at once where their prefixes
-/// differ. `false` if any route change failed.
+/// Applies `deltas`: the route change of each ([`change_for`], at most one), several in
+/// flight at once where their prefixes differ, and logs what they installed in one go.
+/// `false` if any route change failed.
 async fn apply_batch<D: Datastore>(node: &Node<D>, deltas: Vec<ClaimDelta>) -> bool {
+    let held = v4(&held(node));
+    let mut installed = Vec::new();
     let mut ok = true;
+    let mut count = 0u64;
     for run in runs_of_distinct_prefixes(deltas) {
-        let done: Vec<bool> = futures::stream::iter(run)
-            .map(|d| async move { apply(node, &d).await })
+        let changes: Vec<Change> = run
+            .iter()
+            .filter_map(|d| change_for(d, node.name(), node.ip(), &held))
+            .collect();
+        count += changes.len() as u64;
+        let done: Vec<Applied> = futures::stream::iter(changes)
+            .map(|c| apply(node, c))
             .buffer_unordered(INSTALLS_IN_FLIGHT)
             .collect()
             .await;
-        ok &= done.iter().all(|b| *b);
+        for a in done {
+            match a {
+                Applied::Installed(p, t) => installed.push((p, t)),
+                Applied::Failed => ok = false,
+                Applied::Nothing => {}
+            }
+        }
     }
+    crate::obs::metrics::get().peer_updates("delta", count);
+    log_installed(&installed);
     ok
 }
 
@@ -836,7 +899,10 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                     }
                     Some(d) => {
                         // A burst (N nodes claiming at once): the deltas already queued
-                        // behind this one go with it, their routes in flight together.
+                        // behind this one go with it, their routes in flight together. (Not
+                        // waited for: a 50 ms wait for more took ~40 % less CPU per claim
+                        // but cost the churn's claim → route 0.1 s at the median,
+                        // docs/benchmarks.md § Scale, twelfth part.)
                         let (batch, then) = queued_behind(d, &mut deltas);
                         if !apply_batch(node, batch).await {
                             tokio::time::sleep(MIN_GAP * 10).await;
@@ -870,6 +936,45 @@ mod tests {
 
     /// A burst of deltas is applied in runs without a repeated prefix (order kept within a
     /// prefix: a claim, its release and a new claim of it stay in three runs).
+    #[test]
+    fn installed_routes_are_logged_a_line_per_batch() {
+        assert!(installed_lines(&[]).is_empty());
+        let two = [
+            (net("10.1.0.16/28"), Target::Via(ip("192.0.2.7"))),
+            (net("10.1.0.32/28"), Target::Unreachable),
+        ];
+        assert_eq!(
+            installed_lines(&two),
+            vec![(
+                2,
+                "10.1.0.16/28 via 192.0.2.7, unreachable 10.1.0.32/28".to_owned()
+            )]
+        );
+        // A start-up re-plan of many routes: ROUTES_PER_LINE to a line, none lost.
+        let per_line = u32::try_from(ROUTES_PER_LINE).expect("a small constant");
+        let many: Vec<(Ipv4Network, Target)> = (0..=per_line)
+            .map(|k| {
+                let p = Ipv4Network::new(Ipv4Addr::from(0x0a01_0000 + 16 * k), 28).expect("prefix");
+                (p, Target::Via(ip("192.0.2.7")))
+            })
+            .collect();
+        let lines = installed_lines(&many);
+        assert_eq!(
+            lines.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            vec![ROUTES_PER_LINE, 1]
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .map(|(_, l)| l.matches(" via ").count())
+                .sum::<usize>(),
+            many.len()
+        );
+        assert!(lines[1]
+            .1
+            .starts_with(&format!("{} via", many[ROUTES_PER_LINE].0)));
+    }
+
     #[test]
     fn bursts_split_where_a_prefix_repeats() {
         let c = |p: &str, n: &str| PrefixClaim {

@@ -388,7 +388,14 @@ impl Metrics {
 
     /// Peer routing work: `delta` (one route for one watch delta) or `replan`.
     pub fn peer_update(&self, how: &'static str) {
-        self.peer_updates.get_or_create(&[("how", how)]).inc();
+        self.peer_updates(how, 1);
+    }
+
+    /// `n` peer route updates of one kind at once (a batch of deltas).
+    pub fn peer_updates(&self, how: &'static str, n: u64) {
+        if n > 0 {
+            self.peer_updates.get_or_create(&[("how", how)]).inc_by(n);
+        }
     }
 
     /// One journal append of `records` records, flushed with one sync if `synced`.
