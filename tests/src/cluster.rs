@@ -307,8 +307,7 @@ impl Cluster {
     /// `k`'s agent serves at `addr`.
     pub fn metric(&self, k: usize, addr: &str, name: &str) -> Result<f64, String> {
         let text = self.http_get(k, addr, "/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        crate::http::sample(&text, name)
             .ok_or_else(|| format!("no sample {name} in node{k}'s /metrics"))
     }
 

@@ -63,3 +63,10 @@ pub fn get(ns: &str, addr: SocketAddr, path: &str) -> (u16, String) {
     );
     (r.code, r.body)
 }
+
+/// The value of sample `name` (its labels included, exactly as printed, e.g.
+/// `x_total{result="ok"}`) in a Prometheus text exposition such as the agent's `/metrics`.
+pub fn sample<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -206,9 +206,7 @@ fn dashboard_queries_only_metrics_the_agent_exports() {
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("agent exe");
     assert!(exe.ends_with("vpcnetd"), "pid {pid} is {}", exe.display());
     let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        vpcnet_tests::http::sample(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .expect("fd dir")

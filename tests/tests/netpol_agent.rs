@@ -59,8 +59,7 @@ fn status_text(lab: &Lab) -> String {
 fn metric(host: &str, name: &str) -> Option<f64> {
     let (code, body) = vpcnet_tests::http::get(host, METRICS.parse().expect("addr"), "/metrics");
     assert_eq!(code, 200, "{body}");
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    vpcnet_tests::http::sample(&body, name)
 }
 
 /// Writes a kubeconfig for the fake API server at `port` into the lab's dir.

@@ -37,10 +37,7 @@ fn get(lab: &Lab, path: &str) -> (u16, String) {
 
 /// Integer value of the sample `name` (including its labels, exactly as printed).
 fn sample(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let v = l.strip_prefix(name)?.strip_prefix(' ')?;
-        v.parse().ok()
-    })
+    vpcnet_tests::http::sample(text, name)
 }
 
 #[track_caller]

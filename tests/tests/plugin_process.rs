@@ -43,11 +43,10 @@ fn a_held_connection_gets_its_report_read_and_never_delays_the_stop() {
             addr,
             "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n",
         );
-        r.body.lines().find_map(|l| {
-            l.strip_prefix("vpcnet_cni_plugin_duration_seconds_count{op=\"add\",result=\"ok\"} ")?
-                .parse::<u64>()
-                .ok()
-        })
+        vpcnet_tests::http::sample::<u64>(
+            &r.body,
+            "vpcnet_cni_plugin_duration_seconds_count{op=\"add\",result=\"ok\"}",
+        )
     };
     let assign = |cid: &str| {
         serde_json::json!({

@@ -787,8 +787,7 @@ impl MatrixLab {
             .map(|k| {
                 let text = self.cluster.http_get(k, METRICS, "/metrics")?;
                 let m = |name: &str| {
-                    text.lines()
-                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                    vpcnet_tests::http::sample(&text, name)
                         .ok_or_else(|| format!("node{k}: no {name} in /metrics"))
                 };
                 Ok((
