@@ -901,7 +901,7 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                         // A burst (N nodes claiming at once): the deltas already queued
                         // behind this one go with it, their routes in flight together. (Not
                         // waited for: a 50 ms wait for more took ~40 % less CPU per claim
-                        // but cost the churn's claim → route 0.1 s at the median,
+                        // but cost the churn's claim → route 0.03-0.15 s at the median,
                         // docs/benchmarks.md § Scale, twelfth part.)
                         let (batch, then) = queued_behind(d, &mut deltas);
                         if !apply_batch(node, batch).await {
@@ -934,8 +934,6 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
 mod tests {
     use super::*;
 
-    /// A burst of deltas is applied in runs without a repeated prefix (order kept within a
-    /// prefix: a claim, its release and a new claim of it stay in three runs).
     #[test]
     fn installed_routes_are_logged_a_line_per_batch() {
         assert!(installed_lines(&[]).is_empty());
@@ -975,6 +973,8 @@ mod tests {
             .starts_with(&format!("{} via", many[ROUTES_PER_LINE].0)));
     }
 
+    /// A burst of deltas is applied in runs without a repeated prefix (order kept within a
+    /// prefix: a claim, its release and a new claim of it stay in three runs).
     #[test]
     fn bursts_split_where_a_prefix_repeats() {
         let c = |p: &str, n: &str| PrefixClaim {
