@@ -100,9 +100,12 @@ for k in range(1, n + 1):
     t += pace
     time.sleep(max(0, t - time.monotonic()))
 PY
+    got=0
     for _ in $(seq 400); do
-      [ "$(in_ns ip route show proto 171 root 10.130.0.0/16 2>/dev/null | grep -c via || true)" -ge "$DELTAS" ] && break; sleep 0.025
+      got=$(in_ns ip route show proto 171 root 10.130.0.0/16 2>/dev/null | grep -c via || true)
+      [ "$got" -ge "$DELTAS" ] && break; sleep 0.025
     done
+    [ "$got" -ge "$DELTAS" ] || echo "start-cpu.sh: run $r: only $got of $DELTAS routes after 10 s (the figure covers the wait)" >&2
     after=$(cat /proc/"$agent"/task/*/schedstat | awk '{s += $1} END {printf "%.0f", s}')
     cs1=$(cat /proc/"$agent"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
     threads=$(ls /proc/"$agent"/task | wc -l)
