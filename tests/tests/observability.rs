@@ -9,7 +9,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::Value;
-use vpcnet_tests::{http, par_map, stat, Lab};
+use vpcnet_tests::http::{self, sample};
+use vpcnet_tests::{par_map, stat, Lab};
 
 const ADDR: &str = "127.0.0.1:9961";
 
@@ -33,11 +34,6 @@ fn get(lab: &Lab, path: &str) -> (u16, String) {
         &lab.host(),
         &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n"),
     )
-}
-
-/// Integer value of the sample `name` (including its labels, exactly as printed).
-fn sample(text: &str, name: &str) -> Option<u64> {
-    vpcnet_tests::http::sample(text, name)
 }
 
 #[track_caller]

@@ -424,10 +424,17 @@ pub async fn sync<D: Datastore>(
             .buffer_unordered(INSTALLS_IN_FLIGHT)
             .collect()
             .await;
-    let (installed, failed): (Vec<_>, Vec<_>) = done.into_iter().partition(Result::is_ok);
-    log_installed(&installed.into_iter().flatten().collect::<Vec<_>>());
-    let (not_installed, mut failures): (Vec<Ipv4Network>, Vec<String>) =
-        failed.into_iter().filter_map(Result::err).unzip();
+    let (mut installed, mut not_installed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    for r in done {
+        match r {
+            Ok(route) => installed.push(route),
+            Err((p, e)) => {
+                not_installed.push(p);
+                failures.push(e);
+            }
+        }
+    }
+    log_installed(&installed);
     // A route at another metric (an older agent's) stays while ours at that prefix failed.
     for r in plan
         .delete
