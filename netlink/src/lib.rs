@@ -16,6 +16,7 @@ mod nfnl;
 pub mod nftables;
 mod nl;
 pub mod route;
+pub mod route_batch;
 pub mod rule;
 pub mod sysctl;
 pub mod veth;

@@ -53,7 +53,7 @@ pub struct RouteV4 {
 
 /// A route of either family as it goes over the wire: what [`RouteV4`] and [`RouteV6`] share
 /// (one encoder, one decoder, one request path for both).
-struct Wire {
+pub(crate) struct Wire {
     dst: IpAddr,
     dst_len: u8,
     gateway: Option<IpAddr>,
@@ -108,7 +108,7 @@ fn route_address(ip: IpAddr) -> RouteAddress {
 impl Wire {
     /// The kernel rejects a destination with host bits set too (EINVAL, "Invalid prefix for
     /// given prefix length"); this names it.
-    fn check_prefix(&self) -> Result<(), NetlinkError> {
+    pub(crate) fn check_prefix(&self) -> Result<(), NetlinkError> {
         let (bits, width, family) = match self.dst {
             IpAddr::V4(a) => (u128::from(u32::from(a)), 32u32, "IPv4"),
             IpAddr::V6(a) => (u128::from(a), 128, "IPv6"),
@@ -129,7 +129,7 @@ impl Wire {
         Ok(())
     }
 
-    fn message(&self) -> RouteMessage {
+    pub(crate) fn message(&self) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = match self.dst {
             IpAddr::V4(_) => AddressFamily::Inet,
@@ -374,9 +374,14 @@ async fn dump_routes<R>(
 /// `ip route del` of exactly this route (dst/len, protocol, oif, gateway, type, table;
 /// any scope). `Ok(false)` when it was already gone (ESRCH).
 pub async fn delete(handle: &Handle, route: &RouteV4) -> Result<bool, NetlinkError> {
+    deletion(route).delete(handle).await
+}
+
+/// What an RTM_DELROUTE of exactly `route` sends: any scope.
+pub(crate) fn deletion(route: &RouteV4) -> Wire {
     let mut w = Wire::from(route);
     w.scope = RT_SCOPE_NOWHERE;
-    w.delete(handle).await
+    w
 }
 
 /// One IPv6 route as this crate reports and deletes it. The kernel keeps no scope for IPv6

@@ -333,6 +333,93 @@ fn routes_add_list_delete() {
 /// one prefix at two metrics coexist; `replace` swaps only the route at its own metric; a
 /// delete without a metric takes the lowest-metric match (what the peer loop's migration of an
 /// older agent's metric-0 routes relies on), one with a metric exactly that route.
+/// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
+#[test]
+fn route_batch_changes_many_routes_per_send() {
+    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
+    let host = Ns::new();
+    // An underlay the gateways are on (a veth pair, both ends here; UP).
+    host.ip(&[
+        "link", "add", "vbt0", "type", "veth", "peer", "name", "vbt1",
+    ]);
+    host.ip(&["addr", "add", "172.30.0.2/16", "dev", "vbt0"]);
+    host.ip(&["link", "set", "vbt0", "up"]);
+    host.ip(&["link", "set", "vbt1", "up"]);
+    let via = |i: u32, gw: [u8; 4]| RouteV4 {
+        dst: Ipv4Addr::from(0x0a80_0000 + i * 16),
+        dst_len: 28,
+        gateway: Some(Ipv4Addr::from(gw)),
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        scope: 0,
+        kind: RTN_UNICAST,
+        table: 254,
+        metric: 0,
+    };
+    // More than two sends' worth, a bad prefix (never sent), a gateway nothing routes to
+    // (refused by the kernel), a replace of one of this batch, then deletes: one present and
+    // one absent, in order behind the installs.
+    let n = u32::try_from(PER_SEND * 2 + 5).expect("small");
+    let mut changes: Vec<RouteChange> = (0..n)
+        .map(|i| RouteChange::Replace(via(i, [172, 30, 0, 10])))
+        .collect();
+    let mut bad = via(n, [172, 30, 0, 10]);
+    bad.dst = Ipv4Addr::new(10, 128, 9, 1);
+    changes.push(RouteChange::Replace(bad));
+    changes.push(RouteChange::Replace(via(n + 1, [192, 0, 2, 1])));
+    changes.push(RouteChange::Replace(via(3, [172, 30, 0, 11])));
+    changes.push(RouteChange::Delete(via(5, [172, 30, 0, 10])));
+    changes.push(RouteChange::Delete(via(n + 2, [172, 30, 0, 10])));
+    let results = host.run(|_| async move {
+        let mut b = RouteBatch::open().expect("open");
+        let first = b.apply(&changes);
+        // The same batch again: every replace succeeds (route 5 is made again), and route 5's
+        // delete, behind it in the batch, finds it: the changes are made in their order.
+        let again = b.apply(&changes);
+        (first, again)
+    });
+    let (first, again) = results;
+    let k = n as usize;
+    assert_eq!(first.len(), k + 5);
+    assert!(
+        first[..k].iter().all(|r| matches!(r, Ok(true))),
+        "{first:?}"
+    );
+    assert!(
+        matches!(first[k], Err(NetlinkError::InvalidArgument(_))),
+        "{:?}",
+        first[k]
+    );
+    assert_eq!(
+        first[k + 1].as_ref().err().and_then(|e| e.errno()),
+        Some(libc::ENETUNREACH),
+        "{:?}",
+        first[k + 1]
+    );
+    assert!(matches!(first[k + 2], Ok(true)), "{:?}", first[k + 2]);
+    assert!(matches!(first[k + 3], Ok(true)), "{:?}", first[k + 3]);
+    assert!(matches!(first[k + 4], Ok(false)), "{:?}", first[k + 4]);
+    assert!(
+        again[..k].iter().all(|r| matches!(r, Ok(true))),
+        "{again:?}"
+    );
+    assert!(matches!(again[k + 3], Ok(true)), "{:?}", again[k + 3]);
+    assert!(matches!(again[k + 4], Ok(false)), "{:?}", again[k + 4]);
+    // `ip -n HOST route show proto 171`: n - 1 routes (one deleted), 10.128.0.48/28 replaced.
+    let shown = host.ip(&["-4", "route", "show", "proto", "171"]);
+    assert_eq!(shown.lines().count(), k - 1, "{shown}");
+    assert!(
+        shown.contains("10.128.0.48/28 via 172.30.0.11 dev vbt0"),
+        "{shown}"
+    );
+    assert!(!shown.contains("10.128.0.80/28"), "{shown}");
+    let last = format!(
+        "{}/28 via 172.30.0.10",
+        Ipv4Addr::from(0x0a80_0000 + (n - 1) * 16)
+    );
+    assert!(shown.contains(&last), "{shown}");
+}
+
 #[test]
 fn routes_at_metrics() {
     let host = Ns::new();

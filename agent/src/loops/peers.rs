@@ -29,8 +29,9 @@
 //! Kubernetes): each delta changes at most one route ([`change_for`], pure): another node's
 //! claim appears → `prefix via nodeIP` is added; it goes → exactly that route is deleted. A
 //! cluster of N nodes where one claims costs each other node one route, not a re-plan of N.
-//! The deltas already queued behind one go with it: their routes go to the kernel together
-//! and are logged in one `peers: routes installed n=K routes=…` line.
+//! The deltas already queued behind one go with it: their routes go to the kernel together,
+//! many to one `sendmsg` ([`vpcnet_netlink::route_batch`]), and are logged in one
+//! `peers: routes installed n=K routes=…` line.
 //! A full re-plan runs only at start, when the datastore re-lists (etcd compaction, `410
 //! Gone`, its long timer: [`ClaimDelta::Resync`], or this loop fell behind the deltas), every
 //! `--peer-sync-interval` (which also reconciles our claims with the pool, never waiting for
@@ -41,12 +42,12 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use futures::StreamExt;
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tokio::time::Instant;
 
 use crate::datastore::{ClaimDelta, Datastore, PrefixClaim};
 use crate::node::{Area, Node};
+use vpcnet_netlink::route_batch::{RouteBatch, RouteChange};
 use vpcnet_netlink::{route, RTPROT_VPCNET};
 
 /// How often the pool's held prefixes are compared with what the last round routed, so a
@@ -55,9 +56,8 @@ const POOL_POLL: Duration = Duration::from_millis(500);
 /// A datastore list that takes longer counts as failed (routes kept, retried next round),
 /// so a hung backend does not also stop our own routes from following the pool.
 const LIST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Route installs of one re-plan in flight at once on the netlink socket.
-const INSTALLS_IN_FLIGHT: usize = 32;
-/// Most deltas taken in one batch (changed [`INSTALLS_IN_FLIGHT`] at a time).
+/// Most deltas taken in one batch (their route changes go to the kernel
+/// [`vpcnet_netlink::route_batch::PER_SEND`] to a `sendmsg`).
 const MAX_BATCH: usize = 1024;
 /// Least time between two rounds (a level-triggered watch that keeps firing must not spin).
 const MIN_GAP: Duration = Duration::from_millis(100);
@@ -116,7 +116,7 @@ fn peer_route(
             c.node
         ));
     }
-    if held.contains(&prefix) {
+    if held.iter().any(|h| normalize(*h) == prefix) {
         return Err(format!(
             "{prefix} is claimed by node {} but held here: kept unreachable here",
             c.node
@@ -145,13 +145,12 @@ pub fn change_for(
     my_ip: Option<Ipv4Addr>,
     held: &[Ipv4Network],
 ) -> Option<Change> {
-    let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
     match delta {
-        ClaimDelta::Put(c) if c.node != me => match peer_route(c, my_ip, &held) {
+        ClaimDelta::Put(c) if c.node != me => match peer_route(c, my_ip, held) {
             Ok((p, Target::Via(gw))) => Some(Change::Install(p, gw)),
             _ => None,
         },
-        ClaimDelta::Removed(c) if c.node != me => match peer_route(c, my_ip, &held) {
+        ClaimDelta::Removed(c) if c.node != me => match peer_route(c, my_ip, held) {
             Ok((p, Target::Via(gw))) => Some(Change::Withdraw(p, gw)),
             _ => None,
         },
@@ -170,9 +169,8 @@ pub fn desired(
         routes: own_routes(held),
         notes: Vec::new(),
     };
-    let held: Vec<Ipv4Network> = held.iter().map(|p| normalize(*p)).collect();
     for c in claims.iter().filter(|c| c.node != me && c.prefix.is_ipv4()) {
-        match peer_route(c, my_ip, &held) {
+        match peer_route(c, my_ip, held) {
             Ok((prefix, t)) => {
                 out.routes.insert(prefix, t);
             }
@@ -318,6 +316,24 @@ pub struct SyncState {
     /// Last notes and failures logged (logged again only when they change).
     notes: Vec<String>,
     failures: Vec<String>,
+    /// The socket route changes go to in batches (opened at first use; a round that cannot
+    /// open it fails its changes, reported and retried like any failed route).
+    routes: Option<RouteBatch>,
+}
+
+impl SyncState {
+    /// Makes `changes` in their order ([`RouteBatch::apply`]); an error as its message.
+    fn apply(&mut self, changes: &[RouteChange]) -> Vec<Result<bool, String>> {
+        let batch = match self.routes.take().map_or_else(RouteBatch::open, Ok) {
+            Ok(b) => self.routes.insert(b),
+            Err(e) => return changes.iter().map(|_| Err(e.to_string())).collect(),
+        };
+        batch
+            .apply(changes)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
 }
 
 /// Our held prefixes of both families, sorted: the cheap fingerprint the loop polls.
@@ -410,43 +426,41 @@ pub async fn sync<D: Datastore>(
         st.notes = want.notes.clone();
     }
     let plan = plan(&want.routes, &current);
-    // Several requests in flight on the netlink socket (each route is its own prefix, so their
-    // order does not matter): a full plan at start is N - 1 routes, and one at a time each
-    // cost a round trip through the netlink connection task and a wake-up of this one.
-    let done: Vec<Result<(Ipv4Network, Target), (Ipv4Network, String)>> =
-        futures::stream::iter(plan.install.clone())
-            .map(|(p, t)| async move {
-                install(node, p, t)
-                    .await
-                    .map(|()| (p, t))
-                    .map_err(|e| (p, e))
-            })
-            .buffer_unordered(INSTALLS_IN_FLIGHT)
-            .collect()
-            .await;
+    // The installs go to the kernel many to one `sendmsg` (a full plan at start is N - 1
+    // routes; one request each cost a round trip through the netlink connection task).
+    let changes: Vec<RouteChange> = plan
+        .install
+        .iter()
+        .map(|(p, t)| RouteChange::Replace(route_for(*p, *t)))
+        .collect();
     let (mut installed, mut not_installed, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-    for r in done {
+    for ((p, t), r) in plan.install.iter().zip(st.apply(&changes)) {
         match r {
-            Ok(route) => installed.push(route),
-            Err((p, e)) => {
-                not_installed.push(p);
-                failures.push(e);
+            Ok(_) => installed.push((*p, *t)),
+            Err(e) => {
+                not_installed.push(*p);
+                failures.push(format!("route {}: {e}", describe(*p, *t)));
             }
         }
     }
     log_installed(&installed);
     // A route at another metric (an older agent's) stays while ours at that prefix failed.
-    for r in plan
+    let withdraw: Vec<&route::RouteV4> = plan
         .delete
         .iter()
         .filter(|r| key(r).is_none_or(|k| !not_installed.contains(&k)))
-    {
+        .collect();
+    let changes: Vec<RouteChange> = withdraw
+        .iter()
+        .map(|r| RouteChange::Delete((*r).clone()))
+        .collect();
+    for (r, done) in withdraw.iter().zip(st.apply(&changes)) {
         let what = match (r.kind, r.gateway) {
             (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
             (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
             _ => format!("{}/{}", r.dst, r.dst_len),
         };
-        match route::delete(node.net(), r).await {
+        match done {
             Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
@@ -649,14 +663,6 @@ fn describe(p: Ipv4Network, t: Target) -> String {
     }
 }
 
-/// Adds (or replaces) the route of `p` (not logged: the caller logs what a round installed,
-/// [`log_installed`]); `Err`: what failed, for the degraded report.
-async fn install<D: Datastore>(node: &Node<D>, p: Ipv4Network, t: Target) -> Result<(), String> {
-    route::add_route(node.net(), &route_for(p, t), true)
-        .await
-        .map_err(|e| format!("route {}: {e}", describe(p, t)))
-}
-
 /// Routes of one line of `peers: routes installed` at most: a start-up re-plan of N - 1
 /// routes is N / 64 lines, not N.
 const ROUTES_PER_LINE: usize = 64;
@@ -700,46 +706,6 @@ fn report_failures<D: Datastore>(node: &Node<D>, st: &mut SyncState, failures: V
     }
 }
 
-/// What applying one watch delta did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Applied {
-    /// A route withdrawn, or nothing to withdraw.
-    Nothing,
-    /// This route was installed (logged with the rest of its batch).
-    Installed(Ipv4Network, Target),
-    /// The route change failed (the caller re-plans after a pause, which retries it and
-    /// reports it degraded if it still fails).
-    Failed,
-}
-
-/// Makes one route change of a watch delta ([`change_for`]) on the host.
-async fn apply<D: Datastore>(node: &Node<D>, change: Change) -> Applied {
-    match change {
-        Change::Install(p, gw) => match install(node, p, Target::Via(gw)).await {
-            Ok(()) => Applied::Installed(p, Target::Via(gw)),
-            Err(f) => {
-                tracing::debug!("peers: {f} (re-planning)");
-                Applied::Failed
-            }
-        },
-        Change::Withdraw(p, gw) => {
-            match route::delete(node.net(), &route_for(p, Target::Via(gw))).await {
-                // `false`: no such route (never installed, or the prefix moved): nothing to do.
-                Ok(gone) => {
-                    if gone {
-                        tracing::info!(route = %format!("{p} via {gw}"), "peers: route withdrawn");
-                    }
-                    Applied::Nothing
-                }
-                Err(e) => {
-                    tracing::debug!("peers: withdrawing {p} via {gw}: {e} (re-planning)");
-                    Applied::Failed
-                }
-            }
-        }
-    }
-}
-
 /// `first` and the IPv4 deltas already queued behind it (at most [`MAX_BATCH`]),
 /// and the re-plan that one taken off the queue asks for (a re-list, an IPv6 claim, a lag).
 fn queued_behind(
@@ -775,57 +741,44 @@ fn queued_behind(
     (batch, None)
 }
 
-/// Deltas in their order, cut into runs in which no prefix appears twice: the routes of one
-/// run can be changed in any order (each is its own prefix), runs one after the other.
-pub fn runs_of_distinct_prefixes(deltas: Vec<ClaimDelta>) -> Vec<Vec<ClaimDelta>> {
-    let mut runs: Vec<Vec<ClaimDelta>> = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for d in deltas {
-        let prefix = match &d {
-            ClaimDelta::Put(c) | ClaimDelta::Removed(c) => Some(c.prefix),
-            ClaimDelta::Resync => None,
-        };
-        let fresh = prefix.is_none_or(|p| seen.insert(p));
-        match runs.last_mut() {
-            Some(run) if fresh => run.push(d),
-            _ => {
-                seen.clear();
-                seen.extend(prefix);
-                runs.push(vec![d]);
-            }
-        }
-    }
-    runs
-}
-
-/// Applies `deltas`: the route change of each ([`change_for`], at most one), several in
-/// flight at once where their prefixes differ, and logs what they installed in one go.
-/// `false` if any route change failed.
-async fn apply_batch<D: Datastore>(node: &Node<D>, deltas: Vec<ClaimDelta>) -> bool {
+/// Applies `deltas`: the route change of each ([`change_for`], at most one), in their order
+/// (a claim, its release and a new claim of one prefix keep theirs), many to one `sendmsg`,
+/// and logs what they installed in one go. `false` if any route change failed.
+async fn apply_batch<D: Datastore>(
+    node: &Node<D>,
+    st: &mut SyncState,
+    deltas: Vec<ClaimDelta>,
+) -> bool {
     let held = v4(&held(node));
+    let wanted: Vec<Change> = deltas
+        .iter()
+        .filter_map(|d| change_for(d, node.name(), node.ip(), &held))
+        .collect();
+    crate::obs::metrics::get().peer_updates("delta", wanted.len() as u64);
+    let changes: Vec<RouteChange> = wanted
+        .iter()
+        .map(|c| match *c {
+            Change::Install(p, gw) => RouteChange::Replace(route_for(p, Target::Via(gw))),
+            Change::Withdraw(p, gw) => RouteChange::Delete(route_for(p, Target::Via(gw))),
+        })
+        .collect();
     let mut installed = Vec::new();
     let mut ok = true;
-    let mut count = 0u64;
-    for run in runs_of_distinct_prefixes(deltas) {
-        let changes: Vec<Change> = run
-            .iter()
-            .filter_map(|d| change_for(d, node.name(), node.ip(), &held))
-            .collect();
-        count += changes.len() as u64;
-        let done: Vec<Applied> = futures::stream::iter(changes)
-            .map(|c| apply(node, c))
-            .buffer_unordered(INSTALLS_IN_FLIGHT)
-            .collect()
-            .await;
-        for a in done {
-            match a {
-                Applied::Installed(p, t) => installed.push((p, t)),
-                Applied::Failed => ok = false,
-                Applied::Nothing => {}
+    for (c, r) in wanted.iter().zip(st.apply(&changes)) {
+        match (*c, r) {
+            (Change::Install(p, gw), Ok(_)) => installed.push((p, Target::Via(gw))),
+            // `false`: no such route (never installed, or the prefix moved): nothing to do.
+            (Change::Withdraw(p, gw), Ok(gone)) => {
+                if gone {
+                    tracing::info!(route = %format!("{p} via {gw}"), "peers: route withdrawn");
+                }
+            }
+            (Change::Install(p, gw) | Change::Withdraw(p, gw), Err(e)) => {
+                tracing::debug!("peers: {p} via {gw}: {e} (re-planning)");
+                ok = false;
             }
         }
     }
-    crate::obs::metrics::get().peer_updates("delta", count);
     log_installed(&installed);
     ok
 }
@@ -906,12 +859,12 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                     }
                     Some(d) => {
                         // A burst (N nodes claiming at once): the deltas already queued
-                        // behind this one go with it, their routes in flight together. (Not
+                        // behind this one go with it, their routes to the kernel together. (Not
                         // waited for: a 50 ms wait for more took ~40 % less CPU per claim
                         // but cost the churn's claim → route 0.03-0.15 s at the median,
                         // docs/benchmarks.md § Scale, twelfth part.)
                         let (batch, then) = queued_behind(d, &mut deltas);
-                        if !apply_batch(node, batch).await {
+                        if !apply_batch(node, &mut st, batch).await {
                             tokio::time::sleep(MIN_GAP * 10).await;
                             break Replan::Routes;
                         }
@@ -978,40 +931,6 @@ mod tests {
         assert!(lines[1]
             .1
             .starts_with(&format!("{} via", many[ROUTES_PER_LINE].0)));
-    }
-
-    /// A burst of deltas is applied in runs without a repeated prefix (order kept within a
-    /// prefix: a claim, its release and a new claim of it stay in three runs).
-    #[test]
-    fn bursts_split_where_a_prefix_repeats() {
-        let c = |p: &str, n: &str| PrefixClaim {
-            prefix: p.parse().expect("prefix"),
-            node: n.into(),
-            node_ip: Some("10.0.0.2".parse().expect("ip")),
-            node_ip6: None,
-            claimed_at: 1,
-        };
-        let (a, b, d) = (
-            c("10.240.0.0/28", "a"),
-            c("10.240.0.16/28", "b"),
-            c("10.240.0.32/28", "d"),
-        );
-        let runs = runs_of_distinct_prefixes(vec![
-            ClaimDelta::Put(a.clone()),
-            ClaimDelta::Put(b.clone()),
-            ClaimDelta::Removed(a.clone()),
-            ClaimDelta::Put(d.clone()),
-            ClaimDelta::Put(c("10.240.0.0/28", "e")),
-        ]);
-        assert_eq!(
-            runs,
-            vec![
-                vec![ClaimDelta::Put(a.clone()), ClaimDelta::Put(b)],
-                vec![ClaimDelta::Removed(a), ClaimDelta::Put(d)],
-                vec![ClaimDelta::Put(c("10.240.0.0/28", "e"))],
-            ]
-        );
-        assert!(runs_of_distinct_prefixes(Vec::new()).is_empty());
     }
 
     fn net(s: &str) -> Ipv4Network {
