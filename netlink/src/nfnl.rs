@@ -1,4 +1,5 @@
-//! nfnetlink framing shared by [`crate::conntrack`] and [`crate::nftables`]: one message
+//! nfnetlink framing shared by [`crate::conntrack`] and [`crate::nftables`] (its reply walk by
+//! [`crate::route_batch`] too: plain netlink headers): one message
 //! (netlink header + `nfgenmsg` + attributes), attribute iteration, and walking the kernel's
 //! replies, over a `NETLINK_NETFILTER` socket of the calling thread's network namespace.
 
