@@ -1,4 +1,4 @@
-//! Many IPv4 route changes in one `sendmsg` (issue 10): a node's peer routes come by the
+//! Many route changes (IPv4 and IPv6) in one `sendmsg` (issue 10): a node's peer routes come by the
 //! hundred (a cold start of N nodes installs N - 1 on every node), and each request through
 //! the rtnetlink connection task cost a channel round, a `sendto`, a wake-up and a `recvfrom`
 //! of its own — about half the CPU of each route (docs/benchmarks.md § Scale, thirteenth
@@ -23,7 +23,7 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 use crate::nfnl::{error_code, replies, NLMSG_ERROR};
 use crate::nl::CREATE_REPLACE;
-use crate::route::{self, RouteV4};
+use crate::route::{self, RouteV4, RouteV6};
 use crate::NetlinkError;
 
 /// Most changes in one `sendmsg`: 32 route inserts are ~0.15 ms of the kernel's time here
@@ -37,29 +37,38 @@ pub enum RouteChange {
     Replace(RouteV4),
     /// `ip route del` of exactly this route (any scope); absent is not an error.
     Delete(RouteV4),
+    /// `ip -6 route replace` of exactly this route.
+    Replace6(RouteV6),
+    /// `ip -6 route del` of exactly this route; absent is not an error.
+    Delete6(RouteV6),
 }
 
 impl RouteChange {
     fn op(&self) -> &'static str {
         match self {
-            RouteChange::Replace(_) => "RTM_NEWROUTE",
-            RouteChange::Delete(_) => "RTM_DELROUTE",
+            RouteChange::Replace(_) | RouteChange::Replace6(_) => "RTM_NEWROUTE",
+            RouteChange::Delete(_) | RouteChange::Delete6(_) => "RTM_DELROUTE",
         }
+    }
+
+    fn is_delete(&self) -> bool {
+        matches!(self, RouteChange::Delete(_) | RouteChange::Delete6(_))
     }
 
     /// The request, or why it is not sent (a destination with host bits set).
     fn message(&self, seq: u32) -> Result<NetlinkMessage<RouteNetlinkMessage>, NetlinkError> {
-        let (wire, payload, flags) = match self {
-            RouteChange::Replace(r) => {
-                let w = route::Wire::from(r);
-                let m = RouteNetlinkMessage::NewRoute(w.message());
-                (w, m, CREATE_REPLACE)
-            }
-            RouteChange::Delete(r) => {
-                let w = route::deletion(r);
-                let m = RouteNetlinkMessage::DelRoute(w.message());
-                (w, m, 0)
-            }
+        let wire = match self {
+            RouteChange::Replace(r) => route::Wire::from(r),
+            RouteChange::Delete(r) => route::deletion(r),
+            RouteChange::Replace6(r) | RouteChange::Delete6(r) => route::Wire::from(r),
+        };
+        let (payload, flags) = if self.is_delete() {
+            (RouteNetlinkMessage::DelRoute(wire.message()), 0)
+        } else {
+            (
+                RouteNetlinkMessage::NewRoute(wire.message()),
+                CREATE_REPLACE,
+            )
         };
         wire.check_prefix()?;
         let mut header = NetlinkHeader::default();
@@ -164,9 +173,9 @@ impl RouteBatch {
                 }
                 let code = error_code(reply.body);
                 let c = &chunk[i];
-                results[first + i] = match (c, code) {
-                    (_, 0) => Ok(true),
-                    (RouteChange::Delete(_), libc::ESRCH) => Ok(false),
+                results[first + i] = match code {
+                    0 => Ok(true),
+                    libc::ESRCH if c.is_delete() => Ok(false),
                     _ => Err(NetlinkError::Kernel {
                         op: c.op(),
                         errno: code,

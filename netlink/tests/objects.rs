@@ -329,10 +329,6 @@ fn routes_add_list_delete() {
     assert!(!shown.contains("unreachable"), "{shown}");
 }
 
-/// Metrics (issue 10: one per peer prefix): a route at a metric reads back with it; routes of
-/// one prefix at two metrics coexist; `replace` swaps only the route at its own metric; a
-/// delete without a metric takes the lowest-metric match (what the peer loop's migration of an
-/// older agent's metric-0 routes relies on), one with a metric exactly that route.
 /// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
 #[test]
 fn route_batch_changes_many_routes_per_send() {
@@ -420,6 +416,98 @@ fn route_batch_changes_many_routes_per_send() {
     assert!(shown.contains(&last), "{shown}");
 }
 
+/// `route_batch` with IPv6 changes (and IPv4 ones in the same batch): replaces via a
+/// gateway and `unreachable`, deletes of present and absent routes, in order.
+#[test]
+fn route_batch_changes_ipv6_routes_too() {
+    use std::net::Ipv6Addr;
+    use vpcnet_netlink::route::RouteV6;
+    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
+    let host = Ns::new();
+    host.ip(&[
+        "link", "add", "vbt0", "type", "veth", "peer", "name", "vbt1",
+    ]);
+    host.ip(&["addr", "add", "172.30.0.2/16", "dev", "vbt0"]);
+    host.ip(&["-6", "addr", "add", "fd00:30::2/64", "dev", "vbt0", "nodad"]);
+    host.ip(&["link", "set", "vbt0", "up"]);
+    host.ip(&["link", "set", "vbt1", "up"]);
+    let via6 = |i: u16, gw: Ipv6Addr| RouteV6 {
+        dst: Ipv6Addr::new(0xfd00, 0x10, 0, i, 0, 0, 0, 0),
+        dst_len: 80,
+        gateway: Some(gw),
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        kind: RTN_UNICAST,
+        table: 254,
+    };
+    let gw = Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 0x10);
+    let n = u16::try_from(PER_SEND + 3).expect("small");
+    let mut changes: Vec<RouteChange> =
+        (0..n).map(|i| RouteChange::Replace6(via6(i, gw))).collect();
+    let mine = RouteV6 {
+        gateway: None,
+        kind: RTN_UNREACHABLE,
+        ..via6(0x99, gw)
+    };
+    changes.push(RouteChange::Replace6(mine.clone()));
+    changes.push(RouteChange::Replace(RouteV4 {
+        dst: Ipv4Addr::new(10, 128, 0, 16),
+        dst_len: 28,
+        gateway: Some(Ipv4Addr::new(172, 30, 0, 10)),
+        oif: None,
+        protocol: RTPROT_VPCNET,
+        scope: 0,
+        kind: RTN_UNICAST,
+        table: 254,
+        metric: 0,
+    }));
+    // Host bits set: not sent.
+    let mut bad = via6(n, gw);
+    bad.dst = Ipv6Addr::new(0xfd00, 0x10, 0, 1, 0, 0, 0, 1);
+    changes.push(RouteChange::Replace6(bad));
+    changes.push(RouteChange::Delete6(via6(2, gw)));
+    changes.push(RouteChange::Delete6(via6(n + 1, gw)));
+    let (first, again) = host.run(|_| async move {
+        let mut b = RouteBatch::open().expect("open");
+        let first = b.apply(&changes);
+        let again = b.apply(&changes);
+        (first, again)
+    });
+    let k = usize::from(n);
+    assert_eq!(first.len(), k + 5);
+    for results in [&first, &again] {
+        assert!(
+            results[..k + 2].iter().all(|r| matches!(r, Ok(true))),
+            "{results:?}"
+        );
+        assert!(
+            matches!(results[k + 2], Err(NetlinkError::InvalidArgument(_))),
+            "{:?}",
+            results[k + 2]
+        );
+        assert!(matches!(results[k + 3], Ok(true)), "{:?}", results[k + 3]);
+        assert!(matches!(results[k + 4], Ok(false)), "{:?}", results[k + 4]);
+    }
+    // `ip -n HOST -6 route show proto 171`: n - 1 via routes and the unreachable one.
+    let shown = host.ip(&["-6", "route", "show", "proto", "171"]);
+    assert_eq!(shown.lines().count(), k, "{shown}");
+    assert!(
+        shown.contains("fd00:10:0:1::/80 via fd00:30::10 dev vbt0"),
+        "{shown}"
+    );
+    assert!(!shown.contains("fd00:10:0:2::/80"), "{shown}");
+    assert!(shown.contains("unreachable fd00:10:0:99::/80"), "{shown}");
+    let shown4 = host.ip(&["-4", "route", "show", "proto", "171"]);
+    assert!(
+        shown4.contains("10.128.0.16/28 via 172.30.0.10 dev vbt0"),
+        "{shown4}"
+    );
+}
+
+/// Metrics (issue 10: one per peer prefix): a route at a metric reads back with it; routes of
+/// one prefix at two metrics coexist; `replace` swaps only the route at its own metric; a
+/// delete without a metric takes the lowest-metric match (what the peer loop's migration of an
+/// older agent's metric-0 routes relies on), one with a metric exactly that route.
 #[test]
 fn routes_at_metrics() {
     let host = Ns::new();

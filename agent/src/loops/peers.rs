@@ -455,21 +455,17 @@ pub async fn sync<D: Datastore>(
         .map(|r| RouteChange::Delete((*r).clone()))
         .collect();
     for (r, done) in withdraw.iter().zip(st.apply(&changes)) {
-        let what = match (r.kind, r.gateway) {
-            (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
-            (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
-            _ => format!("{}/{}", r.dst, r.dst_len),
-        };
+        let what = describe_current(r.kind, r.dst, r.dst_len, r.gateway);
         match done {
             Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
     }
     if node.state().serves(crate::node::Family::V6) || !v6(&held_all).is_empty() {
-        failures.extend(sync6(node, claims6.as_deref(), &v6(&held_all)).await);
+        failures.extend(sync6(node, st, claims6.as_deref(), &v6(&held_all)).await);
     } else {
         // No IPv6 pool (any more): withdraw IPv6 routes of ours a previous run left.
-        failures.extend(sync6(node, Some(&[]), &[]).await);
+        failures.extend(sync6(node, st, Some(&[]), &[]).await);
     }
     report_failures(node, st, failures);
     held_all
@@ -615,9 +611,11 @@ fn route6(p: Ipv6Network, t: Target6) -> route::RouteV6 {
     }
 }
 
-/// The IPv6 half of [`sync`]; returns the failures.
+/// The IPv6 half of [`sync`]; returns the failures. The withdrawals go first (no replace
+/// across IPv6 route types), then the installs, all through the batch socket.
 async fn sync6<D: Datastore>(
     node: &Node<D>,
+    st: &mut SyncState,
     claims: Option<&[PrefixClaim]>,
     held: &[Ipv6Network],
 ) -> Vec<String> {
@@ -630,29 +628,50 @@ async fn sync6<D: Datastore>(
         tracing::debug!("peers: {n}");
     }
     let (install, delete) = plan6(&want, &current);
+    let changes: Vec<RouteChange> = delete
+        .iter()
+        .map(|r| RouteChange::Delete6(r.clone()))
+        .chain(
+            install
+                .iter()
+                .map(|(p, t)| RouteChange::Replace6(route6(*p, *t))),
+        )
+        .collect();
+    let whats = delete
+        .iter()
+        .map(|r| describe_current(r.kind, r.dst, r.dst_len, r.gateway))
+        .map(|w| (true, w))
+        .chain(install.iter().map(|(p, t)| {
+            let w = match t {
+                Target6::Via(gw) => format!("{p} via {gw}"),
+                Target6::Unreachable => format!("unreachable {p}"),
+            };
+            (false, w)
+        }));
     let mut failures = Vec::new();
-    for r in &delete {
-        let what = match (r.kind, r.gateway) {
-            (route::RTN_UNREACHABLE, _) => format!("unreachable {}/{}", r.dst, r.dst_len),
-            (_, Some(gw)) => format!("{}/{} via {gw}", r.dst, r.dst_len),
-            _ => format!("{}/{}", r.dst, r.dst_len),
-        };
-        match route::delete_v6(node.net(), r).await {
-            Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
-            Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
-        }
-    }
-    for (p, t) in install {
-        let what = match t {
-            Target6::Via(gw) => format!("{p} via {gw}"),
-            Target6::Unreachable => format!("unreachable {p}"),
-        };
-        match route::add_route_v6(node.net(), &route6(p, t), true).await {
-            Ok(()) => tracing::info!(route = %what, "peers: route installed"),
-            Err(e) => failures.push(format!("route {what}: {e}")),
+    for ((withdrawal, what), r) in whats.zip(st.apply(&changes)) {
+        match (withdrawal, r) {
+            (true, Ok(_)) => tracing::info!(route = %what, "peers: route withdrawn"),
+            (true, Err(e)) => failures.push(format!("withdrawing route {what}: {e}")),
+            (false, Ok(_)) => tracing::info!(route = %what, "peers: route installed"),
+            (false, Err(e)) => failures.push(format!("route {what}: {e}")),
         }
     }
     failures
+}
+
+/// How a route found in the kernel (either family) reads in the log and in a failure.
+fn describe_current<A: std::fmt::Display>(
+    kind: u8,
+    dst: A,
+    dst_len: u8,
+    gateway: Option<A>,
+) -> String {
+    match (kind, gateway) {
+        (route::RTN_UNREACHABLE, _) => format!("unreachable {dst}/{dst_len}"),
+        (_, Some(gw)) => format!("{dst}/{dst_len} via {gw}"),
+        _ => format!("{dst}/{dst_len}"),
+    }
 }
 
 /// How a route reads in the log and in a failure: `P via GW` or `unreachable P`.
