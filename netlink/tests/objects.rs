@@ -329,18 +329,25 @@ fn routes_add_list_delete() {
     assert!(!shown.contains("unreachable"), "{shown}");
 }
 
-/// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
-#[test]
-fn route_batch_changes_many_routes_per_send() {
-    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
+/// A namespace with an underlay the batch tests' gateways are on: a veth pair, both ends
+/// here and UP, `vbt0` with 172.30.0.2/16 and fd00:30::2/64.
+fn underlay() -> Ns {
     let host = Ns::new();
-    // An underlay the gateways are on (a veth pair, both ends here; UP).
     host.ip(&[
         "link", "add", "vbt0", "type", "veth", "peer", "name", "vbt1",
     ]);
     host.ip(&["addr", "add", "172.30.0.2/16", "dev", "vbt0"]);
+    host.ip(&["-6", "addr", "add", "fd00:30::2/64", "dev", "vbt0", "nodad"]);
     host.ip(&["link", "set", "vbt0", "up"]);
     host.ip(&["link", "set", "vbt1", "up"]);
+    host
+}
+
+/// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
+#[test]
+fn route_batch_changes_many_routes_per_send() {
+    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
+    let host = underlay();
     let via = |i: u32, gw: [u8; 4]| RouteV4 {
         dst: Ipv4Addr::from(0x0a80_0000 + i * 16),
         dst_len: 28,
@@ -423,14 +430,7 @@ fn route_batch_changes_ipv6_routes_too() {
     use std::net::Ipv6Addr;
     use vpcnet_netlink::route::RouteV6;
     use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
-    let host = Ns::new();
-    host.ip(&[
-        "link", "add", "vbt0", "type", "veth", "peer", "name", "vbt1",
-    ]);
-    host.ip(&["addr", "add", "172.30.0.2/16", "dev", "vbt0"]);
-    host.ip(&["-6", "addr", "add", "fd00:30::2/64", "dev", "vbt0", "nodad"]);
-    host.ip(&["link", "set", "vbt0", "up"]);
-    host.ip(&["link", "set", "vbt1", "up"]);
+    let host = underlay();
     let via6 = |i: u16, gw: Ipv6Addr| RouteV6 {
         dst: Ipv6Addr::new(0xfd00, 0x10, 0, i, 0, 0, 0, 0),
         dst_len: 80,
