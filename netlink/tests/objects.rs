@@ -343,12 +343,9 @@ fn underlay() -> Ns {
     host
 }
 
-/// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
-#[test]
-fn route_batch_changes_many_routes_per_send() {
-    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
-    let host = underlay();
-    let via = |i: u32, gw: [u8; 4]| RouteV4 {
+/// The batch tests' IPv4 peer route: the `i`-th /28 of 10.128.0.0/9 via `gw`.
+fn via_route(i: u32, gw: [u8; 4]) -> RouteV4 {
+    RouteV4 {
         dst: Ipv4Addr::from(0x0a80_0000 + i * 16),
         dst_len: 28,
         gateway: Some(Ipv4Addr::from(gw)),
@@ -358,7 +355,15 @@ fn route_batch_changes_many_routes_per_send() {
         kind: RTN_UNICAST,
         table: 254,
         metric: 0,
-    };
+    }
+}
+
+/// `route_batch`: many changes per `sendmsg`, each answered on its own, in order (issue 10).
+#[test]
+fn route_batch_changes_many_routes_per_send() {
+    use vpcnet_netlink::route_batch::{RouteBatch, RouteChange, PER_SEND};
+    let host = underlay();
+    let via = via_route;
     // More than two sends' worth, a bad prefix (never sent), a gateway nothing routes to
     // (refused by the kernel), a replace of one of this batch, then deletes: one present and
     // one absent, in order behind the installs.
@@ -450,17 +455,7 @@ fn route_batch_changes_ipv6_routes_too() {
         ..via6(0x99, gw)
     };
     changes.push(RouteChange::Replace6(mine.clone()));
-    changes.push(RouteChange::Replace(RouteV4 {
-        dst: Ipv4Addr::new(10, 128, 0, 16),
-        dst_len: 28,
-        gateway: Some(Ipv4Addr::new(172, 30, 0, 10)),
-        oif: None,
-        protocol: RTPROT_VPCNET,
-        scope: 0,
-        kind: RTN_UNICAST,
-        table: 254,
-        metric: 0,
-    }));
+    changes.push(RouteChange::Replace(via_route(1, [172, 30, 0, 10])));
     // Host bits set: not sent.
     let mut bad = via6(n, gw);
     bad.dst = Ipv6Addr::new(0xfd00, 0x10, 0, 1, 0, 0, 0, 1);
