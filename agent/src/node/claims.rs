@@ -221,14 +221,16 @@ impl<D: Datastore> Node<D> {
     ///   no liveness for the grace period, or an operator deleted it):
     ///   claimed again, create-if-absent; losing that race is the conflict above next round;
     /// * listed as ours, not held: at start (`adopt`) a crash fell between claim and journal,
-    ///   so it is adopted; later a release after shrink failed, so it is released again.
+    ///   so it is adopted; likewise the prefix whose last claim got no answer (the claim lock's
+    ///   slot: a busy etcd wrote it after all — the answer would have said "won"); otherwise a
+    ///   release after shrink failed, so it is released again.
     ///
     /// Holds the claim lock so it never interleaves with grow or shrink. Acts only on a fresh
     /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
     pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, DatastoreError> {
-        let _g = self.claim_lock.lock().await;
+        let mut unanswered = self.claim_lock.lock().await;
         let claims = self.read_claims().await?;
-        self.settle_claims(&claims, adopt).await?;
+        self.settle_claims(&claims, adopt, &mut unanswered).await?;
         Ok(claims)
     }
 
@@ -242,12 +244,12 @@ impl<D: Datastore> Node<D> {
     pub async fn reconcile_claims_nowait(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
         let before: HashSet<_> = self.state().held_all().into_iter().collect();
         let claims = self.read_claims().await?;
-        let Ok(_g) = self.claim_lock.try_lock() else {
+        let Ok(mut unanswered) = self.claim_lock.try_lock() else {
             return Ok(claims);
         };
         let now: HashSet<_> = self.state().held_all().into_iter().collect();
         if now == before {
-            self.settle_claims(&claims, false).await?;
+            self.settle_claims(&claims, false, &mut unanswered).await?;
         }
         Ok(claims)
     }
@@ -272,11 +274,12 @@ impl<D: Datastore> Node<D> {
     }
 
     /// Acts on the disagreements between `claims` and the pool (see
-    /// [`Node::reconcile_claims`]). The caller holds the claim lock.
+    /// [`Node::reconcile_claims`]). The caller holds the claim lock; `unanswered` is its slot.
     async fn settle_claims(
         &self,
         claims: &[PrefixClaim],
         adopt: bool,
+        unanswered: &mut Option<IpNetwork>,
     ) -> Result<(), DatastoreError> {
         let ours: HashSet<_> = claims
             .iter()
@@ -317,8 +320,21 @@ impl<D: Datastore> Node<D> {
             if held.contains(&p) {
                 continue;
             }
+            // Issue 10: released, the claim path claimed it again a moment later, and every
+            // node withdrew its route and installed it again (40 prefixes in a cold start of
+            // 1 000 nodes, each two more txns for an overloaded etcd).
+            let late_write = *unanswered == Some(p);
             // Outside today's --vpc-cidr or misaligned (or not recordable): give it back.
-            let adopted = adopt && matches!(self.state().add_prefix(p, now_ms()), Ok(Ok(())));
+            let adopted =
+                (adopt || late_write) && matches!(self.state().add_prefix(p, now_ms()), Ok(Ok(())));
+            if late_write {
+                *unanswered = None;
+            }
+            if adopted && late_write {
+                tracing::info!(prefix = %p, "took the prefix whose claim got no answer but was written");
+                self.prefixes_changed();
+                crate::obs::process::startup_phase("claimed");
+            }
             if !adopted {
                 self.datastore.release(p, &self.name).await?;
             }

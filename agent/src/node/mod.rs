@@ -1172,6 +1172,52 @@ mod tests {
         )));
     }
 
+    /// Issue 10: the claims reconcile of the peers loop, running between a claim that got no
+    /// answer but was written and the claim's retry, takes that prefix into the pool (what
+    /// the answer would have said) instead of releasing it as a leftover — released, the
+    /// retry claimed it again and every peer withdrew and re-installed its route. Any other
+    /// claim of ours the pool does not hold is still released.
+    #[tokio::test]
+    async fn a_reconcile_takes_an_unanswered_but_written_claim() {
+        let n = node(
+            StaleList {
+                unanswered: std::sync::atomic::AtomicBool::new(true),
+                ..StaleList::default()
+            },
+            "late-write",
+        )
+        .await;
+        n.grow(1).await.expect_err("no answer");
+        let written = lock(&n.datastore().fresh).clone();
+        assert_eq!(written.len(), 1, "{written:?}");
+        // A leftover of ours too: a release after a shrink that failed.
+        // (The VPC is two /28s: the leftover is the other one.)
+        let mut leftover = if written[0].prefix.to_string() == "10.0.0.0/28" {
+            other("10.0.0.16/28")
+        } else {
+            other("10.0.0.0/28")
+        };
+        leftover.node = n.name().to_owned();
+        lock(&n.datastore().fresh).push(leftover);
+        *lock(&n.datastore().stale) = lock(&n.datastore().fresh).clone();
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.state().held(Family::V4), vec![written[0].prefix]);
+        assert_eq!(
+            *lock(&n.datastore().fresh),
+            written,
+            "kept; the leftover released"
+        );
+        // The slot is cleared: the next grow claims another prefix, not that one again.
+        *lock(&n.datastore().stale) = written.clone();
+        assert_eq!(n.grow(1).await.ok(), Some(1));
+        assert_eq!(n.state().held(Family::V4).len(), 2);
+        assert_eq!(lock(&n.datastore().fresh).len(), 2);
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
+            "vpcnet-node-test-{}-late-write",
+            std::process::id()
+        )));
+    }
+
     /// Issue 10: a node that loses every race is "pool: waiting for a prefix" (status, gauge),
     /// never "VPC exhausted", and stays ready (it can still grow); a won claim clears it.
     #[tokio::test]
