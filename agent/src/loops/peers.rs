@@ -455,14 +455,15 @@ pub async fn sync<D: Datastore>(
         .map(|r| RouteChange::Delete((*r).clone()))
         .collect();
     for (r, done) in withdraw.iter().zip(st.apply(&changes)) {
-        let what = describe_current(r.kind, r.dst, r.dst_len, r.gateway);
+        let what = describe_route(r.dst, r.dst_len, r.kind, r.gateway);
         match done {
             Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
             Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
         }
     }
-    if node.state().serves(crate::node::Family::V6) || !v6(&held_all).is_empty() {
-        failures.extend(sync6(node, st, claims6.as_deref(), &v6(&held_all)).await);
+    let held6 = v6(&held_all);
+    if node.state().serves(crate::node::Family::V6) || !held6.is_empty() {
+        failures.extend(sync6(node, st, claims6.as_deref(), &held6).await);
     } else {
         // No IPv6 pool (any more): withdraw IPv6 routes of ours a previous run left.
         failures.extend(sync6(node, st, Some(&[]), &[]).await);
@@ -593,20 +594,30 @@ pub fn plan6(
     (install, delete)
 }
 
+impl Target6 {
+    fn gateway(self) -> Option<Ipv6Addr> {
+        match self {
+            Target6::Via(gw) => Some(gw),
+            Target6::Unreachable => None,
+        }
+    }
+
+    fn kind(self) -> u8 {
+        match self {
+            Target6::Via(_) => route::RTN_UNICAST,
+            Target6::Unreachable => route::RTN_UNREACHABLE,
+        }
+    }
+}
+
 fn route6(p: Ipv6Network, t: Target6) -> route::RouteV6 {
     route::RouteV6 {
         dst: p.network(),
         dst_len: p.prefix(),
-        gateway: match t {
-            Target6::Via(gw) => Some(gw),
-            Target6::Unreachable => None,
-        },
+        gateway: t.gateway(),
         oif: None,
         protocol: RTPROT_VPCNET,
-        kind: match t {
-            Target6::Via(_) => route::RTN_UNICAST,
-            Target6::Unreachable => route::RTN_UNREACHABLE,
-        },
+        kind: t.kind(),
         table: route::RT_TABLE_MAIN,
     }
 }
@@ -637,34 +648,32 @@ async fn sync6<D: Datastore>(
                 .map(|(p, t)| RouteChange::Replace6(route6(*p, *t))),
         )
         .collect();
-    let whats = delete
-        .iter()
-        .map(|r| describe_current(r.kind, r.dst, r.dst_len, r.gateway))
-        .map(|w| (true, w))
-        .chain(install.iter().map(|(p, t)| {
-            let w = match t {
-                Target6::Via(gw) => format!("{p} via {gw}"),
-                Target6::Unreachable => format!("unreachable {p}"),
-            };
-            (false, w)
-        }));
+    let results = st.apply(&changes);
+    let (withdrawn, installed) = results.split_at(delete.len().min(results.len()));
     let mut failures = Vec::new();
-    for ((withdrawal, what), r) in whats.zip(st.apply(&changes)) {
-        match (withdrawal, r) {
-            (true, Ok(_)) => tracing::info!(route = %what, "peers: route withdrawn"),
-            (true, Err(e)) => failures.push(format!("withdrawing route {what}: {e}")),
-            (false, Ok(_)) => tracing::info!(route = %what, "peers: route installed"),
-            (false, Err(e)) => failures.push(format!("route {what}: {e}")),
+    for (r, done) in delete.iter().zip(withdrawn) {
+        let what = describe_route(r.dst, r.dst_len, r.kind, r.gateway);
+        match done {
+            Ok(_) => tracing::info!(route = %what, "peers: route withdrawn"),
+            Err(e) => failures.push(format!("withdrawing route {what}: {e}")),
+        }
+    }
+    for ((p, t), done) in install.iter().zip(installed) {
+        let what = describe_route(p.network(), p.prefix(), t.kind(), t.gateway());
+        match done {
+            Ok(_) => tracing::info!(route = %what, "peers: route installed"),
+            Err(e) => failures.push(format!("route {what}: {e}")),
         }
     }
     failures
 }
 
-/// How a route found in the kernel (either family) reads in the log and in a failure.
-fn describe_current<A: std::fmt::Display>(
-    kind: u8,
+/// How a route reads in the log and in a failure (either family): `P via GW`,
+/// `unreachable P`, or `P`.
+fn describe_route<A: std::fmt::Display>(
     dst: A,
     dst_len: u8,
+    kind: u8,
     gateway: Option<A>,
 ) -> String {
     match (kind, gateway) {
@@ -674,12 +683,13 @@ fn describe_current<A: std::fmt::Display>(
     }
 }
 
-/// How a route reads in the log and in a failure: `P via GW` or `unreachable P`.
+/// [`describe_route`] of a planned IPv4 route.
 fn describe(p: Ipv4Network, t: Target) -> String {
-    match t {
-        Target::Via(gw) => format!("{p} via {gw}"),
-        Target::Unreachable => format!("unreachable {p}"),
-    }
+    let (kind, gateway) = match t {
+        Target::Via(gw) => (route::RTN_UNICAST, Some(gw)),
+        Target::Unreachable => (route::RTN_UNREACHABLE, None),
+    };
+    describe_route(p.network(), p.prefix(), kind, gateway)
 }
 
 /// Routes of one line of `peers: routes installed` at most: a start-up re-plan of N - 1

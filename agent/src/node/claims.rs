@@ -141,8 +141,7 @@ impl<D: Datastore> Node<D> {
                         match added {
                             Ok(Ok(())) => {
                                 got += 1;
-                                self.prefixes_changed();
-                                crate::obs::process::startup_phase("claimed");
+                                self.prefix_taken();
                             }
                             Ok(Err(e)) => {
                                 tracing::error!(%prefix, error = %e, "claimed a prefix the pool refuses")
@@ -200,6 +199,13 @@ impl<D: Datastore> Node<D> {
              prefixes exist, {taken_by_nodes} are claimed by nodes ({held} by this one)",
             vpc.join(", "),
         )
+    }
+
+    /// A claimed prefix is in the pool now: the peers loop is told (its `unreachable` route),
+    /// and the first one marks the start-up phase.
+    fn prefix_taken(&self) {
+        self.prefixes_changed();
+        crate::obs::process::startup_phase("claimed");
     }
 
     /// Gives a wholly free prefix back: out of the pool first (durably), then the datastore.
@@ -332,8 +338,7 @@ impl<D: Datastore> Node<D> {
             }
             if adopted && late_write {
                 tracing::info!(prefix = %p, "took the prefix whose claim got no answer but was written");
-                self.prefixes_changed();
-                crate::obs::process::startup_phase("claimed");
+                self.prefix_taken();
             }
             if !adopted {
                 self.datastore.release(p, &self.name).await?;

@@ -1051,9 +1051,22 @@ mod tests {
         }
     }
 
+    /// The state directory of the test node `what`.
+    fn test_dir(what: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("vpcnet-node-test-{}-{what}", std::process::id()))
+    }
+
+    /// A test node whose datastore writes its next claim but answers it with an error.
+    async fn node_with_an_unanswered_claim(what: &str) -> Node<StaleList> {
+        let ds = StaleList {
+            unanswered: std::sync::atomic::AtomicBool::new(true),
+            ..StaleList::default()
+        };
+        node(ds, what).await
+    }
+
     async fn node(ds: StaleList, what: &str) -> Node<StaleList> {
-        let dir =
-            std::env::temp_dir().join(format!("vpcnet-node-test-{}-{what}", std::process::id()));
+        let dir = test_dir(what);
         let _ = std::fs::remove_dir_all(&dir);
         let cfg = PoolConfig {
             vpc_cidrs: vec!["10.0.0.0/27".parse().expect("cidr")],
@@ -1137,10 +1150,7 @@ mod tests {
             "{e}"
         );
         for what in ["fresh-free", "fresh-full", "all-taken"] {
-            let _ = std::fs::remove_dir_all(
-                std::env::temp_dir()
-                    .join(format!("vpcnet-node-test-{}-{what}", std::process::id())),
-            );
+            let _ = std::fs::remove_dir_all(test_dir(what));
         }
     }
 
@@ -1149,14 +1159,7 @@ mod tests {
     /// becomes the pool's: one claim of ours, no leftover beside a second one.
     #[tokio::test]
     async fn an_unanswered_claim_is_tried_first_next_time() {
-        let n = node(
-            StaleList {
-                unanswered: std::sync::atomic::AtomicBool::new(true),
-                ..StaleList::default()
-            },
-            "unanswered",
-        )
-        .await;
+        let n = node_with_an_unanswered_claim("unanswered").await;
         n.grow(1).await.expect_err("no answer");
         assert!(n.state().held(Family::V4).is_empty());
         let written = lock(&n.datastore().fresh).clone();
@@ -1166,10 +1169,7 @@ mod tests {
         assert_eq!(n.grow(1).await.ok(), Some(1));
         assert_eq!(n.state().held(Family::V4), vec![written[0].prefix]);
         assert_eq!(*lock(&n.datastore().fresh), written, "no second claim");
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
-            "vpcnet-node-test-{}-unanswered",
-            std::process::id()
-        )));
+        let _ = std::fs::remove_dir_all(test_dir("unanswered"));
     }
 
     /// Issue 10: the claims reconcile of the peers loop, running between a claim that got no
@@ -1179,14 +1179,7 @@ mod tests {
     /// claim of ours the pool does not hold is still released.
     #[tokio::test]
     async fn a_reconcile_takes_an_unanswered_but_written_claim() {
-        let n = node(
-            StaleList {
-                unanswered: std::sync::atomic::AtomicBool::new(true),
-                ..StaleList::default()
-            },
-            "late-write",
-        )
-        .await;
+        let n = node_with_an_unanswered_claim("late-write").await;
         n.grow(1).await.expect_err("no answer");
         let written = lock(&n.datastore().fresh).clone();
         assert_eq!(written.len(), 1, "{written:?}");
@@ -1212,10 +1205,7 @@ mod tests {
         assert_eq!(n.grow(1).await.ok(), Some(1));
         assert_eq!(n.state().held(Family::V4).len(), 2);
         assert_eq!(lock(&n.datastore().fresh).len(), 2);
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!(
-            "vpcnet-node-test-{}-late-write",
-            std::process::id()
-        )));
+        let _ = std::fs::remove_dir_all(test_dir("late-write"));
     }
 
     /// Issue 10: a node that loses every race is "pool: waiting for a prefix" (status, gauge),
@@ -1263,8 +1253,6 @@ mod tests {
         assert_eq!(n.grow(1).await.ok(), Some(1));
         assert!(n.health().waiting.is_none());
         assert!(n.status(false).degraded.is_empty());
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir().join(format!("vpcnet-node-test-{}-waiting", std::process::id())),
-        );
+        let _ = std::fs::remove_dir_all(test_dir("waiting"));
     }
 }
