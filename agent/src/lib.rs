@@ -419,7 +419,11 @@ async fn serve<D: Datastore>(
             ),
         }
     }
-    let listener = match start_up(&args, &node, &net, grace).await {
+    // Issue 10: a node whose pool holds no prefix claims its first ones while the start-up
+    // waits for the claims view (`Node::claim_at_start`), not one full list after it; the
+    // start-up reconcile waits for the claim lock, so it runs after that claim, never across.
+    let (_, started) = tokio::join!(node.claim_at_start(), start_up(&args, &node, &net, grace));
+    let listener = match started {
         Ok(l) => l,
         Err(e) => {
             tasks.shutdown().await;

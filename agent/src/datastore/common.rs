@@ -255,6 +255,10 @@ impl<B: Backend> Datastore for Cluster<B> {
         result
     }
 
+    fn list_now(&self) -> Option<Vec<PrefixClaim>> {
+        self.backend.cached()
+    }
+
     async fn changed(&self) {
         self.backend.changed().notified().await
     }

@@ -119,6 +119,13 @@ pub trait Datastore: Send + Sync + 'static {
     fn list_fresh(&self) -> impl Future<Output = Result<Vec<PrefixClaim>, DatastoreError>> + Send {
         self.list()
     }
+    /// The claims as the datastore's watch-fed view has them now, without asking or waiting;
+    /// `None` while no view is in sync (at start, before the watch's first fill) and for
+    /// backends without one. For the start-up claim, which must not wait for the first fill
+    /// (issue 10, [`crate::node::Node::claim_at_start`]).
+    fn list_now(&self) -> Option<Vec<PrefixClaim>> {
+        None
+    }
     /// Resolves when the claims may have changed (etcd: a watch event). Level-triggered: the
     /// caller re-lists; backends without a watch never resolve, and callers also re-list on a
     /// timer, so a missed event only delays convergence.

@@ -11,6 +11,22 @@ use vpcnet_proto::naming;
 
 /// Rounds of (fresh read, a few candidates) one grow tries before giving up for now.
 const CLAIM_ROUNDS: u32 = 4;
+/// Candidates the start-up claim tries beyond the prefixes it wants (lost races).
+const START_SPARE: usize = 2;
+/// How long after winning a claim a cached view may still not show it (the watch's delay;
+/// under load seconds: issue 10's 1000-node cold start). Within it a reconcile reading the
+/// cache takes the absence for lag — no fresh list, no second txn; a fresh read never does.
+const VIEW_LAG: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What one claim attempt came to ([`Node::try_claim`]).
+enum Tried {
+    /// Won, and in the pool.
+    Won,
+    /// Another node holds the prefix.
+    Lost,
+    /// Won, but the pool refuses the prefix (logged).
+    Refused,
+}
 
 impl<D: Datastore> Node<D> {
     /// Claims up to `want` IPv4 prefixes from the datastore into the pool. Returns how many
@@ -131,38 +147,12 @@ impl<D: Datastore> Node<D> {
                 if got >= want {
                     break;
                 }
-                let claim = self.our_claim(prefix);
-                let started = std::time::Instant::now();
-                let claimed = self.datastore.claim(&claim).await;
-                crate::obs::metrics::get().claim_observed(started.elapsed(), &claimed);
-                match claimed {
-                    Ok(true) => {
-                        let added = self.state().add_prefix(prefix, now_ms());
-                        match added {
-                            Ok(Ok(())) => {
-                                got += 1;
-                                self.prefix_taken();
-                            }
-                            Ok(Err(e)) => {
-                                tracing::error!(%prefix, error = %e, "claimed a prefix the pool refuses")
-                            }
-                            // Claimed but not recorded: not ours to use. The claim is released
-                            // by the next claims reconcile (or adopted at the next start).
-                            Err(source) => {
-                                return if got > 0 {
-                                    Ok(got)
-                                } else {
-                                    Err(NodeError::ClaimNotRecorded { prefix, source })
-                                };
-                            }
-                        }
-                    }
-                    Ok(false) => lost += 1,
-                    Err(e) => {
-                        // No answer is not "not written": try this one first next time.
-                        *unanswered = Some(prefix);
-                        return self.datastore_failed(e, got);
-                    }
+                match self.try_claim(prefix, &mut unanswered).await {
+                    Ok(Tried::Won) => got += 1,
+                    Ok(Tried::Lost) => lost += 1,
+                    Ok(Tried::Refused) => {}
+                    Err(NodeError::Datastore(e)) => return self.datastore_failed(e, got),
+                    Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
                 }
             }
             if got > 0 {
@@ -186,6 +176,116 @@ impl<D: Datastore> Node<D> {
         self.set_degraded(Area::Pool, None);
         self.set_waiting(None);
         Ok(got)
+    }
+
+    /// One claim of `prefix` and, won, its entry into the pool. The caller holds the claim
+    /// lock; `unanswered` is its slot. Errors: [`NodeError::Datastore`] (no answer: the prefix
+    /// goes to the slot, to be tried first next time — a busy etcd may have written it) and
+    /// [`NodeError::ClaimNotRecorded`] (claimed but not journalled: not ours to use; the next
+    /// claims reconcile releases it, or the next start adopts it).
+    async fn try_claim(
+        &self,
+        prefix: IpNetwork,
+        unanswered: &mut Option<IpNetwork>,
+    ) -> Result<Tried, NodeError> {
+        let claim = self.our_claim(prefix);
+        let started = std::time::Instant::now();
+        let claimed = self.datastore.claim(&claim).await;
+        crate::obs::metrics::get().claim_observed(started.elapsed(), &claimed);
+        match claimed {
+            Ok(true) => match self.state().add_prefix(prefix, now_ms()) {
+                Ok(Ok(())) => {
+                    self.won_now(prefix);
+                    self.prefix_taken();
+                    Ok(Tried::Won)
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(%prefix, error = %e, "claimed a prefix the pool refuses");
+                    Ok(Tried::Refused)
+                }
+                Err(source) => Err(NodeError::ClaimNotRecorded { prefix, source }),
+            },
+            Ok(false) => Ok(Tried::Lost),
+            Err(e) => {
+                *unanswered = Some(prefix);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// The start-up claim (issue 10): for each family whose pool holds no prefix yet wants
+    /// some (a new node, or one that gave all back), claims them *now*, while the start-up
+    /// still waits for the claims view — instead of after the start-up reconcile, one full
+    /// list later. N new nodes starting together used to claim only once each had its first
+    /// full list of N claims (~2 s of a 400-node cold start here, docs/benchmarks.md).
+    ///
+    /// One round of a few candidates, from the view if it is in sync already (else none
+    /// excluded: spread from the node's name over the VPC, lost races are rare and cost a
+    /// txn each), never a list: a lost race or no answer leaves it to the warm loop, which
+    /// starts once serving. A won claim is the same create-if-absent txn as always, so
+    /// ownership is decided by the datastore exactly as on the claim path; it holds the claim
+    /// lock, so the start-up reconcile (which adopts and releases) runs before or after it,
+    /// never across it. Not for a datastore only this node uses (`shared() == false`).
+    /// Returns how many prefixes it claimed.
+    pub async fn claim_at_start(&self) -> u32 {
+        if !self.datastore.shared() {
+            return 0;
+        }
+        let mut unanswered = self.claim_lock.lock().await;
+        let taken: HashSet<IpNetwork> = self
+            .datastore
+            .list_now()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.prefix)
+            .collect();
+        let mut got = 0;
+        for fam in [Family::V4, Family::V6] {
+            let (want, candidates) = {
+                let st = self.state();
+                let want = st.wants_first_prefixes(fam, now_ms());
+                let seed = naming::claim_seed(&self.name, 0);
+                let tries = usize::try_from(want)
+                    .unwrap_or(1)
+                    .saturating_add(START_SPARE);
+                (want, st.claim_candidates(fam, &taken, seed, tries))
+            };
+            let mut won = 0;
+            for prefix in candidates {
+                if won >= want {
+                    break;
+                }
+                match self.try_claim(prefix, &mut unanswered).await {
+                    Ok(Tried::Won) => won += 1,
+                    Ok(Tried::Lost | Tried::Refused) => {}
+                    Err(e) => {
+                        tracing::debug!(%prefix, "start-up claim: {e} (the warm loop goes on)");
+                        break;
+                    }
+                }
+            }
+            got += won;
+        }
+        got
+    }
+
+    /// Notes that this process just won the claim of `prefix`: until a view of the datastore
+    /// shows it (or [`VIEW_LAG`] passed), a view without it is lag, not a lapsed claim.
+    pub(super) fn won_now(&self, prefix: IpNetwork) {
+        let now = std::time::Instant::now();
+        let mut won = super::lock(&self.won);
+        won.retain(|_, at| now.duration_since(*at) < VIEW_LAG);
+        won.insert(prefix, now);
+    }
+
+    /// Prefixes whose claim this process won less than [`VIEW_LAG`] ago and that no view has
+    /// shown as ours yet. One that `listed_ours` (a view) shows is forgotten: once seen, its
+    /// absence from a later view is a deletion, not lag.
+    fn won_unseen(&self, listed_ours: &HashSet<IpNetwork>) -> HashSet<IpNetwork> {
+        let now = std::time::Instant::now();
+        let mut won = super::lock(&self.won);
+        won.retain(|p, at| now.duration_since(*at) < VIEW_LAG && !listed_ours.contains(p));
+        won.keys().copied().collect()
     }
 
     /// "VPC exhausted", with the figures that prove it (a fresh read, `taken`, of the claims
@@ -235,8 +335,9 @@ impl<D: Datastore> Node<D> {
     /// read (`list_fresh`) whenever the (possibly cached) `list` disagrees with the pool.
     pub async fn reconcile_claims(&self, adopt: bool) -> Result<Vec<PrefixClaim>, DatastoreError> {
         let mut unanswered = self.claim_lock.lock().await;
-        let claims = self.read_claims().await?;
-        self.settle_claims(&claims, adopt, &mut unanswered).await?;
+        let (claims, lagging) = self.read_claims().await?;
+        self.settle_claims(&claims, &lagging, adopt, &mut unanswered)
+            .await?;
         Ok(claims)
     }
 
@@ -249,34 +350,48 @@ impl<D: Datastore> Node<D> {
     /// this sends no request and holds the lock for no I/O.
     pub async fn reconcile_claims_nowait(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
         let before: HashSet<_> = self.state().held_all().into_iter().collect();
-        let claims = self.read_claims().await?;
+        let (claims, lagging) = self.read_claims().await?;
         let Ok(mut unanswered) = self.claim_lock.try_lock() else {
             return Ok(claims);
         };
         let now: HashSet<_> = self.state().held_all().into_iter().collect();
         if now == before {
-            self.settle_claims(&claims, false, &mut unanswered).await?;
+            self.settle_claims(&claims, &lagging, false, &mut unanswered)
+                .await?;
         }
         Ok(claims)
     }
 
     /// Every node's claims: the (possibly cached) `list`, or a fresh read where it disagrees
-    /// with the pool about our own prefixes.
-    async fn read_claims(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+    /// with the pool about our own prefixes in a way the view's lag does not explain. With
+    /// them, the prefixes the view lags on (held, won lately, not listed yet; empty after a
+    /// fresh read), which the reconcile leaves alone.
+    async fn read_claims(&self) -> Result<(Vec<PrefixClaim>, HashSet<IpNetwork>), DatastoreError> {
         let claims = self.datastore.list().await?;
         // `list` may answer from a watch-fed cache a moment behind (our own claim or release
         // not seen yet, another node's release not seen yet): whenever it disagrees with the
-        // pool, act only on a fresh read. In agreement (the steady state) nothing is asked.
+        // pool, act only on a fresh read — unless the only disagreement is claims this
+        // process won moments ago (issue 10: at 1000 nodes the watch lags seconds, and each
+        // such disagreement was a full list of 1000 claims). In agreement nothing is asked.
         let listed_ours: HashSet<_> = claims
             .iter()
             .filter(|c| c.node == self.name)
             .map(|c| c.prefix)
             .collect();
         let pool_held: HashSet<_> = self.state().held_all().into_iter().collect();
-        if listed_ours != pool_held {
-            return self.datastore.list_fresh().await;
+        let won = self.won_unseen(&listed_ours);
+        let lagging: HashSet<IpNetwork> = pool_held
+            .difference(&listed_ours)
+            .filter(|p| won.contains(*p) && claims.iter().all(|c| c.prefix != **p))
+            .copied()
+            .collect();
+        let unexplained = listed_ours
+            .symmetric_difference(&pool_held)
+            .any(|p| !lagging.contains(p));
+        if unexplained {
+            return Ok((self.datastore.list_fresh().await?, HashSet::new()));
         }
-        Ok(claims)
+        Ok((claims, lagging))
     }
 
     /// Acts on the disagreements between `claims` and the pool (see
@@ -284,6 +399,7 @@ impl<D: Datastore> Node<D> {
     async fn settle_claims(
         &self,
         claims: &[PrefixClaim],
+        lagging: &HashSet<IpNetwork>,
         adopt: bool,
         unanswered: &mut Option<IpNetwork>,
     ) -> Result<(), DatastoreError> {
@@ -300,7 +416,7 @@ impl<D: Datastore> Node<D> {
         let held: Vec<_> = self.state().held_all();
         let mut conflicts = Vec::new();
         for p in &held {
-            if ours.contains(p) {
+            if ours.contains(p) || lagging.contains(p) {
                 continue;
             }
             let owner = match others.get(p) {

@@ -294,6 +294,25 @@ impl State {
         }
     }
 
+    /// How many prefixes of `fam` the warm-pool policy wants while the pool of `fam` holds
+    /// none (0 when it holds any, serves no such family, or wants none): what the start-up
+    /// claim ([`Node::claim_at_start`]) claims.
+    pub fn wants_first_prefixes(&self, fam: Family, now: Millis) -> u32 {
+        if !self.serves(fam) || !self.held(fam).is_empty() {
+            return 0;
+        }
+        match fam {
+            Family::V4 => match self.pool.plan(now) {
+                vpcnet_pool::PoolPlan::Grow { prefixes, .. } => prefixes,
+                _ => 0,
+            },
+            Family::V6 => match self.pool6.as_ref().map(|p| p.plan(now)) {
+                Some(vpcnet_pool::PoolPlan6::Grow { prefixes, .. }) => prefixes,
+                _ => 0,
+            },
+        }
+    }
+
     /// The prefixes both pools hold.
     pub fn held_all(&self) -> Vec<IpNetwork> {
         let mut v = self.held(Family::V4);
@@ -575,6 +594,9 @@ pub struct Node<D> {
     /// leftover claim beside a second one (every peer adds a route for each and withdraws it
     /// when the claims reconcile releases the leftover).
     claim_lock: tokio::sync::Mutex<Option<IpNetwork>>,
+    /// Prefixes whose claim this process won, and when (`claims.rs`: a reconcile reading a
+    /// view that does not show them yet takes that for the watch's lag).
+    won: Mutex<BTreeMap<IpNetwork, std::time::Instant>>,
     inflight_dir: PathBuf,
     /// ADDs that arrived together, to be assigned with one journal sync ([`ops`]).
     assign_queue: Mutex<Vec<ops::QueuedAssign>>,
@@ -604,6 +626,7 @@ impl<D: Datastore> Node<D> {
             wake: Notify::new(),
             prefixes_moved: Notify::new(),
             claim_lock: tokio::sync::Mutex::new(None),
+            won: Mutex::new(BTreeMap::new()),
             assign_queue: Mutex::new(Vec::new()),
             inflight_dir: p.inflight_dir,
         }
@@ -999,6 +1022,9 @@ mod tests {
         lose: std::sync::atomic::AtomicBool,
         /// The next claim is written but answered with an error (a busy etcd's late write).
         unanswered: std::sync::atomic::AtomicBool,
+        /// Fresh reads (`list_fresh`) and claim txns asked so far.
+        fresh_reads: std::sync::atomic::AtomicUsize,
+        claims: std::sync::atomic::AtomicUsize,
     }
 
     impl Datastore for StaleList {
@@ -1006,6 +1032,8 @@ mod tests {
             "stale"
         }
         async fn claim(&self, claim: &PrefixClaim) -> Result<bool, DatastoreError> {
+            self.claims
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let mut f = lock(&self.fresh);
             if self.lose.load(std::sync::atomic::Ordering::SeqCst) {
                 return Ok(false);
@@ -1034,10 +1062,21 @@ mod tests {
             Ok(lock(&self.stale).clone())
         }
         async fn list_fresh(&self) -> Result<Vec<PrefixClaim>, DatastoreError> {
+            self.fresh_reads
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(lock(&self.fresh).clone())
         }
         async fn changed(&self) {
             std::future::pending().await
+        }
+    }
+
+    impl StaleList {
+        fn fresh_reads(&self) -> usize {
+            self.fresh_reads.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn claims(&self) -> usize {
+            self.claims.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -1206,6 +1245,102 @@ mod tests {
         assert_eq!(n.state().held(Family::V4).len(), 2);
         assert_eq!(lock(&n.datastore().fresh).len(), 2);
         let _ = std::fs::remove_dir_all(test_dir("late-write"));
+    }
+
+    /// Issue 10: a new node claims its first prefix at start without any list (its view is
+    /// not in sync: `list_now` is `None`), by the same create-if-absent claim; a node that
+    /// holds a prefix claims nothing there; a lost race is left to the warm loop.
+    #[tokio::test]
+    async fn a_new_node_claims_at_start_without_listing() {
+        let n = node(StaleList::default(), "at-start").await;
+        assert_eq!(n.claim_at_start().await, 1);
+        let held = n.state().held(Family::V4);
+        assert_eq!(held.len(), 1);
+        let written = lock(&n.datastore().fresh).clone();
+        assert_eq!(written.len(), 1);
+        assert_eq!(
+            (written[0].prefix, written[0].node.as_str()),
+            (held[0], "me")
+        );
+        assert_eq!(n.datastore().fresh_reads(), 0, "no list asked");
+        assert_eq!(n.claim_at_start().await, 0, "it holds a prefix now");
+        assert_eq!(n.datastore().claims(), 1);
+        let _ = std::fs::remove_dir_all(test_dir("at-start"));
+
+        // Every candidate lost: nothing claimed, no list, the warm loop's to do.
+        let n = node(
+            StaleList {
+                lose: std::sync::atomic::AtomicBool::new(true),
+                ..StaleList::default()
+            },
+            "at-start-lost",
+        )
+        .await;
+        assert_eq!(n.claim_at_start().await, 0);
+        assert!(n.state().held(Family::V4).is_empty());
+        assert_eq!(n.datastore().fresh_reads(), 0);
+        assert!(n.datastore().claims() >= 1);
+        let _ = std::fs::remove_dir_all(test_dir("at-start-lost"));
+    }
+
+    /// Issue 10: a view that does not show a claim this process won moments ago is the
+    /// watch's lag: the reconcile neither reads afresh (a full list at 1000 nodes) nor claims
+    /// it again. Any other disagreement still means a fresh read, and on a fresh read a
+    /// missing claim of ours is claimed again, however recently it was won.
+    #[tokio::test]
+    async fn a_reconcile_takes_a_just_won_claim_missing_from_the_view_for_lag() {
+        let n = node(StaleList::default(), "lag").await;
+        assert_eq!(n.grow(1).await.ok(), Some(1));
+        let won = n.state().held(Family::V4)[0];
+        let txns = n.datastore().claims();
+        // The view (`list`) does not show it yet.
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.datastore().fresh_reads(), 0, "lag, not a disagreement");
+        assert_eq!(n.datastore().claims(), txns, "not claimed again");
+        assert_eq!(n.state().held(Family::V4), vec![won]);
+
+        // Once a view has shown it, a view without it is a deletion: a fresh read decides
+        // (it is there: nothing to do).
+        *lock(&n.datastore().stale) = lock(&n.datastore().fresh).clone();
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.datastore().fresh_reads(), 0, "in agreement");
+        lock(&n.datastore().stale).clear();
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.datastore().fresh_reads(), 1, "seen, then gone: not lag");
+        assert_eq!(n.datastore().claims(), txns);
+
+        // The view shows another node on it: not lag, a fresh read decides (ours there).
+        *lock(&n.datastore().stale) = vec![PrefixClaim {
+            prefix: won,
+            ..other("10.0.0.0/28")
+        }];
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.datastore().fresh_reads(), 2);
+        assert_eq!(n.state().held(Family::V4), vec![won]);
+
+        // An unexplained disagreement (a leftover of ours in the view) and our won claim
+        // gone from the datastore (an operator deleted it): the fresh read shows neither, and
+        // the won claim is claimed again although it was won moments ago.
+        let spare = if won.to_string() == "10.0.0.0/28" {
+            "10.0.0.16/28"
+        } else {
+            "10.0.0.0/28"
+        };
+        *lock(&n.datastore().stale) = vec![PrefixClaim {
+            node: "me".into(),
+            ..other(spare)
+        }];
+        lock(&n.datastore().fresh).clear();
+        n.won_now(won); // as if won again just now, not seen by any view since
+        n.reconcile_claims_nowait().await.expect("reconcile");
+        assert_eq!(n.datastore().fresh_reads(), 3);
+        let now: Vec<_> = lock(&n.datastore().fresh)
+            .iter()
+            .map(|c| c.prefix)
+            .collect();
+        assert_eq!(now, vec![won], "claimed again on the fresh read");
+        assert_eq!(n.state().held(Family::V4), vec![won]);
+        let _ = std::fs::remove_dir_all(test_dir("lag"));
     }
 
     /// Issue 10: a node that loses every race is "pool: waiting for a prefix" (status, gauge),

@@ -122,6 +122,10 @@ impl<D: Datastore> Datastore for Counted<D> {
         self.listed(r)
     }
 
+    fn list_now(&self) -> Option<Vec<PrefixClaim>> {
+        self.inner.list_now()
+    }
+
     async fn changed(&self) {
         self.inner.changed().await
     }
