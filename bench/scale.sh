@@ -11,7 +11,9 @@
 #      "claim -> route on all other nodes": for each new claim, from its claimedAt (the
 #      claimer's clock, just before the claim's txn) to the last "peers: routes installed" of
 #      that prefix in the logs of the nodes that did not churn; p50/p99/max over the claims;
-#      etcd bytes sent per second during the churn window;
+#      and from each new node's own start ("vpcnetd starting") to the same last route (what a
+#      joining node waits for; a claim stamped earlier in the start shows a longer claim ->
+#      route for the same route); etcd bytes sent per second during the churn window;
 #   4. agent RSS (VmRSS of every agent): median and max; the load average at each step;
 #   5. /readyz over the whole run (-r MS, 0 = off): one poller (target/debug/readyz-poll,
 #      tests/src/bin) asks every agent's /readyz in turn, a round every MS ms, and logs each
@@ -330,9 +332,9 @@ if [ "${#CHURN[@]}" -gt 0 ]; then
   c1=$(date +%s.%N) b1=$(etcd_metric "$BYTES")
   window=$(awk -v a="$c1" -v b="$c0" 'BEGIN { printf "%.1f", a - b }')
   claims_json >"$RUN/claims-after-churn.json"
-  python3 - "$RUN" "${KEPT[*]}" <<'PY'
+  python3 - "$RUN" "${KEPT[*]}" "${CHURN[*]}" <<'PY'
 import base64, datetime, json, re, sys
-run, kept = sys.argv[1], sys.argv[2].split()
+run, kept, churned = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 kvs = json.load(open(f"{run}/claims-after-churn.json")).get("kvs", [])
 claims = [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
 fresh = {c["prefix"]: c["claimedAt"] / 1000.0 for c in claims if c["node"].endswith("-r")}
@@ -350,17 +352,35 @@ for k in kept:
             if p in seen:
                 t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
                 seen[p].setdefault(k, t)
-lat = []
+def ts(s):
+    return datetime.datetime.fromisoformat(s.rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp()
+# Each new node's own start ("vpcnetd starting" in its log): the node's view of joining.
+started = {}
+for k in churned:
+    for line in open(f"{run}/n{k}-r/vpcnetd.log", errors="replace"):
+        if "vpcnetd starting" in line:
+            started[f"node{k}-r"] = ts(line.split()[0])
+            break
+owner = {c["prefix"]: c["node"] for c in claims if c["node"].endswith("-r")}
+lat, from_start = [], []
 missing = 0
 for p, t0 in fresh.items():
     if len(seen[p]) < len(kept):
         missing += 1
         continue
     lat.append(max(seen[p].values()) - t0)
-lat.sort()
-q = lambda f: lat[min(len(lat) - 1, int(f * len(lat)))] if lat else float("nan")
+    if owner.get(p) in started:
+        from_start.append(max(seen[p].values()) - started[owner[p]])
+def q(v, f):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(f * len(v)))] if v else float("nan")
 print(f"churn: {len(fresh)} new claims, claim -> route on all {len(kept)} other nodes: "
-      f"p50 {q(0.5):.3f} s  p99 {q(0.99):.3f} s  max {q(1.0):.3f} s  (claims not routed everywhere: {missing})")
+      f"p50 {q(lat, 0.5):.3f} s  p99 {q(lat, 0.99):.3f} s  max {q(lat, 1.0):.3f} s  (claims not routed everywhere: {missing})")
+# The claim's own time stamp is taken just before its txn: a node that claims earlier in its
+# start-up (while etcd is busy with the others' start) shows a longer claim -> route for the
+# same or an earlier route. From the new node's start it is the time a joining node waits.
+print(f"churn: new node started -> its prefix routed on all {len(kept)} other nodes: "
+      f"p50 {q(from_start, 0.5):.3f} s  p99 {q(from_start, 0.99):.3f} s  max {q(from_start, 1.0):.3f} s  ({len(from_start)} nodes)")
 PY
   printf 'churn window %s s (%s; the window ends when the check sees every route: an upper bound): etcd bytes sent to clients=%s (%s per churning node)  load: %s\n' \
     "$window" "$([ -n "$churn_done" ] && echo converged || echo 'NOT converged')" "$((b1 - b0))" \
