@@ -1577,7 +1577,6 @@ fn agent_with_etcd_keeps_claims_across_kill9() {
             })
         })
     };
-    let before = claims();
     let holding = |m: &BTreeMap<String, (serde_json::Value, bool)>| -> Vec<String> {
         m.iter()
             .filter(|(_, (v, alive))| {
@@ -1591,12 +1590,31 @@ fn agent_with_etcd_keeps_claims_across_kill9() {
             .map(|(k, _)| k.clone())
             .collect()
     };
+    // The claim is there once the ADD returned; the node's `alive` key on its lease may come
+    // up to TTL/3 later: a new node claims at start, before its lease is granted (the claim's
+    // txn rewrites `announced`, which is what a sweeper's grace needs), and the keep-alive
+    // puts `alive` at the lease's first renewal (docs/reliability.md, issue 10).
+    let deadline = Instant::now() + TTL + Duration::from_secs(1);
+    let mut before = claims();
+    assert!(
+        before.values().any(|(v, _)| v["node"] == node.as_str()
+            && v["prefix"]
+                .as_str()
+                .and_then(|p| p.parse::<IpNetwork>().ok())
+                .is_some_and(|p| p.contains(ip.into()))),
+        "a claim of {node} covers {ip} once the ADD returned: {before:#?}"
+    );
+    while holding(&before).len() != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        before = claims();
+    }
     let keys = holding(&before);
     assert_eq!(
         keys.len(),
         1,
         "one live claim of {node} covers {ip}: {before:#?}"
     );
+
     let key = &keys[0];
     assert!(
         key.starts_with("/vpcnet/claims/10.241.") && key.ends_with("-28"),
