@@ -1104,6 +1104,15 @@ mod tests {
         node(ds, what).await
     }
 
+    /// A test node whose every claim loses its race (another node got there first).
+    async fn node_losing_every_race(what: &str) -> Node<StaleList> {
+        let ds = StaleList {
+            lose: std::sync::atomic::AtomicBool::new(true),
+            ..StaleList::default()
+        };
+        node(ds, what).await
+    }
+
     async fn node(ds: StaleList, what: &str) -> Node<StaleList> {
         let dir = test_dir(what);
         let _ = std::fs::remove_dir_all(&dir);
@@ -1268,14 +1277,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(test_dir("at-start"));
 
         // Every candidate lost: nothing claimed, no list, the warm loop's to do.
-        let n = node(
-            StaleList {
-                lose: std::sync::atomic::AtomicBool::new(true),
-                ..StaleList::default()
-            },
-            "at-start-lost",
-        )
-        .await;
+        let n = node_losing_every_race("at-start-lost").await;
         assert_eq!(n.claim_at_start().await, 0);
         assert!(n.state().held(Family::V4).is_empty());
         assert_eq!(n.datastore().fresh_reads(), 0);
@@ -1347,14 +1349,7 @@ mod tests {
     /// never "VPC exhausted", and stays ready (it can still grow); a won claim clears it.
     #[tokio::test]
     async fn lost_races_are_waiting_not_exhausted() {
-        let n = node(
-            StaleList {
-                lose: std::sync::atomic::AtomicBool::new(true),
-                ..StaleList::default()
-            },
-            "waiting",
-        )
-        .await;
+        let n = node_losing_every_race("waiting").await;
         let e = n.grow(1).await.expect_err("every race lost");
         assert!(matches!(e, NodeError::ClaimRacesLost { .. }), "{e}");
         let s = n.status(false);
