@@ -335,6 +335,8 @@ if [ "${#CHURN[@]}" -gt 0 ]; then
   python3 - "$RUN" "${KEPT[*]}" "${CHURN[*]}" <<'PY'
 import base64, datetime, json, re, sys
 run, kept, churned = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+def ts(s):  # a log line's time stamp (UTC, trailing Z optional), epoch seconds
+    return datetime.datetime.fromisoformat(s.rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp()
 kvs = json.load(open(f"{run}/claims-after-churn.json")).get("kvs", [])
 claims = [json.loads(base64.b64decode(kv["value"])) for kv in kvs]
 fresh = {c["prefix"]: c["claimedAt"] / 1000.0 for c in claims if c["node"].endswith("-r")}
@@ -350,10 +352,7 @@ for k in kept:
         for r in m.group(2).split(", "):
             p = r.split(" via ")[0]
             if p in seen:
-                t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp()
-                seen[p].setdefault(k, t)
-def ts(s):
-    return datetime.datetime.fromisoformat(s.rstrip("Z")).replace(tzinfo=datetime.timezone.utc).timestamp()
+                seen[p].setdefault(k, ts(m.group(1)))
 # Each new node's own start ("vpcnetd starting" in its log): the node's view of joining.
 started = {}
 for k in churned:
