@@ -177,7 +177,9 @@ pub struct RunArgs {
     /// How long a node's liveness must be gone (its lease expired, and no new lease announced)
     /// before another node deletes its claims: a dead node's prefixes come back after this.
     /// Claims do not expire with the lease (a live node that cannot renew for a while keeps
-    /// them); `0` never deletes them (an operator does).
+    /// them); `0` never deletes them (an operator does), else at least 1s. A running node is
+    /// never swept, however short the grace: while it shows no `alive` key it rewrites its
+    /// `announced` record every quarter of the grace.
     #[arg(long, env = "VPCNET_ETCD_CLAIM_GRACE", default_value = "10m", value_parser = parse_duration)]
     pub etcd_claim_grace: Duration,
     /// CA bundle to verify etcd's certificate (enables TLS).
@@ -475,6 +477,14 @@ impl RunArgs {
         if self.datastore == DatastoreKind::Etcd && self.etcd_endpoints.is_empty() {
             return Err("--datastore etcd needs --etcd-endpoints".into());
         }
+        // The gap bridge (`datastore/etcd/liveness.rs`) rewrites `announced` every quarter of
+        // the grace; a grace shorter than a second leaves no room for that write's round trip.
+        if !self.etcd_claim_grace.is_zero() && self.etcd_claim_grace < Duration::from_secs(1) {
+            return Err(format!(
+                "--etcd-claim-grace {:?} is too short: 0 (never sweep) or at least 1s",
+                self.etcd_claim_grace
+            ));
+        }
         if self.etcd_cert.is_some() != self.etcd_key.is_some() {
             return Err("--etcd-cert and --etcd-key go together".into());
         }
@@ -607,6 +617,20 @@ mod tests {
             "off",
         ]);
         assert!(cli.run.validate().is_ok());
+        let grace = |g: &str| {
+            Cli::parse_from([
+                "vpcnetd",
+                "--vpc-cidr",
+                "10.0.0.0/16",
+                "--etcd-claim-grace",
+                g,
+            ])
+            .run
+            .validate()
+        };
+        assert!(grace("500ms").unwrap_err().contains("--etcd-claim-grace"));
+        assert!(grace("0").is_ok());
+        assert!(grace("1s").is_ok());
     }
 
     #[test]

@@ -1031,6 +1031,56 @@ async fn etcd_sweep_waits_a_whole_grace_after_the_last_announcement() {
     );
 }
 
+/// A live node in a liveness gap longer than the grace keeps its claims (a path to a
+/// duplicate address until stop 32): with a 30 s lease a node that has claimed is announced
+/// (`alive`) only at its lease's first renewal, 10 s after the grant, and a grace of 2 s ran out
+/// before that — another node swept the live node's claim at ~3 s and could take the prefix
+/// while its pods used it. Now the node rewrites `announced` every quarter of the grace while
+/// it shows no `alive`: nothing is swept over 6 s, another node's claim of the prefix fails,
+/// and once the node is dead (no more writes) the claim is swept within a grace and a few
+/// rounds.
+#[tokio::test]
+async fn etcd_live_node_keeps_claims_through_a_gap_longer_than_the_grace() {
+    let b = EtcdBackend::new().await;
+    let cfg = |node: &str| EtcdConfig {
+        lease_ttl: Duration::from_secs(30),
+        claim_grace: Duration::from_secs(2),
+        ..etcd_config(&b.endpoint, b.state_dir(node), node)
+    };
+    let n1 = EtcdDatastore::connect(cfg("n1")).await.expect("connect");
+    let n0 = EtcdDatastore::connect(cfg("n0")).await.expect("connect");
+    let p = net("10.9.94.0/28");
+    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    let t = Instant::now();
+    held_until(
+        &n1,
+        &[(p, "n0")],
+        t + Duration::from_secs(6),
+        "a live node's claim swept during its liveness gap",
+    )
+    .await;
+    assert!(
+        !b.attached(&n0, "n0").await,
+        "n0 was announced on its lease before its first renewal: no gap was tested"
+    );
+    assert!(
+        !n1.claim(&claim(p, "n1")).await.expect("claim"),
+        "another node took a prefix of a live node"
+    );
+    kill(&b, n0).await;
+    let dead = Instant::now();
+    let gone = eventually(Duration::from_secs(6), || async {
+        !owners(&n1).await.contains_key(&p)
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "a dead node's claim not swept {:?} after its death",
+        dead.elapsed()
+    );
+    eprintln!("swept {:?} after the node died", dead.elapsed());
+}
+
 /// Waits until `d` (node `node`) is announced on a live lease with its claims on none: the
 /// keep-alive task grants the lease in the background (a claim does not wait for one).
 async fn announced(b: &EtcdBackend, d: &EtcdDatastore, node: &str) {

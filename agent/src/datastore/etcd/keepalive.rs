@@ -188,11 +188,12 @@ impl EtcdBackend {
             self.adopt(lease, adopted).await;
             tokio::time::sleep(self.keepalive_every).await;
             self.count("lease");
+            let sent = tokio::time::Instant::now();
             if let Err(e) = keeper.keep_alive().await {
                 return KeepAlive::Failed(format!("keeping lease {lease:x} alive: {e}"));
             }
             match tokio::time::timeout(answer_within, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(r))) if r.ttl() > 0 => self.held_until(lease, sent, r.ttl()),
                 Ok(Ok(Some(_))) => return KeepAlive::Lost(lease),
                 Ok(Ok(None)) => {
                     return KeepAlive::Failed(format!("lease {lease:x}: keep-alive stream closed"))

@@ -54,12 +54,14 @@ impl EtcdBackend {
         let mut c = self.client.clone();
         if let Some(old) = self.stored_lease() {
             self.count("lease");
+            let sent = tokio::time::Instant::now();
             let r = c
                 .lease_time_to_live(old, None)
                 .await
                 .map_err(|e| self.unavailable("looking up lease", e))?;
             if r.ttl() > 0 && r.granted_ttl() == self.ttl_secs {
                 tracing::info!(lease = %Hex(old), ttl_left_s = r.ttl(), "etcd: reusing lease");
+                self.held_until(old, sent, r.ttl());
                 self.lease.store(old, Ordering::SeqCst);
                 self.lease_kick.notify_one();
                 return Ok(old);
@@ -68,7 +70,8 @@ impl EtcdBackend {
         self.count("lease");
         // Its TTL starts when etcd grants it, after this: the first renewal is due no sooner
         // than one keep-alive interval from now.
-        let renew_at = tokio::time::Instant::now() + self.keepalive_every;
+        let sent = tokio::time::Instant::now();
+        let renew_at = sent + self.keepalive_every;
         let r = c
             .lease_grant(self.ttl_secs, None)
             .await
@@ -79,6 +82,7 @@ impl EtcdBackend {
         }
         tracing::info!(lease = %Hex(id), ttl_s = r.ttl(), "etcd: granted lease");
         crate::obs::process::startup_phase("lease");
+        self.held_until(id, sent, r.ttl());
         self.store_lease(id);
         *self
             .first_renew
@@ -98,6 +102,16 @@ impl EtcdBackend {
             .take()
             .filter(|(id, _)| *id == lease)
             .map(|(_, at)| at)
+    }
+
+    /// Notes that etcd has `lease` for at least `ttl_secs` from `sent` (when the grant, renewal
+    /// or look-up that answered so was sent: etcd counts the TTL from later).
+    pub(super) fn held_until(&self, lease: i64, sent: tokio::time::Instant, ttl_secs: i64) {
+        let ttl = std::time::Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(0));
+        *self
+            .alive_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((lease, sent + ttl));
     }
 
     /// Forgets `id` (if still current) so the next user establishes a new lease.

@@ -14,12 +14,26 @@
 //! lease is known and not announced yet): a claim never waits for a lease — issue 10: at
 //! N = 1000 agents starting together etcd answered grants after 22 s (median) — and a node
 //! that claims is alive, so no sweeper's grace may run on from before it.
+//!
+//! The gap bridge ([`bridge_gaps`]): a live node holding claims has gaps without `alive` — from
+//! its first claim to its first renewal (a grant can take up to `GRANT_TIMEOUT` under load, and
+//! the announcement then waits TTL/3, `keepalive.rs`), and from a lost lease to the next one
+//! announced. A sweeper takes the claims of a node whose gap outlasts the grace, so with a grace
+//! shorter than a gap (e.g. `--etcd-claim-grace 5s` beside `--etcd-lease-ttl 30s`) a *live*
+//! node's prefixes could be swept and claimed by another while its pods use them: a duplicate
+//! address. So every quarter of the grace, while this node holds claims and is not surely
+//! announced on a lease etcd still has, it rewrites `announced` (no lease) — what a claim's txn
+//! does — which restarts every sweeper's grace. A dead process writes nothing, so its claims
+//! are still swept a grace after its last write. With the default grace (10 min) the bridge
+//! never writes in practice (a gap lasts seconds).
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{PutOptions, Txn, TxnOp};
 
-use super::{EtcdBackend, Hex};
+use super::{EtcdBackend, Hex, OP_TIMEOUT};
 use crate::datastore::common::Backend;
 use crate::datastore::DatastoreError;
 
@@ -85,5 +99,92 @@ impl EtcdBackend {
     /// txn carries `alive` too then (one txn, not two).
     pub(super) fn announcement_due(&self, lease: i64) -> Option<i64> {
         (lease != 0 && self.announced.load(Ordering::SeqCst) != lease).then_some(lease)
+    }
+
+    /// Whether `alive` is surely in etcd now: this node is announced on its current lease and
+    /// etcd still has that lease (by the last grant or renewal's answer).
+    fn surely_alive(&self, now: tokio::time::Instant) -> bool {
+        let lease = self.lease.load(Ordering::SeqCst);
+        let held = *self
+            .alive_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        lease != 0
+            && self.announced.load(Ordering::SeqCst) == lease
+            && held.is_some_and(|(l, until)| l == lease && now < until)
+    }
+
+    /// Whether this node holds claims in etcd, as far as it knows.
+    fn holds_claims(&self) -> bool {
+        !self.mine().is_empty() || self.cached_own().is_some_and(|own| !own.is_empty())
+    }
+
+    /// Rewrites `announced` (no lease): this node lives, whatever its lease does.
+    async fn bridge(&self) -> Result<(), DatastoreError> {
+        self.count("txn");
+        self.client
+            .clone()
+            .txn(Txn::new().and_then(self.announce_ops(None)))
+            .await
+            .map_err(|e| self.unavailable("announcing this node without a lease", e))?;
+        Ok(())
+    }
+}
+
+/// How often the bridge looks: a quarter of the grace (a write then lands well within any
+/// sweeper's grace), at least 100 ms, at most a minute.
+fn bridge_period(grace: Duration) -> Duration {
+    (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// Background (etcd with a claim grace): while this node holds claims and shows no `alive`
+/// key, `announced` is rewritten every quarter of the grace (see the module docs).
+pub(super) async fn bridge_gaps(inner: Arc<EtcdBackend>) {
+    if inner.claim_grace.is_zero() {
+        return;
+    }
+    let period = bridge_period(inner.claim_grace);
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(period).await;
+        if inner.surely_alive(tokio::time::Instant::now()) || !inner.holds_claims() {
+            continue;
+        }
+        match tokio::time::timeout(OP_TIMEOUT, inner.bridge()).await {
+            Ok(Ok(())) => {
+                failing = false;
+                tracing::debug!(node = %inner.node, "etcd: no live lease announced; node announced without one");
+            }
+            Ok(Err(e)) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, grace = ?inner.claim_grace, "etcd: no live lease announced and announcing without one failed: past the grace other nodes may sweep this node's claims");
+            }
+            Err(_) if !failing => {
+                failing = true;
+                tracing::warn!(endpoints = %inner.endpoints, grace = ?inner.claim_grace, "etcd: no live lease announced and announcing without one got no answer: past the grace other nodes may sweep this node's claims");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bridge_writes_well_within_the_grace() {
+        assert_eq!(
+            bridge_period(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            bridge_period(Duration::from_secs(600)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            bridge_period(Duration::from_millis(100)),
+            Duration::from_millis(100)
+        );
     }
 }

@@ -171,6 +171,10 @@ pub struct EtcdBackend {
     announced: AtomicI64,
     /// A claim txn of this process has rewritten this node's `announced` record.
     claimed_since_start: AtomicBool,
+    /// A lease and the instant before which etcd surely still has it (the grant's or last
+    /// renewal's send time plus the TTL etcd answered): `alive` on it is in etcd until then if
+    /// this node is announced on it (`liveness.rs`, the gap bridge).
+    alive_until: Mutex<Option<(i64, tokio::time::Instant)>>,
     /// Serialises establishing a lease (grant or reuse).
     lease_lock: tokio::sync::Mutex<()>,
     /// Wakes the keep-alive task out of its back-off (a lease was established by an operation).
@@ -286,6 +290,7 @@ impl Cluster<EtcdBackend> {
             lease: AtomicI64::new(0),
             announced: AtomicI64::new(0),
             claimed_since_start: AtomicBool::new(false),
+            alive_until: Mutex::new(None),
             lease_lock: tokio::sync::Mutex::new(()),
             lease_kick: Notify::new(),
             first_renew: Mutex::new(None),
@@ -303,6 +308,7 @@ impl Cluster<EtcdBackend> {
             tokio::spawn(keepalive::keep_lease(inner.clone())),
             tokio::spawn(watch::watch_claims(inner.clone())),
             tokio::spawn(sweep::sweep_dead_nodes(inner.clone())),
+            tokio::spawn(liveness::bridge_gaps(inner.clone())),
         ];
         Ok(Cluster::new(inner, tasks))
     }
