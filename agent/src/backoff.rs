@@ -100,6 +100,18 @@ impl Backoff {
         d
     }
 
+    /// The delay after a failure that says the server is behind by at least `floor` (see
+    /// `datastore::common::BUSY_RETRY_FLOOR`): drawn from `[floor, max(ceiling, 2 × floor)]`
+    /// — jittered like every delay, and above `max` if the floor is (a busy server's lag is
+    /// not this loop's cap). Growth goes on from it.
+    pub fn next_delay_at_least(&mut self, floor: Duration) -> Duration {
+        let lo = nanos(self.min.max(floor));
+        let hi = nanos(self.ceiling()).max(lo.saturating_mul(2));
+        let d = Duration::from_nanos(self.rng.u64(lo..=hi));
+        self.last = d;
+        d
+    }
+
     /// Back to the shortest delays (after a success).
     pub fn reset(&mut self) {
         self.last = self.min;
@@ -176,6 +188,36 @@ mod tests {
                 b.ceiling() == MAX
             });
             assert!(hit_cap, "seed {seed}: the ceiling never reached the cap");
+        }
+    }
+
+    /// After a busy answer the delay is never below the floor (even above the cap), spread
+    /// over `[floor, 2 × floor]` from a short range, and growth goes on from there.
+    #[test]
+    fn a_floor_raises_the_delay_and_keeps_the_jitter() {
+        let floor = Duration::from_secs(5);
+        let small = Backoff::new(MIN, Duration::from_secs(2));
+        let mut seen = Vec::new();
+        for seed in 0..200 {
+            let mut b = Backoff::new(small.min(), small.max()).with_seed(seed);
+            let d = b.next_delay_at_least(floor);
+            assert!(d >= floor && d <= floor * 2, "seed {seed}: {d:?}");
+            seen.push(d);
+            // Back to plain delays: within the cap again, growth from the last delay.
+            let next = b.next_delay();
+            assert!(next >= MIN && next <= small.max(), "seed {seed}: {next:?}");
+        }
+        let spread = seen.iter().max().copied().unwrap_or_default()
+            - seen.iter().min().copied().unwrap_or_default();
+        assert!(spread >= floor / 2, "no jitter: spread {spread:?}");
+        // A wide range (ceiling above 2 × floor) keeps its own top.
+        let mut b = seeded(1);
+        while b.ceiling() < MAX {
+            b.next_delay();
+        }
+        for _ in 0..50 {
+            let d = b.next_delay_at_least(Duration::from_secs(1));
+            assert!(d >= Duration::from_secs(1) && d <= MAX, "{d:?}");
         }
     }
 

@@ -93,8 +93,21 @@ pub fn apply_delta(
 pub enum DatastoreError {
     #[error("datastore {backend} unavailable: {msg}")]
     Unavailable { backend: &'static str, msg: String },
+    /// The datastore is reachable but behind: it did not answer within the bound, or answered
+    /// that it is overloaded (etcd: "too many requests", "request timed out"). The request may
+    /// still take effect; one sent again now queues behind it (retry loops wait at least
+    /// [`common::BUSY_RETRY_FLOOR`]). Says nothing against the watch-fed view.
+    #[error("datastore {backend} unavailable: {msg}")]
+    Busy { backend: &'static str, msg: String },
     #[error("datastore {backend}: {msg}")]
     Invalid { backend: &'static str, msg: String },
+}
+
+impl DatastoreError {
+    /// Whether this is [`DatastoreError::Busy`].
+    pub fn is_busy(&self) -> bool {
+        matches!(self, DatastoreError::Busy { .. })
+    }
 }
 
 pub trait Datastore: Send + Sync + 'static {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::backoff::Backoff;
-use crate::datastore::Datastore;
-use crate::node::{now_ms, Family, Node};
+use crate::datastore::{common, Datastore};
+use crate::node::{now_ms, Family, Node, NodeError};
 use ipnetwork::IpNetwork;
 use vpcnet_pool::{PoolPlan, PoolPlan6};
 
@@ -40,21 +40,38 @@ fn plan6(p: PoolPlan6) -> Plan {
     }
 }
 
+/// Why a plan could not be carried out.
+struct Failed {
+    msg: String,
+    /// The datastore is reachable but behind: retry no sooner than
+    /// [`common::BUSY_RETRY_FLOOR`].
+    busy: bool,
+}
+
+impl Failed {
+    fn new(e: &NodeError, context: &str) -> Failed {
+        Failed {
+            msg: format!("{context}{e}"),
+            busy: e.is_busy(),
+        }
+    }
+}
+
 /// Acts on `plan` of family `fam`: `Ok(true)` when it changed something.
-async fn act<D: Datastore>(node: &Node<D>, fam: Family, plan: Plan) -> Result<bool, String> {
+async fn act<D: Datastore>(node: &Node<D>, fam: Family, plan: Plan) -> Result<bool, Failed> {
     match plan {
         Plan::Steady => Ok(false),
         Plan::Grow(prefixes) => node
             .grow_family(fam, prefixes)
             .await
             .map(|n| n > 0)
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Failed::new(&e, "")),
         Plan::Shrink(prefixes) => {
             let mut r = Ok(false);
             for p in prefixes {
                 match node.shrink(p).await {
                     Ok(()) => r = Ok(true),
-                    Err(e) => return Err(format!("releasing {p}: {e}")),
+                    Err(e) => return Err(Failed::new(&e, &format!("releasing {p}: "))),
                 }
             }
             r
@@ -108,8 +125,12 @@ pub async fn run<D: Datastore>(node: &Node<D>, interval: Duration) {
                 until_expiry.map_or(interval, |d| d.min(interval))
             }
             Err(e) => {
-                let delay = backoff.next_delay();
-                tracing::warn!(retry_in = ?delay, "warm pool: {e}");
+                let delay = if e.busy {
+                    backoff.next_delay_at_least(common::BUSY_RETRY_FLOOR)
+                } else {
+                    backoff.next_delay()
+                };
+                tracing::warn!(retry_in = ?delay, "warm pool: {}", e.msg);
                 delay
             }
         };

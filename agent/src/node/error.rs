@@ -42,6 +42,17 @@ pub enum NodeError {
     NoFreeAddress(Box<NodeError>),
 }
 
+impl NodeError {
+    /// The datastore is reachable but behind ([`DatastoreError::is_busy`]).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            NodeError::Datastore(e) => e.is_busy(),
+            NodeError::NoFreeAddress(e) => e.is_busy(),
+            _ => false,
+        }
+    }
+}
+
 fn disk_full_prefix(e: &StoreError) -> &'static str {
     if e.is_disk_full() {
         "disk full: "

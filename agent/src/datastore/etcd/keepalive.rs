@@ -23,6 +23,12 @@ enum KeepAlive {
     Lost(i64),
     /// Connection trouble: retry the same lease after a back-off.
     Failed(String),
+    /// No lease could be established because etcd is behind (`DatastoreError::Busy`): a grant
+    /// it timed out on may still be granted, and one sent again soon is one more lease for
+    /// it to grant and later revoke (issue 10: 4 030 leases for 1 000 agents). Retried no
+    /// sooner than `BUSY_RETRY_FLOOR`, growing to `GRANT_TIMEOUT`; there is no lease to save
+    /// meanwhile (claims do not wait for one).
+    Busy(String),
     /// Another code path replaced the lease.
     Replaced,
 }
@@ -246,6 +252,7 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
     // every lease for one TTL) only a keep-alive within that TTL saves the lease; a 10 s
     // back-off would let it lapse and take the claims with it. A refused connection is cheap.
     let mut backoff = common::backoff(BACKOFF_MAX.min(inner.keepalive_every));
+    let mut grant_backoff = common::backoff(GRANT_TIMEOUT);
     let mut adopted = 0i64;
     let mut down: Option<String> = None;
     loop {
@@ -261,19 +268,26 @@ pub(super) async fn keep_lease(inner: Arc<EtcdBackend>) {
         )
         .await
         {
-            Ok(lease) => inner.keep_alive(lease, &mut adopted, &mut backoff).await,
+            Ok(lease) => {
+                grant_backoff.reset();
+                inner.keep_alive(lease, &mut adopted, &mut backoff).await
+            }
+            Err(e) if e.is_busy() => KeepAlive::Busy(e.to_string()),
             Err(e) => KeepAlive::Failed(e.to_string()),
         };
-        let msg = match outcome {
+        let (msg, delay) = match outcome {
             KeepAlive::Replaced => continue,
             KeepAlive::Lost(lease) => {
                 tracing::warn!(node = %inner.node, lease = %Hex(lease), "etcd: lease expired; taking a new one");
                 inner.forget_lease(lease);
                 continue;
             }
-            KeepAlive::Failed(msg) => msg,
+            KeepAlive::Failed(msg) => (msg, backoff.next_delay()),
+            KeepAlive::Busy(msg) => (
+                msg,
+                grant_backoff.next_delay_at_least(common::BUSY_RETRY_FLOOR),
+            ),
         };
-        let delay = backoff.next_delay();
         if down.as_deref() != Some(msg.as_str()) {
             tracing::warn!(error = %msg, retry_in = ?delay, "etcd: lease keep-alive failed; retrying with back-off");
             down = Some(msg);

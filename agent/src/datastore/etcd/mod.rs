@@ -229,6 +229,14 @@ fn invalid(msg: impl Into<String>) -> DatastoreError {
     common::invalid(BACKEND, msg)
 }
 
+/// Whether an error's text is etcd's own answer that it is behind: its apply loop too far
+/// behind its log to take more ("etcdserver: too many requests") or a proposal not applied
+/// within its request timeout ("etcdserver: request timed out", with or without a reason —
+/// the proposal may still be applied). Not a transport error, not a refusal on the merits.
+fn overloaded(msg: &str) -> bool {
+    msg.contains("etcdserver: too many requests") || msg.contains("etcdserver: request timed out")
+}
+
 /// A lease ID as etcd's tools print it (hex).
 struct Hex(i64);
 
@@ -368,12 +376,22 @@ impl Backend for EtcdBackend {
     const LIST_TIMEOUT: Duration = LIST_TIMEOUT;
 
     fn unavailable(&self, what: &str, e: impl fmt::Display) -> DatastoreError {
+        let msg = format!("{what} at {}: {e}", self.endpoints);
+        // etcd answered that it is behind: reachable, and its watch stream goes on (issue 10:
+        // at N = 1000 every such refusal made its agent re-create the watch, and every list
+        // meanwhile went to etcd itself — 4.6 full lists per agent in a cold start).
+        if overloaded(&msg) {
+            return DatastoreError::Busy {
+                backend: BACKEND,
+                msg,
+            };
+        }
         // etcd may be unreachable: stop trusting the cache until the watch is re-created.
         self.cache().synced = false;
         self.resync.notify_one();
         DatastoreError::Unavailable {
             backend: BACKEND,
-            msg: format!("{what} at {}: {e}", self.endpoints),
+            msg,
         }
     }
 
@@ -384,7 +402,7 @@ impl Backend for EtcdBackend {
     /// re-create the watch and list every claim again — 8.5 lists per agent in the cold
     /// start, 990 agents timing out on them, more load for the etcd that was late.
     fn late(&self, what: &str, limit: Duration) -> DatastoreError {
-        DatastoreError::Unavailable {
+        DatastoreError::Busy {
             backend: BACKEND,
             msg: format!("{what} at {}: no answer within {limit:?}", self.endpoints),
         }
@@ -422,6 +440,74 @@ impl Backend for EtcdBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The texts are the ones a 1000-node cold start logged (bench/scale.sh, issue 10).
+    #[test]
+    fn etcd_saying_it_is_behind_is_busy_anything_else_is_not() {
+        assert!(overloaded(
+            "granting lease at http://172.25.0.1:2379: grpc request error: code: 'The service \
+             is currently unavailable', message: \"etcdserver: request timed out\""
+        ));
+        assert!(overloaded(
+            "claiming 10.1.2.16/28 at http://e:2379: grpc request error: code: 'Unknown error', \
+             message: \"etcdserver: too many requests\""
+        ));
+        assert!(overloaded(
+            "x: message: \"etcdserver: request timed out, waiting for the applied index took too long\""
+        ));
+        assert!(!overloaded(
+            "claiming at http://e:2379: grpc request error: transport error: Connection refused"
+        ));
+        assert!(!overloaded(
+            "x: message: \"etcdserver: requested lease not found\""
+        ));
+    }
+
+    /// etcd saying it is behind is `Busy` and leaves the claim cache in sync (its watch stream
+    /// goes on); a transport error is `Unavailable` and marks the cache out of sync until the
+    /// watch is re-created. (No etcd: the client connects lazily, nothing is sent.)
+    #[tokio::test]
+    async fn a_busy_answer_keeps_the_cache_a_transport_error_drops_it() {
+        let ds = EtcdDatastore::connect(EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:9".into()],
+            prefix: "/vpcnet".into(),
+            lease_ttl: Duration::from_secs(15),
+            claim_grace: Duration::ZERO,
+            state_dir: std::env::temp_dir().join(format!("vpcnet-busy-{}", std::process::id())),
+            node: "n1".into(),
+            ca: None,
+            cert: None,
+            key: None,
+        })
+        .await
+        .expect("a valid config");
+        let b = ds.backend();
+        b.cache().synced = true;
+        let e = b.unavailable(
+            "claiming 10.1.2.16/28",
+            "message: \"etcdserver: too many requests\"",
+        );
+        assert!(e.is_busy(), "{e:?}");
+        assert!(
+            b.cache().synced,
+            "a busy answer marked the cache out of sync"
+        );
+        let e = b.late("claiming 10.1.2.16/28", OP_TIMEOUT);
+        assert!(e.is_busy(), "{e:?}");
+        assert!(
+            b.cache().synced,
+            "a late answer marked the cache out of sync"
+        );
+        let e = b.unavailable(
+            "claiming 10.1.2.16/28",
+            "transport error: Connection refused",
+        );
+        assert!(!e.is_busy(), "{e:?}");
+        assert!(
+            !b.cache().synced,
+            "a transport error left the cache in sync"
+        );
+    }
 
     #[test]
     fn claim_keys_are_address_dash_length() {
