@@ -1048,20 +1048,42 @@ async fn etcd_live_node_keeps_claims_through_a_gap_longer_than_the_grace() {
         ..etcd_config(&b.endpoint, b.state_dir(node), node)
     };
     let n1 = EtcdDatastore::connect(cfg("n1")).await.expect("connect");
-    let n0 = EtcdDatastore::connect(cfg("n0")).await.expect("connect");
-    let p = net("10.9.94.0/28");
-    assert!(n0.claim(&claim(p, "n0")).await.expect("claim"));
+    // The gap exists when the node is not announced on its lease once it has one: its claim
+    // came before the grant (a claim's txn carries `alive` once a lease is known) and the
+    // announcement waits for the first renewal. The keep-alive task grants in the background,
+    // so a node whose grant won that race (or announced at once) is left dead and a fresh one
+    // tried: the test never passes without a gap to bridge.
+    let mut attempt = 0u8;
+    let (n0, name, p) = loop {
+        attempt += 1;
+        assert!(
+            attempt <= 8,
+            "no node claimed before its lease in 8 attempts"
+        );
+        let name = format!("n0-{attempt}");
+        let p = net(&format!("10.9.{}.0/28", 110 + attempt));
+        let n0 = EtcdDatastore::connect(cfg(&name)).await.expect("connect");
+        assert!(n0.claim(&claim(p, &name)).await.expect("claim"));
+        let granted =
+            eventually(Duration::from_secs(5), || async { n0.lease_id().is_some() }).await;
+        assert!(granted.is_some(), "{name}: no lease within 5 s");
+        if !b.attached(&n0, &name).await {
+            break (n0, name, p);
+        }
+        eprintln!("{name} was announced on its lease at once: no gap, another node");
+        drop(n0);
+    };
     let t = Instant::now();
     held_until(
         &n1,
-        &[(p, "n0")],
+        &[(p, name.as_str())],
         t + Duration::from_secs(6),
         "a live node's claim swept during its liveness gap",
     )
     .await;
     assert!(
-        !b.attached(&n0, "n0").await,
-        "n0 was announced on its lease before its first renewal: no gap was tested"
+        !b.attached(&n0, &name).await,
+        "{name} was announced on its lease before its first renewal: no gap was tested"
     );
     assert!(
         !n1.claim(&claim(p, "n1")).await.expect("claim"),
