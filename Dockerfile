@@ -13,8 +13,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-# vpcnet is executed on the node by the container runtime, not in this image, so it must not
-# depend on the node's C library: it is linked statically (+crt-static; it resolves no names,
+# vpcnet (the front, front/: no libc at all) and vpcnet-standalone (the plugin it falls back
+# to) are executed on the node by the container runtime, not in this image, so they must not
+# depend on the node's C library; vpcnet-standalone is linked statically (+crt-static; it resolves no names,
 # so glibc's NSS caveat does not apply) and position-dependent (no relocations to apply at each
 # of its starts; scripts/build-release.sh). vpcnetd runs in this image and links dynamically,
 # built with the release-agent profile (Cargo.toml: for size, one agent on every node).
@@ -23,10 +24,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     set -eux; \
     host="$(rustc -vV | sed -n 's/^host: //p')"; \
     RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
-      cargo build --release --locked -p vpcnet --bin vpcnet --target "$host"; \
+      cargo build --release --locked -p vpcnet --bin vpcnet-standalone --target "$host"; \
     cargo build --profile release-agent --locked -p vpcnet-agent --bin vpcnetd; \
+    cargo build --release --locked --manifest-path front/Cargo.toml --target-dir target/front; \
     mkdir -p /out; \
-    cp "target/$host/release/vpcnet" target/release-agent/vpcnetd /out/
+    cp "target/$host/release/vpcnet-standalone" target/release-agent/vpcnetd target/front/release/vpcnet /out/
 
 # The portmap and loopback CNI plugins (chained in / needed beside vpcnet's conflist), from
 # Debian's containernetworking-plugins (Go, statically linked: they run on the node). The
@@ -42,7 +44,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends nftables \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/vpcnet /out/vpcnetd /usr/local/bin/
+COPY --from=build /out/vpcnet /out/vpcnet-standalone /out/vpcnetd /usr/local/bin/
 COPY --from=cni-plugins /usr/lib/cni/portmap /usr/lib/cni/loopback /usr/local/bin/
 LABEL org.opencontainers.image.title="vpcnet" \
       org.opencontainers.image.description="VPC-style Kubernetes CNI: vpcnet plugin + vpcnetd agent" \

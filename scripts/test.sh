@@ -15,6 +15,10 @@ for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(vt[0-9]+x|
 done
 
 cargo build --workspace --bins --features vpcnet/failpoints
+# The `vpcnet` front (no_std, its own workspace: front/Cargo.toml) beside the other binaries,
+# where the tests exec `vpcnet`; it falls back to the `vpcnet-standalone` built above.
+cargo build --release --locked --manifest-path front/Cargo.toml --target-dir target/front
+cp target/front/release/vpcnet target/debug/vpcnet
 log=$(mktemp)
 # A test that cannot run what it checks (a missing tool) says so in this file, one line
 # "test: reason" (vpcnet_tests::skip), and is counted as skipped, not passed.
@@ -26,6 +30,11 @@ set +e
 cargo test --workspace --lib --bins --tests --no-fail-fast --features vpcnet-netlink/test_as_root,vpcnet/failpoints \
   -- --test-threads "${TEST_THREADS:-2}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
+# The front's own unit tests (its pure parts, on the host with std), and its wire edge cases
+# against a fake agent (a reply code out of range, a wrong magic, a closed connection…).
+cargo test --locked --manifest-path front/Cargo.toml --target-dir target/front 2>&1 | tee -a "$log"
+[ "${PIPESTATUS[0]}" = 0 ] || rc=1
+FRONT_BIN=target/front/release/vpcnet front/e2e/run.sh 2>&1 | tail -n 25 || rc=1
 set -e
 echo
 failed_names=$(grep -E '^test .* \.\.\. FAILED$' "$log" | sed -E 's/^test (.*) \.\.\. FAILED$/\1/' || true)

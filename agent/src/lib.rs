@@ -5,6 +5,7 @@
 //! * [`node`] — the node's state and the operations on it (assign, release, claims), its
 //!   journal ([`node::store`]) and the start-up audit ([`node::audit`]).
 //! * [`server`] — the plugin's socket: decodes requests, calls [`node`], maps errors to CNI codes.
+//! * [`exec`] — the `vpcnet` front's socket: whole CNI commands, run with the plugin's code.
 //! * [`datastore`] — where nodes meet: prefix claims in a local file, etcd or Kubernetes.
 //! * [`loops`] — what runs beside the server: warm pool, reconcile, peer routes, veth reaper.
 //! * [`netpol`] — NetworkPolicy (`--network-policy`): the API's view, compile, apply.
@@ -24,6 +25,7 @@ pub mod cni_conf;
 pub mod config;
 pub mod datastore;
 pub mod error;
+pub mod exec;
 pub mod ipv6_forwarding;
 pub mod loops {
     //! The agent's background loops, each beside the socket server.
@@ -454,6 +456,19 @@ async fn serve<D: Datastore>(
         None => (None, None),
     };
     tasks.spawn(Task::Server, server::serve(listener, node.clone(), gate));
+    // After the plugin socket: a command the front hands over calls it like the plugin does.
+    let ipv6 = args.vpc_cidrs.iter().any(ipnetwork::IpNetwork::is_ipv6);
+    match exec::serve(&args.socket, ipv6) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => tracing::info!(
+            reason = %why,
+            "not serving the vpcnet front: it runs every command through vpcnet-standalone"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the vpcnet front's socket: every command runs through vpcnet-standalone"
+        ),
+    }
     tasks.spawn(Task::Warm, {
         let node = node.clone();
         let interval = args.pool_check_interval;
@@ -508,6 +523,7 @@ async fn serve<D: Datastore>(
     // Orderly: stop accepting, let the requests in flight finish (bounded), stop the rest.
     tasks.stop(Task::Server).await;
     let _ = std::fs::remove_file(&args.socket);
+    let _ = std::fs::remove_file(vpcnet_proto::front::socket_for(&args.socket));
     if failed.is_none() {
         let left = tasks.drain(&node, DRAIN_TIMEOUT).await;
         if left > 0 {

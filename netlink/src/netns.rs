@@ -1,7 +1,7 @@
 //! Network namespaces: open and verify a namespace file, run code inside a namespace.
 
 use std::future::Future;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use nix::sched::CloneFlags;
@@ -20,14 +20,21 @@ const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
 /// gives [`NetlinkError::Io`] with ENOENT.
 pub fn open(path: &Path) -> Result<OwnedFd, NetlinkError> {
     let fd = OwnedFd::from(std::fs::File::open(path).map_err(NetlinkError::Io)?);
-    let st = nix::sys::statfs::fstatfs(&fd).map_err(|e| NetlinkError::Io(e.into()))?;
+    check(fd.as_fd(), path)?;
+    Ok(fd)
+}
+
+/// Verifies that an open file is a network namespace, as [`open`] does; `path` names it in
+/// the error. For a descriptor another process opened and passed on (the `vpcnet` front).
+pub fn check(fd: BorrowedFd<'_>, path: &Path) -> Result<(), NetlinkError> {
+    let st = nix::sys::statfs::fstatfs(fd).map_err(|e| NetlinkError::Io(e.into()))?;
     #[allow(clippy::useless_conversion)] // f_type's width differs between libcs/arches
     let f_type = i64::from(st.filesystem_type().0);
     if f_type != NSFS_MAGIC {
         return Err(NetlinkError::NotNetns(path.to_path_buf()));
     }
     // SAFETY: NS_GET_NSTYPE takes no argument and only reads the namespace behind the fd,
-    // which is open and owned by `fd` for the duration of the call.
+    // which is open (borrowed) for the duration of the call.
     let nstype = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
     if nstype < 0 {
         return Err(NetlinkError::Io(std::io::Error::last_os_error()));
@@ -35,7 +42,7 @@ pub fn open(path: &Path) -> Result<OwnedFd, NetlinkError> {
     if nstype != libc::CLONE_NEWNET {
         return Err(NetlinkError::NotNetns(path.to_path_buf()));
     }
-    Ok(fd)
+    Ok(())
 }
 
 /// The identity of a network namespace: the nsfs device and inode behind its file. Two

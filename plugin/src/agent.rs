@@ -1,7 +1,7 @@
 //! The plugin's view of vpcnetd: one call per request, errors mapped to CNI codes.
 
+use std::cell::RefCell;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use vpcnet_proto::api::{ObservedOp, Reply, Request};
@@ -23,16 +23,18 @@ pub enum Outcome {
     Unreachable(ClientError),
 }
 
-/// The connection of this command's last answered request, kept for [`observe`]: one
-/// connection per pod event instead of two (issue 14).
-static KEPT: Mutex<Option<client::Kept>> = Mutex::new(None);
+thread_local! {
+    /// The connection of this command's last answered request, kept for [`observe`]: one
+    /// connection per pod event instead of two (issue 14). Per thread, because a command runs
+    /// on one thread from start to end and vpcnetd runs several at once (each on its own
+    /// thread, [`crate::run`]).
+    static KEPT: RefCell<Option<client::Kept>> = const { RefCell::new(None) };
+}
 
 fn keep(r: Result<(Reply, client::Kept), ClientError>) -> Result<Reply, ClientError> {
     r.map(|(reply, kept)| {
-        if let Ok(mut slot) = KEPT.lock() {
-            // An earlier one (an ADD's Assign before its Release) closes here.
-            *slot = Some(kept);
-        }
+        // An earlier one (an ADD's Assign before its Release) closes here.
+        KEPT.with(|slot| *slot.borrow_mut() = Some(kept));
         reply
     })
 }
@@ -43,7 +45,7 @@ fn keep(r: Result<(Reply, client::Kept), ClientError>) -> Result<Reply, ClientEr
 /// report there after its reply), else on a new connection.
 pub fn observe(socket: &Path, verb: ObservedOp, micros: u64, ok: bool) {
     let report = Request::Observed { verb, micros, ok };
-    let kept = KEPT.lock().ok().and_then(|mut slot| slot.take());
+    let kept = KEPT.with(|slot| slot.borrow_mut().take());
     let _ = match kept {
         Some(kept) => kept.notify(report),
         None => client::notify(socket, report, Duration::from_millis(100)),

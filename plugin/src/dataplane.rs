@@ -61,8 +61,19 @@ pub struct Plan<'a> {
 const LOOPBACK_INDEX: u32 = 1;
 
 /// Opens the pod namespace, refusing anything that is not one (code 4, naming CNI_NETNS).
-pub fn open_netns(path: &std::path::Path) -> Result<OwnedFd, CniError> {
-    netns::open(path).map_err(|e| CniError::env("CNI_NETNS", format!("{}: {e}", path.display())))
+/// `given`: the caller already opened CNI_NETNS (the `vpcnet` front, in the runtime's mount
+/// namespace); it is checked the same way and used instead of the path.
+pub fn open_netns(path: &std::path::Path, given: Option<&OwnedFd>) -> Result<OwnedFd, CniError> {
+    let env_err =
+        |e: &dyn std::fmt::Display| CniError::env("CNI_NETNS", format!("{}: {e}", path.display()));
+    match given {
+        Some(fd) => {
+            let fd = fd.try_clone().map_err(|e| env_err(&e))?;
+            netns::check(fd.as_fd(), path).map_err(|e| env_err(&e))?;
+            Ok(fd)
+        }
+        None => netns::open(path).map_err(|e| env_err(&e)),
+    }
 }
 
 /// Refuses a CNI_NETNS that names the host's namespace instead of a pod's (issue 9 item 2):

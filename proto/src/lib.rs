@@ -1,5 +1,6 @@
 //! The contract between the `vpcnet` plugin and the `vpcnetd` agent, and nothing else: both
-//! binaries depend on it, neither on the other.
+//! depend on it. (vpcnetd also links the plugin's commands, to run those the `vpcnet` front
+//! hands it: [`front`].)
 //!
 //! * [`api`] — the versioned JSON protocol over the agent's unix socket, and the CNI error
 //!   codes both sides speak.
@@ -8,11 +9,13 @@
 //! * [`codes`] — the CNI error codes, one enum for both binaries.
 //! * [`attachment`] — what a pod attachment is on the host: host route, gateway.
 //! * [`naming`] — veth names and MACs derived from the container ID.
+//! * [`front`] — the `vpcnet` front's socket: a whole command handed to vpcnetd.
 
 pub mod api;
 pub mod attachment;
 pub mod client;
 pub mod codes;
+pub mod front;
 pub mod inflight;
 pub mod naming;
 

@@ -1,5 +1,7 @@
 //! The one way the tests invoke the real `vpcnet` plugin: inside a namespace, as a runtime
-//! living there would (CNI_* env + netconf on stdin), and read what it printed.
+//! living there would (CNI_* env + netconf on stdin), and read what it printed. `vpcnet` is
+//! the front (front/): with an agent that serves it, the command runs in the agent; without,
+//! in `vpcnet-standalone`, which the front execs.
 
 use std::io::Write;
 use std::path::Path;
@@ -102,7 +104,20 @@ pub fn cni_in(ns: &str, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
 /// [`cni_in`], killed (SIGKILL) after `timeout_s` seconds when given: a hang then shows as a
 /// failed call instead of a stuck test.
 pub fn invoke(ns: &str, stdin: &[u8], env: &[(&str, &str)], timeout_s: Option<u32>) -> CniOutput {
-    let mut child = command(ns, env, timeout_s).spawn().expect("spawn vpcnet");
+    invoke_bin(&bin("vpcnet"), ns, stdin, env, timeout_s)
+}
+
+/// [`invoke`] of the program `plugin` (e.g. `vpcnet-standalone`, or a copy of the front).
+pub fn invoke_bin(
+    plugin: &Path,
+    ns: &str,
+    stdin: &[u8],
+    env: &[(&str, &str)],
+    timeout_s: Option<u32>,
+) -> CniOutput {
+    let mut child = command_of(plugin, ns, env, timeout_s)
+        .spawn()
+        .expect("spawn vpcnet");
     if let Some(mut stdin_pipe) = child.stdin.take() {
         let _ = stdin_pipe.write_all(stdin);
     }
@@ -113,6 +128,16 @@ pub fn invoke(ns: &str, stdin: &[u8], env: &[(&str, &str)], timeout_s: Option<u3
 /// and stderr piped; under `timeout -s KILL` when `timeout_s` is given. For a test that
 /// must feed stdin itself (see [`invoke`] for the usual call).
 pub fn command(ns: &str, env: &[(&str, &str)], timeout_s: Option<u32>) -> Command {
+    command_of(&bin("vpcnet"), ns, env, timeout_s)
+}
+
+/// [`command`] of the program `plugin`.
+pub fn command_of(
+    plugin: &Path,
+    ns: &str,
+    env: &[(&str, &str)],
+    timeout_s: Option<u32>,
+) -> Command {
     let mut cmd = match timeout_s {
         Some(t) => {
             let mut c = Command::new("timeout");
@@ -122,7 +147,7 @@ pub fn command(ns: &str, env: &[(&str, &str)], timeout_s: Option<u32>) -> Comman
         None => Command::new("nsenter"),
     };
     cmd.arg(format!("--net={}", netns::path(ns)))
-        .arg(bin("vpcnet"))
+        .arg(plugin)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())

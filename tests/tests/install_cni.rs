@@ -69,7 +69,11 @@ fn install_cni_copies_the_plugin_atomically_and_idempotently() {
     );
     let mode = std::fs::metadata(&dst).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o755, "mode {mode:o}");
-    assert_eq!(names_in(&bin_dir), ["vpcnet"], "no temporary file left");
+    assert_eq!(
+        names_in(&bin_dir),
+        ["vpcnet", "vpcnet-standalone"],
+        "no temporary file left"
+    );
     // It runs.
     let out = Command::new(&dst)
         .env("CNI_COMMAND", "VERSION")
@@ -90,6 +94,7 @@ fn install_cni_copies_the_plugin_atomically_and_idempotently() {
     std::fs::write(bin_dir.join(".vpcnet.tmp-99999"), b"half a binary").expect("leftover");
     let src = dir.join("vpcnet-v2");
     std::fs::write(&src, b"#!/bin/sh\necho v2\n").expect("v2");
+    std::fs::write(dir.join("vpcnet-standalone"), b"#!/bin/sh\necho v2s\n").expect("v2s");
     let src_arg = src.display().to_string();
     let (ok, err) = install_cni(&["--cni-bin-dir", &bin_arg, "--plugin-src", &src_arg]);
     assert!(ok, "install of v2 failed: {err}");
@@ -99,7 +104,7 @@ fn install_cni_copies_the_plugin_atomically_and_idempotently() {
         std::fs::metadata(&dst).expect("stat").permissions().mode() & 0o777,
         0o755
     );
-    assert_eq!(names_in(&bin_dir), ["vpcnet"]);
+    assert_eq!(names_in(&bin_dir), ["vpcnet", "vpcnet-standalone"]);
 
     // Env works too (the DaemonSet's way); a missing source fails and leaves the file alone.
     let out = Command::new(bin("vpcnetd"))
@@ -114,7 +119,7 @@ fn install_cni_copies_the_plugin_atomically_and_idempotently() {
         "error names the source"
     );
     assert_eq!(std::fs::read(&dst).expect("read"), b"#!/bin/sh\necho v2\n");
-    assert_eq!(names_in(&bin_dir), ["vpcnet"]);
+    assert_eq!(names_in(&bin_dir), ["vpcnet", "vpcnet-standalone"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -710,10 +710,23 @@ fn assert_net_admin_only(file: &str, c: &Value) {
     );
 }
 
-/// Not privileged, no escalation, NET_ADMIN only, and exactly the justified host paths.
+/// The agent: not privileged, no escalation, NET_ADMIN and SYS_ADMIN (the `vpcnet` front's
+/// commands enter pod namespaces) only, and exactly the justified host paths.
 fn check_least_privilege(v: &Variant) {
     let (file, pod) = (v.file, v.pod);
-    assert_net_admin_only(file, v.agent);
+    let sc = &v.agent["securityContext"];
+    assert_ne!(sc["privileged"], true, "{file}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{file}");
+    assert_eq!(
+        arr(sc, "/capabilities/add"),
+        [Value::from("NET_ADMIN"), Value::from("SYS_ADMIN")],
+        "{file}: NET_ADMIN and SYS_ADMIN only"
+    );
+    assert_eq!(
+        arr(sc, "/capabilities/drop"),
+        [Value::from("ALL")],
+        "{file}"
+    );
     let host_paths: BTreeSet<&str> = arr(pod, "/volumes")
         .iter()
         .filter_map(|v| v.pointer("/hostPath/path")?.as_str())

@@ -2,6 +2,11 @@
 //! plugins (`--cni-bin-dir`, default `/opt/cni/bin`). The DaemonSet's init container runs it
 //! with the host's bin dir mounted.
 //!
+//! The plugin is two files: `vpcnet`, the front the runtime execs (no libc; hands the
+//! command to vpcnetd), and `vpcnet-standalone` beside it, which the front execs whenever
+//! vpcnetd does not take a command. The standalone is installed first, so a front is never
+//! there without the program it falls back to.
+//!
 //! * Atomic: the bytes go to a temporary file in the destination directory (`.vpcnet.tmp-<pid>`,
 //!   a name no runtime executes), which is fsync'd, made 0755 and renamed over `vpcnet`; the
 //!   directory is fsync'd too. A runtime executing `vpcnet` meanwhile sees the old or the new
@@ -18,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 /// Name of the installed plugin (the CNI `type`).
 pub const PLUGIN_NAME: &str = "vpcnet";
+/// The plugin the front execs when vpcnetd does not take a command, beside it.
+pub const STANDALONE: &str = vpcnet_proto::front::STANDALONE;
 const TMP_PREFIX: &str = ".vpcnet.tmp-";
 const MODE: u32 = 0o755;
 
@@ -61,8 +68,21 @@ fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
     move |e| io::Error::new(e.kind(), format!("{msg}: {e}"))
 }
 
-/// Copies `src` to `<bin_dir>/vpcnet` atomically, unless it is already there.
+/// Copies `src`'s sibling `vpcnet-standalone`, then `src` itself as `vpcnet`, to `bin_dir`,
+/// each atomically, unless it is already there. The result is the front's.
 pub fn install(src: &Path, bin_dir: &Path) -> io::Result<Outcome> {
+    let standalone = src.with_file_name(STANDALONE);
+    if !standalone.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is missing: the front {} falls back to it, install both",
+                standalone.display(),
+                src.display()
+            ),
+        ));
+    }
+    install_as(&standalone, bin_dir, STANDALONE)?;
     install_as(src, bin_dir, PLUGIN_NAME)
 }
 
@@ -256,7 +276,12 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let src = dir.join("src");
         fs::write(&src, b"#!/bin/sh\necho v1\n").unwrap();
+        // Without the standalone beside it the front is refused, and nothing is written.
         let bin = dir.join("bin");
+        let e = install(&src, &bin).unwrap_err();
+        assert!(e.to_string().contains(STANDALONE), "{e}");
+        assert!(!bin.exists());
+        fs::write(dir.join(STANDALONE), b"#!/bin/sh\necho standalone\n").unwrap();
         fs::create_dir_all(&bin).unwrap();
         fs::write(bin.join(".vpcnet.tmp-1"), b"half").unwrap();
         assert_eq!(install(&src, &bin).unwrap(), Outcome::Installed);
@@ -274,11 +299,16 @@ mod tests {
         fs::write(&src, b"#!/bin/sh\necho v2\n").unwrap();
         assert_eq!(install(&src, &bin).unwrap(), Outcome::Installed);
         assert_eq!(fs::read(&dst).unwrap(), b"#!/bin/sh\necho v2\n");
-        let names: Vec<_> = fs::read_dir(&bin)
+        let mut names: Vec<_> = fs::read_dir(&bin)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, vec![PLUGIN_NAME.to_string()]);
+        names.sort();
+        assert_eq!(names, vec![PLUGIN_NAME.to_string(), STANDALONE.to_string()]);
+        assert_eq!(
+            fs::read(bin.join(STANDALONE)).unwrap(),
+            b"#!/bin/sh\necho standalone\n"
+        );
         assert!(install(&dir.join("missing"), &bin).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }

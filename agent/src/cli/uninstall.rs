@@ -277,7 +277,9 @@ fn remove_conflist(t: &Targets, report: &mut Report) -> Result<(), UninstallErro
 
 fn remove_binaries(t: &Targets, report: &mut Report) -> Result<(), UninstallError> {
     let dir = &t.cni_bin_dir;
+    // The front first: never a front without the program it falls back to.
     remove_file(&dir.join(PLUGIN_NAME), report)?;
+    remove_file(&dir.join(install::STANDALONE), report)?;
     for name in install::recorded(dir) {
         remove_file(&dir.join(name), report)?;
     }

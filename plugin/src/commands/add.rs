@@ -15,7 +15,12 @@ use crate::log::Log;
 use crate::netconf::{LogLevel, NetConf};
 use crate::{agent, result};
 
-pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, CniError> {
+pub fn run(
+    conf: &NetConf,
+    env: &ContainerEnv,
+    log: &Log<'_>,
+    given: &super::Given<'_>,
+) -> Result<Value, CniError> {
     let t0 = std::time::Instant::now();
     let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1000.0;
     let netns_path = env
@@ -23,7 +28,7 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         .as_ref()
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
     // Validate the namespace before taking an address: bad input changes nothing.
-    let netns = dataplane::open_netns(netns_path)?;
+    let netns = dataplane::open_netns(netns_path, given.pod_netns)?;
     dataplane::refuse_own_netns(&netns, netns_path)?;
     let conn = agent::connect(&conf.socket)?;
     dataplane::refuse_agent_netns(&netns, netns_path, conn.peer_pid())?;
@@ -84,7 +89,9 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
     let t_veth = ms(t0);
     let reply = agent::wait(pending);
     let t_agent = ms(t0);
-    failpoint_stall_after_assign();
+    if let Some(ms) = given.stall_after_assign_ms {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     let (ips, mtu, existing) = match reply {
         // One address per family the node serves (dual-stack, issue 11); at least one.
         Ok(Reply::Assigned {
@@ -161,22 +168,6 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<Value, C
         }
     }
 }
-
-/// Test builds only (`--features failpoints`): `VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS=N`
-/// stalls this ADD for N ms between the agent's reply and the kernel work, as a paused or
-/// starved runtime would. Release builds have no such hook.
-#[cfg(feature = "failpoints")]
-fn failpoint_stall_after_assign() {
-    if let Some(ms) = std::env::var("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-    }
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn failpoint_stall_after_assign() {}
 
 /// The agent gave no address: remove the veth this ADD created early, if it created one.
 fn undo_veth(

@@ -9,7 +9,7 @@ use crate::netconf::NetConf;
 use crate::version::Spec;
 use crate::{agent, result};
 
-pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<(), CniError> {
+pub fn run(conf: &NetConf, env: &ContainerEnv, given: &super::Given<'_>) -> Result<(), CniError> {
     if conf.spec == Spec::V03 && conf.cni_version != "0.4.0" {
         return Err(CniError::IncompatibleVersion {
             requested: conf.cni_version.clone(),
@@ -31,7 +31,7 @@ pub fn run(conf: &NetConf, env: &ContainerEnv) -> Result<(), CniError> {
         .netns
         .as_ref()
         .ok_or_else(|| CniError::env("CNI_NETNS", "not set"))?;
-    let netns = dataplane::open_netns(netns_path)?;
+    let netns = dataplane::open_netns(netns_path, given.pod_netns)?;
     let reply = agent::call_required(
         &conf.socket,
         Request::Get {

@@ -7,11 +7,21 @@ pub mod del;
 pub mod gc;
 pub mod status;
 
+use std::os::fd::OwnedFd;
+
 use vpcnet_pool::{AllocKey, PodMeta};
 
 use crate::env::ContainerEnv;
 use crate::error::CniError;
 use crate::netconf::NetConf;
+
+/// What the caller of [`crate::run`] gave besides the environment and the netconf.
+pub struct Given<'a> {
+    /// CNI_NETNS, already open ([`crate::Invocation::pod_netns`]).
+    pub pod_netns: Option<&'a OwnedFd>,
+    /// Test builds only: stall an ADD this long after the agent's reply.
+    pub stall_after_assign_ms: Option<u64>,
+}
 
 pub fn key(conf: &NetConf, env: &ContainerEnv) -> AllocKey {
     AllocKey {

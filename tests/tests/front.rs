@@ -1,0 +1,308 @@
+//! The `vpcnet` front (front/, issue 14): the runtime execs it, it hands the command to
+//! vpcnetd, which runs it with the plugin's code; whenever vpcnetd does not take it, the front
+//! execs `vpcnet-standalone`. Every other test runs the front too (it is `vpcnet`); these
+//! check which of the two ran, and that both give the same answers.
+//!
+//! Each test runs a copy of the front beside a `vpcnet-standalone` that notes each of its
+//! runs in a file, then execs the real one: no note means the agent ran the command.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vpcnet_tests::cni::{self, CniOutput};
+use vpcnet_tests::{bin, host_veth_name, Lab};
+
+/// A copy of the front in the lab's dir with a noting `vpcnet-standalone` beside it.
+struct Front {
+    front: PathBuf,
+    notes: PathBuf,
+}
+
+impl Front {
+    fn new(lab: &Lab) -> Front {
+        let dir = lab.dir.join("front-bin");
+        std::fs::create_dir_all(&dir).expect("front dir");
+        let front = dir.join("vpcnet");
+        std::fs::copy(bin("vpcnet"), &front).expect("copy the front");
+        let notes = lab.dir.join("standalone-runs");
+        let script = format!(
+            "#!/bin/sh\necho \"$CNI_COMMAND $CNI_CONTAINERID\" >>{}\nexec {} \"$@\"\n",
+            notes.display(),
+            bin("vpcnet-standalone").display()
+        );
+        let standalone = dir.join("vpcnet-standalone");
+        std::fs::write(&standalone, script).expect("standalone wrapper");
+        sh_chmod(&standalone);
+        Front { front, notes }
+    }
+
+    /// Runs the front in namespace `ns`.
+    fn run(&self, ns: &str, stdin: &[u8], env: &[(&str, &str)]) -> CniOutput {
+        cni::invoke_bin(&self.front, ns, stdin, env, Some(60))
+    }
+
+    /// The commands `vpcnet-standalone` ran so far ("ADD c1", …).
+    fn standalone_runs(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.notes)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+fn sh_chmod(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// What a bad-input case is called, its stdin and its environment.
+type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>);
+
+fn conf(lab: &Lab) -> Vec<u8> {
+    lab.conf().to_string().into_bytes()
+}
+
+#[test]
+fn the_agent_runs_add_check_del_and_without_it_the_standalone_does() {
+    let mut lab = Lab::new("10.243.0.0/16");
+    lab.start_agent(&[]);
+    let f = Front::new(&lab);
+    let (p0, p1) = (lab.pod(0), lab.pod(1));
+    let host = lab.host();
+    let ns0 = Lab::netns_path(&p0);
+    let ns1 = Lab::netns_path(&p1);
+
+    let a0 = f.run(&host, &conf(&lab), &cni::env("ADD", "f0", "eth0", &ns0));
+    a0.expect_ok("ADD f0 through the front");
+    let a1 = f.run(&host, &conf(&lab), &cni::env("ADD", "f1", "eth0", &ns1));
+    a1.expect_ok("ADD f1 through the front");
+    let (ip0, ip1) = (a0.ip().expect("ip0"), a1.ip().expect("ip1"));
+    assert_ne!(ip0, ip1);
+    assert!(lab.ping(&p0, &ip1.to_string()), "pod 0 → pod 1");
+    assert!(lab.ping(&p1, &ip0.to_string()), "pod 1 → pod 0");
+    // CHECK with the ADD's result, as the runtime sends it.
+    let mut check = lab.conf();
+    check["prevResult"] = a0.json.clone();
+    f.run(
+        &host,
+        check.to_string().as_bytes(),
+        &cni::env("CHECK", "f0", "eth0", &ns0),
+    )
+    .expect_ok("CHECK f0 through the front");
+    f.run(&host, &conf(&lab), &cni::env("DEL", "f0", "eth0", &ns0))
+        .expect_ok("DEL f0 through the front");
+    // The agent deletes the veth in the background (its reaper), as for the standalone's DEL.
+    let v0 = host_veth_name("f0", "eth0");
+    assert!(lab.wait_for(Duration::from_secs(10), || !lab.host_veths().contains(&v0)));
+    assert_eq!(
+        f.standalone_runs(),
+        Vec::<String>::new(),
+        "the agent ran them all"
+    );
+    // The agent's plugin log has the commands, as the standalone plugin writes it.
+    let log = std::fs::read_to_string(lab.dir.join("plugin.log")).expect("plugin log");
+    assert!(log.contains("Add container=f0 ok"), "{log}");
+    assert!(log.contains("Del container=f0 ok"), "{log}");
+
+    // Agent down: the front execs the standalone, which answers as it always did.
+    lab.agent.as_mut().expect("agent").kill();
+    let a2 = f.run(&host, &conf(&lab), &cni::env("ADD", "f2", "eth0", &ns0));
+    a2.expect_refused("ADD without the agent", 11, "socket");
+    f.run(&host, &conf(&lab), &cni::env("DEL", "f1", "eth0", &ns1))
+        .expect_ok("DEL f1 without the agent");
+    assert!(!lab.host_veths().contains(&host_veth_name("f1", "eth0")));
+    assert_eq!(f.standalone_runs(), ["ADD f2", "DEL f1"]);
+    // VERSION never goes to the agent.
+    let v = f.run(&host, b"", &[("CNI_COMMAND", "VERSION")]);
+    assert!(v.ok(), "{}", v.stdout);
+    assert_eq!(
+        v.json["supportedVersions"].as_array().map(Vec::len),
+        Some(5),
+        "{}",
+        v.stdout
+    );
+}
+
+/// Bad input through the agent gets the standalone's answer, byte for byte, and changes nothing.
+#[test]
+fn bad_input_gets_the_same_answer_from_the_agent_as_from_the_standalone() {
+    let mut lab = Lab::new("10.244.0.0/16");
+    lab.start_agent(&[]);
+    let f = Front::new(&lab);
+    let p0 = lab.pod(0);
+    let host = lab.host();
+    let ns0 = Lab::netns_path(&p0);
+    let host_ns = Lab::netns_path(&host);
+    let with = |k: &str, v: Value| {
+        let mut c = lab.conf();
+        c[k] = v;
+        c.to_string().into_bytes()
+    };
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "mtu a string",
+            with("mtu", json!("x")),
+            cni::env("ADD", "b0", "eth0", &ns0).to_vec(),
+        ),
+        (
+            "cniVersion 9.9.9",
+            with("cniVersion", json!("9.9.9")),
+            cni::env("ADD", "b1", "eth0", &ns0).to_vec(),
+        ),
+        (
+            "no CNI_IFNAME",
+            conf(&lab),
+            vec![
+                ("CNI_COMMAND", "ADD"),
+                ("CNI_CONTAINERID", "b2"),
+                ("CNI_NETNS", &ns0),
+                ("CNI_PATH", cni::CNI_PATH),
+            ],
+        ),
+        (
+            "CNI_NETNS missing",
+            conf(&lab),
+            cni::env("ADD", "b3", "eth0", "/run/netns/vpcnet-no-such-ns").to_vec(),
+        ),
+        (
+            "CNI_NETNS a plain file",
+            conf(&lab),
+            cni::env("ADD", "b4", "eth0", "/etc/hostname").to_vec(),
+        ),
+        (
+            "CNI_NETNS the host's",
+            conf(&lab),
+            cni::env("ADD", "b5", "eth0", &host_ns).to_vec(),
+        ),
+        (
+            "CHECK without prevResult",
+            conf(&lab),
+            cni::env("CHECK", "b6", "eth0", &ns0).to_vec(),
+        ),
+        (
+            "bad CNI_COMMAND",
+            conf(&lab),
+            cni::env("FROB", "b7", "eth0", &ns0).to_vec(),
+        ),
+    ];
+    for (what, stdin, env) in &cases {
+        let via_front = f.run(&host, stdin, env);
+        let direct = cni::invoke_bin(&bin("vpcnet-standalone"), &host, stdin, env, Some(60));
+        assert_ne!(via_front.exit, 0, "{what}: {}", via_front.stdout);
+        assert_eq!(via_front.exit, direct.exit, "{what}");
+        assert_eq!(via_front.stdout, direct.stdout, "{what}");
+        assert!(
+            via_front.code().is_some(),
+            "{what}: a CNI error: {}",
+            via_front.stdout
+        );
+    }
+    // Only the unknown command went to the standalone (the front forwards the five verbs).
+    let runs = f.standalone_runs();
+    assert_eq!(runs, ["FROB b7"], "the agent answered the others");
+    assert!(lab.host_veths().is_empty(), "{:?}", lab.host_veths());
+    assert_eq!(lab.links_in(&p0), ["lo"]);
+    assert!(lab.host_routes().is_empty(), "{:?}", lab.host_routes());
+}
+
+/// The agent runs only what the standalone would have run the same way: a front in another
+/// network namespace (its host side would be another namespace) is declined, and the
+/// standalone runs there.
+#[test]
+fn a_front_in_another_namespace_runs_the_standalone() {
+    let mut lab = Lab::new("10.245.0.0/16");
+    lab.start_agent(&[]);
+    let f = Front::new(&lab);
+    let other = lab.pod(9);
+    let o = f.run(
+        &other,
+        &conf(&lab),
+        &cni::env("DEL", "elsewhere", "eth0", ""),
+    );
+    o.expect_ok("DEL from another namespace");
+    assert_eq!(f.standalone_runs(), ["DEL elsewhere"]);
+}
+
+#[test]
+fn parallel_adds_through_the_front_get_distinct_working_addresses() {
+    let mut lab = Lab::new("10.246.0.0/16");
+    lab.start_agent(&[]);
+    let f = std::sync::Arc::new(Front::new(&lab));
+    let host = lab.host();
+    let pods = lab.pods(0..8);
+    let conf = std::sync::Arc::new(conf(&lab));
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (f, conf, host) = (f.clone(), conf.clone(), host.clone());
+            let ns = Lab::netns_path(p);
+            std::thread::spawn(move || {
+                let cid = format!("par{i}");
+                f.run(&host, &conf, &cni::env("ADD", &cid, "eth0", &ns))
+            })
+        })
+        .collect();
+    let outs: Vec<CniOutput> = handles
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect();
+    let mut ips = Vec::new();
+    for (i, o) in outs.iter().enumerate() {
+        o.expect_ok(&format!("ADD par{i}"));
+        ips.push(o.ip().expect("ip"));
+    }
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ips.len(), "one address each: {ips:?}");
+    for (i, p) in pods.iter().enumerate() {
+        let to = ips[(i + 1) % ips.len()].to_string();
+        assert!(lab.ping(p, &to), "pod {i} → {to}");
+    }
+    assert_eq!(f.standalone_runs(), Vec::<String>::new());
+    for (i, p) in pods.iter().enumerate() {
+        f.run(
+            &host,
+            &conf,
+            &cni::env("DEL", &format!("par{i}"), "eth0", &Lab::netns_path(p)),
+        )
+        .expect_ok("DEL");
+    }
+    assert!(lab.wait_for(Duration::from_secs(10), || lab.host_veths().is_empty()));
+}
+
+/// vpcnetd killed while it runs an ADD: the front sees the connection close unanswered and
+/// runs the standalone, which finds no agent and fails the ADD (code 11); the runtime's DEL
+/// then removes whatever the interrupted ADD left, and nothing is left on the host.
+#[test]
+fn agent_killed_mid_add_the_add_fails_and_del_cleans_up() {
+    let mut lab = Lab::new("10.247.0.0/16");
+    lab.start_agent(&[]);
+    let f = Front::new(&lab);
+    let p0 = lab.pod(0);
+    let host = lab.host();
+    let ns0 = Lab::netns_path(&p0);
+    let mut c = lab.conf();
+    c["mtu"] = json!(1400); // the veth is created before the agent's reply: there is one to leave
+    let conf = c.to_string().into_bytes();
+    let pid = lab.agent_pid();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    });
+    let mut env = cni::env("ADD", "k0", "eth0", &ns0).to_vec();
+    env.push(("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS", "4000"));
+    let o = f.run(&host, &conf, &env);
+    killer.join().expect("killer");
+    o.expect_refused("ADD whose agent died", 11, "socket");
+    assert_eq!(f.standalone_runs(), ["ADD k0"], "the front fell back");
+    f.run(&host, &conf, &cni::env("DEL", "k0", "eth0", &ns0))
+        .expect_ok("DEL after the failed ADD");
+    assert!(lab.host_veths().is_empty(), "{:?}", lab.host_veths());
+    assert_eq!(lab.links_in(&p0), ["lo"]);
+}
