@@ -20,6 +20,7 @@ use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -134,8 +135,43 @@ enum Decline {
     Io(#[from] std::io::Error),
 }
 
+/// Commands running now (their threads), for the shutdown's drain ([`drain`]).
+static RUNNING: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts one running command while it lives.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        RUNNING.fetch_add(1, Ordering::SeqCst);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// At shutdown, once `<socket>.exec` is removed (no new command can reach this process):
+/// waits, at most `bound`, for the commands still running; returns how many are left. A
+/// command cut short by the exit leaves its front unanswered, which then runs
+/// `vpcnet-standalone` — so letting them finish is what keeps an upgrade from failing ADDs.
+pub async fn drain(bound: Duration) -> usize {
+    let until = std::time::Instant::now() + bound;
+    loop {
+        let left = RUNNING.load(Ordering::SeqCst);
+        if left == 0 || std::time::Instant::now() >= until {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// One command: the request, the plugin's code on this thread, the reply.
 fn serve_one(mut stream: UnixStream, own: NetnsId) {
+    let _running = Running::start();
     let code_and_out = match read_request(&stream, own) {
         Ok(req) => {
             let env = req.env;
@@ -157,9 +193,7 @@ fn serve_one(mut stream: UnixStream, own: NetnsId) {
     let (code, out) = code_and_out;
     // A front that is gone (the runtime's timeout) gets nothing; the command's effect stands,
     // as the standalone plugin's would after its result could not be written.
-    let _ = stream
-        .write_all(&front::reply_header(code))
-        .and_then(|()| stream.write_all(&out));
+    let _ = stream.write_all(&front::reply(code, &out));
 }
 
 struct Request {

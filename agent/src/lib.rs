@@ -525,11 +525,21 @@ async fn serve<D: Datastore>(
     let _ = std::fs::remove_file(&args.socket);
     let _ = std::fs::remove_file(vpcnet_proto::front::socket_for(&args.socket));
     if failed.is_none() {
+        let started = std::time::Instant::now();
         let left = tasks.drain(&node, DRAIN_TIMEOUT).await;
         if left > 0 {
             tracing::warn!(
                 in_flight = left,
                 "requests still running after {DRAIN_TIMEOUT:?}; stopping them"
+            );
+        }
+        // The front's commands (each may still be wiring its veth after its Assign): the
+        // rest of the same bound.
+        let left = exec::drain(DRAIN_TIMEOUT.saturating_sub(started.elapsed())).await;
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "front commands still running after {DRAIN_TIMEOUT:?}; stopping them"
             );
         }
     }

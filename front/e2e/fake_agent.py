@@ -56,14 +56,22 @@ def serve(conn, mode):
     for fd in fds:
         os.close(fd)
     if mode == "ok":
-        conn.sendall(b"VPXR" + struct.pack("<i", 0) + b'{"ok":1}\n')
+        out = b'{"ok":1}\n'
+        conn.sendall(b"VPXR" + struct.pack("<iI", 0, len(out)) + out)
     elif mode.startswith("code:"):
         code = int(mode[5:])
-        conn.sendall(b"VPXR" + struct.pack("<i", code) + b'{"code":%d}\n' % code)
+        out = b'{"code":%d}\n' % code
+        conn.sendall(b"VPXR" + struct.pack("<iI", code, len(out)) + out)
     elif mode == "decline":
-        conn.sendall(b"VPXR" + struct.pack("<i", -1))
+        conn.sendall(b"VPXR" + struct.pack("<iI", -1, 0))
     elif mode == "magic":
-        conn.sendall(b"NOPE" + struct.pack("<i", 0) + b"x\n")
+        conn.sendall(b"NOPE" + struct.pack("<iI", 0, 2) + b"x\n")
+    elif mode == "short":
+        # The agent dies while writing its answer: fewer bytes than announced.
+        conn.sendall(b"VPXR" + struct.pack("<iI", 0, 100) + b'{"ok":')
+    elif mode == "big":
+        out = b"x" * 100000 + b"\n"
+        conn.sendall(b"VPXR" + struct.pack("<iI", 0, len(out)) + out)
     elif mode == "close":
         pass
     else:

@@ -90,6 +90,12 @@ split "$(with_agent close run_front CNI_COMMAND=ADD "$dir/vpcnet")"
 check "agent closes: standalone with stdin" 3 "stdin: [$conf]" "$out" "$rc"
 split "$(with_agent magic run_front CNI_COMMAND=ADD "$dir/vpcnet")"
 check "wrong magic: standalone with stdin" 3 "stdin: [$conf]" "$out" "$rc"
+split "$(with_agent short run_front CNI_COMMAND=ADD "$dir/vpcnet")"
+check "answer cut short: standalone with stdin, nothing of it printed" 3 "stdin: [$conf]" "$out" "$rc"
+if [[ $out == *'{"ok":'* ]]; then echo "FAIL answer cut short: part of it printed"; fails=$((fails + 1)); fi
+split "$(with_agent big run_front CNI_COMMAND=ADD "$dir/vpcnet")"
+check "output larger than the buffer: copied whole" 0 "xxxxxxxxxx" "$out" "$rc"
+if [ "${#out}" -lt 100000 ]; then echo "FAIL big output: ${#out} bytes"; fails=$((fails + 1)); fi
 
 mkdir "$dir/lone"
 cp "$dir/vpcnet" "$dir/lone/vpcnet"

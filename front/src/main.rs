@@ -7,7 +7,8 @@
 //! 3. `SIGPIPE` ignored (restored before any fallback `execve`);
 //! 4. only `CNI_COMMAND` `ADD`, `DEL`, `CHECK`, `GC`, `STATUS` are forwarded; anything else
 //!    falls back without reading stdin;
-//! 5. stdin read to EOF, at most 1 MiB (more: fall back, replaying all of it);
+//! 5. stdin read to EOF, at most 1 MiB + 1 byte (more: fall back, replaying those bytes —
+//!    the standalone refuses them with code 7, as it would the whole; the rest is never read);
 //! 6. the top-level `socket` of the netconf (default `/run/vpcnet/vpcnetd.sock`), plus
 //!    `.exec`: the agent's exec socket;
 //! 7. the environment (at most 64 KiB), the front's and the pod's netns descriptors, and
@@ -181,8 +182,6 @@ static ENVP: AtomicPtr<*const u8> = AtomicPtr::new(core::ptr::null_mut());
 static STANDALONE_OVERRIDE: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 /// How many stdin bytes the front read into [`STDIN`] (replayed by the fallback).
 static STDIN_READ: AtomicUsize = AtomicUsize::new(0);
-/// Whether stdin may hold more than [`STDIN_READ`] (the read stopped at the limit).
-static STDIN_MORE: AtomicBool = AtomicBool::new(false);
 /// `SIGPIPE`'s disposition before the front ignored it (restored for the fallback).
 static SIGPIPE_CHANGED: AtomicBool = AtomicBool::new(false);
 static SIGPIPE_WAS_IGNORED: AtomicBool = AtomicBool::new(false);
@@ -301,6 +300,7 @@ fn run(environ: &Environ) -> ! {
     }
     let stdin = read_stdin();
     if stdin.len() > STDIN_LIMIT {
+        // Over the limit: the standalone refuses it (code 7) from the bytes read.
         fallback();
     }
     let socket = match scan::socket(stdin) {
@@ -382,8 +382,9 @@ fn read_stdin() -> &'static [u8] {
         // SAFETY: the only mutable borrow of STDIN, ended before any shared one is made.
         let buf = unsafe { core::slice::from_raw_parts_mut(STDIN.ptr(), cap) };
         loop {
+            // At the limit plus one byte: the rest is never read (inputs are bounded); the
+            // standalone plugin, given these bytes, refuses them (code 7) as it would have.
             let Some(rest) = buf.get_mut(n..).filter(|r| !r.is_empty()) else {
-                STDIN_MORE.store(true, Relaxed);
                 break false;
             };
             match sys::read_retry(sys::STDIN, rest) {
@@ -498,40 +499,61 @@ fn send_all(sock: i32, mut parts: [&[u8]; 3]) -> Result<(), sys::Errno> {
 }
 
 /// Reads the agent's answer: exits with its code after copying its output to stdout, or
-/// falls back.
+/// falls back. An answer whose output is cut short (the agent died while writing it) falls
+/// back like no answer: nothing of it was written.
 fn answer(sock: i32) -> ! {
     // SAFETY: the request is sent; nothing else uses ENV from here on.
     let buf = unsafe { core::slice::from_raw_parts_mut(ENV.ptr(), ENV_LIMIT) };
     let mut got = 0;
-    while got < wire::RESPONSE_LEN {
+    let (code, len) = loop {
+        if got >= wire::RESPONSE_LEN {
+            let mut head = [0u8; wire::RESPONSE_LEN];
+            head.copy_from_slice(
+                buf.get(..wire::RESPONSE_LEN)
+                    .unwrap_or(&[0; wire::RESPONSE_LEN]),
+            );
+            match wire::reply(head) {
+                wire::Reply::Exit { code, len } => break (code, len),
+                wire::Reply::Declined | wire::Reply::BadMagic => fallback(),
+            }
+        }
         match buf.get_mut(got..).map(|b| sys::read_retry(sock, b)) {
             Some(Ok(n)) if n > 0 => got += n,
             _ => fallback(),
         }
-    }
-    let mut head = [0u8; wire::RESPONSE_LEN];
-    head.copy_from_slice(
-        buf.get(..wire::RESPONSE_LEN)
-            .unwrap_or(&[0; wire::RESPONSE_LEN]),
-    );
-    let code = match wire::reply(head) {
-        wire::Reply::Exit(code) => code,
-        wire::Reply::Declined | wire::Reply::BadMagic => fallback(),
     };
-    // The command ran: from here on there is no fallback.
-    let mut out = buf.get(wire::RESPONSE_LEN..got).unwrap_or_default();
-    loop {
+    let want = wire::RESPONSE_LEN.saturating_add(len);
+    if want <= buf.len() {
+        // The usual case: the whole output in the buffer before any of it is written.
+        while got < want {
+            match buf.get_mut(got..want).map(|b| sys::read_retry(sock, b)) {
+                Some(Ok(n)) if n > 0 => got += n,
+                _ => fallback(),
+            }
+        }
+        let out = buf.get(wire::RESPONSE_LEN..want).unwrap_or_default();
         if sys::write_all(sys::STDOUT, out).is_err() {
             sys::exit_group(1);
         }
-        match sys::read_retry(sock, buf) {
-            Ok(0) => break,
-            Ok(n) => out = buf.get(..n).unwrap_or_default(),
-            // The agent's output is cut short: a truncated result must not pass for success.
-            Err(_) => sys::exit_group(1),
+        sys::exit_group(i32::from(code))
+    }
+    // Larger than the buffer: copied as it comes; short of `len`, a failure (exit 1).
+    let mut left = len;
+    let mut out = buf.get(wire::RESPONSE_LEN..got).unwrap_or_default();
+    loop {
+        left = left.saturating_sub(out.len());
+        if sys::write_all(sys::STDOUT, out).is_err() {
+            sys::exit_group(1);
+        }
+        if left == 0 {
+            sys::exit_group(i32::from(code))
+        }
+        let room = buf.len().min(left);
+        match buf.get_mut(..room).map(|b| sys::read_retry(sock, b)) {
+            Some(Ok(n)) if n > 0 => out = buf.get(..n).unwrap_or_default(),
+            _ => sys::exit_group(1),
         }
     }
-    sys::exit_group(i32::from(code))
 }
 
 /// The standalone plugin's path, at most this long.
@@ -572,7 +594,7 @@ fn fallback() -> ! {
     if read > 0 {
         // SAFETY: `read` bytes of STDIN were written by read_stdin, which is done.
         let bytes = unsafe { core::slice::from_raw_parts(STDIN.ptr(), read) };
-        if let Err(e) = replay(bytes, STDIN_MORE.load(Relaxed)) {
+        if let Err(e) = replay(bytes) {
             fail(target.to_bytes(), e);
         }
     }
@@ -581,17 +603,11 @@ fn fallback() -> ! {
     fail(target.to_bytes(), e)
 }
 
-/// Puts a memfd holding `bytes` (and, if `more`, the rest of the current stdin) on fd 0.
-fn replay(bytes: &[u8], more: bool) -> Result<(), sys::Errno> {
+/// Puts a memfd holding `bytes` on fd 0: what the front read of stdin — all of it, or the
+/// plugin's limit plus one byte, which the standalone refuses exactly as the whole would be.
+fn replay(bytes: &[u8]) -> Result<(), sys::Errno> {
     let fd = sys::memfd_create(c"vpcnet-stdin", 0)?;
     sys::write_all(fd, bytes)?;
-    if more {
-        let mut chunk = [0u8; 16 << 10];
-        // Until EOF; a read error ends the replay with what was read, as a short stdin.
-        while let Ok(n @ 1..) = sys::read_retry(sys::STDIN, &mut chunk) {
-            sys::write_all(fd, chunk.get(..n).unwrap_or_default())?;
-        }
-    }
     sys::lseek(fd, 0, sys::SEEK_SET)?;
     sys::dup2(fd, sys::STDIN)?;
     if fd != sys::STDIN {

@@ -23,7 +23,16 @@
 //!  0      4   magic  b"VPXR"
 //!  4      4   code   i32 LE: 0..=255 the exit code; -1 declined (the front runs the
 //!                    standalone plugin); any other value is taken as declined
-//!  8      …   (codes 0..=255 only) the plugin's stdout, until the agent closes
+//!  8      4   len    u32 LE: how many bytes of stdout follow
+//! 12    len   (codes 0..=255 only) the plugin's stdout
+//! ```
+//!
+//! The length makes a cut-short answer (the agent killed while it writes) visible: the
+//! front writes nothing until it holds all `len` bytes, and when the connection closes
+//! before that it runs the standalone plugin instead, as for no answer at all. (An output
+//! larger than the front's buffer — never seen: a result is a few KB — is copied as it comes,
+//! and a short one then exits 1.)
+//! ```text
 //! ```
 
 /// The request's magic.
@@ -35,7 +44,7 @@ pub const FLAG_POD_NETNS: u32 = 1;
 /// Request header length.
 pub const HEADER_LEN: usize = 16;
 /// Response header length.
-pub const RESPONSE_LEN: usize = 8;
+pub const RESPONSE_LEN: usize = 12;
 /// The agent's "not mine, run the standalone plugin" code.
 pub const DECLINED: i32 = -1;
 
@@ -58,8 +67,8 @@ pub fn header(flags: u32, env_len: u32, stdin_len: u32) -> [u8; HEADER_LEN] {
 /// The agent's answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// The agent ran the command: copy the rest to stdout, exit with this code.
-    Exit(u8),
+    /// The agent ran the command: copy its `len` bytes of output to stdout, exit with `code`.
+    Exit { code: u8, len: usize },
     /// The agent declined (or answered a code the front does not know).
     Declined,
     /// Not our protocol's answer.
@@ -69,13 +78,14 @@ pub enum Reply {
 /// Decodes the response header.
 #[must_use]
 pub fn reply(r: [u8; RESPONSE_LEN]) -> Reply {
-    let [m0, m1, m2, m3, c0, c1, c2, c3] = r;
+    let [m0, m1, m2, m3, c0, c1, c2, c3, l0, l1, l2, l3] = r;
     if [m0, m1, m2, m3] != RESPONSE_MAGIC {
         return Reply::BadMagic;
     }
-    match u8::try_from(i32::from_le_bytes([c0, c1, c2, c3])) {
-        Ok(code) => Reply::Exit(code),
-        Err(_) => Reply::Declined,
+    let len = usize::try_from(u32::from_le_bytes([l0, l1, l2, l3]));
+    match (u8::try_from(i32::from_le_bytes([c0, c1, c2, c3])), len) {
+        (Ok(code), Ok(len)) => Reply::Exit { code, len },
+        _ => Reply::Declined,
     }
 }
 
@@ -170,14 +180,21 @@ mod tests {
     #[test]
     fn replies() {
         let r = |m: &[u8; 4], c: i32| {
-            let mut b = [0u8; 8];
+            let mut b = [0u8; RESPONSE_LEN];
             b[..4].copy_from_slice(m);
-            b[4..].copy_from_slice(&c.to_le_bytes());
+            b[4..8].copy_from_slice(&c.to_le_bytes());
+            b[8..].copy_from_slice(&700u32.to_le_bytes());
             reply(b)
         };
-        assert_eq!(r(b"VPXR", 0), Reply::Exit(0));
-        assert_eq!(r(b"VPXR", 1), Reply::Exit(1));
-        assert_eq!(r(b"VPXR", 255), Reply::Exit(255));
+        assert_eq!(r(b"VPXR", 0), Reply::Exit { code: 0, len: 700 });
+        assert_eq!(r(b"VPXR", 1), Reply::Exit { code: 1, len: 700 });
+        assert_eq!(
+            r(b"VPXR", 255),
+            Reply::Exit {
+                code: 255,
+                len: 700
+            }
+        );
         assert_eq!(r(b"VPXR", -1), Reply::Declined);
         assert_eq!(r(b"VPXR", 256), Reply::Declined);
         assert_eq!(r(b"VPXR", i32::MIN), Reply::Declined);

@@ -13,11 +13,13 @@
 //! * `env_len` bytes: the front's environment, each `KEY=VALUE` ending in a NUL;
 //! * `stdin_len` bytes: its standard input (at most the plugin's stdin bound plus one byte).
 //!
-//! Reply, vpcnetd → front: [`REPLY_MAGIC`], a little-endian `i32` — the exit code (0–255), or
-//! [`DECLINED`] — then, for an exit code, the command's standard output until the connection
-//! closes. On [`DECLINED`], on a connection closed before the 8 bytes, or on anything else,
-//! the front execs `vpcnet-standalone` with the same arguments, environment and stdin: a
-//! command vpcnetd did not answer is run exactly as it would have been without the front.
+//! Reply, vpcnetd → front, in one write: [`REPLY_MAGIC`], a little-endian `i32` — the exit code
+//! (0–255), or [`DECLINED`] —, a little-endian `u32`: the length of what follows, the
+//! command's standard output. On [`DECLINED`], on a connection closed before the whole reply
+//! (vpcnetd killed mid-command, or while writing: the front writes nothing until it holds all
+//! of it), or on anything else, the front execs `vpcnet-standalone` with the same arguments,
+//! environment and stdin: a command vpcnetd did not answer is run exactly as it would have
+//! been without the front.
 
 use std::path::{Path, PathBuf};
 
@@ -54,12 +56,15 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Option<(u32, usize, usize)> {
     Some((word(4), len(8)?, len(12)?))
 }
 
-/// A reply's first 8 bytes.
-pub fn reply_header(code: i32) -> [u8; 8] {
-    let mut h = [0u8; 8];
-    h[..4].copy_from_slice(&REPLY_MAGIC);
-    h[4..].copy_from_slice(&code.to_le_bytes());
-    h
+/// A whole reply: header and output.
+pub fn reply(code: i32, out: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    let mut r = Vec::with_capacity(12 + out.len());
+    r.extend_from_slice(&REPLY_MAGIC);
+    r.extend_from_slice(&code.to_le_bytes());
+    r.extend_from_slice(&len.to_le_bytes());
+    r.extend_from_slice(out);
+    r
 }
 
 #[cfg(test)]
@@ -76,7 +81,8 @@ mod tests {
         assert_eq!(parse_header(&h), Some((FLAG_POD_NETNS, 300, 70_000)));
         h[0] = b'X';
         assert_eq!(parse_header(&h), None);
-        assert_eq!(&reply_header(DECLINED)[..], b"VPXR\xff\xff\xff\xff");
+        assert_eq!(reply(DECLINED, b""), b"VPXR\xff\xff\xff\xff\0\0\0\0");
+        assert_eq!(reply(1, b"{}"), b"VPXR\x01\0\0\0\x02\0\0\0{}");
         assert_eq!(
             socket_for(Path::new("/run/vpcnet/vpcnetd.sock")),
             PathBuf::from("/run/vpcnet/vpcnetd.sock.exec")

@@ -306,3 +306,47 @@ fn agent_killed_mid_add_the_add_fails_and_del_cleans_up() {
     assert!(lab.host_veths().is_empty(), "{:?}", lab.host_veths());
     assert_eq!(lab.links_in(&p0), ["lo"]);
 }
+
+/// An agent told to stop (SIGTERM: an upgrade) lets the front's commands still running finish
+/// — an ADD past its Assign, wiring its veth — before it exits; the front gets its answer.
+#[test]
+fn a_stopping_agent_finishes_the_front_commands_it_runs() {
+    let mut lab = Lab::new("10.248.0.0/16");
+    lab.start_agent(&[]);
+    let f = std::sync::Arc::new(Front::new(&lab));
+    let p0 = lab.pod(0);
+    let host = lab.host();
+    let ns0 = Lab::netns_path(&p0);
+    let conf = conf(&lab);
+    let add = {
+        let f = f.clone();
+        std::thread::spawn(move || {
+            let mut env = cni::env("ADD", "s0", "eth0", &ns0).to_vec();
+            env.push(("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS", "1500"));
+            f.run(&host, &conf, &env)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = lab
+        .agent
+        .as_mut()
+        .expect("agent")
+        .terminate(Duration::from_secs(15));
+    assert!(
+        stopped.is_some_and(|s| s.success()),
+        "agent exit: {stopped:?}"
+    );
+    let o = add.join().expect("ADD thread");
+    o.expect_ok("ADD running while the agent stopped");
+    assert_eq!(
+        f.standalone_runs(),
+        Vec::<String>::new(),
+        "the agent answered it"
+    );
+    let ip = o.ip().expect("ip").to_string();
+    assert!(
+        lab.addrs_in(&p0, "eth0").contains(&ip),
+        "{:?}",
+        lab.addrs_in(&p0, "eth0")
+    );
+}

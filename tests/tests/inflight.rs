@@ -12,12 +12,14 @@ use std::time::{Duration, Instant};
 use vpcnet_proto::naming;
 use vpcnet_tests::{bin, host_veth_name, status_allocs, wait_until, Lab};
 
-/// Starts `vpcnet ADD` for `cid` in pod namespace `ns` with the stall failpoint, without
-/// waiting for it.
+/// Starts `vpcnet-standalone ADD` for `cid` in pod namespace `ns` with the stall failpoint,
+/// without waiting for it. The standalone plugin, not the front: these tests kill the process
+/// that runs the command (with the front, a killed front leaves vpcnetd running it, and a
+/// killed vpcnetd is `front::agent_killed_mid_add_the_add_fails_and_del_cleans_up`).
 fn spawn_stalled_add(lab: &Lab, cid: &str, ns: &str, stall_ms: u64) -> Child {
     let mut child = Command::new("nsenter")
         .arg(format!("--net=/var/run/netns/{}", lab.host()))
-        .arg(bin("vpcnet"))
+        .arg(bin("vpcnet-standalone"))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", "ADD")

@@ -1151,17 +1151,19 @@ fn kind_config_dockerfile_and_bench_agree_with_manifests() {
         "protobuf-compiler",
         "nftables",
         "/usr/local/bin/",
-        "--bin vpcnet ",
+        "--bin vpcnet-standalone",
         "--bin vpcnetd",
+        "--manifest-path front/Cargo.toml",
     ] {
         assert!(dockerfile.contains(needle), "Dockerfile lacks {needle:?}");
     }
     assert!(
         dockerfile.contains(&format!(
-            "COPY --from=build /out/vpcnet /out/vpcnetd {}",
+            "COPY --from=build /out/vpcnet /out/vpcnet-standalone /out/vpcnetd {}",
             "/usr/local/bin/"
         )),
-        "Dockerfile: both binaries in /usr/local/bin (install-cni finds vpcnet next to vpcnetd)"
+        "Dockerfile: the three binaries in /usr/local/bin (install-cni finds vpcnet and \
+         vpcnet-standalone next to vpcnetd)"
     );
     assert!(
         dockerfile.contains(
