@@ -30,11 +30,20 @@ for i in \$(seq 1 $N); do
     CNI_PATH=$BIN "$BIN/vpcnet" <"$OUT/conf.json" >/dev/null
 done
 IN
-# Only the ADD loop's processes (the plugin and its shell) are recorded, with their kernel time.
-ip netns exec $H perf record -q -F 10000 -g -o "$OUT/perf.data" -- sh "$OUT/adds.sh"
-perf report -i "$OUT/perf.data" --stdio --no-children --comm vpcnet --sort sym \
-  --percent-limit 1 -g none 2>/dev/null | grep -v '^$' >"$OUT/report.txt" || true
+# The whole machine while the ADD loop runs, with kernel time; reported: the plugin's process
+# (`vpcnet`: the front, or the standalone plugin when the front falls back) and the agent's
+# threads that run the front's commands (`front-cmd`) — together, one ADD's work outside the
+# agent's own Assign handling (its tokio threads, reported apart below).
+ip netns exec $H perf record -q -a -F 5000 -g -o "$OUT/perf.data" -- sh "$OUT/adds.sh"
+: >"$OUT/report.txt"
+for comm in front-cmd vpcnet vpcnet-standalon; do   # (a comm is cut at 15 characters)
+  { echo "## $comm"; perf report -i "$OUT/perf.data" --stdio --no-children --comm $comm --sort sym \
+      --percent-limit 0.3 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25; } >>"$OUT/report.txt" || true
+done
+perf report -i "$OUT/perf.data" --stdio --no-children --sort comm \
+  --percent-limit 0.5 -g none 2>/dev/null | grep -v '^$' >"$OUT/comms.txt" || true
 if command -v stackcollapse-perf.pl >/dev/null && command -v flamegraph.pl >/dev/null; then
-  perf script -i "$OUT/perf.data" --comm vpcnet | stackcollapse-perf.pl | flamegraph.pl >"$OUT/flame.svg"
+  perf script -i "$OUT/perf.data" --comm front-cmd | stackcollapse-perf.pl | flamegraph.pl >"$OUT/flame.svg"
 fi
-head -40 "$OUT/report.txt"
+grep -v '^#' "$OUT/comms.txt" | head -12
+cat "$OUT/report.txt"

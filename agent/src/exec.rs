@@ -102,13 +102,22 @@ pub fn serve(socket: &Path, ipv6: bool) -> std::io::Result<Result<(), NotServed>
     Ok(Ok(()))
 }
 
+/// Commands run here at once, at most; the front runs any beyond in `vpcnet-standalone` (a
+/// process each, as without the front), so a burst never grows this process without bound.
+const MAX_RUNNING: usize = 64;
+
 fn accept_loop(listener: &UnixListener, own: NetnsId) {
     loop {
         match listener.accept() {
+            Ok((mut stream, _)) if RUNNING.load(Ordering::SeqCst) >= MAX_RUNNING => {
+                let _ = stream.write_all(&front::reply(DECLINED, b""));
+            }
             Ok((stream, _)) => {
+                // Counted from here, so the bound above sees it before its thread runs.
+                let running = Running::start();
                 let spawned = std::thread::Builder::new()
                     .name("front-cmd".into())
-                    .spawn(move || serve_one(stream, own));
+                    .spawn(move || serve_one(stream, own, running));
                 if let Err(e) = spawned {
                     // The connection closes unanswered: the front runs the command itself.
                     tracing::warn!(error = %e, "front: starting a command thread");
@@ -170,8 +179,7 @@ pub async fn drain(bound: Duration) -> usize {
 }
 
 /// One command: the request, the plugin's code on this thread, the reply.
-fn serve_one(mut stream: UnixStream, own: NetnsId) {
-    let _running = Running::start();
+fn serve_one(mut stream: UnixStream, own: NetnsId, _running: Running) {
     let code_and_out = match read_request(&stream, own) {
         Ok(req) => {
             let env = req.env;
