@@ -456,19 +456,6 @@ async fn serve<D: Datastore>(
         None => (None, None),
     };
     tasks.spawn(Task::Server, server::serve(listener, node.clone(), gate));
-    // After the plugin socket: a command the front hands over calls it like the plugin does.
-    let ipv6 = args.vpc_cidrs.iter().any(ipnetwork::IpNetwork::is_ipv6);
-    match exec::serve(&args.socket, ipv6) {
-        Ok(Ok(())) => {}
-        Ok(Err(why)) => tracing::info!(
-            reason = %why,
-            "not serving the vpcnet front: it runs every command through vpcnet-standalone"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            "the vpcnet front's socket: every command runs through vpcnet-standalone"
-        ),
-    }
     tasks.spawn(Task::Warm, {
         let node = node.clone();
         let interval = args.pool_check_interval;
@@ -600,8 +587,28 @@ async fn start_up<D: Datastore>(
         v4.chain(v6).collect()
     };
     reap::flush(released).await;
+    // The front's socket first: once the plugin socket is there (what a runtime, or a test,
+    // waits for), so is this one, and no front falls back for want of it. A command it takes
+    // before the plugin socket exists fails its Assign as the standalone's would (code 11).
+    serve_front(args);
     server::bind(&args.socket)
         .map_err(|e| AgentError::io(format!("binding socket {}", args.socket.display()), e))
+}
+
+/// [`exec::serve`], its outcome logged: not serving the front only costs speed.
+fn serve_front(args: &RunArgs) {
+    let ipv6 = args.vpc_cidrs.iter().any(ipnetwork::IpNetwork::is_ipv6);
+    match exec::serve(&args.socket, ipv6) {
+        Ok(Ok(())) => {}
+        Ok(Err(why)) => tracing::info!(
+            reason = %why,
+            "not serving the vpcnet front: it runs every command through vpcnet-standalone"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "the vpcnet front's socket: every command runs through vpcnet-standalone"
+        ),
+    }
 }
 
 /// `--snat=false --network-policy=false`: the SNAT tables (`ip vpcnet`, `inet vpcnet`) and

@@ -285,6 +285,11 @@ fn agent_killed_mid_add_the_add_fails_and_del_cleans_up() {
     let p0 = lab.pod(0);
     let host = lab.host();
     let ns0 = Lab::netns_path(&p0);
+    // The agent binds its front socket before its plugin socket (what start_agent waits for):
+    // this ADD cannot reach the standalone for want of it, and so stall there instead.
+    let mut exec_socket = lab.socket().into_os_string();
+    exec_socket.push(".exec");
+    assert!(Path::new(&exec_socket).exists(), "{exec_socket:?}");
     let mut c = lab.conf();
     c["mtu"] = json!(1400); // the veth is created before the agent's reply: there is one to leave
     let conf = c.to_string().into_bytes();
