@@ -7,8 +7,11 @@
 //! standalone plugin does, takes the same in-flight lock, writes the same plugin log.
 //!
 //! Each command runs on a thread of its own, never on the tokio runtime: the plugin's code
-//! enters the pod's network namespace (`setns` changes only the calling thread) and blocks.
-//! The thread ends with the command, so no namespace change outlives it.
+//! enters the pod's network namespace (`setns` changes only the calling thread, and the
+//! plugin's code returns to vpcnetd's at once or aborts) and blocks. Up to [`MAX_WARM`]
+//! threads stay warm between commands and keep the command's runtime and host netlink socket
+//! (per thread, in the plugin's code), checking before each wait that they are in vpcnetd's
+//! network namespace; commands beyond them run on threads that end with the command.
 //!
 //! Invariant: **vpcnetd runs only what the standalone plugin would have run the same way**.
 //! It declines ([`vpcnet_proto::front::DECLINED`]; the front then execs `vpcnet-standalone`)
@@ -21,6 +24,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -102,11 +107,42 @@ pub fn serve(socket: &Path, ipv6: bool) -> std::io::Result<Result<(), NotServed>
     Ok(Ok(()))
 }
 
+/// This vpcnetd's request handler for the commands it runs ([`set_in_process`]).
+static IN_PROCESS: OnceLock<Arc<dyn vpcnet::LocalAgent>> = OnceLock::new();
+
+/// From the moment vpcnetd serves its plugin socket: the commands it runs for the front send
+/// their requests for that socket (Assign, Release, the report…) straight to its handler
+/// ([`crate::server::InProcess`]) instead of connecting to it (issue 14). Before (a command
+/// that comes in while vpcnetd starts) they connect, as the standalone plugin does.
+pub fn set_in_process(agent: Arc<dyn vpcnet::LocalAgent>) {
+    let _ = IN_PROCESS.set(agent);
+}
+
 /// Commands run here at once, at most; the front runs any beyond in `vpcnet-standalone` (a
 /// process each, as without the front), so a burst never grows this process without bound.
 const MAX_RUNNING: usize = 64;
 
+/// Threads kept warm between commands, at most: each keeps its runtime and host netlink
+/// socket ([`vpcnet::run`] keeps them per thread), so a command on one pays neither nor a
+/// thread's start (issue 14). Started on demand: a node without pods has none. Commands
+/// beyond them (a burst) run on threads that end with their command.
+const MAX_WARM: usize = 4;
+
+/// One accepted command on its way to a thread.
+struct Job {
+    stream: UnixStream,
+    running: Running,
+}
+
+/// Warm threads waiting for a command; the accept loop takes one of them (decrements) before
+/// it hands a job to [`Warm::jobs`], so a job sent there always has a thread to take it.
+static IDLE: AtomicUsize = AtomicUsize::new(0);
+/// Warm threads running ([`WarmSlot`]).
+static WARM: AtomicUsize = AtomicUsize::new(0);
+
 fn accept_loop(listener: &UnixListener, own: NetnsId) {
+    let (jobs, waiting) = std::sync::mpsc::channel::<Job>();
+    let waiting = std::sync::Arc::new(std::sync::Mutex::new(waiting));
     loop {
         match listener.accept() {
             Ok((mut stream, _)) if RUNNING.load(Ordering::SeqCst) >= MAX_RUNNING => {
@@ -114,19 +150,100 @@ fn accept_loop(listener: &UnixListener, own: NetnsId) {
             }
             Ok((stream, _)) => {
                 // Counted from here, so the bound above sees it before its thread runs.
-                let running = Running::start();
-                let spawned = std::thread::Builder::new()
-                    .name("front-cmd".into())
-                    .spawn(move || serve_one(stream, own, running));
-                if let Err(e) = spawned {
-                    // The connection closes unanswered: the front runs the command itself.
-                    tracing::warn!(error = %e, "front: starting a command thread");
+                let job = Job {
+                    stream,
+                    running: Running::start(),
+                };
+                if take_one(&IDLE) {
+                    if let Err(back) = jobs.send(job) {
+                        // Cannot happen while this loop holds `waiting`'s other end.
+                        run_on_own_thread(back.0, own);
+                    }
+                } else if take_one_up(&WARM, MAX_WARM) {
+                    let waiting = std::sync::Arc::clone(&waiting);
+                    let slot = WarmSlot;
+                    let spawned = std::thread::Builder::new()
+                        .name("front-cmd".into())
+                        .spawn(move || warm_thread(slot, job, &waiting, own));
+                    if let Err(e) = spawned {
+                        // The slot went back with the closure; the connection closes
+                        // unanswered: the front runs the command itself.
+                        tracing::warn!(error = %e, "front: starting a command thread");
+                    }
+                } else {
+                    run_on_own_thread(job, own);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "front: accepting a connection");
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+}
+
+/// Decrements `n` if it is above zero; whether it did.
+fn take_one(n: &AtomicUsize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        .is_ok()
+}
+
+/// Increments `n` if it is below `max`; whether it did.
+fn take_one_up(n: &AtomicUsize, max: usize) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+        (v < max).then_some(v + 1)
+    })
+    .is_ok()
+}
+
+/// A command beyond the warm threads: a thread of its own that ends with it.
+fn run_on_own_thread(job: Job, own: NetnsId) {
+    let spawned = std::thread::Builder::new()
+        .name("front-cmd".into())
+        .spawn(move || serve_one(job.stream, own, job.running));
+    if let Err(e) = spawned {
+        // The connection closes unanswered: the front runs the command itself.
+        tracing::warn!(error = %e, "front: starting a command thread");
+    }
+}
+
+/// One of the [`MAX_WARM`] warm threads, counted in [`WARM`] while it lives (a thread that
+/// ends, however, gives its place back).
+struct WarmSlot;
+
+impl Drop for WarmSlot {
+    fn drop(&mut self) {
+        WARM.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A warm thread: its first command, then one command after another from the accept loop.
+/// Before waiting for the next, it checks that it is in vpcnetd's network namespace (the
+/// plugin's code returns to it after every visit to a pod's, or aborts); a thread that is
+/// not ends.
+fn warm_thread(
+    _slot: WarmSlot,
+    first: Job,
+    waiting: &std::sync::Mutex<Receiver<Job>>,
+    own: NetnsId,
+) {
+    let mut job = first;
+    loop {
+        serve_one(job.stream, own, job.running);
+        if netns::id_of_path(Path::new("/proc/thread-self/ns/net")).ok() != Some(own) {
+            tracing::error!(
+                "front: a command thread is not in vpcnetd's network namespace; ending it"
+            );
+            return;
+        }
+        IDLE.fetch_add(1, Ordering::SeqCst);
+        let next = match waiting.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        match next {
+            Ok(next) => job = next,
+            Err(_) => return,
         }
     }
 }
@@ -190,6 +307,7 @@ fn serve_one(mut stream: UnixStream, own: NetnsId, _running: Running) {
                 stdin: &mut &req.stdin[..],
                 stdout: &mut out,
                 pod_netns: req.pod_netns,
+                agent: IN_PROCESS.get().cloned(),
             });
             (code, out)
         }

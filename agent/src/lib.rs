@@ -455,6 +455,11 @@ async fn serve<D: Datastore>(
         }
         None => (None, None),
     };
+    exec::set_in_process(Arc::new(server::InProcess::new(
+        &node,
+        gate.clone(),
+        &args.socket,
+    )));
     tasks.spawn(Task::Server, server::serve(listener, node.clone(), gate));
     tasks.spawn(Task::Warm, {
         let node = node.clone();

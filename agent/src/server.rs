@@ -87,6 +87,58 @@ pub async fn serve<D: Datastore>(listener: UnixListener, node: Arc<Node<D>>, gat
     }
 }
 
+/// The handler of the commands vpcnetd runs for the `vpcnet` front (`exec.rs`): their
+/// requests for this socket are dispatched as a root connection's would be — same checks,
+/// same network policy gate, same metrics — without the connection (issue 14). Holds the
+/// node weakly, so that the shutdown's drain still counts only requests in flight; once the
+/// node is gone a request is left unanswered, as by an agent that went away.
+pub struct InProcess<D: Datastore> {
+    node: std::sync::Weak<Node<D>>,
+    gate: Option<Gate>,
+    socket: std::path::PathBuf,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<D: Datastore> std::fmt::Debug for InProcess<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcess")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Datastore> InProcess<D> {
+    /// Must be called on the agent's runtime (whose handle runs the requests).
+    pub fn new(node: &Arc<Node<D>>, gate: Option<Gate>, socket: &Path) -> InProcess<D> {
+        InProcess {
+            node: Arc::downgrade(node),
+            gate,
+            socket: socket.to_path_buf(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+}
+
+impl<D: Datastore> vpcnet::LocalAgent for InProcess<D> {
+    fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn send(&self, request: Request) -> std::sync::mpsc::Receiver<Reply> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let node = self.node.clone();
+        let gate = self.gate.clone();
+        self.runtime.spawn(async move {
+            let Some(node) = node.upgrade() else {
+                return;
+            };
+            let reply = dispatch(request, true, &node, gate.as_ref()).await;
+            let _ = tx.send(reply);
+        });
+        rx
+    }
+}
+
 /// A connection's reader, when the plugin may still send its report ([`read_report`]).
 type FollowUp = BufReader<tokio::io::Take<tokio::net::unix::OwnedReadHalf>>;
 

@@ -2,6 +2,8 @@
 
 use std::cell::RefCell;
 use std::path::Path;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use vpcnet_proto::api::{ObservedOp, Reply, Request};
@@ -21,6 +23,68 @@ pub enum Outcome {
     /// Whether it acted on the request is unknown; DEL, which must not block pod deletion,
     /// then tears down locally and the agent's start-up reconcile settles the rest.
     Unreachable(ClientError),
+}
+
+/// vpcnetd running this command itself ([`crate::Invocation::agent`]): a request for the
+/// socket it serves goes straight to its handler, as from root, without a connection
+/// (issue 14: no connect, accept, encoding and decoding on the ADD's path).
+pub trait LocalAgent: Send + Sync {
+    /// The plugin socket this vpcnetd serves: only requests for it are taken in process (a
+    /// netconf naming another socket is answered by whoever serves that one).
+    fn socket(&self) -> &Path;
+    /// Starts `request`; its reply comes on the receiver, which closes unanswered when
+    /// vpcnetd stops first (then as an agent gone mid-request: [`Outcome::Unreachable`]).
+    fn send(&self, request: Request) -> Receiver<Reply>;
+}
+
+thread_local! {
+    /// The agent that runs the command on this thread, for the command's duration.
+    static LOCAL: RefCell<Option<Arc<dyn LocalAgent>>> = const { RefCell::new(None) };
+}
+
+/// Sets this thread's [`LocalAgent`] until the scope is dropped (the command's end).
+pub struct LocalScope(());
+
+pub fn enter_local(agent: Option<Arc<dyn LocalAgent>>) -> LocalScope {
+    LOCAL.with(|slot| *slot.borrow_mut() = agent);
+    LocalScope(())
+}
+
+impl Drop for LocalScope {
+    fn drop(&mut self) {
+        LOCAL.with(|slot| slot.borrow_mut().take());
+    }
+}
+
+fn local_for(socket: &Path) -> Option<Arc<dyn LocalAgent>> {
+    LOCAL.with(|slot| {
+        slot.borrow()
+            .as_ref()
+            .filter(|a| a.socket() == socket)
+            .cloned()
+    })
+}
+
+/// A connection to the agent, nothing sent yet ([`connect`]).
+pub enum Connection {
+    Socket(client::Connection),
+    Local(Arc<dyn LocalAgent>, String),
+}
+
+impl Connection {
+    /// The pid of the process serving the socket: this one, for vpcnetd's own command.
+    pub fn peer_pid(&self) -> Option<u32> {
+        match self {
+            Connection::Socket(c) => c.peer_pid(),
+            Connection::Local(..) => Some(std::process::id()),
+        }
+    }
+}
+
+/// A request sent, its reply not read yet ([`send_on`], [`wait`]).
+pub enum Pending {
+    Socket(client::Pending),
+    Local(Receiver<Reply>, String),
 }
 
 thread_local! {
@@ -45,6 +109,11 @@ fn keep(r: Result<(Reply, client::Kept), ClientError>) -> Result<Reply, ClientEr
 /// report there after its reply), else on a new connection.
 pub fn observe(socket: &Path, verb: ObservedOp, micros: u64, ok: bool) {
     let report = Request::Observed { verb, micros, ok };
+    if let Some(local) = local_for(socket) {
+        // Not waited for: the receiver goes at once.
+        drop(local.send(report));
+        return;
+    }
     let kept = KEPT.with(|slot| slot.borrow_mut().take());
     let _ = match kept {
         Some(kept) => kept.notify(report),
@@ -52,30 +121,70 @@ pub fn observe(socket: &Path, verb: ObservedOp, micros: u64, ok: bool) {
     };
 }
 
+/// Closes the connection a command kept and did not report on (CHECK, GC, STATUS; an ADD or
+/// DEL's is taken by [`observe`]): a thread that runs more commands (vpcnetd's) would hold it
+/// open until its next one.
+pub fn forget() {
+    KEPT.with(|slot| slot.borrow_mut().take());
+}
+
 pub fn call(socket: &Path, request: Request) -> Result<Outcome, CniError> {
-    map(keep(client::call_keep(socket, request, TIMEOUT)))
+    match local_for(socket) {
+        Some(local) => {
+            let path = socket.display().to_string();
+            wait_local(&local.send(request), path)
+        }
+        None => map(keep(client::call_keep(socket, request, TIMEOUT))),
+    }
 }
 
 /// Connects without sending: ADD first checks who serves the socket (its network namespace
 /// must not be the pod's). An unreachable agent is an error naming the `socket` field.
-pub fn connect(socket: &Path) -> Result<client::Connection, CniError> {
-    client::connect(socket, TIMEOUT).map_err(|e| match e {
-        ClientError::Connect { .. } => unreachable_error(&e),
-        other => CniError::TryAgainLater(other.to_string()),
-    })
+pub fn connect(socket: &Path) -> Result<Connection, CniError> {
+    if let Some(local) = local_for(socket) {
+        return Ok(Connection::Local(local, socket.display().to_string()));
+    }
+    client::connect(socket, TIMEOUT)
+        .map(Connection::Socket)
+        .map_err(|e| match e {
+            ClientError::Connect { .. } => unreachable_error(&e),
+            other => CniError::TryAgainLater(other.to_string()),
+        })
 }
 
 /// Sends on a connection made with [`connect`], without waiting.
-pub fn send_on(conn: client::Connection, request: Request) -> Result<client::Pending, CniError> {
-    conn.send(request)
-        .map_err(|e| CniError::TryAgainLater(e.to_string()))
+pub fn send_on(conn: Connection, request: Request) -> Result<Pending, CniError> {
+    match conn {
+        Connection::Socket(conn) => conn
+            .send(request)
+            .map(Pending::Socket)
+            .map_err(|e| CniError::TryAgainLater(e.to_string())),
+        Connection::Local(local, path) => Ok(Pending::Local(local.send(request), path)),
+    }
 }
 
-/// Waits for a reply sent with [`send`].
-pub fn wait(pending: client::Pending) -> Result<Reply, CniError> {
-    match map(keep(pending.wait_keep()))? {
+/// Waits for a reply sent with [`send_on`].
+pub fn wait(pending: Pending) -> Result<Reply, CniError> {
+    let outcome = match pending {
+        Pending::Socket(p) => map(keep(p.wait_keep()))?,
+        Pending::Local(rx, path) => wait_local(&rx, path)?,
+    };
+    match outcome {
         Outcome::Reply(r) => Ok(r),
         Outcome::Unreachable(e) => Err(unreachable_error(&e)),
+    }
+}
+
+/// A reply from vpcnetd's own handler, with the socket's timeout and its meaning of a
+/// request left unanswered.
+fn wait_local(rx: &Receiver<Reply>, path: String) -> Result<Outcome, CniError> {
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(reply) => map(Ok(reply)),
+        Err(RecvTimeoutError::Disconnected) => map(Err(ClientError::NoReply { path })),
+        Err(RecvTimeoutError::Timeout) => Err(CniError::TryAgainLater(format!(
+            "vpcnetd at socket {path} gave no reply within {} s",
+            TIMEOUT.as_secs()
+        ))),
     }
 }
 

@@ -25,6 +25,7 @@ mod version;
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::Value;
@@ -36,6 +37,7 @@ use crate::log::Log;
 use crate::netconf::LogLevel;
 use vpcnet_proto::api::ObservedOp;
 
+pub use crate::agent::LocalAgent;
 pub use crate::version::SUPPORTED as SUPPORTED_VERSIONS;
 
 /// One command as the runtime gave it.
@@ -50,6 +52,9 @@ pub struct Invocation<'a> {
     /// namespace and passes the descriptor): used instead of opening the path. The path is
     /// still what is recorded and reported.
     pub pod_netns: Option<OwnedFd>,
+    /// vpcnetd, when it runs the command itself: requests for its socket go straight to it
+    /// ([`LocalAgent`]); `None` in `vpcnet-standalone`.
+    pub agent: Option<Arc<dyn LocalAgent>>,
 }
 
 impl std::fmt::Debug for Invocation<'_> {
@@ -78,7 +83,9 @@ pub fn run(inv: Invocation<'_>) -> i32 {
         stdin,
         stdout,
         pod_netns,
+        agent,
     } = inv;
+    let _local = agent::enter_local(agent);
     let command = match env::command(get) {
         Ok(c) => c,
         Err(e) => return fail(stdout, version::CURRENT, &e),
@@ -160,6 +167,7 @@ pub fn run(inv: Invocation<'_>) -> i32 {
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         agent::observe(&conf.socket, verb, micros, code == 0);
     }
+    agent::forget();
     code
 }
 

@@ -89,6 +89,7 @@ fn run() -> i32 {
         stdin: &mut std::io::stdin().lock(),
         stdout: &mut out,
         pod_netns: None,
+        agent: None,
     });
     let _ = out.flush();
     code

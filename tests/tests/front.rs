@@ -296,9 +296,9 @@ fn agent_killed_mid_add_the_add_fails_and_del_cleans_up() {
     let pid = lab.agent_pid();
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
+        // A syscall, not `kill(1)`: a minimal root (the fresh-machine check) has no procps.
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the agent");
     });
     let mut env = cni::env("ADD", "k0", "eth0", &ns0).to_vec();
     env.push(("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS", "4000"));
@@ -354,4 +354,180 @@ fn a_stopping_agent_finishes_the_front_commands_it_runs() {
         "{:?}",
         lab.addrs_in(&p0, "eth0")
     );
+}
+
+/// The agent's command threads stay warm between commands (issue 14: each keeps its runtime
+/// and host netlink socket) and keep nothing of a pod: after ADD and CHECK of three pods, one
+/// after another, no agent thread is in a pod's network namespace, the agent holds no socket
+/// in a pod's namespace (a kept pod-side netlink socket would keep a deleted pod's namespace
+/// alive), and a warm thread is there for the next command. A burst of 8 beyond the warm
+/// threads runs on threads that end with their command.
+#[test]
+fn warm_command_threads_keep_nothing_of_a_pod() {
+    let mut lab = Lab::new("10.249.0.0/16");
+    lab.start_agent(&[]);
+    let f = std::sync::Arc::new(Front::new(&lab));
+    let host = lab.host();
+    let pid = lab.agent_pid();
+    let pods = lab.pods(0..3);
+    for (i, p) in pods.iter().enumerate() {
+        let ns = Lab::netns_path(p);
+        let cid = format!("w{i}");
+        let a = f.run(&host, &conf(&lab), &cni::env("ADD", &cid, "eth0", &ns));
+        a.expect_ok(&format!("ADD {cid}"));
+        let mut check = lab.conf();
+        check["prevResult"] = a.json.clone();
+        f.run(
+            &host,
+            check.to_string().as_bytes(),
+            &cni::env("CHECK", &cid, "eth0", &ns),
+        )
+        .expect_ok(&format!("CHECK {cid}"));
+    }
+    assert_eq!(f.standalone_runs(), Vec::<String>::new());
+    let threads = |name: &str| -> Vec<String> {
+        let mut v = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+            let t = t.expect("task").path();
+            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+            if name.is_empty() || comm.trim() == name {
+                v.push(t.display().to_string());
+            }
+        }
+        v
+    };
+    let agent_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("agent netns");
+    for t in threads("") {
+        let ns = std::fs::read_link(format!("{t}/ns/net")).expect("thread netns");
+        assert_eq!(
+            ns, agent_ns,
+            "thread {t} of the agent is in another namespace"
+        );
+    }
+    let warm = threads("front-cmd").len();
+    assert!((1..=4).contains(&warm), "warm command threads: {warm}");
+    // The probe sees the agent's own sockets where it has them (its namespace).
+    assert!(
+        !rtnl_sockets(&host).is_empty(),
+        "no rtnetlink socket seen in {host}"
+    );
+    for p in &pods {
+        let held = rtnl_sockets(p);
+        assert!(
+            held.is_empty(),
+            "a route netlink socket open in {p}: {held:?}"
+        );
+    }
+
+    // A burst beyond the warm threads: every command answered, the extra threads gone after.
+    let more = lab.pods(3..11);
+    let conf_bytes = std::sync::Arc::new(conf(&lab));
+    let handles: Vec<_> = more
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (f, conf, host) = (f.clone(), conf_bytes.clone(), host.clone());
+            let ns = Lab::netns_path(p);
+            std::thread::spawn(move || {
+                f.run(
+                    &host,
+                    &conf,
+                    &cni::env("ADD", &format!("b{i}"), "eth0", &ns),
+                )
+            })
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        h.join().expect("join").expect_ok(&format!("ADD b{i}"));
+    }
+    assert_eq!(f.standalone_runs(), Vec::<String>::new());
+    assert!(
+        lab.wait_for(Duration::from_secs(5), || threads("front-cmd").len() <= 4),
+        "command threads after the burst: {}",
+        threads("front-cmd").len()
+    );
+    for p in pods.iter().chain(more.iter()) {
+        let held = rtnl_sockets(p);
+        assert!(
+            held.is_empty(),
+            "a route netlink socket open in {p}: {held:?}"
+        );
+    }
+}
+
+/// The route netlink sockets open in namespace `ns` other than the kernel's (`ss -n`: local
+/// address `0:<port id>`, the kernel's is `0:0`). Nothing in a test pod's namespace opens
+/// one but the plugin's code while it wires the pod, so one there after the command is a
+/// socket the agent kept.
+fn rtnl_sockets(ns: &str) -> Vec<String> {
+    vpcnet_tests::sh(&format!("ip netns exec {ns} ss -a -n -f netlink"))
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .filter(|local| local.starts_with("0:") && local != "0:0")
+        .collect()
+}
+
+/// The commands vpcnetd runs for the front send their requests for its socket straight to its
+/// handler (issue 14): with the socket's file gone (the agent still serves the front's), an
+/// ADD, CHECK, STATUS and DEL through the front still work, and only the standalone — which
+/// must connect — finds no agent. A netconf naming another socket is not taken in process.
+#[test]
+fn the_agent_answers_its_own_commands_without_its_socket() {
+    let mut lab = Lab::new("10.250.0.0/16");
+    lab.start_agent(&[]);
+    let f = Front::new(&lab);
+    let p0 = lab.pod(0);
+    let host = lab.host();
+    let ns0 = Lab::netns_path(&p0);
+    std::fs::remove_file(lab.socket()).expect("remove the plugin socket");
+
+    let a = f.run(&host, &conf(&lab), &cni::env("ADD", "l0", "eth0", &ns0));
+    a.expect_ok("ADD with the plugin socket gone");
+    let ip = a.ip().expect("ip").to_string();
+    assert!(lab.addrs_in(&p0, "eth0").contains(&ip));
+    let mut check = lab.conf();
+    check["prevResult"] = a.json.clone();
+    f.run(
+        &host,
+        check.to_string().as_bytes(),
+        &cni::env("CHECK", "l0", "eth0", &ns0),
+    )
+    .expect_ok("CHECK");
+    f.run(&host, &conf(&lab), &[("CNI_COMMAND", "STATUS")])
+        .expect_ok("STATUS");
+    assert_eq!(f.standalone_runs(), Vec::<String>::new());
+
+    // A netconf naming another socket whose front socket leads to this agent (a symlink):
+    // the agent runs the command, but its requests go to the socket the netconf names,
+    // where nobody listens.
+    let mut other = lab.conf();
+    let elsewhere = lab.dir.join("elsewhere.sock");
+    other["socket"] = json!(elsewhere.display().to_string());
+    let mut exec_socket = lab.socket().into_os_string();
+    exec_socket.push(".exec");
+    let mut elsewhere_exec = elsewhere.into_os_string();
+    elsewhere_exec.push(".exec");
+    std::os::unix::fs::symlink(&exec_socket, &elsewhere_exec).expect("symlink");
+    let o = f.run(
+        &host,
+        other.to_string().as_bytes(),
+        &cni::env("ADD", "l1", "eth0", &ns0),
+    );
+    o.expect_refused("ADD for a socket nobody serves", 11, "socket");
+    assert_eq!(
+        f.standalone_runs(),
+        Vec::<String>::new(),
+        "the agent ran it"
+    );
+
+    f.run(&host, &conf(&lab), &cni::env("DEL", "l0", "eth0", &ns0))
+        .expect_ok("DEL with the plugin socket gone");
+    let v0 = host_veth_name("l0", "eth0");
+    assert!(lab.wait_for(Duration::from_secs(10), || !lab.host_veths().contains(&v0)));
+    // The address went back: restarted (its socket is there again), the agent holds none.
+    let agent = lab.agent.as_mut().expect("agent");
+    assert!(agent.terminate(Duration::from_secs(15)).is_some());
+    agent.restart();
+    let held = vpcnet_tests::agent::status_allocs(&lab.status_when_up());
+    assert!(held.is_empty(), "{held:?}");
 }

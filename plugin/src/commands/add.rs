@@ -59,11 +59,7 @@ pub fn run(
             meta: super::meta(env),
         },
     )?;
-    let set_up = super::runtime().and_then(|rt| {
-        let host = rt.block_on(async { super::host_netlink() })?;
-        Ok((rt, host))
-    });
-    let (rt, host) = match set_up {
+    let nl = match super::HostNetlink::take() {
         Ok(v) => v,
         Err(e) => {
             // An address this ADD took goes straight back (as for a failed wiring below).
@@ -76,9 +72,10 @@ pub fn run(
             return Err(e);
         }
     };
+    let (rt, host) = (&nl.rt, &nl.host);
     let early_veth: Option<Result<Created, CniError>> = conf.mtu.map(|mtu| {
         rt.block_on(dataplane::create_veth(
-            &host,
+            host,
             &env.container_id,
             &env.ifname,
             &netns_str,
@@ -105,11 +102,11 @@ pub fn run(
             existing,
         ),
         Ok(other) => {
-            undo_veth(&rt, &host, early_veth);
+            undo_veth(rt, host, early_veth);
             return Err(agent::unexpected(&other));
         }
         Err(e) => {
-            undo_veth(&rt, &host, early_veth);
+            undo_veth(rt, host, early_veth);
             return Err(e);
         }
     };
@@ -126,7 +123,7 @@ pub fn run(
             Some(created) => created,
             None => {
                 dataplane::create_veth(
-                    &host,
+                    host,
                     plan.container_id,
                     plan.ifname,
                     plan.netns_path,
@@ -137,8 +134,8 @@ pub fn run(
             }
         };
         match created? {
-            Created::New(veth) => dataplane::finish(&host, &plan, veth).await,
-            Created::Taken => dataplane::resolve_taken(&host, &plan, existing).await,
+            Created::New(veth) => dataplane::finish(host, &plan, veth).await,
+            Created::Taken => dataplane::resolve_taken(host, &plan, existing).await,
         }
     });
     log.write(
@@ -150,12 +147,15 @@ pub fn run(
         ),
     );
     match wired {
-        Ok(w) => Ok(result::add_result(
-            &conf.cni_version,
-            conf.spec,
-            &w,
-            conf.prev_result.as_ref(),
-        )),
+        Ok(w) => {
+            nl.keep();
+            Ok(result::add_result(
+                &conf.cni_version,
+                conf.spec,
+                &w,
+                conf.prev_result.as_ref(),
+            ))
+        }
         Err(e) => {
             // Undo only what this ADD did (issue 9 items 5 and 11): an address this ADD took goes
             // straight back to free — no pod ever used it; one the attachment held before this

@@ -56,11 +56,18 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, given: &super::Given<'_>) -> Resu
     same_family(allocation.map(|a| a.ip), ip)?;
     same_family(allocation6.map(|a| a.ip), ip6)?;
     let ips = dataplane::PodIps { v4: ip, v6: ip6 };
-    let rt = super::runtime()?;
-    rt.block_on(async {
-        let host = super::host_netlink()?;
-        dataplane::check(&host, &netns, &env.container_id, &env.ifname, ips).await
-    })
+    let nl = super::HostNetlink::take()?;
+    let checked = nl.rt.block_on(dataplane::check(
+        &nl.host,
+        &netns,
+        &env.container_id,
+        &env.ifname,
+        ips,
+    ));
+    if checked.is_ok() {
+        nl.keep();
+    }
+    checked
 }
 
 /// One family of CHECK's comparison of the agent's record (`held`) with prevResult (`prev`).

@@ -35,13 +35,11 @@ pub fn run(conf: &NetConf, env: &ContainerEnv, log: &Log<'_>) -> Result<(), CniE
                     env.container_id
                 ),
             );
-            let rt = super::runtime()?;
-            rt.block_on(async {
-                let host = super::host_netlink()?;
-                dataplane::teardown_host(&host, &host_veth)
-                    .await
-                    .map_err(|e| CniError::dataplane(&format!("deleting {host_veth}"), e))
-            })
+            // No agent: not a warm thread's command, nothing to keep.
+            let nl = super::HostNetlink::take()?;
+            nl.rt
+                .block_on(dataplane::teardown_host(&nl.host, &host_veth))
+                .map_err(|e| CniError::dataplane(&format!("deleting {host_veth}"), e))
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod del;
 pub mod gc;
 pub mod status;
 
+use std::cell::RefCell;
 use std::os::fd::OwnedFd;
 
 use vpcnet_pool::{AllocKey, PodMeta};
@@ -40,15 +41,58 @@ pub fn meta(env: &ContainerEnv) -> PodMeta {
     }
 }
 
-/// A current-thread runtime: the plugin is one short-lived process doing a handful of netlink
-/// requests; a worker pool would cost more to start than it could save.
-pub fn runtime() -> Result<tokio::runtime::Runtime, CniError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| CniError::Io(format!("starting runtime: {e}")))
+/// The current-thread runtime and host-side netlink socket an ADD or CHECK works with.
+///
+/// Per thread, and kept between commands ([`HostNetlink::take`], [`HostNetlink::keep`]):
+/// vpcnetd runs the front's commands on warm threads (issue 14), so a command there does not
+/// pay for a runtime and a socket of its own; the standalone plugin runs one command and
+/// exits. The socket is in the namespace the thread was in when it was opened, which is the
+/// one the thread is in between commands ([`vpcnet_netlink::netns`] returns to it or aborts).
+pub struct HostNetlink {
+    pub rt: tokio::runtime::Runtime,
+    pub host: rtnetlink::Handle,
 }
 
-pub fn host_netlink() -> Result<rtnetlink::Handle, CniError> {
-    vpcnet_netlink::connect().map_err(|e| CniError::dataplane("opening netlink socket", e))
+thread_local! {
+    static KEPT_NETLINK: RefCell<Option<HostNetlink>> = const { RefCell::new(None) };
+}
+
+/// How often [`HostNetlink::keep`] lets the runtime run the tasks a command left (its pod-side
+/// netlink connections, ending now that their handles are dropped) before giving up on it.
+const SETTLE_ROUNDS: usize = 4;
+
+impl HostNetlink {
+    /// This thread's kept runtime and socket, else new ones.
+    pub fn take() -> Result<HostNetlink, CniError> {
+        if let Some(kept) = KEPT_NETLINK.with(|slot| slot.borrow_mut().take()) {
+            return Ok(kept);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| CniError::Io(format!("starting runtime: {e}")))?;
+        let host = rt
+            .block_on(async { vpcnet_netlink::connect() })
+            .map_err(|e| CniError::dataplane("opening netlink socket", e))?;
+        Ok(HostNetlink { rt, host })
+    }
+
+    /// Keeps this runtime and socket for the thread's next command, after a command that
+    /// succeeded (after a failure they are dropped: a socket in an unknown state is not
+    /// reused). Kept only once nothing but the host socket's own task is left on the runtime:
+    /// a pod-side netlink socket still open would keep a deleted pod's namespace alive while
+    /// the thread waits, so a runtime that still has one after a few rounds is dropped, and
+    /// every socket with it.
+    pub fn keep(self) {
+        for _ in 0..SETTLE_ROUNDS {
+            if self.rt.metrics().num_alive_tasks() <= 1 {
+                KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(self));
+                return;
+            }
+            self.rt.block_on(tokio::task::yield_now());
+        }
+        if self.rt.metrics().num_alive_tasks() <= 1 {
+            KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(self));
+        }
+    }
 }
