@@ -3,8 +3,10 @@
 //! libc instead of a glibc program's start (docs/benchmarks.md, issue 14 round 9).
 //!
 //! The wire format is [`vpcnet_proto::front`]. The command itself is the plugin's own code
-//! ([`vpcnet::run`]), unchanged: it talks to this agent over the plugin socket like the
-//! standalone plugin does, takes the same in-flight lock, writes the same plugin log.
+//! ([`vpcnet::run`]), unchanged: it takes the same in-flight lock and writes the same plugin
+//! log as the standalone plugin; its requests for this vpcnetd's plugin socket go straight
+//! to the socket's dispatch ([`crate::server::InProcess`], set by [`set_in_process`]) as a
+//! root connection's would, requests for any other socket over that socket.
 //!
 //! Each command runs on a thread of its own, never on the tokio runtime: the plugin's code
 //! enters the pod's network namespace (`setns` changes only the calling thread, and the
