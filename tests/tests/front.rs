@@ -52,6 +52,31 @@ impl Front {
     }
 }
 
+/// ADDs through the front, all at once, one per pod (container `{prefix}{i}`); the outputs
+/// in the pods' order.
+fn adds_at_once(
+    f: &std::sync::Arc<Front>,
+    host: &str,
+    conf: &[u8],
+    pods: &[String],
+    prefix: &str,
+) -> Vec<CniOutput> {
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (f, conf, host) = (f.clone(), conf.to_vec(), host.to_string());
+            let ns = Lab::netns_path(p);
+            let cid = format!("{prefix}{i}");
+            std::thread::spawn(move || f.run(&host, &conf, &cni::env("ADD", &cid, "eth0", &ns)))
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("join"))
+        .collect()
+}
+
 fn sh_chmod(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -232,23 +257,8 @@ fn parallel_adds_through_the_front_get_distinct_working_addresses() {
     let f = std::sync::Arc::new(Front::new(&lab));
     let host = lab.host();
     let pods = lab.pods(0..8);
-    let conf = std::sync::Arc::new(conf(&lab));
-    let handles: Vec<_> = pods
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (f, conf, host) = (f.clone(), conf.clone(), host.clone());
-            let ns = Lab::netns_path(p);
-            std::thread::spawn(move || {
-                let cid = format!("par{i}");
-                f.run(&host, &conf, &cni::env("ADD", &cid, "eth0", &ns))
-            })
-        })
-        .collect();
-    let outs: Vec<CniOutput> = handles
-        .into_iter()
-        .map(|h| h.join().expect("join"))
-        .collect();
+    let conf = conf(&lab);
+    let outs = adds_at_once(&f, &host, &conf, &pods, "par");
     let mut ips = Vec::new();
     for (i, o) in outs.iter().enumerate() {
         o.expect_ok(&format!("ADD par{i}"));
@@ -421,24 +431,9 @@ fn warm_command_threads_keep_nothing_of_a_pod() {
 
     // A burst beyond the warm threads: every command answered, the extra threads gone after.
     let more = lab.pods(3..11);
-    let conf_bytes = std::sync::Arc::new(conf(&lab));
-    let handles: Vec<_> = more
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let (f, conf, host) = (f.clone(), conf_bytes.clone(), host.clone());
-            let ns = Lab::netns_path(p);
-            std::thread::spawn(move || {
-                f.run(
-                    &host,
-                    &conf,
-                    &cni::env("ADD", &format!("b{i}"), "eth0", &ns),
-                )
-            })
-        })
-        .collect();
-    for (i, h) in handles.into_iter().enumerate() {
-        h.join().expect("join").expect_ok(&format!("ADD b{i}"));
+    let outs = adds_at_once(&f, &host, &conf(&lab), &more, "b");
+    for (i, o) in outs.iter().enumerate() {
+        o.expect_ok(&format!("ADD b{i}"));
     }
     assert_eq!(f.standalone_runs(), Vec::<String>::new());
     assert!(
