@@ -23,7 +23,7 @@ ip netns exec $H "$BIN/vpcnetd" --socket "$OUT/a.sock" --state-dir "$OUT/state" 
   --vpc-cidr 10.240.0.0/16 --warm-ip-target 64 >"$OUT/agent.log" 2>&1 &
 AGENT=$!
 for _ in $(seq 1 100); do [ -S "$OUT/a.sock" ] && break; sleep 0.1; done
-jq -n --arg s "$OUT/a.sock" '{cniVersion: "1.0.0", name: "hxperf", type: "vpcnet", mtu: 1500, socket: $s}' >"$OUT/conf.json"
+jq -n --arg s "$OUT/a.sock" --arg l "$OUT/plugin.log" '{cniVersion: "1.0.0", name: "hxperf", type: "vpcnet", mtu: 1500, socket: $s, logFile: $l}' >"$OUT/conf.json"
 cat >"$OUT/adds.sh" <<IN
 for i in \$(seq 1 $N); do
   CNI_COMMAND=ADD CNI_CONTAINERID=perf\$i CNI_NETNS=/run/netns/$P\$i CNI_IFNAME=eth0 \

@@ -526,3 +526,72 @@ fn the_agent_answers_its_own_commands_without_its_socket() {
     let held = vpcnet_tests::agent::status_allocs(&lab.status_when_up());
     assert!(held.is_empty(), "{held:?}");
 }
+
+/// vpcnetd runs at most 64 front commands at once: with 64 ADDs running (stalled after their
+/// Assign), the 65th is declined and the front runs it in `vpcnet-standalone`, which works as
+/// always; the 64 then finish. Every pod gets its own address.
+#[test]
+fn commands_beyond_the_bound_run_in_the_standalone() {
+    const BOUND: usize = 64;
+    let mut lab = Lab::new("10.251.0.0/16");
+    lab.start_agent(&[]);
+    let f = std::sync::Arc::new(Front::new(&lab));
+    let host = lab.host();
+    let pid = lab.agent_pid();
+    let pods = lab.pods(0..=BOUND);
+    let conf = conf(&lab);
+    let stalled: Vec<_> = pods[..BOUND]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (f, conf, host) = (f.clone(), conf.clone(), host.clone());
+            let ns = Lab::netns_path(p);
+            std::thread::spawn(move || {
+                let cid = format!("m{i}");
+                let mut env = cni::env("ADD", &cid, "eth0", &ns).to_vec();
+                env.push(("VPCNET_FAILPOINT_STALL_AFTER_ASSIGN_MS", "10000"));
+                f.run(&host, &conf, &env)
+            })
+        })
+        .collect();
+    let command_threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|c| c.trim() == "front-cmd")
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        lab.wait_for(Duration::from_secs(30), || command_threads() == BOUND),
+        "command threads running: {}",
+        command_threads()
+    );
+    assert_eq!(f.standalone_runs(), Vec::<String>::new());
+    let last = format!("m{BOUND}");
+    let o = f.run(
+        &host,
+        &conf,
+        &cni::env("ADD", &last, "eth0", &Lab::netns_path(&pods[BOUND])),
+    );
+    o.expect_ok("the ADD beyond the bound");
+    assert_eq!(f.standalone_runs(), [format!("ADD {last}")]);
+    let mut ips = vec![o.ip().expect("ip")];
+    for (i, h) in stalled.into_iter().enumerate() {
+        let o = h.join().expect("join");
+        o.expect_ok(&format!("ADD m{i}"));
+        ips.push(o.ip().expect("ip"));
+    }
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), BOUND + 1, "one address each");
+    assert_eq!(
+        f.standalone_runs().len(),
+        1,
+        "only the one beyond the bound"
+    );
+}
