@@ -164,14 +164,8 @@ fn accept_loop(listener: &UnixListener, own: NetnsId) {
                 } else if take_one_up(&WARM, MAX_WARM) {
                     let waiting = std::sync::Arc::clone(&waiting);
                     let slot = WarmSlot;
-                    let spawned = std::thread::Builder::new()
-                        .name("front-cmd".into())
-                        .spawn(move || warm_thread(slot, job, &waiting, own));
-                    if let Err(e) = spawned {
-                        // The slot went back with the closure; the connection closes
-                        // unanswered: the front runs the command itself.
-                        tracing::warn!(error = %e, "front: starting a command thread");
-                    }
+                    // On failure the slot goes back with the closure.
+                    spawn_command_thread(move || warm_thread(slot, job, &waiting, own));
                 } else {
                     run_on_own_thread(job, own);
                 }
@@ -200,11 +194,16 @@ fn take_one_up(n: &AtomicUsize, max: usize) -> bool {
 
 /// A command beyond the warm threads: a thread of its own that ends with it.
 fn run_on_own_thread(job: Job, own: NetnsId) {
-    let spawned = std::thread::Builder::new()
+    spawn_command_thread(move || serve_one(job.stream, own, job.running));
+}
+
+/// Starts a `front-cmd` thread. If it cannot start, `f` is dropped with the job's
+/// connection, which closes unanswered: the front runs the command itself.
+fn spawn_command_thread(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
         .name("front-cmd".into())
-        .spawn(move || serve_one(job.stream, own, job.running));
-    if let Err(e) = spawned {
-        // The connection closes unanswered: the front runs the command itself.
+        .spawn(f)
+    {
         tracing::warn!(error = %e, "front: starting a command thread");
     }
 }
@@ -220,7 +219,8 @@ impl Drop for WarmSlot {
 }
 
 /// A warm thread: its first command, then one command after another from the accept loop.
-/// Before waiting for the next, it checks that it is in vpcnetd's network namespace (the
+/// After each reply it settles the command's kept runtime ([`vpcnet::settle_kept`]). Before
+/// waiting for the next, it checks that it is in vpcnetd's network namespace (the
 /// plugin's code returns to it after every visit to a pod's, or aborts); a thread that is
 /// not ends.
 fn warm_thread(
@@ -232,6 +232,9 @@ fn warm_thread(
     let mut job = first;
     loop {
         serve_one(job.stream, own, job.running);
+        // The reply is out: what the command left on its kept runtime ends now, or the
+        // runtime goes (a pod-side socket must not outlive the command here).
+        vpcnet::settle_kept();
         if netns::id_of_path(Path::new("/proc/thread-self/ns/net")).ok() != Some(own) {
             tracing::error!(
                 "front: a command thread is not in vpcnetd's network namespace; ending it"

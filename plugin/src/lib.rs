@@ -38,6 +38,7 @@ use crate::netconf::LogLevel;
 use vpcnet_proto::api::ObservedOp;
 
 pub use crate::agent::LocalAgent;
+pub use crate::commands::settle_kept;
 pub use crate::version::SUPPORTED as SUPPORTED_VERSIONS;
 
 /// One command as the runtime gave it.

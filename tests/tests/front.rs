@@ -395,17 +395,7 @@ fn warm_command_threads_keep_nothing_of_a_pod() {
         .expect_ok(&format!("CHECK {cid}"));
     }
     assert_eq!(f.standalone_runs(), Vec::<String>::new());
-    let threads = |name: &str| -> Vec<String> {
-        let mut v = Vec::new();
-        for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-            let t = t.expect("task").path();
-            let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
-            if name.is_empty() || comm.trim() == name {
-                v.push(t.display().to_string());
-            }
-        }
-        v
-    };
+    let threads = |name: &str| agent_threads(pid, name);
     let agent_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("agent netns");
     for t in threads("") {
         let ns = std::fs::read_link(format!("{t}/ns/net")).expect("thread netns");
@@ -421,6 +411,10 @@ fn warm_command_threads_keep_nothing_of_a_pod() {
         !rtnl_sockets(&host).is_empty(),
         "no rtnetlink socket seen in {host}"
     );
+    // The last command's runtime is settled after its reply: give it that moment.
+    lab.wait_for(Duration::from_secs(5), || {
+        pods.iter().all(|p| rtnl_sockets(p).is_empty())
+    });
     for p in &pods {
         let held = rtnl_sockets(p);
         assert!(
@@ -441,6 +435,11 @@ fn warm_command_threads_keep_nothing_of_a_pod() {
         "command threads after the burst: {}",
         threads("front-cmd").len()
     );
+    lab.wait_for(Duration::from_secs(5), || {
+        pods.iter()
+            .chain(more.iter())
+            .all(|p| rtnl_sockets(p).is_empty())
+    });
     for p in pods.iter().chain(more.iter()) {
         let held = rtnl_sockets(p);
         assert!(
@@ -448,6 +447,21 @@ fn warm_command_threads_keep_nothing_of_a_pod() {
             "a route netlink socket open in {p}: {held:?}"
         );
     }
+}
+
+/// The threads (`/proc/<pid>/task/<tid>`) of process `pid` named `name` (all if empty).
+fn agent_threads(pid: u32, name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .map(|t| t.path())
+        .filter(|t| {
+            name.is_empty()
+                || std::fs::read_to_string(t.join("comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .map(|t| t.display().to_string())
+        .collect()
 }
 
 /// The route netlink sockets open in namespace `ns` other than the kernel's (`ss -n`: local
@@ -554,18 +568,7 @@ fn commands_beyond_the_bound_run_in_the_standalone() {
             })
         })
         .collect();
-    let command_threads = || {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm"))
-                            .is_ok_and(|c| c.trim() == "front-cmd")
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    };
+    let command_threads = || agent_threads(pid, "front-cmd").len();
     assert!(
         lab.wait_for(Duration::from_secs(30), || command_threads() == BOUND),
         "command threads running: {}",

@@ -57,7 +57,7 @@ thread_local! {
     static KEPT_NETLINK: RefCell<Option<HostNetlink>> = const { RefCell::new(None) };
 }
 
-/// How often [`HostNetlink::keep`] lets the runtime run the tasks a command left (its pod-side
+/// How often [`settle_kept`] lets the runtime run the tasks a command left (its pod-side
 /// netlink connections, ending now that their handles are dropped) before giving up on it.
 const SETTLE_ROUNDS: usize = 4;
 
@@ -79,20 +79,31 @@ impl HostNetlink {
 
     /// Keeps this runtime and socket for the thread's next command, after a command that
     /// succeeded (after a failure they are dropped: a socket in an unknown state is not
-    /// reused). Kept only once nothing but the host socket's own task is left on the runtime:
-    /// a pod-side netlink socket still open would keep a deleted pod's namespace alive while
-    /// the thread waits, so a runtime that still has one after a few rounds is dropped, and
-    /// every socket with it.
+    /// reused). Only stores them: the caller that keeps the thread for another command calls
+    /// [`settle_kept`] once its reply is out, before it waits.
     pub fn keep(self) {
-        for _ in 0..SETTLE_ROUNDS {
-            if self.rt.metrics().num_alive_tasks() <= 1 {
-                KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(self));
-                return;
-            }
-            self.rt.block_on(tokio::task::yield_now());
+        KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(self));
+    }
+}
+
+/// Lets this thread's kept runtime ([`HostNetlink::keep`]) run the tasks its command left —
+/// the pod-side netlink connections, ending now that their handles are dropped — and keeps it
+/// only once nothing but the host socket's own task is left: a pod-side netlink socket still
+/// open would keep a deleted pod's namespace alive while the thread waits, so a runtime that
+/// still has one after a few rounds is dropped, and every socket with it. For a thread that
+/// waits for another command (vpcnetd's warm command threads), after the reply: it is off the
+/// command's latency.
+pub fn settle_kept() {
+    let Some(kept) = KEPT_NETLINK.with(|slot| slot.borrow_mut().take()) else {
+        return;
+    };
+    for round in 0..=SETTLE_ROUNDS {
+        if kept.rt.metrics().num_alive_tasks() <= 1 {
+            KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(kept));
+            return;
         }
-        if self.rt.metrics().num_alive_tasks() <= 1 {
-            KEPT_NETLINK.with(|slot| *slot.borrow_mut() = Some(self));
+        if round < SETTLE_ROUNDS {
+            kept.rt.block_on(tokio::task::yield_now());
         }
     }
 }
