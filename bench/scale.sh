@@ -7,13 +7,14 @@
 #   2. idle (-i seconds, nothing changes): etcd's own counters (Range requests, bytes sent to
 #      clients) and the agents' vpcnet_datastore_requests_total{op="list"};
 #   3. churn: 10 % of the nodes (every 10th) are killed and come back as new nodes (fresh
-#      state, new name: each claims a new prefix; the old claims expire with their lease).
+#      state, new name: each claims a new prefix; the old claims stay until a sweep takes them after the grace).
 #      "claim -> route on all other nodes": for each new claim, from its claimedAt (the
 #      claimer's clock, just before the claim's txn) to the last "peers: routes installed" of
 #      that prefix in the logs of the nodes that did not churn; p50/p99/max over the claims;
 #      and from each new node's own start ("vpcnetd starting") to the same last route (what a
 #      joining node waits for; a claim stamped earlier in the start shows a longer claim ->
-#      route for the same route); etcd bytes sent per second during the churn window;
+#      route for the same route); etcd bytes sent per second during the churn window; the
+#      kernel's routes checked once after it (every kept node routes every new claim);
 #   4. agent RSS (VmRSS of every agent): median and max; the load average at each step;
 #   5. /readyz over the whole run (-r MS, 0 = off): one poller (target/debug/readyz-poll,
 #      tests/src/bin) asks every agent's /readyz in turn, a round every MS ms, and logs each
@@ -45,7 +46,7 @@ NODES=50 VPC=10.128.0.0/9 BIN=$PWD/target/release-agent IDLE=30 WAIT=5 ID=$$ KEE
 while getopts "N:c:b:i:w:u:r:e:kh" o; do
   case $o in N) NODES=$OPTARG ;; c) VPC=$OPTARG ;; b) BIN=$(readlink -f "$OPTARG") ;; i) IDLE=$OPTARG ;;
     w) WAIT=$OPTARG ;; u) ID=$OPTARG ;; r) POLL=$OPTARG ;; e) ETCD_NICE=$OPTARG ;;
-    k) KEEP=1 ;; *) sed -n '2,38p' "$0"; exit 0 ;; esac
+    k) KEEP=1 ;; *) sed -n '2,41p' "$0"; exit 0 ;; esac
 done
 [[ "$IDLE" =~ ^[0-9]+$ ]] || { echo "scale.sh: -i SECONDS" >&2; exit 1; }
 [[ "$WAIT" =~ ^[0-9]+$ ]] || { echo "scale.sh: -w SECONDS" >&2; exit 1; }
