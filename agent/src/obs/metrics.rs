@@ -52,7 +52,7 @@ use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::obs::process::ProcessMetrics;
@@ -199,9 +199,9 @@ impl Metrics {
             let _ = claims.get_or_create(&[("result", result)]);
         }
         // 1 ms … ~16 s.
-        let claim_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let claim_seconds = Histogram::new(doubling_buckets(0.001, 15));
         let plugin_seconds: Family<[Label; 2], Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 2.0, 16)));
+            Family::new_with_constructor(|| Histogram::new(doubling_buckets(0.0005, 16)));
         r.register(
             "cni_plugin_duration_seconds",
             "ADD/DEL as the runtime saw them: the plugin's time from start to result, by op and result (reported by the plugin)",
@@ -330,7 +330,7 @@ impl Metrics {
             let _ = policy_applies.get_or_create(&[("result", result)]);
         }
         // 1 ms … ~16 s.
-        let policy_apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        let policy_apply_seconds = Histogram::new(doubling_buckets(0.001, 15));
         r.register(
             "network_policy_change_to_kernel_seconds",
             "From a change the policy view saw (API event, pod attached or gone) to its ruleset in the kernel",
@@ -563,6 +563,15 @@ impl Metrics {
     }
 }
 
+/// `count` histogram bounds from `start`, each twice the one before: prometheus-client's
+/// `exponential_buckets(start, 2.0, count)`, bit for bit (doubling is exact), without its
+/// `powf`. That call was vpcnetd's only use of libm: without it the linker (`--as-needed`)
+/// drops libm, and each agent ~0.5 MiB of resident mappings (issue 10: agent RSS at 1 000
+/// nodes; docs/benchmarks.md, § Scale, seventeenth part).
+fn doubling_buckets(start: f64, count: usize) -> impl Iterator<Item = f64> {
+    std::iter::successors(Some(start), |b| Some(b * 2.0)).take(count)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -589,6 +598,20 @@ mod tests {
             allocations: None,
             pool6: None,
             network_policy: None,
+        }
+    }
+
+    #[test]
+    fn doubling_buckets_are_prometheus_exponential_buckets_bit_for_bit() {
+        use prometheus_client::metrics::histogram::exponential_buckets;
+        for (start, count) in [(0.001, 15u16), (0.0005, 16)] {
+            let ours: Vec<u64> = doubling_buckets(start, usize::from(count))
+                .map(f64::to_bits)
+                .collect();
+            let theirs: Vec<u64> = exponential_buckets(start, 2.0, count)
+                .map(f64::to_bits)
+                .collect();
+            assert_eq!(ours, theirs, "start {start}, count {count}");
         }
     }
 
